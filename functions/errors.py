@@ -1,0 +1,76 @@
+"""Errors the workflow raises. Their class names are the `Error` names Step Functions Retry and Catch match on,
+so they are part of the state machine's contract: rename one and the definition must follow."""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Base of every expected failure; the message says what happened without any secret in it."""
+
+
+class InvalidInput(BackupError):
+    """The execution input or a step's input does not parse."""
+
+
+class ConfigInvalid(BackupError):
+    """The instance's stored configuration is missing or wrong."""
+
+
+class UnknownInstance(BackupError):
+    """No configuration exists for the named instance."""
+
+
+class PreflightFailed(BackupError):
+    """A check made before the lock failed (secret, volumes, database, Bitbucket)."""
+
+
+class BackupInProgress(BackupError):
+    """Another execution of this tool is backing up the same instance."""
+
+
+class BitbucketUnavailable(BackupError):
+    """5xx or connection error after the client's own retries: worth a later retry for idempotent calls."""
+
+
+class BitbucketRequestFailed(BackupError):
+    """Bitbucket answered 4xx: not retried, the message names the step and the status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BitbucketBadResponse(BackupError):
+    """Bitbucket (or a proxy in front of it) answered something that is not the documented JSON."""
+
+
+class AlreadyLocked(BitbucketRequestFailed):
+    """Someone else holds the maintenance lock; their lock is never touched."""
+
+
+class LockNotConfirmed(BackupError):
+    """The lock request may or may not have taken effect (timeout or dropped connection)."""
+
+
+class BackupCancelled(BackupError):
+    """The backup task ended while we waited (for example "Cancel backup" pressed in Bitbucket's UI)."""
+
+
+class DrainTimeout(BackupError):
+    """Bitbucket did not reach DRAINED within the configured time."""
+
+
+class SnapshotFailed(BackupError):
+    """A snapshot could not be created or ended in the error state."""
+
+
+class SnapshotTimeout(BackupError):
+    """Snapshots did not complete within the configured time."""
+
+
+class AwsRateLimited(BackupError):
+    """AWS refused a call for its rate limits; Step Functions retries with back-off."""
+
+
+class HostCommandFailed(BackupError):
+    """An SSM Run Command step on a host failed, timed out or was cancelled."""

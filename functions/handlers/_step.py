@@ -1,0 +1,40 @@
+"""What every handler shares: Powertools context, metrics flush, and error texts that cannot leak a secret.
+
+Exceptions propagate (Step Functions Retry/Catch match their class names); only an unexpected exception whose
+text contains a registered secret is replaced by one with the secret masked.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from functions.errors import BackupError
+from functions.observability import logger, metrics, redact, tracer
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Handler]:
+    def wrap(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
+        @functools.wraps(body)
+        def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            logger.append_keys(step=name)
+            try:
+                return body(event)
+            except BackupError as error:
+                logger.error(str(error), extra={"error": type(error).__name__})
+                raise
+            except Exception as error:
+                text = redact(str(error))
+                logger.error(f"{name}: {type(error).__name__}: {text}")
+                if text != str(error):
+                    raise BackupError(f"{name}: {type(error).__name__}: {text}") from None
+                raise
+
+        handler = logger.inject_lambda_context(clear_state=True)(run)
+        handler = metrics.log_metrics(handler)
+        return tracer.capture_lambda_handler(handler)  # type: ignore[no-any-return]
+
+    return wrap

@@ -1,0 +1,12 @@
+"""Step `lock`."""
+
+from typing import Any
+
+from functions import workflow
+from functions.handlers._step import step
+from functions.models.events import StepEvent, parse
+
+
+@step("lock")
+def handler(event: dict[str, Any]) -> dict[str, Any]:
+    return workflow.lock(parse(StepEvent, event, "lock").run)

@@ -1,0 +1,17 @@
+"""Step `progress`: report a finished part (or, without a part, 100 %) to Bitbucket."""
+
+from typing import Any
+
+from functions import workflow
+from functions.handlers._step import step
+from functions.models.events import StepEvent, parse
+
+
+class ProgressEvent(StepEvent):
+    part: str | None = None
+
+
+@step("progress")
+def handler(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(ProgressEvent, event, "progress")
+    return workflow.report_progress(request.run, request.part)

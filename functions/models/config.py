@@ -1,0 +1,227 @@
+"""The configuration an administrator writes in cdk.json, validated at synth time and read by the Lambdas.
+
+The same models serve both sides so that a config that synthesizes is a config the functions accept.
+Nothing here is secret: credentials live in Secrets Manager and only the secret's name or ARN is configured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# RDS snapshot identifiers are built from the instance name, so the name must be a valid prefix of one.
+INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
+DEVICE_NAME = re.compile(r"^/dev/[a-z0-9]+$")
+EC2_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+SCHEDULE = re.compile(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\)|at\(.+\))$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkConfig(_Strict):
+    """Where the Bitbucket-facing Lambdas run; Bitbucket is usually only reachable inside its VPC."""
+
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] = Field(min_length=1)
+    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = Field(min_length=1)
+
+    def key(self) -> str:
+        return ",".join(sorted(self.subnet_ids)) + "|" + ",".join(sorted(self.security_group_ids))
+
+
+class EbsHomeConfig(_Strict):
+    """Home directory on EBS volumes of one EC2 instance (DIY scripts: disk-amazon-ebs.sh)."""
+
+    strategy: Literal["amazon-ebs"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    # Device names (/dev/xvdf) or volume ids (vol-…) of the home and data volumes to snapshot together.
+    volumes: list[str] = Field(min_length=1)
+    # Mount points flushed (and optionally frozen) on the host before the snapshot.
+    mount_points: list[str] = Field(default_factory=list)
+    freeze: bool = False
+    # A host-side watchdog unfreezes after this long even if the orchestrator never comes back.
+    max_freeze_seconds: int = Field(default=60, ge=5, le=900)
+    flush_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names(cls, volumes: list[str]) -> list[str]:
+        for volume in volumes:
+            if not (VOLUME_ID.match(volume) or DEVICE_NAME.match(volume)):
+                raise ValueError(f"'{volume}' is neither a device name (/dev/xvdf) nor a volume id (vol-…)")
+        if len(set(volumes)) != len(volumes):
+            raise ValueError("lists the same volume twice")
+        return volumes
+
+    @field_validator("mount_points")
+    @classmethod
+    def _absolute(cls, mounts: list[str]) -> list[str]:
+        for mount in mounts:
+            if not re.match(r"^/[A-Za-z0-9._/-]*$", mount):
+                raise ValueError(f"mount point '{mount}' must be an absolute path of plain characters")
+        return mounts
+
+    @model_validator(mode="after")
+    def _freeze_needs_mounts(self) -> EbsHomeConfig:
+        if self.freeze and not self.mount_points:
+            raise ValueError("freeze is true but no mount_points are given")
+        return self
+
+
+class NoHomeConfig(_Strict):
+    strategy: Literal["none"]
+
+
+class RdsDatabaseConfig(_Strict):
+    strategy: Literal["amazon-rds"]
+    instance_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+
+
+class AuroraDatabaseConfig(_Strict):
+    strategy: Literal["amazon-aurora"]
+    cluster_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+
+
+class NoDatabaseConfig(_Strict):
+    strategy: Literal["none"]
+
+
+HomeConfig = Annotated[EbsHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
+DatabaseConfig = Annotated[RdsDatabaseConfig | AuroraDatabaseConfig | NoDatabaseConfig, Field(discriminator="strategy")]
+
+
+class TimingConfig(_Strict):
+    """Intervals and bounds of the workflow. Tests and the rehearsal shrink them; defaults suit production."""
+
+    poll_interval_seconds: int = Field(default=5, ge=0, le=300)
+    drain_timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    snapshot_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
+    snapshot_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=7 * 86400)
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    http_retries: int = Field(default=3, ge=0, le=10)
+    http_backoff_seconds: float = Field(default=1.0, ge=0, le=60)
+
+
+class InstanceConfig(_Strict):
+    """One Bitbucket instance: where it is, how to log in, how to copy it, when, and how many to keep."""
+
+    name: str = Field(min_length=1, max_length=40)
+    base_url: str
+    # Secrets Manager secret (name or ARN) holding {"username": …, "password": …} or {"token": …}.
+    credentials_secret: str = Field(min_length=1)
+    network: NetworkConfig | None = None
+    home: HomeConfig
+    database: DatabaseConfig
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
+    keep_backups: int = Field(default=7, ge=0, le=1000)
+    timing: TimingConfig = TimingConfig()
+    notification_emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]] = Field(
+        default_factory=list
+    )
+    notify_on_success: bool = False
+    verify_tls: bool = True
+    # Path of a CA bundle inside the Lambda asset, for a Bitbucket behind a private CA.
+    ca_bundle: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not INSTANCE_NAME.match(name):
+            raise ValueError(f"'{name}' must be lower-case letters, digits and single hyphens, starting with a letter")
+        return name
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+            raise ValueError(f"'{url}' is not an http(s) URL without query or fragment")
+        return url.rstrip("/")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, schedule: str | None) -> str | None:
+        if schedule is not None and not SCHEDULE.match(schedule):
+            raise ValueError(f"'{schedule}' is not an EventBridge Scheduler cron(…), rate(…) or at(…)")
+        return schedule
+
+    @property
+    def parts(self) -> list[str]:
+        """The parts a backup of this instance consists of, in a stable order."""
+        return [p for p, s in (("home", self.home), ("database", self.database)) if s.strategy != "none"]
+
+    @model_validator(mode="after")
+    def _something_to_copy(self) -> InstanceConfig:
+        if not self.parts:
+            raise ValueError("home and database are both 'none': there is nothing to back up")
+        return self
+
+
+class ProjectConfig(_Strict):
+    """The `bitbucket-backup` object in cdk.json's context."""
+
+    instances: list[InstanceConfig] = Field(min_length=1)
+    notification_emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]] = Field(
+        default_factory=list
+    )
+    # Lambda bundling: "local" pip-installs the dependencies (needs PyPI), "none" ships sources only.
+    bundling: Literal["local", "none"] = "local"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ProjectConfig:
+        names = [i.name for i in self.instances]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"instance names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration that cannot work; the message names the instance and the field."""
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    parts = list(loc)
+    prefix = ""
+    if len(parts) >= 2 and parts[0] == "instances" and isinstance(parts[1], int):
+        instances = raw.get("instances") or []
+        index = parts[1]
+        name = instances[index].get("name") if index < len(instances) and isinstance(instances[index], dict) else None
+        prefix = f"instance '{name}'" if name else f"instances[{index}]"
+        parts = parts[2:]
+    # Discriminated unions add the chosen strategy to the location; it is noise to a reader.
+    field = ".".join(str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", "none"))
+    return f"{prefix}: {field}" if prefix and field else prefix or field or "config"
+
+
+def format_validation_error(error: ValidationError, raw: dict[str, Any]) -> str:
+    lines = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        lines.append(f"{_where(tuple(item['loc']), raw)} {message}")
+    return "\n".join(lines)
+
+
+def parse_project_config(raw: Any) -> ProjectConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("cdk.json context 'bitbucket-backup' must be an object with an 'instances' list")
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, raw)) from None
+
+
+def parse_instance_config(raw: Any) -> InstanceConfig:
+    try:
+        return InstanceConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, raw if isinstance(raw, dict) else {})) from None

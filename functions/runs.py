@@ -1,0 +1,145 @@
+"""The run table: one item per instance while a backup of it runs.
+
+It is the concurrency guard (a conditional put per instance) and the only place the unlock and cancel tokens
+are kept (never in the state machine's input or output). The table is KMS-encrypted and items expire by TTL,
+so a guard left by a crashed run does not block the instance for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from functions.clients.aws import client, error_code
+from functions.errors import BackupInProgress
+from functions.observability import register_secret
+
+
+@dataclass(frozen=True)
+class Run:
+    instance: str
+    backup_id: str
+    execution: str
+    phase: str  # preparing | locked | unlocked
+    unlock_token: str | None = None
+    cancel_token: str | None = None
+    locked_at: float | None = None
+    drained_at: float | None = None
+    unlocked_at: float | None = None
+    parts_done: int = 0
+
+    def __repr__(self) -> str:
+        return f"Run({self.instance}, {self.backup_id}, {self.phase})"
+
+
+def _table() -> str:
+    return os.environ["RUNS_TABLE"]
+
+
+def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> None:
+    now = int(time.time())
+    try:
+        client("dynamodb").put_item(
+            TableName=_table(),
+            Item={
+                "instance": {"S": instance},
+                "backup_id": {"S": backup_id},
+                "execution": {"S": execution},
+                "phase": {"S": "preparing"},
+                "expires_at": {"N": str(now + ttl_seconds)},
+            },
+            ConditionExpression="attribute_not_exists(#i) OR expires_at < :now",
+            ExpressionAttributeNames={"#i": "instance"},
+            ExpressionAttributeValues={":now": {"N": str(now)}},
+        )
+    except ClientError as error:
+        if error_code(error) != "ConditionalCheckFailedException":
+            raise
+        other = get(instance)
+        raise BackupInProgress(
+            f"skipped: backup {other.backup_id if other else '?'} of '{instance}' is in progress"
+        ) from None
+
+
+def get(instance: str, backup_id: str | None = None) -> Run | None:
+    item = (
+        client("dynamodb")
+        .get_item(TableName=_table(), Key={"instance": {"S": instance}}, ConsistentRead=True)
+        .get("Item")
+    )
+    if not item or (backup_id and item["backup_id"]["S"] != backup_id):
+        return None
+    run = Run(
+        instance=instance,
+        backup_id=item["backup_id"]["S"],
+        execution=item.get("execution", {}).get("S", ""),
+        phase=item.get("phase", {}).get("S", "preparing"),
+        unlock_token=item.get("unlock_token", {}).get("S"),
+        cancel_token=item.get("cancel_token", {}).get("S"),
+        locked_at=_num(item, "locked_at"),
+        drained_at=_num(item, "drained_at"),
+        unlocked_at=_num(item, "unlocked_at"),
+        parts_done=int(_num(item, "parts_done") or 0),
+    )
+    register_secret(run.unlock_token)
+    register_secret(run.cancel_token)
+    return run
+
+
+def _num(item: dict[str, Any], key: str) -> float | None:
+    return float(item[key]["N"]) if key in item else None
+
+
+def update(
+    instance: str,
+    backup_id: str,
+    *,
+    remove: tuple[str, ...] = (),
+    add: str | None = None,
+    **values: str | float,
+) -> dict[str, Any]:
+    """Set (and remove) attributes of this run's item; refuses to touch another run's item."""
+    names = {"#b": "backup_id"}
+    attr: dict[str, Any] = {":b": {"S": backup_id}}
+    sets = []
+    for i, (key, value) in enumerate(values.items()):
+        names[f"#k{i}"] = key
+        attr[f":v{i}"] = {"N": str(value)} if isinstance(value, (int, float)) else {"S": value}
+        sets.append(f"#k{i} = :v{i}")
+    expression = "SET " + ", ".join(sets) if sets else ""
+    if add:
+        names["#add"] = add
+        attr[":one"] = {"N": "1"}
+        expression += " ADD #add :one"
+    if remove:
+        for i, key in enumerate(remove):
+            names[f"#r{i}"] = key
+        expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
+    response = client("dynamodb").update_item(
+        TableName=_table(),
+        Key={"instance": {"S": instance}},
+        UpdateExpression=expression.strip(),
+        ConditionExpression="#b = :b",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=attr,
+        ReturnValues="ALL_NEW",
+    )
+    return dict(response.get("Attributes", {}))
+
+
+def release(instance: str, backup_id: str) -> None:
+    """Remove this run's item (guard and tokens); another run's item is left alone."""
+    try:
+        client("dynamodb").delete_item(
+            TableName=_table(),
+            Key={"instance": {"S": instance}},
+            ConditionExpression="backup_id = :b",
+            ExpressionAttributeValues={":b": {"S": backup_id}},
+        )
+    except ClientError as error:
+        if error_code(error) != "ConditionalCheckFailedException":
+            raise

@@ -1,0 +1,348 @@
+"""The logic of each step of the backup state machine. Handlers parse events and call these.
+
+Timing facts (lock, drain, unlock) are kept in the run table so that every step, and the failure path,
+sees the same clock and the same tokens without passing them through the execution's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from functions import notify, runs
+from functions.clients.aws import client, error_code
+from functions.clients.bitbucket import BitbucketClient, Lock
+from functions.clients.secrets import credentials
+from functions.errors import (
+    BackupCancelled,
+    BackupError,
+    ConfigInvalid,
+    DrainTimeout,
+    PreflightFailed,
+    SnapshotFailed,
+    SnapshotTimeout,
+    UnknownInstance,
+)
+from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
+from functions.models.events import ExecutionInput, RunContext, parse
+from functions.observability import bind, logger, metrics, redact, short
+from functions.strategies import COMPLETE, FAILED, Artifact, strategies_for, strategy_for
+
+# Drain and snapshot waits are bounded per instance; the guard outlives the longest possible run.
+GUARD_MARGIN_SECONDS = 3600
+FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
+
+
+def load_config(instance: str) -> InstanceConfig:
+    name = os.environ["CONFIG_PARAMETER_PREFIX"].rstrip("/") + "/" + instance
+    try:
+        raw = client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError as error:
+        if error_code(error) == "ParameterNotFound":
+            raise UnknownInstance(f"validate: no instance '{instance}' is configured in this deployment") from None
+        raise
+    try:
+        return parse_instance_config(json.loads(raw))
+    except (ValueError, ConfigError) as error:
+        raise ConfigInvalid(f"validate: the stored configuration of '{instance}' is invalid: {error}") from None
+
+
+def bitbucket(config: InstanceConfig) -> BitbucketClient:
+    timing = config.timing
+    verify: bool | str = config.verify_tls
+    if config.verify_tls and config.ca_bundle:
+        verify = os.path.join(os.path.dirname(os.path.dirname(__file__)), config.ca_bundle)
+    return BitbucketClient(
+        config.base_url,
+        credentials(config.credentials_secret),
+        timeout=timing.http_timeout_seconds,
+        retries=timing.http_retries,
+        backoff=timing.http_backoff_seconds,
+        verify=verify,
+    )
+
+
+def _say(config: InstanceConfig, message: str) -> None:
+    """A seed-style progress line: `[base_url]  INFO: message`."""
+    logger.info(message, extra={"seed": f"[{config.base_url}]  INFO: {message}"})
+
+
+def backup_id_for(instance: str, start_time: str) -> str:
+    started = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
+    return f"{instance}-{started.astimezone(UTC):%Y%m%d-%H%M%S}"
+
+
+def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunContext:
+    """Everything that can fail before the lock, checked while Bitbucket is live."""
+    request = parse(ExecutionInput, raw_input, "validate")
+    bind(instance=request.instance)
+    config = load_config(request.instance)
+    backup_id = backup_id_for(config.name, start_time)
+    bind(backup_id=backup_id)
+    facts: dict[str, object] = {}
+    for strategy in strategies_for(config):
+        facts.update(strategy.preflight())
+    client_ = bitbucket(config)
+    try:
+        state = client_.maintenance(step="validate")
+    except BackupError as error:
+        raise PreflightFailed(redact(str(error))) from None
+    if state.task_state == "RUNNING":
+        raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
+    timing = config.timing
+    runs.acquire(
+        config.name,
+        backup_id,
+        execution,
+        ttl_seconds=timing.drain_timeout_seconds + timing.snapshot_timeout_seconds + GUARD_MARGIN_SECONDS,
+    )
+    _say(
+        config,
+        f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
+    )
+    logger.info("preflight passed", extra=facts)
+    return RunContext(
+        instance=config.name, backup_id=backup_id, execution=execution, started_at=time.time(), config=config
+    )
+
+
+def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:
+    record = runs.get(run.instance, run.backup_id)
+    if record is None or not record.unlock_token:
+        raise BackupError(f"the run record of {run.backup_id} holds no unlock token")
+    return record, Lock(unlock_token=record.unlock_token, owner="")
+
+
+def lock(run: RunContext) -> dict[str, Any]:
+    lock_ = bitbucket(run.config).lock()
+    now = time.time()
+    # The token goes to the run table at once: the failure path and the safety net read it there.
+    runs.update(run.instance, run.backup_id, phase="locked", unlock_token=lock_.unlock_token, locked_at=now)
+    _say(run.config, f"locked with '{short(lock_.unlock_token)}'")
+    return {"locked_at": now}
+
+
+def start_backup(run: RunContext) -> dict[str, Any]:
+    _, lock_ = _lock_of(run)
+    task = bitbucket(run.config).start_backup(lock_)
+    runs.update(run.instance, run.backup_id, cancel_token=task.cancel_token)
+    _say(run.config, f"backup started with '{short(task.cancel_token)}'")
+    return {"task_id": task.id}
+
+
+def poll_drain(run: RunContext) -> dict[str, Any]:
+    record, lock_ = _lock_of(run)
+    state = bitbucket(run.config).maintenance(lock_)
+    if state.task_state != "RUNNING":
+        raise BackupCancelled(
+            f"wait-drained: the backup task is {state.task_state or 'gone'}"
+            f"{' (' + state.task_message + ')' if state.task_message else ''}: could not enter DRAINED state"
+        )
+    waited = time.time() - (record.locked_at or time.time())
+    if state.drained:
+        runs.update(run.instance, run.backup_id, drained_at=time.time())
+        _say(run.config, f"db state '{state.db_state}'")
+        _say(run.config, f"scm state '{state.scm_state}'")
+        return {"drained": True, "waited_s": round(waited, 3)}
+    if waited > run.config.timing.drain_timeout_seconds:
+        raise DrainTimeout(
+            f"wait-drained: not DRAINED after {waited:.0f} s (db '{state.db_state}', scm '{state.scm_state}'); "
+            f"the limit is {run.config.timing.drain_timeout_seconds} s"
+        )
+    return {"drained": False, "waited_s": round(waited, 3)}
+
+
+def backup_part(run: RunContext, part: str) -> dict[str, Any]:
+    strategy = strategy_for(run.config, part)
+    artifacts = strategy.backup(run.backup_id)
+    _say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
+    return {"part": part, "artifacts": [a.summary() for a in artifacts]}
+
+
+def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
+    """Progress only ever increases: each finished part moves it up, 100 comes once, after every part."""
+    _, lock_ = _lock_of(run)
+    if part is None:
+        percentage = 100
+    else:
+        done = int(runs.update(run.instance, run.backup_id, add="parts_done")["parts_done"]["N"])
+        total = max(1, len(run.config.parts))
+        percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
+    bitbucket(run.config).progress(lock_, percentage)
+    _say(run.config, f"Backup progress updated to {percentage}")
+    return {"percentage": percentage}
+
+
+def unlock(run: RunContext) -> dict[str, Any]:
+    record, lock_ = _lock_of(run)
+    bitbucket(run.config).unlock(lock_)
+    now = time.time()
+    runs.update(
+        run.instance,
+        run.backup_id,
+        phase="unlocked",
+        unlocked_at=now,
+        remove=("unlock_token", "cancel_token"),
+    )
+    _say(run.config, "Bitbucket instance unlocked")
+    window = now - (record.locked_at or now)
+    drain = (record.drained_at or now) - (record.locked_at or now)
+    metrics.add_metric(name="LockWindowSeconds", unit="Seconds", value=window)
+    metrics.add_metric(name="DrainSeconds", unit="Seconds", value=drain)
+    return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
+
+
+def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Any, Artifact]]:
+    return [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
+
+
+def check_snapshots(run: RunContext) -> dict[str, Any]:
+    found = _all_artifacts(run.config, run.backup_id)
+    missing = set(run.config.parts) - {a.part for _, a in found}
+    if missing:
+        raise SnapshotFailed(f"wait-snapshots: no copy of {', '.join(sorted(missing))} was found for {run.backup_id}")
+    failed = [a.id for _, a in found if a.state == "error"]
+    if failed:
+        raise SnapshotFailed(f"wait-snapshots: snapshot {', '.join(failed)} ended in state 'error'")
+    pending = [a.id for _, a in found if a.state != "completed"]
+    if not pending:
+        return {"complete": True, "pending": []}
+    waited = time.time() - run.started_at
+    if waited > run.config.timing.snapshot_timeout_seconds:
+        raise SnapshotTimeout(
+            f"wait-snapshots: {', '.join(pending)} not completed after {waited:.0f} s "
+            f"(limit {run.config.timing.snapshot_timeout_seconds} s)"
+        )
+    return {"complete": False, "pending": pending}
+
+
+def prune(config: InstanceConfig, keep_backup_id: str) -> list[str]:
+    """Delete this instance's complete backups beyond keep_backups, oldest first; never the newest one,
+    never the one just made, never anything without this tool's tags (the strategies filter on them)."""
+    if config.keep_backups == 0:
+        return []
+    by_backup: dict[str, list[tuple[Any, Artifact]]] = {}
+    for strategy, artifact in _all_artifacts(config):
+        by_backup.setdefault(artifact.backup_id, []).append((strategy, artifact))
+    complete = sorted(b for b, items in by_backup.items() if b and all(a.status == COMPLETE for _, a in items))
+    doomed = [b for b in complete[: max(0, len(complete) - config.keep_backups)] if b != keep_backup_id]
+    doomed = [b for b in doomed if b != complete[-1]]
+    for backup_id in doomed:
+        for strategy, artifact in by_backup[backup_id]:
+            strategy.delete(artifact)
+        logger.info(f"pruned backup {backup_id}")
+    return doomed
+
+
+def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]:
+    found = _all_artifacts(run.config, run.backup_id)
+    for strategy, artifact in found:
+        strategy.set_status(artifact, COMPLETE)
+    pruned = prune(run.config, run.backup_id)
+    runs.release(run.instance, run.backup_id)
+    duration = time.time() - run.started_at
+    metrics.add_metric(name="BackupSucceeded", unit="Count", value=1)
+    metrics.add_metric(name="BackupDurationSeconds", unit="Seconds", value=duration)
+    summary = {
+        "instance": run.instance,
+        "backup_id": run.backup_id,
+        "status": "complete",
+        "artifacts": [a.summary() | {"status": COMPLETE} for _, a in found],
+        "pruned": pruned,
+        "lock_window_s": (unlocked or {}).get("lock_window_s"),
+        "drain_s": (unlocked or {}).get("drain_s"),
+        "duration_s": round(duration, 3),
+    }
+    _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
+    if run.config.notify_on_success:
+        notify.publish(f"Bitbucket backup {run.backup_id} succeeded", run.instance, "succeeded", summary)
+    return summary
+
+
+def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: dict[str, Any]) -> dict[str, Any]:
+    """The one failure path: cancel the task, unlock if we locked, drop what this run made, notify once."""
+    instance = run.instance if run else str(raw_input.get("instance", "")) or None
+    step = str(failure.get("step", "unknown"))
+    error = str(failure.get("Error", "Error"))
+    cause = _cause_text(failure.get("Cause"))
+    bind(instance=instance, backup_id=run.backup_id if run else None)
+    record = runs.get(run.instance, run.backup_id) if run else None
+    actions: list[str] = []
+    unlocked: str
+    if record is None or record.phase == "preparing" or not record.unlock_token:
+        unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
+        if error == "LockNotConfirmed":
+            unlocked = "NO - Bitbucket is in maintenance mode and the unlock token is unknown: unlock by hand"
+    elif record.phase == "unlocked":
+        unlocked = "yes (unlocked before the failure)"
+    else:
+        assert run is not None
+        client_ = bitbucket(run.config)
+        lock_ = Lock(unlock_token=record.unlock_token, owner="")
+        if record.cancel_token:
+            try:
+                client_.cancel(record.cancel_token)
+                actions.append("backup task cancelled")
+            except BackupError as cancel_error:  # a finished or UI-cancelled task refuses; unlock anyway
+                actions.append(f"cancel not needed or refused ({redact(str(cancel_error))})")
+        try:
+            client_.unlock(lock_)
+            runs.update(
+                run.instance,
+                run.backup_id,
+                phase="unlocked",
+                unlocked_at=time.time(),
+                remove=("unlock_token", "cancel_token"),
+            )
+            unlocked = "yes"
+            _say(run.config, "Bitbucket instance unlocked")
+        except BackupError as unlock_error:
+            unlocked = (
+                f"NO - unlock failed ({redact(str(unlock_error))}); the token is kept in the run table "
+                f"'{os.environ.get('RUNS_TABLE', '')}' under instance '{run.instance}': unlock by hand"
+            )
+    if run:
+        for strategy, artifact in _all_artifacts(run.config, run.backup_id):
+            strategy.set_status(artifact, FAILED)
+            try:
+                strategy.delete(artifact)
+                actions.append(f"deleted {artifact.id}")
+            except ClientError as delete_error:
+                actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(delete_error)})")
+        if not unlocked.startswith("NO"):
+            runs.release(run.instance, run.backup_id)
+    message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
+    metrics.add_metric(name="BackupFailed", unit="Count", value=1)
+    notify.publish(
+        f"Bitbucket backup FAILED: {instance or 'unknown instance'} at step {step}",
+        instance,
+        "failed",
+        {
+            "instance": instance,
+            "backup_id": run.backup_id if run else None,
+            "step": step,
+            "error": error,
+            "message": message,
+            "unlocked": unlocked,
+            "cleanup": actions,
+            "execution": run.execution if run else None,
+        },
+    )
+    return {"error": error, "cause": message + f" [unlocked: {unlocked}]", "unlocked": unlocked}
+
+
+def _cause_text(cause: Any) -> str:
+    if isinstance(cause, str):
+        try:
+            parsed = json.loads(cause)
+        except ValueError:
+            return redact(cause)[:1000]
+        if isinstance(parsed, dict) and "errorMessage" in parsed:
+            return redact(str(parsed["errorMessage"]))[:1000]
+        return redact(cause)[:1000]
+    return "no detail"

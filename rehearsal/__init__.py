@@ -1,0 +1,1 @@
+"""Local rehearsal tools: simulators used to exercise the orchestrator without real infrastructure."""

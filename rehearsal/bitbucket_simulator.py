@@ -1,0 +1,753 @@
+"""A Bitbucket Server / Data Center maintenance-API simulator, served over real HTTP.
+
+It follows /work/shared/reference/bitbucket-maintenance-api.md: lock, start an external backup, wait for
+DRAINED, report progress, unlock, cancel. Tests drive it from the outside (``lock_by_other``,
+``cancel_from_ui``, ``fail_task``) and inject faults per endpoint (error statuses, raw bodies from a
+proxy, dropped connections, delays), then inspect the observable state and the event log.
+
+Run it by hand with ``python -m rehearsal.bitbucket_simulator --port 7990``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import copy
+import hmac
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["ENDPOINTS", "BitbucketSimulator", "main"]
+
+MAINTENANCE_TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
+
+# (method, path) -> endpoint name used by inject(); the query string is checked by each action.
+_ROUTES: dict[tuple[str, str], str] = {
+    ("POST", "/mvc/maintenance/lock"): "lock",
+    ("DELETE", "/mvc/maintenance/lock"): "unlock",
+    ("POST", "/mvc/admin/backups"): "start",
+    ("GET", "/mvc/maintenance"): "poll",
+    ("POST", "/mvc/admin/backups/progress/client"): "progress",
+    ("POST", "/mvc/maintenance"): "cancel",
+    ("GET", "/status"): "status",
+    ("GET", "/rest/api/1.0/application-properties"): "properties",
+}
+ENDPOINTS: frozenset[str] = frozenset(_ROUTES.values())
+_KNOWN_PATHS: frozenset[str] = frozenset(path for _, path in _ROUTES)
+# Success status of each endpoint; a body-only fault answers with it so the client sees "success".
+_SUCCESS_STATUS: dict[str, int] = {
+    "lock": 202,
+    "unlock": 202,
+    "start": 202,
+    "poll": 200,
+    "progress": 202,
+    "cancel": 202,
+    "status": 200,
+    "properties": 200,
+}
+# A strict integer: int() would also accept " 5", "+5" and "5_0", which a real server may not.
+_PERCENTAGE_RE = re.compile(r"^[0-9]{1,3}$")
+
+
+def _hint(token: str | None) -> str | None:
+    """A short, non-secret prefix: events must never carry a whole token."""
+    return None if token is None else token[:6] + "..."
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    # Constant-time like the real thing; None never matches anything.
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _build_number(version: str) -> str:
+    # Bitbucket's scheme: 8.19.1 -> "8019001".
+    parts = [int(p) if p.isdigit() else 0 for p in [*version.split("."), "0", "0"][:3]]
+    return str(parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2])
+
+
+@dataclass
+class _Fault:
+    status: int | None
+    body: str | None
+    delay: float
+    drop: bool
+    times: int | None  # remaining uses; None = until reset_faults()
+    before: Callable[[], None] | None
+    after_action: bool
+
+    @property
+    def replaces_response(self) -> bool:
+        return self.drop or self.status is not None or self.body is not None
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(status: int, payload: Any) -> _Response:
+    return _Response(status, json.dumps(payload).encode(), "application/json")
+
+
+def _error(status: int, message: str, exception: str | None = None) -> _Response:
+    # Bitbucket's REST error shape.
+    return _json(status, {"errors": [{"context": None, "message": message, "exceptionName": exception}]})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a handler stuck in an injected delay must not block interpreter exit
+
+    def __init__(self, address: tuple[str, int], sim: BitbucketSimulator) -> None:
+        self.sim = sim
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or disconnect are expected here; never spray tracebacks on stderr.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive like the real server, so client connection reuse is exercised
+    server_version = "BitbucketSimulator/1.0"
+
+    def version_string(self) -> str:
+        return self.server_version  # no "Python/3.x" suffix: the client must not care what serves it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Silence the default per-request line on stderr.
+        pass
+
+    @property
+    def sim(self) -> BitbucketSimulator:
+        return cast(_Server, self.server).sim
+
+    def setup(self) -> None:
+        super().setup()
+        self.sim._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.sim._track(self.connection, add=False)
+
+    def do_GET(self) -> None:
+        self.sim._dispatch(self, "GET")
+
+    def do_POST(self) -> None:
+        self.sim._dispatch(self, "POST")
+
+    def do_DELETE(self) -> None:
+        self.sim._dispatch(self, "DELETE")
+
+    def do_PUT(self) -> None:
+        self.sim._dispatch(self, "PUT")
+
+    def do_PATCH(self) -> None:
+        self.sim._dispatch(self, "PATCH")
+
+
+class BitbucketSimulator:
+    """A Bitbucket maintenance-API server on a real socket; see the module docstring."""
+
+    def __init__(
+        self,
+        username: str = "admin",
+        password: str = "admin",
+        *,
+        drain_seconds: float | None = 0.2,
+        version: str = "8.19.1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: set[str] | None = None,
+        non_admin: tuple[str, str] | None = None,
+    ) -> None:
+        self._username = username
+        self._password = password
+        self._drain_seconds = drain_seconds
+        self._version = version
+        self._host = host
+        self._port = port
+        self._tokens: frozenset[str] = frozenset(tokens or ())
+        self._non_admin = non_admin
+
+        self._lock = threading.RLock()
+        self._locked = False
+        self._unlock_token: str | None = None
+        self._lock_owner: str | None = None
+        self._task: dict[str, Any] | None = None
+        self._task_started_at = 0.0
+        self._drained_recorded = False
+        # The task belongs to the current maintenance window; after unlock, polls no longer show it.
+        self._task_in_window = False
+        self._progress_history: list[int] = []
+        self._events: list[tuple[float, str, dict[str, Any]]] = []
+        self._requests: list[tuple[str, str, int]] = []
+        self._faults: dict[str, list[_Fault]] = {}
+
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> BitbucketSimulator:
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._stopping.clear()
+        self._server = _Server((self._host, self._port), self)
+        # A short poll interval keeps stop() fast: shutdown() waits for one select() round.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name=f"bitbucket-simulator-{self._server.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping in an injected delay
+        server.shutdown()
+        # Keep-alive connections would otherwise hold their handler threads until the client hangs up.
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def __enter__(self) -> BitbucketSimulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # ----------------------------------------------------------- observable state
+
+    @property
+    def locked(self) -> bool:
+        with self._lock:
+            return self._locked
+
+    @property
+    def unlock_token(self) -> str | None:
+        with self._lock:
+            return self._unlock_token
+
+    @property
+    def lock_owner(self) -> str | None:
+        with self._lock:
+            return self._lock_owner
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        """The latest backup task (including cancelToken); kept after unlock until the next start."""
+        with self._lock:
+            self._advance()
+            return copy.deepcopy(self._task)
+
+    @property
+    def progress_history(self) -> list[int]:
+        with self._lock:
+            return list(self._progress_history)
+
+    @property
+    def events(self) -> list[tuple[float, str, dict[str, Any]]]:
+        with self._lock:
+            self._advance()
+            return [(t, name, dict(details)) for t, name, details in self._events]
+
+    @property
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request; status 0 means the connection was dropped."""
+        with self._lock:
+            return list(self._requests)
+
+    def event_names(self) -> list[str]:
+        """Just the names from ``events``, in order: what most assertions need."""
+        return [name for _, name, _ in self.events]
+
+    # ------------------------------------------------------------ test controls
+
+    def lock_by_other(self, owner: str = "someone-else") -> None:
+        """Lock the instance for another holder whose token our client never learns."""
+        with self._lock:
+            self._advance()
+            if self._locked:
+                raise RuntimeError(f"already locked by {self._lock_owner}")
+            self._take_lock(owner)
+
+    def unlock_by_other(self) -> None:
+        """Release a lock taken with lock_by_other (the other holder finished)."""
+        with self._lock:
+            self._advance()
+            if not self._locked:
+                raise RuntimeError("not locked")
+            self._release_lock()
+
+    def cancel_from_ui(self) -> None:
+        """An admin pressed "Cancel backup": the task ends, latches are released, the lock stays."""
+        with self._lock:
+            self._advance()
+            if self._task is None or self._task["state"] != "RUNNING":
+                raise RuntimeError("no running backup task to cancel")
+            self._end_task("CANCELLED", "Backup cancelled", by="ui")
+
+    def fail_task(self, message: str = "Backup failed") -> None:
+        """The server gives up on the backup on its own: task FAILED, latches released, lock stays."""
+        with self._lock:
+            self._advance()
+            if self._task is None or self._task["state"] != "RUNNING":
+                raise RuntimeError("no running backup task to fail")
+            self._end_task("FAILED", message, by="server")
+
+    def inject(
+        self,
+        endpoint: str,
+        *,
+        status: int | None = None,
+        body: str | None = None,
+        delay: float = 0.0,
+        drop: bool = False,
+        times: int | None = 1,
+        before: Callable[[], None] | None = None,
+        after_action: bool = False,
+    ) -> None:
+        """Queue a fault for the next ``times`` requests to ``endpoint`` (None = until reset_faults).
+
+        Faults on one endpoint apply in the order injected. ``before`` runs first, then ``delay``.
+        ``status``/``body``/``drop`` replace the answer and skip the real action, unless
+        ``after_action`` is set: then the action is performed first and its answer replaced.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {sorted(ENDPOINTS)}")
+        if times is not None and times < 1:
+            raise ValueError("times must be >= 1 or None")
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        if drop and (status is not None or body is not None):
+            raise ValueError("drop sends no response, so status/body make no sense with it")
+        if status is not None and not 100 <= status <= 599:
+            raise ValueError(f"invalid HTTP status {status}")
+        fault = _Fault(status, body, delay, drop, times, before, after_action)
+        with self._lock:
+            self._faults.setdefault(endpoint, []).append(fault)
+
+    def reset_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # ------------------------------------------------------------ state changes
+    # All of these run with self._lock held.
+
+    def _event(self, name: str, at: float | None = None, **details: Any) -> None:
+        self._events.append((time.monotonic() if at is None else at, name, details))
+
+    def _drained_at(self) -> float | None:
+        if self._drain_seconds is None:
+            return None
+        return self._task_started_at + self._drain_seconds
+
+    def _advance(self) -> None:
+        """Apply time-based transitions (draining -> DRAINED) lazily, stamped with when they happened."""
+        task = self._task
+        if task is None or task["state"] != "RUNNING" or self._drained_recorded:
+            return
+        drained_at = self._drained_at()
+        if drained_at is not None and time.monotonic() >= drained_at:
+            self._drained_recorded = True
+            if not self._progress_history:
+                task["progress"] = {"message": "Waiting for the external backup to start", "percentage": 10}
+            self._event("drained", at=drained_at, task=_hint(task["id"]))
+
+    def _latch_states(self) -> tuple[str, str]:
+        task = self._task
+        if task is None or not self._task_in_window or task["state"] != "RUNNING":
+            return "AVAILABLE", "AVAILABLE"
+        if self._drained_recorded:
+            return "DRAINED", "DRAINED"
+        return "DRAINING", "DRAINING"
+
+    def _take_lock(self, owner: str) -> str:
+        token = secrets.token_hex(20)
+        self._locked, self._unlock_token, self._lock_owner = True, token, owner
+        self._task_in_window = False  # a task from an earlier window is not part of this one
+        self._event("locked", owner=owner, token=_hint(token))
+        return token
+
+    def _release_lock(self) -> None:
+        if self._task is not None and self._task["state"] == "RUNNING":
+            self._end_task("CANCELLED", "Backup cancelled: maintenance mode ended", by="unlock")
+        owner = self._lock_owner
+        self._locked, self._unlock_token, self._lock_owner = False, None, None
+        self._task_in_window = False
+        self._event("unlocked", owner=owner)
+
+    def _end_task(self, state: str, message: str, *, by: str) -> None:
+        task = self._task
+        assert task is not None
+        task["state"] = state
+        task["progress"] = {"message": message, "percentage": task["progress"]["percentage"]}
+        name = {"CANCELLED": "cancelled", "FAILED": "failed", "COMPLETED": "completed"}[state]
+        self._event(name, task=_hint(task["id"]), by=by)
+
+    # ------------------------------------------------------------------- HTTP
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _take_fault(self, endpoint: str) -> _Fault | None:
+        with self._lock:
+            queue = self._faults.get(endpoint)
+            if not queue:
+                return None
+            fault = queue[0]
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    queue.pop(0)
+            return fault
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        path = parts.path
+        query = parse_qs(parts.query, keep_blank_values=True)
+        # Read the request body even though no endpoint uses it, so keep-alive stays in sync.
+        length_header = handler.headers.get("Content-Length") or "0"
+        length = int(length_header) if length_header.isdigit() else 0
+        if length > 0:
+            handler.rfile.read(length)
+
+        endpoint = _ROUTES.get((method, path))
+        if endpoint is None:
+            if path in _KNOWN_PATHS:
+                allowed = ", ".join(sorted(m for m, p in _ROUTES if p == path))
+                resp = _error(405, f"Method {method} is not allowed on {path}")
+                resp.headers["Allow"] = allowed
+            else:
+                not_found = "com.atlassian.bitbucket.NoSuchResourceException"
+                resp = _error(404, f"No resource at {path}", not_found)
+            self._send(handler, method, path, resp)
+            return
+
+        fault = self._take_fault(endpoint)
+        resp = _error(500, "Simulator error: no response produced")
+        try:
+            if fault is None:
+                resp = self._perform(endpoint, handler, query)
+            else:
+                if fault.before is not None:
+                    fault.before()
+                with self._lock:
+                    self._event("fault", endpoint=endpoint, kind=self._fault_kind(fault))
+                if fault.after_action:
+                    resp = self._perform(endpoint, handler, query)
+                    self._stopping.wait(fault.delay)
+                else:
+                    self._stopping.wait(fault.delay)
+                    if not fault.replaces_response:
+                        resp = self._perform(endpoint, handler, query)
+                if fault.drop:
+                    self._drop(handler, method, path)
+                    return
+                if fault.replaces_response:
+                    resp = self._fault_response(endpoint, fault)
+        except Exception as exc:  # a bug here or in a test's before hook must surface, not hang the client
+            with self._lock:
+                self._event("internal-error", endpoint=endpoint, error=repr(exc))
+            resp = _error(500, f"Simulator error: {exc!r}")
+        self._send(handler, method, path, resp)
+
+    @staticmethod
+    def _fault_kind(fault: _Fault) -> str:
+        flags = {
+            "drop": fault.drop,
+            "status": fault.status is not None,
+            "body": fault.body is not None,
+            "delay": fault.delay > 0,
+            "after_action": fault.after_action,
+        }
+        return "+".join(name for name, on in flags.items() if on) or "before"
+
+    @staticmethod
+    def _fault_response(endpoint: str, fault: _Fault) -> _Response:
+        status = fault.status if fault.status is not None else _SUCCESS_STATUS[endpoint]
+        if fault.body is None:
+            if status >= 400:
+                return _error(status, f"Injected fault: HTTP {status}")
+            return _Response(status)
+        # A raw body: HTML from a proxy, truncated JSON, ... labelled the way a proxy would.
+        looks_html = fault.body.lstrip().startswith("<")
+        content_type = "text/html; charset=utf-8" if looks_html else "application/json"
+        return _Response(status, fault.body.encode(), content_type)
+
+    def _drop(self, handler: BaseHTTPRequestHandler, method: str, path: str) -> None:
+        with self._lock:
+            self._requests.append((method, path, 0))
+        handler.close_connection = True
+        # Close now, with nothing written: the client sees the connection end without a response.
+        with contextlib.suppress(OSError):
+            handler.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, handler: BaseHTTPRequestHandler, method: str, path: str, resp: _Response) -> None:
+        with self._lock:
+            self._requests.append((method, path, resp.status))
+        try:
+            handler.send_response(resp.status)
+            if resp.content_type is not None:
+                handler.send_header("Content-Type", resp.content_type)
+            for name, value in resp.headers.items():
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(resp.body)))
+            handler.end_headers()
+            handler.wfile.write(resp.body)
+        except OSError:
+            handler.close_connection = True  # the client gave up (e.g. timed out during a delay)
+
+    # ------------------------------------------------------------------ actions
+
+    def _authenticate(self, handler: BaseHTTPRequestHandler) -> tuple[str, bool] | None:
+        """(user name, is admin), or None when the credentials are missing or wrong."""
+        header = handler.headers.get("Authorization") or ""
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer":
+            # Personal access tokens belong to the admin user.
+            return (self._username, True) if any(_same(value, t) for t in self._tokens) else None
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return None
+        if _same(user, self._username) and _same(password, self._password):
+            return user, True
+        other = self._non_admin
+        if other is not None and _same(user, other[0]) and _same(password, other[1]):
+            return user, False
+        return None
+
+    def _perform(
+        self, endpoint: str, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]
+    ) -> _Response:
+        if endpoint == "status":
+            with self._lock:
+                return _json(200, {"state": "MAINTENANCE" if self._locked else "RUNNING"})
+
+        auth = self._authenticate(handler)
+        if auth is None:
+            with self._lock:
+                self._event("auth-failed", endpoint=endpoint)
+            resp = _error(
+                401,
+                "Authentication failed. Please check your credentials and try again.",
+                "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException",
+            )
+            resp.headers["WWW-Authenticate"] = 'Basic realm="Atlassian Bitbucket"'
+            return resp
+        if endpoint == "properties":
+            return _json(
+                200,
+                {
+                    "version": self._version,
+                    "buildNumber": _build_number(self._version),
+                    "buildDate": "1700000000000",
+                    "displayName": "Bitbucket",
+                },
+            )
+        user, is_admin = auth
+        if not is_admin:
+            with self._lock:
+                self._event("forbidden", endpoint=endpoint, user=user)
+            return _error(
+                403,
+                "You are not permitted to access this resource",
+                "com.atlassian.bitbucket.AuthorisationException",
+            )
+
+        def param(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        with self._lock:
+            self._advance()
+            if endpoint == "lock":
+                return self._do_lock(user)
+            if endpoint == "unlock":
+                return self._do_unlock(param("token"))
+            if endpoint == "start":
+                return self._do_start(param("external"), handler.headers.get(MAINTENANCE_TOKEN_HEADER))
+            if endpoint == "poll":
+                return self._do_poll()
+            if endpoint == "progress":
+                return self._do_progress(param("token"), param("percentage"))
+            if endpoint == "cancel":
+                return self._do_cancel(param("token"))
+        raise AssertionError(f"unhandled endpoint {endpoint}")
+
+    def _do_lock(self, user: str) -> _Response:
+        if self._locked:
+            self._event("lock-refused", requested_by=user, owner=self._lock_owner)
+            return _error(409, f"Bitbucket is already locked for maintenance by {self._lock_owner}")
+        token = self._take_lock(user)
+        return _json(202, {"unlockToken": token, "owner": {"displayName": user, "name": user}})
+
+    def _do_unlock(self, token: str | None) -> _Response:
+        if not self._locked or not _same(token, self._unlock_token):
+            reason = "not locked" if not self._locked else "wrong token"
+            self._event("unlock-refused", reason=reason)
+            return _error(409, f"Cannot unlock: {reason}")
+        self._release_lock()
+        return _Response(202)
+
+    def _do_start(self, external: str | None, token: str | None) -> _Response:
+        if external != "true":
+            # Only the external (DIY) backup is simulated; the built-in one takes no part here.
+            self._event("start-refused", reason="external=true missing")
+            return _error(400, "Only external backups are supported: add ?external=true")
+        if not self._locked or not _same(token, self._unlock_token):
+            reason = "not locked" if not self._locked else "wrong or missing maintenance token"
+            self._event("start-refused", reason=reason)
+            return _error(409, f"Cannot start a backup: {reason}")
+        if self._task is not None and self._task["state"] == "RUNNING":
+            self._event("start-refused", reason="a backup is already running")
+            return _error(409, "A backup is already running")
+        self._task = {
+            "id": secrets.token_hex(20),
+            "cancelToken": secrets.token_hex(20),
+            "state": "RUNNING",
+            "progress": {"message": "Closing connections to the current database", "percentage": 5},
+            "type": "BACKUP",
+        }
+        self._task_started_at = time.monotonic()
+        self._drained_recorded = False
+        self._task_in_window = True
+        self._progress_history = []
+        self._event("backup-started", at=self._task_started_at, task=_hint(self._task["id"]))
+        if self._drain_seconds is not None and self._drain_seconds <= 0:
+            self._advance()
+        return _json(202, copy.deepcopy(self._task))
+
+    def _do_poll(self) -> _Response:
+        db_state, scm_state = self._latch_states()
+        payload: dict[str, Any] = {"db-state": db_state, "scm-state": scm_state}
+        if self._task is not None and self._task_in_window:
+            payload = {"task": {k: v for k, v in self._task.items() if k != "cancelToken"}, **payload}
+        return _json(200, payload)
+
+    def _do_progress(self, token: str | None, percentage: str | None) -> _Response:
+        if not self._locked or not _same(token, self._unlock_token):
+            self._event("progress-refused", reason="wrong token" if self._locked else "not locked")
+            return _error(409, "Invalid maintenance token")
+        if percentage is None or not _PERCENTAGE_RE.match(percentage) or int(percentage) > 100:
+            self._event("progress-refused", reason="invalid percentage", percentage=percentage)
+            return _error(400, f"percentage must be an integer between 0 and 100, got {percentage!r}")
+        task = self._task
+        if task is None or not self._task_in_window or task["state"] != "RUNNING":
+            self._event("progress-refused", reason="no running backup")
+            return _error(409, "No backup is running")
+        if self._latch_states() != ("DRAINED", "DRAINED"):
+            self._event("progress-refused", reason="not drained yet")
+            return _error(409, "The database and SCM are not drained yet")
+        value = int(percentage)
+        self._progress_history.append(value)
+        # The UI shows 10 % for Bitbucket's own preparation and 90 % for the external backup.
+        task["progress"] = {"message": "Backing up (external)", "percentage": 10 + value * 90 // 100}
+        self._event("progress", percentage=value)
+        if value == 100:
+            self._end_task("COMPLETED", "Backup complete", by="client")
+        return _Response(202)
+
+    def _do_cancel(self, token: str | None) -> _Response:
+        task = self._task
+        if task is None or not _same(token, task["cancelToken"]):
+            self._event("cancel-refused", reason="wrong cancel token")
+            return _error(409, "Invalid cancel token")
+        if task["state"] != "RUNNING":
+            self._event("cancel-refused", reason=f"task is {task['state']}")
+            return _error(409, f"The backup is not running ({task['state']})")
+        self._end_task("CANCELLED", "Backup cancelled", by="client")
+        return _Response(202)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rehearsal.bitbucket_simulator",
+        description="Run the Bitbucket maintenance-API simulator in the foreground until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7990)
+    parser.add_argument(
+        "--drain-seconds", type=float, default=2.0, help="seconds until DRAINED; negative = never drains"
+    )
+    parser.add_argument("--username", default="admin")
+    parser.add_argument("--password", default="admin")
+    parser.add_argument("--version", default="8.19.1", help="Bitbucket version to report")
+    parser.add_argument("--token", action="append", default=[], help="accepted access token (repeatable)")
+    args = parser.parse_args(argv)
+
+    drain: float | None = None if args.drain_seconds < 0 else args.drain_seconds
+    sim = BitbucketSimulator(
+        args.username,
+        args.password,
+        drain_seconds=drain,
+        version=args.version,
+        host=args.host,
+        port=args.port,
+        tokens=set(args.token),
+    )
+    try:
+        with sim:
+            print(f"Bitbucket simulator listening on {sim.url}; Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("Bitbucket simulator stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

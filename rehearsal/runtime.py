@@ -1,0 +1,652 @@
+"""The local runtime: the synthesized state machine, executed by moto's Step Functions interpreter, with every
+Lambda task running the project's real handler in-process and SSM Run Command executed by a local shell.
+
+Nothing of the workflow is re-implemented here: the definition comes from the CDK template, the Lambda
+environment from the template, the code from functions/. This module only provides what AWS would: resources
+(in moto), the Lambda runtime (an in-process call), and a host for Run Command (bash in a local directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
+
+# The environment every in-process Lambda sees on top of its own template environment.
+LAMBDA_OVERRIDES = {
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "SECRET_CACHE_SECONDS": "0",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
+
+
+def set_fake_credentials() -> None:
+    """moto needs credentials to sign with; never real ones."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
+        os.environ[key] = value
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+
+def rehearsal_project_config(home: str = "amazon-ebs", database: str = "amazon-rds") -> dict[str, Any]:
+    """What the rehearsal synthesizes: one instance 'demo' with placeholder ids, replaced at run time by the
+    ids of the resources created in moto (the definition does not depend on them)."""
+    home_cfg: dict[str, Any] = {"strategy": "none"}
+    if home == "amazon-ebs":
+        home_cfg = {
+            "strategy": "amazon-ebs",
+            "instance_id": "i-00000000000000000",
+            "volumes": ["/dev/xvdf"],
+            "mount_points": [],
+        }
+    db_cfg: dict[str, Any] = {"strategy": "none"}
+    if database == "amazon-rds":
+        db_cfg = {"strategy": "amazon-rds", "instance_id": "bitbucket-demo"}
+    elif database == "amazon-aurora":
+        db_cfg = {"strategy": "amazon-aurora", "cluster_id": "bitbucket-demo"}
+    return {
+        "bundling": "none",
+        "notification_emails": [],
+        "instances": [
+            {
+                "name": "demo",
+                "base_url": "http://127.0.0.1:7990",
+                "credentials_secret": "bitbucket/demo/backup-user",
+                "home": home_cfg,
+                "database": db_cfg,
+                "keep_backups": 2,
+                "schedule": "rate(1 day)",
+            }
+        ],
+    }
+
+
+@lru_cache(maxsize=8)
+def _synth(config_json: str, retry_interval_s: int) -> str:
+    from aws_cdk import Environment
+
+    from rehearsal.template_cache import cached_template
+    from stacks.app_builder import STACK_NAME, build_app
+    from stacks.constructs.backup_workflow import WorkflowTiming
+
+    def synthesize() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="rehearsal-cdk-") as outdir:
+            app, _ = build_app(
+                json.loads(config_json),
+                outdir=outdir,
+                env=Environment(account=ACCOUNT, region=REGION),
+                timing=WorkflowTiming(retry_interval_s=retry_interval_s),
+                checks=False,
+            )
+            app.synth()
+            return dict(json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text()))
+
+    return json.dumps(cached_template(config_json + f"|retry={retry_interval_s}", synthesize))
+
+
+def synth_template(config: dict[str, Any], retry_interval_s: int = 1) -> dict[str, Any]:
+    """The CloudFormation template the CDK app synthesizes for this config (cached per process and on disk)."""
+    return dict(json.loads(_synth(json.dumps(config, sort_keys=True), retry_interval_s)))
+
+
+# --- CloudFormation intrinsic functions, resolved against what was created in moto ---------------------------
+
+
+class Resolver:
+    def __init__(self) -> None:
+        self.refs: dict[str, str] = {}
+        self.attrs: dict[tuple[str, str], str] = {}
+        self.pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": "BitbucketDiyBackup",
+        }
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.pseudo.get(arg) or self.refs[arg]
+            if key == "Fn::GetAtt":
+                logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.attrs[(logical, attr)]
+            if key == "Fn::Join":
+                sep, parts = arg
+                return sep.join(str(self(p)) for p in parts)
+        return {k: self(v) for k, v in value.items()}
+
+
+# --- the in-process Lambda runtime -------------------------------------------------------------------------------
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 256
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass
+class Invocation:
+    function: str
+    handler: str
+    event: Any
+    result: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class LogCapture(io.TextIOBase):
+    """Collects every log line the handlers write (Powertools JSON), and passes seed lines to a listener."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.listener: Callable[[dict[str, Any]], None] | None = None
+        self._lock = threading.Lock()
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._partial += text
+            *complete, self._partial = self._partial.split("\n")
+            self.lines.extend(line for line in complete if line)
+        for line in complete:
+            if self.listener and line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    self.listener(json.loads(line))
+        return len(text)
+
+    def records(self) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+
+class LambdaRuntime:
+    """Replaces moto's Docker-less Lambda backend `invoke` with a call of the configured handler."""
+
+    def __init__(self, logs: LogCapture, faults: dict[str, list[Exception]] | None = None) -> None:
+        self.logs = logs
+        self.invocations: list[Invocation] = []
+        self.faults: dict[str, list[Exception]] = faults if faults is not None else {}
+        self._env_lock = threading.Lock()
+
+    def invoke(self, backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: dict[str, str]) -> bytes:
+        fn = backend.get_function(function_name, qualifier)
+        handler_path = fn.handler
+        module_name, _, attr = handler_path.rpartition(".")
+        event = json.loads(body) if body else {}
+        with self._env_lock:
+            # Every function of the stack shares one environment, so setting it for one sets it for all.
+            os.environ.update({**fn.environment_vars, **LAMBDA_OVERRIDES})
+        record = Invocation(function=fn.function_name, handler=handler_path, event=event)
+        started = time.monotonic()
+        try:
+            injected = self.faults.get(fn.function_name)
+            if injected:
+                raise injected.pop(0)
+            handler = getattr(importlib.import_module(module_name), attr)
+            context = LambdaContext(function_name=fn.function_name, invoked_function_arn=fn.function_arn)
+            record.result = handler(event, context)
+            payload = json.dumps(record.result).encode()
+        except Exception as error:  # what the Lambda service does with an unhandled exception
+            record.error = type(error).__name__
+            response_headers["x-amz-function-error"] = "Unhandled"
+            payload = json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)}).encode()
+        record.seconds = time.monotonic() - started
+        self.invocations.append(record)
+        return payload
+
+
+# --- the local Run Command host ------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostCommand:
+    instance_id: str
+    script: str
+    status: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class LocalHost:
+    """Runs AWS-RunShellScript commands with bash in a local directory, standing in for the EC2 hosts.
+
+    `fsfreeze` cannot run here (it needs root and a real mount), so a recording stand-in is first on PATH;
+    everything else (sync, the host scripts) runs for real.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bin = root / ".bin"
+        self.bin.mkdir(parents=True, exist_ok=True)
+        self.freeze_log = root / ".fsfreeze.log"
+        stub = self.bin / "fsfreeze"
+        stub.write_text(f'#!/usr/bin/env bash\necho "$@" >> {self.freeze_log}\n')
+        stub.chmod(0o755)
+        self.commands: list[HostCommand] = []
+        # Per instance id: a status to report instead of running (e.g. "TimedOut"), or a failing exit code.
+        self.faults: dict[str, str] = {}
+
+    def run(self, instance_id: str, script: str) -> HostCommand:
+        import subprocess
+
+        fault = self.faults.get(instance_id)
+        if fault in ("TimedOut", "Cancelled", "InProgress"):
+            result = HostCommand(instance_id, script, fault, -1, "", "")
+        else:
+            env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
+            proc = subprocess.run(["bash", "-c", script], cwd=self.root, env=env, capture_output=True, text=True,
+                                  timeout=600, check=False)
+            status = "Success" if proc.returncode == 0 else "Failed"
+            result = HostCommand(instance_id, script, status, proc.returncode, proc.stdout, proc.stderr)
+        self.commands.append(result)
+        return result
+
+    def freezes(self) -> list[str]:
+        return self.freeze_log.read_text().splitlines() if self.freeze_log.exists() else []
+
+
+def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack:
+    """Patches that make moto behave like AWS where the rehearsal depends on it."""
+    from unittest import mock
+
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.ec2.models.elastic_block_store import EBSBackend
+    from moto.ssm.models import SimpleSystemManagerBackend
+
+    stack = contextlib.ExitStack()
+
+    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+               response_headers: Any) -> bytes:
+        return runtime.invoke(self, function_name, qualifier, body, headers, response_headers)
+
+    original_create_snapshots = EBSBackend.create_snapshots
+
+    def create_snapshots(self: Any, instance_spec: dict[str, Any], description: str, tags: dict[str, str]) -> Any:
+        # moto ignores ExcludeDataVolumeIds; AWS honours it.
+        excluded = set(instance_spec.get("ExcludeDataVolumeIds") or [])
+        snapshots = original_create_snapshots(self, instance_spec, description, tags)
+        keep = []
+        for snapshot in snapshots:
+            if snapshot.volume.id in excluded:
+                self.snapshots.pop(snapshot.id, None)
+            else:
+                keep.append(snapshot)
+        return keep
+
+    original_send = SimpleSystemManagerBackend.send_command
+
+    def send_command(self: Any, **kwargs: Any) -> Any:
+        command = original_send(self, **kwargs)
+        if command.document_name == "AWS-RunShellScript":
+            script = "\n".join(command.parameters.get("commands", []))
+            for invocation in command.invocations:
+                ran = host.run(invocation["InstanceId"], script)
+                invocation.update(
+                    Status=ran.status,
+                    StatusDetails=ran.status,
+                    ResponseCode=ran.exit_code,
+                    StandardOutputContent=ran.stdout[-24000:],
+                    StandardErrorContent=ran.stderr[-8000:],
+                )
+        return command
+
+    stack.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
+    stack.enter_context(mock.patch.object(EBSBackend, "create_snapshots", create_snapshots))
+    stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+    return stack
+
+
+# --- the rehearsal world ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    status: str
+    execution_arn: str
+    output: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+    history: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def state_transitions(self) -> int:
+        # Each state entered is a transition; each retry of a task is one more.
+        entered = sum(1 for e in self.history if e["type"].endswith("StateEntered"))
+        scheduled = sum(1 for e in self.history if e["type"] == "LambdaFunctionScheduled")
+        tasks = sum(1 for e in self.history if e["type"] == "TaskStateEntered")
+        return entered + max(0, scheduled - tasks)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.state_transitions * STATE_TRANSITION_USD
+
+    def states_entered(self) -> list[str]:
+        return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
+
+
+class Rehearsal:
+    """A moto world with the synthesized stack deployed into it, a demo instance's AWS resources, and a
+    Bitbucket to talk to (a simulator or a real staging instance)."""
+
+    def __init__(
+        self,
+        bitbucket_url: str,
+        *,
+        username: str = "admin",
+        password: str = "admin",
+        home: str = "amazon-ebs",
+        database: str = "amazon-rds",
+        timing: dict[str, Any] | None = None,
+        instance_overrides: dict[str, Any] | None = None,
+        host_root: Path | None = None,
+    ) -> None:
+        self.bitbucket_url = bitbucket_url.rstrip("/")
+        self.username, self.password = username, password
+        self.project_config = rehearsal_project_config(home, database)
+        self.timing = {
+            "poll_interval_seconds": 0,
+            "drain_timeout_seconds": 30,
+            "snapshot_poll_interval_seconds": 0,
+            "snapshot_timeout_seconds": 60,
+            "http_timeout_seconds": 2,
+            "http_retries": 2,
+            "http_backoff_seconds": 0.05,
+            **(timing or {}),
+        }
+        self.instance_overrides = instance_overrides or {}
+        self.logs = LogCapture()
+        self.lambda_faults: dict[str, list[Exception]] = {}
+        self.runtime = LambdaRuntime(self.logs, self.lambda_faults)
+        self._own_host_root = host_root is None
+        self.host = LocalHost(host_root or Path(tempfile.mkdtemp(prefix="rehearsal-host-")))
+        self.resolver = Resolver()
+        self.resources: dict[str, Any] = {}
+        self._stack = contextlib.ExitStack()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Rehearsal:
+        from moto import mock_aws
+
+        set_fake_credentials()
+        template = synth_template(self.project_config)
+        self._stack.enter_context(
+            mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        )
+        self._stack.enter_context(_patch_moto(self.runtime, self.host))
+        self._redirect_logs()
+        self._deploy(template)
+        self._create_world()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        if self._own_host_root:
+            shutil.rmtree(self.host.root, ignore_errors=True)
+
+    def _redirect_logs(self) -> None:
+        from functions.observability import logger
+
+        for handler in logger.handlers:
+            if hasattr(handler, "setStream"):
+                previous = handler.setStream(self.logs)
+                self._stack.callback(handler.setStream, previous)
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=REGION)
+
+    # --- deploying the template into moto -----------------------------------------------------------------------
+
+    def _deploy(self, template: dict[str, Any]) -> None:
+        resources: dict[str, dict[str, Any]] = template["Resources"]
+        r = self.resolver
+        iam = self.client("iam")
+        role_arn = iam.create_role(
+            RoleName="rehearsal-role",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+        )["Role"]["Arn"]
+        order = ["AWS::KMS::Key", "AWS::SNS::Topic", "AWS::DynamoDB::Table", "AWS::SSM::Parameter",
+                 "AWS::Lambda::Function", "AWS::StepFunctions::StateMachine"]
+        for kind in order:
+            for logical, resource in resources.items():
+                if resource["Type"] == kind:
+                    self._create(logical, kind, resource.get("Properties", {}), role_arn)
+        self.state_machines = {
+            logical: r.refs[logical] for logical, res in resources.items()
+            if res["Type"] == "AWS::StepFunctions::StateMachine"
+        }
+        self.topic_arn = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::SNS::Topic")
+        self.table = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::DynamoDB::Table")
+        self.parameters = {
+            v["Properties"]["Name"]: v["Properties"]["Value"]
+            for v in resources.values() if v["Type"] == "AWS::SSM::Parameter"
+        }
+
+    def _create(self, logical: str, kind: str, props: dict[str, Any], role_arn: str) -> None:
+        r = self.resolver
+        if kind == "AWS::KMS::Key":
+            key = self.client("kms").create_key(Description=logical)["KeyMetadata"]
+            r.refs[logical], r.attrs[(logical, "Arn")] = key["KeyId"], key["Arn"]
+        elif kind == "AWS::SNS::Topic":
+            arn = self.client("sns").create_topic(Name=logical)["TopicArn"]
+            r.refs[logical], r.attrs[(logical, "TopicArn")] = arn, arn
+        elif kind == "AWS::DynamoDB::Table":
+            table = self.client("dynamodb").create_table(
+                TableName=logical,
+                KeySchema=props["KeySchema"],
+                AttributeDefinitions=props["AttributeDefinitions"],
+                BillingMode="PAY_PER_REQUEST",
+            )["TableDescription"]
+            r.refs[logical], r.attrs[(logical, "Arn")] = logical, table["TableArn"]
+        elif kind == "AWS::SSM::Parameter":
+            self.client("ssm").put_parameter(Name=props["Name"], Value=r(props["Value"]), Type="String")
+            r.refs[logical] = props["Name"]
+        elif kind == "AWS::Lambda::Function":
+            code = io.BytesIO()
+            with zipfile.ZipFile(code, "w") as archive:
+                archive.writestr("README", "the rehearsal runs functions/ in-process")
+            fn = self.client("lambda").create_function(
+                FunctionName=logical,
+                Runtime="python3.13",
+                Role=role_arn,
+                Handler=props["Handler"],
+                Code={"ZipFile": code.getvalue()},
+                Timeout=props.get("Timeout", 60),
+                Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
+            )
+            r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
+        elif kind == "AWS::StepFunctions::StateMachine":
+            definition = r(props["DefinitionString"])
+            arn = self.client("stepfunctions").create_state_machine(
+                name=logical, definition=definition, roleArn=role_arn
+            )["stateMachineArn"]
+            r.refs[logical], r.attrs[(logical, "Name")] = arn, logical
+            self.definitions = getattr(self, "definitions", {})
+            self.definitions[logical] = json.loads(definition)
+
+    # --- the demo instance's AWS resources -----------------------------------------------------------------------
+
+    def _create_world(self) -> None:
+        instance = self.project_config["instances"][0]
+        sm = self.client("secretsmanager")
+        sm.create_secret(
+            Name=instance["credentials_secret"],
+            SecretString=json.dumps({"username": self.username, "password": self.password}),
+        )
+        home, database = dict(instance["home"]), dict(instance["database"])
+        if home["strategy"] == "amazon-ebs":
+            ec2 = self.client("ec2")
+            image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+            ec2_instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large")[
+                "Instances"
+            ][0]
+            zone = ec2_instance["Placement"]["AvailabilityZone"]
+            volumes = {}
+            for device, size in (("/dev/xvdf", 100), ("/dev/xvdg", 20)):
+                volume = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3")["VolumeId"]
+                ec2.attach_volume(VolumeId=volume, InstanceId=ec2_instance["InstanceId"], Device=device)
+                volumes[device] = volume
+            # /dev/xvdg is attached but not configured: it must not be snapshotted.
+            self.resources.update(ec2_instance=ec2_instance["InstanceId"], volumes=volumes)
+            home["instance_id"] = ec2_instance["InstanceId"]
+        if database["strategy"] == "amazon-rds":
+            self.client("rds").create_db_instance(
+                DBInstanceIdentifier=database["instance_id"], DBInstanceClass="db.t3.medium", Engine="postgres",
+                AllocatedStorage=50, MasterUsername="bitbucket", MasterUserPassword="not-a-real-secret-1",
+            )
+            self.resources["db_instance"] = database["instance_id"]
+        elif database["strategy"] == "amazon-aurora":
+            self.client("rds").create_db_cluster(
+                DBClusterIdentifier=database["cluster_id"], Engine="aurora-postgresql",
+                MasterUsername="bitbucket", MasterUserPassword="not-a-real-secret-1",
+            )
+            self.resources["db_cluster"] = database["cluster_id"]
+        self.configure(home=home, database=database, base_url=self.bitbucket_url, timing=self.timing,
+                       **self.instance_overrides)
+
+    def configure(self, **fields: Any) -> dict[str, Any]:
+        """Change the demo instance's stored configuration (what cdk.json would say), as a redeploy would."""
+        name = next(iter(self.parameters))
+        current = json.loads(self.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
+        current.update(fields)
+        from functions.models.config import parse_instance_config
+
+        parse_instance_config(current)  # the rehearsal stores only what `cdk synth` would accept
+        self.client("ssm").put_parameter(Name=name, Value=json.dumps(current), Type="String", Overwrite=True)
+        self.instance_config = current
+        return current
+
+    # --- running -----------------------------------------------------------------------------------------------------
+
+    @property
+    def state_machine_arn(self) -> str:
+        return next(iter(self.state_machines.values()))
+
+    def start(self, execution_input: Any = None, name: str | None = None) -> str:
+        payload = execution_input if execution_input is not None else {"instance": "demo"}
+        return str(
+            self.client("stepfunctions").start_execution(
+                stateMachineArn=self.state_machine_arn,
+                name=name or f"rehearsal-{uuid.uuid4().hex[:12]}",
+                input=payload if isinstance(payload, str) else json.dumps(payload),
+            )["executionArn"]
+        )
+
+    def wait(self, execution_arn: str, timeout: float = 120.0) -> RunResult:
+        sfn = self.client("stepfunctions")
+        started = time.monotonic()
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                break
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"execution still RUNNING after {timeout} s")
+            time.sleep(0.02)
+        history = self._history(execution_arn)
+        output = json.loads(described["output"]) if described.get("output") else None
+        return RunResult(
+            status=described["status"],
+            execution_arn=execution_arn,
+            output=output,
+            error=described.get("error"),
+            cause=described.get("cause"),
+            history=history,
+            seconds=time.monotonic() - started,
+        )
+
+    def run_backup(self, execution_input: Any = None, timeout: float = 120.0) -> RunResult:
+        return self.wait(self.start(execution_input), timeout)
+
+    def _history(self, execution_arn: str) -> list[dict[str, Any]]:
+        sfn = self.client("stepfunctions")
+        events: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+        while True:
+            page = sfn.get_execution_history(**kwargs)
+            events.extend(page["events"])
+            if not page.get("nextToken"):
+                return events
+            kwargs["nextToken"] = page["nextToken"]
+
+    # --- what happened -------------------------------------------------------------------------------------------
+
+    def notifications(self) -> list[dict[str, Any]]:
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
+        return [
+            {"message": n[1], "subject": n[2], "attributes": n[3]}
+            for n in topic.sent_notifications
+        ]
+
+    def snapshots(self, backup_id: str | None = None) -> list[dict[str, Any]]:
+        from functions.models.config import parse_instance_config
+        from functions.strategies import strategies_for
+
+        config = parse_instance_config(self.instance_config)
+        return [a.summary() | {"backup_id": a.backup_id}
+                for s in strategies_for(config) for a in s.artifacts(backup_id)]
+
+    def run_record(self) -> dict[str, Any] | None:
+        item = self.client("dynamodb").get_item(TableName=self.table, Key={"instance": {"S": "demo"}}).get("Item")
+        return dict(item) if item else None
+
+
+@contextlib.contextmanager
+def local_simulator(**kwargs: Any) -> Iterator[Any]:
+    from rehearsal.bitbucket_simulator import BitbucketSimulator
+
+    simulator = BitbucketSimulator(**kwargs).start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()

@@ -1,0 +1,33 @@
+"""Builds the CDK app from a config dict; app.py and the rehearsal both call this, so they synthesize the
+same thing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import App, Environment
+
+from functions.models.config import parse_project_config
+from stacks import nag
+from stacks.backup_stack import BackupStack, StackSettings
+from stacks.constructs.backup_workflow import WorkflowTiming
+
+CONTEXT_KEY = "bitbucket-backup"
+STACK_NAME = "BitbucketDiyBackup"
+
+
+def build_app(
+    raw_config: Any,
+    *,
+    outdir: str | None = None,
+    env: Environment | None = None,
+    timing: WorkflowTiming = WorkflowTiming(),
+    checks: bool = True,
+) -> tuple[App, BackupStack]:
+    config = parse_project_config(raw_config)
+    app = App(outdir=outdir) if outdir else App()
+    stack = BackupStack(app, STACK_NAME, settings=StackSettings(config=config, timing=timing), env=env,
+                        description="Bitbucket DIY backup for AWS: scheduled, Bitbucket-aware backups")
+    if checks:
+        nag.check(app, stack)
+    return app, stack

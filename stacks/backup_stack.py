@@ -1,0 +1,88 @@
+"""The stack: shared pieces (key, topic, run table, config parameters), one backup workflow per network
+(Lambdas can sit in only one VPC), schedules; and the permissions between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from functions.models.config import InstanceConfig, ProjectConfig
+from stacks import permissions
+from stacks.bundling import lambda_code
+from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
+from stacks.constructs.functions import FunctionFactory, FunctionSettings
+from stacks.constructs.instance_config import InstanceConfigParameters
+from stacks.constructs.notifications import Notifications
+from stacks.constructs.run_table import RunTable
+from stacks.constructs.schedules import Schedules
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    config: ProjectConfig
+    timing: WorkflowTiming = WorkflowTiming()
+
+
+def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]]:
+    groups: dict[str, list[InstanceConfig]] = {}
+    for instance in instances:
+        groups.setdefault(instance.network.key() if instance.network else "", []).append(instance)
+    return list(groups.values())
+
+
+class BackupStack(Stack):
+    def __init__(self, scope: Construct, id: str, *, settings: StackSettings, **kwargs: object) -> None:
+        super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        config = settings.config
+        key = kms.Key(self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: topic and run table")
+        notifications = Notifications(self, "Notifications", config=config, key=key)
+        runs = RunTable(self, "Runs", key=key)
+        prefix = f"/bitbucket-diy-backup/{id}/instances"
+        parameters = InstanceConfigParameters(self, "InstanceConfig", prefix=prefix, instances=config.instances)
+        code = lambda_code(with_dependencies=config.bundling == "local")
+        environment = {
+            "RUNS_TABLE": runs.table.table_name,
+            "TOPIC_ARN": notifications.topic.topic_arn,
+            "CONFIG_PARAMETER_PREFIX": prefix,
+            "POWERTOOLS_SERVICE_NAME": "bitbucket-diy-backup",
+            "POWERTOOLS_METRICS_NAMESPACE": "BitbucketDiyBackup",
+            "POWERTOOLS_LOG_LEVEL": config.log_level,
+        }
+        groups = network_groups(config.instances)
+        for index, instances in enumerate(groups):
+            suffix = "" if len(groups) == 1 else str(index + 1)
+            factory = FunctionFactory(
+                self, FunctionSettings(code=code, environment=environment, network=instances[0].network)
+            )
+            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=settings.timing)
+            self._grant(workflow.functions, instances, runs, notifications, parameters, key)
+            Schedules(self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine)
+            CfnOutput(self, f"BackupStateMachine{suffix}", value=workflow.state_machine.state_machine_arn,
+                      description=f"Backup state machine for: {', '.join(i.name for i in instances)}")
+        CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
+        CfnOutput(self, "RunTable", value=runs.table.table_name)
+
+    def _grant(self, fns: dict[str, lambda_.Function], instances: list[InstanceConfig], runs: RunTable,
+               notifications: Notifications, parameters: InstanceConfigParameters, key: kms.IKey) -> None:
+        talks_to_bitbucket = ["validate", "lock", "start", "poll", "progress", "unlock", "failure"]
+        for name in talks_to_bitbucket:
+            fns[name].add_to_role_policy(permissions.read_secrets(self, instances))
+        for name in fns:
+            runs.table.grant_read_write_data(fns[name])
+        for parameter in (parameters.parameters[i.name] for i in instances):
+            parameter.grant_read(fns["validate"])
+        for name in ("validate", "home", "database", "check", "finalize", "failure"):
+            for statement in permissions.describe(instances):
+                fns[name].add_to_role_policy(statement)
+        for statement in permissions.create_home_snapshots(self, instances):
+            fns["home"].add_to_role_policy(statement)
+        for statement in permissions.create_db_snapshots(self, instances):
+            fns["database"].add_to_role_policy(statement)
+        for name in ("finalize", "failure"):
+            for statement in permissions.manage_own_snapshots(self, instances):
+                fns[name].add_to_role_policy(statement)
+            notifications.topic.grant_publish(fns[name])

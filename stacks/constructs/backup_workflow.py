@@ -1,0 +1,199 @@
+"""The backup state machine and its Lambdas.
+
+validate (live) → lock → start backup → wait for DRAINED → home and database copies in parallel, each reporting
+progress → progress 100 → unlock → wait for snapshots → finalize (mark complete, prune).
+Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from stacks.constructs.functions import FunctionFactory
+
+LAMBDA_ERRORS = [
+    "Lambda.ClientExecutionTimeoutException",
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+
+
+@dataclass(frozen=True)
+class WorkflowTiming:
+    """Retry intervals are fixed in the definition; tests synthesize with 1 s so a retried step costs 1 s."""
+
+    retry_interval_s: int = 2
+    timeout: Duration = Duration.hours(8)
+
+
+class BackupWorkflow(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        factory: FunctionFactory,
+        state_machine_name: str | None = None,
+        timing: WorkflowTiming = WorkflowTiming(),
+    ) -> None:
+        super().__init__(scope, id)
+        self._timing = timing
+        make = factory.make
+        h = "functions.handlers"
+        self.functions: dict[str, lambda_.Function] = {
+            "validate": make("Validate", f"{h}.validate.handler", timeout_s=60, description="validate and prepare"),
+            "lock": make("Lock", f"{h}.lock.handler", timeout_s=60, description="lock"),
+            "start": make("StartBackup", f"{h}.start_backup.handler", timeout_s=60, description="start backup"),
+            "poll": make("PollDrain", f"{h}.poll_drain.handler", timeout_s=90, description="wait for DRAINED"),
+            "home": make("BackupHome", f"{h}.backup_part.handler", timeout_s=600, description="home copy"),
+            "database": make("BackupDatabase", f"{h}.backup_part.handler", timeout_s=300, description="db copy"),
+            "progress": make("Progress", f"{h}.progress.handler", timeout_s=90, description="progress"),
+            "unlock": make("Unlock", f"{h}.unlock.handler", timeout_s=120, description="unlock"),
+            "check": make("CheckSnapshots", f"{h}.check_snapshots.handler", timeout_s=90, description="snapshots"),
+            "finalize": make("Finalize", f"{h}.finalize.handler", timeout_s=300, description="finalize, prune"),
+            "failure": make("HandleFailure", f"{h}.failure.handler", timeout_s=300, description="failure path"),
+        }
+        log_group = logs.LogGroup(
+            self, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=state_machine_name,
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_chainable(self._definition()),
+            timeout=timing.timeout,
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
+            comment="Bitbucket DIY backup: lock, drain, snapshot, unlock, then wait, mark complete and prune",
+        )
+
+    # --- building blocks ----------------------------------------------------------------------------------
+
+    def _task(
+        self, id: str, fn: str, payload: dict[str, Any], result_path: str | None, *, retry_on: list[str] | None = None
+    ) -> tasks.LambdaInvoke:
+        task = tasks.LambdaInvoke(
+            self,
+            id,
+            lambda_function=self.functions[fn],
+            payload=sfn.TaskInput.from_object(payload),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path if result_path is not None else sfn.JsonPath.DISCARD,
+        )
+        task.add_retry(errors=LAMBDA_ERRORS, interval=Duration.seconds(self._timing.retry_interval_s),
+                       max_attempts=3, backoff_rate=2)
+        if retry_on:
+            task.add_retry(errors=retry_on, interval=Duration.seconds(self._timing.retry_interval_s),
+                           max_attempts=3, backoff_rate=2)
+        return task
+
+    def _catch(self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable,
+               with_run: bool = True) -> None:
+        params: dict[str, Any] = {
+            "input.$": "$.input",
+            "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+        }
+        if with_run:
+            params["run.$"] = "$.run"
+        note = sfn.Pass(self, f"Failed: {step}", parameters=params)
+        note.next(failure)
+        state.add_catch(note, errors=["States.ALL"], result_path="$.failure")
+
+    # --- the definition -------------------------------------------------------------------------------------
+
+    def _definition(self) -> sfn.IChainable:
+        run = {"run.$": "$.run"}
+        handle = self._task("Handle failure", "failure", {"input.$": "$.input", "run.$": "$.run",
+                                                          "failure.$": "$.failure"}, "$.outcome")
+        handle_pre = self._task("Handle failure before lock", "failure",
+                                {"input.$": "$.input", "failure.$": "$.failure"}, "$.outcome")
+        failed = sfn.Fail(self, "Backup failed", error_path="$.outcome.error", cause_path="$.outcome.cause")
+        cleanup_failed = sfn.Fail(self, "Cleanup failed", error="CleanupFailed",
+                                  cause="the failure path itself failed: check Bitbucket's maintenance mode by hand")
+        for h in (handle, handle_pre):
+            h.add_retry(errors=["BitbucketUnavailable"], interval=Duration.seconds(self._timing.retry_interval_s),
+                        max_attempts=3, backoff_rate=2)
+            h.add_catch(cleanup_failed, errors=["States.ALL"], result_path="$.cleanup_error")
+            h.next(failed)
+
+        start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
+        validate = self._task(
+            "Validate and prepare",
+            "validate",
+            {"input.$": "$.input", "execution.$": "$$.Execution.Id", "start_time.$": "$$.Execution.StartTime"},
+            "$.run",
+        )
+        skipped = sfn.Succeed(self, "Skipped: backup in progress")
+        validate.add_catch(sfn.Pass(self, "Another backup is running").next(skipped),
+                           errors=["BackupInProgress"], result_path="$.skipped")
+        self._catch(validate, "validate", handle_pre, with_run=False)
+
+        lock = self._task("Lock", "lock", run, "$.lock")
+        self._catch(lock, "lock", handle)
+        start_backup = self._task("Start backup", "start", run, "$.task")
+        self._catch(start_backup, "start-backup", handle)
+        poll = self._task("Poll drain state", "poll", run, "$.drain", retry_on=["BitbucketUnavailable"])
+        self._catch(poll, "wait-drained", handle)
+        wait_drain = sfn.Wait(
+            self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.config.timing.poll_interval_seconds")
+        )
+
+        parts = sfn.Parallel(self, "Copy home and database", result_path="$.parts",
+                             result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"})
+        for part, fn in (("home", "home"), ("database", "database")):
+            copy = self._task(f"Copy {part}", fn, {"run.$": "$.run", "part": part}, "$.part_result",
+                              retry_on=["AwsRateLimited"])
+            report = self._task(f"Report {part} progress", "progress", {"run.$": "$.run", "part": part}, None,
+                                retry_on=["BitbucketUnavailable"])
+            skip = sfn.Pass(self, f"No {part} to copy", result=sfn.Result.from_object({"part": part, "skipped": True}),
+                            result_path="$.part_result")
+            parts.branch(
+                sfn.Choice(self, f"{part.capitalize()} configured?")
+                .when(sfn.Condition.string_equals(f"$.run.config.{part}.strategy", "none"), skip)
+                .otherwise(copy.next(report))
+            )
+        self._catch(parts, "copy", handle)
+
+        finish = self._task("Report progress 100", "progress", run, None, retry_on=["BitbucketUnavailable"])
+        self._catch(finish, "progress", handle)
+        unlock = self._task("Unlock", "unlock", run, "$.unlocked", retry_on=["BitbucketUnavailable"])
+        self._catch(unlock, "unlock", handle)
+        check = self._task("Check snapshots", "check", run, "$.snapshots")
+        self._catch(check, "wait-snapshots", handle)
+        wait_snapshots = sfn.Wait(
+            self,
+            "Wait for snapshots",
+            time=sfn.WaitTime.seconds_path("$.run.config.timing.snapshot_poll_interval_seconds"),
+        )
+        finalize = self._task("Mark complete and prune", "finalize",
+                              {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary")
+        self._catch(finalize, "finalize", handle)
+        done = sfn.Succeed(self, "Backup complete", output_path="$.summary")
+
+        return (
+            start.next(validate)
+            .next(lock)
+            .next(start_backup)
+            .next(poll)
+            .next(
+                sfn.Choice(self, "Drained?")
+                .when(sfn.Condition.boolean_equals("$.drain.drained", True), parts.next(finish).next(unlock).next(check)
+                      .next(sfn.Choice(self, "Snapshots complete?")
+                            .when(sfn.Condition.boolean_equals("$.snapshots.complete", True),
+                                  finalize.next(done))
+                            .otherwise(wait_snapshots.next(check))))
+                .otherwise(wait_drain.next(poll))
+            )
+        )

@@ -1,0 +1,27 @@
+"""The run table: concurrency guard and the only store of unlock/cancel tokens (see functions/runs.py)."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+
+class RunTable(Construct):
+    def __init__(self, scope: Construct, id: str, *, key: kms.IKey) -> None:
+        super().__init__(scope, id)
+        self.table = dynamodb.Table(
+            self,
+            "Table",
+            partition_key=dynamodb.Attribute(name="instance", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+            encryption_key=key,
+            time_to_live_attribute="expires_at",
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            # Holds only live runs; nothing in it outlives a backup, so it may go with the stack.
+            removal_policy=RemovalPolicy.DESTROY,
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -46,6 +47,9 @@ class _RedactingFormatter(LambdaPowertoolsFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
+
+# A step that records no metric is normal here; Powertools would warn on every such invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 logger = Logger(service=SERVICE, logger_formatter=_RedactingFormatter())
 tracer = Tracer(service=SERVICE)

@@ -274,12 +274,12 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
     record = runs.get(run.instance, run.backup_id) if run else None
     actions: list[str] = []
     unlocked: str
-    if record is None or record.phase == "preparing" or not record.unlock_token:
+    if record is not None and record.phase == "unlocked":
+        unlocked = "yes (unlocked before the failure)"
+    elif record is None or record.phase == "preparing" or not record.unlock_token:
         unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
         if error == "LockNotConfirmed":
             unlocked = "NO - Bitbucket is in maintenance mode and the unlock token is unknown: unlock by hand"
-    elif record.phase == "unlocked":
-        unlocked = "yes (unlocked before the failure)"
     else:
         assert run is not None
         client_ = bitbucket(run.config)

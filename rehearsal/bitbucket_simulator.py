@@ -200,6 +200,8 @@ class BitbucketSimulator:
         self._events: list[tuple[float, str, dict[str, Any]]] = []
         self._requests: list[tuple[str, str, int]] = []
         self._faults: dict[str, list[_Fault]] = {}
+        # Every token handed out, so tests can search logs and messages for any of them.
+        self._issued: list[str] = []
 
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -298,6 +300,17 @@ class BitbucketSimulator:
         """(method, path, status) of every request; status 0 means the connection was dropped."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def issued_secrets(self) -> list[str]:
+        """Every unlock and cancel token issued, plus the passwords: what must never leak anywhere."""
+        with self._lock:
+            return [*self._issued, self._password]
+
+    def _issue(self) -> str:
+        token = secrets.token_hex(20)
+        self._issued.append(token)
+        return token
 
     def event_names(self) -> list[str]:
         """Just the names from ``events``, in order: what most assertions need."""
@@ -406,6 +419,7 @@ class BitbucketSimulator:
 
     def _take_lock(self, owner: str) -> str:
         token = secrets.token_hex(20)
+        self._issued.append(token)
         self._locked, self._unlock_token, self._lock_owner = True, token, owner
         self._task_in_window = False  # a task from an earlier window is not part of this one
         self._event("locked", owner=owner, token=_hint(token))
@@ -570,9 +584,7 @@ class BitbucketSimulator:
             return user, False
         return None
 
-    def _perform(
-        self, endpoint: str, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]
-    ) -> _Response:
+    def _perform(self, endpoint: str, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> _Response:
         if endpoint == "status":
             with self._lock:
                 return _json(200, {"state": "MAINTENANCE" if self._locked else "RUNNING"})
@@ -657,7 +669,7 @@ class BitbucketSimulator:
             return _error(409, "A backup is already running")
         self._task = {
             "id": secrets.token_hex(20),
-            "cancelToken": secrets.token_hex(20),
+            "cancelToken": self._issue(),
             "state": "RUNNING",
             "progress": {"message": "Closing connections to the current database", "percentage": 5},
             "type": "BACKUP",

@@ -136,7 +136,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, arg), = value.items()
+            ((key, arg),) = value.items()
             if key == "Ref":
                 return self.pseudo.get(arg) or self.refs[arg]
             if key == "Fn::GetAtt":
@@ -212,8 +212,15 @@ class LambdaRuntime:
         self.faults: dict[str, list[Exception]] = faults if faults is not None else {}
         self._env_lock = threading.Lock()
 
-    def invoke(self, backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
-               response_headers: dict[str, str]) -> bytes:
+    def invoke(
+        self,
+        backend: Any,
+        function_name: str,
+        qualifier: str | None,
+        body: Any,
+        headers: Any,
+        response_headers: dict[str, str],
+    ) -> bytes:
         fn = backend.get_function(function_name, qualifier)
         handler_path = fn.handler
         module_name, _, attr = handler_path.rpartition(".")
@@ -280,8 +287,9 @@ class LocalHost:
             result = HostCommand(instance_id, script, fault, -1, "", "")
         else:
             env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
-            proc = subprocess.run(["bash", "-c", script], cwd=self.root, env=env, capture_output=True, text=True,
-                                  timeout=600, check=False)
+            proc = subprocess.run(
+                ["bash", "-c", script], cwd=self.root, env=env, capture_output=True, text=True, timeout=600, check=False
+            )
             status = "Success" if proc.returncode == 0 else "Failed"
             result = HostCommand(instance_id, script, status, proc.returncode, proc.stdout, proc.stderr)
         self.commands.append(result)
@@ -301,8 +309,9 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
 
     stack = contextlib.ExitStack()
 
-    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
-               response_headers: Any) -> bytes:
+    def invoke(
+        self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+    ) -> bytes:
         return runtime.invoke(self, function_name, qualifier, body, headers, response_headers)
 
     original_create_snapshots = EBSBackend.create_snapshots
@@ -440,9 +449,10 @@ class Rehearsal:
                 self._stack.callback(handler.setStream, previous)
 
     def client(self, service: str) -> Any:
-        import boto3
+        from functions.clients.aws import client
 
-        return boto3.client(service, region_name=REGION)
+        # The same cached clients the handlers use: creating a boto3 client costs tens of milliseconds.
+        return client(service, REGION)
 
     # --- deploying the template into moto -----------------------------------------------------------------------
 
@@ -454,21 +464,29 @@ class Rehearsal:
             RoleName="rehearsal-role",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
-        order = ["AWS::KMS::Key", "AWS::SNS::Topic", "AWS::DynamoDB::Table", "AWS::SSM::Parameter",
-                 "AWS::Lambda::Function", "AWS::StepFunctions::StateMachine"]
+        order = [
+            "AWS::KMS::Key",
+            "AWS::SNS::Topic",
+            "AWS::DynamoDB::Table",
+            "AWS::SSM::Parameter",
+            "AWS::Lambda::Function",
+            "AWS::StepFunctions::StateMachine",
+        ]
         for kind in order:
             for logical, resource in resources.items():
                 if resource["Type"] == kind:
                     self._create(logical, kind, resource.get("Properties", {}), role_arn)
         self.state_machines = {
-            logical: r.refs[logical] for logical, res in resources.items()
+            logical: r.refs[logical]
+            for logical, res in resources.items()
             if res["Type"] == "AWS::StepFunctions::StateMachine"
         }
         self.topic_arn = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::SNS::Topic")
         self.table = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::DynamoDB::Table")
         self.parameters = {
             v["Properties"]["Name"]: v["Properties"]["Value"]
-            for v in resources.values() if v["Type"] == "AWS::SSM::Parameter"
+            for v in resources.values()
+            if v["Type"] == "AWS::SSM::Parameter"
         }
 
     def _create(self, logical: str, kind: str, props: dict[str, Any], role_arn: str) -> None:
@@ -525,8 +543,8 @@ class Rehearsal:
         home, database = dict(instance["home"]), dict(instance["database"])
         if home["strategy"] == "amazon-ebs":
             ec2 = self.client("ec2")
-            image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-            ec2_instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large")[
+            # moto's own example AMI: listing all of moto's images would take seconds.
+            ec2_instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large")[
                 "Instances"
             ][0]
             zone = ec2_instance["Placement"]["AvailabilityZone"]
@@ -540,23 +558,30 @@ class Rehearsal:
             home["instance_id"] = ec2_instance["InstanceId"]
         if database["strategy"] == "amazon-rds":
             self.client("rds").create_db_instance(
-                DBInstanceIdentifier=database["instance_id"], DBInstanceClass="db.t3.medium", Engine="postgres",
-                AllocatedStorage=50, MasterUsername="bitbucket", MasterUserPassword="not-a-real-secret-1",
+                DBInstanceIdentifier=database["instance_id"],
+                DBInstanceClass="db.t3.medium",
+                Engine="postgres",
+                AllocatedStorage=50,
+                MasterUsername="bitbucket",
+                MasterUserPassword="not-a-real-secret-1",
             )
             self.resources["db_instance"] = database["instance_id"]
         elif database["strategy"] == "amazon-aurora":
             self.client("rds").create_db_cluster(
-                DBClusterIdentifier=database["cluster_id"], Engine="aurora-postgresql",
-                MasterUsername="bitbucket", MasterUserPassword="not-a-real-secret-1",
+                DBClusterIdentifier=database["cluster_id"],
+                Engine="aurora-postgresql",
+                MasterUsername="bitbucket",
+                MasterUserPassword="not-a-real-secret-1",
             )
             self.resources["db_cluster"] = database["cluster_id"]
-        self.configure(home=home, database=database, base_url=self.bitbucket_url, timing=self.timing,
-                       **self.instance_overrides)
+        self.configure(
+            home=home, database=database, base_url=self.bitbucket_url, timing=self.timing, **self.instance_overrides
+        )
 
     def configure(self, **fields: Any) -> dict[str, Any]:
         """Change the demo instance's stored configuration (what cdk.json would say), as a redeploy would."""
         name = next(iter(self.parameters))
-        current = json.loads(self.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
+        current: dict[str, Any] = json.loads(self.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
         current.update(fields)
         from functions.models.config import parse_instance_config
 
@@ -623,18 +648,16 @@ class Rehearsal:
         from moto.sns.models import sns_backends
 
         topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
-        return [
-            {"message": n[1], "subject": n[2], "attributes": n[3]}
-            for n in topic.sent_notifications
-        ]
+        return [{"message": n[1], "subject": n[2], "attributes": n[3]} for n in topic.sent_notifications]
 
     def snapshots(self, backup_id: str | None = None) -> list[dict[str, Any]]:
         from functions.models.config import parse_instance_config
         from functions.strategies import strategies_for
 
         config = parse_instance_config(self.instance_config)
-        return [a.summary() | {"backup_id": a.backup_id}
-                for s in strategies_for(config) for a in s.artifacts(backup_id)]
+        return [
+            a.summary() | {"backup_id": a.backup_id} for s in strategies_for(config) for a in s.artifacts(backup_id)
+        ]
 
     def run_record(self) -> dict[str, Any] | None:
         item = self.client("dynamodb").get_item(TableName=self.table, Key={"instance": {"S": "demo"}}).get("Item")

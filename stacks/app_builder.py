@@ -21,13 +21,18 @@ def build_app(
     *,
     outdir: str | None = None,
     env: Environment | None = None,
-    timing: WorkflowTiming = WorkflowTiming(),
+    timing: WorkflowTiming | None = None,
     checks: bool = True,
 ) -> tuple[App, BackupStack]:
     config = parse_project_config(raw_config)
     app = App(outdir=outdir) if outdir else App()
-    stack = BackupStack(app, STACK_NAME, settings=StackSettings(config=config, timing=timing), env=env,
-                        description="Bitbucket DIY backup for AWS: scheduled, Bitbucket-aware backups")
+    stack = BackupStack(
+        app,
+        STACK_NAME,
+        settings=StackSettings(config=config, timing=timing or WorkflowTiming()),
+        env=env,
+        description="Bitbucket DIY backup for AWS: scheduled, Bitbucket-aware backups",
+    )
     if checks:
         nag.check(app, stack)
     return app, stack

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
@@ -24,7 +24,7 @@ from stacks.constructs.schedules import Schedules
 @dataclass(frozen=True)
 class StackSettings:
     config: ProjectConfig
-    timing: WorkflowTiming = WorkflowTiming()
+    timing: WorkflowTiming = field(default_factory=WorkflowTiming)
 
 
 def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]]:
@@ -55,19 +55,32 @@ class BackupStack(Stack):
         groups = network_groups(config.instances)
         for index, instances in enumerate(groups):
             suffix = "" if len(groups) == 1 else str(index + 1)
+            # Each group's functions need their own scope, or the second group's ids collide with the first's.
+            scope = self if len(groups) == 1 else Construct(self, f"Functions{suffix}")
             factory = FunctionFactory(
-                self, FunctionSettings(code=code, environment=environment, network=instances[0].network)
+                scope, FunctionSettings(code=code, environment=environment, network=instances[0].network)
             )
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=settings.timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             Schedules(self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine)
-            CfnOutput(self, f"BackupStateMachine{suffix}", value=workflow.state_machine.state_machine_arn,
-                      description=f"Backup state machine for: {', '.join(i.name for i in instances)}")
+            CfnOutput(
+                self,
+                f"BackupStateMachine{suffix}",
+                value=workflow.state_machine.state_machine_arn,
+                description=f"Backup state machine for: {', '.join(i.name for i in instances)}",
+            )
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
 
-    def _grant(self, fns: dict[str, lambda_.Function], instances: list[InstanceConfig], runs: RunTable,
-               notifications: Notifications, parameters: InstanceConfigParameters, key: kms.IKey) -> None:
+    def _grant(
+        self,
+        fns: dict[str, lambda_.Function],
+        instances: list[InstanceConfig],
+        runs: RunTable,
+        notifications: Notifications,
+        parameters: InstanceConfigParameters,
+        key: kms.IKey,
+    ) -> None:
         talks_to_bitbucket = ["validate", "lock", "start", "poll", "progress", "unlock", "failure"]
         for name in talks_to_bitbucket:
             fns[name].add_to_role_policy(permissions.read_secrets(self, instances))

@@ -40,10 +40,25 @@ def install_dependencies(cache_root: Path = ROOT / ".build") -> Path:
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-r", str(REQUIREMENTS), "-t", str(target),
-             "--platform", PLATFORM, "--python-version", PYTHON_VERSION, "--implementation", "cp",
-             "--only-binary=:all:"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(REQUIREMENTS),
+                "-t",
+                str(target),
+                "--platform",
+                PLATFORM,
+                "--python-version",
+                PYTHON_VERSION,
+                "--implementation",
+                "cp",
+                "--only-binary=:all:",
+            ],
             check=True,
         )
         (target / ".complete").touch()
@@ -52,10 +67,15 @@ def install_dependencies(cache_root: Path = ROOT / ".build") -> Path:
 
 def bundle(output_dir: Path, with_dependencies: bool) -> None:
     if with_dependencies:
-        shutil.copytree(install_dependencies(), output_dir, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".complete", "__pycache__"))
-    shutil.copytree(FUNCTIONS, output_dir / "functions", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            install_dependencies(),
+            output_dir,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(".complete", "__pycache__"),
+        )
+    shutil.copytree(
+        FUNCTIONS, output_dir / "functions", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
 
 
 @jsii.implements(ILocalBundling)

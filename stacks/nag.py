@@ -48,11 +48,28 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
 ]
 
 
-def reason_for(rule: str) -> str | None:
-    for pattern, reason in ACKNOWLEDGMENTS:
+def pattern_for(rule: str) -> str | None:
+    """The first pattern of the table that explains this finding id, if any."""
+    for pattern, _ in ACKNOWLEDGMENTS:
         if re.fullmatch(pattern, rule):
-            return reason
+            return pattern
     return None
+
+
+def reason_for(rule: str) -> str | None:
+    pattern = pattern_for(rule)
+    return dict(ACKNOWLEDGMENTS)[pattern] if pattern else None
+
+
+def acknowledged(stack: Stack) -> dict[str, str]:
+    """The finding ids `check` acknowledged on this stack, with their reasons, read back from the construct
+    metadata `Validations.acknowledge` writes; lets a test tell which table entries are still used."""
+    found: dict[str, str] = {}
+    for entry in stack.node.metadata:
+        if entry.type == Validations.ACKNOWLEDGED_RULES_METADATA_KEY and isinstance(entry.data, dict):
+            for key, reason in entry.data.items():
+                found[re.sub(r"^annotation::", "", key, flags=re.IGNORECASE)] = str(reason)
+    return found
 
 
 def check(app: App, stack: Stack) -> None:

@@ -23,8 +23,12 @@ def secret_arn(stack: Stack, secret: str) -> str:
     if secret.startswith("arn:"):
         return secret
     # A secret's ARN ends in a random 6-character suffix that only AWS knows.
-    return stack.format_arn(service="secretsmanager", resource="secret", resource_name=f"{secret}-??????",
-                            arn_format=_format("secretsmanager", ""))
+    return stack.format_arn(
+        service="secretsmanager",
+        resource="secret",
+        resource_name=f"{secret}-??????",
+        arn_format=_format("secretsmanager", ""),
+    )
 
 
 def read_secrets(stack: Stack, instances: list[InstanceConfig]) -> iam.PolicyStatement:
@@ -50,8 +54,9 @@ def create_home_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list
     ebs = [i.home for i in instances if isinstance(i.home, EbsHomeConfig)]
     if not ebs:
         return []
-    ec2_instances = sorted({stack.format_arn(service="ec2", resource="instance", resource_name=h.instance_id)
-                            for h in ebs})
+    ec2_instances = sorted(
+        {stack.format_arn(service="ec2", resource="instance", resource_name=h.instance_id) for h in ebs}
+    )
     return [
         iam.PolicyStatement(
             actions=["ec2:CreateSnapshots"],
@@ -83,23 +88,38 @@ def create_db_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[i
     statements = []
     rds = [i.database.instance_id for i in instances if isinstance(i.database, RdsDatabaseConfig)]
     aurora = [i.database.cluster_id for i in instances if isinstance(i.database, AuroraDatabaseConfig)]
-    snapshot = stack.format_arn(service="rds", resource="snapshot", resource_name="*",
-                                arn_format=_format("rds", ""))
-    cluster_snapshot = stack.format_arn(service="rds", resource="cluster-snapshot", resource_name="*",
-                                        arn_format=_format("rds", ""))
+    snapshot = stack.format_arn(service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", ""))
+    cluster_snapshot = stack.format_arn(
+        service="rds", resource="cluster-snapshot", resource_name="*", arn_format=_format("rds", "")
+    )
     if rds:
-        statements.append(iam.PolicyStatement(
-            actions=["rds:CreateDBSnapshot", "rds:AddTagsToResource"],
-            resources=[*[stack.format_arn(service="rds", resource="db", resource_name=d, arn_format=_format("rds", ""))
-                         for d in sorted(set(rds))], snapshot],
-        ))
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:CreateDBSnapshot", "rds:AddTagsToResource"],
+                resources=[
+                    *[
+                        stack.format_arn(service="rds", resource="db", resource_name=d, arn_format=_format("rds", ""))
+                        for d in sorted(set(rds))
+                    ],
+                    snapshot,
+                ],
+            )
+        )
     if aurora:
-        statements.append(iam.PolicyStatement(
-            actions=["rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
-            resources=[*[stack.format_arn(service="rds", resource="cluster", resource_name=c,
-                                          arn_format=_format("rds", "")) for c in sorted(set(aurora))],
-                       cluster_snapshot],
-        ))
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
+                resources=[
+                    *[
+                        stack.format_arn(
+                            service="rds", resource="cluster", resource_name=c, arn_format=_format("rds", "")
+                        )
+                        for c in sorted(set(aurora))
+                    ],
+                    cluster_snapshot,
+                ],
+            )
+        )
     return statements
 
 
@@ -107,19 +127,26 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[
     """Re-tag and delete, only where the tool's marker tag is present."""
     statements = []
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
-        statements.append(iam.PolicyStatement(
-            actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
-            resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
-            conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
-        ))
+        statements.append(
+            iam.PolicyStatement(
+                actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
+                resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
+            )
+        )
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
-        statements.append(iam.PolicyStatement(
-            actions=["rds:AddTagsToResource", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
-            resources=[
-                stack.format_arn(service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", "")),
-                stack.format_arn(service="rds", resource="cluster-snapshot", resource_name="*",
-                                 arn_format=_format("rds", "")),
-            ],
-            conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
-        ))
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:AddTagsToResource", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
+                resources=[
+                    stack.format_arn(
+                        service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", "")
+                    ),
+                    stack.format_arn(
+                        service="rds", resource="cluster-snapshot", resource_name="*", arn_format=_format("rds", "")
+                    ),
+                ],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
+            )
+        )
     return statements

@@ -104,18 +104,22 @@ class BitbucketClient:
         except BitbucketRequestFailed as error:
             if error.status == 409:
                 raise AlreadyLocked(
-                    "lock: Bitbucket is already locked by someone else (HTTP 409); their lock was left alone"
+                    "lock: Bitbucket is already locked by someone else (HTTP 409); their lock was left alone", 409
                 ) from None
             raise
-        body = self._json("lock", response)
-        token = body.get("unlockToken")
-        if not isinstance(token, str) or not token:
+        try:
+            body = self._json("lock", response)
+            token = body.get("unlockToken")
+            if not isinstance(token, str) or not token:
+                raise BitbucketBadResponse("lock: the answer has no unlockToken")
+        except BitbucketBadResponse as error:
+            # A lock that took effect must be reported as unconfirmed (unlock by hand), not as a bad answer.
             if self._maybe_locked():
                 raise LockNotConfirmed(
-                    "lock: Bitbucket answered without an unlock token but is now in maintenance mode; "
-                    "it must be unlocked by hand (see README, Troubleshooting)"
-                )
-            raise BitbucketBadResponse("lock: the answer has no unlockToken")
+                    f"lock: Bitbucket answered without a usable unlock token ({error}) but is now in "
+                    "maintenance mode; it must be unlocked by hand (see README, Troubleshooting)"
+                ) from None
+            raise
         register_secret(token)
         owner = body.get("owner") if isinstance(body.get("owner"), dict) else {}
         return Lock(unlock_token=token, owner=str(owner.get("name", "")))

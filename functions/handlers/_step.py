@@ -33,8 +33,9 @@ def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Ha
                     raise BackupError(f"{name}: {type(error).__name__}: {text}") from None
                 raise
 
-        handler = logger.inject_lambda_context(clear_state=True)(run)
-        handler = metrics.log_metrics(handler)
-        return tracer.capture_lambda_handler(handler)  # type: ignore[no-any-return]
+        with_context: Handler = logger.inject_lambda_context(clear_state=True)(run)
+        with_metrics: Handler = metrics.log_metrics(with_context)
+        traced: Handler = tracer.capture_lambda_handler(with_metrics)
+        return traced
 
     return wrap

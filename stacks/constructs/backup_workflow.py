@@ -33,7 +33,7 @@ class WorkflowTiming:
     """Retry intervals are fixed in the definition; tests synthesize with 1 s so a retried step costs 1 s."""
 
     retry_interval_s: int = 2
-    timeout: Duration = Duration.hours(8)
+    timeout_hours: int = 8
 
 
 class BackupWorkflow(Construct):
@@ -44,9 +44,10 @@ class BackupWorkflow(Construct):
         *,
         factory: FunctionFactory,
         state_machine_name: str | None = None,
-        timing: WorkflowTiming = WorkflowTiming(),
+        timing: WorkflowTiming | None = None,
     ) -> None:
         super().__init__(scope, id)
+        timing = timing or WorkflowTiming()
         self._timing = timing
         make = factory.make
         h = "functions.handlers"
@@ -72,7 +73,7 @@ class BackupWorkflow(Construct):
             state_machine_name=state_machine_name,
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_chainable(self._definition()),
-            timeout=timing.timeout,
+            timeout=Duration.hours(timing.timeout_hours),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
             comment="Bitbucket DIY backup: lock, drain, snapshot, unlock, then wait, mark complete and prune",
@@ -92,15 +93,24 @@ class BackupWorkflow(Construct):
             retry_on_service_exceptions=False,
             result_path=result_path if result_path is not None else sfn.JsonPath.DISCARD,
         )
-        task.add_retry(errors=LAMBDA_ERRORS, interval=Duration.seconds(self._timing.retry_interval_s),
-                       max_attempts=3, backoff_rate=2)
+        task.add_retry(
+            errors=LAMBDA_ERRORS,
+            interval=Duration.seconds(self._timing.retry_interval_s),
+            max_attempts=3,
+            backoff_rate=2,
+        )
         if retry_on:
-            task.add_retry(errors=retry_on, interval=Duration.seconds(self._timing.retry_interval_s),
-                           max_attempts=3, backoff_rate=2)
+            task.add_retry(
+                errors=retry_on,
+                interval=Duration.seconds(self._timing.retry_interval_s),
+                max_attempts=3,
+                backoff_rate=2,
+            )
         return task
 
-    def _catch(self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable,
-               with_run: bool = True) -> None:
+    def _catch(
+        self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable, with_run: bool = True
+    ) -> None:
         params: dict[str, Any] = {
             "input.$": "$.input",
             "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
@@ -115,16 +125,26 @@ class BackupWorkflow(Construct):
 
     def _definition(self) -> sfn.IChainable:
         run = {"run.$": "$.run"}
-        handle = self._task("Handle failure", "failure", {"input.$": "$.input", "run.$": "$.run",
-                                                          "failure.$": "$.failure"}, "$.outcome")
-        handle_pre = self._task("Handle failure before lock", "failure",
-                                {"input.$": "$.input", "failure.$": "$.failure"}, "$.outcome")
+        handle = self._task(
+            "Handle failure", "failure", {"input.$": "$.input", "run.$": "$.run", "failure.$": "$.failure"}, "$.outcome"
+        )
+        handle_pre = self._task(
+            "Handle failure before lock", "failure", {"input.$": "$.input", "failure.$": "$.failure"}, "$.outcome"
+        )
         failed = sfn.Fail(self, "Backup failed", error_path="$.outcome.error", cause_path="$.outcome.cause")
-        cleanup_failed = sfn.Fail(self, "Cleanup failed", error="CleanupFailed",
-                                  cause="the failure path itself failed: check Bitbucket's maintenance mode by hand")
+        cleanup_failed = sfn.Fail(
+            self,
+            "Cleanup failed",
+            error="CleanupFailed",
+            cause="the failure path itself failed: check Bitbucket's maintenance mode by hand",
+        )
         for h in (handle, handle_pre):
-            h.add_retry(errors=["BitbucketUnavailable"], interval=Duration.seconds(self._timing.retry_interval_s),
-                        max_attempts=3, backoff_rate=2)
+            h.add_retry(
+                errors=["BitbucketUnavailable"],
+                interval=Duration.seconds(self._timing.retry_interval_s),
+                max_attempts=3,
+                backoff_rate=2,
+            )
             h.add_catch(cleanup_failed, errors=["States.ALL"], result_path="$.cleanup_error")
             h.next(failed)
 
@@ -136,8 +156,11 @@ class BackupWorkflow(Construct):
             "$.run",
         )
         skipped = sfn.Succeed(self, "Skipped: backup in progress")
-        validate.add_catch(sfn.Pass(self, "Another backup is running").next(skipped),
-                           errors=["BackupInProgress"], result_path="$.skipped")
+        validate.add_catch(
+            sfn.Pass(self, "Another backup is running").next(skipped),
+            errors=["BackupInProgress"],
+            result_path="$.skipped",
+        )
         self._catch(validate, "validate", handle_pre, with_run=False)
 
         lock = self._task("Lock", "lock", run, "$.lock")
@@ -150,15 +173,29 @@ class BackupWorkflow(Construct):
             self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.config.timing.poll_interval_seconds")
         )
 
-        parts = sfn.Parallel(self, "Copy home and database", result_path="$.parts",
-                             result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"})
+        parts = sfn.Parallel(
+            self,
+            "Copy home and database",
+            result_path="$.parts",
+            result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"},
+        )
         for part, fn in (("home", "home"), ("database", "database")):
-            copy = self._task(f"Copy {part}", fn, {"run.$": "$.run", "part": part}, "$.part_result",
-                              retry_on=["AwsRateLimited"])
-            report = self._task(f"Report {part} progress", "progress", {"run.$": "$.run", "part": part}, None,
-                                retry_on=["BitbucketUnavailable"])
-            skip = sfn.Pass(self, f"No {part} to copy", result=sfn.Result.from_object({"part": part, "skipped": True}),
-                            result_path="$.part_result")
+            copy = self._task(
+                f"Copy {part}", fn, {"run.$": "$.run", "part": part}, "$.part_result", retry_on=["AwsRateLimited"]
+            )
+            report = self._task(
+                f"Report {part} progress",
+                "progress",
+                {"run.$": "$.run", "part": part},
+                None,
+                retry_on=["BitbucketUnavailable"],
+            )
+            skip = sfn.Pass(
+                self,
+                f"No {part} to copy",
+                result=sfn.Result.from_object({"part": part, "skipped": True}),
+                result_path="$.part_result",
+            )
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
                 .when(sfn.Condition.string_equals(f"$.run.config.{part}.strategy", "none"), skip)
@@ -177,8 +214,9 @@ class BackupWorkflow(Construct):
             "Wait for snapshots",
             time=sfn.WaitTime.seconds_path("$.run.config.timing.snapshot_poll_interval_seconds"),
         )
-        finalize = self._task("Mark complete and prune", "finalize",
-                              {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary")
+        finalize = self._task(
+            "Mark complete and prune", "finalize", {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary"
+        )
         self._catch(finalize, "finalize", handle)
         done = sfn.Succeed(self, "Backup complete", output_path="$.summary")
 
@@ -189,11 +227,17 @@ class BackupWorkflow(Construct):
             .next(poll)
             .next(
                 sfn.Choice(self, "Drained?")
-                .when(sfn.Condition.boolean_equals("$.drain.drained", True), parts.next(finish).next(unlock).next(check)
-                      .next(sfn.Choice(self, "Snapshots complete?")
-                            .when(sfn.Condition.boolean_equals("$.snapshots.complete", True),
-                                  finalize.next(done))
-                            .otherwise(wait_snapshots.next(check))))
+                .when(
+                    sfn.Condition.boolean_equals("$.drain.drained", True),
+                    parts.next(finish)
+                    .next(unlock)
+                    .next(check)
+                    .next(
+                        sfn.Choice(self, "Snapshots complete?")
+                        .when(sfn.Condition.boolean_equals("$.snapshots.complete", True), finalize.next(done))
+                        .otherwise(wait_snapshots.next(check))
+                    ),
+                )
                 .otherwise(wait_drain.next(poll))
             )
         )

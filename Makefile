@@ -1,0 +1,58 @@
+# Everything a fresh machine lacks is installed by these targets: the virtual environment (.venv, from the
+# pinned requirements.txt) and the pinned CDK CLI (node_modules, from package-lock.json).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CDK := node_modules/.bin/cdk
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CDK_DISABLE_CLI_TELEMETRY := true
+PYTEST_WORKERS ?= 2
+
+.PHONY: help demo test bench lint typecheck unit infra integration synth deploy clean venv cdk-cli
+
+help:
+	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
+	@echo "make test   - lint, type-check and run every test"
+	@echo "make bench  - measure lock window, orchestrator share, transitions, cost, handler import times"
+	@echo "make synth  - cdk synth with the pinned CDK CLI (offline, no Docker)"
+	@echo "make deploy - cdk deploy to the account of your AWS credentials"
+
+$(VENV)/.installed: requirements.txt functions/requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(CDK): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	@touch $@
+
+cdk-cli: $(CDK)
+
+demo: venv
+	$(PY) -m rehearsal
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy functions stacks rehearsal app.py
+
+test: venv cdk-cli lint typecheck
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+bench: venv
+	$(PY) -m rehearsal.bench
+
+synth: venv cdk-cli
+	$(CDK) synth --quiet
+
+deploy: venv cdk-cli
+	$(CDK) deploy
+
+clean:
+	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache

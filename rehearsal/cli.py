@@ -1,0 +1,162 @@
+"""`python -m rehearsal`: rehearse a full backup locally, against the simulator or a staging Bitbucket.
+
+Prints the run the way Atlassian's DIY backup page does, one line per step, then a summary; `--json PATH`
+writes the summary as JSON. Exit 0 when the backup succeeded, 1 when it failed, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rehearsal.runtime import Rehearsal, RunResult, local_simulator
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rehearsal",
+        description="Run the synthesized backup state machine locally (moto) against a Bitbucket simulator "
+        "or your staging Bitbucket.",
+    )
+    parser.add_argument("--bitbucket-url", help="use this Bitbucket (e.g. staging) instead of the local simulator")
+    parser.add_argument("--username", default="admin", help="Bitbucket system administrator (default: admin)")
+    parser.add_argument("--password", help="password (default: $BITBUCKET_PASSWORD, or 'admin' for the simulator)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="fail if not DRAINED after this long (default 60)",
+    )
+    parser.add_argument(
+        "--poll-interval", type=int, default=1, metavar="SECONDS", help="seconds between drain polls (default 1)"
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long the local simulator takes to drain (default 2)",
+    )
+    parser.add_argument("--home-strategy", choices=["amazon-ebs", "none"], default="amazon-ebs")
+    parser.add_argument("--db-strategy", choices=["amazon-rds", "amazon-aurora", "none"], default="amazon-rds")
+    parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    args = parser.parse_args(argv)
+    if args.home_strategy == "none" and args.db_strategy == "none":
+        parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
+    if args.drain_timeout < 1 or args.poll_interval < 0:
+        parser.error("--drain-timeout must be at least 1 and --poll-interval at least 0")
+    return args
+
+
+def _state_output(result: RunResult, state: str) -> dict[str, Any] | None:
+    for event in result.history:
+        details = event.get("stateExitedEventDetails")
+        if details and details.get("name") == state and details.get("output"):
+            return dict(json.loads(details["output"]))
+    return None
+
+
+def _exit_time(result: RunResult, state: str, last: bool = False) -> datetime | None:
+    found = [e["timestamp"] for e in result.history if e.get("stateExitedEventDetails", {}).get("name") == state]
+    return (found[-1] if last else found[0]) if found else None
+
+
+def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
+    validated = _state_output(result, "Validate and prepare") or {}
+    backup_id = (validated.get("run") or {}).get("backup_id")
+    summary = result.output if result.status == "SUCCEEDED" and result.output else {}
+    lock_window, drain = summary.get("lock_window_s"), summary.get("drain_s")
+    if lock_window is None:
+        # A failed run: measure from the history (lock exited → unlock or the failure path exited).
+        locked = _exit_time(result, "Lock")
+        released = _exit_time(result, "Unlock") or _exit_time(result, "Handle failure")
+        drained = _exit_time(result, "Poll drain state", last=True)
+        if locked and released:
+            lock_window = round((released - locked).total_seconds(), 3)
+        if locked and drained:
+            drain = round((drained - locked).total_seconds(), 3)
+    error = None
+    if result.status != "SUCCEEDED":
+        failed = [s for s in result.states_entered() if s.startswith("Failed: ")]
+        error = {
+            "step": failed[0].removeprefix("Failed: ") if failed else None,
+            "error": result.error,
+            "message": result.cause,
+        }
+    return {
+        "status": result.status,
+        "error": error,
+        "backup_id": backup_id,
+        "lock_window_s": lock_window,
+        "drain_s": drain,
+        "orchestrator_share_s": round(lock_window - drain, 3) if lock_window is not None and drain else None,
+        "state_transitions": result.state_transitions,
+        "cost_usd": round(result.cost_usd, 6),
+        "execution_seconds": round(result.seconds, 3),
+        "snapshots": rehearsal.snapshots(backup_id) if backup_id else [],
+        "notifications": rehearsal.notifications(),
+        "execution_arn": result.execution_arn,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(f"Backup {summary['backup_id'] or '(none)'}: {summary['status']}")
+    if summary["error"]:
+        print(f"  failed at step {summary['error']['step']}: {summary['error']['message']}")
+    for snap in summary["snapshots"]:
+        print(f"  {snap['kind']:<22} {snap['id']:<28} {snap['part']:<9} {snap['state']:<10} {snap['status']}")
+    if summary["lock_window_s"] is not None:
+        print(f"  lock window {summary['lock_window_s']:.3f} s, of which drain {summary['drain_s'] or 0:.3f} s")
+    print(
+        f"  {summary['state_transitions']} state transitions, {summary['cost_usd']:.6f} USD at Step Functions "
+        "Standard prices"
+    )
+    for note in summary["notifications"]:
+        print(f"  notification: {note['subject']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    password = args.password or os.environ.get("BITBUCKET_PASSWORD") or ("admin" if not args.bitbucket_url else None)
+    if password is None:
+        print("error: give --password or set BITBUCKET_PASSWORD for an external Bitbucket", file=sys.stderr)
+        return 2
+    timing = {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval}
+    with contextlib.ExitStack() as stack:
+        url = args.bitbucket_url
+        if not url:
+            simulator = stack.enter_context(
+                local_simulator(username=args.username, password=password, drain_seconds=args.drain_seconds)
+            )
+            url = simulator.url
+            if not args.quiet:
+                print(f"Bitbucket simulator on {url} (drains in {args.drain_seconds:g} s)")
+        if not args.quiet:
+            print("Synthesizing the CDK app and deploying it into moto …", flush=True)
+        rehearsal = stack.enter_context(
+            Rehearsal(
+                url,
+                username=args.username,
+                password=password,
+                home=args.home_strategy,
+                database=args.db_strategy,
+                timing=timing,
+            )
+        )
+        if not args.quiet:
+            rehearsal.logs.listener = lambda record: print(record["seed"], flush=True) if "seed" in record else None
+        result = rehearsal.run_backup(timeout=args.drain_timeout + 120)
+        summary = summarize(result, rehearsal)
+    print_summary(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return 0 if summary["status"] == "SUCCEEDED" else 1

@@ -1,0 +1,169 @@
+"""Infrastructure tests share one synthesis (it costs seconds): a two-instance config that exercises both network
+groups, every storage strategy the stack has permissions for, schedules and per-instance e-mail subscriptions.
+
+The synthesis runs with cdk-nag on (checks=True), so reaching any test at all means the AwsSolutions checks passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::URLSuffix": "amazonaws.com"}
+
+PROD = {
+    "name": "prod",
+    "base_url": "https://bitbucket.example.com",
+    "credentials_secret": "bitbucket/prod/backup-user",
+    "network": {"subnet_ids": ["subnet-0123456789abcdef0"], "security_group_ids": ["sg-0123456789abcdef0"]},
+    "home": {
+        "strategy": "amazon-ebs",
+        "instance_id": "i-0123456789abcdef0",
+        "volumes": ["/dev/xvdf"],
+        "mount_points": ["/var/atlassian/application-data/bitbucket"],
+        "freeze": True,
+    },
+    "database": {"strategy": "amazon-rds", "instance_id": "bitbucket-prod"},
+    "schedule": "cron(30 2 * * ? *)",
+    "schedule_timezone": "Europe/Dublin",
+    "keep_backups": 7,
+    "notification_emails": ["prod-oncall@example.com"],
+}
+STAGING = {
+    "name": "staging",
+    "base_url": "https://bitbucket-staging.example.com",
+    "credentials_secret": "bitbucket/staging/backup-user",
+    "home": {"strategy": "amazon-ebs", "instance_id": "i-0fedcba9876543210", "volumes": ["vol-0123456789abcdef0"]},
+    "database": {"strategy": "amazon-aurora", "cluster_id": "bitbucket-staging"},
+    "keep_backups": 3,
+}
+CONFIG: dict[str, Any] = {
+    "bundling": "none",
+    "notification_emails": ["bitbucket-admins@example.com"],
+    "instances": [PROD, STAGING],
+}
+
+
+@dataclass(frozen=True)
+class StateMachine:
+    logical_id: str
+    properties: dict[str, Any]
+    definition: dict[str, Any]  # the ASL, with every Ref/GetAtt replaced by a placeholder ARN
+    definition_json: str
+    instances: list[str]  # the instances this state machine backs up (from the stack's outputs)
+
+
+@dataclass(frozen=True)
+class Synth:
+    config: dict[str, Any]
+    assembly_dir: Path
+    template_path: Path
+    template: dict[str, Any]
+    assertions: Any  # aws_cdk.assertions.Template
+    stack: Any  # stacks.backup_stack.BackupStack, kept for reading its construct metadata
+    checks: bool
+
+
+def placeholder(value: Any, template: dict[str, Any]) -> str:
+    """A Ref or Fn::GetAtt as a plausible ARN: Lambda functions become function ARNs, anything else a fake ARN."""
+    (kind, arg), = value.items()
+    if kind == "Ref" and arg in PSEUDO:
+        return PSEUDO[arg]
+    logical = arg if kind == "Ref" else (arg[0] if isinstance(arg, list) else arg.split(".", 1)[0])
+    resource_type = template["Resources"].get(logical, {}).get("Type", "")
+    if resource_type == "AWS::Lambda::Function":
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical}"
+    return f"arn:aws:placeholder:{REGION}:{ACCOUNT}:{logical}"
+
+
+def resolve_join(value: Any, template: dict[str, Any]) -> str:
+    """A string or an Fn::Join of strings, Refs and GetAtts, as one plain string."""
+    if isinstance(value, str):
+        return value
+    separator, parts = value["Fn::Join"]
+    return separator.join(p if isinstance(p, str) else placeholder(p, template) for p in parts)
+
+
+def state_machines_of(template: dict[str, Any]) -> dict[str, StateMachine]:
+    owners: dict[str, list[str]] = {}
+    for output in template.get("Outputs", {}).values():
+        ref = output.get("Value", {}).get("Ref") if isinstance(output.get("Value"), dict) else None
+        description = output.get("Description", "")
+        if ref and description.startswith("Backup state machine for: "):
+            owners[ref] = description.removeprefix("Backup state machine for: ").split(", ")
+    machines = {}
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::StepFunctions::StateMachine":
+            continue
+        text = resolve_join(resource["Properties"]["DefinitionString"], template)
+        machines[logical] = StateMachine(
+            logical_id=logical,
+            properties=resource["Properties"],
+            definition=json.loads(text),
+            definition_json=text,
+            instances=owners.get(logical, []),
+        )
+    return machines
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    from aws_cdk import Environment
+    from aws_cdk.assertions import Template
+
+    from stacks.app_builder import STACK_NAME, build_app
+
+    outdir = tmp_path_factory.mktemp("cdk-out")
+    app, stack = build_app(CONFIG, outdir=str(outdir), env=Environment(account=ACCOUNT, region=REGION), checks=True)
+    assembly = app.synth()  # raises if a cdk-nag finding is not acknowledged in stacks/nag.py
+    assembly_dir = Path(assembly.directory)
+    template_path = assembly_dir / f"{STACK_NAME}.template.json"
+    template = json.loads(template_path.read_text())
+    yield Synth(
+        config=CONFIG,
+        assembly_dir=assembly_dir,
+        template_path=template_path,
+        template=template,
+        assertions=Template.from_json(template),
+        stack=stack,
+        checks=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def template(synth: Synth) -> dict[str, Any]:
+    return synth.template
+
+
+@pytest.fixture(scope="session")
+def assertions(synth: Synth) -> Any:
+    return synth.assertions
+
+
+@pytest.fixture(scope="session")
+def assembly_dir(synth: Synth) -> Path:
+    return synth.assembly_dir
+
+
+@pytest.fixture(scope="session")
+def state_machines(template: dict[str, Any]) -> dict[str, StateMachine]:
+    return state_machines_of(template)
+
+
+@pytest.fixture(scope="session")
+def resources(template: dict[str, Any]) -> Any:
+    """resources(type) -> {logical id: resource} of that CloudFormation type."""
+
+    def of_type(resource_type: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in template["Resources"].items() if v["Type"] == resource_type}
+
+    return of_type

@@ -1,0 +1,525 @@
+"""The Lambda handlers, called directly with the events the state machine passes, over moto and the simulator."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from functions import observability
+from functions.clients import aws
+from functions.errors import BackupInProgress, InvalidInput, LockNotConfirmed, PreflightFailed, UnknownInstance
+from functions.handlers import (
+    backup_part,
+    check_snapshots,
+    failure,
+    finalize,
+    lock,
+    poll_drain,
+    progress,
+    start_backup,
+    unlock,
+    validate,
+)
+from functions.models.config import InstanceConfig
+from functions.strategies import (
+    BACKUP_ID_TAG,
+    COMPLETE,
+    INSTANCE_TAG,
+    PART_TAG,
+    STATUS_TAG,
+    TOOL_TAG,
+    TOOL_VALUE,
+    catalog_tags,
+)
+from rehearsal.bitbucket_simulator import BitbucketSimulator
+from rehearsal.runtime import ACCOUNT, REGION
+
+# Powertools warns when a handler published no metric; most steps publish none.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+
+PASSWORD = "s3cret-Passw0rd"
+TABLE = "bitbucket-backup-runs"
+PREFIX = "/bitbucket-backup/instances"
+SECRET = "bitbucket/demo/backup-user"
+DB = "bitbucket-demo"
+EXECUTION = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:bitbucket-backup:run-1"
+START_TIME = "2026-11-23T08:28:18.000Z"
+BACKUP_ID = "demo-20261123-082818"
+
+
+@dataclass
+class Context:
+    """What Powertools' inject_lambda_context reads from the Lambda context."""
+
+    function_name: str = "bitbucket-backup-step"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:bitbucket-backup-step"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class World:
+    sim: BitbucketSimulator
+    topic_arn: str
+    ec2_instance: str
+    volume: str
+    config: dict[str, Any]
+
+    def store_config(self, **overrides: Any) -> dict[str, Any]:
+        """What the stack writes to SSM for an instance (InstanceConfig(...).model_dump_json())."""
+        raw = {**self.config, **overrides}
+        aws.client("ssm").put_parameter(
+            Name=f"{PREFIX}/{raw['name']}",
+            Value=InstanceConfig(**raw).model_dump_json(),
+            Type="String",
+            Overwrite=True,
+        )
+        return raw
+
+    def notifications(self) -> list[tuple[str, str]]:
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
+        return [(n[2], n[1]) for n in topic.sent_notifications]  # (subject, message)
+
+    def run_item(self) -> dict[str, Any] | None:
+        item = aws.client("dynamodb").get_item(TableName=TABLE, Key={"instance": {"S": "demo"}}).get("Item")
+        return dict(item) if item else None
+
+    def ebs_snapshots(self) -> dict[str, dict[str, str]]:
+        snaps = aws.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        return {s["SnapshotId"]: {t["Key"]: t["Value"] for t in s.get("Tags", [])} for s in snaps if s.get("Tags")}
+
+    def rds_snapshots(self) -> dict[str, dict[str, str]]:
+        snaps = aws.client("rds").describe_db_snapshots(DBInstanceIdentifier=DB)["DBSnapshots"]
+        return {s["DBSnapshotIdentifier"]: {t["Key"]: t["Value"] for t in s.get("TagList", [])} for s in snaps}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def moto_aware_clients() -> Iterator[None]:
+    """The functions cache their boto3 clients per process. Clients made after moto is imported go through its
+    stubber, so they can be shared by every test of this module (loading the service models costs seconds);
+    clients made by anything before this module are dropped, and so are this module's afterwards."""
+    saved = dict(aws._clients)
+    aws._clients.clear()
+    yield
+    aws._clients.clear()
+    aws._clients.update(saved)
+
+
+@pytest.fixture
+def world(simulator: BitbucketSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # seconds per test, and public snapshots we don't need
+    with mock_aws():
+        aws.client("dynamodb").create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "instance", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "instance", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        topic_arn = aws.client("sns").create_topic(Name="bitbucket-backup")["TopicArn"]
+        aws.client("secretsmanager").create_secret(
+            Name=SECRET, SecretString=json.dumps({"username": "admin", "password": PASSWORD})
+        )
+        ec2 = aws.client("ec2")
+        instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large")[
+            "Instances"
+        ][0]
+        volume = ec2.create_volume(AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=100)["VolumeId"]
+        ec2.attach_volume(VolumeId=volume, InstanceId=instance["InstanceId"], Device="/dev/xvdf")
+        aws.client("rds").create_db_instance(
+            DBInstanceIdentifier=DB,
+            DBInstanceClass="db.t3.medium",
+            Engine="postgres",
+            AllocatedStorage=50,
+            MasterUsername="bitbucket",
+            MasterUserPassword="not-a-real-secret-1",
+        )
+        monkeypatch.setenv("RUNS_TABLE", TABLE)
+        monkeypatch.setenv("TOPIC_ARN", topic_arn)
+        monkeypatch.setenv("CONFIG_PARAMETER_PREFIX", PREFIX)
+        config = {
+            "name": "demo",
+            "base_url": simulator.url,
+            "credentials_secret": SECRET,
+            "home": {
+                "strategy": "amazon-ebs",
+                "instance_id": instance["InstanceId"],
+                "volumes": ["/dev/xvdf"],
+                "mount_points": [],
+            },
+            "database": {"strategy": "amazon-rds", "instance_id": DB},
+            "keep_backups": 3,
+            "timing": {"http_timeout_seconds": 1.0, "http_retries": 1, "http_backoff_seconds": 0.01},
+        }
+        w = World(simulator, topic_arn, instance["InstanceId"], volume, config)
+        w.store_config()
+        yield w
+
+
+def validate_event(instance_input: Any = None, start_time: str = START_TIME) -> dict[str, Any]:
+    return {
+        "input": {"instance": "demo"} if instance_input is None else instance_input,
+        "execution": EXECUTION,
+        "start_time": start_time,
+    }
+
+
+def call(module: Any, event: dict[str, Any]) -> dict[str, Any]:
+    result = module.handler(event, Context())
+    json.dumps(result)  # what Step Functions receives must be JSON
+    return dict(result)
+
+
+def drained(run: dict[str, Any], deadline_s: float = 2.0) -> dict[str, Any]:
+    """The state machine's poll loop without its Wait state."""
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        result = call(poll_drain, {"run": run})
+        if result["drained"]:
+            return result
+    raise AssertionError("never DRAINED")
+
+
+def tags_of(tags: dict[str, str]) -> dict[str, str]:
+    return {k: tags[k] for k in (TOOL_TAG, INSTANCE_TAG, BACKUP_ID_TAG, PART_TAG, STATUS_TAG) if k in tags}
+
+
+# ---------------------------------------------------------------------------------------------------- validate
+
+
+def test_validate_prepares_the_run_and_takes_the_guard(world: World) -> None:
+    run = call(validate, validate_event())
+    assert run["backup_id"] == BACKUP_ID
+    assert run["instance"] == "demo" and run["execution"] == EXECUTION
+    assert run["config"]["home"]["instance_id"] == world.ec2_instance
+    assert run["config"]["base_url"] == world.sim.url
+    item = world.run_item()
+    assert item is not None
+    assert item["backup_id"]["S"] == BACKUP_ID and item["phase"]["S"] == "preparing"
+    assert "unlock_token" not in item
+    assert not world.sim.locked  # prepared while live
+    assert PASSWORD not in json.dumps(run)
+
+
+def test_validate_unknown_instance(world: World) -> None:
+    with pytest.raises(UnknownInstance, match="'nope'"):
+        call(validate, validate_event({"instance": "nope"}))
+    assert world.run_item() is None
+
+
+@pytest.mark.parametrize(
+    ("execution_input", "named"),
+    [
+        ({}, "instance"),
+        ({"instance": "demo", "force": True}, "force"),
+        ({"instance": 5}, "instance"),
+        ({"instance": "Demo Prod"}, "instance"),
+    ],
+    ids=["missing", "extra field", "number", "bad name"],
+)
+def test_validate_malformed_input(world: World, execution_input: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidInput) as error:
+        call(validate, validate_event(execution_input))
+    assert "validate" in str(error.value) and named in str(error.value)
+    assert world.run_item() is None
+    assert world.sim.requests == []  # refused before talking to anyone
+
+
+def test_validate_event_without_execution(world: World) -> None:
+    event = validate_event()
+    event.pop("execution")
+    with pytest.raises(InvalidInput, match="execution"):
+        call(validate, event)
+
+
+def test_validate_volume_not_attached(world: World) -> None:
+    world.store_config(home={**world.config["home"], "volumes": ["/dev/xvdh"]})
+    with pytest.raises(PreflightFailed) as error:
+        call(validate, validate_event())
+    assert "/dev/xvdh" in str(error.value) and world.ec2_instance in str(error.value)
+    assert world.run_item() is None
+    assert not world.sim.locked
+
+
+def test_validate_bitbucket_unreachable_is_preflight(world: World) -> None:
+    world.sim.inject("poll", status=503, times=None)
+    with pytest.raises(PreflightFailed, match="503"):
+        call(validate, validate_event())
+    assert world.run_item() is None
+
+
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        ("username=admin password=" + PASSWORD, "not JSON"),
+        (json.dumps({"username": "admin"}), "'password'"),
+        (json.dumps({"username": "admin", "password": "wrong-Passw0rd-42"}), "401"),
+    ],
+    ids=["not json", "no password", "wrong password"],
+)
+def test_validate_secret_problems_are_preflight_without_the_secret(world: World, secret: str, expected: str) -> None:
+    aws.client("secretsmanager").put_secret_value(SecretId=SECRET, SecretString=secret)
+    with pytest.raises(PreflightFailed) as error:
+        call(validate, validate_event())
+    assert expected in str(error.value)
+    for leaked in (PASSWORD, "wrong-Passw0rd-42"):
+        assert leaked not in str(error.value)
+    assert world.run_item() is None
+    assert not world.sim.locked
+
+
+def test_validate_secret_missing(world: World) -> None:
+    world.store_config(credentials_secret="bitbucket/demo/nope")
+    with pytest.raises(PreflightFailed, match="bitbucket/demo/nope"):
+        call(validate, validate_event())
+
+
+@pytest.mark.parametrize(
+    ("module", "change", "named"),
+    [
+        (lock, lambda run: run.pop("backup_id"), "run.backup_id"),
+        (lock, lambda run: run.update(backup_id="demo-yesterday"), "run.backup_id"),
+        (backup_part, lambda run: None, "part"),
+        (unlock, lambda run: run["config"].update(keep_backups=-1), "run.config.keep_backups"),
+    ],
+    ids=["no backup id", "bad backup id", "bad part", "bad config"],
+)
+def test_steps_refuse_malformed_events(world: World, module: Any, change: Any, named: str) -> None:
+    run = call(validate, validate_event())
+    change(run)
+    with pytest.raises(InvalidInput) as error:
+        call(module, {"run": run, "part": "logs"})
+    assert named in str(error.value)
+    assert not world.sim.locked
+
+
+def test_second_validate_while_a_run_holds_the_guard(world: World) -> None:
+    call(validate, validate_event())
+    with pytest.raises(BackupInProgress) as error:
+        call(validate, validate_event(start_time="2026-11-23T09:00:00Z"))
+    assert BACKUP_ID in str(error.value)
+    item = world.run_item()
+    assert item is not None and item["backup_id"]["S"] == BACKUP_ID  # the first run's guard is untouched
+
+
+# ------------------------------------------------------------------------------------------ the whole sequence
+
+
+def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> None:
+    run = call(validate, validate_event())
+    step = {"run": run}
+    locked = call(lock, step)
+    assert world.sim.locked and "locked_at" in locked
+    item = world.run_item()
+    assert item is not None and item["phase"]["S"] == "locked"
+    assert item["unlock_token"]["S"] == world.sim.unlock_token  # kept in the table, not in the state
+
+    task = call(start_backup, step)
+    assert task["task_id"] == world.sim.task["id"]
+    assert drained(run)["drained"] is True
+
+    home = call(backup_part, {"run": run, "part": "home"})
+    database = call(backup_part, {"run": run, "part": "database"})
+    assert [a["kind"] for a in home["artifacts"]] == ["ebs-snapshot"]
+    assert home["artifacts"][0]["volume_id"] == world.volume  # the root volume is not part of the backup
+    assert [a["id"] for a in database["artifacts"]] == [BACKUP_ID]
+
+    assert call(progress, {"run": run, "part": "home"})["percentage"] == 50
+    assert call(progress, {"run": run, "part": "database"})["percentage"] == 90
+    assert call(progress, {"run": run})["percentage"] == 100
+    assert world.sim.progress_history == [50, 90, 100]
+
+    unlocked = call(unlock, step)
+    assert not world.sim.locked
+    assert unlocked["lock_window_s"] >= unlocked["drain_s"] >= 0
+    item = world.run_item()
+    assert item is not None and item["phase"]["S"] == "unlocked"
+    assert "unlock_token" not in item and "cancel_token" not in item
+
+    assert call(check_snapshots, step) == {"complete": True, "pending": []}
+    summary = call(finalize, {"run": run, "unlocked": unlocked})
+    assert summary["status"] == "complete" and summary["backup_id"] == BACKUP_ID
+    assert summary["pruned"] == []
+    assert {a["status"] for a in summary["artifacts"]} == {COMPLETE}
+    assert world.run_item() is None  # the guard is released
+
+    expected = {TOOL_TAG: TOOL_VALUE, INSTANCE_TAG: "demo", BACKUP_ID_TAG: BACKUP_ID, STATUS_TAG: COMPLETE}
+    ebs = [tags_of(t) for t in world.ebs_snapshots().values()]
+    assert ebs == [{**expected, PART_TAG: "home"}]
+    assert tags_of(world.rds_snapshots()[BACKUP_ID]) == {**expected, PART_TAG: "database"}
+    assert world.notifications() == []  # notify_on_success is off
+
+    everything = json.dumps([run, locked, task, home, database, unlocked, summary])
+    for secret in (PASSWORD, world.sim.task["cancelToken"]):
+        assert secret not in everything
+
+
+# ------------------------------------------------------------------------------------------------ failure path
+
+
+def test_handle_failure_after_lock_unlocks_and_notifies_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = call(validate, validate_event())
+    call(lock, {"run": run})
+    call(start_backup, {"run": run})
+    unlock_token, cancel_token = world.sim.unlock_token, world.sim.task["cancelToken"]
+    assert unlock_token and world.sim.locked
+    # A fresh Lambda process knows no secret yet; and the cause carries a URL with the token in it.
+    monkeypatch.setattr(observability, "_secrets", set())
+    leaky = f"wait-drained: GET /mvc/maintenance?token={unlock_token}"
+    cause = json.dumps({"errorType": "BitbucketUnavailable", "errorMessage": leaky})
+    event = {
+        "input": {"instance": "demo"},
+        "run": run,
+        "failure": {"step": "wait-drained", "Error": "BitbucketUnavailable", "Cause": cause},
+    }
+    outcome = call(failure, event)
+
+    assert not world.sim.locked
+    assert world.sim.task["state"] == "CANCELLED"
+    assert "cancelled" in world.sim.event_names() and "unlocked" in world.sim.event_names()
+    assert outcome["error"] == "BitbucketUnavailable" and outcome["unlocked"] == "yes"
+    assert world.run_item() is None
+
+    sent = world.notifications()
+    assert len(sent) == 1
+    subject, message = sent[0]
+    assert "wait-drained" in subject and "demo" in subject and "FAILED" in subject
+    assert "step: wait-drained" in message and "unlocked: yes" in message and BACKUP_ID in message
+    for secret in (PASSWORD, unlock_token, cancel_token):
+        for text in (subject, message, json.dumps(outcome)):
+            assert secret not in text
+
+
+def test_handle_failure_before_lock_touches_nobody_elses_lock(world: World) -> None:
+    run = call(validate, validate_event())
+    world.sim.lock_by_other("someone-else")
+    with pytest.raises(Exception, match="already locked"):
+        call(lock, {"run": run})
+    event = {
+        "input": {"instance": "demo"},
+        "run": run,
+        "failure": {"step": "lock", "Error": "AlreadyLocked", "Cause": "lock: already locked (HTTP 409)"},
+    }
+    outcome = call(failure, event)
+    assert world.sim.locked and world.sim.lock_owner == "someone-else"
+    assert not [r for r in world.sim.requests if r[0] == "DELETE"]
+    assert outcome["unlocked"].startswith("yes")
+    assert world.run_item() is None
+    assert len(world.notifications()) == 1
+
+
+def test_handle_failure_when_unlock_fails_keeps_the_guard_and_says_so(world: World) -> None:
+    run = call(validate, validate_event())
+    call(lock, {"run": run})
+    token = world.sim.unlock_token
+    assert token
+    world.sim.inject("unlock", status=500, times=None)
+    event = {
+        "input": {"instance": "demo"},
+        "run": run,
+        "failure": {"step": "start-backup", "Error": "BitbucketUnavailable", "Cause": "start-backup: HTTP 503"},
+    }
+    outcome = call(failure, event)
+    assert world.sim.locked
+    assert outcome["unlocked"].startswith("NO") and "by hand" in outcome["unlocked"]
+    item = world.run_item()
+    assert item is not None and item["unlock_token"]["S"] == token  # kept for whoever unlocks by hand
+    sent = world.notifications()
+    assert len(sent) == 1
+    subject, message = sent[0]
+    assert "start-backup" in subject and "unlocked: NO" in message
+    for secret in (PASSWORD, token):
+        assert secret not in message and secret not in json.dumps(outcome)
+
+
+def test_lock_not_confirmed_is_reported_as_still_locked(world: World) -> None:
+    run = call(validate, validate_event())
+    world.sim.inject("lock", drop=True, after_action=True)
+    with pytest.raises(LockNotConfirmed):
+        call(lock, {"run": run})
+    assert world.sim.locked
+    event = {
+        "input": {"instance": "demo"},
+        "run": run,
+        "failure": {"step": "lock", "Error": "LockNotConfirmed", "Cause": "lock: connection failed"},
+    }
+    outcome = call(failure, event)
+    assert outcome["unlocked"].startswith("NO")
+    assert world.run_item() is not None  # no new run may lock while this one is unresolved
+    [(subject, message)] = world.notifications()
+    assert "lock" in subject and "unlock by hand" in message
+
+
+def test_handle_failure_without_a_run_notifies_about_the_input(world: World) -> None:
+    event = {
+        "input": {"instance": "nope"},
+        "failure": {
+            "step": "validate",
+            "Error": "UnknownInstance",
+            "Cause": json.dumps({"errorMessage": "validate: no instance 'nope' is configured in this deployment"}),
+        },
+    }
+    outcome = call(failure, event)
+    assert outcome["error"] == "UnknownInstance"
+    [(subject, message)] = world.notifications()
+    assert "nope" in subject and "validate" in subject
+    assert "no instance 'nope' is configured" in message
+    assert world.sim.requests == []
+
+
+# -------------------------------------------------------------------------------------------------------- prune
+
+
+def _seed_backup(world: World, backup_id: str, instance: str = "demo", status: str = COMPLETE) -> str:
+    """A backup made earlier: an EBS snapshot and an RDS snapshot carrying the catalog tags."""
+    home = [{"Key": k, "Value": v} for k, v in catalog_tags(instance, backup_id, "home", status).items()]
+    snap = aws.client("ec2").create_snapshot(
+        VolumeId=world.volume, TagSpecifications=[{"ResourceType": "snapshot", "Tags": home}]
+    )["SnapshotId"]
+    db = [{"Key": k, "Value": v} for k, v in catalog_tags(instance, backup_id, "database", status).items()]
+    aws.client("rds").create_db_snapshot(DBSnapshotIdentifier=backup_id, DBInstanceIdentifier=DB, Tags=db)
+    return snap
+
+
+def test_prune_keeps_the_newest_complete_backups_and_nothing_else_is_touched(world: World) -> None:
+    old = [f"demo-202611{day:02d}-020000" for day in range(1, 6)]  # five complete backups before this one
+    home_of = {backup_id: _seed_backup(world, backup_id) for backup_id in old}
+    unfinished = _seed_backup(world, "demo-20261102-120000", status="failed")
+    other = _seed_backup(world, "other-20261101-020000", instance="other")
+    # The same catalog tags, but without the tool's marker: someone else's snapshot.
+    foreign_tags = [
+        {"Key": k, "Value": v}
+        for k, v in catalog_tags("demo", "demo-20261101-010000", "home", COMPLETE).items()
+        if k != TOOL_TAG
+    ]
+    foreign = aws.client("ec2").create_snapshot(
+        VolumeId=world.volume, TagSpecifications=[{"ResourceType": "snapshot", "Tags": foreign_tags}]
+    )["SnapshotId"]
+    aws.client("rds").create_db_snapshot(DBSnapshotIdentifier="manual-before-upgrade", DBInstanceIdentifier=DB)
+
+    run = call(validate, validate_event())
+    for part in ("home", "database"):
+        call(backup_part, {"run": run, "part": part})
+    summary = call(finalize, {"run": run, "unlocked": None})
+
+    # keep_backups=3: this one and the two newest earlier ones stay.
+    assert summary["pruned"] == old[:3]
+    ebs = world.ebs_snapshots()
+    rds = world.rds_snapshots()
+    for backup_id in old[:3]:
+        assert home_of[backup_id] not in ebs and backup_id not in rds
+    for backup_id in old[3:]:
+        assert home_of[backup_id] in ebs and backup_id in rds
+    assert BACKUP_ID in rds and any(t.get(BACKUP_ID_TAG) == BACKUP_ID for t in ebs.values())
+    for survivor in (unfinished, other, foreign):
+        assert survivor in ebs
+    for survivor in ("demo-20261102-120000", "other-20261101-020000", "manual-before-upgrade"):
+        assert survivor in rds

@@ -52,9 +52,18 @@ def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> 
                 "phase": {"S": "preparing"},
                 "expires_at": {"N": str(now + ttl_seconds)},
             },
-            ConditionExpression="attribute_not_exists(#i) OR expires_at < :now",
-            ExpressionAttributeNames={"#i": "instance"},
-            ExpressionAttributeValues={":now": {"N": str(now)}},
+            # A retry of the same execution's validate (Step Functions retries Lambda errors) may take its own
+            # guard again, as long as that run has not locked yet.
+            ConditionExpression=(
+                "attribute_not_exists(#i) OR expires_at < :now OR (#e = :e AND #b = :b AND #p = :preparing)"
+            ),
+            ExpressionAttributeNames={"#i": "instance", "#e": "execution", "#b": "backup_id", "#p": "phase"},
+            ExpressionAttributeValues={
+                ":now": {"N": str(now)},
+                ":e": {"S": execution},
+                ":b": {"S": backup_id},
+                ":preparing": {"S": "preparing"},
+            },
         )
     except ClientError as error:
         if error_code(error) != "ConditionalCheckFailedException":
@@ -83,7 +92,7 @@ def get(instance: str, backup_id: str | None = None) -> Run | None:
         locked_at=_num(item, "locked_at"),
         drained_at=_num(item, "drained_at"),
         unlocked_at=_num(item, "unlocked_at"),
-        parts_done=int(_num(item, "parts_done") or 0),
+        parts_done=len(item.get("parts_done", {}).get("SS", [])),
     )
     register_secret(run.unlock_token)
     register_secret(run.cancel_token)
@@ -99,7 +108,7 @@ def update(
     backup_id: str,
     *,
     remove: tuple[str, ...] = (),
-    add: str | None = None,
+    add_to_set: tuple[str, str] | None = None,
     **values: str | float,
 ) -> dict[str, Any]:
     """Set (and remove) attributes of this run's item; refuses to touch another run's item."""
@@ -111,10 +120,10 @@ def update(
         attr[f":v{i}"] = {"N": str(value)} if isinstance(value, (int, float)) else {"S": value}
         sets.append(f"#k{i} = :v{i}")
     expression = "SET " + ", ".join(sets) if sets else ""
-    if add:
-        names["#add"] = add
-        attr[":one"] = {"N": "1"}
-        expression += " ADD #add :one"
+    if add_to_set:
+        names["#add"] = add_to_set[0]
+        attr[":member"] = {"SS": [add_to_set[1]]}
+        expression += " ADD #add :member"
     if remove:
         for i, key in enumerate(remove):
             names[f"#r{i}"] = key

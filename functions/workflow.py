@@ -119,6 +119,10 @@ def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:
 
 
 def lock(run: RunContext) -> dict[str, Any]:
+    record = runs.get(run.instance, run.backup_id)
+    if record and record.unlock_token:
+        # A retried invocation: the first one locked and saved the token. Locking again would fail (409).
+        return {"locked_at": record.locked_at, "reused": True}
     lock_ = bitbucket(run.config).lock()
     now = time.time()
     # The token goes to the run table at once: the failure path and the safety net read it there.
@@ -128,7 +132,9 @@ def lock(run: RunContext) -> dict[str, Any]:
 
 
 def start_backup(run: RunContext) -> dict[str, Any]:
-    _, lock_ = _lock_of(run)
+    record, lock_ = _lock_of(run)
+    if record.cancel_token:
+        return {"reused": True}  # a retried invocation: the task already runs
     task = bitbucket(run.config).start_backup(lock_)
     runs.update(run.instance, run.backup_id, cancel_token=task.cancel_token)
     _say(run.config, f"backup started with '{short(task.cancel_token)}'")
@@ -170,7 +176,8 @@ def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
     if part is None:
         percentage = 100
     else:
-        done = int(runs.update(run.instance, run.backup_id, add="parts_done")["parts_done"]["N"])
+        # A set, not a counter: a retried invocation must not count its part twice.
+        done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
         total = max(1, len(run.config.parts))
         percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
     bitbucket(run.config).progress(lock_, percentage)
@@ -278,8 +285,12 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         unlocked = "yes (unlocked before the failure)"
     elif record is None or record.phase == "preparing" or not record.unlock_token:
         unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
-        if error == "LockNotConfirmed":
-            unlocked = "NO - Bitbucket is in maintenance mode and the unlock token is unknown: unlock by hand"
+        if error == "LockNotConfirmed" or (step == "lock" and error != "AlreadyLocked" and _in_maintenance(run)):
+            unlocked = (
+                "UNKNOWN - Bitbucket is in maintenance mode and this run could not confirm that the lock was "
+                "its own, so it has no token to unlock with: check Bitbucket and unlock by hand (README, "
+                "Troubleshooting)"
+            )
     else:
         assert run is not None
         client_ = bitbucket(run.config)
@@ -314,7 +325,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
                 actions.append(f"deleted {artifact.id}")
             except ClientError as delete_error:
                 actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(delete_error)})")
-        if not unlocked.startswith("NO"):
+        if unlocked.startswith("yes"):
             runs.release(run.instance, run.backup_id)
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="BackupFailed", unit="Count", value=1)
@@ -334,6 +345,15 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         },
     )
     return {"error": error, "cause": message + f" [unlocked: {unlocked}]", "unlocked": unlocked}
+
+
+def _in_maintenance(run: RunContext | None) -> bool:
+    if run is None:
+        return False
+    try:
+        return bitbucket(run.config).status() == "MAINTENANCE"
+    except BackupError:
+        return False
 
 
 def _cause_text(cause: Any) -> str:

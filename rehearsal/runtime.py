@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+ROOT_HANDLERS = Path(__file__).resolve().parent.parent / "functions" / "handlers"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
@@ -51,6 +52,8 @@ def set_fake_credentials() -> None:
     }.items():
         os.environ[key] = value
     os.environ.pop("AWS_PROFILE", None)
+    # moto's thousands of public AMIs cost seconds per world and nothing here uses them.
+    os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 
@@ -395,6 +398,7 @@ class Rehearsal:
         timing: dict[str, Any] | None = None,
         instance_overrides: dict[str, Any] | None = None,
         host_root: Path | None = None,
+        sizes: tuple[int, int] = (100, 50),
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
@@ -410,6 +414,7 @@ class Rehearsal:
             **(timing or {}),
         }
         self.instance_overrides = instance_overrides or {}
+        self.home_gb, self.db_gb = sizes
         self.logs = LogCapture()
         self.lambda_faults: dict[str, list[Exception]] = {}
         self.runtime = LambdaRuntime(self.logs, self.lambda_faults)
@@ -549,7 +554,7 @@ class Rehearsal:
             ][0]
             zone = ec2_instance["Placement"]["AvailabilityZone"]
             volumes = {}
-            for device, size in (("/dev/xvdf", 100), ("/dev/xvdg", 20)):
+            for device, size in (("/dev/xvdf", self.home_gb), ("/dev/xvdg", 20)):
                 volume = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3")["VolumeId"]
                 ec2.attach_volume(VolumeId=volume, InstanceId=ec2_instance["InstanceId"], Device=device)
                 volumes[device] = volume
@@ -561,7 +566,7 @@ class Rehearsal:
                 DBInstanceIdentifier=database["instance_id"],
                 DBInstanceClass="db.t3.medium",
                 Engine="postgres",
-                AllocatedStorage=50,
+                AllocatedStorage=self.db_gb,
                 MasterUsername="bitbucket",
                 MasterUserPassword="not-a-real-secret-1",
             )

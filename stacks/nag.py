@@ -12,6 +12,11 @@ import re
 from aws_cdk import Acknowledgment, App, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
 
+# Region and account as they appear in a finding: literal for a stack with a concrete env, CDK's token name for an
+# environment-agnostic one (`cdk synth` without credentials).
+_REGION = r"([a-z0-9-]+|<AWS::Region>)"
+_ACCOUNT = r"(\d{12}|<AWS::AccountId>)"
+
 ACKNOWLEDGMENTS: list[tuple[str, str]] = [
     (
         r"AwsSolutions-IAM5\[Resource::\*\]",
@@ -27,13 +32,13 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "CDK's grant on the stack's own KMS key (run table, topic): data-key generation for DynamoDB and SNS.",
     ),
     (
-        r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:ec2:[^:]*:(\d+)?:(snapshot|volume)/\*\]",
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:ec2:{_REGION}:{_ACCOUNT}?:(snapshot|volume)/\*\]",
         "Snapshot ids are not known before creation: CreateSnapshots requires this tool's tag in the request, "
         "CreateTags only during CreateSnapshots or on resources carrying the tool's tag, DeleteSnapshot only on "
         "resources carrying the tool's tag. Volumes are chosen by the call's exclusions on a named instance.",
     ),
     (
-        r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:[^:]*:\d*:(cluster-)?snapshot:\*\]",
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:(cluster-)?snapshot:\*\]",
         "The snapshot name is the backup id, made at run time; deleting and re-tagging require this tool's tag.",
     ),
     (

@@ -121,8 +121,8 @@ class BitbucketClient:
                 ) from None
             raise
         register_secret(token)
-        owner = body.get("owner") if isinstance(body.get("owner"), dict) else {}
-        return Lock(unlock_token=token, owner=str(owner.get("name", "")))
+        owner = body.get("owner")
+        return Lock(unlock_token=token, owner=str(owner.get("name", "")) if isinstance(owner, dict) else "")
 
     def start_backup(self, lock: Lock) -> BackupTask:
         response = self._send(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from functions.errors import BackupError
-from functions.observability import logger, metrics, redact, tracer
+from functions.observability import bind, logger, metrics, redact, tracer
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -21,6 +21,9 @@ def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Ha
         @functools.wraps(body)
         def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.append_keys(step=name)
+            run_ = event.get("run") if isinstance(event, dict) else None
+            if isinstance(run_, dict):  # instance and backup id on every line, before the event is even parsed
+                bind(instance=run_.get("instance"), backup_id=run_.get("backup_id"))
             try:
                 return body(event)
             except BackupError as error:

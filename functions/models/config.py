@@ -207,7 +207,13 @@ def format_validation_error(error: ValidationError, raw: dict[str, Any]) -> str:
             message = "is required"
         elif item["type"] == "extra_forbidden":
             message = "is not a known field"
-        lines.append(f"{_where(tuple(item['loc']), raw)} {message}")
+        loc = tuple(item["loc"])
+        if item["type"] == "union_tag_invalid":
+            ctx = item.get("ctx", {})
+            loc, message = (*loc, "strategy"), f"'{ctx.get('tag')}' is not one of {ctx.get('expected_tags')}"
+        elif item["type"] == "union_tag_not_found":
+            loc, message = (*loc, "strategy"), "is required"
+        lines.append(f"{_where(loc, raw)} {message}")
     return "\n".join(lines)
 
 

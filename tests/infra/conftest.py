@@ -74,7 +74,7 @@ class Synth:
 
 def placeholder(value: Any, template: dict[str, Any]) -> str:
     """A Ref or Fn::GetAtt as a plausible ARN: Lambda functions become function ARNs, anything else a fake ARN."""
-    (kind, arg), = value.items()
+    ((kind, arg),) = value.items()
     if kind == "Ref" and arg in PSEUDO:
         return PSEUDO[arg]
     logical = arg if kind == "Ref" else (arg[0] if isinstance(arg, list) else arg.split(".", 1)[0])

@@ -94,7 +94,7 @@ def assert_failed_cleanly(
     notes = w.failure_notifications()
     assert len(notes) == 1, notes
     assert f"at step {step}" in notes[0]["subject"]
-    assert "unlocked: yes" in notes[0]["message"] or "unlocked: NO" not in notes[0]["message"]
+    assert "unlocked: yes" in notes[0]["message"], notes[0]["message"]
     backup_id = backup_id_of(result)
     if backup_id:
         leftovers = [s for s in w.r.snapshots(backup_id) if s["status"] == COMPLETE]

@@ -230,6 +230,16 @@ def test_lock_503_is_unavailable_after_exactly_one_request(simulator: BitbucketS
     assert_no_secret(error.value, secrets_of(simulator))
 
 
+def test_lock_dropped_before_the_action_is_unavailable(simulator: BitbucketSimulator) -> None:
+    simulator.inject("lock", drop=True)
+    with pytest.raises(BitbucketUnavailable) as error:
+        make_client(simulator).lock()
+    assert not simulator.locked
+    assert calls(simulator, "POST", LOCK) == [0]  # never sent twice
+    assert "lock" in str(error.value) and "connection failed" in str(error.value)
+    assert_no_secret(error.value, secrets_of(simulator))
+
+
 def test_lock_dropped_after_the_action_is_not_confirmed(simulator: BitbucketSimulator) -> None:
     simulator.inject("lock", drop=True, after_action=True)
     with pytest.raises(LockNotConfirmed) as error:
@@ -271,9 +281,10 @@ def test_lock_html_answer_while_now_locked_is_not_confirmed(simulator: Bitbucket
 
 def test_lock_answer_without_a_token_is_a_bad_response(simulator: BitbucketSimulator) -> None:
     simulator.inject("lock", status=202, body='{"owner": {"name": "admin"}}')
-    with pytest.raises(BitbucketBadResponse, match="unlockToken"):
+    with pytest.raises(BitbucketBadResponse, match="unlockToken") as error:
         make_client(simulator).lock()
     assert not simulator.locked
+    assert_no_secret(error.value, secrets_of(simulator))
 
 
 def test_start_503_is_not_retried(simulator: BitbucketSimulator) -> None:
@@ -343,8 +354,9 @@ def test_truncated_json_on_poll_is_a_bad_response(simulator: BitbucketSimulator)
 
 def test_poll_json_without_latch_states_is_a_bad_response(simulator: BitbucketSimulator) -> None:
     simulator.inject("poll", status=200, body='{"task": null}')
-    with pytest.raises(BitbucketBadResponse, match="db-state"):
+    with pytest.raises(BitbucketBadResponse, match="db-state") as error:
         make_client(simulator).maintenance()
+    assert_no_secret(error.value, secrets_of(simulator))
 
 
 def test_poll_slower_than_the_timeout_is_unavailable_no_answer(simulator: BitbucketSimulator) -> None:

@@ -18,9 +18,7 @@ TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
 
 @pytest.fixture
 def sim() -> Iterator[BitbucketSimulator]:
-    with BitbucketSimulator(
-        "admin", "secret", drain_seconds=0.05, tokens={"pat-123"}, non_admin=("bob", "bobpw")
-    ) as s:
+    with BitbucketSimulator("admin", "secret", drain_seconds=0.05, tokens={"pat-123"}, non_admin=("bob", "bobpw")) as s:
         yield s
 
 
@@ -39,16 +37,12 @@ def lock(sim: BitbucketSimulator, auth: Any = AUTH) -> requests.Response:
 
 
 def unlock(sim: BitbucketSimulator, token: str | None) -> requests.Response:
-    return requests.delete(
-        f"{sim.url}/mvc/maintenance/lock", params={"token": token}, auth=AUTH, timeout=TIMEOUT
-    )
+    return requests.delete(f"{sim.url}/mvc/maintenance/lock", params={"token": token}, auth=AUTH, timeout=TIMEOUT)
 
 
 def start(sim: BitbucketSimulator, token: str | None) -> requests.Response:
     headers = {TOKEN_HEADER: token} if token else {}
-    return requests.post(
-        f"{sim.url}/mvc/admin/backups?external=true", headers=headers, auth=AUTH, timeout=TIMEOUT
-    )
+    return requests.post(f"{sim.url}/mvc/admin/backups?external=true", headers=headers, auth=AUTH, timeout=TIMEOUT)
 
 
 def poll(sim: BitbucketSimulator, token: str | None = None, timeout: float = TIMEOUT) -> requests.Response:
@@ -182,15 +176,11 @@ def test_authentication(sim: BitbucketSimulator) -> None:
         assert r.headers["Content-Type"] == "application/json" and r.json()["errors"]
     r = requests.get(f"{sim.url}/rest/api/1.0/application-properties", timeout=TIMEOUT)
     assert r.status_code == 401
-    r = requests.post(
-        f"{sim.url}/mvc/maintenance/lock", headers={"Authorization": "Bearer wrong"}, timeout=TIMEOUT
-    )
+    r = requests.post(f"{sim.url}/mvc/maintenance/lock", headers={"Authorization": "Bearer wrong"}, timeout=TIMEOUT)
     assert r.status_code == 401
     assert not sim.locked
 
-    r = requests.post(
-        f"{sim.url}/mvc/maintenance/lock", headers={"Authorization": "Bearer pat-123"}, timeout=TIMEOUT
-    )
+    r = requests.post(f"{sim.url}/mvc/maintenance/lock", headers={"Authorization": "Bearer pat-123"}, timeout=TIMEOUT)
     assert r.status_code == 202 and sim.lock_owner == "admin"
 
 
@@ -240,9 +230,7 @@ def test_start_requires_token_external_and_no_running_task(sim: BitbucketSimulat
     token = lock(sim).json()["unlockToken"]
     assert start(sim, None).status_code == 409
     assert start(sim, "0" * 40).status_code == 409
-    r = requests.post(
-        f"{sim.url}/mvc/admin/backups", headers={TOKEN_HEADER: token}, auth=AUTH, timeout=TIMEOUT
-    )
+    r = requests.post(f"{sim.url}/mvc/admin/backups", headers={TOKEN_HEADER: token}, auth=AUTH, timeout=TIMEOUT)
     assert r.status_code == 400
     assert sim.task is None
     assert start(sim, token).status_code == 202

@@ -1,0 +1,407 @@
+"""Assertions on the synthesized template: the backup state machine's shape and error handling, and the safety
+properties of the resources around it (encryption, least privilege, no secrets in plain sight)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from typing import Any
+
+from aws_cdk.assertions import Match
+
+from functions.models.config import InstanceConfig, TimingConfig, parse_project_config
+from functions.strategies import TOOL_TAG, TOOL_VALUE
+from stacks.app_builder import STACK_NAME
+from stacks.backup_stack import network_groups
+from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
+
+HAPPY_PATH = [
+    "Start",
+    "Validate and prepare",
+    "Lock",
+    "Start backup",
+    "Poll drain state",
+    "Drained?",
+    "Copy home and database",
+    "Report progress 100",
+    "Unlock",
+    "Check snapshots",
+    "Snapshots complete?",
+    "Mark complete and prune",
+    "Backup complete",
+]
+FAILURE_HANDLER = "Handle failure"
+DELETE_ACTIONS = ["ec2:DeleteSnapshot", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"]
+# Error names that would make Step Functions re-run a task that failed with BitbucketUnavailable.
+MATCHES_BITBUCKET_UNAVAILABLE = {"BitbucketUnavailable", "States.ALL", "States.TaskFailed"}
+
+
+def _by_instance(state_machines: dict[str, StateMachine]) -> dict[str, StateMachine]:
+    return {name: sm for sm in state_machines.values() for name in sm.instances}
+
+
+def _transitions(state: dict[str, Any]) -> list[str]:
+    """Where a state goes when it does not fail (Next, Choice rules and Default), not its Catch targets."""
+    targets = [state["Next"]] if "Next" in state else []
+    targets += [choice["Next"] for choice in state.get("Choices", [])]
+    targets += [state["Default"]] if "Default" in state else []
+    return targets
+
+
+def _reachable(states: dict[str, Any], start: str) -> list[str]:
+    seen: list[str] = []
+    todo = [start]
+    while todo:
+        name = todo.pop(0)
+        if name not in seen:
+            seen.append(name)
+            todo += _transitions(states[name])
+    return seen
+
+
+def _happy_path(definition: dict[str, Any]) -> list[str]:
+    """From StartAt along Next, taking the first rule of each Choice (the 'ready' answer)."""
+    states, name, path = definition["States"], definition["StartAt"], []
+    while name not in path:
+        path.append(name)
+        state = states[name]
+        if state["Type"] == "Choice":
+            name = state["Choices"][0]["Next"]
+        elif state["Type"] in ("Succeed", "Fail") or state.get("End"):
+            break
+        else:
+            name = state["Next"]
+    return path
+
+
+def _lambda_tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every Task state, including those inside Parallel branches."""
+    found = {}
+    for name, state in definition["States"].items():
+        if state["Type"] == "Task":
+            found[name] = state
+        for branch in state.get("Branches", []):
+            found |= _lambda_tasks(branch)
+    return found
+
+
+def _function_of(task: dict[str, Any]) -> str:
+    return str(task["Resource"]).rsplit(":", 1)[-1]
+
+
+def _retried_errors(task: dict[str, Any]) -> set[str]:
+    return {error for retry in task.get("Retry", []) for error in retry["ErrorEquals"]}
+
+
+# --- the state machines ------------------------------------------------------------------------------------------
+
+
+def test_one_standard_state_machine_per_network_group(assertions: Any, state_machines: dict[str, StateMachine]) -> None:
+    groups = network_groups(parse_project_config(CONFIG).instances)
+    assert len(groups) == 2
+    assertions.resource_count_is("AWS::StepFunctions::StateMachine", len(groups))
+    assertions.all_resources_properties(
+        "AWS::StepFunctions::StateMachine",
+        {
+            "StateMachineType": "STANDARD",
+            "LoggingConfiguration": Match.object_like({"Level": "ALL"}),
+            "TracingConfiguration": {"Enabled": True},
+        },
+    )
+    # Each group's instances are backed up by exactly one state machine (named in the stack's outputs).
+    assert sorted(sorted(sm.instances) for sm in state_machines.values()) == sorted(
+        sorted(i.name for i in group) for group in groups
+    )
+    for sm in state_machines.values():
+        log_group = sm.properties["LoggingConfiguration"]["Destinations"][0]["CloudWatchLogsLogGroup"]
+        assert "Fn::GetAtt" in log_group["LogGroupArn"], "logs go to a log group of this stack"
+        assert sm.definition.get("TimeoutSeconds", 0) > 0, "an execution must not run forever"
+
+
+def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine]) -> None:
+    for sm in state_machines.values():
+        states = sm.definition["States"]
+        assert _happy_path(sm.definition) == HAPPY_PATH, sm.logical_id
+
+        drained = states["Drained?"]
+        assert drained["Type"] == "Choice"
+        assert drained["Choices"] == [
+            {"Variable": "$.drain.drained", "BooleanEquals": True, "Next": "Copy home and database"}
+        ]
+        assert drained["Default"] == "Wait for drain"
+        assert states["Wait for drain"] == {
+            "Type": "Wait",
+            "SecondsPath": "$.run.config.timing.poll_interval_seconds",
+            "Next": "Poll drain state",
+        }
+
+        complete = states["Snapshots complete?"]
+        assert complete["Choices"][0]["Variable"] == "$.snapshots.complete"
+        assert complete["Default"] == "Wait for snapshots"
+        assert states["Wait for snapshots"]["SecondsPath"] == "$.run.config.timing.snapshot_poll_interval_seconds"
+        assert states["Wait for snapshots"]["Next"] == "Check snapshots"
+
+        # The paths the Wait states read exist in the configuration the validate step puts into $.run.config.
+        for wait in ("Wait for drain", "Wait for snapshots"):
+            assert states[wait]["SecondsPath"].rsplit(".", 1)[-1] in TimingConfig.model_fields
+
+        parallel = states["Copy home and database"]
+        assert parallel["Type"] == "Parallel"
+        assert [b["StartAt"] for b in parallel["Branches"]] == ["Home configured?", "Database configured?"]
+        assert parallel["ResultSelector"] == {"home.$": "$[0].part_result", "database.$": "$[1].part_result"}
+        for branch, part in zip(parallel["Branches"], ("home", "database"), strict=True):
+            inner = branch["States"]
+            choice = inner[branch["StartAt"]]
+            assert choice["Choices"][0]["Variable"] == f"$.run.config.{part}.strategy"
+            assert inner[choice["Choices"][0]["Next"]]["Type"] == "Pass", "an unconfigured part is skipped"
+            assert choice["Default"] == f"Copy {part}"
+            assert inner[f"Copy {part}"]["Next"] == f"Report {part} progress"
+            assert inner[f"Report {part} progress"].get("End") is True
+        # Unlock comes only after progress 100, which comes only after both copies.
+        assert states["Report progress 100"]["Next"] == "Unlock"
+
+
+def test_every_task_after_validate_catches_into_the_failure_path(state_machines: dict[str, StateMachine]) -> None:
+    for sm in state_machines.values():
+        states = sm.definition["States"]
+        after_validate = _reachable(states, states["Validate and prepare"]["Next"])
+        guarded = [n for n in after_validate if states[n]["Type"] in ("Task", "Parallel")]
+        assert set(guarded) >= {
+            "Lock",
+            "Start backup",
+            "Poll drain state",
+            "Copy home and database",
+            "Report progress 100",
+            "Unlock",
+            "Check snapshots",
+            "Mark complete and prune",
+        }
+        for name in guarded:
+            catches = states[name].get("Catch", [])
+            assert catches, f"{sm.logical_id}: '{name}' has no Catch"
+            catch = catches[-1]
+            assert catch["ErrorEquals"] == ["States.ALL"], f"'{name}' does not catch States.ALL last"
+            assert catch["ResultPath"] == "$.failure", f"'{name}' loses its input on failure"
+            note = states[catch["Next"]]
+            assert note["Type"] == "Pass", f"'{name}' catches into {catch['Next']}, not a Pass"
+            assert note["Next"] == FAILURE_HANDLER, f"'{name}' does not lead to '{FAILURE_HANDLER}'"
+            assert note["Parameters"]["run.$"] == "$.run", f"'{name}': the failure path needs the run context"
+            assert "step" in note["Parameters"]["failure"]
+        # Inside the Parallel nothing catches: an error in a branch fails the Parallel, whose Catch handles it.
+        for branch in states["Copy home and database"]["Branches"]:
+            for name, state in branch["States"].items():
+                assert "Catch" not in state, f"'{name}' would hide a failed copy from the Parallel's Catch"
+
+        # Before the lock: a concurrent run is a skip, anything else goes to the pre-lock failure handler.
+        validate = states["Validate and prepare"]
+        assert [c["ErrorEquals"] for c in validate["Catch"]] == [["BackupInProgress"], ["States.ALL"]]
+        assert states[states[validate["Catch"][0]["Next"]]["Next"]]["Type"] == "Succeed"
+        assert states[validate["Catch"][1]["Next"]]["Next"] == "Handle failure before lock"
+
+        # The failure handlers end the execution as failed, whatever happens to them.
+        for handler in (FAILURE_HANDLER, "Handle failure before lock"):
+            assert states[states[handler]["Next"]]["Type"] == "Fail"
+            assert [states[c["Next"]]["Type"] for c in states[handler]["Catch"]] == ["Fail"]
+
+
+def test_lock_is_not_retried_but_idempotent_bitbucket_calls_are(state_machines: dict[str, StateMachine]) -> None:
+    for sm in state_machines.values():
+        tasks = _lambda_tasks(sm.definition)
+        # A retried lock cannot get the first attempt's unlock token back: Bitbucket would stay locked.
+        assert not _retried_errors(tasks["Lock"]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(tasks["Lock"])
+        for name in (
+            "Poll drain state",
+            "Report home progress",
+            "Report database progress",
+            "Report progress 100",
+            "Unlock",
+        ):
+            assert "BitbucketUnavailable" in _retried_errors(tasks[name]), f"'{name}' gives up on a blip"
+        for name, task in tasks.items():
+            for retry in task.get("Retry", []):
+                assert retry["MaxAttempts"] <= 6 and retry.get("BackoffRate", 1) >= 1, name
+            assert "Lambda.ServiceException" in _retried_errors(task), f"'{name}' does not retry Lambda's own errors"
+
+
+# --- schedules and notifications -----------------------------------------------------------------------------------
+
+
+def test_schedules_start_the_right_state_machine_with_the_instance(
+    resources: Any, state_machines: dict[str, StateMachine]
+) -> None:
+    scheduled = [i for i in CONFIG["instances"] if i.get("schedule")]
+    schedules = resources("AWS::Scheduler::Schedule")
+    assert len(schedules) == len(scheduled) == 1
+    by_instance = {json.loads(s["Properties"]["Target"]["Input"])["instance"]: s for s in schedules.values()}
+    assert set(by_instance) == {i["name"] for i in scheduled}
+    owner = _by_instance(state_machines)
+    for instance in scheduled:
+        props = by_instance[instance["name"]]["Properties"]
+        assert json.loads(props["Target"]["Input"]) == {"instance": instance["name"]}
+        assert props["ScheduleExpression"] == instance["schedule"]
+        assert props["ScheduleExpressionTimezone"] == instance["schedule_timezone"]
+        assert props["State"] == "ENABLED"
+        assert props["Target"]["Arn"] == {"Ref": owner[instance["name"]].logical_id}
+
+
+def test_topic_is_kms_encrypted(assertions: Any) -> None:
+    assertions.resource_count_is("AWS::SNS::Topic", 1)
+    assertions.has_resource_properties(
+        "AWS::SNS::Topic", {"KmsMasterKeyId": Match.object_like({"Fn::GetAtt": [Match.any_value(), "Arn"]})}
+    )
+    assertions.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+
+
+def test_email_subscriptions_are_filtered_per_instance(resources: Any) -> None:
+    subscriptions = {s["Properties"]["Endpoint"]: s["Properties"] for s in resources("AWS::SNS::Subscription").values()}
+    assert set(subscriptions) == {*CONFIG["notification_emails"], *PROD["notification_emails"]}
+    for email in CONFIG["notification_emails"]:
+        assert "FilterPolicy" not in subscriptions[email], "project-wide addresses hear about every instance"
+    for email in PROD["notification_emails"]:
+        assert subscriptions[email]["Protocol"] == "email"
+        assert subscriptions[email]["FilterPolicy"] == {"instance": [PROD["name"]]}
+        assert subscriptions[email].get("FilterPolicyScope", "MessageAttributes") == "MessageAttributes"
+
+
+def test_run_table_is_kms_encrypted_with_ttl(assertions: Any) -> None:
+    assertions.resource_count_is("AWS::DynamoDB::Table", 1)
+    assertions.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "SSESpecification": {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": Match.any_value()},
+            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+        },
+    )
+
+
+# --- IAM ------------------------------------------------------------------------------------------------------------
+
+
+def _statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every policy statement of the template, with the logical id it comes from."""
+    found = []
+    for logical, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        documents = []
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            documents.append(props["PolicyDocument"])
+        if resource["Type"] == "AWS::IAM::Role":
+            documents += [p["PolicyDocument"] for p in props.get("Policies", [])]
+        for document in documents:
+            statements = document["Statement"]
+            found += [(logical, s) for s in (statements if isinstance(statements, list) else [statements])]
+    return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_one_role_per_lambda(resources: Any) -> None:
+    functions = resources("AWS::Lambda::Function")
+    roles = resources("AWS::IAM::Role")
+    role_of = {logical: fn["Properties"]["Role"]["Fn::GetAtt"][0] for logical, fn in functions.items()}
+    assert len(set(role_of.values())) == len(functions) == 22, "11 functions per state machine, each its own role"
+    for role in role_of.values():
+        trust = roles[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
+
+
+def test_snapshots_are_deleted_only_when_they_carry_the_tool_tag(template: dict[str, Any]) -> None:
+    granted = []
+    for logical, statement in _statements(template):
+        if statement["Effect"] != "Allow":
+            continue
+        assert "NotAction" not in statement, f"{logical}: Allow with NotAction can grant anything"
+        patterns = [a.lower() for a in _as_list(statement.get("Action", []))]
+        deletes = [d for d in DELETE_ACTIONS if any(fnmatch.fnmatchcase(d.lower(), p) for p in patterns)]
+        if not deletes:
+            continue
+        granted += deletes
+        conditions = statement.get("Condition", {})
+        tag_values = [
+            values
+            for operator, keys in conditions.items()
+            if operator in ("StringEquals", "ForAllValues:StringEquals")
+            for key, values in keys.items()
+            if key == f"aws:ResourceTag/{TOOL_TAG}"
+        ]
+        assert tag_values == [TOOL_VALUE], f"{logical} allows {deletes} without requiring the tool's tag"
+    # Not vacuous: pruning and the failure path do need to delete, in both groups.
+    assert sorted(set(granted)) == sorted(DELETE_ACTIONS)
+    managed = {
+        json.dumps(arn)
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Role"
+        for arn in r["Properties"].get("ManagedPolicyArns", [])
+    }
+    assert all("AWSLambdaVPCAccessExecutionRole" in arn for arn in managed), managed
+
+
+# --- Lambdas and configuration ---------------------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSW|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|AUTH", re.IGNORECASE)
+# A password-ish word, a PEM key, an AWS access key id, or a long blob of letters and digits (a token or a key).
+SECRET_VALUE = re.compile(
+    r"passw|PRIVATE KEY|AKIA[0-9A-Z]{16}|^(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9+/=]{24,}$", re.IGNORECASE
+)
+
+
+def test_lambdas_runtime_network_and_environment(resources: Any, state_machines: dict[str, StateMachine]) -> None:
+    functions = resources("AWS::Lambda::Function")
+    owner = _by_instance(state_machines)
+    covered = set()
+    for instance in (PROD, STAGING):
+        used = {_function_of(task) for task in _lambda_tasks(owner[instance["name"]].definition).values()}
+        assert len(used) == 11
+        covered |= used
+        for logical in used:
+            vpc = functions[logical]["Properties"].get("VpcConfig")
+            if "network" in instance:
+                assert vpc == {
+                    "SubnetIds": instance["network"]["subnet_ids"],
+                    "SecurityGroupIds": instance["network"]["security_group_ids"],
+                }, logical
+            else:
+                assert vpc is None, f"{logical} of '{instance['name']}' must not be in a VPC"
+    assert covered == set(functions), "every Lambda is a step of a state machine"
+
+    parameter_names = [p["Properties"]["Name"] for p in resources("AWS::SSM::Parameter").values()]
+    for logical, fn in functions.items():
+        props = fn["Properties"]
+        assert props["Runtime"] == "python3.13", logical
+        assert props["Handler"].startswith("functions.handlers."), logical
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        variables = props["Environment"]["Variables"]
+        for name, value in variables.items():
+            assert not SECRET_NAME.search(name), f"{logical}: environment variable {name} looks like a secret"
+            if isinstance(value, str):
+                assert not SECRET_VALUE.search(value), f"{logical}: {name}={value!r} looks like a secret"
+            else:
+                assert set(value) <= {"Ref", "Fn::GetAtt"}, f"{logical}: {name} is neither text nor a reference"
+        # The functions find each instance's configuration under the prefix the parameters use.
+        prefix = variables["CONFIG_PARAMETER_PREFIX"]
+        assert all(name.startswith(prefix + "/") for name in parameter_names)
+
+
+def test_ssm_parameters_hold_each_instance_config_without_secrets(resources: Any, template: dict[str, Any]) -> None:
+    parameters = {p["Properties"]["Name"]: p["Properties"] for p in resources("AWS::SSM::Parameter").values()}
+    prefix = f"/bitbucket-diy-backup/{STACK_NAME}/instances"
+    assert set(parameters) == {f"{prefix}/{i['name']}" for i in CONFIG["instances"]}
+    for raw in CONFIG["instances"]:
+        props = parameters[f"{prefix}/{raw['name']}"]
+        assert props["Type"] == "String"
+        stored = json.loads(props["Value"])
+        assert InstanceConfig.model_validate(stored) == InstanceConfig.model_validate(raw)
+        assert stored["credentials_secret"] == raw["credentials_secret"], "the secret's name, never its value"
+
+        def keys(value: Any) -> list[str]:
+            if isinstance(value, dict):
+                return [*value, *(k for v in value.values() for k in keys(v))]
+            if isinstance(value, list):
+                return [k for v in value for k in keys(v)]
+            return []
+
+        assert not [k for k in keys(stored) if re.search(r"passw|token|private", k, re.IGNORECASE)]
+    assert "password" not in json.dumps(template).lower()

@@ -1,0 +1,69 @@
+"""`python -m rehearsal` as a user runs it: against a "staging" Bitbucket given by URL, JSON summary, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rehearsal.bitbucket_simulator import BitbucketSimulator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], password: str, tmp_path: Path) -> tuple[int, str, dict]:
+    env = {**os.environ, "BITBUCKET_PASSWORD": password}
+    out = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rehearsal", *args, "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, json.loads(out.read_text()) if out.exists() else {}
+
+
+@pytest.mark.slow
+def test_rehearsal_against_an_external_bitbucket_succeeds(tmp_path: Path) -> None:
+    with BitbucketSimulator(username="backup", password="Staging-Pw-1", drain_seconds=0.2) as staging:
+        url = staging.url
+        code, output, summary = _run(
+            ["--bitbucket-url", staging.url, "--username", "backup", "--poll-interval", "0", "--drain-timeout", "10"],
+            "Staging-Pw-1",
+            tmp_path,
+        )
+        assert not staging.locked
+    assert code == 0, output
+    assert f"[{url}]  INFO: locked with '" in output
+    assert "Bitbucket instance unlocked" in output and "Backup progress updated to 100" in output
+    assert summary["status"] == "SUCCEEDED" and summary["error"] is None
+    assert summary["backup_id"].startswith("demo-")
+    assert summary["lock_window_s"] >= summary["drain_s"] > 0
+    assert summary["state_transitions"] > 0 and summary["cost_usd"] > 0
+    assert {s["kind"] for s in summary["snapshots"]} == {"ebs-snapshot", "rds-snapshot"}
+    assert summary["notifications"] == []
+    assert "Staging-Pw-1" not in output
+
+
+@pytest.mark.slow
+def test_rehearsal_with_a_wrong_password_exits_1_and_says_why(tmp_path: Path) -> None:
+    with BitbucketSimulator(username="backup", password="right-one", drain_seconds=0.1) as staging:
+        code, output, summary = _run(["--bitbucket-url", staging.url, "--username", "backup"], "wrong-one", tmp_path)
+        assert not staging.locked
+    assert code == 1, output
+    assert summary["status"] == "FAILED"
+    assert summary["error"]["step"] == "validate" and "401" in summary["error"]["message"]
+    assert len(summary["notifications"]) == 1
+    assert "wrong-one" not in output and "wrong-one" not in json.dumps(summary)
+
+
+def test_rehearsal_refuses_nonsense_arguments(tmp_path: Path) -> None:
+    code, output, _ = _run(["--home-strategy", "none", "--db-strategy", "none"], "x", tmp_path)
+    assert code == 2 and "nothing to back up" in output and "Traceback" not in output

@@ -84,23 +84,19 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     config = load_config(request.instance)
     backup_id = backup_id_for(config.name, start_time)
     bind(backup_id=backup_id)
-    facts: dict[str, object] = {}
-    for strategy in strategies_for(config):
-        facts.update(strategy.preflight())
-    client_ = bitbucket(config)
-    try:
-        state = client_.maintenance(step="validate")
-    except BackupError as error:
-        raise PreflightFailed(redact(str(error))) from None
-    if state.task_state == "RUNNING":
-        raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
     timing = config.timing
+    # The guard first: an overlapping execution must stop here, before it looks at (or touches) Bitbucket.
     runs.acquire(
         config.name,
         backup_id,
         execution,
         ttl_seconds=timing.drain_timeout_seconds + timing.snapshot_timeout_seconds + GUARD_MARGIN_SECONDS,
     )
+    try:
+        facts = _preflight(config)
+    except Exception:
+        runs.release(config.name, backup_id)
+        raise
     _say(
         config,
         f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
@@ -109,6 +105,19 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     return RunContext(
         instance=config.name, backup_id=backup_id, execution=execution, started_at=time.time(), config=config
     )
+
+
+def _preflight(config: InstanceConfig) -> dict[str, object]:
+    facts: dict[str, object] = {}
+    for strategy in strategies_for(config):
+        facts.update(strategy.preflight())
+    try:
+        state = bitbucket(config).maintenance(step="validate")
+    except BackupError as error:
+        raise PreflightFailed(redact(str(error))) from None
+    if state.task_state == "RUNNING":
+        raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
+    return facts
 
 
 def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:

@@ -422,6 +422,8 @@ class Rehearsal:
         self.host = LocalHost(host_root or Path(tempfile.mkdtemp(prefix="rehearsal-host-")))
         self.resolver = Resolver()
         self.resources: dict[str, Any] = {}
+        self.rules: list[tuple[dict[str, Any], list[str]]] = []
+        self.delivered: list[dict[str, Any]] = []
         self._stack = contextlib.ExitStack()
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
@@ -476,6 +478,7 @@ class Rehearsal:
             "AWS::SSM::Parameter",
             "AWS::Lambda::Function",
             "AWS::StepFunctions::StateMachine",
+            "AWS::Events::Rule",
         ]
         for kind in order:
             for logical, resource in resources.items():
@@ -527,6 +530,9 @@ class Rehearsal:
                 Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
             )
             r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
+        elif kind == "AWS::Events::Rule":
+            # Kept here and delivered by `wait`: moto's EventBridge does not see Step Functions status changes.
+            self.rules.append((r(props["EventPattern"]), [r(t["Arn"]) for t in props.get("Targets", [])]))
         elif kind == "AWS::StepFunctions::StateMachine":
             definition = r(props["DefinitionString"])
             arn = self.client("stepfunctions").create_state_machine(
@@ -621,6 +627,7 @@ class Rehearsal:
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"execution still RUNNING after {timeout} s")
             time.sleep(0.02)
+        self._deliver_status_change(described)
         history = self._history(execution_arn)
         output = json.loads(described["output"]) if described.get("output") else None
         return RunResult(
@@ -632,6 +639,27 @@ class Rehearsal:
             history=history,
             seconds=time.monotonic() - started,
         )
+
+    def _deliver_status_change(self, described: dict[str, Any]) -> None:
+        """What EventBridge does with "Step Functions Execution Status Change": match the rules, invoke targets."""
+        detail = {
+            "executionArn": described["executionArn"],
+            "stateMachineArn": described["stateMachineArn"],
+            "status": described["status"],
+            "input": described.get("input"),
+        }
+        event = {"source": "aws.states", "detail-type": "Step Functions Execution Status Change", "detail": detail}
+        for pattern, targets in self.rules:
+            if _matches(pattern, event):
+                for target in targets:
+                    response = self.client("lambda").invoke(FunctionName=target, Payload=json.dumps(event).encode())
+                    self.delivered.append(
+                        {
+                            "target": target,
+                            "status": detail["status"],
+                            "result": json.loads(response["Payload"].read() or b"null"),
+                        }
+                    )
 
     def run_backup(self, execution_input: Any = None, timeout: float = 120.0) -> RunResult:
         return self.wait(self.start(execution_input), timeout)
@@ -667,6 +695,15 @@ class Rehearsal:
     def run_record(self) -> dict[str, Any] | None:
         item = self.client("dynamodb").get_item(TableName=self.table, Key={"instance": {"S": "demo"}}).get("Item")
         return dict(item) if item else None
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    """EventBridge pattern matching, for the exact-value lists and nested objects this stack's rules use."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_matches(p, value.get(k)) for k, p in pattern.items())
+    if isinstance(pattern, list):
+        return value in pattern
+    return bool(pattern == value)
 
 
 @contextlib.contextmanager

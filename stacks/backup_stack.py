@@ -18,6 +18,7 @@ from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.notifications import Notifications
 from stacks.constructs.run_table import RunTable
+from stacks.constructs.safety_net import SafetyNet
 from stacks.constructs.schedules import Schedules
 
 
@@ -62,6 +63,8 @@ class BackupStack(Stack):
             )
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=settings.timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
+            net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])
+            self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
             Schedules(self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine)
             CfnOutput(
                 self,
@@ -81,21 +84,28 @@ class BackupStack(Stack):
         parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
-        talks_to_bitbucket = ["validate", "lock", "start", "poll", "progress", "unlock", "failure"]
-        for name in talks_to_bitbucket:
-            fns[name].add_to_role_policy(permissions.read_secrets(self, instances))
-        for name in fns:
-            runs.table.grant_read_write_data(fns[name])
-        for parameter in (parameters.parameters[i.name] for i in instances):
-            parameter.grant_read(fns["validate"])
-        for name in ("validate", "home", "database", "check", "finalize", "failure"):
+        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions."""
+
+        def each(*names: str) -> list[lambda_.Function]:
+            return [fns[n] for n in names if n in fns]
+
+        for fn in each("validate", "lock", "start", "poll", "progress", "unlock", "failure", "safety_net"):
+            fn.add_to_role_policy(permissions.read_secrets(self, instances))
+        for fn in fns.values():
+            runs.table.grant_read_write_data(fn)
+        for fn in each("validate", "safety_net"):
+            for parameter in (parameters.parameters[i.name] for i in instances):
+                parameter.grant_read(fn)
+        for fn in each("validate", "home", "database", "check", "finalize", "failure", "safety_net"):
             for statement in permissions.describe(instances):
-                fns[name].add_to_role_policy(statement)
-        for statement in permissions.create_home_snapshots(self, instances):
-            fns["home"].add_to_role_policy(statement)
-        for statement in permissions.create_db_snapshots(self, instances):
-            fns["database"].add_to_role_policy(statement)
-        for name in ("finalize", "failure"):
+                fn.add_to_role_policy(statement)
+        for fn in each("home"):
+            for statement in permissions.create_home_snapshots(self, instances):
+                fn.add_to_role_policy(statement)
+        for fn in each("database"):
+            for statement in permissions.create_db_snapshots(self, instances):
+                fn.add_to_role_policy(statement)
+        for fn in each("finalize", "failure", "safety_net"):
             for statement in permissions.manage_own_snapshots(self, instances):
-                fns[name].add_to_role_policy(statement)
-            notifications.topic.grant_publish(fns[name])
+                fn.add_to_role_policy(statement)
+            notifications.topic.grant_publish(fn)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,7 @@ def state_machines_of(template: dict[str, Any]) -> dict[str, StateMachine]:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     from aws_cdk import Environment
     from aws_cdk.assertions import Template
@@ -128,7 +127,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
     assembly_dir = Path(assembly.directory)
     template_path = assembly_dir / f"{STACK_NAME}.template.json"
     template = json.loads(template_path.read_text())
-    yield Synth(
+    return Synth(
         config=CONFIG,
         assembly_dir=assembly_dir,
         template_path=template_path,

@@ -74,3 +74,20 @@ class AwsRateLimited(BackupError):
 
 class HostCommandFailed(BackupError):
     """An SSM Run Command step on a host failed, timed out or was cancelled."""
+
+
+class RestoreRefused(BackupError):
+    """A restore was refused before anything was created: the message names what is wrong (unknown or incomplete
+    backup, another instance's backup, a target name in use, a target instance that is not stopped)."""
+
+
+class RestoreFailed(BackupError):
+    """A restore step failed after it started creating resources; the failure path removes what it created."""
+
+
+class RestoreTimeout(BackupError):
+    """The restored database or volumes did not become available within the configured time."""
+
+
+class TargetNotReady(BackupError):
+    """The target instance is still starting (or its SSM agent not yet online): Step Functions retries."""

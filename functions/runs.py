@@ -31,6 +31,9 @@ class Run:
     drained_at: float | None = None
     unlocked_at: float | None = None
     parts_done: int = 0
+    # Set when the workflow's own failure path kept the item (Bitbucket possibly still locked): the safety
+    # net must not act (and notify) a second time.
+    handled: bool = False
 
     def __repr__(self) -> str:
         return f"Run({self.instance}, {self.backup_id}, {self.phase})"
@@ -93,6 +96,7 @@ def get(instance: str, backup_id: str | None = None) -> Run | None:
         drained_at=_num(item, "drained_at"),
         unlocked_at=_num(item, "unlocked_at"),
         parts_done=len(item.get("parts_done", {}).get("SS", [])),
+        handled="handled_at" in item,
     )
     register_secret(run.unlock_token)
     register_secret(run.cancel_token)

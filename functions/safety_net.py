@@ -19,7 +19,7 @@ from functions.clients.bitbucket import Lock
 from functions.errors import BackupError
 from functions.models.events import ExecutionInput
 from functions.observability import bind, logger, redact
-from functions.strategies import FAILED, strategies_for
+from functions.strategies import COMPLETE, FAILED, strategies_for
 from functions.workflow import bitbucket, load_config
 
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
@@ -38,6 +38,8 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
     if record is None or record.execution != execution:
         # The failure path already cleaned up (or another run holds the instance now): nothing of ours to do.
         return {"action": "none", "reason": "no run of this execution is open"}
+    if record.handled:
+        return {"action": "none", "reason": "the workflow's failure path already reported this run"}
     bind(backup_id=record.backup_id)
     config = load_config(instance)
     actions: list[str] = []
@@ -59,6 +61,8 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
             unlocked = f"NO - unlock failed ({redact(str(error))}); unlock by hand (README, Troubleshooting)"
     for strategy in strategies_for(config):
         for artifact in strategy.artifacts(record.backup_id):
+            if artifact.status == COMPLETE:
+                continue  # finalized before the execution ended: a good backup
             strategy.set_status(artifact, FAILED)
             try:
                 strategy.delete(artifact)

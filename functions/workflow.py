@@ -21,6 +21,8 @@ from functions.clients.secrets import credentials
 from functions.errors import (
     BackupCancelled,
     BackupError,
+    BitbucketRequestFailed,
+    BitbucketUnavailable,
     ConfigInvalid,
     DrainTimeout,
     PreflightFailed,
@@ -189,7 +191,13 @@ def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
         done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
         total = max(1, len(run.config.parts))
         percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
-    bitbucket(run.config).progress(lock_, percentage)
+    client_ = bitbucket(run.config)
+    try:
+        client_.progress(lock_, percentage)
+    except (BitbucketRequestFailed, BitbucketUnavailable):
+        # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
+        if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
+            raise
     _say(run.config, f"Backup progress updated to {percentage}")
     return {"percentage": percentage}
 
@@ -259,8 +267,14 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     found = _all_artifacts(run.config, run.backup_id)
     for strategy, artifact in found:
         strategy.set_status(artifact, COMPLETE)
-    pruned = prune(run.config, run.backup_id)
     runs.release(run.instance, run.backup_id)
+    try:
+        pruned = prune(run.config, run.backup_id)
+        prune_error = None
+    except (ClientError, BackupError) as error:
+        # The new backup is complete and stays so; an old one that could not be deleted is only reported.
+        pruned, prune_error = [], redact(f"{type(error).__name__}: {error}")
+        logger.warning(f"pruning failed: {prune_error}")
     duration = time.time() - run.started_at
     metrics.add_metric(name="BackupSucceeded", unit="Count", value=1)
     metrics.add_metric(name="BackupDurationSeconds", unit="Seconds", value=duration)
@@ -270,12 +284,20 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         "status": "complete",
         "artifacts": [a.summary() | {"status": COMPLETE} for _, a in found],
         "pruned": pruned,
+        "prune_error": prune_error,
         "lock_window_s": (unlocked or {}).get("lock_window_s"),
         "drain_s": (unlocked or {}).get("drain_s"),
         "duration_s": round(duration, 3),
     }
     _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
-    if run.config.notify_on_success:
+    if prune_error:
+        notify.publish(
+            f"Bitbucket backup {run.backup_id} succeeded, but pruning old backups failed",
+            run.instance,
+            "warning",
+            summary,
+        )
+    elif run.config.notify_on_success:
         notify.publish(f"Bitbucket backup {run.backup_id} succeeded", run.instance, "succeeded", summary)
     return summary
 
@@ -328,6 +350,8 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
             )
     if run:
         for strategy, artifact in _all_artifacts(run.config, run.backup_id):
+            if artifact.status == COMPLETE:
+                continue  # marked complete by finalize: a good backup, whatever failed after it
             strategy.set_status(artifact, FAILED)
             try:
                 strategy.delete(artifact)
@@ -336,6 +360,8 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
                 actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(delete_error)})")
         if unlocked.startswith("yes"):
             runs.release(run.instance, run.backup_id)
+        elif record is not None:
+            runs.update(run.instance, run.backup_id, handled_at=time.time())
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="BackupFailed", unit="Count", value=1)
     notify.publish(

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
@@ -61,7 +62,10 @@ class BackupStack(Stack):
             factory = FunctionFactory(
                 scope, FunctionSettings(code=code, environment=environment, network=instances[0].network)
             )
-            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=settings.timing)
+            # The execution may run as long as its slowest instance's drain and snapshot waits, plus margin.
+            longest = max(i.timing.longest_run_seconds for i in instances)
+            timing = replace(settings.timing, timeout_hours=math.ceil((longest + 3600) / 3600))
+            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])
             self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
@@ -92,7 +96,9 @@ class BackupStack(Stack):
         for fn in each("validate", "lock", "start", "poll", "progress", "unlock", "failure", "safety_net"):
             fn.add_to_role_policy(permissions.read_secrets(self, instances))
         for fn in fns.values():
-            runs.table.grant_read_write_data(fn)
+            # Single-item access only: no Scan, Query or batch writes on the run table.
+            runs.table.grant(fn, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+            key.grant_encrypt_decrypt(fn)
         for fn in each("validate", "safety_net"):
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)

@@ -38,8 +38,10 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "resources carrying the tool's tag. Volumes are chosen by the call's exclusions on a named instance.",
     ),
     (
-        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:(cluster-)?snapshot:\*\]",
-        "The snapshot name is the backup id, made at run time; deleting and re-tagging require this tool's tag.",
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:(cluster-)?snapshot:"
+        r"([a-z][a-z0-9-]*-)?\*\]",
+        "The snapshot name is the backup id, made at run time: creating and tagging are limited to names starting "
+        "with the instance name, deleting and re-tagging require this tool's tag.",
     ),
     (
         r"AwsSolutions-IAM4\[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"

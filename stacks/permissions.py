@@ -10,7 +10,7 @@ from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 
 from functions.models.config import AuroraDatabaseConfig, EbsHomeConfig, InstanceConfig, RdsDatabaseConfig
-from functions.strategies import TOOL_TAG, TOOL_VALUE
+from functions.strategies import INSTANCE_TAG, TOOL_TAG, TOOL_VALUE
 
 
 def _format(service: str, resource: str) -> ArnFormat:
@@ -85,53 +85,57 @@ def create_home_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list
 
 
 def create_db_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Create and tag snapshots only under names this tool makes (`<instance>-<date>-<time>`), so the
+    function cannot put the tool's tag on anyone else's snapshot (which would make it deletable)."""
+
+    def arn(resource: str, name: str) -> str:
+        return stack.format_arn(service="rds", resource=resource, resource_name=name, arn_format=_format("rds", ""))
+
     statements = []
-    rds = [i.database.instance_id for i in instances if isinstance(i.database, RdsDatabaseConfig)]
-    aurora = [i.database.cluster_id for i in instances if isinstance(i.database, AuroraDatabaseConfig)]
-    snapshot = stack.format_arn(service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", ""))
-    cluster_snapshot = stack.format_arn(
-        service="rds", resource="cluster-snapshot", resource_name="*", arn_format=_format("rds", "")
-    )
+    rds = [i for i in instances if isinstance(i.database, RdsDatabaseConfig)]
+    aurora = [i for i in instances if isinstance(i.database, AuroraDatabaseConfig)]
     if rds:
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:CreateDBSnapshot", "rds:AddTagsToResource"],
-                resources=[
-                    *[
-                        stack.format_arn(service="rds", resource="db", resource_name=d, arn_format=_format("rds", ""))
-                        for d in sorted(set(rds))
-                    ],
-                    snapshot,
-                ],
+                resources=sorted(
+                    {arn("db", i.database.instance_id) for i in rds if isinstance(i.database, RdsDatabaseConfig)}
+                    | {arn("snapshot", f"{i.name}-*") for i in rds}
+                ),
             )
         )
     if aurora:
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
-                resources=[
-                    *[
-                        stack.format_arn(
-                            service="rds", resource="cluster", resource_name=c, arn_format=_format("rds", "")
-                        )
-                        for c in sorted(set(aurora))
-                    ],
-                    cluster_snapshot,
-                ],
+                resources=sorted(
+                    {
+                        arn("cluster", i.database.cluster_id)
+                        for i in aurora
+                        if isinstance(i.database, AuroraDatabaseConfig)
+                    }
+                    | {arn("cluster-snapshot", f"{i.name}-*") for i in aurora}
+                ),
             )
         )
     return statements
 
 
 def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Re-tag and delete, only where the tool's marker tag is present."""
+    """Re-tag and delete, only where the tool's marker tag is present and names one of these instances."""
+    own = {
+        "StringEquals": {
+            f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
+            f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
+        }
+    }
     statements = []
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         statements.append(
             iam.PolicyStatement(
                 actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
                 resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
-                conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
+                conditions=own,
             )
         )
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
@@ -146,7 +150,7 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[
                         service="rds", resource="cluster-snapshot", resource_name="*", arn_format=_format("rds", "")
                     ),
                 ],
-                conditions={"StringEquals": {f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE}},
+                conditions=own,
             )
         )
     return statements

@@ -16,6 +16,7 @@ import requests
 
 from functions.errors import (
     AlreadyLocked,
+    BackupError,
     BitbucketBadResponse,
     BitbucketRequestFailed,
     BitbucketUnavailable,
@@ -169,7 +170,20 @@ class BitbucketClient:
         )
 
     def unlock(self, lock: Lock) -> None:
-        self._send("unlock", "DELETE", "/mvc/maintenance/lock", params={"token": lock.unlock_token})
+        try:
+            self._send("unlock", "DELETE", "/mvc/maintenance/lock", params={"token": lock.unlock_token})
+        except (BitbucketRequestFailed, BitbucketUnavailable) as error:
+            if isinstance(error, BitbucketRequestFailed) and error.status != 409:
+                raise
+            # An earlier attempt whose answer was lost may have unlocked already (a repeat then answers 409):
+            # if Bitbucket is out of maintenance mode, the unlock is done.
+            try:
+                state = self.status()
+            except BackupError:
+                raise error from None
+            if state == "MAINTENANCE":
+                raise
+            logger.info("unlock: Bitbucket is already out of maintenance mode")
 
     def cancel(self, cancel_token: str) -> None:
         self._send("cancel", "POST", "/mvc/maintenance", params={"token": cancel_token})
@@ -188,10 +202,18 @@ class BitbucketClient:
     # --- plumbing ---------------------------------------------------------------------------------------
 
     def _maybe_locked(self) -> bool:
-        try:
-            return self.status() == "MAINTENANCE"
-        except Exception:
-            return False
+        """After a failed lock request: is Bitbucket in maintenance mode now? A request that timed out may
+        still take effect a moment later, so look for as long as one request may take."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                if self.status() == "MAINTENANCE":
+                    return True
+            except BackupError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.25, self._timeout / 4))
 
     def _send(
         self,

@@ -94,16 +94,46 @@ HomeConfig = Annotated[EbsHomeConfig | NoHomeConfig, Field(discriminator="strate
 DatabaseConfig = Annotated[RdsDatabaseConfig | AuroraDatabaseConfig | NoDatabaseConfig, Field(discriminator="strategy")]
 
 
+# Step Functions keeps at most 25,000 history events per execution; one poll round costs about ten.
+MAX_POLL_ROUNDS = 2000
+
+
+def _rounds(timeout: float, interval: float) -> float:
+    # A zero interval still takes a few hundred milliseconds per round (one Lambda invocation).
+    return timeout / max(interval, 0.25)
+
+
 class TimingConfig(_Strict):
     """Intervals and bounds of the workflow. Tests and the rehearsal shrink them; defaults suit production."""
 
     poll_interval_seconds: int = Field(default=5, ge=0, le=300)
-    drain_timeout_seconds: int = Field(default=600, ge=1, le=86400)
+    drain_timeout_seconds: int = Field(default=600, ge=1, le=7200)
     snapshot_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
-    snapshot_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=7 * 86400)
+    snapshot_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     http_retries: int = Field(default=3, ge=0, le=10)
     http_backoff_seconds: float = Field(default=1.0, ge=0, le=60)
+    # The restore state machine: how often it checks the restored database and volumes, and for how long.
+    restore_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
+    restore_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _history_fits(self) -> TimingConfig:
+        for name, timeout, interval in (
+            ("drain", self.drain_timeout_seconds, self.poll_interval_seconds),
+            ("snapshot", self.snapshot_timeout_seconds, self.snapshot_poll_interval_seconds),
+            ("restore", self.restore_timeout_seconds, self.restore_poll_interval_seconds),
+        ):
+            if _rounds(timeout, interval) > MAX_POLL_ROUNDS:
+                raise ValueError(
+                    f"{name} timeout / poll interval allows more than {MAX_POLL_ROUNDS} polls, which could "
+                    "exceed Step Functions' 25,000-event history: raise the interval or lower the timeout"
+                )
+        return self
+
+    @property
+    def longest_run_seconds(self) -> int:
+        return self.drain_timeout_seconds + self.snapshot_timeout_seconds
 
 
 class InstanceConfig(_Strict):

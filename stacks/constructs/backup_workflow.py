@@ -103,7 +103,7 @@ class BackupWorkflow(Construct):
             task.add_retry(
                 errors=retry_on,
                 interval=Duration.seconds(self._timing.retry_interval_s),
-                max_attempts=3,
+                max_attempts=2,  # on top of the client's own retries
                 backoff_rate=2,
             )
         return task

@@ -1,0 +1,129 @@
+"""What the restore state machine is started with, and what its steps hand each other.
+
+The execution input is strict (an unknown field is refused: a typo in a target must not be silently ignored);
+the plan that the validate step builds carries everything later steps need, nothing secret.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from functions.models.config import EC2_INSTANCE_ID, InstanceConfig
+
+DB_IDENTIFIER = r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$"
+SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseTarget(_Strict):
+    """Where the database is restored to: always NEW identifiers. Anything not given is taken from the original
+    instance (or cluster) if it still exists."""
+
+    instance_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # RDS: the new DB instance
+    cluster_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # Aurora: the new cluster ...
+    writer_instance_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # ... and its writer instance
+    instance_class: str | None = Field(default=None, pattern=r"^db\.[a-z0-9-]+\.[a-z0-9]+$")
+    subnet_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ._-]{1,255}$")
+    security_group_ids: list[Annotated[str, Field(pattern=SECURITY_GROUP)]] | None = Field(default=None, min_length=1)
+    parameter_group: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,254}$")
+
+
+class HomeTarget(_Strict):
+    """Where the home volumes are restored to: new volumes in one availability zone, optionally attached to a
+    STOPPED instance at the original device names (and then mounted through SSM, which starts the instance)."""
+
+    availability_zone: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+    volume_type: Literal["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"] | None = None
+    iops: int | None = Field(default=None, ge=100, le=256000)
+    kms_key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9:/_.-]{1,2048}$")
+    attach_to_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
+    mount: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HomeTarget:
+        if self.mount and not self.attach_to_instance_id:
+            raise ValueError("mount needs attach_to_instance_id")
+        if not self.availability_zone and not self.attach_to_instance_id:
+            raise ValueError("availability_zone is required unless attach_to_instance_id is given")
+        return self
+
+
+class RestoreTarget(_Strict):
+    database: DatabaseTarget | None = None
+    home: HomeTarget | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> RestoreTarget:
+        if self.database is None and self.home is None:
+            raise ValueError("names neither a database nor a home target: there is nothing to restore")
+        return self
+
+    def of(self, part: str) -> DatabaseTarget | HomeTarget | None:
+        return self.database if part == "database" else self.home if part == "home" else None
+
+
+class RestoreInput(_Strict):
+    """{"instance": "prod", "backup_id": "prod-20261123-082818", "target": {...}, "keep_on_failure": false}"""
+
+    instance: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
+    # Checked by the validate step, so that a malformed id is refused with a message that says so.
+    backup_id: str = Field(min_length=1, max_length=128)
+    target: RestoreTarget
+    keep_on_failure: bool = False
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RestorePlan(_Event):
+    """What the validate step checked and resolved; every later step works from this and nothing else."""
+
+    instance: str
+    backup_id: str
+    execution: str  # the execution ARN: every resource the restore creates is tagged with it
+    started_at: float
+    config: InstanceConfig
+    target: RestoreTarget
+    keep_on_failure: bool = False
+    # Per part ("database", "home"): what the strategy resolved (snapshot ids, names, classes, volumes ...).
+    parts: dict[str, dict[str, Any]]
+    restore_database: bool
+    restore_home: bool
+    attach: bool
+    mount: bool
+
+
+class ValidateEvent(_Event):
+    input: dict[str, Any]
+    execution: str
+    start_time: str
+
+
+class PlanEvent(_Event):
+    plan: RestorePlan
+
+
+class PartEvent(PlanEvent):
+    part: Literal["home", "database"]
+
+
+class StatusEvent(PlanEvent):
+    # Each part's restore_start result, or {"skipped": true} for a part not restored.
+    created: dict[str, dict[str, Any]]
+
+
+class MountEvent(PlanEvent):
+    attach: dict[str, Any]
+
+
+class StateEvent(_Event):
+    """The whole execution state (finish and failure steps read whatever earlier steps left in it)."""
+
+    state: dict[str, Any] = Field(default_factory=dict)
+    failure: dict[str, Any] = Field(default_factory=dict)

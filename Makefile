@@ -42,8 +42,16 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy functions stacks rehearsal app.py
 
-test: venv cdk-cli lint typecheck
+test: venv cdk-cli host-deps lint typecheck
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+# What the host-script tests run for real: rsync, git and a PostgreSQL 15 server (sudo only when not root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+host-deps:
+	@command -v rsync >/dev/null || ($(APT_INSTALL) rsync)
+	@command -v git >/dev/null || ($(APT_INSTALL) git)
+	@test -x /usr/lib/postgresql/15/bin/initdb || ($(APT_INSTALL) postgresql-15)
 
 bench: venv
 	$(PY) -m rehearsal.bench

@@ -408,6 +408,8 @@ class Rehearsal:
             "drain_timeout_seconds": 30,
             "snapshot_poll_interval_seconds": 0,
             "snapshot_timeout_seconds": 60,
+            "restore_poll_interval_seconds": 0,
+            "restore_timeout_seconds": 60,
             "http_timeout_seconds": 2,
             "http_retries": 2,
             "http_backoff_seconds": 0.05,
@@ -605,13 +607,18 @@ class Rehearsal:
 
     @property
     def state_machine_arn(self) -> str:
-        return next(iter(self.state_machines.values()))
+        """The backup state machine (the template also holds the restore one)."""
+        return next(arn for logical, arn in self.state_machines.items() if logical.startswith("Backup"))
 
-    def start(self, execution_input: Any = None, name: str | None = None) -> str:
+    @property
+    def restore_state_machine_arn(self) -> str:
+        return next(arn for logical, arn in self.state_machines.items() if logical.startswith("Restore"))
+
+    def start(self, execution_input: Any = None, name: str | None = None, state_machine_arn: str | None = None) -> str:
         payload = execution_input if execution_input is not None else {"instance": "demo"}
         return str(
             self.client("stepfunctions").start_execution(
-                stateMachineArn=self.state_machine_arn,
+                stateMachineArn=state_machine_arn or self.state_machine_arn,
                 name=name or f"rehearsal-{uuid.uuid4().hex[:12]}",
                 input=payload if isinstance(payload, str) else json.dumps(payload),
             )["executionArn"]
@@ -663,6 +670,10 @@ class Rehearsal:
 
     def run_backup(self, execution_input: Any = None, timeout: float = 120.0) -> RunResult:
         return self.wait(self.start(execution_input), timeout)
+
+    def run_restore(self, execution_input: dict[str, Any], timeout: float = 120.0) -> RunResult:
+        """Runs the restore state machine: {"instance": "demo", "backup_id": ..., "target": {...}}."""
+        return self.wait(self.start(execution_input, state_machine_arn=self.restore_state_machine_arn), timeout)
 
     def _history(self, execution_arn: str) -> list[dict[str, Any]]:
         sfn = self.client("stepfunctions")

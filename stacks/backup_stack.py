@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
@@ -18,6 +18,7 @@ from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.notifications import Notifications
+from stacks.constructs.restore_workflow import RestoreWorkflow
 from stacks.constructs.run_table import RunTable
 from stacks.constructs.safety_net import SafetyNet
 from stacks.constructs.schedules import Schedules
@@ -76,6 +77,22 @@ class BackupStack(Stack):
                 value=workflow.state_machine.state_machine_arn,
                 description=f"Backup state machine for: {', '.join(i.name for i in instances)}",
             )
+            # The restore's executions may wait as long as the slowest instance's restore timeout, plus margin.
+            restore_timeout = max(i.timing.restore_timeout_seconds for i in instances) + 3600
+            restore = RestoreWorkflow(
+                self,
+                f"Restore{suffix}",
+                factory=factory,
+                timeout=Duration.seconds(restore_timeout),
+                timing=settings.timing,
+            )
+            self._grant_restore(restore.functions, instances, notifications, parameters, key)
+            CfnOutput(
+                self,
+                f"RestoreStateMachine{suffix}",
+                value=restore.state_machine.state_machine_arn,
+                description=f"Restore state machine for: {', '.join(i.name for i in instances)}",
+            )
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
 
@@ -115,3 +132,35 @@ class BackupStack(Stack):
             for statement in permissions.manage_own_snapshots(self, instances):
                 fn.add_to_role_policy(statement)
             notifications.topic.grant_publish(fn)
+
+    def _grant_restore(
+        self,
+        fns: dict[str, lambda_.Function],
+        instances: list[InstanceConfig],
+        notifications: Notifications,
+        parameters: InstanceConfigParameters,
+        key: kms.IKey,
+    ) -> None:
+        """The restore's functions: no Bitbucket secret, no run table; each only what its step needs."""
+        for parameter in (parameters.parameters[i.name] for i in instances):
+            parameter.grant_read(fns["validate"])
+        grants = {
+            "validate": permissions.restore_describe(instances),
+            "database": [*permissions.restore_describe(instances), *permissions.restore_database(self, instances)],
+            "home": [*permissions.restore_describe(instances), *permissions.restore_home(self, instances)],
+            "check": permissions.restore_describe(instances),
+            "attach": [*permissions.restore_describe(instances), *permissions.restore_attach(self, instances)],
+            "mount": [*permissions.restore_describe(instances), *permissions.restore_mount(self, instances)],
+            "finish": [*permissions.restore_describe(instances), *permissions.retag_restored(self, instances)],
+            "failure": [
+                *permissions.restore_describe(instances),
+                *permissions.retag_restored(self, instances),
+                *permissions.remove_failed_restore(self, instances),
+            ],
+        }
+        for name, statements in grants.items():
+            for statement in statements:
+                fns[name].add_to_role_policy(statement)
+        for name in ("finish", "failure"):
+            notifications.topic.grant_publish(fns[name])
+            key.grant_encrypt_decrypt(fns[name])  # the topic is encrypted with the stack's key

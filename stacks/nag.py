@@ -52,6 +52,30 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         r"AwsSolutions-L1",
         "Python 3.13 is the product's target runtime; it moves forward deliberately after testing.",
     ),
+    # --- the restore workflow -----------------------------------------------------------------------------------------
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:"
+        r"(db|cluster|subgrp|pg|cluster-pg|og|secgrp):\*\]",
+        "A restore creates a NEW database under a name the operator picks at run time, with the original's or the "
+        "operator's subnet, security and parameter groups: creating requires this tool's tag in the request, deleting "
+        "requires this tool's tag with the status 'restoring' (only what a failed restore made).",
+    ),
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:ec2:{_REGION}:{_ACCOUNT}:instance/\*\]",
+        "The restore's target instance is named at run time: attaching, starting, stopping and Run Command are allowed "
+        "only on instances the operator tagged bitbucket-backup:restore-target with one of these Bitbucket instances.",
+    ),
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:ec2:{_REGION}:{_ACCOUNT}?:(volume/vol|snapshot/snap)-\*\]",
+        "Restored volumes get their ids at creation: CreateVolume requires this tool's tag in the request and only "
+        "this tool's snapshots of these instances as sources; attach and re-tag need the tool's tag, detach and "
+        "delete additionally the status 'restoring'.",
+    ),
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:kms:{_REGION}:{_ACCOUNT}:key/\*\]",
+        "An encrypted snapshot's customer-managed key is known only at run time; the restore uses it only through "
+        "EC2 or RDS (kms:ViaService), and grants only for AWS resources (kms:GrantIsForAWSResource).",
+    ),
 ]
 
 

@@ -10,7 +10,14 @@ from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 
 from functions.models.config import AuroraDatabaseConfig, EbsHomeConfig, InstanceConfig, RdsDatabaseConfig
-from functions.strategies import INSTANCE_TAG, TOOL_TAG, TOOL_VALUE
+from functions.strategies import (
+    INSTANCE_TAG,
+    RESTORE_TARGET_TAG,
+    RESTORING,
+    STATUS_TAG,
+    TOOL_TAG,
+    TOOL_VALUE,
+)
 
 
 def _format(service: str, resource: str) -> ArnFormat:
@@ -151,6 +158,223 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[
                     ),
                 ],
                 conditions=own,
+            )
+        )
+    return statements
+
+
+# --- restore ---------------------------------------------------------------------------------------------------------
+# A restore creates only NEW resources, each tagged at creation with this tool's tag and the status `restoring`;
+# it may delete only what still carries both (what a failed restore made), never what a restore handed over
+# (`restored`), and it attaches volumes to, starts and runs commands on only instances the operator tagged as
+# restore targets of one of these Bitbucket instances.
+
+
+def _rds_arn(stack: Stack, resource: str, name: str) -> str:
+    return stack.format_arn(service="rds", resource=resource, resource_name=name, arn_format=_format("rds", ""))
+
+
+def _own_restored(instances: list[InstanceConfig], *, restoring: bool = False) -> dict[str, dict[str, object]]:
+    condition: dict[str, object] = {
+        f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
+        f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
+    }
+    if restoring:
+        condition[f"aws:ResourceTag/{STATUS_TAG}"] = RESTORING
+    return {"StringEquals": condition}
+
+
+def _tagged_request() -> dict[str, dict[str, object]]:
+    return {"StringEquals": {f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE}}
+
+
+def _restore_targets(instances: list[InstanceConfig], key: str = "aws:ResourceTag") -> dict[str, dict[str, object]]:
+    return {"StringEquals": {f"{key}/{RESTORE_TARGET_TAG}": sorted(i.name for i in instances)}}
+
+
+def restore_describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    actions = set()
+    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeVolumes"}
+    if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
+        actions |= {"rds:DescribeDBInstances", "rds:DescribeDBClusters"}
+    if any(isinstance(i.database, RdsDatabaseConfig) for i in instances):
+        actions |= {"rds:DescribeDBSnapshots"}
+    if any(isinstance(i.database, AuroraDatabaseConfig) for i in instances):
+        actions |= {"rds:DescribeDBClusterSnapshots"}
+    return [iam.PolicyStatement(actions=sorted(actions), resources=["*"])] if actions else []
+
+
+def _snapshot_keys(stack: Stack, service: str) -> list[iam.PolicyStatement]:
+    """The customer-managed key of an encrypted snapshot (unknown before run time), used only through `service`."""
+    keys = [stack.format_arn(service="kms", resource="key", resource_name="*")]
+    via = {"kms:ViaService": f"{service}.{stack.region}.amazonaws.com"}
+    actions = ["kms:DescribeKey", "kms:Decrypt"]
+    if service == "ec2":
+        actions += ["kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"]
+    return [
+        iam.PolicyStatement(actions=actions, resources=keys, conditions={"StringEquals": via}),
+        iam.PolicyStatement(
+            actions=["kms:CreateGrant"],
+            resources=keys,
+            conditions={"StringEquals": via, "Bool": {"kms:GrantIsForAWSResource": "true"}},
+        ),
+    ]
+
+
+def restore_database(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    rds = [i for i in instances if isinstance(i.database, RdsDatabaseConfig)]
+    aurora = [i for i in instances if isinstance(i.database, AuroraDatabaseConfig)]
+    if not rds and not aurora:
+        return []
+    # The network and parameter settings are the original's or the operator's, known only at run time.
+    settings = [_rds_arn(stack, kind, "*") for kind in ("subgrp", "pg", "og", "secgrp")]
+    statements = []
+    if rds:
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:RestoreDBInstanceFromDBSnapshot"],
+                resources=sorted(
+                    {_rds_arn(stack, "db", "*"), *settings} | {_rds_arn(stack, "snapshot", f"{i.name}-*") for i in rds}
+                ),
+                conditions=_tagged_request(),
+            )
+        )
+    if aurora:
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:RestoreDBClusterFromSnapshot"],
+                resources=sorted(
+                    {_rds_arn(stack, "cluster", "*"), _rds_arn(stack, "cluster-pg", "*"), *settings}
+                    | {_rds_arn(stack, "cluster-snapshot", f"{i.name}-*") for i in aurora}
+                ),
+                conditions=_tagged_request(),
+            )
+        )
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:CreateDBInstance"],
+                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*"), *settings],
+                conditions=_tagged_request(),
+            )
+        )
+    statements.append(
+        iam.PolicyStatement(
+            actions=["rds:AddTagsToResource"],
+            resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
+            conditions=_tagged_request(),
+        )
+    )
+    return statements + _snapshot_keys(stack, "rds")
+
+
+def _volumes(stack: Stack) -> str:
+    return stack.format_arn(service="ec2", resource="volume", resource_name="vol-*")
+
+
+def _instances(stack: Stack) -> str:
+    return stack.format_arn(service="ec2", resource="instance", resource_name="*")
+
+
+def restore_home(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        return []
+    return [
+        iam.PolicyStatement(actions=["ec2:CreateVolume"], resources=[_volumes(stack)], conditions=_tagged_request()),
+        iam.PolicyStatement(
+            actions=["ec2:CreateVolume"],
+            # Only from this tool's snapshots of these instances.
+            resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/snap-*"],
+            conditions=_own_restored(instances),
+        ),
+        iam.PolicyStatement(
+            actions=["ec2:CreateTags"],
+            resources=[_volumes(stack)],
+            conditions={"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
+        ),
+        *_snapshot_keys(stack, "ec2"),
+    ]
+
+
+def restore_attach(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=["ec2:AttachVolume"], resources=[_volumes(stack)], conditions=_own_restored(instances)
+        ),
+        iam.PolicyStatement(
+            actions=["ec2:AttachVolume", "ec2:StartInstances"],
+            resources=[_instances(stack)],
+            conditions=_restore_targets(instances),
+        ),
+    ]
+
+
+def restore_mount(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=["ssm:SendCommand"],
+            resources=[f"arn:{stack.partition}:ssm:{stack.region}::document/AWS-RunShellScript"],
+        ),
+        iam.PolicyStatement(
+            actions=["ssm:SendCommand"],
+            resources=[_instances(stack)],
+            conditions=_restore_targets(instances, key="ssm:resourceTag"),
+        ),
+        iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]),
+    ]
+
+
+def retag_restored(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Hand over (`restored`) or mark for inspection (`restore-failed`): only the tool's own restored resources."""
+    statements = []
+    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        statements.append(
+            iam.PolicyStatement(
+                actions=["ec2:CreateTags"], resources=[_volumes(stack)], conditions=_own_restored(instances)
+            )
+        )
+    if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:AddTagsToResource"],
+                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
+                conditions=_own_restored(instances),
+            )
+        )
+    return statements
+
+
+def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """The failure path: delete only what still is `restoring`; detach from and stop only restore targets."""
+    statements = []
+    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+        statements += [
+            iam.PolicyStatement(
+                actions=["ec2:DeleteVolume"],
+                resources=[_volumes(stack)],
+                conditions=_own_restored(instances, restoring=True),
+            ),
+            iam.PolicyStatement(
+                actions=["ec2:DetachVolume"],
+                resources=[_volumes(stack)],
+                conditions=_own_restored(instances, restoring=True),
+            ),
+            iam.PolicyStatement(
+                actions=["ec2:DetachVolume", "ec2:StopInstances"],
+                resources=[_instances(stack)],
+                conditions=_restore_targets(instances),
+            ),
+        ]
+    if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:DeleteDBInstance", "rds:DeleteDBCluster"],
+                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
+                conditions=_own_restored(instances, restoring=True),
             )
         )
     return statements

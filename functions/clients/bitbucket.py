@@ -94,31 +94,23 @@ class BitbucketClient:
 
     def lock(self) -> Lock:
         try:
-            response = self._send("lock", "POST", "/mvc/maintenance/lock", retry=False)
-        except BitbucketUnavailable as error:
-            if self._maybe_locked():
-                raise LockNotConfirmed(
-                    f"lock: the request failed ({error}) but Bitbucket is now in maintenance mode; "
-                    "the unlock token is unknown, so it must be unlocked by hand (see README, Troubleshooting)"
-                ) from None
-            raise
+            body = self._json("lock", self._send("lock", "POST", "/mvc/maintenance/lock", retry=False))
+            token = body.get("unlockToken")
+            if not isinstance(token, str) or not token:
+                raise BitbucketBadResponse("lock: the answer has no unlockToken")
         except BitbucketRequestFailed as error:
             if error.status == 409:
                 raise AlreadyLocked(
                     "lock: Bitbucket is already locked by someone else (HTTP 409); their lock was left alone", 409
                 ) from None
             raise
-        try:
-            body = self._json("lock", response)
-            token = body.get("unlockToken")
-            if not isinstance(token, str) or not token:
-                raise BitbucketBadResponse("lock: the answer has no unlockToken")
-        except BitbucketBadResponse as error:
-            # A lock that took effect must be reported as unconfirmed (unlock by hand), not as a bad answer.
+        except (BitbucketUnavailable, BitbucketBadResponse) as error:
+            # The request may have taken effect although its answer was lost or mangled: then the token is
+            # unknown and the lock must be reported as unconfirmed (unlock by hand), not as a plain failure.
             if self._maybe_locked():
                 raise LockNotConfirmed(
-                    f"lock: Bitbucket answered without a usable unlock token ({error}) but is now in "
-                    "maintenance mode; it must be unlocked by hand (see README, Troubleshooting)"
+                    f"lock: {str(error).removeprefix('lock: ')}; Bitbucket is now in maintenance mode but the "
+                    "unlock token is unknown, so it must be unlocked by hand (see README, Troubleshooting)"
                 ) from None
             raise
         register_secret(token)
@@ -241,6 +233,7 @@ class BitbucketClient:
                 last = f"connection failed ({_reason(error)})"
             else:
                 if response.status_code < 400:
+                    _check_success_body(step, response)
                     return response
                 if response.status_code < 500:
                     raise BitbucketRequestFailed(
@@ -264,6 +257,26 @@ class BitbucketClient:
         if not isinstance(body, dict):
             raise BitbucketBadResponse(f"{step}: HTTP {response.status_code} with JSON that is not an object")
         return body
+
+
+def _check_success_body(step: str, response: requests.Response) -> None:
+    """Bitbucket's maintenance API answers JSON or nothing. A 2xx with an HTML page or broken JSON comes from
+    something in between (a proxy, a login page) and means the request did not reach Bitbucket as intended."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    text = response.text.strip()
+    if not text:
+        return
+    if kind == "text/html" or text.startswith("<"):
+        raise BitbucketBadResponse(
+            f"{step}: HTTP {response.status_code} with a body that is not JSON (text/html); "
+            "a proxy or load balancer may have answered"
+        )
+    try:
+        response.json()
+    except ValueError:
+        raise BitbucketBadResponse(
+            f"{step}: HTTP {response.status_code} with a body that is not JSON (truncated or invalid)"
+        ) from None
 
 
 def _reason(error: requests.ConnectionError) -> str:

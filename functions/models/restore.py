@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from functions.models.config import EC2_INSTANCE_ID, InstanceConfig
 
-DB_IDENTIFIER = r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$"
+# RDS: a letter, then letters, digits and single hyphens, no trailing hyphen, at most 63 characters.
+DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
 SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
@@ -24,9 +25,10 @@ class DatabaseTarget(_Strict):
     """Where the database is restored to: always NEW identifiers. Anything not given is taken from the original
     instance (or cluster) if it still exists."""
 
-    instance_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # RDS: the new DB instance
-    cluster_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # Aurora: the new cluster ...
-    writer_instance_id: str | None = Field(default=None, pattern=DB_IDENTIFIER)  # ... and its writer instance
+    # RDS: the new DB instance. Aurora: the new cluster and its writer instance.
+    instance_id: str | None = Field(default=None, max_length=63, pattern=DB_IDENTIFIER)
+    cluster_id: str | None = Field(default=None, max_length=63, pattern=DB_IDENTIFIER)
+    writer_instance_id: str | None = Field(default=None, max_length=63, pattern=DB_IDENTIFIER)
     instance_class: str | None = Field(default=None, pattern=r"^db\.[a-z0-9-]+\.[a-z0-9]+$")
     subnet_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ._-]{1,255}$")
     security_group_ids: list[Annotated[str, Field(pattern=SECURITY_GROUP)]] | None = Field(default=None, min_length=1)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
+from functions.errors import RestoreRefused
 from functions.models.config import InstanceConfig
+from functions.models.restore import RestoreTarget
 
 TOOL_TAG = "bitbucket-backup:tool"
 TOOL_VALUE = "bitbucket-diy-backup-aws"
@@ -19,6 +22,13 @@ PART_TAG = "bitbucket-backup:part"
 STATUS_TAG = "bitbucket-backup:status"
 
 IN_PROGRESS, COMPLETE, FAILED = "in-progress", "complete", "failed"
+
+# What a restore creates (a DB instance or cluster, volumes) carries the catalog tags too, with its own statuses,
+# plus the ARN of the restore execution that made it: the failure path removes exactly that execution's resources,
+# and only while they are still `restoring` (IAM allows deleting nothing else).
+RESTORE_TAG = "bitbucket-backup:restore-execution"
+RESTORE_TARGET_TAG = "bitbucket-backup:restore-target"
+RESTORING, RESTORED, RESTORE_FAILED = "restoring", "restored", "restore-failed"
 
 
 def catalog_tags(instance: str, backup_id: str, part: str, status: str = IN_PROGRESS) -> dict[str, str]:
@@ -30,6 +40,15 @@ def catalog_tags(instance: str, backup_id: str, part: str, status: str = IN_PROG
         STATUS_TAG: status,
         "Name": f"{backup_id}-{part}",
     }
+
+
+def restore_tags(instance: str, backup_id: str, part: str, execution: str, name: str) -> dict[str, str]:
+    return catalog_tags(instance, backup_id, part, RESTORING) | {RESTORE_TAG: execution, "Name": name}
+
+
+def made_by(tags: dict[str, str], instance: str, execution: str) -> bool:
+    """Created by this restore execution and not yet handed over (status still `restoring`)."""
+    return is_ours(tags, instance) and tags.get(RESTORE_TAG) == execution and tags.get(STATUS_TAG) == RESTORING
 
 
 def is_ours(tags: dict[str, str], instance: str) -> bool:
@@ -86,6 +105,47 @@ class Strategy(ABC):
 
     @abstractmethod
     def delete(self, artifact: Artifact) -> None: ...
+
+    # --- restore ----------------------------------------------------------------------------------------------------
+    # Not abstract: a strategy that cannot restore yet is refused by the validate step, before anything is created.
+    # `plan` is what restore_check returned (JSON, carried by the state machine); `created` what restore_start did.
+
+    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+        """Checks the backup's artifacts of this part and the target; raises RestoreRefused, touches nothing.
+        Returns the resolved plan of this part (names, classes, volumes), which later steps follow."""
+        raise RestoreRefused(f"validate: the {self.part} of this instance is copied by a strategy that cannot restore")
+
+    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+        """Starts creating the restored resources, each tagged with restore_tags(); idempotent on a retry."""
+        raise NotImplementedError
+
+    def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+        """Whether what restore_start created is ready; raises RestoreFailed if it can never be."""
+        raise NotImplementedError
+
+    def restore_complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+        """Hands the restored resources over: status `restored` (from then on the tool never deletes them)."""
+        raise NotImplementedError
+
+    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+        """After a failure: delete what this execution created and still holds `restoring` (or, with keep, tag
+        it `restore-failed`). Never raises for a single resource; returns one line per action for the notice."""
+        return []
+
+    def restore_attach(self, plan: dict[str, Any], created: dict[str, Any], execution: str) -> dict[str, Any]:
+        """Puts the restored copy on its target host, when the target asks for it (home strategies)."""
+        raise NotImplementedError
+
+    def restore_mount(self, plan: dict[str, Any], attach: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    ready: bool
+    pending: list[str]
+    # What the operator needs to know about the restored part (endpoint, volume ids), for output and notice.
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 def strategies_for(instance: InstanceConfig) -> list[Strategy]:

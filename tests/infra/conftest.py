@@ -102,6 +102,8 @@ def state_machines_of(template: dict[str, Any]) -> dict[str, StateMachine]:
     for logical, resource in template["Resources"].items():
         if resource["Type"] != "AWS::StepFunctions::StateMachine":
             continue
+        if logical not in owners:  # the restore state machines: tests/infra/test_restore_template.py
+            continue
         text = resolve_join(resource["Properties"]["DefinitionString"], template)
         machines[logical] = StateMachine(
             logical_id=logical,

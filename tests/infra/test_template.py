@@ -100,7 +100,8 @@ def _retried_errors(task: dict[str, Any]) -> set[str]:
 def test_one_standard_state_machine_per_network_group(assertions: Any, state_machines: dict[str, StateMachine]) -> None:
     groups = network_groups(parse_project_config(CONFIG).instances)
     assert len(groups) == 2
-    assertions.resource_count_is("AWS::StepFunctions::StateMachine", len(groups))
+    # A backup and a restore state machine per group (the restore one: test_restore_template.py).
+    assertions.resource_count_is("AWS::StepFunctions::StateMachine", 2 * len(groups))
     assertions.all_resources_properties(
         "AWS::StepFunctions::StateMachine",
         {
@@ -378,7 +379,8 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
                 }, logical
             else:
                 assert vpc is None, f"{logical} of '{instance['name']}' must not be in a VPC"
-    assert covered == set(functions), "every Lambda is a step of a state machine or reacts to its executions"
+    restore_steps = {f for f in functions if re.fullmatch(r"(Functions\d+)?Restore[A-Za-z]+[0-9A-F]{8}", f)}
+    assert covered | restore_steps == set(functions), "every Lambda is a step of a state machine or watches one"
 
     parameter_names = [p["Properties"]["Name"] for p in resources("AWS::SSM::Parameter").values()]
     for logical, fn in functions.items():

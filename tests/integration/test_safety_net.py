@@ -13,6 +13,12 @@ from functions.strategies import COMPLETE
 from tests.integration.conftest import World, backup_id_of
 
 
+def _waiting(w: World, execution: str, state: str) -> bool:
+    events = w.r.client("stepfunctions").get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    latest = events[-1] if events else {}
+    return bool(latest.get("type") == "WaitStateEntered" and latest["stateEnteredEventDetails"]["name"] == state)
+
+
 def _wait_for(predicate: Any, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -26,10 +32,10 @@ def _stop(w: World, execution: str) -> None:
 
 
 def test_stop_while_locked_is_unlocked_by_the_safety_net(world_factory: Any) -> None:
-    w = world_factory(drain_seconds=30)
+    w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1})
     earlier = w.seed_earlier_backup()
     execution = w.r.start()
-    _wait_for(lambda: "backup-started" in w.sim.event_names())
+    _wait_for(lambda: _waiting(w, execution, "Wait for drain"))
     _stop(w, execution)
     result = w.r.wait(execution)
     assert result.status == "ABORTED"
@@ -56,7 +62,7 @@ def test_stop_while_waiting_for_snapshots_removes_the_unfinished_backup(world: W
     world.r.configure(timing={**world.r.instance_config["timing"], "snapshot_poll_interval_seconds": 1})
     with mock.patch.object(EBSBackend, "create_snapshots", pending):
         execution = world.r.start()
-        _wait_for(lambda: "unlocked" in world.sim.event_names())
+        _wait_for(lambda: _waiting(world, execution, "Wait for snapshots"))
         _stop(world, execution)
         result = world.r.wait(execution)
     assert result.status == "ABORTED"

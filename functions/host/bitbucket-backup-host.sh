@@ -1,0 +1,1193 @@
+#!/usr/bin/env bash
+# bitbucket-backup-host.sh - the host side of the Bitbucket DIY backup, run by SSM Run Command (AWS-RunShellScript)
+# on an EC2 host that sees the Bitbucket home directory and/or can reach a self-managed PostgreSQL.
+#
+# Usage: bitbucket-backup-host.sh SUBCOMMAND [--flag VALUE]...       (--flag=VALUE works too)
+#
+#   rsync-home  --home DIR --staging DIR [--exclude PATTERN]... [--exclude-repo ID]...
+#       Mirror the home into the staging directory: rsync -a --delete --delete-excluded with the default excludes
+#       (home-relative /caches/ /data/db.* /export/ /log/ /plugins/.*/ /tmp /.lock), the extra excludes, and
+#       /shared/data/repositories/ID for each excluded repository. Run it twice: once while Bitbucket is live (the
+#       expensive pass), once under the maintenance lock (moves only what changed). The staging directory gets a
+#       marker file (.bitbucket-backup-staging); a non-empty directory without it is refused, so a wrong path is
+#       never wiped by --delete. rsync's "some files vanished" (24) is a warning (live pass), not an error.
+#   pg-dump     --host H [--port 5432] --user U --dbname D --out DIR [--jobs N] [--password-secret ARN
+#               [--password-secret-key password]] [--region R]
+#       pg_dump -Fd -j N into DIR (written as a hidden temporary directory, renamed to DIR when complete; DIR must
+#       not exist). The password is never a flag: it comes from PGPASSWORD (or ~/.pgpass), or from a Secrets Manager
+#       secret read with the AWS CLI into a variable and exported only to pg_dump (a JSON secret's "password" key, or
+#       the whole string). It never appears on a command line or in any output.
+#   pg-restore  --dump DIR --host H [--port 5432] --user U --dbname NEW [--jobs N] [--maintenance-db postgres]
+#               [--no-owner] [--password-secret ARN [--password-secret-key K]] [--region R]
+#       Refuses an existing database; creates NEW (template0, the dump's encoding), pg_restore -j N --exit-on-error;
+#       drops NEW again if the restore fails, so a retry is not refused.
+#   archive     --staging DIR [--dump DIR] --out FILE --backup-id ID --instance NAME [--bitbucket-version V]
+#               [--compressor auto|gzip|zstd] [--overwrite]
+#       One compressed tar: manifest.json at the root (format, backup id, instance, Bitbucket version, created time,
+#       compressor, and every regular file with its size and SHA-256), the staging copy under home/, the dump under
+#       db/. Written to a hidden temporary name in FILE's directory and renamed only when complete and tested.
+#       auto = the compressor the name says (.tar.gz/.tgz gzip, .tar.zst/.tzst zstd), else zstd if installed, else
+#       gzip. An existing FILE is refused unless --overwrite.
+#   verify      --archive FILE [--scratch DIR]
+#       Extract into a temporary directory (under --scratch, default $TMPDIR or /tmp) and check every file against
+#       the manifest: same set of files, sizes and SHA-256 sums.
+#   extract     --archive FILE --target DIR [--owner USER]
+#       Refuses a non-empty target; extracts into a hidden directory inside it, checks it as verify does, then moves
+#       manifest.json, home/ and db/ into DIR and chowns everything to USER if given.
+#   upload      --file F --bucket B --key K [--tags 'k=v&k2=v2'] [--sha256 HEX] [--region R]
+#               [--multipart-above BYTES]
+#       aws s3api put-object with --tagging (and metadata sha256 when given). Above 5 GiB (a single PUT's limit):
+#       aws s3 cp (multipart), then put-object-tagging.
+#   download    --bucket B --key K --file F [--version-id V] [--region R]
+#       aws s3api get-object into a temporary name, checked against the object's sha256 metadata if present, renamed
+#       to F when complete. An existing F is refused.
+#   version     The script version and which tools the host has (for the workflow's validation step).
+#
+# On success every subcommand prints exactly one line of JSON on stdout (its summary) and nothing else; warnings
+# and errors go to stderr. An error is one line: "<subcommand>: <message>". Exit codes:
+#    0  ok
+#    1  unexpected internal error
+#    2  usage: unknown subcommand or flag, missing or invalid value
+#    3  source missing: home, staging, dump directory or archive file not found
+#    4  no space left on device (ENOSPC, quota, short write)
+#    5  copy failed: rsync, pg_dump, tar or the compressor failed otherwise (also: database unreachable)
+#    6  refused: target not empty, output exists, database exists, staging directory not created by this tool
+#    7  verification failed: checksum or size mismatch, missing/extra file, bad manifest, corrupt archive
+#    8  authentication failed: the database rejected the password, or the password secret could not be read
+#    9  restore failed: CREATE DATABASE or pg_restore failed
+#   10  AWS call failed (S3 upload or download)
+#   11  a required command is not installed
+#  130  interrupted (SIGINT), 143 terminated (SIGTERM): the running tool is stopped, temporary files are removed
+# Nothing half-written ever carries a final name: dumps, archives and downloads are renamed into place only when
+# complete, and the temporary names are hidden (leading dot) and removed on failure.
+#
+# Needs: bash >= 4.4, coreutils, rsync, tar (GNU), gzip or zstd, sha256sum, pg_dump/pg_restore/psql, the AWS CLI.
+
+set -euo pipefail
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+    echo "bitbucket-backup-host: bash >= 4.4 is required (this is $BASH_VERSION)" >&2
+    exit 11
+fi
+shopt -s nullglob
+VERSION="1.0.0"
+PROG="bitbucket-backup-host"
+MARKER=".bitbucket-backup-staging"
+MANIFEST_FORMAT=1
+DEFAULT_EXCLUDES=("/caches/" "/data/db.*" "/export/" "/log/" "/plugins/.*/" "/tmp" "/.lock")
+SINGLE_PUT_MAX=$((5 * 1024 * 1024 * 1024))
+export LC_ALL=C
+umask 077
+
+SUB=""           # the subcommand, prefix of every message
+REDACT=""        # a secret that must never be printed
+WORK=""          # private temporary directory of this run
+JOB_PID=""       # the long-running tool, stopped on SIGTERM/SIGINT
+JOB_PASSWORD=""  # exported as PGPASSWORD to the next job only
+CLEANUP=()       # paths removed on exit (temporary names only)
+DROP_DB=""       # a database this run created and must drop if it fails
+declare -a PGCONN=()
+
+# ---------------------------------------------------------------------------------------------------- messages
+
+oneline() {  # $1 -> REPLY: one line, secrets redacted, at most 600 characters
+    local s=$1
+    [[ -n $REDACT ]] && s=${s//"$REDACT"/"***"}
+    s=${s//$'\r'/}
+    while [[ $s == *$'\n' ]]; do s=${s%$'\n'}; done
+    s=${s//$'\n'/ | }
+    s=${s//$'\t'/ }
+    ((${#s} <= 600)) || s="${s:0:600}..."
+    REPLY=$s
+}
+
+die() {  # die CODE MESSAGE
+    local code=$1
+    shift
+    oneline "$*"
+    printf '%s: %s\n' "${SUB:-$PROG}" "$REPLY" >&2
+    exit "$code"
+}
+
+warn() {
+    oneline "$*"
+    printf '%s: warning: %s\n' "${SUB:-$PROG}" "$REPLY" >&2
+}
+
+tail_of() {  # the last 3 lines of a file -> REPLY (for error messages)
+    local -a lines=()
+    [[ -f $1 ]] && mapfile -t lines <"$1"
+    local n=${#lines[@]} start=0
+    ((n > 3)) && start=$((n - 3))
+    local IFS=$'\n'
+    oneline "${lines[*]:start}"
+}
+
+is_no_space() {  # does the file (a tool's stderr) report ENOSPC or a full quota?
+    local text=""
+    [[ -f $1 ]] && text=$(<"$1")
+    [[ $text == *"No space left on device"* || $text == *"Disk quota exceeded"* || $text == *"ENOSPC"* ]]
+}
+
+on_error() {
+    local rc=$1 line=$2 cmd=$3
+    trap - ERR
+    die 1 "unexpected error: '$cmd' failed with status $rc (line $line)"
+}
+
+cleanup() {
+    local rc=$?
+    trap - ERR
+    if [[ -n $JOB_PID ]]; then
+        kill -TERM "$JOB_PID" 2>/dev/null || true
+        wait "$JOB_PID" 2>/dev/null || true
+    fi
+    if [[ -n $DROP_DB ]]; then
+        local name=$DROP_DB
+        DROP_DB=""
+        if printf 'DROP DATABASE IF EXISTS :"dbname";\n' | psql_maint -v dbname="$name" >/dev/null 2>&1; then
+            warn "dropped the partially restored database $name"
+        else
+            warn "could not drop the partially restored database $name"
+        fi
+    fi
+    local p
+    for p in "${CLEANUP[@]}"; do
+        [[ -n $p && -e $p ]] && rm -rf -- "$p"
+    done
+    [[ -n $WORK && -d $WORK ]] && rm -rf -- "$WORK"
+    exit "$rc"
+}
+
+on_signal() {  # on_signal NAME EXIT_CODE
+    trap - INT TERM
+    if [[ -n $JOB_PID ]]; then
+        kill -TERM "$JOB_PID" 2>/dev/null || true
+        wait "$JOB_PID" 2>/dev/null || true
+        JOB_PID=""
+    fi
+    die "$2" "interrupted by SIG$1; temporary files removed"
+}
+
+set -E
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+trap cleanup EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || die 11 "required command not found: $c"
+    done
+}
+
+make_work() {
+    [[ -n $WORK ]] && return 0
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/$PROG.XXXXXX") || die 4 "cannot create a temporary directory in ${TMPDIR:-/tmp}"
+}
+
+now_ns() { date +%s%N; }
+
+seconds_since() {  # $1 = start in ns -> REPLY "S.mmm"
+    local d=$(($(now_ns) - $1))
+    printf -v REPLY '%d.%03d' $((d / 1000000000)) $(((d / 1000000) % 1000))
+}
+
+run_job() {  # run_job OUT ERR CMD...: run one tool as a stoppable child; returns its exit status
+    local out=$1 err=$2
+    shift 2
+    local rc=0
+    (
+        trap - ERR INT TERM EXIT
+        if [[ -n $JOB_PASSWORD ]]; then
+            # shellcheck disable=SC2030  # exported to this job's subshell only, on purpose
+            export PGPASSWORD=$JOB_PASSWORD
+        fi
+        exec "$@"
+    ) >"$out" 2>"$err" &
+    JOB_PID=$!
+    wait "$JOB_PID" || rc=$?
+    JOB_PID=""
+    return "$rc"
+}
+
+json_escape() {  # $1 -> REPLY: the JSON string body (without quotes)
+    local s=$1 bs=\\ q='"'
+    s=${s//"$bs"/"$bs$bs"}
+    s=${s//"$q"/"$bs$q"}
+    if [[ $s == *[[:cntrl:]]* ]]; then
+        local out="" c i
+        for ((i = 0; i < ${#s}; i++)); do
+            c=${s:i:1}
+            case $c in
+                $'\n') out+='\n' ;;
+                $'\t') out+='\t' ;;
+                $'\r') out+='\r' ;;
+                [[:cntrl:]])
+                    printf -v c '\\u%04x' "'$c"
+                    out+=$c
+                    ;;
+                *) out+=$c ;;
+            esac
+        done
+        s=$out
+    fi
+    REPLY=$s
+}
+
+json_unescape() {  # $1 = a JSON string body -> REPLY
+    local s=$1 out="" c i=0 n=${#1} hex
+    while ((i < n)); do
+        c=${s:i:1}
+        if [[ $c == "\\" ]]; then
+            i=$((i + 1))
+            c=${s:i:1}
+            case $c in
+                n) out+=$'\n' ;;
+                t) out+=$'\t' ;;
+                r) out+=$'\r' ;;
+                b) out+=$'\b' ;;
+                f) out+=$'\f' ;;
+                u)
+                    hex=${s:i+1:4}
+                    [[ $hex =~ ^[0-9a-fA-F]{4}$ ]] || return 1
+                    printf -v c '%b' "\\u$hex"
+                    out+=$c
+                    i=$((i + 4))
+                    ;;
+                *) out+=$c ;;
+            esac
+        else
+            out+=$c
+        fi
+        i=$((i + 1))
+    done
+    REPLY=$out
+}
+
+jstr() {  # $1 -> REPLY: a quoted JSON string
+    json_escape "$1"
+    REPLY="\"$REPLY\""
+}
+
+jarr() {  # strings -> REPLY: a JSON array
+    local out="" s
+    for s in "$@"; do
+        jstr "$s"
+        out+="${out:+, }$REPLY"
+    done
+    REPLY="[$out]"
+}
+
+regex_escape() {  # $1 -> REPLY, for a GNU tar --transform BRE with ',' as delimiter
+    local s=$1 out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+        c=${s:i:1}
+        case $c in
+            "\\" | '.' | '[' | ']' | '*' | '^' | '$' | ',') out+="\\$c" ;;
+            *) out+=$c ;;
+        esac
+    done
+    REPLY=$out
+}
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+dir_is_empty() {
+    local -a entries=()
+    shopt -s dotglob
+    entries=("$1"/*)
+    shopt -u dotglob
+    ((${#entries[@]} == 0))
+}
+
+default_jobs() {
+    local n
+    n=$(nproc 2>/dev/null || echo 2)
+    ((n > 4)) && n=4
+    ((n < 1)) && n=1
+    REPLY=$n
+}
+
+# Flag parsing: every flag takes a value, except those listed in BOOL_FLAGS. Values land in FLAG[name]; repeated
+# flags (REPEATABLE) are collected in REPEAT_<name> arrays by the caller through FLAG_LIST.
+declare -A FLAG=()
+declare -a FLAG_LIST=()   # "name=value" in order, for repeatable flags
+
+parse_flags() {  # parse_flags "allowed flags" "boolean flags" ARGS...
+    local allowed=" $1 " bools=" $2 "
+    shift 2
+    local arg name value
+    while (($#)); do
+        arg=$1
+        shift
+        [[ $arg == --* ]] || die 2 "unexpected argument (flags are --name VALUE); see --help"
+        name=${arg#--}
+        value=""
+        local has_value=0
+        if [[ $name == *=* ]]; then
+            value=${name#*=}
+            name=${name%%=*}
+            has_value=1
+        fi
+        case $name in
+            password | pgpassword | secret)
+                die 2 "passwords are never accepted on the command line: use PGPASSWORD or --password-secret ARN" ;;
+            help) usage ;;
+        esac
+        [[ $allowed == *" $name "* || $bools == *" $name "* ]] || die 2 "unknown flag --$name for $SUB"
+        if [[ $bools == *" $name "* ]]; then
+            ((has_value == 0)) || die 2 "--$name takes no value"
+            FLAG[$name]=1
+            continue
+        fi
+        if ((has_value == 0)); then
+            (($#)) || die 2 "--$name needs a value"
+            value=$1
+            shift
+        fi
+        FLAG[$name]=$value
+        FLAG_LIST+=("$name=$value")
+    done
+}
+
+require() {
+    local name
+    for name in "$@"; do
+        [[ -n ${FLAG[$name]:-} ]] || die 2 "--$name is required"
+    done
+}
+
+collect() {  # collect NAME -> REPLY_LIST: every value of a repeatable flag
+    REPLY_LIST=()
+    local item
+    for item in "${FLAG_LIST[@]}"; do
+        [[ ${item%%=*} == "$1" ]] && REPLY_LIST+=("${item#*=}")
+    done
+    return 0
+}
+
+usage() {
+    local line
+    while IFS= read -r line; do
+        [[ $line == '#!'* ]] && continue
+        [[ $line == '#'* ]] || break
+        line=${line#\#}
+        printf '%s\n' "${line# }"
+    done <"${BASH_SOURCE[0]}"
+    exit 0
+}
+
+# ---------------------------------------------------------------------------------------------------- file lists
+
+# list_files ROOT PREFIX [SKIP]: every regular file under ROOT (symlinks are not followed and not listed) into the
+# parallel arrays L_REL (PREFIX + path relative to ROOT) and L_SIZE; SKIP is a ROOT-relative path left out.
+list_files() {
+    local root=$1 prefix=$2 skip=${3:-} rec path rel
+    L_REL=()
+    L_SIZE=()
+    L_PATH=()
+    if ! du -0 -a -b -l -- "$root" >"$WORK/du.out" 2>"$WORK/du.err"; then
+        tail_of "$WORK/du.err"
+        is_no_space "$WORK/du.err" && die 4 "no space left for the file list in $WORK"
+        die 5 "cannot list $root: $REPLY"
+    fi
+    while IFS= read -r -d '' rec; do
+        path=${rec#*$'\t'}
+        [[ -f $path && ! -L $path ]] || continue
+        rel=${path#"$root/"}
+        [[ -n $skip && $rel == "$skip" ]] && continue
+        L_PATH+=("$path")
+        L_REL+=("$prefix$rel")
+        L_SIZE+=("${rec%%$'\t'*}")
+    done <"$WORK/du.out"
+}
+
+# hash_files: SHA-256 of every path in L_PATH, in order, into L_SUM (sha256sum in batches).
+hash_files() {
+    L_SUM=()
+    local -a batch=() lines=()
+    local i=0 n=${#L_PATH[@]} len line
+    while ((i < n)); do
+        batch=()
+        len=0
+        while ((i < n && ${#batch[@]} < 1000 && len < 65536)); do
+            batch+=("${L_PATH[i]}")
+            len=$((len + ${#L_PATH[i]} + 1))
+            i=$((i + 1))
+        done
+        if ! sha256sum -- "${batch[@]}" >"$WORK/sum.out" 2>"$WORK/sum.err"; then
+            tail_of "$WORK/sum.err"
+            is_no_space "$WORK/sum.err" && die 4 "no space left for the checksum list in $WORK"
+            return 1
+        fi
+        mapfile -t lines <"$WORK/sum.out"
+        if ((${#lines[@]} != ${#batch[@]})); then
+            REPLY="sha256sum returned ${#lines[@]} sums for ${#batch[@]} files"
+            return 1
+        fi
+        for line in "${lines[@]}"; do
+            line=${line#\\}
+            L_SUM+=("${line:0:64}")
+        done
+    done
+}
+
+# check_tree ROOT: the extracted archive at ROOT matches its manifest.json exactly. Dies 7 otherwise.
+check_tree() {
+    local root=$1 manifest="$1/manifest.json"
+    [[ -f $manifest ]] || die 7 "the archive has no manifest.json"
+    local -a mlines=()
+    mapfile -t mlines <"$manifest"
+    local re='^    \{"sha256": "([0-9a-f]{64})", "size": ([0-9]+), "path": "(.*)"\},?$'
+    local count_re='^  "file_count": ([0-9]+),$' id_re='^  "backup_id": "(.*)",$' inst_re='^  "instance": "(.*)",$'
+    local -A want=()
+    local line declared="" nentries=0
+    M_BACKUP_ID=""
+    M_INSTANCE=""
+    for line in "${mlines[@]}"; do
+        if [[ $line =~ $re ]]; then
+            want["${BASH_REMATCH[3]}"]="${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+            nentries=$((nentries + 1))
+        elif [[ $line =~ $count_re ]]; then
+            declared=${BASH_REMATCH[1]}
+        elif [[ $line =~ $id_re ]]; then
+            M_BACKUP_ID=${BASH_REMATCH[1]}
+        elif [[ $line =~ $inst_re ]]; then
+            M_INSTANCE=${BASH_REMATCH[1]}
+        fi
+    done
+    [[ ${mlines[1]:-} == "  \"format\": $MANIFEST_FORMAT," ]] || die 7 "manifest.json is not a format $MANIFEST_FORMAT manifest"
+    [[ -n $declared ]] || die 7 "manifest.json has no file_count"
+    ((declared == nentries && nentries == ${#want[@]})) ||
+        die 7 "manifest.json lists $nentries file entries (${#want[@]} distinct) but declares $declared"
+    list_files "$root" "" "manifest.json"
+    hash_files || die 5 "cannot read extracted files: $REPLY"
+    local i key bad=() extra=()
+    for i in "${!L_REL[@]}"; do
+        json_escape "${L_REL[i]}"
+        key=$REPLY
+        if [[ -z ${want[$key]+x} ]]; then
+            extra+=("${L_REL[i]}")
+            continue
+        fi
+        [[ ${want[$key]} == "${L_SUM[i]} ${L_SIZE[i]}" ]] || bad+=("${L_REL[i]}")
+        unset 'want[$key]'
+    done
+    local -a missing=("${!want[@]}")
+    if ((${#bad[@]} + ${#extra[@]} + ${#missing[@]} > 0)); then
+        die 7 "checksum mismatch: ${#bad[@]} changed (${bad[*]:0:3}), ${#missing[@]} missing (${missing[*]:0:3}), ${#extra[@]} not in the manifest (${extra[*]:0:3})"
+    fi
+    C_FILES=${#L_REL[@]}
+    C_BYTES=0
+    for i in "${L_SIZE[@]}"; do C_BYTES=$((C_BYTES + i)); done
+}
+
+# ---------------------------------------------------------------------------------------------------- compression
+
+detect_compressor() {  # $1 = archive file -> REPLY gzip|zstd
+    local magic
+    magic=$(od -An -tx1 -N4 -- "$1" 2>/dev/null) || magic=""
+    magic=${magic// /}
+    magic=${magic//$'\n'/}
+    case $magic in
+        1f8b*) REPLY=gzip ;;
+        28b52ffd) REPLY=zstd ;;
+        *) die 7 "$1 is neither a gzip nor a zstd file" ;;
+    esac
+}
+
+compress_program() {  # $1 = gzip|zstd -> REPLY: for tar --use-compress-program
+    case $1 in
+        gzip) REPLY="gzip" ;;
+        zstd) REPLY="zstd -T0" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------------- postgres
+
+load_password() {  # PGPASSWORD from the environment, or the secret of --password-secret -> JOB_PASSWORD
+    # shellcheck disable=SC2031  # the caller's PGPASSWORD, moved out of our own environment
+    JOB_PASSWORD=${PGPASSWORD:-}
+    unset PGPASSWORD
+    local arn=${FLAG[password-secret]:-}
+    [[ -z $arn ]] && { REDACT=$JOB_PASSWORD; return 0; }
+    need aws
+    local key=${FLAG[password-secret-key]:-password} region=${FLAG[region]:-} secret
+    [[ $key =~ ^[A-Za-z0-9_.-]+$ ]] || die 2 "--password-secret-key must be a plain JSON key"
+    if [[ -z $region && $arn =~ ^arn:[^:]+:secretsmanager:([^:]+): ]]; then
+        region=${BASH_REMATCH[1]}
+    fi
+    local -a args=(secretsmanager get-secret-value --secret-id "$arn" --query SecretString --output text)
+    [[ -n $region ]] && args+=(--region "$region")
+    if ! secret=$(aws "${args[@]}" 2>"$WORK/secret.err"); then
+        tail_of "$WORK/secret.err"
+        die 8 "could not read the password secret $arn: $REPLY"
+    fi
+    if [[ $secret == \{* ]]; then
+        local re="\"$key\"[[:space:]]*:[[:space:]]*\"(([^\"\\\\]|\\\\.)*)\""
+        [[ $secret =~ $re ]] || die 8 "the secret $arn is a JSON object without a string \"$key\""
+        json_unescape "${BASH_REMATCH[1]}" || die 8 "the secret $arn has an invalid \"$key\" value"
+        secret=$REPLY
+    fi
+    [[ -n $secret && $secret != "None" ]] || die 8 "the secret $arn has no SecretString"
+    JOB_PASSWORD=$secret
+    REDACT=$secret
+}
+
+pg_conn_flags() {  # host/port/user flags -> PGCONN
+    local host=${FLAG[host]} port=${FLAG[port]:-5432} user=${FLAG[user]}
+    is_uint "$port" || die 2 "--port must be a number"
+    PGCONN=(--host="$host" --port="$port" --username="$user" --no-password)
+}
+
+pg_auth_failed() {  # does the file (psql/pg_dump/pg_restore stderr) say the password was wrong or missing?
+    local text=""
+    [[ -f $1 ]] && text=$(<"$1")
+    [[ $text == *"password authentication failed"* || $text == *"no password supplied"* ||
+        $text == *"authentication failed for user"* ]]
+}
+
+psql_maint() {  # psql on the maintenance database, script on stdin
+    (
+        trap - ERR INT TERM EXIT
+        # shellcheck disable=SC2031
+        [[ -n $JOB_PASSWORD ]] && export PGPASSWORD=$JOB_PASSWORD
+        exec psql "${PGCONN[@]}" --dbname="${FLAG[maintenance-db]:-postgres}" -X -q -A -t -v ON_ERROR_STOP=1 "$@"
+    )
+}
+
+check_dbname() {
+    [[ $1 != *=* && $1 != postgres*:* ]] ||
+        die 2 "--dbname must be a database name, not a connection string (passwords go through PGPASSWORD or --password-secret)"
+}
+
+# ---------------------------------------------------------------------------------------------------- subcommands
+
+cmd_version() {
+    parse_flags "" "" "$@"
+    local tools="" t
+    for t in bash rsync tar gzip zstd sha256sum pg_dump pg_restore psql aws; do
+        if command -v "$t" >/dev/null 2>&1; then tools+="${tools:+, }\"$t\": true"; else tools+="${tools:+, }\"$t\": false"; fi
+    done
+    printf '{"subcommand": "version", "version": "%s", "tools": {%s}}\n' "$VERSION" "$tools"
+}
+
+cmd_rsync_home() {
+    parse_flags "home staging exclude exclude-repo" "" "$@"
+    require home staging
+    need rsync
+    make_work
+    local home staging
+    [[ -d ${FLAG[home]} ]] || die 3 "home directory not found: ${FLAG[home]}"
+    home=$(realpath -e -- "${FLAG[home]}")
+    staging=$(realpath -m -- "${FLAG[staging]}")
+    [[ $staging != / ]] || die 2 "--staging must not be /"
+    if [[ $staging == "$home" || $staging == "$home"/* || $home == "$staging"/* ]]; then
+        die 2 "--staging ($staging) and --home ($home) must not contain each other"
+    fi
+    if [[ -e $staging ]]; then
+        [[ -d $staging ]] || die 6 "--staging exists and is not a directory: $staging"
+        if [[ ! -f $staging/$MARKER ]] && ! dir_is_empty "$staging"; then
+            die 6 "refusing to rsync --delete into $staging: it is not empty and has no $MARKER marker (not a staging directory of this tool)"
+        fi
+    fi
+    local err="$WORK/rsync.err"
+    if ! mkdir -p -- "$staging" 2>"$err" || ! printf 'staging copy of %s, made by %s\n' "$home" "$PROG" \
+        >"$staging/$MARKER" 2>>"$err"; then
+        is_no_space "$err" && die 4 "no space left creating $staging"
+        tail_of "$err"
+        die 5 "cannot create the staging directory: $REPLY"
+    fi
+
+    local -a excludes=("${DEFAULT_EXCLUDES[@]}")
+    collect exclude
+    excludes+=("${REPLY_LIST[@]}")
+    collect exclude-repo
+    local id
+    for id in "${REPLY_LIST[@]}"; do
+        is_uint "$id" || die 2 "--exclude-repo takes a repository id (a number), got: $id"
+        excludes+=("/shared/data/repositories/$id")
+    done
+    local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
+    local pattern
+    for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
+
+    local start rc=0
+    start=$(now_ns)
+    run_job "$WORK/rsync.out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
+    seconds_since "$start"
+    local seconds=$REPLY vanished=false
+    case $rc in
+        0) ;;
+        24)
+            vanished=true
+            warn "some files vanished while copying (normal while Bitbucket is live)"
+            ;;
+        *)
+            tail_of "$err"
+            is_no_space "$err" && die 4 "no space left in $staging (rsync exit $rc): $REPLY"
+            die 5 "rsync failed (exit $rc): $REPLY"
+            ;;
+    esac
+
+    local -A st=([files]=0 [regular]=0 [created]=0 [deleted]=0 [transferred]=0 [total]=0 [transferred_bytes]=0
+        [literal]=0 [sent]=0)
+    local line
+    while IFS= read -r line; do
+        case $line in
+            "Number of files: "*)
+                [[ $line =~ ^Number\ of\ files:\ ([0-9,]+) ]] && st[files]=${BASH_REMATCH[1]//,/}
+                [[ $line =~ reg:\ ([0-9,]+) ]] && st[regular]=${BASH_REMATCH[1]//,/}
+                ;;
+            "Number of created files: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[created]=${BASH_REMATCH[1]//,/} ;;
+            "Number of deleted files: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[deleted]=${BASH_REMATCH[1]//,/} ;;
+            "Number of regular files transferred: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[transferred]=${BASH_REMATCH[1]//,/} ;;
+            "Total file size: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[total]=${BASH_REMATCH[1]//,/} ;;
+            "Total transferred file size: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[transferred_bytes]=${BASH_REMATCH[1]//,/} ;;
+            "Literal data: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[literal]=${BASH_REMATCH[1]//,/} ;;
+            "Total bytes sent: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[sent]=${BASH_REMATCH[1]//,/} ;;
+        esac
+    done <"$WORK/rsync.out"
+    local jhome jstaging jexcl
+    jstr "$home"
+    jhome=$REPLY
+    jstr "$staging"
+    jstaging=$REPLY
+    jarr "${excludes[@]}"
+    jexcl=$REPLY
+    printf '{"subcommand": "rsync-home", "version": "%s", "home": %s, "staging": %s, "seconds": %s, ' \
+        "$VERSION" "$jhome" "$jstaging" "$seconds"
+    printf '"files": %s, "regular_files": %s, "files_created": %s, "files_deleted": %s, "files_transferred": %s, ' \
+        "${st[files]}" "${st[regular]}" "${st[created]}" "${st[deleted]}" "${st[transferred]}"
+    printf '"bytes_total": %s, "bytes_transferred": %s, "bytes_literal": %s, "bytes_sent": %s, ' \
+        "${st[total]}" "${st[transferred_bytes]}" "${st[literal]}" "${st[sent]}"
+    printf '"vanished": %s, "rsync_exit": %s, "excludes": %s}\n' "$vanished" "$rc" "$jexcl"
+}
+
+cmd_pg_dump() {
+    parse_flags "host port user dbname out jobs password-secret password-secret-key region" "" "$@"
+    require host user dbname out
+    need pg_dump
+    make_work
+    check_dbname "${FLAG[dbname]}"
+    pg_conn_flags
+    local jobs=${FLAG[jobs]:-}
+    if [[ -z $jobs ]]; then
+        default_jobs
+        jobs=$REPLY
+    fi
+    if ! is_uint "$jobs" || ((jobs < 1)); then die 2 "--jobs must be a positive number"; fi
+    local out parent partial err="$WORK/pg_dump.err"
+    out=$(realpath -m -- "${FLAG[out]}")
+    [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
+    parent=${out%/*}
+    parent=${parent:-/}
+    if ! mkdir -p -- "$parent" 2>"$err"; then
+        is_no_space "$err" && die 4 "no space left creating $parent"
+        tail_of "$err"
+        die 5 "cannot create $parent: $REPLY"
+    fi
+    partial="$parent/.${out##*/}.partial.$$"
+    rm -rf -- "$partial"
+    CLEANUP+=("$partial")
+    load_password
+
+    local start rc=0
+    start=$(now_ns)
+    run_job "$WORK/pg_dump.out" "$err" pg_dump "${PGCONN[@]}" --dbname="${FLAG[dbname]}" --format=directory \
+        --jobs="$jobs" --file="$partial" || rc=$?
+    if ((rc != 0)); then
+        tail_of "$err"
+        pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} on ${FLAG[host]}:${FLAG[port]:-5432} (wrong or missing password): $REPLY"
+        is_no_space "$err" && die 4 "no space left writing the dump: $REPLY"
+        die 5 "pg_dump failed (exit $rc): $REPLY"
+    fi
+    if ! sync -f -- "$partial" 2>"$err"; then
+        is_no_space "$err" && die 4 "no space left flushing the dump"
+    fi
+    mv -T -- "$partial" "$out"
+    seconds_since "$start"
+    local seconds=$REPLY bytes files
+    bytes=$(du -s -b -- "$out")
+    bytes=${bytes%%$'\t'*}
+    local -a entries=("$out"/*)
+    files=${#entries[@]}
+    local jout jdb
+    jstr "$out"
+    jout=$REPLY
+    jstr "${FLAG[dbname]}"
+    jdb=$REPLY
+    printf '{"subcommand": "pg-dump", "version": "%s", "dump": %s, "database": %s, "jobs": %s, "seconds": %s, "bytes": %s, "files": %s}\n' \
+        "$VERSION" "$jout" "$jdb" "$jobs" "$seconds" "$bytes" "$files"
+}
+
+cmd_pg_restore() {
+    parse_flags "dump host port user dbname jobs maintenance-db password-secret password-secret-key region" \
+        "no-owner" "$@"
+    require dump host user dbname
+    need pg_restore psql
+    make_work
+    check_dbname "${FLAG[dbname]}"
+    pg_conn_flags
+    local dump=${FLAG[dump]} name=${FLAG[dbname]} jobs=${FLAG[jobs]:-} err="$WORK/restore.err"
+    [[ -d $dump && -f $dump/toc.dat ]] || die 3 "not a pg_dump directory (no toc.dat): $dump"
+    if [[ -z $jobs ]]; then
+        default_jobs
+        jobs=$REPLY
+    fi
+    if ! is_uint "$jobs" || ((jobs < 1)); then die 2 "--jobs must be a positive number"; fi
+    load_password
+
+    local exists
+    if ! exists=$(printf "SELECT 1 FROM pg_database WHERE datname = :'dbname';\n" |
+        psql_maint -v dbname="$name" 2>"$err"); then
+        tail_of "$err"
+        pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
+        die 9 "cannot query the server: $REPLY"
+    fi
+    [[ -z $exists ]] || die 6 "refusing to restore: database $name already exists"
+
+    local encoding="UTF8" line
+    if pg_restore --list -- "$dump" >"$WORK/toc.txt" 2>"$err"; then
+        while IFS= read -r line; do
+            if [[ $line =~ ^\;[[:space:]]+Encoding:\ ([A-Za-z0-9_]+) ]]; then
+                encoding=${BASH_REMATCH[1]}
+                break
+            fi
+        done <"$WORK/toc.txt"
+    else
+        tail_of "$err"
+        die 7 "cannot read the dump's table of contents: $REPLY"
+    fi
+    if ! printf "CREATE DATABASE :\"dbname\" TEMPLATE template0 ENCODING :'enc';\n" |
+        psql_maint -v dbname="$name" -v enc="$encoding" >/dev/null 2>"$err"; then
+        tail_of "$err"
+        [[ $REPLY == *"already exists"* ]] && die 6 "refusing to restore: database $name already exists"
+        die 9 "CREATE DATABASE $name failed: $REPLY"
+    fi
+    DROP_DB=$name
+
+    local -a args=("${PGCONN[@]}" --dbname="$name" --jobs="$jobs" --exit-on-error)
+    [[ -n ${FLAG[no-owner]:-} ]] && args+=(--no-owner)
+    local start rc=0
+    start=$(now_ns)
+    run_job "$WORK/restore.out" "$err" pg_restore "${args[@]}" -- "$dump" || rc=$?
+    if ((rc != 0)); then
+        tail_of "$err"
+        pg_auth_failed "$err" && die 8 "authentication failed during pg_restore: $REPLY"
+        die 9 "pg_restore into $name failed (exit $rc): $REPLY"
+    fi
+    DROP_DB=""
+    seconds_since "$start"
+    local seconds=$REPLY jname
+    jstr "$name"
+    jname=$REPLY
+    printf '{"subcommand": "pg-restore", "version": "%s", "database": %s, "encoding": "%s", "jobs": %s, "seconds": %s}\n' \
+        "$VERSION" "$jname" "$encoding" "$jobs" "$seconds"
+}
+
+cmd_archive() {
+    parse_flags "staging dump out backup-id instance bitbucket-version compressor" "overwrite" "$@"
+    require staging out backup-id instance
+    need tar sha256sum
+    local staging dump="" out outdir outbase
+    [[ -d ${FLAG[staging]} ]] || die 3 "staging directory not found: ${FLAG[staging]}"
+    staging=$(realpath -e -- "${FLAG[staging]}")
+    if [[ -n ${FLAG[dump]:-} ]]; then
+        [[ -d ${FLAG[dump]} ]] || die 3 "dump directory not found: ${FLAG[dump]}"
+        dump=$(realpath -e -- "${FLAG[dump]}")
+    fi
+    out=$(realpath -m -- "${FLAG[out]}")
+    outdir=${out%/*}
+    outdir=${outdir:-/}
+    outbase=${out##*/}
+    [[ $staging != / && $dump != / ]] || die 2 "refusing to archive /"
+    [[ $out != "$staging"/* && ( -z $dump || $out != "$dump"/* ) ]] || die 2 "--out must not be inside what is archived"
+    if [[ -n $dump ]]; then
+        [[ $dump != "$staging" && $dump != "$staging"/* && $staging != "$dump"/* ]] ||
+            die 2 "--dump and --staging must not contain each other"
+        [[ ${dump##*/} != manifest.json ]] || die 2 "the dump directory must not be named manifest.json"
+    fi
+    [[ -d $outdir ]] || die 3 "the output directory does not exist: $outdir"
+    [[ ! -e $out || -n ${FLAG[overwrite]:-} ]] || die 6 "the archive already exists: $out (use --overwrite)"
+
+    local compressor=${FLAG[compressor]:-auto} named=""
+    case $outbase in
+        *.tar.gz | *.tgz) named=gzip ;;
+        *.tar.zst | *.tzst) named=zstd ;;
+    esac
+    case $compressor in
+        auto)
+            if [[ -n $named ]]; then
+                compressor=$named
+            elif command -v zstd >/dev/null 2>&1; then
+                compressor=zstd
+            else
+                compressor=gzip
+            fi
+            ;;
+        gzip | zstd) [[ -z $named || $named == "$compressor" ]] || die 2 "--out $outbase names $named, not $compressor" ;;
+        *) die 2 "--compressor must be auto, gzip or zstd" ;;
+    esac
+    need "$compressor"
+    make_work
+
+    # The archive and its manifest are written beside the final name (same file system: the rename is atomic), under
+    # hidden names; stale ones of an interrupted run are removed first. File lists and error output go to $WORK.
+    local p stage
+    for p in "$outdir/.$outbase.partial."* "$outdir/.$outbase.stage."*; do rm -rf -- "$p"; done
+    stage=$(mktemp -d "$outdir/.$outbase.stage.XXXXXX" 2>/dev/null) ||
+        die 4 "cannot create a temporary directory in $outdir (no space left?)"
+    CLEANUP+=("$stage")
+    local tmp="$outdir/.$outbase.partial.$$" err="$WORK/tar.err"
+    CLEANUP+=("$tmp")
+    local start
+    start=$(now_ns)
+
+    # The manifest: every regular file, its size and SHA-256.
+    local -a rel=() size=() sum=()
+    list_files "$staging" "home/" "$MARKER"
+    hash_files || die 5 "cannot read $staging: $REPLY"
+    rel=("${L_REL[@]}")
+    size=("${L_SIZE[@]}")
+    sum=("${L_SUM[@]}")
+    if [[ -n $dump ]]; then
+        list_files "$dump" "db/"
+        hash_files || die 5 "cannot read $dump: $REPLY"
+        rel+=("${L_REL[@]}")
+        size+=("${L_SIZE[@]}")
+        sum+=("${L_SUM[@]}")
+    fi
+    local total=0 i
+    for i in "${size[@]}"; do total=$((total + i)); done
+    local created jid jinst jver jhost
+    created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    jstr "${FLAG[backup-id]}"
+    jid=$REPLY
+    jstr "${FLAG[instance]}"
+    jinst=$REPLY
+    if [[ -n ${FLAG[bitbucket-version]:-} ]]; then
+        jstr "${FLAG[bitbucket-version]}"
+        jver=$REPLY
+    else
+        jver=null
+    fi
+    jstr "$(uname -n)"
+    jhost=$REPLY
+    write_manifest() {
+        local f="$stage/manifest.json" n=${#rel[@]} j
+        {
+            printf '{\n  "format": %s,\n  "tool": "%s",\n  "tool_version": "%s",\n' "$MANIFEST_FORMAT" "$PROG" "$VERSION" &&
+                printf '  "backup_id": %s,\n  "instance": %s,\n  "bitbucket_version": %s,\n' "$jid" "$jinst" "$jver" &&
+                printf '  "created": "%s",\n  "host": %s,\n  "compressor": "%s",\n' "$created" "$jhost" "$compressor" &&
+                printf '  "parts": {"home": true, "db": %s},\n' "$([[ -n $dump ]] && echo true || echo false)" &&
+                printf '  "file_count": %s,\n  "total_bytes": %s,\n  "files": [\n' "$n" "$total" || return 1
+            local sep=","
+            for ((j = 0; j < n; j++)); do
+                json_escape "${rel[j]}"
+                ((j < n - 1)) || sep=""
+                printf '    {"sha256": "%s", "size": %s, "path": "%s"}%s\n' "${sum[j]}" "${size[j]}" "$REPLY" "$sep" ||
+                    return 1
+            done
+            printf '  ]\n}\n' || return 1
+        } >"$f"
+    }
+    if ! write_manifest 2>"$err"; then
+        is_no_space "$err" && die 4 "no space left in $outdir writing the manifest"
+        tail_of "$err"
+        die 5 "cannot write the manifest: $REPLY"
+    fi
+
+    # The archive: manifest.json, then the staging copy as home/, then the dump as db/.
+    # Member names: "./<staging base>/..." for the home, "<dump base>/..." for the dump, renamed to home/ and db/.
+    # GNU tar applies every --transform to every name in turn: the dump's first (it cannot match a "./" name),
+    # then the staging's (it cannot match "db/..."). S: symbolic link targets are left alone.
+    local sparent=${staging%/*} sbase=${staging##*/} sre
+    sparent=${sparent:-/}
+    regex_escape "$sbase"
+    sre=$REPLY
+    compress_program "$compressor"
+    local -a targs=(--create --file="$tmp" --use-compress-program="$REPLY")
+    if [[ -n $dump ]]; then
+        local dbase=${dump##*/} dre
+        regex_escape "$dbase"
+        dre=$REPLY
+        targs+=(--transform="s,^$dre\\(/\\|\$\\),db\\1,S")
+    fi
+    targs+=(--transform="s,^\\./$sre\\(/\\|\$\\),home\\1,S"
+        -C "$stage" manifest.json
+        --anchored --no-wildcards --exclude="./$sbase/$MARKER"
+        -C "$sparent" "./$sbase")
+    if [[ -n $dump ]]; then
+        local dparent=${dump%/*}
+        dparent=${dparent:-/}
+        targs+=(-C "$dparent" "$dbase")
+    fi
+    local rc=0
+    run_job "$WORK/tar.out" "$err" tar "${targs[@]}" || rc=$?
+    if ((rc != 0)); then
+        tail_of "$err"
+        is_no_space "$err" && die 4 "no space left in $outdir writing the archive: $REPLY"
+        die 5 "tar failed (exit $rc): $REPLY"
+    fi
+    if ! sync -- "$tmp" 2>"$err"; then
+        tail_of "$err"
+        is_no_space "$err" && die 4 "no space left in $outdir flushing the archive: $REPLY"
+        die 5 "cannot flush the archive: $REPLY"
+    fi
+    # A truncated or short-written file fails the compressor's own integrity test.
+    rc=0
+    run_job "$WORK/test.out" "$err" "$compressor" -t -q -- "$tmp" || rc=$?
+    if ((rc != 0)); then
+        tail_of "$err"
+        die 4 "the written archive does not pass $compressor -t (short write?): $REPLY"
+    fi
+    local digest bytes
+    digest=$(sha256sum -- "$tmp")
+    digest=${digest#\\}
+    digest=${digest:0:64}
+    bytes=$(stat -c %s -- "$tmp")
+    mv -T -- "$tmp" "$out"
+    seconds_since "$start"
+    local seconds=$REPLY jout
+    jstr "$out"
+    jout=$REPLY
+    printf '{"subcommand": "archive", "version": "%s", "archive": %s, "bytes": %s, "sha256": "%s", "compressor": "%s", ' \
+        "$VERSION" "$jout" "$bytes" "$digest" "$compressor"
+    printf '"backup_id": %s, "instance": %s, "files": %s, "content_bytes": %s, "seconds": %s}\n' \
+        "$jid" "$jinst" "${#rel[@]}" "$total" "$seconds"
+}
+
+extract_into() {  # extract_into ARCHIVE DIR: untar and check against the manifest (dies 4/7 on failure)
+    local archive=$1 dir=$2 err="$WORK/untar.err" rc=0
+    detect_compressor "$archive"
+    local compressor=$REPLY
+    need "$compressor"
+    compress_program "$compressor"
+    run_job "$WORK/untar.out" "$err" tar --extract --file="$archive" --use-compress-program="$REPLY" -C "$dir" ||
+        rc=$?
+    if ((rc != 0)); then
+        tail_of "$err"
+        is_no_space "$err" && die 4 "no space left in $dir extracting the archive: $REPLY"
+        die 7 "the archive is corrupt or truncated (tar exit $rc): $REPLY"
+    fi
+    check_tree "$dir"
+    X_COMPRESSOR=$compressor
+}
+
+cmd_verify() {
+    parse_flags "archive scratch" "" "$@"
+    require archive
+    need tar sha256sum
+    local archive=${FLAG[archive]}
+    [[ -f $archive ]] || die 3 "archive not found: $archive"
+    local scratch=${FLAG[scratch]:-${TMPDIR:-/tmp}} dir
+    [[ -d $scratch ]] || die 3 "scratch directory not found: $scratch"
+    make_work
+    dir=$(mktemp -d "$scratch/.$PROG-verify.XXXXXX" 2>/dev/null) || die 4 "cannot create a temporary directory in $scratch"
+    CLEANUP+=("$dir")
+    local start
+    start=$(now_ns)
+    extract_into "$archive" "$dir"
+    seconds_since "$start"
+    local seconds=$REPLY jar
+    jstr "$(realpath -e -- "$archive")"
+    jar=$REPLY
+    printf '{"subcommand": "verify", "version": "%s", "archive": %s, "ok": true, "backup_id": "%s", "instance": "%s", "compressor": "%s", "files": %s, "content_bytes": %s, "seconds": %s}\n' \
+        "$VERSION" "$jar" "$M_BACKUP_ID" "$M_INSTANCE" "$X_COMPRESSOR" "$C_FILES" "$C_BYTES" "$seconds"
+}
+
+cmd_extract() {
+    parse_flags "archive target owner" "" "$@"
+    require archive target
+    need tar sha256sum
+    local archive=${FLAG[archive]} target owner=${FLAG[owner]:-}
+    [[ -f $archive ]] || die 3 "archive not found: $archive"
+    if [[ -n $owner ]]; then
+        id -u -- "$owner" >/dev/null 2>&1 || die 2 "unknown user for --owner: $owner"
+    fi
+    target=$(realpath -m -- "${FLAG[target]}")
+    if [[ -e $target ]]; then
+        [[ -d $target ]] || die 6 "the target exists and is not a directory: $target"
+        dir_is_empty "$target" || die 6 "refusing to extract into a non-empty directory: $target"
+    else
+        mkdir -p -- "$target" 2>/dev/null || die 4 "cannot create $target (no space left?)"
+    fi
+    make_work
+    local partial
+    partial=$(mktemp -d "$target/.extract.XXXXXX" 2>/dev/null) || die 4 "cannot create a temporary directory in $target"
+    CLEANUP+=("$partial")
+    local start
+    start=$(now_ns)
+    extract_into "$archive" "$partial"
+    local e
+    shopt -s dotglob
+    for e in "$partial"/*; do mv -- "$e" "$target/"; done
+    shopt -u dotglob
+    rmdir -- "$partial"
+    if [[ -n $owner ]]; then
+        chown -R -- "$owner:" "$target" 2>/dev/null || chown -R -- "$owner" "$target" ||
+            die 5 "chown -R $owner $target failed"
+    fi
+    seconds_since "$start"
+    local seconds=$REPLY jt
+    jstr "$target"
+    jt=$REPLY
+    printf '{"subcommand": "extract", "version": "%s", "target": %s, "backup_id": "%s", "instance": "%s", "files": %s, "content_bytes": %s, "seconds": %s}\n' \
+        "$VERSION" "$jt" "$M_BACKUP_ID" "$M_INSTANCE" "$C_FILES" "$C_BYTES" "$seconds"
+}
+
+aws_region_args() {
+    AWS_ARGS=()
+    [[ -n ${FLAG[region]:-} ]] && AWS_ARGS+=(--region "${FLAG[region]}")
+    return 0
+}
+
+aws_fail() {  # aws_fail WHAT ERRFILE
+    tail_of "$2"
+    is_no_space "$2" && die 4 "no space left during $1: $REPLY"
+    die 10 "$1 failed: $REPLY"
+}
+
+cmd_upload() {
+    parse_flags "file bucket key tags sha256 region multipart-above" "" "$@"
+    require file bucket key
+    need aws
+    make_work
+    local file=${FLAG[file]} bucket=${FLAG[bucket]} key=${FLAG[key]} tags=${FLAG[tags]:-} sha=${FLAG[sha256]:-}
+    local limit=${FLAG[multipart-above]:-$SINGLE_PUT_MAX}
+    [[ -f $file ]] || die 3 "file not found: $file"
+    is_uint "$limit" || die 2 "--multipart-above must be a number of bytes"
+    if [[ -n $tags && ! $tags =~ ^[^\&=]+=[^\&]*(\&[^\&=]+=[^\&]*)*$ ]]; then
+        die 2 "--tags must look like 'k=v&k2=v2' (URL-encoded)"
+    fi
+    [[ -z $sha || $sha =~ ^[0-9a-f]{64}$ ]] || die 2 "--sha256 must be 64 lowercase hex digits"
+    aws_region_args
+    local bytes err="$WORK/aws.err" result method
+    bytes=$(stat -c %s -- "$file")
+    local -a meta=()
+    [[ -n $sha ]] && meta=(--metadata "sha256=$sha")
+    if ((bytes <= limit)); then
+        method=put-object
+        local -a args=(s3api put-object --bucket "$bucket" --key "$key" --body "$file" "${meta[@]}")
+        [[ -n $tags ]] && args+=(--tagging "$tags")
+        run_job "$WORK/aws.out" "$err" aws "${AWS_ARGS[@]}" "${args[@]}" --query '[ETag, VersionId]' --output text ||
+            aws_fail "put-object s3://$bucket/$key" "$err"
+    else
+        method=multipart
+        run_job "$WORK/cp.out" "$err" aws "${AWS_ARGS[@]}" s3 cp --only-show-errors "${meta[@]}" -- "$file" \
+            "s3://$bucket/$key" || aws_fail "multipart upload to s3://$bucket/$key" "$err"
+        if [[ -n $tags ]]; then
+            local tagset="" pair k v
+            local -a pairs=()
+            IFS='&' read -r -a pairs <<<"$tags"
+            for pair in "${pairs[@]}"; do
+                k=${pair%%=*}
+                v=${pair#*=}
+                k=${k//+/ }
+                v=${v//+/ }
+                printf -v k '%b' "${k//%/\\x}"
+                printf -v v '%b' "${v//%/\\x}"
+                jstr "$k"
+                k=$REPLY
+                jstr "$v"
+                v=$REPLY
+                tagset+="${tagset:+,}{\"Key\": $k, \"Value\": $v}"
+            done
+            run_job "$WORK/tag.out" "$err" aws "${AWS_ARGS[@]}" s3api put-object-tagging --bucket "$bucket" \
+                --key "$key" --tagging "{\"TagSet\": [$tagset]}" || aws_fail "put-object-tagging s3://$bucket/$key" "$err"
+        fi
+        run_job "$WORK/aws.out" "$err" aws "${AWS_ARGS[@]}" s3api head-object --bucket "$bucket" --key "$key" \
+            --query '[ETag, VersionId]' --output text || aws_fail "head-object s3://$bucket/$key" "$err"
+    fi
+    result=$(<"$WORK/aws.out")
+    local etag=${result%%$'\t'*} version=""
+    [[ $result == *$'\t'* ]] && version=${result#*$'\t'}
+    etag=${etag//\"/}
+    [[ $version == None ]] && version=""
+    local jb jk je jv
+    jstr "$bucket"
+    jb=$REPLY
+    jstr "$key"
+    jk=$REPLY
+    jstr "$etag"
+    je=$REPLY
+    if [[ -n $version ]]; then
+        jstr "$version"
+        jv=$REPLY
+    else
+        jv=null
+    fi
+    printf '{"subcommand": "upload", "version": "%s", "bucket": %s, "key": %s, "bytes": %s, "method": "%s", "etag": %s, "version_id": %s}\n' \
+        "$VERSION" "$jb" "$jk" "$bytes" "$method" "$je" "$jv"
+}
+
+cmd_download() {
+    parse_flags "bucket key file version-id region" "" "$@"
+    require bucket key file
+    need aws sha256sum
+    make_work
+    local bucket=${FLAG[bucket]} key=${FLAG[key]} file parent err="$WORK/aws.err"
+    file=$(realpath -m -- "${FLAG[file]}")
+    [[ ! -e $file ]] || die 6 "the file already exists: $file"
+    parent=${file%/*}
+    parent=${parent:-/}
+    [[ -d $parent ]] || die 3 "the directory does not exist: $parent"
+    local tmp="$parent/.${file##*/}.partial.$$"
+    CLEANUP+=("$tmp")
+    aws_region_args
+    local -a args=(s3api get-object --bucket "$bucket" --key "$key")
+    [[ -n ${FLAG[version-id]:-} ]] && args+=(--version-id "${FLAG[version-id]}")
+    run_job "$WORK/aws.out" "$err" aws "${AWS_ARGS[@]}" "${args[@]}" --query '[ContentLength, Metadata.sha256]' \
+        --output text "$tmp" || aws_fail "get-object s3://$bucket/$key" "$err"
+    [[ -f $tmp ]] || die 10 "get-object s3://$bucket/$key wrote no file"
+    local result expected="" actual bytes
+    result=$(<"$WORK/aws.out")
+    [[ $result == *$'\t'* ]] && expected=${result#*$'\t'}
+    [[ $expected =~ ^[0-9a-f]{64}$ ]] || expected=""
+    actual=$(sha256sum -- "$tmp")
+    actual=${actual#\\}
+    actual=${actual:0:64}
+    if [[ -n $expected && $expected != "$actual" ]]; then
+        die 7 "downloaded s3://$bucket/$key has SHA-256 $actual, its metadata says $expected"
+    fi
+    bytes=$(stat -c %s -- "$tmp")
+    mv -T -- "$tmp" "$file"
+    local jf
+    jstr "$file"
+    jf=$REPLY
+    printf '{"subcommand": "download", "version": "%s", "file": %s, "bytes": %s, "sha256": "%s", "sha256_checked": %s}\n' \
+        "$VERSION" "$jf" "$bytes" "$actual" "$([[ -n $expected ]] && echo true || echo false)"
+}
+
+main() {
+    (($#)) || {
+        SUB=""
+        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, archive, verify, extract, upload, download, version); see --help"
+    }
+    SUB=$1
+    shift
+    case $SUB in
+        rsync-home) cmd_rsync_home "$@" ;;
+        pg-dump) cmd_pg_dump "$@" ;;
+        pg-restore) cmd_pg_restore "$@" ;;
+        archive) cmd_archive "$@" ;;
+        verify) cmd_verify "$@" ;;
+        extract) cmd_extract "$@" ;;
+        upload) cmd_upload "$@" ;;
+        download) cmd_download "$@" ;;
+        version | --version) SUB=version && cmd_version "$@" ;;
+        help | --help | -h) usage ;;
+        *)
+            local name=$SUB
+            SUB=""
+            [[ $name == -* ]] && name="(a flag)"
+            die 2 "unknown subcommand: $name"
+            ;;
+    esac
+}
+
+main "$@"

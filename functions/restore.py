@@ -1,0 +1,290 @@
+"""The logic of each step of the restore state machine. Handlers parse events and call these.
+
+validate (touches nothing) → restore the database → create the home volumes → wait until all are available →
+attach (and mount) the home if asked → hand over (tag `restored`) and announce what was created and what to do
+next. Any failure: remove what this execution created (unless keep_on_failure), notify once, fail.
+
+Everything a restore creates is tagged with the execution's ARN and the status `restoring` at creation time, so the
+failure path finds exactly its own resources, even those of a step that failed half-way.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from functions import notify
+from functions.errors import RestoreRefused, RestoreTimeout
+from functions.models.config import EbsHomeConfig, InstanceConfig
+from functions.models.events import parse
+from functions.models.restore import RestoreInput, RestorePlan
+from functions.observability import bind, logger, metrics, redact
+from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
+from functions.workflow import _cause_text, load_config
+
+PARTS = ("database", "home")
+SKIPPED = {"skipped": True}
+
+
+def _say(plan: RestorePlan, message: str) -> None:
+    logger.info(message, extra={"seed": f"[{plan.config.base_url}]  INFO: {message}"})
+
+
+# --- validate: everything is checked before anything is created ---------------------------------------------------
+
+
+def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> RestorePlan:
+    request = parse(RestoreInput, raw_input, "validate")
+    bind(instance=request.instance, backup_id=request.backup_id)
+    config = load_config(request.instance)
+    backup_id = request.backup_id
+    if not re.fullmatch(r"[a-z][a-z0-9-]*-\d{8}-\d{6}", backup_id):
+        raise RestoreRefused(f"validate: '{backup_id}' is not a backup id (<instance>-YYYYMMDD-HHMMSS)")
+    if not re.fullmatch(re.escape(config.name) + r"-\d{8}-\d{6}", backup_id):
+        raise RestoreRefused(
+            f"validate: backup {backup_id} is not a backup of instance '{config.name}' (its ids start with "
+            f"'{config.name}-'); restore another instance's backup with that instance's name"
+        )
+    for part in PARTS:
+        if request.target.of(part) is not None and part not in config.parts:
+            raise RestoreRefused(f"validate: target.{part} is given but instance '{config.name}' backs up no {part}")
+
+    strategies = {s.part: s for s in strategies_for(config)}
+    found = [(s, a) for s in strategies.values() for a in s.artifacts(backup_id)]
+    if not found:
+        raise RestoreRefused(
+            f"validate: no backup {backup_id} of instance '{config.name}' exists; {_available(config)}"
+        )
+    missing = [p for p in config.parts if p not in {a.part for _, a in found}]
+    if missing:
+        raise RestoreRefused(
+            f"validate: backup {backup_id} has no {' and no '.join(missing)} copy; it cannot be restored"
+        )
+    unfinished = [f"{a.id} is {a.status or 'untagged'}/{a.state}" for _, a in found if not _usable(a)]
+    if unfinished:
+        raise RestoreRefused(
+            f"validate: backup {backup_id} is not complete ({'; '.join(unfinished)}); only complete ones are restored"
+        )
+
+    parts: dict[str, dict[str, Any]] = {}
+    for part in PARTS:
+        if request.target.of(part) is None:
+            continue
+        parts[part] = strategies[part].restore_check([a for _, a in found if a.part == part], request.target)
+    home = request.target.home
+    plan = RestorePlan(
+        instance=config.name,
+        backup_id=backup_id,
+        execution=execution,
+        started_at=time.time(),
+        config=config,
+        target=request.target,
+        keep_on_failure=request.keep_on_failure,
+        parts=parts,
+        restore_database="database" in parts,
+        restore_home="home" in parts,
+        attach=bool(home and home.attach_to_instance_id),
+        mount=bool(home and home.mount),
+    )
+    _say(plan, f"restore of {backup_id} validated: {', '.join(parts)} into new resources; nothing exists yet")
+    return plan
+
+
+def _usable(artifact: Artifact) -> bool:
+    return artifact.status == COMPLETE and artifact.state == "completed"
+
+
+def _available(config: InstanceConfig) -> str:
+    """Like the DIY restore script run without an argument: name the backups that do exist."""
+    by_backup: dict[str, list[Artifact]] = {}
+    for strategy in strategies_for(config):
+        for artifact in strategy.artifacts():
+            by_backup.setdefault(artifact.backup_id, []).append(artifact)
+    complete = sorted((b for b, items in by_backup.items() if all(_usable(a) for a in items)), reverse=True)
+    if not complete:
+        return "there is no complete backup of it"
+    more = f" (and {len(complete) - 5} older)" if len(complete) > 5 else ""
+    return f"available: {', '.join(complete[:5])}{more}"
+
+
+# --- creating and waiting --------------------------------------------------------------------------------------------
+
+
+def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    created = strategy_for(plan.config, part).restore_start(plan.parts[part], plan.execution)
+    _say(plan, f"{part} restore started: {created}")
+    return created
+
+
+def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    pending: list[str] = []
+    results: dict[str, Any] = {}
+    for part in plan.parts:
+        progress = strategy_for(plan.config, part).restore_status(plan.parts[part], created[part])
+        pending += progress.pending
+        results[part] = progress.result
+    if not pending:
+        return {"ready": True, "pending": [], "parts": results}
+    waited = time.time() - plan.started_at
+    limit = plan.config.timing.restore_timeout_seconds
+    if waited > limit:
+        raise RestoreTimeout(f"wait-restore: {', '.join(pending)} not available after {waited:.0f} s (limit {limit} s)")
+    return {"ready": False, "pending": pending}
+
+
+def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    result = strategy_for(plan.config, "home").restore_attach(plan.parts["home"], created, plan.execution)
+    _say(plan, f"home volumes attached to {result['instance_id']}")
+    return result
+
+
+def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    result = strategy_for(plan.config, "home").restore_mount(plan.parts["home"], attached)
+    _say(plan, f"home mounted at {', '.join(result['mounted'])} on {result['instance_id']}")
+    return result
+
+
+# --- the end: hand over, or clean up ------------------------------------------------------------------------------
+
+
+def finish(state: dict[str, Any]) -> dict[str, Any]:
+    plan = RestorePlan.model_validate(state["plan"])
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    created = {part: state[part] for part in plan.parts}
+    for part in plan.parts:
+        # From here on the restored resources are the operator's: the tool's IAM cannot delete `restored` ones.
+        strategy_for(plan.config, part).restore_complete(plan.parts[part], created[part])
+    results = dict(state.get("status", {}).get("parts", {}))
+    attached = state.get("attach") if plan.attach else None
+    mounted = state.get("mount") if plan.mount else None
+    if "home" in results:
+        results["home"] = results["home"] | {
+            "attached_to": (attached or {}).get("instance_id"),
+            "mounted": (mounted or {}).get("mounted", []),
+        }
+    duration = time.time() - plan.started_at
+    summary: dict[str, Any] = {
+        "instance": plan.instance,
+        "backup_id": plan.backup_id,
+        "status": "restored",
+        "execution": plan.execution,
+        **results,
+        "next_steps": next_steps(plan, results),
+        "duration_s": round(duration, 3),
+    }
+    metrics.add_metric(name="RestoreSucceeded", unit="Count", value=1)
+    _say(plan, f"backup {plan.backup_id} restored: {created_text(results)}")
+    for number, line in enumerate(summary["next_steps"], 1):
+        _say(plan, f"next step {number}: {line}")
+    notify.publish(
+        f"Bitbucket restore of {plan.backup_id} succeeded",
+        plan.instance,
+        "restored",
+        {
+            "instance": plan.instance,
+            "backup_id": plan.backup_id,
+            "created": created_text(results),
+            "next steps": "".join(f"\n  {n}. {line}" for n, line in enumerate(summary["next_steps"], 1)),
+            "execution": plan.execution,
+        },
+    )
+    return summary
+
+
+def created_text(results: dict[str, Any]) -> str:
+    lines = []
+    database = results.get("database")
+    if database:
+        name = database.get("cluster_id") or database.get("instance_id")
+        kind = "Aurora cluster" if database.get("cluster_id") else "RDS instance"
+        lines.append(f"{kind} {name} ({database.get('instance_class')}), endpoint {database.get('endpoint')}")
+    home = results.get("home")
+    if home:
+        volumes = ", ".join(f"{v['volume_id']} ({v['device'] or 'no device'})" for v in home.get("volumes", []))
+        where = f"attached to {home['attached_to']}" if home.get("attached_to") else f"in {home['availability_zone']}"
+        lines.append(
+            f"volumes {volumes} {where}" + (f", mounted at {', '.join(home['mounted'])}" if home.get("mounted") else "")
+        )
+    return "; ".join(lines)
+
+
+def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
+    """What the operator still does by hand, like the DIY restore script's closing message."""
+    steps = []
+    database, home = results.get("database"), results.get("home")
+    if database:
+        steps.append(
+            f"Point bitbucket.properties (jdbc.url, in the shared home) at the restored database, endpoint "
+            f"{database['endpoint']}; user and password are those of the original database."
+        )
+    if home:
+        ids = ", ".join(f"{v['volume_id']} at {v['device'] or '?'}" for v in home["volumes"])
+        mounts = ", ".join(plan.config.home.mount_points) if isinstance(plan.config.home, EbsHomeConfig) else ""
+        where = f"at {mounts}" if mounts else "as Bitbucket's home directory"
+        if home.get("mounted"):
+            steps.append(
+                f"The restored home is mounted at {', '.join(home['mounted'])} on {home['attached_to']}: check "
+                "ownership and free space."
+            )
+        elif home.get("attached_to"):
+            steps.append(f"Start {home['attached_to']} and mount the restored home ({ids}) {where}.")
+        else:
+            steps.append(
+                f"Attach {ids} to the (stopped) Bitbucket host in {home['availability_zone']} and mount the restored "
+                f"home {where}."
+            )
+    steps.append("Start Bitbucket and check that it comes up with the restored data.")
+    steps.append(
+        "If the restored copy replaces the original, point this instance's configuration (cdk.json) at the new "
+        "resources and redeploy, so that the next backups copy it."
+    )
+    return steps
+
+
+def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
+    """The one failure path: remove what this execution created (unless keep_on_failure), notify once."""
+    raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
+    plan = RestorePlan.model_validate(state["plan"]) if isinstance(state.get("plan"), dict) else None
+    instance = plan.instance if plan else str((raw_input or {}).get("instance", "")) or None
+    backup_id = plan.backup_id if plan else (raw_input or {}).get("backup_id")
+    bind(instance=instance, backup_id=backup_id if isinstance(backup_id, str) else None)
+    step = str(failure.get("step", "unknown"))
+    error = str(failure.get("Error", "Error"))
+    cause = _cause_text(failure.get("Cause"))
+    actions: list[str] = []
+    if plan is None:
+        actions.append("nothing was created: the restore stopped before it began")
+    else:
+        for part in plan.parts:
+            try:
+                actions += strategy_for(plan.config, part).restore_cleanup(
+                    plan.parts[part], plan.execution, plan.keep_on_failure, state
+                )
+            except Exception as cleanup_error:  # one part's cleanup must not keep the other's or the notice back
+                text = redact(str(cleanup_error))
+                actions.append(f"{part}: cleanup failed ({type(cleanup_error).__name__}: {text}); check by hand")
+        if not actions:
+            actions.append("nothing had been created yet")
+    message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
+    metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
+    notify.publish(
+        f"Bitbucket restore FAILED: {instance or 'unknown instance'} at step {step}",
+        instance,
+        "restore-failed",
+        {
+            "instance": instance,
+            "backup_id": backup_id,
+            "step": step,
+            "error": error,
+            "message": message,
+            "cleanup": "".join(f"\n  - {a}" for a in actions),
+            "kept_for_inspection": bool(plan and plan.keep_on_failure),
+            "execution": plan.execution if plan else None,
+        },
+    )
+    return {"error": error, "cause": message, "cleanup": actions}

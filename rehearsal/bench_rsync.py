@@ -1,0 +1,224 @@
+"""Benchmark of the rsync home strategy (not a test): is the locked second pass small next to the first?
+
+Generates a Bitbucket-like home of git repositories (bare repositories under shared/data/repositories, written with
+`git fast-import`, so the data is real packfiles and refs), runs the host script's first `rsync-home` pass into an
+empty staging directory, a pass with nothing changed (the cost of comparing every file: the floor of the lock
+window), then changes about 1 % of the data (new commits pushed into some repositories), and times the
+second pass, the one that runs under Bitbucket's maintenance lock. The same again for a home twice as large with
+the same absolute churn: the lock window should follow the changed data, not the size of the home.
+
+    python -m rehearsal.bench_rsync [--size-mb 1024] [--churn-percent 1] [--out .build/bench-rsync.json]
+
+Both passes read a warm page cache (the data was just written), which flatters the first pass; on a real host the
+first pass reads cold disks or NFS and the ratio is smaller still.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "functions" / "host" / "bitbucket-backup-host.sh"
+DEFAULT_OUT = ROOT / ".build" / "bench-rsync.json"
+GOAL_RATIO = 0.15
+MB = 1024 * 1024
+REPO_MB = 5  # average repository size
+GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+
+
+@dataclass
+class PassResult:
+    wall_s: float
+    rsync_s: float
+    files_transferred: int
+    bytes_transferred: int
+
+
+@dataclass
+class Run:
+    home_mb: float
+    repositories: int
+    files: int
+    churn_mb: float
+    churned_repositories: int
+    first_pass: PassResult
+    noop_pass: PassResult
+    second_pass: PassResult
+    ratio: float
+    meets_goal: bool
+
+
+def _git(*args: str | Path, stdin: bytes | None = None) -> None:
+    subprocess.run(
+        # Random blobs do not compress: storing them uncompressed and without delta search makes generation fast.
+        ["git", "-c", "core.compression=0", "-c", "pack.compression=0", "-c", "core.fsync=none", *map(str, args)],
+        input=stdin,
+        env={**os.environ, **GIT_ENV},
+        check=True,
+        capture_output=True,
+    )
+
+
+def _fast_import_stream(rng: random.Random, total_bytes: int, commits: int, first_mark: int, append: bool) -> bytes:
+    """A fast-import stream of `commits` commits on main, together about `total_bytes` of new blobs."""
+    parts: list[bytes] = []
+    mark = first_mark
+    per_commit = max(1, total_bytes // commits)
+    when = 1_700_000_000 + first_mark * 60
+    for c in range(commits):
+        files = []
+        remaining = per_commit
+        while remaining > 0:
+            size = min(remaining, rng.randint(per_commit // 4 + 1, per_commit // 2 + 2))
+            remaining -= size
+            parts.append(b"blob\nmark :%d\ndata %d\n" % (mark, size) + os.urandom(size) + b"\n")
+            files.append((mark, f"dir{rng.randint(0, 9)}/file-{mark}.bin"))
+            mark += 1
+        message = f"commit {mark}\n".encode()
+        header = b"commit refs/heads/main\nmark :%d\ncommitter Bench <bench@example.com> %d +0000\ndata %d\n" % (
+            mark,
+            when + c,
+            len(message),
+        )
+        parts.append(header + message)
+        if append and c == 0:
+            parts.append(b"from refs/heads/main^0\n")
+        parts.extend(b"M 100644 :%d %s\n" % (m, path.encode()) for m, path in files)
+        parts.append(b"\n")
+        mark += 1
+    return b"".join(parts)
+
+
+def generate_home(home: Path, size_mb: float, seed: int = 1) -> list[Path]:
+    """A home of about size_mb MB: bare repositories of 1-9 MB, each a few dozen commits, plus a few config files."""
+    rng = random.Random(seed)
+    repos_root = home / "shared" / "data" / "repositories"
+    repos_root.mkdir(parents=True)
+    (home / "shared" / "bitbucket.properties").write_text("setup.displayName=bench\n")
+    for rel in ("caches/idx/x", "log/atlassian-bitbucket.log", "tmp/t"):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_bytes(os.urandom(4096))
+    target = int(size_mb * MB)
+    written = 0
+    repos = []
+    repo_id = 1
+    while written < target:
+        size = min(target - written, rng.randint(1 * MB, (2 * REPO_MB - 1) * MB))
+        repo = repos_root / str(repo_id)
+        _git("init", "-q", "--bare", repo)
+        stream = _fast_import_stream(rng, size, rng.randint(10, 30), 1, False)
+        _git("-C", repo, "fast-import", "--quiet", "--depth=0", stdin=stream)
+        _git("-C", repo, "tag", "v1", "main")
+        _git("-C", repo, "branch", "develop", "main")
+        repos.append(repo)
+        written += size
+        repo_id += 1
+    return repos
+
+
+def churn(repos: list[Path], churn_mb: float, seed: int = 2) -> int:
+    """Push about churn_mb MB of new commits into some repositories (about 1 MB each); returns how many."""
+    rng = random.Random(seed)
+    count = max(1, round(churn_mb))
+    chosen = rng.sample(repos, min(count, len(repos)))
+    per_repo = int(churn_mb * MB / len(chosen))
+    for repo in chosen:
+        stream = _fast_import_stream(rng, per_repo, 3, 1_000_000, True)
+        _git("-C", repo, "fast-import", "--quiet", "--depth=0", stdin=stream)
+    return len(chosen)
+
+
+def rsync_pass(home: Path, staging: Path) -> PassResult:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"rsync-home failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return PassResult(
+        round(wall, 3), float(summary["seconds"]), summary["files_transferred"], summary["bytes_transferred"]
+    )
+
+
+def one_run(workdir: Path, size_mb: float, churn_mb: float) -> Run:
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-") as tmp:
+        home, staging = Path(tmp) / "home", Path(tmp) / "staging"
+        repos = generate_home(home, size_mb)
+        files = sum(len(names) for _dir, _subdirs, names in os.walk(home))
+        first = rsync_pass(home, staging)
+        noop = rsync_pass(home, staging)  # nothing changed: the cost of comparing every file, the lock's floor
+        churned = churn(repos, churn_mb)
+        second = rsync_pass(home, staging)
+    ratio = second.wall_s / first.wall_s if first.wall_s else 0.0
+    return Run(
+        home_mb=size_mb,
+        repositories=len(repos),
+        files=files,
+        churn_mb=churn_mb,
+        churned_repositories=churned,
+        first_pass=first,
+        noop_pass=noop,
+        second_pass=second,
+        ratio=round(ratio, 4),
+        meets_goal=ratio <= GOAL_RATIO,
+    )
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        f"{'home':>9} {'repos':>6} {'files':>7} {'churn':>8} {'first pass':>11} {'no-op pass':>11} "
+        f"{'second pass':>12} {'moved':>9} {'ratio':>7}  goal <= {GOAL_RATIO:.0%}"
+    ]
+    for r in runs:
+        moved = r.second_pass.bytes_transferred / MB
+        verdict = "ok" if r.meets_goal else "MISSED"
+        lines.append(
+            f"{r.home_mb:>6.0f} MB {r.repositories:>6} {r.files:>7} {r.churn_mb:>5.1f} MB {r.first_pass.wall_s:>9.2f} s"
+            f" {r.noop_pass.wall_s:>9.2f} s {r.second_pass.wall_s:>10.2f} s {moved:>6.1f} MB {r.ratio:>7.1%}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size-mb", type=float, default=1024, help="size of the smaller home (default 1024)")
+    parser.add_argument("--churn-percent", type=float, default=1.0, help="data changed between passes (default 1)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT})")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where homes are generated")
+    args = parser.parse_args(argv)
+
+    churn_mb = args.size_mb * args.churn_percent / 100
+    runs = [one_run(args.workdir, size, churn_mb) for size in (args.size_mb, 2 * args.size_mb)]
+    growth = runs[1].second_pass.wall_s / runs[0].second_pass.wall_s if runs[0].second_pass.wall_s else 0.0
+    report = {
+        "goal_ratio": GOAL_RATIO,
+        "churn_mb": churn_mb,
+        "runs": [asdict(r) for r in runs],
+        "second_pass_growth_for_double_home": round(growth, 3),
+        "meets_goal": all(r.meets_goal for r in runs),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(runs))
+    print(f"second pass for a home twice as large (same churn): x{growth:.2f}")
+    print(f"report: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

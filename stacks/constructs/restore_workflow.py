@@ -1,0 +1,209 @@
+"""The restore state machine and its Lambdas.
+
+validate (creates nothing) → restore the database → create the home volumes → check / wait until available
+(bounded) → attach the home to a stopped instance and mount it (if asked) → hand over and notify.
+Every task catches into one failure path that removes what this execution created (unless keep_on_failure),
+notifies once and fails with the step's error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from stacks.constructs.backup_workflow import LAMBDA_ERRORS, WorkflowTiming
+from stacks.constructs.functions import FunctionFactory
+
+# A target instance that was just started needs a minute or two before its SSM agent takes commands.
+MOUNT_RETRY_INTERVAL_FACTOR = 5
+MOUNT_RETRY_ATTEMPTS = 8
+
+
+class RestoreWorkflow(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        factory: FunctionFactory,
+        timeout: Duration,
+        timing: WorkflowTiming | None = None,
+        state_machine_name: str | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        self._timing = timing or WorkflowTiming()
+        make = factory.make
+        h = "functions.handlers"
+        self.functions: dict[str, lambda_.Function] = {
+            "validate": make(
+                "RestoreValidate", f"{h}.restore_validate.handler", timeout_s=120, description="restore: validate"
+            ),
+            "database": make(
+                "RestoreDatabase", f"{h}.restore_part.handler", timeout_s=120, description="restore: database"
+            ),
+            "home": make(
+                "RestoreHome", f"{h}.restore_part.handler", timeout_s=300, description="restore: home volumes"
+            ),
+            "check": make("RestoreCheck", f"{h}.restore_status.handler", timeout_s=90, description="restore: check"),
+            "attach": make(
+                "RestoreAttach", f"{h}.restore_attach.handler", timeout_s=300, description="restore: attach"
+            ),
+            "mount": make("RestoreMount", f"{h}.restore_mount.handler", timeout_s=240, description="restore: mount"),
+            "finish": make(
+                "RestoreFinish", f"{h}.restore_finish.handler", timeout_s=120, description="restore: finish"
+            ),
+            "failure": make(
+                "RestoreFailure", f"{h}.restore_failure.handler", timeout_s=900, description="restore: failure path"
+            ),
+        }
+        log_group = logs.LogGroup(
+            self, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_name=state_machine_name,
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_chainable(self._definition()),
+            timeout=timeout,
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
+            comment="Bitbucket DIY restore: validate, restore database and home into new resources, attach, report",
+        )
+
+    def _task(
+        self, id: str, fn: str, payload: dict[str, Any], result_path: str, *, retry_on: list[str] | None = None
+    ) -> tasks.LambdaInvoke:
+        task = tasks.LambdaInvoke(
+            self,
+            id,
+            lambda_function=self.functions[fn],
+            payload=sfn.TaskInput.from_object(payload),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+        )
+        task.add_retry(
+            errors=LAMBDA_ERRORS,
+            interval=Duration.seconds(self._timing.retry_interval_s),
+            max_attempts=3,
+            backoff_rate=2,
+        )
+        if retry_on:
+            task.add_retry(
+                errors=retry_on,
+                interval=Duration.seconds(self._timing.retry_interval_s),
+                max_attempts=2,
+                backoff_rate=2,
+            )
+        return task
+
+    def _catch(self, task: tasks.LambdaInvoke, step: str, failure: sfn.IChainable) -> None:
+        note = sfn.Pass(
+            self,
+            f"Failed: {step}",
+            parameters={
+                "state.$": "$",
+                "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+            },
+        )
+        note.next(failure)
+        task.add_catch(note, errors=["States.ALL"], result_path="$.failure")
+
+    def _definition(self) -> sfn.IChainable:
+        plan = {"plan.$": "$.plan"}
+        created = {"plan.$": "$.plan", "created": {"database.$": "$.database", "home.$": "$.home"}}
+
+        handle = self._task(
+            "Handle restore failure", "failure", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
+        )
+        handle.add_catch(
+            sfn.Fail(
+                self,
+                "Cleanup failed",
+                error="CleanupFailed",
+                cause="the restore's failure path itself failed: look for resources tagged "
+                "bitbucket-backup:restore-execution with this execution's ARN and remove them by hand",
+            ),
+            errors=["States.ALL"],
+            result_path="$.cleanup_error",
+        )
+        handle.next(sfn.Fail(self, "Restore failed", error_path="$.outcome.error", cause_path="$.outcome.cause"))
+
+        start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
+        validate = self._task(
+            "Validate restore",
+            "validate",
+            {"input.$": "$.input", "execution.$": "$$.Execution.Id", "start_time.$": "$$.Execution.StartTime"},
+            "$.plan",
+        )
+        self._catch(validate, "validate", handle)
+
+        restore_db = self._task(
+            "Restore database", "database", {**plan, "part": "database"}, "$.database", retry_on=["AwsRateLimited"]
+        )
+        self._catch(restore_db, "restore-database", handle)
+        restore_home = self._task(
+            "Create home volumes", "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
+        )
+        self._catch(restore_home, "restore-home", handle)
+        check = self._task("Check restore", "check", created, "$.status")
+        self._catch(check, "wait-restore", handle)
+        wait = sfn.Wait(
+            self,
+            "Wait for restore",
+            time=sfn.WaitTime.seconds_path("$.plan.config.timing.restore_poll_interval_seconds"),
+        )
+        attach = self._task("Attach home volumes", "attach", created, "$.attach")
+        self._catch(attach, "attach-home", handle)
+        mount = self._task("Mount home", "mount", {**plan, "attach.$": "$.attach"}, "$.mount")
+        mount.add_retry(
+            errors=["TargetNotReady"],
+            interval=Duration.seconds(self._timing.retry_interval_s * MOUNT_RETRY_INTERVAL_FACTOR),
+            max_attempts=MOUNT_RETRY_ATTEMPTS,
+            backoff_rate=1.5,
+        )
+        self._catch(mount, "mount-home", handle)
+        finish = self._task("Hand over and notify", "finish", {"state.$": "$"}, "$.summary")
+        self._catch(finish, "finish", handle)
+        finish.next(sfn.Succeed(self, "Restore complete", output_path="$.summary"))
+
+        def skip(part: str) -> sfn.Pass:
+            return sfn.Pass(
+                self, f"No {part} to restore", result=sfn.Result.from_object({"skipped": True}), result_path=f"$.{part}"
+            )
+
+        home_choice = (
+            sfn.Choice(self, "Restore home?")
+            .when(sfn.Condition.boolean_equals("$.plan.restore_home", True), restore_home.next(check))
+            .otherwise(skip("home").next(check))
+        )
+        restore_db.next(home_choice)
+        skip_db = skip("database").next(home_choice)
+        mount_choice = (
+            sfn.Choice(self, "Mount home?")
+            .when(sfn.Condition.boolean_equals("$.plan.mount", True), mount.next(finish))
+            .otherwise(finish)
+        )
+        attach.next(mount_choice)
+        check.next(
+            sfn.Choice(self, "Restored?")
+            .when(
+                sfn.Condition.boolean_equals("$.status.ready", True),
+                sfn.Choice(self, "Attach home?")
+                .when(sfn.Condition.boolean_equals("$.plan.attach", True), attach)
+                .otherwise(finish),
+            )
+            .otherwise(wait.next(check))
+        )
+        return start.next(validate).next(
+            sfn.Choice(self, "Restore database?")
+            .when(sfn.Condition.boolean_equals("$.plan.restore_database", True), restore_db)
+            .otherwise(skip_db)
+        )

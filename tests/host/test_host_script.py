@@ -1,0 +1,649 @@
+"""The SSM host script, run for real: rsync passes over real git repositories, archive/verify/extract, pg_dump and
+pg_restore against a real PostgreSQL, and the failures (missing source, full disk, wrong password, corruption)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.host.conftest import (
+    APP_PASSWORD,
+    EXCLUDED,
+    EXIT_AUTH,
+    EXIT_CHECKSUM,
+    EXIT_COPY,
+    EXIT_MISSING,
+    EXIT_NO_SPACE,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    INCLUDED,
+    PG_BIN,
+    REPOS,
+    SCRIPT,
+    TABLES,
+    BitbucketHome,
+    Postgres,
+    build_home,
+    git,
+    run,
+    table_fingerprint,
+    wait_for,
+)
+
+MARKER = ".bitbucket-backup-staging"
+
+
+def refs(repo: Path) -> str:
+    return git("for-each-ref", "--format=%(refname) %(objectname) %(objecttype)", cwd=repo)
+
+
+def backup_home(home: BitbucketHome, staging: Path, *extra: str) -> tuple[dict[str, object], dict[str, object]]:
+    """Prepare pass while "live", some repository churn, then the locked pass: the issue's sequence."""
+    first = run("rsync-home", "--home", home.root, "--staging", staging, *extra).summary
+    home.push_commits(1, "feature/x", 3)
+    home.push_commits(5, "main", 1)
+    home.delete_repo(2)
+    home.add_repo(6)
+    second = run("rsync-home", "--home", home.root, "--staging", staging, *extra).summary
+    return first, second
+
+
+def archive(staging: Path, out: Path, *extra: str | Path) -> dict[str, object]:
+    return run(
+        "archive", "--staging", staging, "--out", out, "--backup-id", "prod-20261123-082818", "--instance", "prod",
+        "--bitbucket-version", "8.19.1", *extra,
+    ).summary  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ home round trip
+
+
+def test_rsync_passes_archive_and_extract_restore_every_repository(home: BitbucketHome, tmp_path: Path) -> None:
+    staging, out, restored = tmp_path / "staging", tmp_path / "backup.tar.gz", tmp_path / "restored"
+    first, second = backup_home(home, staging, "--exclude-repo", "3", "--exclude", "/shared/config/")
+
+    assert first["files_transferred"] > 50 and first["bytes_transferred"] > 400_000
+    # The locked pass moves only what changed: a few new objects and refs, the new repository, and deletions.
+    assert second["bytes_transferred"] < first["bytes_transferred"] * 0.15, (first, second)
+    assert 0 < second["files_transferred"] < first["files_transferred"] / 2
+    assert second["files_deleted"] > 0
+    assert "/shared/data/repositories/3" in second["excludes"] and "/caches/" in second["excludes"]
+    assert (staging / MARKER).is_file()
+
+    summary = archive(staging, out)
+    assert out.is_file() and summary["compressor"] == "gzip" and summary["bytes"] == out.stat().st_size
+    assert summary["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
+
+    extracted = run("extract", "--archive", out, "--target", restored).summary
+    assert extracted["backup_id"] == "prod-20261123-082818" and extracted["files"] == summary["files"]
+    assert sorted(p.name for p in restored.iterdir()) == ["home", "manifest.json"]
+    restored_home = restored / "home"
+
+    # Every repository is intact, with exactly the refs of the source; the deleted one is gone, the new one is there,
+    # the excluded one is absent.
+    repos = restored_home / REPOS
+    assert sorted(home.repo_ids) == [1, 3, 4, 5, 6]
+    assert sorted(int(p.name) for p in repos.iterdir()) == [1, 4, 5, 6]
+    for repo_id in [1, 4, 5, 6]:
+        git("fsck", "--full", "--strict", cwd=repos / str(repo_id))
+        assert refs(repos / str(repo_id)) == refs(home.repo(repo_id))
+    assert "refs/heads/feature/x" in refs(repos / "1") and "refs/tags/v1.0" in refs(repos / "1")
+    assert git("rev-list", "--count", "feature/x", cwd=repos / "1").strip() == "5"
+
+    for rel in EXCLUDED:
+        assert not (restored_home / rel).exists(), rel
+    assert not (restored_home / "shared/config").exists()  # an extra --exclude
+    assert not (restored_home / MARKER).exists()
+    for rel in INCLUDED[:2]:
+        assert (restored_home / rel).read_bytes() == (home.root / rel).read_bytes()
+
+    manifest = json.loads((restored / "manifest.json").read_text())
+    assert manifest["backup_id"] == "prod-20261123-082818" and manifest["instance"] == "prod"
+    assert manifest["bitbucket_version"] == "8.19.1" and manifest["compressor"] == "gzip"
+    assert manifest["file_count"] == len(manifest["files"]) == summary["files"]
+    for entry in manifest["files"]:
+        data = (restored / entry["path"]).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_verify_accepts_a_good_archive_and_zstd_round_trips(home: BitbucketHome, tmp_path: Path) -> None:
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd not installed")
+    staging = tmp_path / "staging"
+    run("rsync-home", "--home", home.root, "--staging", staging).ok()
+    out = tmp_path / "backup.tar.zst"
+    assert archive(staging, out)["compressor"] == "zstd"
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    verified = run("verify", "--archive", out, "--scratch", tmp_path).summary
+    assert verified["ok"] is True and verified["compressor"] == "zstd" and verified["instance"] == "prod"
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_extract_chowns_to_the_owner(home: BitbucketHome, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    staging, out, target = tmp_path / "staging", tmp_path / "b.tar.gz", tmp_path / "t"
+    run("rsync-home", "--home", home.root, "--staging", staging).ok()
+    archive(staging, out)
+    run("extract", "--archive", out, "--target", target, "--owner", "nobody").ok()
+    nobody = int(subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True, check=True).stdout)
+    assert {p.stat().st_uid for p in target.rglob("*")} == {nobody}
+    assert target.stat().st_uid == nobody
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+def test_rsync_with_a_missing_source_fails_clearly(tmp_path: Path) -> None:
+    result = run("rsync-home", "--home", tmp_path / "no-such-home", "--staging", tmp_path / "staging")
+    result.assert_error(EXIT_MISSING, "rsync-home")
+    assert "no-such-home" in result.stderr
+    assert not (tmp_path / "staging").exists()
+
+
+def test_rsync_refuses_a_non_empty_directory_it_did_not_create(home: BitbucketHome, tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("do not delete")
+    run("rsync-home", "--home", home.root, "--staging", precious).assert_error(EXIT_REFUSED, "rsync-home")
+    assert [p.name for p in precious.iterdir()] == ["keep.txt"]
+    # staging inside the home would copy itself
+    run("rsync-home", "--home", home.root, "--staging", home.root / "x").assert_error(EXIT_USAGE, "rsync-home")
+
+
+def test_rsync_into_a_full_disk(home: BitbucketHome, tiny_fs: Path) -> None:
+    (home.root / "shared/big.bin").write_bytes(os.urandom(2_000_000))
+    result = run("rsync-home", "--home", home.root, "--staging", tiny_fs / "staging")
+    result.assert_error(EXIT_NO_SPACE, "rsync-home")
+    assert "No space left" in result.stderr
+
+
+def test_archive_into_a_full_disk_leaves_nothing_behind(home: BitbucketHome, tmp_path: Path, tiny_fs: Path) -> None:
+    (home.root / "shared/big.bin").write_bytes(os.urandom(2_000_000))
+    staging = tmp_path / "staging"
+    run("rsync-home", "--home", home.root, "--staging", staging).ok()
+    out = tiny_fs / "backup.tar.gz"
+    result = run(
+        "archive", "--staging", staging, "--out", out, "--backup-id", "b", "--instance", "prod",
+    )  # fmt: skip
+    result.assert_error(EXIT_NO_SPACE, "archive")
+    assert not out.exists()
+    assert list(tiny_fs.iterdir()) == []  # neither the final name nor a hidden partial file
+
+
+def test_extract_into_a_full_disk_leaves_the_target_empty(home: BitbucketHome, tmp_path: Path, tiny_fs: Path) -> None:
+    (home.root / "shared/big.bin").write_bytes(os.urandom(2_000_000))
+    staging, out = tmp_path / "staging", tmp_path / "b.tar.gz"
+    run("rsync-home", "--home", home.root, "--staging", staging).ok()
+    archive(staging, out)
+    run("extract", "--archive", out, "--target", tiny_fs).assert_error(EXIT_NO_SPACE, "extract")
+    assert list(tiny_fs.iterdir()) == []
+
+
+@pytest.fixture
+def good_archive(tmp_path: Path) -> Path:
+    home = build_home(tmp_path, range(1, 3))
+    staging, out = tmp_path / "staging", tmp_path / "good.tar.gz"
+    run("rsync-home", "--home", home.root, "--staging", staging).ok()
+    archive(staging, out)
+    return out
+
+
+def rewrite_archive(src: Path, dst: Path, change: dict[str, bytes]) -> None:
+    """Copy a .tar.gz member by member, replacing the content of the members named in `change`."""
+    with tarfile.open(src, "r:gz") as tin, tarfile.open(dst, "w:gz") as tout:
+        for member in tin.getmembers():
+            if member.name in change:
+                data = change[member.name]
+                member.size = len(data)
+                tout.addfile(member, io.BytesIO(data))
+            else:
+                tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+
+
+def test_extract_refuses_a_non_empty_target(good_archive: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "existing").write_text("x")
+    run("extract", "--archive", good_archive, "--target", target).assert_error(EXIT_REFUSED, "extract")
+    assert [p.name for p in target.iterdir()] == ["existing"]
+
+
+def test_verify_detects_a_flipped_byte_in_a_file(good_archive: Path, tmp_path: Path) -> None:
+    with tarfile.open(good_archive, "r:gz") as tar:
+        victim = next(m for m in tar.getmembers() if m.isfile() and "/objects/pack/" in m.name)
+        data = bytearray(tar.extractfile(victim).read())  # type: ignore[union-attr]
+    data[len(data) // 2] ^= 0x01
+    bad = tmp_path / "bad.tar.gz"
+    rewrite_archive(good_archive, bad, {victim.name: bytes(data)})
+    result = run("verify", "--archive", bad)
+    result.assert_error(EXIT_CHECKSUM, "verify")
+    assert victim.name in result.stderr and "1 changed" in result.stderr
+    # extract checks too, and leaves the (new) target empty
+    target = tmp_path / "target"
+    run("extract", "--archive", bad, "--target", target).assert_error(EXIT_CHECKSUM, "extract")
+    assert list(target.iterdir()) == []
+
+
+def test_verify_detects_an_edited_manifest(good_archive: Path, tmp_path: Path) -> None:
+    with tarfile.open(good_archive, "r:gz") as tar:
+        manifest = tar.extractfile("manifest.json").read().decode()  # type: ignore[union-attr]
+    entries = json.loads(manifest)["files"]
+    # Drop one entry (the file becomes "not in the manifest"), keeping the declared count consistent.
+    dropped = json.dumps(entries[0]).replace('{"sha256"', '    {"sha256"') + ",\n"
+    edited = manifest.replace(dropped, "").replace(
+        f'"file_count": {len(entries)},', f'"file_count": {len(entries) - 1},'
+    )
+    assert edited != manifest
+    bad = tmp_path / "edited.tar.gz"
+    rewrite_archive(good_archive, bad, {"manifest.json": edited.encode()})
+    result = run("verify", "--archive", bad)
+    result.assert_error(EXIT_CHECKSUM, "verify")
+    assert "1 not in the manifest" in result.stderr
+
+
+def test_verify_detects_a_corrupt_compressed_stream(good_archive: Path, tmp_path: Path) -> None:
+    data = bytearray(good_archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "corrupt.tar.gz"
+    bad.write_bytes(bytes(data))
+    run("verify", "--archive", bad).assert_error(EXIT_CHECKSUM, "verify")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good_archive.read_bytes()[: len(data) // 2])
+    run("verify", "--archive", truncated).assert_error(EXIT_CHECKSUM, "verify")
+    run("verify", "--archive", tmp_path / "missing.tar.gz").assert_error(EXIT_MISSING, "verify")
+
+
+def test_archive_refuses_to_overwrite(good_archive: Path, tmp_path: Path) -> None:
+    before = good_archive.read_bytes()
+    result = run(
+        "archive", "--staging", tmp_path / "staging", "--out", good_archive, "--backup-id", "b", "--instance", "p",
+    )  # fmt: skip
+    result.assert_error(EXIT_REFUSED, "archive")
+    assert good_archive.read_bytes() == before
+
+
+def test_usage_errors_never_echo_values(tmp_path: Path) -> None:
+    run().assert_error(EXIT_USAGE, "bitbucket-backup-host")
+    run("frobnicate").assert_error(EXIT_USAGE, "bitbucket-backup-host")
+    run("rsync-home", "--home", tmp_path).assert_error(EXIT_USAGE, "rsync-home")  # --staging missing
+    run("rsync-home", "--home", tmp_path, "--staging", tmp_path / "s", "--exclude-repo", "abc").assert_error(
+        EXIT_USAGE, "rsync-home"
+    )
+    result = run("pg-dump", "--bogus=hunter2")
+    result.assert_error(EXIT_USAGE, "pg-dump")
+    assert "hunter2" not in result.stderr
+    result = run("pg-dump", "--password", "hunter2", "--host", "h")
+    result.assert_error(EXIT_USAGE, "pg-dump")
+    assert "hunter2" not in result.stderr and "PGPASSWORD" in result.stderr
+    result = run(
+        "pg-dump", "--host", "h", "--user", "u", "--dbname", "host=h password=hunter2", "--out", tmp_path / "d"
+    )
+    result.assert_error(EXIT_USAGE, "pg-dump")
+    assert "hunter2" not in result.stderr
+    assert "rsync-home" in run("--help").stdout
+    version = run("version").summary
+    assert version["version"] and version["tools"]["bash"] is True
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def pg_env(password: str = APP_PASSWORD) -> dict[str, str]:
+    return {"PGPASSWORD": password}
+
+
+def dump(pg: Postgres, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(SCRIPT), "pg-dump", *pg.conn_args(), "--dbname", "bitbucket", "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env if env is not None else pg_env())},
+    )
+
+
+def test_pg_dump_and_restore_round_trip(postgres: Postgres, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    summary = run(
+        "pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", out, "--jobs", "2", env=pg_env()
+    ).summary
+    assert summary["jobs"] == 2 and summary["bytes"] > 10_000 and (out / "toc.dat").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["db"]  # renamed into place, no partial directory left
+
+    restored = run(
+        "pg-restore", "--dump", out, *postgres.conn_args(), "--dbname", "restored_rt", "--jobs", "2", env=pg_env()
+    ).summary
+    assert restored["database"] == "restored_rt" and restored["encoding"] == "UTF8"
+
+    source, copy = table_fingerprint(postgres, "bitbucket"), table_fingerprint(postgres, "restored_rt")
+    assert sorted(source) == sorted(TABLES)
+    assert source == copy
+    assert source["sta_pull_request"][0] == 6000 and source["sta_repository"][0] == 2500
+    # indexes, constraints, views and sequences came along
+    assert postgres.psql("SELECT count(*) FROM sta_open_pull_requests", dbname="restored_rt") == "2000"
+    assert postgres.psql("SELECT nextval('sta_project_id_seq')", dbname="restored_rt") == "61"
+    assert postgres.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_pr_repo'", dbname="restored_rt") == "1"
+
+
+def test_pg_restore_refuses_an_existing_database(postgres: Postgres, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", out, env=pg_env()).ok()
+    before = table_fingerprint(postgres, "bitbucket")
+    result = run("pg-restore", "--dump", out, *postgres.conn_args(), "--dbname", "bitbucket", env=pg_env())
+    result.assert_error(EXIT_REFUSED, "pg-restore")
+    assert "already exists" in result.stderr
+    assert table_fingerprint(postgres, "bitbucket") == before
+    # and a dump directory that already exists is refused too
+    again = run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", out, env=pg_env())
+    again.assert_error(EXIT_REFUSED, "pg-dump")
+
+
+def test_pg_restore_failure_drops_the_database_it_created(postgres: Postgres, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", out, env=pg_env()).ok()
+    data_files = sorted(p for p in out.iterdir() if p.name.endswith(".dat.gz"))
+    data_files[-1].write_bytes(b"not gzip at all")
+    result = run("pg-restore", "--dump", out, *postgres.conn_args(), "--dbname", "half_restored", env=pg_env())
+    result.assert_error(9, "pg-restore")
+    exists = postgres.superuser("SELECT count(*) FROM pg_database WHERE datname = 'half_restored'")
+    assert exists == "0"
+
+
+def test_pg_dump_with_a_wrong_password(postgres: Postgres, tmp_path: Path) -> None:
+    wrong = "Wr0ng-password-xyz"
+    result = run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", tmp_path / "db", env=pg_env(wrong))
+    result.assert_error(EXIT_AUTH, "pg-dump")
+    assert "authentication failed" in result.stderr
+    assert wrong not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []
+    # no password at all: libpq would prompt; the script never waits for a terminal
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    proc = subprocess.run(
+        [str(SCRIPT), "pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        env={**env, "PGPASSFILE": os.devnull},
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == EXIT_AUTH, proc.stderr
+
+
+def test_pg_dump_of_an_unreachable_server(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run(
+        "pg-dump", "--host", "127.0.0.1", "--port", str(port), "--user", "u", "--dbname", "d", "--out", tmp_path / "db",
+        env=pg_env(),
+    )  # fmt: skip
+    result.assert_error(EXIT_COPY, "pg-dump")
+    assert not (tmp_path / "db").exists()
+
+
+@contextmanager
+def table_locked(pg: Postgres, table: str) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on a table, so that a pg_dump blocks (and stays observable) until released."""
+    holder = subprocess.Popen(
+        [str(PG_BIN / "psql"), "-X", "-q", "-h", pg.host, "-p", str(pg.port), "-U", "bitbucket", "-d", "bitbucket"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **pg_env()},
+    )
+    assert holder.stdin is not None
+    holder.stdin.write(f"BEGIN;\nLOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n")
+    holder.stdin.flush()
+    wait_for(
+        lambda: (
+            pg.psql(
+                f"SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock'"
+                " AND granted"
+            )
+            == "1"
+        )
+    )
+    try:
+        yield
+    finally:
+        holder.stdin.write("COMMIT;\n")
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def processes() -> dict[int, tuple[list[bytes], bytes]]:
+    """Every process's argv and environment, as /proc shows them (what `ps` would print is the argv)."""
+    result = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        result[int(entry.name)] = (argv, environ)
+    return result
+
+
+def blocked_pg_dump(out: Path) -> int:
+    """The pid of the pg_dump that writes into out's partial directory, once it runs."""
+
+    def find() -> int | None:
+        for pid, (argv, _env) in processes().items():
+            if argv and argv[0].endswith(b"pg_dump") and any(f".{out.name}.partial.".encode() in a for a in argv):
+                return pid
+        return None
+
+    pid: int = wait_for(find)
+    return pid
+
+
+def fake_aws(tmp_path: Path, secret: dict[str, str] | None = None) -> Path:
+    """A stand-in `aws` CLI (first on PATH): logs its argv as JSON lines and answers the few calls the script makes.
+    get-object serves the file named by FAKE_S3_OBJECT with the metadata sha256 in FAKE_S3_SHA256."""
+    bindir = tmp_path / "fake-bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp_path / "aws-calls.jsonl"
+    secret_file = tmp_path / "secret.json"
+    secret_file.write_text(json.dumps(secret or {}))
+    script = bindir / "aws"
+    script.write_text(
+        f"""#!{sys.executable}
+import json, shutil, sys, os, time
+argv = sys.argv[1:]
+with open({str(log)!r}, "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+if "get-secret-value" in argv:
+    time.sleep(0.2)
+    print(open({str(secret_file)!r}).read())
+elif "put-object" in argv or "head-object" in argv:
+    print('"0123abcd"\\tver-1')
+elif "get-object" in argv:
+    if os.environ.get("FAKE_S3_FAIL"):
+        print("An error occurred (NoSuchKey) when calling the GetObject operation: nope", file=sys.stderr)
+        sys.exit(254)
+    shutil.copyfile(os.environ["FAKE_S3_OBJECT"], argv[-1])
+    print(f"{{os.path.getsize(argv[-1])}}\\t{{os.environ.get('FAKE_S3_SHA256', 'None')}}")
+"""
+    )
+    script.chmod(0o755)
+    return bindir
+
+
+def test_password_never_appears_on_a_command_line(postgres: Postgres, tmp_path: Path) -> None:
+    """With --password-secret the password is fetched by the AWS CLI into a variable and handed to pg_dump only
+    through its environment: while the dump runs, no process's argv contains it."""
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:bitbucket-db-AbCdEf"
+    bindir = fake_aws(tmp_path, {"username": "bitbucket", "password": APP_PASSWORD})
+    out = tmp_path / "db"
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    seen_argv: list[list[bytes]] = []
+    with table_locked(postgres, "sta_repository"):
+        proc = dump(postgres, out, "--password-secret", arn, env=env)
+        for _ in range(5):  # while the AWS CLI runs, and while pg_dump waits for the lock
+            seen_argv += [argv for argv, _env in processes().values()]
+        pid = blocked_pg_dump(out)
+        for _ in range(5):
+            seen_argv += [argv for argv, _env in processes().values()]
+        pg_dump_env = processes()[pid][1]
+        assert proc.poll() is None  # still blocked: everything above was observed during the dump
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["dump"] == str(out)
+
+    secret = APP_PASSWORD.encode()
+    assert any(argv[0].endswith(b"pg_dump") for argv in seen_argv)
+    assert not [argv for argv in seen_argv if any(secret in a for a in argv)]
+    assert b"PGPASSWORD=" + secret in pg_dump_env.split(b"\0")  # handed over through the environment
+    assert APP_PASSWORD not in stdout + stderr
+    calls = [json.loads(line) for line in (tmp_path / "aws-calls.jsonl").read_text().splitlines()]
+    assert calls == [
+        ["secretsmanager", "get-secret-value", "--secret-id", arn, "--query", "SecretString", "--output", "text",
+         "--region", "eu-west-1"]
+    ]  # fmt: skip
+
+
+def test_sigterm_stops_the_dump_and_removes_the_partial_directory(postgres: Postgres, tmp_path: Path) -> None:
+    out = tmp_path / "db"
+    with table_locked(postgres, "sta_pull_request"):
+        proc = dump(postgres, out)
+        pid = blocked_pg_dump(out)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stdout == "" and stderr.startswith("pg-dump: interrupted by SIGTERM")
+    assert list(tmp_path.iterdir()) == []
+    assert not Path(f"/proc/{pid}").exists() or b"pg_dump" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_home_and_database_archived_together_then_restored(
+    postgres: Postgres, home: BitbucketHome, tmp_path: Path
+) -> None:
+    """The whole host-side flow: prepare pass, locked pass and dump, archive, then a restore from the archive."""
+    staging, dump_dir, out = tmp_path / "staging", tmp_path / "dump", tmp_path / "prod-1.tar.gz"
+    backup_home(home, staging)
+    run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", dump_dir, env=pg_env()).ok()
+    summary = archive(staging, out, "--dump", dump_dir)
+    with tarfile.open(out, "r:gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[0] == "manifest.json" and "db/toc.dat" in names and f"home/{REPOS}/6/HEAD" in names
+    assert summary["files"] == sum(1 for m in members if m.isfile() and m.name != "manifest.json")
+
+    target = tmp_path / "restore"
+    run("extract", "--archive", out, "--target", target).ok()
+    run("pg-restore", "--dump", target / "db", *postgres.conn_args(), "--dbname", "restored_full", env=pg_env()).ok()
+    assert table_fingerprint(postgres, "restored_full") == table_fingerprint(postgres, "bitbucket")
+    for repo_id in home.repo_ids:
+        assert refs(target / "home" / REPOS / str(repo_id)) == refs(home.repo(repo_id))
+
+
+# ------------------------------------------------------------------------------------------------ S3 wrappers
+
+
+def test_upload_and_download_arguments(tmp_path: Path) -> None:
+    bindir = fake_aws(tmp_path)
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    archive_file = tmp_path / "a.tar.gz"
+    archive_file.write_bytes(gzip.compress(b"payload"))
+    digest = hashlib.sha256(archive_file.read_bytes()).hexdigest()
+    log = tmp_path / "aws-calls.jsonl"
+
+    tags = "bitbucket-diy-backup=true&instance=prod&backup-id=prod-1&status=in-progress"
+    up = run(
+        "upload", "--file", archive_file, "--bucket", "bkt", "--key", "prod/prod-1.tar.gz", "--tags", tags,
+        "--sha256", digest, "--region", "eu-west-1", env=env,
+    ).summary  # fmt: skip
+    assert up["method"] == "put-object" and up["etag"] == "0123abcd" and up["version_id"] == "ver-1"
+    call = json.loads(log.read_text().splitlines()[-1])
+    assert call[:4] == ["--region", "eu-west-1", "s3api", "put-object"]
+    assert call[call.index("--tagging") + 1] == tags and call[call.index("--body") + 1] == str(archive_file)
+    assert call[call.index("--metadata") + 1] == f"sha256={digest}"
+
+    big = run(
+        "upload", "--file", archive_file, "--bucket", "bkt", "--key", "k", "--tags", "a=b%20c&d=e", "--multipart-above",
+        "1", env=env,
+    ).summary  # fmt: skip
+    assert big["method"] == "multipart"
+    calls = [json.loads(line) for line in log.read_text().splitlines()[-3:]]
+    assert calls[0][:2] == ["s3", "cp"] and calls[0][-1] == "s3://bkt/k"
+    tagging = json.loads(calls[1][calls[1].index("--tagging") + 1])
+    assert tagging == {"TagSet": [{"Key": "a", "Value": "b c"}, {"Key": "d", "Value": "e"}]}
+    assert calls[2][:2] == ["s3api", "head-object"]
+
+    run("upload", "--file", archive_file, "--bucket", "b", "--key", "k", "--tags", "novalue", env=env).assert_error(
+        EXIT_USAGE, "upload"
+    )
+    run("upload", "--file", tmp_path / "nope", "--bucket", "b", "--key", "k", env=env).assert_error(
+        EXIT_MISSING, "upload"
+    )
+
+    dest = tmp_path / "down" / "a.tar.gz"
+    dest.parent.mkdir()
+    obj = {"FAKE_S3_OBJECT": str(archive_file), "FAKE_S3_SHA256": digest}
+    down = run("download", "--bucket", "bkt", "--key", "k", "--file", dest, env={**env, **obj}).summary
+    assert down["sha256_checked"] is True and dest.read_bytes() == archive_file.read_bytes()
+    run("download", "--bucket", "bkt", "--key", "k", "--file", dest, env={**env, **obj}).assert_error(
+        EXIT_REFUSED, "download"
+    )
+    other = tmp_path / "down" / "b.tar.gz"
+    run(
+        "download", "--bucket", "bkt", "--key", "k", "--file", other, env={**env, **obj, "FAKE_S3_SHA256": "0" * 64}
+    ).assert_error(EXIT_CHECKSUM, "download")
+    result = run("download", "--bucket", "bkt", "--key", "k", "--file", other, env={**env, "FAKE_S3_FAIL": "1"})
+    result.assert_error(10, "download")
+    assert "NoSuchKey" in result.stderr
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["a.tar.gz"]  # no partial downloads left
+
+
+def test_script_is_executable_and_versioned() -> None:
+    assert SCRIPT.stat().st_mode & stat.S_IXUSR
+    text = SCRIPT.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert run("version").summary["version"] in text
+
+
+# ------------------------------------------------------------------------------------------------ benchmark helper
+
+
+def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rsync benchmark (not a timed test) still runs end to end and writes every field of its report."""
+    from rehearsal import bench_rsync
+
+    out = tmp_path / "bench-rsync.json"
+    assert bench_rsync.main(["--size-mb", "20", "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"goal_ratio", "churn_mb", "runs", "second_pass_growth_for_double_home", "meets_goal"}
+    small, large = report["runs"]
+    assert (small["home_mb"], large["home_mb"]) == (20, 40) and small["churn_mb"] == large["churn_mb"] == 0.2
+    for run_ in (small, large):
+        assert run_["repositories"] > 1 and run_["churned_repositories"] >= 1
+        first, noop, second = run_["first_pass"], run_["noop_pass"], run_["second_pass"]
+        assert set(first) == set(noop) == {"wall_s", "rsync_s", "files_transferred", "bytes_transferred"}
+        assert noop["files_transferred"] == noop["bytes_transferred"] == 0
+        assert first["bytes_transferred"] >= run_["home_mb"] * 1024 * 1024 * 0.9
+        # the second pass moves the churn (about 0.2 MB of new objects), not the home
+        assert second["bytes_transferred"] < first["bytes_transferred"] / 20
+        assert run_["ratio"] == pytest.approx(second["wall_s"] / first["wall_s"], abs=1e-3)
+    assert "second pass" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["bench-rsync.json"]  # generated homes are removed

@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test bench lint typecheck unit infra integration synth deploy clean venv cdk-cli
+.PHONY: help demo test bench lint typecheck synth deploy clean venv cdk-cli fault-matrix
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -61,6 +61,9 @@ synth: venv cdk-cli
 
 deploy: venv cdk-cli
 	$(CDK) deploy
+
+fault-matrix: venv
+	$(PY) -m tests.integration.fault_matrix > docs/fault-matrix.md
 
 clean:
 	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache

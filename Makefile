@@ -18,10 +18,10 @@ help:
 	@echo "make synth  - cdk synth with the pinned CDK CLI (offline, no Docker)"
 	@echo "make deploy - cdk deploy to the account of your AWS credentials"
 
-$(VENV)/.installed: requirements.txt functions/requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt functions/requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	@touch $@
 
 venv: $(VENV)/.installed

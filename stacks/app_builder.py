@@ -7,9 +7,10 @@ from typing import Any
 
 from aws_cdk import App, Environment
 
-from functions.models.config import parse_project_config
+from functions.models.config import ConfigError, parse_project_config
 from stacks import nag
 from stacks.backup_stack import BackupStack, StackSettings
+from stacks.bundling import ROOT
 from stacks.constructs.backup_workflow import WorkflowTiming
 
 CONTEXT_KEY = "bitbucket-backup"
@@ -25,6 +26,13 @@ def build_app(
     checks: bool = True,
 ) -> tuple[App, BackupStack]:
     config = parse_project_config(raw_config)
+    for instance in config.instances:
+        # The bundle ships inside the Lambda asset, so it must exist in this checkout at synth time.
+        if instance.ca_bundle and not (ROOT / instance.ca_bundle).is_file():
+            raise ConfigError(
+                f"instance '{instance.name}': ca_bundle '{instance.ca_bundle}' is not a file in this repository "
+                "(put the PEM under functions/, e.g. functions/certs/ca.pem)"
+            )
     app = App(outdir=outdir) if outdir else App()
     stack = BackupStack(
         app,

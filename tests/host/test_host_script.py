@@ -631,7 +631,7 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     from rehearsal import bench_rsync
 
     out = tmp_path / "bench-rsync.json"
-    assert bench_rsync.main(["--size-mb", "20", "--out", str(out), "--workdir", str(tmp_path)]) == 0
+    assert bench_rsync.main(["--size-mb", "20", "--rounds", "1", "--out", str(out), "--workdir", str(tmp_path)]) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"goal_ratio", "churn_mb", "runs", "second_pass_growth_for_double_home", "meets_goal"}
     small, large = report["runs"]
@@ -641,6 +641,7 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         first, noop, second = run_["first_pass"], run_["noop_pass"], run_["second_pass"]
         assert set(first) == set(noop) == {"wall_s", "rsync_s", "files_transferred", "bytes_transferred"}
         assert noop["files_transferred"] == noop["bytes_transferred"] == 0
+        assert run_["second_pass_samples_s"] == [second["wall_s"]]
         assert first["bytes_transferred"] >= run_["home_mb"] * 1024 * 1024 * 0.9
         # the second pass moves the churn (about 0.2 MB of new objects), not the home
         assert second["bytes_transferred"] < first["bytes_transferred"] / 20

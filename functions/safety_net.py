@@ -12,14 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from functions import notify, runs
-from functions.clients.bitbucket import Lock
-from functions.errors import BackupError
+from functions import cleanup, notify, runs
 from functions.models.events import ExecutionInput
-from functions.observability import bind, logger, redact
-from functions.strategies import COMPLETE, FAILED, strategies_for
+from functions.observability import bind, logger
 from functions.workflow import bitbucket, load_config
 
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
@@ -47,28 +42,9 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
     if record.phase == "unlocked":
         unlocked = "yes (unlocked before the execution ended)"
     elif record.unlock_token:
-        client = bitbucket(config)
-        if record.cancel_token:
-            try:
-                client.cancel(record.cancel_token)
-                actions.append("backup task cancelled")
-            except BackupError as error:
-                actions.append(f"cancel not needed or refused ({redact(str(error))})")
-        try:
-            client.unlock(Lock(unlock_token=record.unlock_token, owner=""))
-            unlocked = "yes (by the safety net)"
-        except BackupError as error:
-            unlocked = f"NO - unlock failed ({redact(str(error))}); unlock by hand (README, Troubleshooting)"
-    for strategy in strategies_for(config):
-        for artifact in strategy.artifacts(record.backup_id):
-            if artifact.status == COMPLETE:
-                continue  # finalized before the execution ended: a good backup
-            strategy.set_status(artifact, FAILED)
-            try:
-                strategy.delete(artifact)
-                actions.append(f"deleted {artifact.id}")
-            except ClientError as error:
-                actions.append(f"{artifact.id} tagged failed, not deleted ({error.response['Error']['Code']})")
+        unlocked = cleanup.cancel_and_unlock(bitbucket(config), record, actions)
+        unlocked = "yes (by the safety net)" if unlocked == "yes" else unlocked
+    cleanup.discard(config, record.backup_id, actions)
     if unlocked.startswith("yes"):
         runs.release(instance, record.backup_id)
     logger.warning(f"safety net acted on {status} execution", extra={"unlocked": unlocked})

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from functions import notify, runs
+from functions import cleanup, notify, runs
 from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import BitbucketClient, Lock
 from functions.clients.secrets import credentials
@@ -33,7 +33,7 @@ from functions.errors import (
 from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
 from functions.models.events import ExecutionInput, RunContext, parse
 from functions.observability import bind, logger, metrics, redact, short
-from functions.strategies import COMPLETE, FAILED, Artifact, strategies_for, strategy_for
+from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
 
 # Drain and snapshot waits are bounded per instance; the guard outlives the longest possible run.
 GUARD_MARGIN_SECONDS = 3600
@@ -324,40 +324,11 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
             )
     else:
         assert run is not None
-        client_ = bitbucket(run.config)
-        lock_ = Lock(unlock_token=record.unlock_token, owner="")
-        if record.cancel_token:
-            try:
-                client_.cancel(record.cancel_token)
-                actions.append("backup task cancelled")
-            except BackupError as cancel_error:  # a finished or UI-cancelled task refuses; unlock anyway
-                actions.append(f"cancel not needed or refused ({redact(str(cancel_error))})")
-        try:
-            client_.unlock(lock_)
-            runs.update(
-                run.instance,
-                run.backup_id,
-                phase="unlocked",
-                unlocked_at=time.time(),
-                remove=("unlock_token", "cancel_token"),
-            )
-            unlocked = "yes"
+        unlocked = cleanup.cancel_and_unlock(bitbucket(run.config), record, actions)
+        if unlocked == "yes":
             _say(run.config, "Bitbucket instance unlocked")
-        except BackupError as unlock_error:
-            unlocked = (
-                f"NO - unlock failed ({redact(str(unlock_error))}); the token is kept in the run table "
-                f"'{os.environ.get('RUNS_TABLE', '')}' under instance '{run.instance}': unlock by hand"
-            )
     if run:
-        for strategy, artifact in _all_artifacts(run.config, run.backup_id):
-            if artifact.status == COMPLETE:
-                continue  # marked complete by finalize: a good backup, whatever failed after it
-            strategy.set_status(artifact, FAILED)
-            try:
-                strategy.delete(artifact)
-                actions.append(f"deleted {artifact.id}")
-            except ClientError as delete_error:
-                actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(delete_error)})")
+        cleanup.discard(run.config, run.backup_id, actions)
         if unlocked.startswith("yes"):
             runs.release(run.instance, run.backup_id)
         elif record is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,20 @@ def world_factory() -> Iterator[Callable[..., World]]:
 @pytest.fixture
 def world(world_factory: Callable[..., World]) -> World:
     return world_factory()
+
+
+def waiting_in(w: World, execution: str, state: str) -> bool:
+    """Is the execution sitting in this Wait state right now (a moment an operator could press Stop)?"""
+    events = w.r.client("stepfunctions").get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    latest = events[-1] if events else {}
+    return bool(latest.get("type") == "WaitStateEntered" and latest["stateEnteredEventDetails"]["name"] == state)
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
 
 
 def backup_id_of(result: RunResult) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +10,16 @@ import pytest
 from functions.strategies import COMPLETE
 from rehearsal.runtime import RunResult
 from tests.integration import fault_matrix as fm
-from tests.integration.conftest import EARLIER, World, assert_failed_cleanly, backup_id_of
+from tests.integration.conftest import EARLIER, World, assert_failed_cleanly, backup_id_of, wait_for, waiting_in
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _waiting(w: World, execution: str, state: str) -> bool:
-    events = w.r.client("stepfunctions").get_execution_history(executionArn=execution, maxResults=1000)["events"]
-    latest = events[-1] if events else {}
-    return bool(latest.get("type") == "WaitStateEntered" and latest["stateEnteredEventDetails"]["name"] == state)
-
-
-def _wait_for(predicate: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def _run(w: World, fault: fm.Fault) -> RunResult:
     sfn = w.r.client("stepfunctions")
     if fault.scenario == "stop-locked":
         execution = w.r.start()
-        _wait_for(lambda: _waiting(w, execution, "Wait for drain"))
+        wait_for(lambda: waiting_in(w, execution, "Wait for drain"))
         sfn.stop_execution(executionArn=execution, error="Operator", cause="Stop pressed")
         return w.r.wait(execution)
     if fault.scenario == "stop-unlocked":
@@ -53,12 +39,12 @@ def _run(w: World, fault: fm.Fault) -> RunResult:
         with mock.patch.object(EBSBackend, "create_snapshots", pending):
             execution = w.r.start()
             # Stop while it waits (not mid-task), as an operator pressing Stop most likely would.
-            _wait_for(lambda: _waiting(w, execution, "Wait for snapshots"))
+            wait_for(lambda: waiting_in(w, execution, "Wait for snapshots"))
             sfn.stop_execution(executionArn=execution, error="Operator", cause="Stop pressed")
             return w.r.wait(execution)
     if fault.scenario == "overlap":
         first = w.r.start()
-        _wait_for(lambda: "locked" in w.sim.event_names())
+        wait_for(lambda: "locked" in w.sim.event_names())
         second = w.r.wait(w.r.start())
         assert "Skipped: backup in progress" in second.states_entered()
         return w.r.wait(first)

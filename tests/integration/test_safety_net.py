@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 from unittest import mock
 
 from moto.ec2.models.elastic_block_store import EBSBackend
 
 from functions.strategies import COMPLETE
-from tests.integration.conftest import World, backup_id_of
-
-
-def _waiting(w: World, execution: str, state: str) -> bool:
-    events = w.r.client("stepfunctions").get_execution_history(executionArn=execution, maxResults=1000)["events"]
-    latest = events[-1] if events else {}
-    return bool(latest.get("type") == "WaitStateEntered" and latest["stateEnteredEventDetails"]["name"] == state)
-
-
-def _wait_for(predicate: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
+from tests.integration.conftest import World, backup_id_of, wait_for, waiting_in
 
 
 def _stop(w: World, execution: str) -> None:
@@ -35,7 +20,7 @@ def test_stop_while_locked_is_unlocked_by_the_safety_net(world_factory: Any) -> 
     w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1})
     earlier = w.seed_earlier_backup()
     execution = w.r.start()
-    _wait_for(lambda: _waiting(w, execution, "Wait for drain"))
+    wait_for(lambda: waiting_in(w, execution, "Wait for drain"))
     _stop(w, execution)
     result = w.r.wait(execution)
     assert result.status == "ABORTED"
@@ -62,7 +47,7 @@ def test_stop_while_waiting_for_snapshots_removes_the_unfinished_backup(world: W
     world.r.configure(timing={**world.r.instance_config["timing"], "snapshot_poll_interval_seconds": 1})
     with mock.patch.object(EBSBackend, "create_snapshots", pending):
         execution = world.r.start()
-        _wait_for(lambda: _waiting(world, execution, "Wait for snapshots"))
+        wait_for(lambda: waiting_in(world, execution, "Wait for snapshots"))
         _stop(world, execution)
         result = world.r.wait(execution)
     assert result.status == "ABORTED"
@@ -89,7 +74,7 @@ def test_success_is_not_delivered_to_the_safety_net(world: World) -> None:
 def test_the_safety_net_acts_once(world_factory: Any) -> None:
     w = world_factory(drain_seconds=30)
     execution = w.r.start()
-    _wait_for(lambda: "backup-started" in w.sim.event_names())
+    wait_for(lambda: "backup-started" in w.sim.event_names())
     _stop(w, execution)
     w.r.wait(execution)
     assert w.r.delivered[-1]["result"]["action"] == "cleaned"
@@ -102,7 +87,7 @@ def test_the_safety_net_acts_once(world_factory: Any) -> None:
 def test_two_executions_at_once_the_second_is_skipped_quietly(world_factory: Any) -> None:
     w = world_factory(drain_seconds=1.5)
     first = w.r.start()
-    _wait_for(lambda: "locked" in w.sim.event_names())
+    wait_for(lambda: "locked" in w.sim.event_names())
     second = w.r.wait(w.r.start())
     done = w.r.wait(first)
     assert done.status == "SUCCEEDED", done.cause

@@ -1,0 +1,56 @@
+"""Undoing a run: shared by the workflow's failure path and the safety net, so both act the same way."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from botocore.exceptions import ClientError
+
+from functions import runs
+from functions.clients.aws import error_code
+from functions.clients.bitbucket import BitbucketClient, Lock
+from functions.errors import BackupError
+from functions.models.config import InstanceConfig
+from functions.observability import redact
+from functions.strategies import COMPLETE, FAILED, strategies_for
+
+
+def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[str]) -> str:
+    """Cancel the backup task (if one was started) and unlock with the stored token; says whether it worked."""
+    assert record.unlock_token
+    if record.cancel_token:
+        try:
+            client.cancel(record.cancel_token)
+            actions.append("backup task cancelled")
+        except BackupError as error:  # a finished or UI-cancelled task refuses; unlock anyway
+            actions.append(f"cancel not needed or refused ({redact(str(error))})")
+    try:
+        client.unlock(Lock(unlock_token=record.unlock_token, owner=""))
+    except BackupError as error:
+        return (
+            f"NO - unlock failed ({redact(str(error))}); the token is kept in the run table "
+            f"'{os.environ.get('RUNS_TABLE', '')}' under instance '{record.instance}': unlock by hand"
+        )
+    runs.update(
+        record.instance,
+        record.backup_id,
+        phase="unlocked",
+        unlocked_at=time.time(),
+        remove=("unlock_token", "cancel_token"),
+    )
+    return "yes"
+
+
+def discard(config: InstanceConfig, backup_id: str, actions: list[str]) -> None:
+    """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept."""
+    for strategy in strategies_for(config):
+        for artifact in strategy.artifacts(backup_id):
+            if artifact.status == COMPLETE:
+                continue  # marked complete by finalize: a good backup, whatever failed after it
+            strategy.set_status(artifact, FAILED)
+            try:
+                strategy.delete(artifact)
+                actions.append(f"deleted {artifact.id}")
+            except ClientError as error:
+                actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(error)})")

@@ -4,9 +4,11 @@ real PostgreSQL 15 server started on loopback for the test session (as a non-roo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -308,7 +310,12 @@ def postgres() -> Iterator[Postgres]:
 
     def server(*args: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*prefix, *map(str, args)], capture_output=True, text=True, timeout=120, check=False, cwd=base
+            [*prefix, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=base if base.exists() else None,  # teardown must still stop the server if the dir is gone
         )
 
     init = server(
@@ -338,7 +345,11 @@ def postgres() -> Iterator[Postgres]:
         pg.psql(SCHEMA)
         yield pg
     finally:
-        server(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        stopped = server(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        pidfile = data / "postmaster.pid"
+        if stopped.returncode != 0 and pidfile.exists():
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
         shutil.rmtree(base, ignore_errors=True)
 
 

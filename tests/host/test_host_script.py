@@ -429,31 +429,34 @@ def table_locked(pg: Postgres, table: str) -> Iterator[None]:
         holder.wait(timeout=30)
 
 
-def processes() -> dict[int, tuple[list[bytes], bytes]]:
-    """Every process's argv and environment, as /proc shows them (what `ps` would print is the argv)."""
+def command_lines() -> dict[int, list[bytes]]:
+    """Every process's argv, as /proc shows it to `ps`."""
     result = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        result[int(entry.name)] = (argv, environ)
+        if entry.name.isdigit():
+            try:
+                result[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
     return result
 
 
-def blocked_pg_dump(out: Path) -> int:
-    """The pid of the pg_dump that writes into out's partial directory, once it runs."""
+def blocked_pg_dump(out: Path, seen: list[list[bytes]] | None = None) -> int:
+    """The pid of the pg_dump that writes into out's partial directory, once it runs; every argv observed on the way
+    is appended to `seen`."""
+
+    partial = f"--file={out.parent}/.{out.name}.partial.".encode()  # unique to this test (xdist runs others)
 
     def find() -> int | None:
-        for pid, (argv, _env) in processes().items():
-            if argv and argv[0].endswith(b"pg_dump") and any(f".{out.name}.partial.".encode() in a for a in argv):
+        lines = command_lines()
+        if seen is not None:
+            seen.extend(lines.values())
+        for pid, argv in lines.items():
+            if argv[0].endswith(b"pg_dump") and any(partial in a for a in argv):
                 return pid
         return None
 
-    pid: int = wait_for(find)
+    pid: int = wait_for(find, interval=0.005)
     return pid
 
 
@@ -500,12 +503,10 @@ def test_password_never_appears_on_a_command_line(postgres: Postgres, tmp_path: 
     seen_argv: list[list[bytes]] = []
     with table_locked(postgres, "sta_repository"):
         proc = dump(postgres, out, "--password-secret", arn, env=env)
-        for _ in range(5):  # while the AWS CLI runs, and while pg_dump waits for the lock
-            seen_argv += [argv for argv, _env in processes().values()]
-        pid = blocked_pg_dump(out)
+        pid = blocked_pg_dump(out, seen_argv)  # scans /proc while the AWS CLI runs and until pg_dump waits
         for _ in range(5):
-            seen_argv += [argv for argv, _env in processes().values()]
-        pg_dump_env = processes()[pid][1]
+            seen_argv += command_lines().values()
+        pg_dump_env = Path(f"/proc/{pid}/environ").read_bytes()
         assert proc.poll() is None  # still blocked: everything above was observed during the dump
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
@@ -513,6 +514,7 @@ def test_password_never_appears_on_a_command_line(postgres: Postgres, tmp_path: 
 
     secret = APP_PASSWORD.encode()
     assert any(argv[0].endswith(b"pg_dump") for argv in seen_argv)
+    assert any(b"get-secret-value" in argv for argv in seen_argv)  # the AWS CLI was seen too (it takes 0.2 s)
     assert not [argv for argv in seen_argv if any(secret in a for a in argv)]
     assert b"PGPASSWORD=" + secret in pg_dump_env.split(b"\0")  # handed over through the environment
     assert APP_PASSWORD not in stdout + stderr

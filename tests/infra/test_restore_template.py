@@ -239,7 +239,7 @@ def test_restore_functions_sit_in_their_groups_network_and_have_their_own_roles(
     template: dict[str, Any], machines: dict[str, Machine]
 ) -> None:
     resources = template["Resources"]
-    by_name = {i["name"]: i for i in (PROD, STAGING)}
+    by_name: dict[str, dict[str, Any]] = {str(i["name"]): i for i in (PROD, STAGING)}
     roles = []
     for machine in machines.values():
         functions = {_function_of(t) for t in _tasks(machine.definition).values()}

@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db-strategy", choices=["amazon-rds", "amazon-aurora", "none"], default="amazon-rds")
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="skip the restore of the new backup into new resources that follows it",
+    )
     args = parser.parse_args(argv)
     if args.home_strategy == "none" and args.db_strategy == "none":
         parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
@@ -124,6 +129,24 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  notification: {note['subject']}")
 
 
+def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A backup nobody can restore is not a backup: restore the one just made into new resources."""
+    target: dict[str, Any] = {}
+    if args.db_strategy == "amazon-rds":
+        target["database"] = {"instance_id": "demo-restored"}
+    elif args.db_strategy == "amazon-aurora":
+        target["database"] = {"cluster_id": "demo-restored", "writer_instance_id": "demo-restored-writer"}
+    if args.home_strategy == "amazon-ebs":
+        target["home"] = {"availability_zone": rehearsal.resources["zone"]}
+    print(f"\nRestoring {backup_id} into new resources …", flush=True)
+    result = rehearsal.run_restore({"instance": "demo", "backup_id": backup_id, "target": target})
+    output = result.output or {}
+    print(f"Restore of {backup_id}: {result.status}")
+    if result.status != "SUCCEEDED":
+        print(f"  failed: {result.error}: {result.cause}")
+    return {"status": result.status, "error": result.error, "cause": result.cause, "output": output}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     password = args.password or os.environ.get("BITBUCKET_PASSWORD") or ("admin" if not args.bitbucket_url else None)
@@ -156,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             rehearsal.logs.listener = lambda record: print(record["seed"], flush=True) if "seed" in record else None
         result = rehearsal.run_backup(timeout=args.drain_timeout + 120)
         summary = summarize(result, rehearsal)
-    print_summary(summary)
+        print_summary(summary)
+        if summary["status"] == "SUCCEEDED" and not args.no_restore:
+            summary["restore"] = rehearse_restore(rehearsal, summary["backup_id"], args)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return 0 if summary["status"] == "SUCCEEDED" else 1
+    restored = summary.get("restore", {}).get("status", "SUCCEEDED") == "SUCCEEDED"
+    return 0 if summary["status"] == "SUCCEEDED" and restored else 1

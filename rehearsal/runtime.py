@@ -561,6 +561,7 @@ class Rehearsal:
                 "Instances"
             ][0]
             zone = ec2_instance["Placement"]["AvailabilityZone"]
+            self.resources["zone"] = zone
             volumes = {}
             for device, size in (("/dev/xvdf", self.home_gb), ("/dev/xvdg", 20)):
                 volume = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3")["VolumeId"]

@@ -48,7 +48,12 @@ def test_rehearsal_against_an_external_bitbucket_succeeds(tmp_path: Path) -> Non
     assert summary["lock_window_s"] >= summary["drain_s"] > 0
     assert summary["state_transitions"] > 0 and summary["cost_usd"] > 0
     assert {s["kind"] for s in summary["snapshots"]} == {"ebs-snapshot", "rds-snapshot"}
-    assert summary["notifications"] == []
+    # The backup sent no notification (no failure, and notify_on_success is off).
+    assert [n["subject"] for n in summary["notifications"]] == []
+    # The rehearsal ends with a restore of the backup it just made, into new resources.
+    assert summary["restore"]["status"] == "SUCCEEDED", summary["restore"]
+    assert summary["restore"]["output"]["database"]["instance_id"] == "demo-restored"
+    assert "Restore of " in output and "next step 1:" in output
     assert "Staging-Pw-1" not in output
 
 

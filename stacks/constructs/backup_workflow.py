@@ -18,14 +18,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks.constructs.functions import FunctionFactory
-
-LAMBDA_ERRORS = [
-    "Lambda.ClientExecutionTimeoutException",
-    "Lambda.ServiceException",
-    "Lambda.AWSLambdaException",
-    "Lambda.SdkClientException",
-    "Lambda.TooManyRequestsException",
-]
+from stacks.constructs.lambda_tasks import lambda_task
 
 
 @dataclass(frozen=True)
@@ -84,29 +77,15 @@ class BackupWorkflow(Construct):
     def _task(
         self, id: str, fn: str, payload: dict[str, Any], result_path: str | None, *, retry_on: list[str] | None = None
     ) -> tasks.LambdaInvoke:
-        task = tasks.LambdaInvoke(
+        return lambda_task(
             self,
             id,
-            lambda_function=self.functions[fn],
-            payload=sfn.TaskInput.from_object(payload),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
-            result_path=result_path if result_path is not None else sfn.JsonPath.DISCARD,
+            self.functions[fn],
+            payload,
+            result_path,
+            retry_interval_s=self._timing.retry_interval_s,
+            retry_on=retry_on,
         )
-        task.add_retry(
-            errors=LAMBDA_ERRORS,
-            interval=Duration.seconds(self._timing.retry_interval_s),
-            max_attempts=3,
-            backoff_rate=2,
-        )
-        if retry_on:
-            task.add_retry(
-                errors=retry_on,
-                interval=Duration.seconds(self._timing.retry_interval_s),
-                max_attempts=2,  # on top of the client's own retries
-                backoff_rate=2,
-            )
-        return task
 
     def _catch(
         self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable, with_run: bool = True

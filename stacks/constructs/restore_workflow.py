@@ -17,8 +17,9 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from stacks.constructs.backup_workflow import LAMBDA_ERRORS, WorkflowTiming
+from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.lambda_tasks import lambda_task
 
 # A target instance that was just started needs a minute or two before its SSM agent takes commands.
 MOUNT_RETRY_INTERVAL_FACTOR = 5
@@ -80,29 +81,15 @@ class RestoreWorkflow(Construct):
     def _task(
         self, id: str, fn: str, payload: dict[str, Any], result_path: str, *, retry_on: list[str] | None = None
     ) -> tasks.LambdaInvoke:
-        task = tasks.LambdaInvoke(
+        return lambda_task(
             self,
             id,
-            lambda_function=self.functions[fn],
-            payload=sfn.TaskInput.from_object(payload),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
-            result_path=result_path,
+            self.functions[fn],
+            payload,
+            result_path,
+            retry_interval_s=self._timing.retry_interval_s,
+            retry_on=retry_on,
         )
-        task.add_retry(
-            errors=LAMBDA_ERRORS,
-            interval=Duration.seconds(self._timing.retry_interval_s),
-            max_attempts=3,
-            backoff_rate=2,
-        )
-        if retry_on:
-            task.add_retry(
-                errors=retry_on,
-                interval=Duration.seconds(self._timing.retry_interval_s),
-                max_attempts=2,
-                backoff_rate=2,
-            )
-        return task
 
     def _catch(self, task: tasks.LambdaInvoke, step: str, failure: sfn.IChainable) -> None:
         note = sfn.Pass(

@@ -1,0 +1,50 @@
+"""Lambda tasks as both state machines use them: the payload is the result, Lambda service errors are retried,
+and the errors a step names (e.g. BitbucketUnavailable) get a shorter retry on top of the code's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+LAMBDA_ERRORS = [
+    "Lambda.ClientExecutionTimeoutException",
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+
+
+def lambda_task(
+    scope: Construct,
+    id: str,
+    fn: lambda_.IFunction,
+    payload: dict[str, Any],
+    result_path: str | None,
+    *,
+    retry_interval_s: int,
+    retry_on: list[str] | None = None,
+) -> tasks.LambdaInvoke:
+    task = tasks.LambdaInvoke(
+        scope,
+        id,
+        lambda_function=fn,
+        payload=sfn.TaskInput.from_object(payload),
+        payload_response_only=True,
+        retry_on_service_exceptions=False,
+        result_path=result_path if result_path is not None else sfn.JsonPath.DISCARD,
+    )
+    task.add_retry(errors=LAMBDA_ERRORS, interval=Duration.seconds(retry_interval_s), max_attempts=3, backoff_rate=2)
+    if retry_on:
+        task.add_retry(
+            errors=retry_on,
+            interval=Duration.seconds(retry_interval_s),
+            max_attempts=2,  # on top of the code's own retries
+            backoff_rate=2,
+        )
+    return task

@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test bench lint typecheck synth deploy clean venv cdk-cli fault-matrix
+.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -22,6 +22,7 @@ $(VENV)/.installed: requirements.txt functions/requirements.txt constraints.txt 
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -55,6 +56,10 @@ host-deps:
 
 bench: venv
 	$(PY) -m rehearsal.bench
+
+# The rsync passes of the host script on a generated ~1 GB and ~2 GB home of git repositories (minutes).
+bench-rsync: venv host-deps
+	$(PY) -m rehearsal.bench_rsync
 
 synth: venv cdk-cli
 	$(CDK) synth --quiet

@@ -7,8 +7,11 @@ so a guard left by a crashed run does not block the instance for ever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,3 +159,45 @@ def release(instance: str, backup_id: str) -> None:
     except ClientError as error:
         if error_code(error) != "ConditionalCheckFailedException":
             raise
+
+
+@contextlib.contextmanager
+def progress_lock(instance: str, backup_id: str, wait_seconds: float = 30, stale_seconds: float = 60) -> Iterator[int]:
+    """Serialises the parallel branches' progress reports, so that Bitbucket sees the percentage only increase.
+    Yields the highest percentage already sent (0 if none)."""
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        now = time.time()
+        try:
+            item = client("dynamodb").update_item(
+                TableName=_table(),
+                Key={"instance": {"S": instance}},
+                UpdateExpression="SET #l = :t, #la = :now",
+                ConditionExpression="#b = :b AND (attribute_not_exists(#l) OR #la < :stale)",
+                ExpressionAttributeNames={"#b": "backup_id", "#l": "progress_lock", "#la": "progress_lock_at"},
+                ExpressionAttributeValues={
+                    ":b": {"S": backup_id},
+                    ":t": {"S": token},
+                    ":now": {"N": str(now)},
+                    ":stale": {"N": str(now - stale_seconds)},
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+            break
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield int(_num(item, "progress_sent") or 0)
+    finally:
+        with contextlib.suppress(ClientError):
+            client("dynamodb").update_item(
+                TableName=_table(),
+                Key={"instance": {"S": instance}},
+                UpdateExpression="REMOVE #l, #la",
+                ConditionExpression="#l = :t",
+                ExpressionAttributeNames={"#l": "progress_lock", "#la": "progress_lock_at"},
+                ExpressionAttributeValues={":t": {"S": token}},
+            )

@@ -184,20 +184,25 @@ def backup_part(run: RunContext, part: str) -> dict[str, Any]:
 def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
     """Progress only ever increases: each finished part moves it up, 100 comes once, after every part."""
     _, lock_ = _lock_of(run)
-    if part is None:
-        percentage = 100
-    else:
-        # A set, not a counter: a retried invocation must not count its part twice.
-        done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
-        total = max(1, len(run.config.parts))
-        percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
-    client_ = bitbucket(run.config)
-    try:
-        client_.progress(lock_, percentage)
-    except (BitbucketRequestFailed, BitbucketUnavailable):
-        # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
-        if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
-            raise
+    # The two copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
+    with runs.progress_lock(run.instance, run.backup_id) as sent:
+        if part is None:
+            percentage = 100
+        else:
+            # A set, not a counter: a retried invocation must not count its part twice.
+            done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
+            total = max(1, len(run.config.parts))
+            percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
+        if percentage <= sent and percentage != 100:
+            return {"percentage": sent}
+        client_ = bitbucket(run.config)
+        try:
+            client_.progress(lock_, percentage)
+        except (BitbucketRequestFailed, BitbucketUnavailable):
+            # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
+            if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
+                raise
+        runs.update(run.instance, run.backup_id, progress_sent=percentage)
     _say(run.config, f"Backup progress updated to {percentage}")
     return {"percentage": percentage}
 

@@ -4,6 +4,9 @@ call handlers from several threads, and boto3's default session is not thread-sa
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import boto3
@@ -12,14 +15,30 @@ from botocore.config import Config
 _clients: dict[tuple[str, str | None], Any] = {}
 _lock = threading.Lock()
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+# Set by `clients_from` (the operator command line): this thread's code gets its clients from there instead.
+_factory: ContextVar[Callable[[str, str | None], Any] | None] = ContextVar("aws_client_factory", default=None)
 
 
 def client(service: str, region: str | None = None) -> Any:
+    factory = _factory.get()
+    if factory is not None:
+        return factory(service, region)
     key = (service, region)
     with _lock:
         if key not in _clients:
             _clients[key] = boto3.session.Session().client(service, region_name=region, config=_CONFIG)
         return _clients[key]
+
+
+@contextmanager
+def clients_from(factory: Callable[[str, str | None], Any]) -> Iterator[None]:
+    """Within this block, and in this thread only, `client()` returns `factory(service, region)`: the command line
+    reuses the catalog code with its own session (profile, region, endpoint) without touching the Lambdas' cache."""
+    token = _factory.set(factory)
+    try:
+        yield
+    finally:
+        _factory.reset(token)
 
 
 def error_code(error: Exception) -> str:

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks.constructs.functions import FunctionFactory
-from stacks.constructs.lambda_tasks import lambda_task
+from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
 
 @dataclass(frozen=True)
@@ -57,18 +56,11 @@ class BackupWorkflow(Construct):
             "finalize": make("Finalize", f"{h}.finalize.handler", timeout_s=300, description="finalize, prune"),
             "failure": make("HandleFailure", f"{h}.failure.handler", timeout_s=300, description="failure path"),
         }
-        log_group = logs.LogGroup(
-            self, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.state_machine = sfn.StateMachine(
+        self.state_machine = standard_state_machine(
             self,
-            "StateMachine",
-            state_machine_name=state_machine_name,
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            definition_body=sfn.DefinitionBody.from_chainable(self._definition()),
+            self._definition(),
+            name=state_machine_name,
             timeout=Duration.hours(timing.timeout_hours),
-            tracing_enabled=True,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
             comment="Bitbucket DIY backup: lock, drain, snapshot, unlock, then wait, mark complete and prune",
         )
 

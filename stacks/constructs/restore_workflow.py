@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
-from stacks.constructs.lambda_tasks import lambda_task
+from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
 # A target instance that was just started needs a minute or two before its SSM agent takes commands.
 MOUNT_RETRY_INTERVAL_FACTOR = 5
@@ -63,18 +62,11 @@ class RestoreWorkflow(Construct):
                 "RestoreFailure", f"{h}.restore_failure.handler", timeout_s=900, description="restore: failure path"
             ),
         }
-        log_group = logs.LogGroup(
-            self, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.state_machine = sfn.StateMachine(
+        self.state_machine = standard_state_machine(
             self,
-            "StateMachine",
-            state_machine_name=state_machine_name,
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            definition_body=sfn.DefinitionBody.from_chainable(self._definition()),
+            self._definition(),
+            name=state_machine_name,
             timeout=timeout,
-            tracing_enabled=True,
-            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
             comment="Bitbucket DIY restore: validate, restore database and home into new resources, attach, report",
         )
 

@@ -1,12 +1,14 @@
-"""Lambda tasks as both state machines use them: the payload is the result, Lambda service errors are retried,
-and the errors a step names (e.g. BitbucketUnavailable) get a shorter retry on top of the code's own."""
+"""What both state machines are built from: Lambda tasks (the payload is the result, Lambda service errors are
+retried, and the errors a step names, e.g. BitbucketUnavailable, get a shorter retry on top of the code's own),
+and a Standard state machine with full logging and tracing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -48,3 +50,23 @@ def lambda_task(
             backoff_rate=2,
         )
     return task
+
+
+def standard_state_machine(
+    scope: Construct, definition: sfn.IChainable, *, name: str | None, timeout: Duration, comment: str
+) -> sfn.StateMachine:
+    log_group = logs.LogGroup(
+        scope, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+    )
+    return sfn.StateMachine(
+        scope,
+        "StateMachine",
+        state_machine_name=name,
+        state_machine_type=sfn.StateMachineType.STANDARD,
+        definition_body=sfn.DefinitionBody.from_chainable(definition),
+        timeout=timeout,
+        tracing_enabled=True,
+        # Execution data stays out of the logs: the history already has it, and logs travel further.
+        logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
+        comment=comment,
+    )

@@ -66,6 +66,7 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
         retries=timing.http_retries,
         backoff=timing.http_backoff_seconds,
         verify=verify,
+        refresh=lambda: credentials(config.credentials_secret, fresh=True),
     )
 
 

@@ -9,6 +9,7 @@ the HTTP status, never a URL with its query (tokens travel in the query string).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +78,22 @@ class BitbucketClient:
         retries: int = 3,
         backoff: float = 1.0,
         verify: bool | str = True,
+        refresh: Callable[[], Credentials] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Called once after a 401: the secret may have been rotated since the credentials were cached.
+        self._refresh = refresh
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
         self._session = requests.Session()
         self._session.verify = verify
         self._session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        self._use(credentials)
+
+    def _use(self, credentials: Credentials) -> None:
+        self._session.headers.pop("Authorization", None)
+        self._session.auth = None
         if credentials.token:
             self._session.headers["Authorization"] = f"Bearer {credentials.token}"
         else:
@@ -235,6 +244,11 @@ class BitbucketClient:
                 if response.status_code < 400:
                     _check_success_body(step, response)
                     return response
+                if response.status_code == 401 and self._refresh is not None:
+                    refresh, self._refresh = self._refresh, None  # once: a second 401 is a real refusal
+                    self._use(refresh())
+                    logger.info(f"{step}: credentials refused; read the secret again and retrying once")
+                    return self._send(step, method, path, params=params, headers=headers, retry=retry)
                 if response.status_code < 500:
                     raise BitbucketRequestFailed(
                         f"{step}: Bitbucket answered HTTP {response.status_code}{_hint(response.status_code)}",

@@ -17,12 +17,13 @@ _cache: dict[str, tuple[float, Credentials]] = {}
 _lock = threading.Lock()
 
 
-def credentials(secret_id: str) -> Credentials:
+def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
+    """The secret's credentials, cached; `fresh` reads Secrets Manager again (after a 401: it was rotated)."""
     ttl = float(os.environ.get("SECRET_CACHE_SECONDS", "300"))
     now = time.monotonic()
     with _lock:
         cached = _cache.get(secret_id)
-        if cached and now - cached[0] < ttl:
+        if cached and now - cached[0] < ttl and not fresh:
             return cached[1]
     try:
         raw = client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]

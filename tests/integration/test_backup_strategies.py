@@ -130,3 +130,32 @@ def test_a_retried_lock_invocation_reuses_the_saved_token(world: Any) -> None:
     assert result.status == "SUCCEEDED", result.cause
     assert world.sim.event_names().count("locked") == 1
     assert not world.sim.locked
+
+
+def test_password_rotated_mid_backup_is_picked_up_from_the_secret(world_factory: Any, monkeypatch: Any) -> None:
+    import json
+    import time
+
+    from rehearsal import runtime
+
+    # Credentials are cached in the Lambdas (as in production); the rotation happens while Bitbucket is locked.
+    monkeypatch.setitem(runtime.LAMBDA_OVERRIDES, "SECRET_CACHE_SECONDS", "300")
+    w = world_factory(drain_seconds=1.0, timing={"poll_interval_seconds": 0})
+    execution = w.r.start()
+    deadline = time.monotonic() + 20
+    while "backup-started" not in w.sim.event_names():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    w.sim._password = "Rotated-Passw0rd!"
+    w.r.client("secretsmanager").put_secret_value(
+        SecretId="bitbucket/demo/backup-user",
+        SecretString=json.dumps({"username": "admin", "password": "Rotated-Passw0rd!"}),
+    )
+    result = w.r.wait(execution)
+    assert result.status == "SUCCEEDED", result.cause
+    assert not w.sim.locked and w.sim.progress_history[-1] == 100
+    assert [r for r in w.sim.requests if r[2] == 401], "the old password should have been refused once"
+    from tests.integration.conftest import PASSWORD
+
+    text = w.all_text(result)
+    assert "Rotated-Passw0rd!" not in text and PASSWORD not in text

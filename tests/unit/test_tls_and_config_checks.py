@@ -54,3 +54,24 @@ def test_a_missing_ca_bundle_stops_the_synth_with_the_instance_named() -> None:
     config["instances"][0]["ca_bundle"] = "functions/certs/missing.pem"
     with pytest.raises(ConfigError, match=r"instance 'prod': ca_bundle 'functions/certs/missing\.pem'"):
         build_app(config)
+
+
+def test_a_401_reads_the_secret_again_once(simulator: Any) -> None:
+    from functions.clients.bitbucket import BitbucketClient
+    from functions.errors import BitbucketRequestFailed
+
+    stale = Credentials(username="admin", password="old-password")
+    fresh = Credentials(username="admin", password="s3cret-Passw0rd")
+    calls: list[int] = []
+
+    def refresh() -> Credentials:
+        calls.append(1)
+        return fresh
+
+    lock = BitbucketClient(simulator.url, stale, timeout=2, retries=0, refresh=refresh).lock()
+    assert lock.unlock_token and simulator.locked and calls == [1]
+    # Without a way to refresh, or when the fresh secret is refused too, a 401 is final.
+    with pytest.raises(BitbucketRequestFailed, match="401"):
+        BitbucketClient(simulator.url, stale, timeout=2, retries=0).maintenance()
+    with pytest.raises(BitbucketRequestFailed, match="401"):
+        BitbucketClient(simulator.url, stale, timeout=2, retries=0, refresh=lambda: stale).maintenance()

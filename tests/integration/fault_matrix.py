@@ -204,15 +204,17 @@ def _bitbucket_faults() -> list[Fault]:
             )
         )
     for kind in kinds:
-        # Transient server trouble on unlock is retried; a refusal fails the step and the failure path unlocks.
+        # Transient server trouble on unlock is retried, and a 401 re-reads the (maybe rotated) secret and retries;
+        # any other refusal fails the step and the failure path unlocks.
         transient = kind in ("500", "503", "timeout", "drop")
+        recovers = transient or kind == "401"
         faults.append(
             Fault(
                 f"unlock-{kind}",
                 "Bitbucket",
                 f"unlock answers {kind} " + ("for three attempts" if transient else "once"),
-                SUCCEEDS if transient else FAILS_AFTER_100,
-                None if transient else "unlock",
+                SUCCEEDS if recovers else FAILS_AFTER_100,
+                None if recovers else "unlock",
                 bitbucket("unlock", kind, times=3 if transient else 1),
             )
         )

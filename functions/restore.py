@@ -19,16 +19,17 @@ from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
 from functions.models.restore import RestoreInput, RestorePlan
-from functions.observability import bind, logger, metrics, redact
+from functions.observability import bind, metrics, redact
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
 from functions.workflow import _cause_text, load_config
+from functions.workflow import _say as say
 
 PARTS = ("database", "home")
 SKIPPED = {"skipped": True}
 
 
 def _say(plan: RestorePlan, message: str) -> None:
-    logger.info(message, extra={"seed": f"[{plan.config.base_url}]  INFO: {message}"})
+    say(plan.config, message)
 
 
 # --- validate: everything is checked before anything is created ---------------------------------------------------

@@ -17,6 +17,7 @@ from functions.models.config import parse_project_config
 from functions.strategies import RESTORE_TARGET_TAG, RESTORING, STATUS_TAG, TOOL_TAG, TOOL_VALUE
 from stacks import nag
 from stacks.backup_stack import network_groups
+from tests.infra.asl import function_of, happy_path
 from tests.infra.conftest import CONFIG, PROD, STAGING, placeholder, resolve_join
 
 HAPPY_PATH = [
@@ -80,24 +81,6 @@ def _tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: s for name, s in definition["States"].items() if s["Type"] == "Task"}
 
 
-def _function_of(task: dict[str, Any]) -> str:
-    return str(task["Resource"]).rsplit(":", 1)[-1]
-
-
-def _happy_path(definition: dict[str, Any]) -> list[str]:
-    states, name, path = definition["States"], definition["StartAt"], []
-    while name not in path:
-        path.append(name)
-        state = states[name]
-        if state["Type"] == "Choice":
-            name = state["Choices"][0]["Next"]
-        elif state["Type"] in ("Succeed", "Fail") or state.get("End"):
-            break
-        else:
-            name = state["Next"]
-    return path
-
-
 def _text(value: Any, template: dict[str, Any]) -> str:
     if isinstance(value, dict) and "Fn::Join" in value:
         return resolve_join(value, template)
@@ -121,7 +104,7 @@ def _list(value: Any) -> list[Any]:
 
 def _restore_statements(template: dict[str, Any], machines: dict[str, Machine]) -> list[dict[str, Any]]:
     """Every Allow statement of the restore functions' roles, with resources as plain strings."""
-    functions = {_function_of(t) for m in machines.values() for t in _tasks(m.definition).values()}
+    functions = {function_of(t) for m in machines.values() for t in _tasks(m.definition).values()}
     found = []
     for fn in sorted(functions):
         role = template["Resources"][fn]["Properties"]["Role"]["Fn::GetAtt"][0]
@@ -150,7 +133,7 @@ def test_one_restore_state_machine_per_network_group(machines: dict[str, Machine
 def test_states_follow_the_designed_order(machines: dict[str, Machine]) -> None:
     for machine in machines.values():
         states = machine.definition["States"]
-        assert _happy_path(machine.definition) == HAPPY_PATH
+        assert happy_path(machine.definition) == HAPPY_PATH
         # Parts and steps not asked for are skipped by the plan's flags, set by the validate step.
         for choice, flag, skipped in (
             ("Restore database?", "$.plan.restore_database", "No database to restore"),
@@ -242,7 +225,7 @@ def test_restore_functions_sit_in_their_groups_network_and_have_their_own_roles(
     by_name: dict[str, dict[str, Any]] = {str(i["name"]): i for i in (PROD, STAGING)}
     roles = []
     for machine in machines.values():
-        functions = {_function_of(t) for t in _tasks(machine.definition).values()}
+        functions = {function_of(t) for t in _tasks(machine.definition).values()}
         assert len(functions) == 8
         network = by_name[machine.instances[0]].get("network")
         for fn in functions:

@@ -14,6 +14,7 @@ from functions.models.config import InstanceConfig, TimingConfig, parse_project_
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
+from tests.infra.asl import function_of, happy_path
 from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 
 HAPPY_PATH = [
@@ -60,21 +61,6 @@ def _reachable(states: dict[str, Any], start: str) -> list[str]:
     return seen
 
 
-def _happy_path(definition: dict[str, Any]) -> list[str]:
-    """From StartAt along Next, taking the first rule of each Choice (the 'ready' answer)."""
-    states, name, path = definition["States"], definition["StartAt"], []
-    while name not in path:
-        path.append(name)
-        state = states[name]
-        if state["Type"] == "Choice":
-            name = state["Choices"][0]["Next"]
-        elif state["Type"] in ("Succeed", "Fail") or state.get("End"):
-            break
-        else:
-            name = state["Next"]
-    return path
-
-
 def _lambda_tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every Task state, including those inside Parallel branches."""
     found = {}
@@ -84,10 +70,6 @@ def _lambda_tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for branch in state.get("Branches", []):
             found |= _lambda_tasks(branch)
     return found
-
-
-def _function_of(task: dict[str, Any]) -> str:
-    return str(task["Resource"]).rsplit(":", 1)[-1]
 
 
 def _retried_errors(task: dict[str, Any]) -> set[str]:
@@ -123,7 +105,7 @@ def test_one_standard_state_machine_per_network_group(assertions: Any, state_mac
 def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine]) -> None:
     for sm in state_machines.values():
         states = sm.definition["States"]
-        assert _happy_path(sm.definition) == HAPPY_PATH, sm.logical_id
+        assert happy_path(sm.definition) == HAPPY_PATH, sm.logical_id
 
         drained = states["Drained?"]
         assert drained["Type"] == "Choice"
@@ -366,7 +348,7 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
     covered = set()
     for instance in (PROD, STAGING):
         sm = owner[instance["name"]]
-        steps = {_function_of(task) for task in _lambda_tasks(sm.definition).values()}
+        steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
         assert len(steps) == 11
         used = steps | _functions_watching(sm.logical_id, resources)
         covered |= used

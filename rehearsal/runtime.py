@@ -351,6 +351,19 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
     stack.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
     stack.enter_context(mock.patch.object(EBSBackend, "create_snapshots", create_snapshots))
     stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+
+    # DynamoDB applies each request atomically; moto's backend does not, and the rehearsal's parallel branches
+    # call it from two threads at once (one reading an item while the other updates it).
+    from moto.dynamodb.responses import DynamoHandler
+
+    original_call = DynamoHandler.call_action
+    dynamodb_lock = threading.RLock()
+
+    def call_action(self: Any) -> Any:
+        with dynamodb_lock:
+            return original_call(self)
+
+    stack.enter_context(mock.patch.object(DynamoHandler, "call_action", call_action))
     return stack
 
 

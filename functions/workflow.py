@@ -15,6 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from functions import cleanup, notify, runs
+from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import BitbucketClient, Lock
 from functions.clients.secrets import credentials
@@ -34,6 +35,8 @@ from functions.models.config import ConfigError, InstanceConfig, parse_instance_
 from functions.models.events import ExecutionInput, RunContext, parse
 from functions.observability import bind, logger, metrics, redact, short
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
+from functions.strategies.host_copy import KIND as ARCHIVE_KIND
+from functions.strategies.host_copy import HostCopyStrategy
 
 # Drain and snapshot waits are bounded per instance; the guard outlives the longest possible run.
 GUARD_MARGIN_SECONDS = 3600
@@ -177,9 +180,44 @@ def poll_drain(run: RunContext) -> dict[str, Any]:
 
 def backup_part(run: RunContext, part: str) -> dict[str, Any]:
     strategy = strategy_for(run.config, part)
+    if isinstance(strategy, HostCopyStrategy):
+        commands = strategy.copy(run.backup_id)
+        _say(run.config, f"{part} copy started on {strategy.instance_id}")
+        return {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
     artifacts = strategy.backup(run.backup_id)
     _say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
-    return {"part": part, "artifacts": [a.summary() for a in artifacts]}
+    return {"part": part, "artifacts": [a.summary() for a in artifacts], "done": True, "commands": [], "results": {}}
+
+
+def prepare_host(run: RunContext) -> dict[str, Any]:
+    """Before the lock, while Bitbucket is live: install the host script, start the expensive first copy pass."""
+    commands: list[dict[str, Any]] = []
+    for strategy in strategies_for(run.config):
+        if isinstance(strategy, HostCopyStrategy):
+            commands += strategy.prepare(run.backup_id)
+    return {"done": not commands, "commands": commands, "results": {}}
+
+
+def check_host(run: RunContext, progress: dict[str, Any]) -> dict[str, Any]:
+    """One check of the host commands in `progress`; raises HostCommandFailed (naming the step) if one failed."""
+    remaining, results = [], dict(progress.get("results") or {})
+    for command in progress.get("commands") or []:
+        summary = host.check(command)
+        if summary is None:
+            remaining.append(command)
+        else:
+            results[command["step"]] = summary
+            _say(run.config, f"{command['step']} done on {command['instance_id']}")
+    return {**progress, "done": not remaining, "commands": remaining, "results": results}
+
+
+def archive(run: RunContext) -> dict[str, Any]:
+    """After the unlock: archive each copy-type part on its host and upload it to the archive bucket."""
+    commands: list[dict[str, Any]] = []
+    for strategy in strategies_for(run.config):
+        if isinstance(strategy, HostCopyStrategy):
+            commands += strategy.archive(run.backup_id)
+    return {"done": not commands, "commands": commands, "results": {}}
 
 
 def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
@@ -233,7 +271,9 @@ def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list
 
 def check_snapshots(run: RunContext) -> dict[str, Any]:
     found = _all_artifacts(run.config, run.backup_id)
-    missing = set(run.config.parts) - {a.part for _, a in found}
+    # Copy-type parts have no artifact yet: their archive is made after this wait.
+    snapshot_parts = {s.part for s in strategies_for(run.config) if not s.archives}
+    missing = snapshot_parts - {a.part for _, a in found}
     if missing:
         raise SnapshotFailed(f"wait-snapshots: no copy of {', '.join(sorted(missing))} was found for {run.backup_id}")
     failed = [a.id for _, a in found if a.state == "error"]
@@ -289,6 +329,11 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         "backup_id": run.backup_id,
         "status": "complete",
         "artifacts": [a.summary() | {"status": COMPLETE} for _, a in found],
+        "archive": [
+            {"part": a.part, **{k: a.details[k] for k in ("bucket", "key", "size", "sha256")}}
+            for _, a in found
+            if a.kind == ARCHIVE_KIND
+        ],
         "pruned": pruned,
         "prune_error": prune_error,
         "lock_window_s": (unlocked or {}).get("lock_window_s"),

@@ -1,11 +1,19 @@
 """Short commands on an EC2 host through SSM Run Command (AWS-RunShellScript), waited for in-process.
 
-Only for steps that take seconds (flush, freeze, unfreeze); long copies are driven by the state machine.
+`run` is only for steps that take seconds (flush, freeze, unfreeze); long copies (rsync, pg_dump, archive) are
+driven by the state machine with `start` and `check`, and call the host script installed by `install_script`.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import re
+import shlex
 import time
+from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -51,3 +59,125 @@ def run(instance_id: str, script: str, *, step: str, timeout: int = 120, poll: f
             + (f": {detail}" if detail else "")
         )
     return str(invocation.get("StandardOutputContent", ""))
+
+
+# --- long commands, driven by the state machine: start one, then check it until it ends ---------------------------
+
+SCRIPT_PATH = Path(__file__).resolve().parent.parent / "host" / "bitbucket-backup-host.sh"
+_TERMINAL_FAILURES = {
+    "Cancelled",
+    "Failed",
+    "TimedOut",
+    "Cancelling",
+    "DeliveryTimedOut",
+    "Undeliverable",
+    "Terminated",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def host_script() -> tuple[str, str]:
+    """The host script's text and its versioned install path on the host (version and content hash)."""
+    text = SCRIPT_PATH.read_text()
+    match = re.search(r'^VERSION="([0-9A-Za-z.-]+)"$', text, re.MULTILINE)
+    version = match.group(1) if match else "0"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return text, f"/var/tmp/bitbucket-backup-host-{version}-{digest}.sh"
+
+
+def install_script() -> str:
+    """A command that writes the host script to its versioned path, unless an identical copy is already there.
+
+    The script (about 48 KB) is sent once per run, in the step before the lock, rather than inline in every command:
+    each later command only calls the installed copy, so the commands in the SSM history stay short and readable."""
+    text, path = host_script()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    delimiter = "BBSCRIPT_" + digest[:16]
+    assert delimiter not in text
+    target = shlex.quote(path)
+    return "\n".join(
+        [
+            "set -euo pipefail",
+            f"if [ -f {target} ] && echo {digest}'  '{target} | sha256sum -c --status; then exit 0; fi",
+            f"tmp=$(mktemp {target}.XXXXXX)",
+            f"cat > \"$tmp\" <<'{delimiter}'",
+            text.rstrip("\n"),
+            delimiter,
+            'chmod 0755 "$tmp"',
+            f'mv -f "$tmp" {target}',
+        ]
+    )
+
+
+def script_command(subcommand: str, *args: str | int, then: str | None = None) -> str:
+    """One call of the installed host script, every argument quoted. `then` is a second call run after it."""
+    _, path = host_script()
+    words = ["bash", path, subcommand, *(str(a) for a in args)]
+    line = " ".join(shlex.quote(w) for w in words)
+    missing = f"[ -f {shlex.quote(path)} ] || {{ echo 'host script {path} is not installed' >&2; exit 11; }}"
+    return "\n".join(["set -euo pipefail", missing, line] + ([then] if then else []))
+
+
+def start(instance_id: str, script: str, *, step: str, timeout: int) -> dict[str, Any]:
+    """SendCommand; returns what check() needs (JSON, carried by the state machine)."""
+    ssm = client("ssm")
+    try:
+        command = ssm.send_command(
+            InstanceIds=[instance_id],
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": [script], "executionTimeout": [str(timeout)]},
+            TimeoutSeconds=max(30, min(timeout, 2592000)),
+            Comment=f"bitbucket-diy-backup {step}"[:100],
+        )["Command"]
+    except ClientError as error:
+        raise HostCommandFailed(f"{step}: SSM SendCommand to {instance_id} failed: {error_code(error)}") from None
+    return {
+        "instance_id": instance_id,
+        "command_id": command["CommandId"],
+        "step": step,
+        "started_at": time.time(),
+        "timeout": timeout,
+    }
+
+
+def check(command: dict[str, Any]) -> dict[str, Any] | None:
+    """None while the command runs; its parsed JSON summary (the last JSON line on stdout) once it succeeded.
+    Raises HostCommandFailed when it failed, timed out or was cancelled, or outlived its timeout."""
+    step, instance_id = command["step"], command["instance_id"]
+    try:
+        invocation = client("ssm").get_command_invocation(CommandId=command["command_id"], InstanceId=instance_id)
+    except ClientError as error:
+        if error_code(error) != "InvocationDoesNotExist":  # eventually consistent right after SendCommand
+            raise
+        invocation = {"Status": "Pending"}
+    status = invocation.get("Status", "Pending")
+    if status == "Success":
+        return _summary(step, str(invocation.get("StandardOutputContent") or ""))
+    if status in _TERMINAL_FAILURES:
+        detail = redact((invocation.get("StandardErrorContent") or "").strip())[-500:]
+        code = invocation.get("ResponseCode")
+        raise HostCommandFailed(
+            f"{step}: command on {instance_id} ended {status}"
+            + (f" (exit {code})" if code not in (None, -1) else "")
+            + (f": {detail}" if detail else "")
+        )
+    waited = time.time() - float(command["started_at"])
+    if waited > int(command["timeout"]) + 120:
+        raise HostCommandFailed(f"{step}: command on {instance_id} still {status} after {waited:.0f} s")
+    return None
+
+
+def _summary(step: str, stdout: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                found[str(parsed.get("subcommand", len(found)))] = parsed
+    if not found:
+        raise HostCommandFailed(f"{step}: the host command succeeded but printed no JSON summary")
+    return found

@@ -72,6 +72,33 @@ class EbsHomeConfig(_Strict):
         return self
 
 
+_ABS_PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$"
+
+
+class RsyncHomeConfig(_Strict):
+    """Home directory on an EC2 host (or NFS it mounts), mirrored by rsync into a staging directory on that host:
+    a first pass while Bitbucket is live, a second one under the lock; then archived and uploaded to S3."""
+
+    strategy: Literal["rsync"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    home_path: str = Field(pattern=_ABS_PATH)
+    staging_path: str = Field(pattern=_ABS_PATH)
+    # rsync patterns on top of the seed's defaults (/caches/, /data/db.*, /export/, /log/, /plugins/.*/, /tmp, /.lock).
+    excludes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\n\r]+$")]] = Field(
+        default_factory=list
+    )
+    # Repository ids (shared/data/repositories/ID) left out of the backup.
+    exclude_repos: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+
+    @model_validator(mode="after")
+    def _separate(self) -> RsyncHomeConfig:
+        home, staging = self.home_path.rstrip("/"), self.staging_path.rstrip("/")
+        if home == staging or staging.startswith(home + "/") or home.startswith(staging + "/"):
+            raise ValueError("staging_path and home_path must not contain each other")
+        return self
+
+
 class NoHomeConfig(_Strict):
     strategy: Literal["none"]
 
@@ -86,12 +113,44 @@ class AuroraDatabaseConfig(_Strict):
     cluster_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 
 
+class PostgresDatabaseConfig(_Strict):
+    """Self-managed PostgreSQL, dumped with pg_dump -Fd -j N on an EC2 host through SSM Run Command. The password
+    is read on the host from Secrets Manager; it is never on a command line."""
+
+    strategy: Literal["postgresql"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9._:-]+$")
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    dbname: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    password_secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
+    jobs: int = Field(default=2, ge=1, le=16)
+    # Where the dumps are written on the host (one directory per backup id inside it).
+    dump_path: str = Field(pattern=_ABS_PATH)
+    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+
+
 class NoDatabaseConfig(_Strict):
     strategy: Literal["none"]
 
 
-HomeConfig = Annotated[EbsHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
-DatabaseConfig = Annotated[RdsDatabaseConfig | AuroraDatabaseConfig | NoDatabaseConfig, Field(discriminator="strategy")]
+HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
+DatabaseConfig = Annotated[
+    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | NoDatabaseConfig,
+    Field(discriminator="strategy"),
+]
+# Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
+COPY_STRATEGIES = ("rsync", "postgresql")
+
+
+class ArchiveConfig(_Strict):
+    """Where the copy-type strategies (rsync, postgresql) write the archive on the host before uploading it.
+    How many are kept follows keep_backups."""
+
+    # A directory on the host with room for one compressed archive (it is removed after the upload).
+    work_path: str = Field(default="/var/tmp/bitbucket-backup", pattern=_ABS_PATH)
+    compressor: Literal["auto", "gzip", "zstd"] = "auto"
+    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
 
 # Step Functions keeps at most 25,000 history events per execution; one poll round costs about ten.
@@ -116,6 +175,8 @@ class TimingConfig(_Strict):
     # The restore state machine: how often it checks the restored database and volumes, and for how long.
     restore_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
     restore_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
+    # How often the state machine checks an SSM Run Command (rsync, pg_dump, archive) on a host.
+    host_poll_interval_seconds: int = Field(default=15, ge=0, le=600)
 
     @model_validator(mode="after")
     def _history_fits(self) -> TimingConfig:
@@ -150,6 +211,7 @@ class InstanceConfig(_Strict):
     schedule_timezone: str = "UTC"
     keep_backups: int = Field(default=7, ge=0, le=1000)
     timing: TimingConfig = TimingConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     notification_emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]] = Field(
         default_factory=list
     )
@@ -190,6 +252,10 @@ class InstanceConfig(_Strict):
             raise ValueError("home and database are both 'none': there is nothing to back up")
         return self
 
+    @property
+    def uses_archive(self) -> bool:
+        return self.home.strategy in COPY_STRATEGIES or self.database.strategy in COPY_STRATEGIES
+
 
 class ProjectConfig(_Strict):
     """The `bitbucket-backup` object in cdk.json's context."""
@@ -225,7 +291,9 @@ def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
         prefix = f"instance '{name}'" if name else f"instances[{index}]"
         parts = parts[2:]
     # Discriminated unions add the chosen strategy to the location; it is noise to a reader.
-    field = ".".join(str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", "none"))
+    field = ".".join(
+        str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", "rsync", "postgresql", "none")
+    )
     return f"{prefix}: {field}" if prefix and field else prefix or field or "config"
 
 

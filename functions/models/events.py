@@ -48,6 +48,12 @@ class PartEvent(StepEvent):
     part: str = Field(pattern=r"^(home|database)$")
 
 
+class HostProgressEvent(StepEvent):
+    """The commands a host step started and what finished so far (see workflow.check_host)."""
+
+    progress: dict[str, Any]
+
+
 class FailureEvent(_Event):
     input: dict[str, Any] = Field(default_factory=dict)
     run: RunContext | None = None

@@ -58,7 +58,7 @@ def is_ours(tags: dict[str, str], instance: str) -> bool:
 
 @dataclass(frozen=True)
 class Artifact:
-    kind: str  # ebs-snapshot | rds-snapshot | rds-cluster-snapshot
+    kind: str  # ebs-snapshot | rds-snapshot | rds-cluster-snapshot | s3-archive
     id: str
     part: str
     backup_id: str
@@ -84,6 +84,9 @@ class Strategy(ABC):
     """One way of copying one part of a backup."""
 
     part: str
+    # Copy-type strategies (rsync, postgresql) copy on a host and archive to S3 after the unlock; snapshot-type
+    # strategies (EBS, RDS) are consistent once backup() returns and only wait for their snapshots.
+    archives: bool = False
 
     def __init__(self, instance: InstanceConfig) -> None:
         self.instance = instance
@@ -150,12 +153,16 @@ class RestoreProgress:
 
 def strategies_for(instance: InstanceConfig) -> list[Strategy]:
     # Imported here so that a handler pays only for the strategies its instance uses.
-    from functions.strategies import amazon_ebs, amazon_rds
+    from functions.strategies import amazon_ebs, amazon_rds, host_copy
 
     found: list[Strategy] = []
     if instance.home.strategy == "amazon-ebs":
         found.append(amazon_ebs.EbsStrategy(instance))
-    if instance.database.strategy == "amazon-rds":
+    elif instance.home.strategy == "rsync":
+        found.append(host_copy.RsyncStrategy(instance))
+    if instance.database.strategy == "postgresql":
+        found.append(host_copy.PostgresStrategy(instance))
+    elif instance.database.strategy == "amazon-rds":
         found.append(amazon_rds.RdsStrategy(instance))
     elif instance.database.strategy == "amazon-aurora":
         found.append(amazon_rds.AuroraStrategy(instance))

@@ -1,7 +1,8 @@
 """The backup state machine and its Lambdas.
 
-validate (live) → lock → start backup → wait for DRAINED → home and database copies in parallel, each reporting
-progress → progress 100 → unlock → wait for snapshots → finalize (mark complete, prune).
+validate (live) → prepare home (rsync first pass) → lock → start backup → wait for DRAINED → home and database copies
+in parallel (a host copy is checked until done), each reporting progress → progress 100 → unlock → wait for snapshots
+→ archive host copies to S3 → finalize (mark complete, prune).
 Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
 """
 
@@ -39,6 +40,7 @@ class BackupWorkflow(Construct):
         timing: WorkflowTiming | None = None,
     ) -> None:
         super().__init__(scope, id)
+        self._failed_notes: dict[str, sfn.Pass] = {}
         timing = timing or WorkflowTiming()
         self._timing = timing
         make = factory.make
@@ -54,6 +56,9 @@ class BackupWorkflow(Construct):
             "unlock": make("Unlock", f"{h}.unlock.handler", timeout_s=120, description="unlock"),
             "check": make("CheckSnapshots", f"{h}.check_snapshots.handler", timeout_s=90, description="snapshots"),
             "finalize": make("Finalize", f"{h}.finalize.handler", timeout_s=300, description="finalize, prune"),
+            "prepare": make("PrepareHost", f"{h}.prepare_host.handler", timeout_s=300, description="prepare on host"),
+            "check_host": make("CheckHost", f"{h}.check_host.handler", timeout_s=60, description="check host command"),
+            "archive": make("Archive", f"{h}.archive.handler", timeout_s=60, description="archive to S3"),
             "failure": make("HandleFailure", f"{h}.failure.handler", timeout_s=300, description="failure path"),
         }
         self.state_machine = standard_state_machine(
@@ -82,15 +87,35 @@ class BackupWorkflow(Construct):
     def _catch(
         self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable, with_run: bool = True
     ) -> None:
-        params: dict[str, Any] = {
-            "input.$": "$.input",
-            "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
-        }
-        if with_run:
-            params["run.$"] = "$.run"
-        note = sfn.Pass(self, f"Failed: {step}", parameters=params)
-        note.next(failure)
+        note = self._failed_notes.get(step)
+        if note is None:
+            params: dict[str, Any] = {
+                "input.$": "$.input",
+                "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+            }
+            if with_run:
+                params["run.$"] = "$.run"
+            note = self._failed_notes[step] = sfn.Pass(self, f"Failed: {step}", parameters=params)
+            note.next(failure)
         state.add_catch(note, errors=["States.ALL"], result_path="$.failure")
+
+    def _host_loop(
+        self, name: str, start: tasks.LambdaInvoke, result_path: str, then: sfn.IChainable
+    ) -> tuple[tasks.LambdaInvoke, tasks.LambdaInvoke]:
+        """start → done? → (then) | wait → check → done? …: SSM Run Commands checked until they end. Snapshot
+        strategies answer done at once, so they pass straight through."""
+        check = self._task(f"Check {name}", "check_host", {"run.$": "$.run", "progress.$": result_path}, result_path)
+        wait = sfn.Wait(
+            self, f"Wait for {name}", time=sfn.WaitTime.seconds_path("$.run.config.timing.host_poll_interval_seconds")
+        )
+        done = (
+            sfn.Choice(self, f"{name[0].upper()}{name[1:]} done?")
+            .when(sfn.Condition.boolean_equals(f"{result_path}.done", True), then)
+            .otherwise(wait.next(check))
+        )
+        check.next(done)
+        start.next(done)
+        return start, check
 
     # --- the definition -------------------------------------------------------------------------------------
 
@@ -136,6 +161,11 @@ class BackupWorkflow(Construct):
 
         lock = self._task("Lock", "lock", run, "$.lock")
         self._catch(lock, "lock", handle)
+        # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
+        # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
+        prepare = self._task("Prepare home", "prepare", run, "$.prepared")
+        for state in self._host_loop("home preparation", prepare, "$.prepared", lock):
+            self._catch(state, "prepare", handle)
         start_backup = self._task("Start backup", "start", run, "$.task")
         self._catch(start_backup, "start-backup", handle)
         poll = self._task("Poll drain state", "poll", run, "$.drain", retry_on=["BitbucketUnavailable"])
@@ -170,7 +200,7 @@ class BackupWorkflow(Construct):
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
                 .when(sfn.Condition.string_equals(f"$.run.config.{part}.strategy", "none"), skip)
-                .otherwise(copy.next(report))
+                .otherwise(self._host_loop(f"{part} copy", copy, "$.part_result", report)[0])
             )
         self._catch(parts, "copy", handle)
 
@@ -189,26 +219,27 @@ class BackupWorkflow(Construct):
             "Mark complete and prune", "finalize", {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary"
         )
         self._catch(finalize, "finalize", handle)
+        # After the unlock: the host copies (rsync, pg_dump) are archived and uploaded; nothing for snapshots.
+        archive = self._task("Archive", "archive", run, "$.archived")
+        for state in self._host_loop("archive", archive, "$.archived", finalize):
+            self._catch(state, "archive", handle)
         done = sfn.Succeed(self, "Backup complete", output_path="$.summary")
 
-        return (
-            start.next(validate)
-            .next(lock)
-            .next(start_backup)
-            .next(poll)
-            .next(
-                sfn.Choice(self, "Drained?")
-                .when(
-                    sfn.Condition.boolean_equals("$.drain.drained", True),
-                    parts.next(finish)
-                    .next(unlock)
-                    .next(check)
-                    .next(
-                        sfn.Choice(self, "Snapshots complete?")
-                        .when(sfn.Condition.boolean_equals("$.snapshots.complete", True), finalize.next(done))
-                        .otherwise(wait_snapshots.next(check))
-                    ),
-                )
-                .otherwise(wait_drain.next(poll))
+        finalize.next(done)
+        start.next(validate).next(prepare)
+        lock.next(start_backup).next(poll).next(
+            sfn.Choice(self, "Drained?")
+            .when(
+                sfn.Condition.boolean_equals("$.drain.drained", True),
+                parts.next(finish)
+                .next(unlock)
+                .next(check)
+                .next(
+                    sfn.Choice(self, "Snapshots complete?")
+                    .when(sfn.Condition.boolean_equals("$.snapshots.complete", True), archive)
+                    .otherwise(wait_snapshots.next(check))
+                ),
             )
+            .otherwise(wait_drain.next(poll))
         )
+        return start

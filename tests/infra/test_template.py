@@ -20,6 +20,8 @@ from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 HAPPY_PATH = [
     "Start",
     "Validate and prepare",
+    "Prepare home",
+    "Home preparation done?",
     "Lock",
     "Start backup",
     "Poll drain state",
@@ -29,6 +31,8 @@ HAPPY_PATH = [
     "Unlock",
     "Check snapshots",
     "Snapshots complete?",
+    "Archive",
+    "Archive done?",
     "Mark complete and prune",
     "Backup complete",
 ]
@@ -139,7 +143,11 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert choice["Choices"][0]["Variable"] == f"$.run.config.{part}.strategy"
             assert inner[choice["Choices"][0]["Next"]]["Type"] == "Pass", "an unconfigured part is skipped"
             assert choice["Default"] == f"Copy {part}"
-            assert inner[f"Copy {part}"]["Next"] == f"Report {part} progress"
+            # A host copy (rsync, pg_dump) is checked until done; a snapshot strategy answers done at once.
+            done = inner[inner[f"Copy {part}"]["Next"]]
+            assert done["Type"] == "Choice" and done["Choices"][0]["Variable"] == "$.part_result.done"
+            assert done["Choices"][0]["Next"] == f"Report {part} progress"
+            assert inner[done["Default"]]["SecondsPath"] == "$.run.config.timing.host_poll_interval_seconds"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
         assert states["Report progress 100"]["Next"] == "Unlock"
@@ -349,7 +357,7 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
     for instance in (PROD, STAGING):
         sm = owner[instance["name"]]
         steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
-        assert len(steps) == 11
+        assert len(steps) == 14
         used = steps | _functions_watching(sm.logical_id, resources)
         covered |= used
         for logical in used:

@@ -1,0 +1,13 @@
+"""Step `check-host`: one check of the SSM Run Commands a host step started."""
+
+from typing import Any
+
+from functions import workflow
+from functions.handlers._step import step
+from functions.models.events import HostProgressEvent, parse
+
+
+@step("check-host")
+def handler(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(HostProgressEvent, event, "check-host")
+    return workflow.check_host(request.run, request.progress)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from functions.models.config import InstanceConfig, ProjectConfig
@@ -55,6 +56,28 @@ class BackupStack(Stack):
             "POWERTOOLS_METRICS_NAMESPACE": "BitbucketDiyBackup",
             "POWERTOOLS_LOG_LEVEL": config.log_level,
         }
+        # The archives of the copy-type strategies (rsync, postgresql): created only when an instance uses one.
+        self.archive_bucket: s3.Bucket | None = None
+        if any(i.uses_archive for i in config.instances):
+            self.archive_bucket = s3.Bucket(
+                self,
+                "Archives",
+                encryption=s3.BucketEncryption.KMS,
+                encryption_key=key,
+                bucket_key_enabled=True,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                versioned=True,
+                enforce_ssl=True,
+                removal_policy=RemovalPolicy.RETAIN,
+            )
+            environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
+            CfnOutput(self, "ArchiveBucket", value=self.archive_bucket.bucket_name)
+            CfnOutput(
+                self,
+                "ArchiveKey",
+                value=key.key_arn,
+                description="The hosts' instance roles need kms:GenerateDataKey on this key to upload archives",
+            )
         groups = network_groups(config.instances)
         for index, instances in enumerate(groups):
             suffix = "" if len(groups) == 1 else str(index + 1)
@@ -132,6 +155,17 @@ class BackupStack(Stack):
             for statement in permissions.manage_own_snapshots(self, instances):
                 fn.add_to_role_policy(statement)
             notifications.topic.grant_publish(fn)
+        for fn in each("prepare", "home", "database", "check_host", "archive"):
+            for statement in permissions.host_commands(self, instances):
+                fn.add_to_role_policy(statement)
+        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
+            arn = self.archive_bucket.bucket_arn
+            for fn in each("validate", "check", "finalize", "failure", "safety_net"):
+                for statement in permissions.read_archives(arn):
+                    fn.add_to_role_policy(statement)
+            for fn in each("finalize", "failure", "safety_net"):
+                for statement in permissions.manage_own_archives(arn):
+                    fn.add_to_role_policy(statement)
 
     def _grant_restore(
         self,

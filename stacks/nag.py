@@ -52,6 +52,16 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         r"AwsSolutions-L1",
         "Python 3.13 is the product's target runtime; it moves forward deliberately after testing.",
     ),
+    (
+        r"AwsSolutions-S1",
+        "The archive bucket's access is by the backup Lambdas and the configured hosts only; object-level events are "
+        "in CloudTrail when the account enables data events, so no second bucket for server access logs is created.",
+    ),
+    (
+        r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]",
+        "Archive keys are made at run time (instance/backup-id/...): the catalog reads their tags; re-tagging and "
+        "deleting require this tool's marker tag on the object (s3:ExistingObjectTag).",
+    ),
     # --- the restore workflow -----------------------------------------------------------------------------------------
     (
         rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:"
@@ -77,6 +87,10 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "EC2 or RDS (kms:ViaService), and grants only for AWS resources (kms:GrantIsForAWSResource).",
     ),
 ]
+
+
+# Findings only a stack with an archive bucket (an rsync or postgresql instance) has.
+ARCHIVE_ONLY = {r"AwsSolutions-S1", r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]"}
 
 
 def pattern_for(rule: str) -> str | None:

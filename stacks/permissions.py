@@ -9,7 +9,14 @@ from __future__ import annotations
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 
-from functions.models.config import AuroraDatabaseConfig, EbsHomeConfig, InstanceConfig, RdsDatabaseConfig
+from functions.models.config import (
+    AuroraDatabaseConfig,
+    EbsHomeConfig,
+    InstanceConfig,
+    PostgresDatabaseConfig,
+    RdsDatabaseConfig,
+    RsyncHomeConfig,
+)
 from functions.strategies import (
     INSTANCE_TAG,
     RESTORE_TARGET_TAG,
@@ -378,3 +385,43 @@ def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list
             )
         )
     return statements
+
+
+def host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Run Command on the hosts the copy-type strategies (rsync, postgresql) name, and reading its results."""
+    hosts = sorted(
+        {
+            stack.format_arn(service="ec2", resource="instance", resource_name=part.instance_id)
+            for i in instances
+            for part in (i.home, i.database)
+            if isinstance(part, RsyncHomeConfig | PostgresDatabaseConfig)
+        }
+    )
+    if not hosts:
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=["ssm:SendCommand"],
+            resources=[*hosts, f"arn:{stack.partition}:ssm:{stack.region}::document/AWS-RunShellScript"],
+        ),
+        iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]),
+    ]
+
+
+def read_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
+    """Listing the archive catalog: objects under the bucket, their tags and metadata."""
+    return [
+        iam.PolicyStatement(actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[bucket_arn]),
+        iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectTagging"], resources=[f"{bucket_arn}/*"]),
+    ]
+
+
+def manage_own_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
+    """Re-tagging and deleting archives: only objects carrying this tool's marker tag."""
+    return [
+        iam.PolicyStatement(
+            actions=["s3:PutObjectTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+            resources=[f"{bucket_arn}/*"],
+            conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
+        ),
+    ]

@@ -1,0 +1,107 @@
+"""The rsync and postgresql strategies: configuration, synth-time validation, and the stack's archive bucket."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from functions.clients import host
+from functions.models.config import ConfigError, parse_instance_config, parse_project_config
+
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:bitbucket-db-AbCdEf"
+
+
+def instance(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "prod",
+        "base_url": "https://bitbucket.example.com",
+        "credentials_secret": "bitbucket/prod",
+        "home": {
+            "strategy": "rsync",
+            "instance_id": "i-0123456789abcdef0",
+            "home_path": "/var/atlassian/application-data/bitbucket",
+            "staging_path": "/backup/staging",
+            "exclude_repos": [7],
+        },
+        "database": {
+            "strategy": "postgresql",
+            "instance_id": "i-0123456789abcdef0",
+            "user": "bitbucket",
+            "dbname": "bitbucket",
+            "password_secret": SECRET,
+            "dump_path": "/backup/dumps",
+        },
+        **overrides,
+    }
+
+
+def test_rsync_and_postgresql_parse() -> None:
+    config = parse_instance_config(instance())
+    assert config.home.strategy == "rsync" and config.database.strategy == "postgresql"
+    assert config.uses_archive and config.archive.work_path.startswith("/")
+
+
+@pytest.mark.parametrize(
+    ("part", "field", "value", "expected"),
+    [
+        ("home", "staging_path", "/var/atlassian/application-data/bitbucket/staging", "must not contain each other"),
+        ("home", "home_path", "relative/path", "instance 'prod': home.home_path"),
+        ("database", "password_secret", "bitbucket/db", "instance 'prod': database.password_secret"),
+        ("database", "jobs", 0, "instance 'prod': database.jobs"),
+    ],
+)
+def test_invalid_fields_are_named(part: str, field: str, value: Any, expected: str) -> None:
+    raw = instance()
+    raw[part] = {**raw[part], field: value}
+    with pytest.raises(ConfigError, match=expected):
+        parse_project_config({"instances": [raw]})
+
+
+def test_commands_quote_every_argument_and_carry_no_secret() -> None:
+    command = host.script_command("rsync-home", "--home", "/h; rm -rf /", "--exclude", "$(id)")
+    assert "'/h; rm -rf /'" in command and "'$(id)'" in command
+    install = host.install_script()
+    _, path = host.host_script()
+    assert path.startswith("/var/tmp/bitbucket-backup-host-") and path in install
+
+
+def test_stack_creates_a_private_encrypted_versioned_archive_bucket() -> None:
+    from aws_cdk import Environment
+
+    from stacks.app_builder import STACK_NAME, build_app
+
+    project = {"bundling": "none", "instances": [instance()]}
+    with tempfile.TemporaryDirectory() as outdir:
+        app, stack = build_app(
+            project, outdir=outdir, env=Environment(account="123456789012", region="eu-west-1"), checks=True
+        )
+        app.synth()
+        from stacks import nag
+
+        used = {nag.pattern_for(rule) for rule in nag.acknowledged(stack)}
+        assert used >= nag.ARCHIVE_ONLY
+        template = json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text())
+    buckets = [r for r in template["Resources"].values() if r["Type"] == "AWS::S3::Bucket"]
+    assert len(buckets) == 1
+    props = buckets[0]["Properties"]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    rule = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    policies = [r for r in template["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy"]
+    assert any("aws:SecureTransport" in json.dumps(p) for p in policies)
+    envs = [
+        r["Properties"].get("Environment", {}).get("Variables", {})
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Function"
+    ]
+    assert all("ARCHIVE_BUCKET" in e for e in envs if "RUNS_TABLE" in e)

@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix
+.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -33,8 +33,10 @@ $(CDK): package.json package-lock.json
 
 cdk-cli: $(CDK)
 
-demo: venv
-	$(PY) -m rehearsal
+# DEMO_ARGS="--home-strategy rsync --db-strategy postgresql" rehearses the host-copy strategies with real bytes.
+DEMO_ARGS ?=
+demo: venv host-deps awscli
+	$(PY) -m rehearsal $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -43,7 +45,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy functions stacks rehearsal app.py
 
-test: venv cdk-cli host-deps lint typecheck
+test: venv cdk-cli host-deps awscli lint typecheck
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 # What the host-script tests run for real: rsync, git and a PostgreSQL 15 server (sudo only when not root).
@@ -54,7 +56,17 @@ host-deps:
 	@command -v git >/dev/null || ($(APT_INSTALL) git)
 	@test -x /usr/lib/postgresql/15/bin/initdb || ($(APT_INSTALL) postgresql-15)
 
-bench: venv
+# The AWS CLI the host script calls (S3 upload, Secrets Manager), pinned, in its own environment: its botocore pin
+# differs from boto3's. The rehearsal's hosts find it first on PATH and point it at moto on 127.0.0.1.
+AWSCLI_VERSION := 1.45.11
+.awscli/.installed:
+	@test -x .awscli/bin/python || $(PYTHON) -m venv .awscli
+	.awscli/bin/python -m pip install --quiet --disable-pip-version-check "awscli==$(AWSCLI_VERSION)"
+	@touch $@
+
+awscli: .awscli/.installed
+
+bench: venv host-deps awscli
 	$(PY) -m rehearsal.bench
 
 # The rsync passes of the host script on a generated ~1 GB and ~2 GB home of git repositories (minutes).
@@ -71,4 +83,4 @@ fault-matrix: venv
 	$(PY) -m tests.integration.fault_matrix > docs/fault-matrix.md
 
 clean:
-	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache .awscli

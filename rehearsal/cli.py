@@ -44,8 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how long the local simulator takes to drain (default 2)",
     )
-    parser.add_argument("--home-strategy", choices=["amazon-ebs", "none"], default="amazon-ebs")
-    parser.add_argument("--db-strategy", choices=["amazon-rds", "amazon-aurora", "none"], default="amazon-rds")
+    parser.add_argument(
+        "--home-strategy",
+        choices=["amazon-ebs", "rsync", "none"],
+        default="amazon-ebs",
+        help="amazon-ebs (snapshots in moto) or rsync (the host script copies a generated home of real git "
+        "repositories, then archives it to S3)",
+    )
+    parser.add_argument(
+        "--db-strategy",
+        choices=["amazon-rds", "amazon-aurora", "postgresql", "none"],
+        default="amazon-rds",
+        help="amazon-rds / amazon-aurora (snapshots in moto) or postgresql (pg_dump of a local PostgreSQL 15 "
+        "the rehearsal starts, archived to S3)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -107,6 +119,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "cost_usd": round(result.cost_usd, 6),
         "execution_seconds": round(result.seconds, 3),
         "snapshots": rehearsal.snapshots(backup_id) if backup_id else [],
+        "archive": summary.get("archive") or [],
         "notifications": rehearsal.notifications(),
         "execution_arn": result.execution_arn,
     }
@@ -119,6 +132,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  failed at step {summary['error']['step']}: {summary['error']['message']}")
     for snap in summary["snapshots"]:
         print(f"  {snap['kind']:<22} {snap['id']:<28} {snap['part']:<9} {snap['state']:<10} {snap['status']}")
+    for archive in summary["archive"]:
+        print(f"  archive {archive['part']:<9} s3://{archive['bucket']}/{archive['key']} {archive['size']} bytes")
+        print(f"          sha256 {archive['sha256']}")
     if summary["lock_window_s"] is not None:
         print(f"  lock window {summary['lock_window_s']:.3f} s, of which drain {summary['drain_s'] or 0:.3f} s")
     print(

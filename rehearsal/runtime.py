@@ -25,7 +25,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-ROOT_HANDLERS = Path(__file__).resolve().parent.parent / "functions" / "handlers"
+from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOT_HANDLERS = ROOT / "functions" / "handlers"
+# The pinned AWS CLI `make awscli` installs (the host script calls `aws`); else whichever `aws` is on PATH.
+AWS_CLI_DIR = ROOT / ".awscli" / "bin"
+COPY_STRATEGIES = ("rsync", "postgresql")
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
@@ -68,8 +74,24 @@ def rehearsal_project_config(home: str = "amazon-ebs", database: str = "amazon-r
             "volumes": ["/dev/xvdf"],
             "mount_points": [],
         }
+    elif home == "rsync":
+        home_cfg = {
+            "strategy": "rsync",
+            "instance_id": "i-00000000000000000",
+            "home_path": "/var/atlassian/application-data/bitbucket",
+            "staging_path": "/var/tmp/bitbucket-staging",
+        }
     db_cfg: dict[str, Any] = {"strategy": "none"}
-    if database == "amazon-rds":
+    if database == "postgresql":
+        db_cfg = {
+            "strategy": "postgresql",
+            "instance_id": "i-00000000000000000",
+            "user": "bitbucket",
+            "dbname": "bitbucket",
+            "password_secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:bitbucket/demo/db-AbCdEf",
+            "dump_path": "/var/tmp/bitbucket-dumps",
+        }
+    elif database == "amazon-rds":
         db_cfg = {"strategy": "amazon-rds", "instance_id": "bitbucket-demo"}
     elif database == "amazon-aurora":
         db_cfg = {"strategy": "amazon-aurora", "cluster_id": "bitbucket-demo"}
@@ -281,15 +303,22 @@ class LocalHost:
         self.commands: list[HostCommand] = []
         # Per instance id: a status to report instead of running (e.g. "TimedOut"), or a failing exit code.
         self.faults: dict[str, str] = {}
+        # Extra environment of every command (the AWS CLI's local endpoint), and hooks called before each command
+        # with (instance id, script): what changes on a host while the workflow runs (new commits between passes).
+        self.env: dict[str, str] = {}
+        self.before_run: list[Callable[[str, str], None]] = []
 
     def run(self, instance_id: str, script: str) -> HostCommand:
         import subprocess
 
+        for hook in list(self.before_run):
+            hook(instance_id, script)
         fault = self.faults.get(instance_id)
         if fault in ("TimedOut", "Cancelled", "InProgress"):
             result = HostCommand(instance_id, script, fault, -1, "", "")
         else:
-            env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
+            path = f"{self.bin}:{AWS_CLI_DIR}:{os.environ.get('PATH', '')}"
+            env = {**os.environ, **self.env, "PATH": path}
             proc = subprocess.run(
                 ["bash", "-c", script], cwd=self.root, env=env, capture_output=True, text=True, timeout=600, check=False
             )
@@ -334,7 +363,12 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
     original_send = SimpleSystemManagerBackend.send_command
 
     def send_command(self: Any, **kwargs: Any) -> Any:
+        requested = list(kwargs.get("instance_ids") or [])  # moto extends the caller's list in place
         command = original_send(self, **kwargs)
+        if requested and not kwargs.get("targets"):
+            # Without Targets moto also sends the command to every instance in the account; AWS does not.
+            command.invocations = [i for i in command.invocations if i["InstanceId"] in requested]
+            command.instance_ids = requested
         if command.document_name == "AWS-RunShellScript":
             script = "\n".join(command.parameters.get("commands", []))
             for invocation in command.invocations:
@@ -412,6 +446,8 @@ class Rehearsal:
         instance_overrides: dict[str, Any] | None = None,
         host_root: Path | None = None,
         sizes: tuple[int, int] = (100, 50),
+        home_repos: int = 4,
+        postgres: Postgres | None = None,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
@@ -421,6 +457,7 @@ class Rehearsal:
             "drain_timeout_seconds": 30,
             "snapshot_poll_interval_seconds": 0,
             "snapshot_timeout_seconds": 60,
+            "host_poll_interval_seconds": 0,
             "restore_poll_interval_seconds": 0,
             "restore_timeout_seconds": 60,
             "http_timeout_seconds": 2,
@@ -430,6 +467,9 @@ class Rehearsal:
         }
         self.instance_overrides = instance_overrides or {}
         self.home_gb, self.db_gb = sizes
+        self.home_repos = home_repos
+        self.postgres = postgres
+        self.bitbucket_home: BitbucketHome | None = None
         self.logs = LogCapture()
         self.lambda_faults: dict[str, list[Exception]] = {}
         self.runtime = LambdaRuntime(self.logs, self.lambda_faults)
@@ -447,11 +487,15 @@ class Rehearsal:
         from moto import mock_aws
 
         set_fake_credentials()
+        instance = self.project_config["instances"][0]
+        home, database = instance["home"]["strategy"], instance["database"]["strategy"]
         template = synth_template(self.project_config)
         self._stack.enter_context(
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
         )
         self._stack.enter_context(_patch_moto(self.runtime, self.host))
+        if home in COPY_STRATEGIES or database in COPY_STRATEGIES:
+            self._serve_host_endpoint()
         self._redirect_logs()
         self._deploy(template)
         self._create_world()
@@ -461,6 +505,30 @@ class Rehearsal:
         self._stack.close()
         if self._own_host_root:
             shutil.rmtree(self.host.root, ignore_errors=True)
+
+    def _serve_host_endpoint(self) -> None:
+        """The hosts' AWS CLI (S3 upload, Secrets Manager) talks to this process's moto over HTTP on 127.0.0.1."""
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        self._stack.callback(server.stop)
+        address, port = server.get_host_and_port()
+        self.host.env.update(
+            {
+                "AWS_ENDPOINT_URL": f"http://{address}:{port}",
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_SESSION_TOKEN": "testing",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        )
 
     def _redirect_logs(self) -> None:
         from functions.observability import logger
@@ -491,6 +559,7 @@ class Rehearsal:
             "AWS::SNS::Topic",
             "AWS::DynamoDB::Table",
             "AWS::SSM::Parameter",
+            "AWS::S3::Bucket",
             "AWS::Lambda::Function",
             "AWS::StepFunctions::StateMachine",
             "AWS::Events::Rule",
@@ -531,6 +600,14 @@ class Rehearsal:
         elif kind == "AWS::SSM::Parameter":
             self.client("ssm").put_parameter(Name=props["Name"], Value=r(props["Value"]), Type="String")
             r.refs[logical] = props["Name"]
+        elif kind == "AWS::S3::Bucket":
+            s3 = self.client("s3")
+            name = props.get("BucketName") or f"{logical.lower()[:40]}-{uuid.uuid4().hex[:8]}"
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            r.refs[logical], r.attrs[(logical, "Arn")] = name, f"arn:aws:s3:::{name}"
+            self.archive_bucket = name
         elif kind == "AWS::Lambda::Function":
             code = io.BytesIO()
             with zipfile.ZipFile(code, "w") as archive:
@@ -583,6 +660,30 @@ class Rehearsal:
             # /dev/xvdg is attached but not configured: it must not be snapshotted.
             self.resources.update(ec2_instance=ec2_instance["InstanceId"], volumes=volumes)
             home["instance_id"] = ec2_instance["InstanceId"]
+        if home["strategy"] == "rsync":
+            self.bitbucket_home = build_home(self.host.root, range(1, self.home_repos + 1))
+            home.update(
+                instance_id=self._host_instance("home"),
+                home_path=str(self.bitbucket_home.root),
+                staging_path=str(self.host.root / "staging"),
+            )
+        if database["strategy"] == "postgresql":
+            if self.postgres is None:
+                self.postgres = self._stack.enter_context(local_postgres())
+            secret = sm.create_secret(
+                Name="bitbucket/demo/db",
+                SecretString=json.dumps({"username": "bitbucket", "password": APP_PASSWORD}),
+            )["ARN"]
+            database.update(
+                instance_id=self._host_instance("database"),
+                host=self.postgres.host,
+                port=self.postgres.port,
+                password_secret=secret,
+                dump_path=str(self.host.root / "dumps"),
+            )
+            self.resources["postgres"] = f"{self.postgres.host}:{self.postgres.port}"
+        if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
+            self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
         if database["strategy"] == "amazon-rds":
             self.client("rds").create_db_instance(
                 DBInstanceIdentifier=database["instance_id"],
@@ -604,6 +705,28 @@ class Rehearsal:
         self.configure(
             home=home, database=database, base_url=self.bitbucket_url, timing=self.timing, **self.instance_overrides
         )
+
+    def _host_instance(self, role: str) -> str:
+        """An EC2 instance in moto standing for the host of one part (its Run Commands run in the local host)."""
+        instance_id = str(
+            self.client("ec2").run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large")[
+                "Instances"
+            ][0]["InstanceId"]
+        )
+        self.resources[f"{role}_host"] = instance_id
+        return instance_id
+
+    def archives(self) -> list[dict[str, Any]]:
+        """Every object in the archive bucket (all versions' latest), with its tags."""
+        bucket = getattr(self, "archive_bucket", None)
+        if not bucket:
+            return []
+        s3 = self.client("s3")
+        found = []
+        for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            tags = s3.get_object_tagging(Bucket=bucket, Key=obj["Key"])["TagSet"]
+            found.append({"key": obj["Key"], "size": obj["Size"], "tags": {t["Key"]: t["Value"] for t in tags}})
+        return found
 
     def configure(self, **fields: Any) -> dict[str, Any]:
         """Change the demo instance's stored configuration (what cdk.json would say), as a redeploy would."""

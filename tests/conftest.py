@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from rehearsal.bitbucket_simulator import BitbucketSimulator
+from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
 from rehearsal.runtime import REGION, set_fake_credentials
 
 
@@ -27,6 +28,20 @@ def simulator() -> Iterator[BitbucketSimulator]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 on 127.0.0.1 with SCRAM password authentication and a Bitbucket-ish database."""
+    try:
+        server = local_postgres()
+        pg = server.__enter__()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    try:
+        yield pg
+    finally:
+        server.__exit__(None, None, None)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -163,8 +163,8 @@ class BackupWorkflow(Construct):
         self._catch(lock, "lock", handle)
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
         # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
-        prepare = self._task("Prepare home", "prepare", run, "$.prepared")
-        for state in self._host_loop("home preparation", prepare, "$.prepared", lock):
+        prepare = self._task("Prepare hosts", "prepare", run, "$.prepared")
+        for state in self._host_loop("host preparation", prepare, "$.prepared", lock):
             self._catch(state, "prepare", handle)
         start_backup = self._task("Start backup", "start", run, "$.task")
         self._catch(start_backup, "start-backup", handle)

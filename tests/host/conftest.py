@@ -4,38 +4,38 @@ real PostgreSQL 15 server started on loopback for the test session (as a non-roo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rehearsal.hostworld import (  # noqa: F401  (re-exported for the host tests)
+    APP_PASSWORD,
+    EXCLUDED,
+    INCLUDED,
+    PG_BIN,
+    REPOS,
+    TABLES,
+    BitbucketHome,
+    Postgres,
+    PostgresUnavailable,
+    build_home,
+    git,
+    local_postgres,
+    table_fingerprint,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "functions" / "host" / "bitbucket-backup-host.sh"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-REPOS = Path("shared/data/repositories")
 
 # Exit codes documented in the script's header.
 EXIT_USAGE, EXIT_MISSING, EXIT_NO_SPACE, EXIT_COPY, EXIT_REFUSED, EXIT_CHECKSUM, EXIT_AUTH = 2, 3, 4, 5, 6, 7, 8
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.com",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.com",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
 
 
 @dataclass
@@ -74,102 +74,6 @@ def run(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 6
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def git(*args: str | Path, cwd: Path | None = None) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", "-c", "safe.directory=*", *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"git {' '.join(map(str, args))}: {proc.stderr}"
-    return proc.stdout
-
-
-def commit_files(work: Path, files: dict[str, bytes], message: str) -> None:
-    for name, content in files.items():
-        path = work / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    git("add", "-A", cwd=work)
-    git("commit", "-q", "-m", message, cwd=work)
-
-
-@dataclass
-class BitbucketHome:
-    """A home directory shaped like Bitbucket's, whose repositories are bare clones of work repositories."""
-
-    root: Path
-    works: Path
-    repo_ids: list[int] = field(default_factory=list)
-
-    def repo(self, repo_id: int) -> Path:
-        return self.root / REPOS / str(repo_id)
-
-    def add_repo(self, repo_id: int, big_blob: int = 0) -> Path:
-        work = self.works / str(repo_id)
-        git("init", "-q", work)
-        commit_files(
-            work, {"README.md": f"# repo {repo_id}\n".encode(), "src/main.c": b"int main(void) { return 0; }\n"}, "init"
-        )
-        git("tag", "-a", "v1.0", "-m", "release 1.0", cwd=work)
-        git("checkout", "-q", "-b", "feature/x", cwd=work)
-        commit_files(work, {"src/feature.c": os.urandom(3000)}, "feature work")
-        git("tag", "light-tag", cwd=work)
-        git("checkout", "-q", "main", cwd=work)
-        commit_files(work, {"docs/guide.txt": b"guide\n" * 200}, "docs")
-        if big_blob:
-            commit_files(work, {"assets/blob.bin": os.urandom(big_blob)}, "binary asset")
-        bare = self.repo(repo_id)
-        bare.parent.mkdir(parents=True, exist_ok=True)
-        git("clone", "-q", "--bare", "--no-local", work, bare)
-        git("remote", "add", "bitbucket", bare, cwd=work)
-        self.repo_ids.append(repo_id)
-        return bare
-
-    def push_commits(self, repo_id: int, branch: str, count: int) -> None:
-        """New commits pushed to a branch (loose objects in the bare repository, as a small push leaves them)."""
-        work = self.works / str(repo_id)
-        git("checkout", "-q", branch, cwd=work)
-        for i in range(count):
-            commit_files(work, {f"change-{i}.txt": os.urandom(500)}, f"change {i}")
-        git("push", "-q", "bitbucket", branch, cwd=work)
-        git("checkout", "-q", "main", cwd=work)
-
-    def delete_repo(self, repo_id: int) -> None:
-        shutil.rmtree(self.repo(repo_id))
-        self.repo_ids.remove(repo_id)
-
-
-# Home-relative paths that the default excludes must keep out of the backup, and ones that must be in it.
-EXCLUDED = [
-    "caches/idx/segment",
-    "log/atlassian-bitbucket.log",
-    "tmp/upload.part",
-    "export/dump.zip",
-    "plugins/.osgi-plugins/felix/bundle.jar",
-    "plugins/.bundled-plugins/b.jar",
-    "data/db.lock",
-    "data/db.h2.db",
-    ".lock",
-]
-INCLUDED = ["shared/bitbucket.properties", "plugins/installed-plugins/plugin.jar", "shared/config/x.cfg"]
-
-
-def build_home(tmp_path: Path, repo_ids: range, big_blob_repo: int | None = None) -> BitbucketHome:
-    home = BitbucketHome(tmp_path / "bitbucket-home", tmp_path / "work-repos")
-    home.root.mkdir()
-    for repo_id in repo_ids:
-        home.add_repo(repo_id, big_blob=400_000 if repo_id == big_blob_repo else 0)
-    for rel in EXCLUDED + INCLUDED:
-        path = home.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"content of {rel}\n")
-    (home.root / "shared/bitbucket.properties").write_text("jdbc.password=not-a-real-one\n")
-    return home
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> BitbucketHome:
     return build_home(tmp_path, range(1, 6), big_blob_repo=4)
@@ -194,178 +98,6 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-# ------------------------------------------------------------------------------------------------ PostgreSQL
-
-SUPERUSER_PASSWORD = "Sup3r-user-pw"
-# A quote and a backslash: the password must survive JSON (the secret) and the environment intact.
-APP_PASSWORD = 'bb-s3cr3t-"Qx\\w!'
-
-
-@dataclass
-class Postgres:
-    host: str
-    port: int
-    data: Path
-
-    def conn_args(self, user: str = "bitbucket") -> list[str]:
-        return ["--host", self.host, "--port", str(self.port), "--user", user]
-
-    def libpq_args(self, user: str, dbname: str) -> list[str]:
-        return ["-h", self.host, "-p", str(self.port), "-U", user, "-d", dbname]
-
-    def psql(self, sql: str, dbname: str = "bitbucket", user: str = "bitbucket", password: str = APP_PASSWORD) -> str:
-        proc = subprocess.run(
-            [str(PG_BIN / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.libpq_args(user, dbname)],
-            input=sql,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PGPASSWORD": password},
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
-
-    def superuser(self, sql: str) -> str:
-        return self.psql(sql, dbname="postgres", user="postgres", password=SUPERUSER_PASSWORD)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _server_user() -> list[str]:
-    """The command prefix that runs PostgreSQL's server binaries: initdb and postgres refuse to run as root."""
-    if os.geteuid() != 0:
-        return []
-    for name in ("postgres", "bbbackup-pg"):
-        if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode == 0:
-            return ["runuser", "-u", name, "--"]
-    created = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "bbbackup-pg"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if created.returncode != 0:
-        pytest.skip(f"running as root and no user to run PostgreSQL as: {created.stderr.strip()}")
-    return ["runuser", "-u", "bbbackup-pg", "--"]
-
-
-SCHEMA = """
-CREATE TABLE sta_project (
-    id serial PRIMARY KEY, project_key varchar(128) UNIQUE NOT NULL, name varchar(255) NOT NULL,
-    description text, project_type integer NOT NULL);
-CREATE TABLE sta_repository (
-    id serial PRIMARY KEY, project_id integer NOT NULL REFERENCES sta_project(id), slug varchar(128) NOT NULL,
-    name varchar(128) NOT NULL, state integer NOT NULL, hierarchy_id varchar(20) NOT NULL,
-    is_forkable boolean NOT NULL, is_public boolean NOT NULL, UNIQUE (project_id, slug));
-CREATE TABLE sta_normal_user (
-    id serial PRIMARY KEY, name varchar(255) UNIQUE NOT NULL, email_address varchar(255), locale varchar(32));
-CREATE TABLE sta_pull_request (
-    id bigserial PRIMARY KEY, repository_id integer NOT NULL REFERENCES sta_repository(id),
-    author_id integer REFERENCES sta_normal_user(id), title varchar(255) NOT NULL, description text,
-    from_hash char(40) NOT NULL, to_hash char(40) NOT NULL, pr_state integer NOT NULL,
-    created_timestamp timestamptz NOT NULL, payload bytea);
-CREATE INDEX idx_pr_repo ON sta_pull_request(repository_id);
-CREATE VIEW sta_open_pull_requests AS SELECT * FROM sta_pull_request WHERE pr_state = 0;
-
-INSERT INTO sta_project (project_key, name, description, project_type)
-    SELECT 'PRJ' || g, 'Project ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'Déscription ünïcode ' || g END, g % 2
-    FROM generate_series(1, 60) g;
-INSERT INTO sta_repository (project_id, slug, name, state, hierarchy_id, is_forkable, is_public)
-    SELECT 1 + g % 60, 'repo-' || g, 'Repository ' || g, g % 3, md5(g::text)::varchar(20), g % 2 = 0, g % 5 = 0
-    FROM generate_series(1, 2500) g;
-INSERT INTO sta_normal_user (name, email_address, locale)
-    SELECT 'user' || g, 'user' || g || '@example.com', CASE WHEN g % 4 = 0 THEN 'de_DE' END
-    FROM generate_series(1, 400) g;
-INSERT INTO sta_pull_request (repository_id, author_id, title, description, from_hash, to_hash, pr_state,
-                              created_timestamp, payload)
-    SELECT 1 + g % 2500, 1 + g % 400, 'PR ' || g || E' with \\t tab', repeat('lorem ipsum ', g % 20),
-           md5('f' || g) || substr(md5('x' || g), 1, 8), md5('t' || g) || substr(md5('y' || g), 1, 8), g % 3,
-           timestamptz '2020-01-01 00:00:00+00' + g * interval '17 minutes', decode(md5(g::text), 'hex')
-    FROM generate_series(1, 6000) g;
-"""
-TABLES = ["sta_project", "sta_repository", "sta_normal_user", "sta_pull_request"]
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A real PostgreSQL 15 on 127.0.0.1 with SCRAM password authentication and a Bitbucket-ish database."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 server binaries not found in {PG_BIN} (make host-deps installs postgresql-15)")
-    prefix = _server_user()
-    base = Path(tempfile.mkdtemp(prefix="bbbackup-pg-"))
-    data, pwfile, log = base / "data", base / "pwfile", base / "server.log"
-    pwfile.write_text(SUPERUSER_PASSWORD + "\n")
-    if prefix:
-        shutil.chown(base, user=prefix[2])
-        shutil.chown(pwfile, user=prefix[2])
-    port = _free_port()
-
-    def server(*args: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*prefix, *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            cwd=base if base.exists() else None,  # teardown must still stop the server if the dir is gone
-        )
-
-    init = server(
-        PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile, "--auth=scram-sha-256",
-        "-E", "UTF8", "--locale=C", "--no-sync",
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
-    settings = {
-        "listen_addresses": "'127.0.0.1'",
-        "port": str(port),
-        "unix_socket_directories": "''",
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
-        "max_connections": "40",
-        "shared_buffers": "32MB",
-    }
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
-    started = server(PG_BIN / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "start")
-    assert started.returncode == 0, started.stderr + (log.read_text() if log.exists() else "")
-    pg = Postgres("127.0.0.1", port, data)
-    try:
-        escaped = APP_PASSWORD.replace("'", "''")
-        pg.superuser(f"CREATE ROLE bitbucket LOGIN CREATEDB PASSWORD '{escaped}';")
-        pg.superuser("CREATE DATABASE bitbucket OWNER bitbucket;")
-        pg.psql(SCHEMA)
-        yield pg
-    finally:
-        stopped = server(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
-        pidfile = data / "postmaster.pid"
-        if stopped.returncode != 0 and pidfile.exists():
-            with contextlib.suppress(ValueError, OSError):
-                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def table_fingerprint(pg: Postgres, dbname: str) -> dict[str, tuple[int, str]]:
-    """Row count and an md5 of the ordered rows of every table in the public schema."""
-    names = pg.psql(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
-        " ORDER BY 1",
-        dbname=dbname,
-    ).split()
-    result = {}
-    for name in names:
-        row = pg.psql(f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM {name} t", dbname=dbname)
-        count, digest = row.split("|")
-        result[name] = (int(count), digest)
-    return result
 
 
 def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.02) -> Any:

@@ -20,8 +20,8 @@ from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 HAPPY_PATH = [
     "Start",
     "Validate and prepare",
-    "Prepare home",
-    "Home preparation done?",
+    "Prepare hosts",
+    "Host preparation done?",
     "Lock",
     "Start backup",
     "Poll drain state",

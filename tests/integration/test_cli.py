@@ -249,8 +249,9 @@ def test_aws_errors_exit_4(capsys: pytest.CaptureFixture[str], monkeypatch: pyte
 def test_expected_path_is_the_successful_run(local: Local) -> None:
     backup = next(d for name, d in local.r.definitions.items() if name.startswith("Backup"))
     path = expected_path(backup)
-    assert path[:3] == ["Start", "Validate and prepare", "Lock"] and path[-1] == "Backup complete"
-    assert "Copy home and database" in path and "Unlock" in path
+    assert path[:4] == ["Start", "Validate and prepare", "Prepare hosts", "Host preparation done?"]
+    assert path[-1] == "Backup complete"
+    assert path.index("Lock") < path.index("Copy home and database") < path.index("Unlock")
     assert not [s for s in path if s.startswith(("Failed", "Wait", "Skipped", "Handle"))]
 
 

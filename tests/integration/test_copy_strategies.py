@@ -1,0 +1,274 @@
+"""The host-copy strategies end to end: rsync home and pg_dump database driven by the synthesized state machine,
+SSM Run Command executed by the local host running the real host script against real git repositories and a real
+PostgreSQL 15, the archives uploaded by the real AWS CLI to the stack's bucket (moto, over HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from functions.strategies import BACKUP_ID_TAG, COMPLETE, PART_TAG, STATUS_TAG
+from rehearsal.hostworld import (
+    APP_PASSWORD,
+    EXCLUDED,
+    REPOS,
+    TABLES,
+    Postgres,
+    git,
+    table_fingerprint,
+)
+from rehearsal.runtime import Rehearsal, RunResult
+from tests.integration.conftest import World
+
+SCRIPT = Path(__file__).resolve().parents[2] / "functions" / "host" / "bitbucket-backup-host.sh"
+
+
+@pytest.fixture
+def copy_world(world_factory: Callable[..., World], postgres: Postgres) -> Callable[..., World]:
+    def make(home: str = "rsync", database: str = "postgresql", **kwargs: Any) -> World:
+        return world_factory(home=home, database=database, postgres=postgres, **kwargs)
+
+    return make
+
+
+def rsync_passes(r: Rehearsal) -> list[str]:
+    """The rsync-home commands the home host ran, in order."""
+    return [c.script for c in r.host.commands if ".sh rsync-home " in c.script]
+
+
+def between_passes(r: Rehearsal, change: Callable[[], None]) -> None:
+    """Run `change` on the home host just before the second (locked) rsync pass, as users' pushes would land."""
+    seen: list[str] = []
+
+    def hook(instance_id: str, script: str) -> None:
+        if ".sh rsync-home " in script:
+            seen.append(script)
+            if len(seen) == 2:
+                change()
+
+    r.host.before_run.append(hook)
+
+
+def download(r: Rehearsal, entry: dict[str, Any], to: Path) -> Path:
+    body = r.client("s3").get_object(Bucket=entry["bucket"], Key=entry["key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == int(entry["size"])
+    to.write_bytes(body)
+    return to
+
+
+def host_script(*args: str | Path) -> dict[str, Any]:
+    proc = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return summary
+
+
+def refs(repo: Path) -> str:
+    return git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
+
+
+def archive_of(result: RunResult, part: str) -> dict[str, Any]:
+    assert result.output is not None
+    return next(a for a in result.output["archive"] if a["part"] == part)
+
+
+def assert_failed_cleanly(w: World, result: RunResult, step: str, *needles: str) -> str:
+    """Failed at `step`, Bitbucket unlocked, exactly one failure notification naming the cause, and nothing of this
+    run marked complete (no archive object of it at all)."""
+    assert result.status == "FAILED", result.output
+    assert f"Failed: {step}" in result.states_entered()
+    assert not w.sim.locked
+    failures = w.failure_notifications()
+    assert len(failures) == 1, w.r.notifications()
+    message = str(failures[0]["message"])
+    for needle in needles:
+        assert needle in message, message
+    assert all(a["tags"].get(STATUS_TAG) != COMPLETE for a in w.r.archives())
+    assert w.r.run_record() is None or "token" not in json.dumps(w.r.run_record())
+    assert APP_PASSWORD not in w.all_text(result)
+    return message
+
+
+def test_rsync_and_pg_dump_move_real_bytes_and_the_archives_restore(
+    copy_world: Callable[..., World], postgres: Postgres, tmp_path: Path
+) -> None:
+    w = copy_world()
+    home = w.r.bitbucket_home
+    assert home is not None
+    changed: dict[str, Any] = {}
+
+    def change() -> None:
+        # Between the live pass and the locked pass: a push, a deleted repository, a new one.
+        home.push_commits(1, "main", 3)
+        home.push_commits(2, "feature/x", 1)
+        home.delete_repo(3)
+        home.add_repo(9)
+        changed["locked_at"] = w.sim.locked
+
+    between_passes(w.r, change)
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output is not None and not w.sim.locked
+
+    # The expensive pass ran live, the second one under the lock (the changes landed just before it).
+    passes = rsync_passes(w.r)
+    assert len(passes) == 2 and changed["locked_at"] is True
+    assert result.output["lock_window_s"] is not None
+
+    # Two archives, each a complete, tagged object in the stack's bucket; the summary names bucket, key, size, sum.
+    backup_id = result.output["backup_id"]
+    archives = {a["key"]: a for a in w.r.archives()}
+    assert len(archives) == 2
+    for part in ("home", "database"):
+        entry = archive_of(result, part)
+        tags = archives[entry["key"]]["tags"]
+        assert tags[PART_TAG] == part and tags[BACKUP_ID_TAG] == backup_id and tags[STATUS_TAG] == COMPLETE
+
+    # The home archive restores into an empty directory: every repository passes git fsck with the same refs as the
+    # source after the changes; the deleted one is gone, the new one there, the excluded paths absent.
+    restored = tmp_path / "restored-home"
+    host_script("extract", "--archive", download(w.r, archive_of(result, "home"), tmp_path / "home.tar.gz"),
+                "--target", restored)  # fmt: skip
+    manifest = json.loads((restored / "manifest.json").read_text())
+    assert manifest["backup_id"] == backup_id and manifest["instance"] == "demo"
+    restored_repos = restored / "home" / REPOS
+    assert sorted(int(p.name) for p in restored_repos.iterdir()) == sorted(home.repo_ids) == [1, 2, 4, 9]
+    for repo_id in home.repo_ids:
+        git("fsck", "--full", "--strict", cwd=restored_repos / str(repo_id))
+        assert refs(restored_repos / str(repo_id)) == refs(home.repo(repo_id))
+    for rel in EXCLUDED:
+        assert not (restored / "home" / rel).exists(), rel
+
+    # The database archive holds a pg_dump directory that pg_restore turns into an identical database.
+    db_dir = tmp_path / "restored-db"
+    host_script("extract", "--archive", download(w.r, archive_of(result, "database"), tmp_path / "db.tar.gz"),
+                "--target", db_dir)  # fmt: skip
+    name = f"restored_{os.getpid()}"
+    env = {**os.environ, "PGPASSWORD": APP_PASSWORD}
+    proc = subprocess.run(
+        [str(SCRIPT), "pg-restore", "--dump", str(db_dir / "db"), *postgres.conn_args(), "--dbname", name],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    fingerprint = table_fingerprint(postgres, name)
+    assert sorted(fingerprint) == sorted(TABLES) and fingerprint == table_fingerprint(postgres, "bitbucket")
+    postgres.superuser(f"DROP DATABASE {name}")
+
+    # The password reached pg_dump only through the host's Secrets Manager call: never in a command or a message.
+    assert all(APP_PASSWORD not in c.script for c in w.r.host.commands)
+    assert APP_PASSWORD not in w.all_text(result)
+    # The dump directory was removed once its archive was in S3; no archive stays in the work directory.
+    assert not any((w.r.host.root / "dumps").glob("demo-*"))
+    assert not list((w.r.host.root / "archive-work").iterdir())
+
+
+@pytest.mark.parametrize(("home", "database"), [("rsync", "amazon-rds"), ("amazon-ebs", "postgresql")])
+def test_mixed_strategies(copy_world: Callable[..., World], home: str, database: str) -> None:
+    w = copy_world(home=home, database=database)
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output is not None
+    kinds = {a["part"]: a["kind"] for a in result.output["artifacts"]}
+    archived = "home" if home == "rsync" else "database"
+    snapshot = "database" if archived == "home" else "home"
+    assert kinds[archived] == "s3-archive" and kinds[snapshot] in ("ebs-snapshot", "rds-snapshot")
+    assert [a["part"] for a in result.output["archive"]] == [archived]
+    assert [a["tags"][PART_TAG] for a in w.r.archives()] == [archived]
+
+
+def test_keep_backups_prunes_old_archives_with_every_version(copy_world: Callable[..., World]) -> None:
+    w = copy_world(instance_overrides={"keep_backups": 1})
+    first = w.r.run_backup(timeout=300)
+    assert first.status == "SUCCEEDED", first.cause
+    time.sleep(1.1)  # backup ids have a one-second resolution
+    second = w.r.run_backup(timeout=300)
+    assert second.status == "SUCCEEDED", second.cause
+    assert first.output is not None and second.output is not None
+    assert {a["tags"][BACKUP_ID_TAG] for a in w.r.archives()} == {second.output["backup_id"]}
+    pruned = " ".join(map(str, second.output["pruned"]))
+    assert first.output["backup_id"] in pruned
+    bucket = archive_of(second, "home")["bucket"]
+    versions = w.r.client("s3").list_object_versions(Bucket=bucket, Prefix=f"demo/{first.output['backup_id']}/")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+
+
+def test_rsync_source_missing_under_the_lock(copy_world: Callable[..., World]) -> None:
+    w = copy_world()
+    home = w.r.bitbucket_home
+    assert home is not None
+    between_passes(w.r, lambda: home.root.rename(home.root.with_name("moved-away")))
+    result = w.r.run_backup(timeout=300)
+    message = assert_failed_cleanly(w, result, "copy", "home", "not found")
+    assert "locked" in " ".join(w.sim.event_names())
+    assert "exit 3" in message
+
+
+def test_pg_dump_with_a_wrong_password(copy_world: Callable[..., World]) -> None:
+    w = copy_world()
+    wrong = "Wrong-passw0rd-for-test"
+    secret = w.r.instance_config["database"]["password_secret"]
+    w.r.client("secretsmanager").put_secret_value(
+        SecretId=secret, SecretString=json.dumps({"username": "bitbucket", "password": wrong})
+    )
+    result = w.r.run_backup(timeout=300)
+    message = assert_failed_cleanly(w, result, "copy", "pg_dump", "exit 8")
+    assert wrong not in w.all_text(result) and wrong not in message
+
+
+def test_ssm_command_timed_out(copy_world: Callable[..., World]) -> None:
+    w = copy_world()
+    w.r.host.faults[w.r.resources["database_host"]] = "TimedOut"
+    result = w.r.run_backup(timeout=300)
+    assert_failed_cleanly(w, result, "prepare", "TimedOut")
+
+
+def test_ssm_command_timed_out_under_the_lock(copy_world: Callable[..., World]) -> None:
+    w = copy_world()
+    db_host = w.r.resources["database_host"]
+
+    def time_out_the_dump(instance_id: str, script: str) -> None:
+        if ".sh pg-dump " in script:
+            w.r.host.faults[db_host] = "TimedOut"
+
+    w.r.host.before_run.append(time_out_the_dump)
+    result = w.r.run_backup(timeout=300)
+    message = assert_failed_cleanly(w, result, "copy", "pg_dump", "TimedOut")
+    assert "locked" in w.sim.event_names() and "unlocked" in w.sim.event_names()
+    assert "copy database" in message
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only): "disk full" is a real ENOSPC."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root (CI runs as root)")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_archive_disk_full_after_the_unlock(copy_world: Callable[..., World], tiny_fs: Path) -> None:
+    w = copy_world(instance_overrides={"archive": {"work_path": str(tiny_fs)}})
+    result = w.r.run_backup(timeout=300)
+    message = assert_failed_cleanly(w, result, "archive", "no space left")
+    assert "exit 4" in message
+    assert not w.r.archives()
+    # Nothing half-written keeps a name in the work directory.
+    assert not list(tiny_fs.iterdir())

@@ -14,7 +14,7 @@ PYTEST_WORKERS ?= 2
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
 	@echo "make test   - lint, type-check and run every test"
-	@echo "make bench  - measure lock window, orchestrator share, transitions, cost, handler import times"
+	@echo "make bench  - measure lock window, orchestrator share, transitions, cost, import times, rsync passes"
 	@echo "make synth  - cdk synth with the pinned CDK CLI (offline, no Docker)"
 	@echo "make deploy - cdk deploy to the account of your AWS credentials"
 
@@ -68,9 +68,10 @@ awscli: .awscli/.installed
 
 bench: venv host-deps awscli
 	$(PY) -m rehearsal.bench
+	$(PY) -m rehearsal.bench_rsync
 
 # The rsync passes of the host script on a generated ~1 GB and ~2 GB home of git repositories (minutes).
-bench-rsync: venv host-deps
+bench-rsync: venv host-deps awscli
 	$(PY) -m rehearsal.bench_rsync
 
 synth: venv cdk-cli

@@ -70,8 +70,16 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> Rest
 
     parts: dict[str, dict[str, Any]] = {}
     for part in PARTS:
-        if request.target.of(part) is None:
+        wanted = request.target.of(part)
+        if wanted is None:
             continue
+        foreign = sorted(wanted.model_fields_set - strategies[part].restore_target_fields)
+        if foreign:
+            raise RestoreRefused(
+                f"validate: target.{part}.{foreign[0]} does not apply: this instance's {part} is backed up by the "
+                f"{config.home.strategy if part == 'home' else config.database.strategy} strategy, which takes "
+                f"{', '.join(sorted(strategies[part].restore_target_fields))}"
+            )
         parts[part] = strategies[part].restore_check([a for _, a in found if a.part == part], request.target)
     home = request.target.home
     plan = RestorePlan(
@@ -200,12 +208,19 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
 def created_text(results: dict[str, Any]) -> str:
     lines = []
     database = results.get("database")
-    if database:
+    if database and database.get("dbname"):
+        lines.append(f"PostgreSQL database {database['dbname']} on {database['endpoint']}")
+    elif database:
         name = database.get("cluster_id") or database.get("instance_id")
         kind = "Aurora cluster" if database.get("cluster_id") else "RDS instance"
         lines.append(f"{kind} {name} ({database.get('instance_class')}), endpoint {database.get('endpoint')}")
     home = results.get("home")
-    if home:
+    if home and home.get("path"):
+        lines.append(
+            f"home extracted into {home['path']} on {home['instance_id']} ({home.get('files')} files, checked "
+            f"against the manifest, owned by {home['owner']})"
+        )
+    elif home:
         volumes = ", ".join(f"{v['volume_id']} ({v['device'] or 'no device'})" for v in home.get("volumes", []))
         where = f"attached to {home['attached_to']}" if home.get("attached_to") else f"in {home['availability_zone']}"
         lines.append(
@@ -219,11 +234,17 @@ def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
     steps = []
     database, home = results.get("database"), results.get("home")
     if database:
+        name = f"database {database['dbname']} on " if database.get("dbname") else "database, endpoint "
         steps.append(
-            f"Point bitbucket.properties (jdbc.url, in the shared home) at the restored database, endpoint "
+            f"Point bitbucket.properties (jdbc.url, in the shared home) at the restored {name}"
             f"{database['endpoint']}; user and password are those of the original database."
         )
-    if home:
+    if home and home.get("path"):
+        steps.append(
+            f"Use {home['path']} on {home['instance_id']} as Bitbucket's home directory: the backup's copy is in "
+            f"{home['path']}/home (make it BITBUCKET_HOME, or move its contents up)."
+        )
+    elif home:
         ids = ", ".join(f"{v['volume_id']} at {v['device'] or '?'}" for v in home["volumes"])
         mounts = ", ".join(plan.config.home.mount_points) if isinstance(plan.config.home, EbsHomeConfig) else ""
         where = f"at {mounts}" if mounts else "as Bitbucket's home directory"

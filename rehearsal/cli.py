@@ -152,8 +152,12 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
         target["database"] = {"instance_id": "demo-restored"}
     elif args.db_strategy == "amazon-aurora":
         target["database"] = {"cluster_id": "demo-restored", "writer_instance_id": "demo-restored-writer"}
+    elif args.db_strategy == "postgresql":
+        target["database"] = {"dbname": f"{backup_id.replace('-', '_')}_restored"}
     if args.home_strategy == "amazon-ebs":
         target["home"] = {"availability_zone": rehearsal.resources["zone"]}
+    elif args.home_strategy == "rsync":
+        target["home"] = {"path": str(rehearsal.host.root / "restored-home")}
     print(f"\nRestoring {backup_id} into new resources …", flush=True)
     result = rehearsal.run_restore({"instance": "demo", "backup_id": backup_id, "target": target})
     output = result.output or {}

@@ -13,6 +13,7 @@ import importlib
 import io
 import json
 import os
+import pwd
 import shutil
 import tempfile
 import threading
@@ -447,6 +448,7 @@ class Rehearsal:
         host_root: Path | None = None,
         sizes: tuple[int, int] = (100, 50),
         home_repos: int = 4,
+        home_path: Path | None = None,
         postgres: Postgres | None = None,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
@@ -468,6 +470,7 @@ class Rehearsal:
         self.instance_overrides = instance_overrides or {}
         self.home_gb, self.db_gb = sizes
         self.home_repos = home_repos
+        self.home_path = home_path  # an existing home for the rsync strategy (the benchmark's); else one is built
         self.postgres = postgres
         self.bitbucket_home: BitbucketHome | None = None
         self.logs = LogCapture()
@@ -661,10 +664,13 @@ class Rehearsal:
             self.resources.update(ec2_instance=ec2_instance["InstanceId"], volumes=volumes)
             home["instance_id"] = ec2_instance["InstanceId"]
         if home["strategy"] == "rsync":
-            self.bitbucket_home = build_home(self.host.root, range(1, self.home_repos + 1))
+            if self.home_path is None:
+                self.bitbucket_home = build_home(self.host.root, range(1, self.home_repos + 1))
+                self.home_path = self.bitbucket_home.root
             home.update(
                 instance_id=self._host_instance("home"),
-                home_path=str(self.bitbucket_home.root),
+                owner=pwd.getpwuid(os.getuid()).pw_name,  # Bitbucket's user on a real host
+                home_path=str(self.home_path),
                 staging_path=str(self.host.root / "staging"),
             )
         if database["strategy"] == "postgresql":

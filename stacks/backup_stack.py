@@ -192,6 +192,10 @@ class BackupStack(Stack):
                 *permissions.remove_failed_restore(self, instances),
             ],
         }
+        for name in ("validate", "database", "home", "check", "failure"):
+            grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
+        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
+            grants["validate"] = [*grants["validate"], *permissions.read_archives(self.archive_bucket.bucket_arn)]
         for name, statements in grants.items():
             for statement in statements:
                 fns[name].add_to_role_policy(statement)

@@ -425,3 +425,18 @@ def manage_own_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
             conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
         ),
     ]
+
+
+def restore_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Archive restores run the host script on the backed-up hosts, or on an instance tagged as a restore target."""
+    statements = host_commands(stack, instances)
+    if not statements:
+        return []
+    return [
+        *statements,
+        iam.PolicyStatement(
+            actions=["ssm:SendCommand"],
+            resources=[_instances(stack)],
+            conditions=_restore_targets(instances, key="ssm:resourceTag"),
+        ),
+    ]

@@ -109,13 +109,31 @@ def install_script() -> str:
     )
 
 
-def script_command(subcommand: str, *args: str | int, then: str | None = None) -> str:
-    """One call of the installed host script, every argument quoted. `then` is a second call run after it."""
+_SHELL_VARIABLE = re.compile(r"^\$[a-z]+(/[A-Za-z0-9._-]+)*$")
+
+
+def _word(arg: str | int) -> str:
+    """One argument, quoted; `$name/rest` is a variable of the surrounding script (a temporary path), expanded."""
+    text = str(arg)
+    return f'"{text}"' if _SHELL_VARIABLE.match(text) else shlex.quote(text)
+
+
+def installed_check() -> str:
+    """A line that fails clearly (exit 11) if the host script is not installed on the host."""
     _, path = host_script()
-    words = ["bash", path, subcommand, *(str(a) for a in args)]
-    line = " ".join(shlex.quote(w) for w in words)
-    missing = f"[ -f {shlex.quote(path)} ] || {{ echo 'host script {path} is not installed' >&2; exit 11; }}"
-    return "\n".join(["set -euo pipefail", missing, line] + ([then] if then else []))
+    return f"[ -f {shlex.quote(path)} ] || {{ echo 'host script {path} is not installed' >&2; exit 11; }}"
+
+
+def script_line(subcommand: str, *args: str | int) -> str:
+    """One call of the installed host script, every argument quoted."""
+    _, path = host_script()
+    return " ".join(_word(w) for w in ["bash", path, subcommand, *args])
+
+
+def script_command(subcommand: str, *args: str | int, then: str | None = None) -> str:
+    """A whole command: the installed-check and one call of the host script. `then` is run after it."""
+    lines = ["set -euo pipefail", installed_check(), script_line(subcommand, *args)]
+    return "\n".join(lines + ([then] if then else []))
 
 
 def start(instance_id: str, script: str, *, step: str, timeout: int) -> dict[str, Any]:

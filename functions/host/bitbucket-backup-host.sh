@@ -20,7 +20,13 @@
 #   pg-restore  --dump DIR --host H [--port 5432] --user U --dbname NEW [--jobs N] [--maintenance-db postgres]
 #               [--no-owner] [--password-secret ARN [--password-secret-key K]] [--region R]
 #       Refuses an existing database; creates NEW (template0, the dump's encoding), pg_restore -j N --exit-on-error;
-#       drops NEW again if the restore fails, so a retry is not refused.
+#       drops NEW again if the restore fails, so a retry is not refused. [--comment TEXT] sets the new database's
+#       comment (the restore's marker, which pg-drop checks). --check-only: only check that NEW does not exist and
+#       the credentials work (no --dump needed), create nothing.
+#   pg-drop     --host H [--port 5432] --user U --dbname NAME --comment TEXT [--maintenance-db postgres]
+#               [--password-secret ARN [--password-secret-key K]] [--region R]
+#       Drops NAME only if its comment is exactly TEXT (a database a restore created and marked); refuses any other
+#       database. A missing database is not an error (the cleanup may run twice).
 #   archive     --staging DIR [--dump DIR] --out FILE --backup-id ID --instance NAME [--bitbucket-version V]
 #               [--compressor auto|gzip|zstd] [--overwrite]
 #       One compressed tar: manifest.json at the root (format, backup id, instance, Bitbucket version, created time,
@@ -69,7 +75,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.0.0"
+VERSION="1.1.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -725,15 +731,16 @@ cmd_pg_dump() {
 }
 
 cmd_pg_restore() {
-    parse_flags "dump host port user dbname jobs maintenance-db password-secret password-secret-key region" \
-        "no-owner" "$@"
-    require dump host user dbname
+    parse_flags "dump host port user dbname jobs maintenance-db password-secret password-secret-key region comment" \
+        "no-owner check-only" "$@"
+    local check_only=${FLAG[check-only]:-}
+    if [[ -n $check_only ]]; then require host user dbname; else require dump host user dbname; fi
     need pg_restore psql
     make_work
     check_dbname "${FLAG[dbname]}"
     pg_conn_flags
-    local dump=${FLAG[dump]} name=${FLAG[dbname]} jobs=${FLAG[jobs]:-} err="$WORK/restore.err"
-    [[ -d $dump && -f $dump/toc.dat ]] || die 3 "not a pg_dump directory (no toc.dat): $dump"
+    local dump=${FLAG[dump]:-} name=${FLAG[dbname]} jobs=${FLAG[jobs]:-} err="$WORK/restore.err"
+    [[ -n $check_only || ( -d $dump && -f $dump/toc.dat ) ]] || die 3 "not a pg_dump directory (no toc.dat): $dump"
     if [[ -z $jobs ]]; then
         default_jobs
         jobs=$REPLY
@@ -749,6 +756,12 @@ cmd_pg_restore() {
         die 9 "cannot query the server: $REPLY"
     fi
     [[ -z $exists ]] || die 6 "refusing to restore: database $name already exists"
+    if [[ -n $check_only ]]; then
+        jstr "$name"
+        printf '{"subcommand": "pg-restore", "version": "%s", "database": %s, "check_only": true, "exists": false}\n' \
+            "$VERSION" "$REPLY"
+        return 0
+    fi
 
     local encoding="UTF8" line
     if pg_restore --list -- "$dump" >"$WORK/toc.txt" 2>"$err"; then
@@ -769,6 +782,12 @@ cmd_pg_restore() {
         die 9 "CREATE DATABASE $name failed: $REPLY"
     fi
     DROP_DB=$name
+    if [[ -n ${FLAG[comment]:-} ]] &&
+        ! printf "COMMENT ON DATABASE :\"dbname\" IS :'comment';\n" |
+        psql_maint -v dbname="$name" -v comment="${FLAG[comment]}" >/dev/null 2>"$err"; then
+        tail_of "$err"
+        die 9 "cannot mark the new database $name: $REPLY"
+    fi
 
     local -a args=("${PGCONN[@]}" --dbname="$name" --jobs="$jobs" --exit-on-error)
     [[ -n ${FLAG[no-owner]:-} ]] && args+=(--no-owner)
@@ -787,6 +806,36 @@ cmd_pg_restore() {
     jname=$REPLY
     printf '{"subcommand": "pg-restore", "version": "%s", "database": %s, "encoding": "%s", "jobs": %s, "seconds": %s}\n' \
         "$VERSION" "$jname" "$encoding" "$jobs" "$seconds"
+}
+
+cmd_pg_drop() {
+    parse_flags "host port user dbname comment maintenance-db password-secret password-secret-key region" "" "$@"
+    require host user dbname comment
+    need psql
+    make_work
+    check_dbname "${FLAG[dbname]}"
+    pg_conn_flags
+    local name=${FLAG[dbname]} err="$WORK/drop.err" found
+    load_password
+    # "x" + the comment when the database exists (whatever its comment), nothing when it does not.
+    if ! found=$(printf "SELECT 'x' || coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = :'dbname';\n" |
+        psql_maint -v dbname="$name" 2>"$err"); then
+        tail_of "$err"
+        pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
+        die 9 "cannot query the server: $REPLY"
+    fi
+    local dropped=false jname
+    if [[ -n $found ]]; then
+        [[ $found == "x${FLAG[comment]}" ]] || die 6 "refusing to drop $name: it was not created by this restore"
+        if ! printf 'DROP DATABASE :"dbname";\n' | psql_maint -v dbname="$name" >/dev/null 2>"$err"; then
+            tail_of "$err"
+            die 9 "DROP DATABASE $name failed: $REPLY"
+        fi
+        dropped=true
+    fi
+    jstr "$name"
+    jname=$REPLY
+    printf '{"subcommand": "pg-drop", "version": "%s", "database": %s, "dropped": %s}\n' "$VERSION" "$jname" "$dropped"
 }
 
 cmd_archive() {
@@ -1166,7 +1215,7 @@ cmd_download() {
 main() {
     (($#)) || {
         SUB=""
-        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, archive, verify, extract, upload, download, version); see --help"
+        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, version); see --help"
     }
     SUB=$1
     shift
@@ -1174,6 +1223,7 @@ main() {
         rsync-home) cmd_rsync_home "$@" ;;
         pg-dump) cmd_pg_dump "$@" ;;
         pg-restore) cmd_pg_restore "$@" ;;
+        pg-drop) cmd_pg_drop "$@" ;;
         archive) cmd_archive "$@" ;;
         verify) cmd_verify "$@" ;;
         extract) cmd_extract "$@" ;;

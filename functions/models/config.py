@@ -89,6 +89,8 @@ class RsyncHomeConfig(_Strict):
     )
     # Repository ids (shared/data/repositories/ID) left out of the backup.
     exclude_repos: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    # The user Bitbucket runs as: a restored home is chowned to it (Atlassian's installer creates atlbitbucket).
+    owner: str = Field(default="atlbitbucket", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
     @model_validator(mode="after")

@@ -33,6 +33,12 @@ class DatabaseTarget(_Strict):
     subnet_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ._-]{1,255}$")
     security_group_ids: list[Annotated[str, Field(pattern=SECURITY_GROUP)]] | None = Field(default=None, min_length=1)
     parameter_group: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,254}$")
+    # Self-managed PostgreSQL (an archive): the NEW database, created by pg_restore through SSM on `host_instance_id`
+    # (default: the host the backup dumped on), on the server `host`:`port` (default: the backed-up one).
+    dbname: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    host_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
+    host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]+$")
+    port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class HomeTarget(_Strict):
@@ -45,13 +51,20 @@ class HomeTarget(_Strict):
     kms_key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9:/_.-]{1,2048}$")
     attach_to_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
     mount: bool = False
+    # An archive (rsync strategy): extracted into `path`, an EMPTY or missing directory on the host `instance_id`
+    # (default: the host the backup copied from), owned by `owner` (default: the instance's configured owner).
+    path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$")
+    instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
+    owner: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
 
     @model_validator(mode="after")
     def _consistent(self) -> HomeTarget:
         if self.mount and not self.attach_to_instance_id:
             raise ValueError("mount needs attach_to_instance_id")
-        if not self.availability_zone and not self.attach_to_instance_id:
-            raise ValueError("availability_zone is required unless attach_to_instance_id is given")
+        if not self.availability_zone and not self.attach_to_instance_id and not self.path:
+            raise ValueError(
+                "availability_zone is required unless attach_to_instance_id is given (volumes), or path (archives)"
+            )
         return self
 
 

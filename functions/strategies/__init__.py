@@ -87,6 +87,9 @@ class Strategy(ABC):
     # Copy-type strategies (rsync, postgresql) copy on a host and archive to S3 after the unlock; snapshot-type
     # strategies (EBS, RDS) are consistent once backup() returns and only wait for their snapshots.
     archives: bool = False
+    # The fields of the restore target (target.home / target.database) this strategy understands; validate refuses
+    # the others, so that a volume option given for an archive (or the reverse) is not silently ignored.
+    restore_target_fields: frozenset[str] = frozenset()
 
     def __init__(self, instance: InstanceConfig) -> None:
         self.instance = instance

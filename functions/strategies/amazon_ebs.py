@@ -72,6 +72,9 @@ def unfreeze_script(mounts: list[str]) -> str:
 
 class EbsStrategy(Strategy):
     part = "home"
+    restore_target_fields = frozenset(
+        {"availability_zone", "volume_type", "iops", "kms_key_id", "attach_to_instance_id", "mount"}
+    )
 
     @property
     def config(self) -> EbsHomeConfig:

@@ -44,6 +44,11 @@ _STATES = {
 
 class RdsStrategy(Strategy):
     part = "database"
+    # Aurora's fields too: restore_check answers a mix-up of the two with a message that says which to give.
+    restore_target_fields = frozenset(
+        {"instance_id", "cluster_id", "writer_instance_id", "instance_class", "subnet_group", "security_group_ids",
+         "parameter_group"}
+    )  # fmt: skip
     kind = "rds-snapshot"
     # Names of the API calls and fields, which differ only by "Cluster" between RDS and Aurora.
     _describe_source, _source_list, _source_arg = (

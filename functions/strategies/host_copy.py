@@ -19,13 +19,16 @@ from botocore.exceptions import ClientError
 
 from functions.clients import host
 from functions.clients.aws import client, error_code
-from functions.errors import BackupError, PreflightFailed
+from functions.errors import BackupError, HostCommandFailed, PreflightFailed, RestoreRefused
 from functions.models.config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.restore import RestoreTarget
 from functions.strategies import (
     BACKUP_ID_TAG,
     PART_TAG,
+    RESTORE_TARGET_TAG,
     STATUS_TAG,
     Artifact,
+    RestoreProgress,
     Strategy,
     catalog_tags,
     is_ours,
@@ -178,9 +181,131 @@ class HostCopyStrategy(Strategy):
                 if version["Key"] == key:
                     s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
 
+    # --- restore: download, verify and extract on a host through SSM -----------------------------------------------
+
+    def _restore_host(self, instance_id: str, purpose: str) -> None:
+        """A host other than the backed-up one must carry the restore-target tag (IAM allows nothing else); the
+        host script is installed there, which also proves that Run Command reaches it."""
+        if instance_id != self.instance_id:
+            reservations = client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+            tags = {t["Key"]: t["Value"] for r in reservations for i in r["Instances"] for t in i.get("Tags", [])}
+            if tags.get(RESTORE_TARGET_TAG) != self.instance.name:
+                raise RestoreRefused(
+                    f"validate: {purpose} host {instance_id} is not tagged {RESTORE_TARGET_TAG}={self.instance.name}"
+                )
+        try:
+            host.run(instance_id, host.install_script(), step=f"validate: install host script on {instance_id}")
+        except HostCommandFailed as error:
+            raise RestoreRefused(f"validate: {purpose} host {instance_id} cannot run commands: {error}") from None
+
+    def _archive_plan(self, artifacts: list[Artifact]) -> dict[str, Any]:
+        if len(artifacts) != 1 or artifacts[0].kind != KIND:
+            raise RestoreRefused(f"validate: the {self.part} of this backup is not one archive in S3")
+        details = artifacts[0].details
+        return {"bucket": details["bucket"], "key": details["key"], "sha256": details["sha256"]}
+
+    def _download(self, plan: dict[str, Any], file: str) -> str:
+        region = os.environ.get("AWS_REGION", "")
+        return host.script_line(
+            "download", "--bucket", plan["bucket"], "--key", plan["key"], "--file", file,
+            *(["--region", region] if region else []),
+        )  # fmt: skip
+
+    def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+        summary = host.check(created["command"])
+        if summary is None:
+            return RestoreProgress(False, [f"{self.part} restore on {plan['instance_id']}"])
+        return RestoreProgress(True, [], self._restored(plan, summary))
+
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore_complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+        """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
+
 
 class RsyncStrategy(HostCopyStrategy):
     part = "home"
+
+    restore_target_fields = frozenset({"path", "instance_id", "owner"})
+
+    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+        wanted = target.home
+        assert wanted is not None
+        if not wanted.path:
+            raise RestoreRefused("validate: target.home.path is required: an empty (or missing) directory for the home")
+        instance_id = wanted.instance_id or self.instance_id
+        self._restore_host(instance_id, "target.home.instance_id")
+        q = shlex.quote(wanted.path)
+        check = f'if [ -e {q} ]; then [ -d {q} ] && [ -z "$(ls -A {q})" ] || exit 6; fi'
+        try:
+            host.run(instance_id, check, step="validate: target directory")
+        except HostCommandFailed as error:
+            if "(exit 6)" in str(error):
+                raise RestoreRefused(
+                    f"validate: {wanted.path} on {instance_id} exists and is not an empty directory: refusing to "
+                    "restore over it"
+                ) from None
+            raise
+        return self._archive_plan(artifacts) | {
+            "instance_id": instance_id,
+            "path": wanted.path,
+            "owner": wanted.owner or self.config.owner,
+            "work_path": self.instance.archive.work_path,
+        }
+
+    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+        q = shlex.quote
+        work = plan["work_path"]
+        script = "\n".join(
+            [
+                "set -euo pipefail",
+                host.installed_check(),
+                f"mkdir -p {q(work)}",
+                f"file=$(mktemp -u {q(work)}/.restore-home.XXXXXX.tar)",
+                "trap 'rm -f -- \"$file\"' EXIT",
+                self._download(plan, "$file"),
+                host.script_line("extract", "--archive", "$file", "--target", plan["path"], "--owner", plan["owner"]),
+            ]
+        )
+        return {"command": host.start(plan["instance_id"], script, step="restore home: download and extract",
+                                      timeout=self.config.command_timeout_seconds)}  # fmt: skip
+
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        extracted = summary.get("extract", {})
+        return {
+            "instance_id": plan["instance_id"],
+            "path": plan["path"],
+            "owner": plan["owner"],
+            "files": extracted.get("files"),
+            "bytes": extracted.get("content_bytes"),
+            "archive": f"s3://{plan['bucket']}/{plan['key']}",
+        }
+
+    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+        if not isinstance(state.get("home"), dict):
+            return []
+        where = f"{plan['path']} on {plan['instance_id']}"
+        if keep:
+            return [f"home: whatever was extracted into {where} is kept for inspection"]
+        # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
+        # backup's: never a directory someone filled in the meantime.
+        q = shlex.quote(plan["path"])
+        script = "\n".join(
+            [
+                "set -euo pipefail",
+                f"cd {q} 2>/dev/null || exit 0",
+                f"grep -q {shlex.quote(chr(34) + 'backup_id' + chr(34) + ': ' + chr(34) + self._backup_id(plan))} "
+                "manifest.json 2>/dev/null || { rm -rf -- .extract.*; exit 0; }",
+                "rm -rf -- manifest.json home db .extract.*",
+            ]
+        )
+        host.run(plan["instance_id"], script, step="restore cleanup: home")
+        return [f"home: removed what this restore extracted into {where}"]
+
+    @staticmethod
+    def _backup_id(plan: dict[str, Any]) -> str:
+        return str(plan["key"]).split("/")[-2]
 
     @property
     def config(self) -> RsyncHomeConfig:
@@ -215,6 +340,92 @@ class RsyncStrategy(HostCopyStrategy):
 class PostgresStrategy(HostCopyStrategy):
     part = "database"
 
+    restore_target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
+
+    def _pg_flags(self, plan: dict[str, Any]) -> list[str | int]:
+        cfg = self.config
+        return [
+            "--host", plan["host"], "--port", plan["port"], "--user", cfg.user, "--dbname", plan["dbname"],
+            "--password-secret", cfg.password_secret, "--region", cfg.password_secret.split(":")[3],
+        ]  # fmt: skip
+
+    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+        wanted = target.database
+        assert wanted is not None
+        if not wanted.dbname:
+            raise RestoreRefused("validate: target.database.dbname is required: the NEW database to restore into")
+        instance_id = wanted.host_instance_id or self.instance_id
+        plan = self._archive_plan(artifacts) | {
+            "instance_id": instance_id,
+            "dbname": wanted.dbname,
+            "host": wanted.host or self.config.host,
+            "port": wanted.port or self.config.port,
+            "work_path": self.instance.archive.work_path,
+        }
+        source = (self.config.dbname, self.config.host, self.config.port)
+        if (plan["dbname"], plan["host"], plan["port"]) == source:
+            raise RestoreRefused(f"validate: {wanted.dbname} is the backed-up database itself: give a NEW dbname")
+        self._restore_host(instance_id, "target.database.host_instance_id")
+        try:
+            host.run(instance_id, host.script_command("pg-restore", "--check-only", *self._pg_flags(plan)),
+                     step="validate: target database")  # fmt: skip
+        except HostCommandFailed as error:
+            if "(exit 6)" in str(error):
+                raise RestoreRefused(
+                    f"validate: database {wanted.dbname} already exists on {plan['host']}:{plan['port']}: refusing to "
+                    "restore over it"
+                ) from None
+            raise RestoreRefused(f"validate: cannot check the target database: {error}") from None
+        return plan
+
+    @staticmethod
+    def _marker(execution: str) -> str:
+        return f"bitbucket-backup restore {execution}"
+
+    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+        q = shlex.quote
+        work = plan["work_path"]
+        script = "\n".join(
+            [
+                "set -euo pipefail",
+                host.installed_check(),
+                f"mkdir -p {q(work)}",
+                f"dir=$(mktemp -d {q(work)}/.restore-db.XXXXXX)",
+                'trap \'rm -rf -- "$dir"\' EXIT',
+                self._download(plan, "$dir/archive.tar"),
+                host.script_line("extract", "--archive", "$dir/archive.tar", "--target", "$dir/extracted"),
+                host.script_line(
+                    "pg-restore", "--dump", "$dir/extracted/db", *self._pg_flags(plan), "--jobs", self.config.jobs,
+                    "--comment", self._marker(execution),
+                ),
+            ]
+        )  # fmt: skip
+        return {"command": host.start(plan["instance_id"], script, step="restore database: download and pg_restore",
+                                      timeout=self.config.command_timeout_seconds)}  # fmt: skip
+
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "dbname": plan["dbname"],
+            "endpoint": f"{plan['host']}:{plan['port']}",
+            "instance_id": plan["instance_id"],
+            "archive": f"s3://{plan['bucket']}/{plan['key']}",
+            "seconds": summary.get("pg-restore", {}).get("seconds"),
+        }
+
+    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+        if not isinstance(state.get("database"), dict):
+            return []
+        where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"
+        if keep:
+            return [f"database: {where} (if pg_restore got that far) is kept for inspection"]
+        # pg-drop drops only a database whose comment is this execution's marker.
+        host.run(
+            plan["instance_id"],
+            host.script_command("pg-drop", *self._pg_flags(plan), "--comment", self._marker(execution)),
+            step="restore cleanup: database",
+        )
+        return [f"database: dropped {where} if this restore had created it"]
+
     @property
     def config(self) -> PostgresDatabaseConfig:
         assert isinstance(self.instance.database, PostgresDatabaseConfig)
@@ -237,6 +448,8 @@ class PostgresStrategy(HostCopyStrategy):
             "pg-dump",
             "--host", cfg.host, "--port", cfg.port, "--user", cfg.user, "--dbname", cfg.dbname,
             "--jobs", cfg.jobs, "--out", self.dump_dir(backup_id), "--password-secret", cfg.password_secret,
+            # The secret's own region: the host's AWS CLI has no default region of its own on EC2.
+            "--region", cfg.password_secret.split(":")[3],
         )  # fmt: skip
         mkdir = f"mkdir -p {shlex.quote(cfg.dump_path)}"
         return [

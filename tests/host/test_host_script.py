@@ -355,6 +355,34 @@ def test_pg_restore_refuses_an_existing_database(postgres: Postgres, tmp_path: P
     again.assert_error(EXIT_REFUSED, "pg-dump")
 
 
+def test_pg_restore_check_only_and_pg_drop_touch_only_a_marked_database(postgres: Postgres, tmp_path: Path) -> None:
+    """What the restore state machine does: check the target before anything exists, restore with a marker comment,
+    and on a later failure drop only the database carrying that exact marker."""
+    conn = postgres.conn_args()
+    check = run("pg-restore", "--check-only", *conn, "--dbname", "marked_db", env=pg_env()).summary
+    assert check["check_only"] is True and check["exists"] is False
+    run("pg-restore", "--check-only", *conn, "--dbname", "bitbucket", env=pg_env()).assert_error(
+        EXIT_REFUSED, "pg-restore"
+    )
+    out = tmp_path / "db"
+    run("pg-dump", *conn, "--dbname", "bitbucket", "--out", out, env=pg_env()).ok()
+    marker = "bitbucket-backup restore arn:aws:states:eu-west-1:123456789012:execution:r:1"
+    run("pg-restore", "--dump", out, *conn, "--dbname", "marked_db", "--comment", marker, env=pg_env()).ok()
+
+    # The source database has no marker: refused, untouched. A wrong marker: refused.
+    run("pg-drop", *conn, "--dbname", "bitbucket", "--comment", marker, env=pg_env()).assert_error(
+        EXIT_REFUSED, "pg-drop"
+    )
+    run("pg-drop", *conn, "--dbname", "marked_db", "--comment", marker + "x", env=pg_env()).assert_error(
+        EXIT_REFUSED, "pg-drop"
+    )
+    assert postgres.superuser("SELECT count(*) FROM pg_database WHERE datname IN ('bitbucket', 'marked_db')") == "2"
+    assert run("pg-drop", *conn, "--dbname", "marked_db", "--comment", marker, env=pg_env()).summary["dropped"] is True
+    assert postgres.superuser("SELECT count(*) FROM pg_database WHERE datname = 'marked_db'") == "0"
+    # Again: nothing to drop, not an error.
+    assert run("pg-drop", *conn, "--dbname", "marked_db", "--comment", marker, env=pg_env()).summary["dropped"] is False
+
+
 def test_pg_restore_failure_drops_the_database_it_created(postgres: Postgres, tmp_path: Path) -> None:
     out = tmp_path / "db"
     run("pg-dump", *postgres.conn_args(), "--dbname", "bitbucket", "--out", out, env=pg_env()).ok()
@@ -648,5 +676,9 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         # the second pass moves the churn (about 0.2 MB of new objects), not the home
         assert second["bytes_transferred"] < first["bytes_transferred"] / 20
         assert run_["ratio"] == pytest.approx(second["wall_s"] / first["wall_s"], abs=1e-3)
+        # the whole workflow on the same home: live pass, churn, locked pass, archive of the whole home
+        workflow = run_["workflow"]
+        assert workflow["status"] == "SUCCEEDED" and 0 < workflow["lock_window_s"] < workflow["duration_s"]
+        assert workflow["archive_bytes"] > 0
     assert "second pass" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["bench-rsync.json"]  # generated homes are removed

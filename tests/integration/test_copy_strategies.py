@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -272,3 +273,110 @@ def test_archive_disk_full_after_the_unlock(copy_world: Callable[..., World], ti
     assert not w.r.archives()
     # Nothing half-written keeps a name in the work directory.
     assert not list(tiny_fs.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ restore
+
+
+def restore(w: World, backup_id: str, target: dict[str, Any], **extra: Any) -> RunResult:
+    return w.r.run_restore({"instance": "demo", "backup_id": backup_id, "target": target, **extra}, timeout=300)
+
+
+def backed_up(w: World) -> str:
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output is not None
+    return str(result.output["backup_id"])
+
+
+def test_restore_extracts_the_home_and_pg_restores_into_new_targets(
+    copy_world: Callable[..., World], postgres: Postgres, tmp_path: Path
+) -> None:
+    w = copy_world()
+    home = w.r.bitbucket_home
+    assert home is not None
+    backup_id = backed_up(w)
+    target_dir = tmp_path / "restored"
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    dbname = f"restored_{os.getpid()}"
+    result = restore(w, backup_id, {"home": {"path": str(target_dir), "owner": owner}, "database": {"dbname": dbname}})
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output is not None
+    assert result.output["home"]["path"] == str(target_dir) and result.output["home"]["files"] > 0
+    assert result.output["database"]["dbname"] == dbname
+
+    # The home: every repository passes git fsck with the source's refs; excluded paths are absent; owned by owner.
+    repos = target_dir / "home" / REPOS
+    assert sorted(int(p.name) for p in repos.iterdir()) == sorted(home.repo_ids)
+    for repo_id in home.repo_ids:
+        git("fsck", "--full", "--strict", cwd=repos / str(repo_id))
+        assert refs(repos / str(repo_id)) == refs(home.repo(repo_id))
+    for rel in EXCLUDED:
+        assert not (target_dir / "home" / rel).exists(), rel
+    assert {p.stat().st_uid for p in target_dir.rglob("*")} == {os.getuid()}
+
+    # The database: identical tables, marked as this restore's (what the cleanup would check before dropping it).
+    assert table_fingerprint(postgres, dbname) == table_fingerprint(postgres, "bitbucket")
+    marker = postgres.superuser(
+        f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{dbname}'"
+    )
+    assert marker == f"bitbucket-backup restore {result.execution_arn}"
+    postgres.superuser(f"DROP DATABASE {dbname}")
+
+    notice = next(n for n in w.r.notifications() if "restore" in (n["subject"] or ""))
+    assert "succeeded" in notice["subject"] and str(target_dir) in str(notice["message"])
+    assert dbname in str(notice["message"])
+    assert APP_PASSWORD not in w.all_text(result)
+
+
+def test_restore_refuses_a_non_empty_directory_and_an_existing_database(
+    copy_world: Callable[..., World], tmp_path: Path
+) -> None:
+    w = copy_world()
+    backup_id = backed_up(w)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep-me.txt").write_text("somebody's data\n")
+    cases = [
+        ({"home": {"path": str(busy)}}, "not an empty directory"),
+        ({"database": {"dbname": "new_db", "port": 1}}, "cannot check the target database"),
+        ({"database": {"dbname": "postgres"}}, "already exists"),
+        ({"home": {"path": str(tmp_path / "new"), "availability_zone": "eu-west-1a"}}, "does not apply"),
+        ({"database": {"instance_id": "bitbucket-new"}}, "does not apply"),
+    ]
+    for target, needle in cases:
+        result = restore(w, backup_id, target)
+        assert result.status == "FAILED", target
+        assert "Failed: validate" in result.states_entered()
+        assert needle in str(result.cause), result.cause
+    assert [p.name for p in busy.iterdir()] == ["keep-me.txt"]
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_corrupt_archive_fails_the_restore_and_cleans_up_what_it_extracted(
+    copy_world: Callable[..., World], postgres: Postgres, tmp_path: Path
+) -> None:
+    w = copy_world()
+    backup_id = backed_up(w)
+    db_archive = next(a for a in w.r.archives() if a["tags"][PART_TAG] == "database")
+    bucket = w.r.archive_bucket
+    s3 = w.r.client("s3")
+    sha = s3.head_object(Bucket=bucket, Key=db_archive["key"])["Metadata"]["sha256"]
+
+    def corrupt(instance_id: str, script: str) -> None:
+        # After validate, before the download: the object's bytes no longer match the SHA-256 it was stored with.
+        if ".sh download " in script and "database" in script:
+            s3.put_object(Bucket=bucket, Key=db_archive["key"], Body=b"not the archive", Metadata={"sha256": sha})
+
+    w.r.host.before_run.append(corrupt)
+    target_dir = tmp_path / "restored"
+    dbname = f"corrupt_{os.getpid()}"
+    result = restore(w, backup_id, {"home": {"path": str(target_dir)}, "database": {"dbname": dbname}})
+    assert result.status == "FAILED"
+    failures = [n for n in w.r.notifications() if "restore FAILED" in (n["subject"] or "")]
+    assert len(failures) == 1
+    message = str(failures[0]["message"])
+    assert "SHA-256" in message and "removed what this restore extracted" in message
+    # Whatever the home restore had extracted is gone again; no database was created.
+    assert not target_dir.exists() or not list(target_dir.iterdir())
+    assert postgres.superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{dbname}'") == "0"

@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--home-strategy", choices=["amazon-ebs", "none"], default="amazon-ebs")
     parser.add_argument("--db-strategy", choices=["amazon-rds", "amazon-aurora", "none"], default="amazon-rds")
+    parser.add_argument(
+        "--zero-downtime",
+        action="store_true",
+        help="back up without a lock (Data Center 4.8+; atomic snapshots only): only the version is asked",
+    )
+    parser.add_argument(
+        "--bitbucket-version", default="8.19.1", metavar="VERSION", help="the local simulator's version (8.19.1)"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -100,6 +108,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "status": result.status,
         "error": error,
         "backup_id": backup_id,
+        "zero_downtime": bool((validated.get("run") or {}).get("config", {}).get("zero_downtime")),
         "lock_window_s": lock_window,
         "drain_s": drain,
         "orchestrator_share_s": round(lock_window - drain, 3) if lock_window is not None and drain else None,
@@ -119,7 +128,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  failed at step {summary['error']['step']}: {summary['error']['message']}")
     for snap in summary["snapshots"]:
         print(f"  {snap['kind']:<22} {snap['id']:<28} {snap['part']:<9} {snap['state']:<10} {snap['status']}")
-    if summary["lock_window_s"] is not None:
+    if summary["zero_downtime"]:
+        print("  zero downtime: Bitbucket was never locked")
+    elif summary["lock_window_s"] is not None:
         print(f"  lock window {summary['lock_window_s']:.3f} s, of which drain {summary['drain_s'] or 0:.3f} s")
     print(
         f"  {summary['state_transitions']} state transitions, {summary['cost_usd']:.6f} USD at Step Functions "
@@ -158,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         url = args.bitbucket_url
         if not url:
             simulator = stack.enter_context(
-                local_simulator(username=args.username, password=password, drain_seconds=args.drain_seconds)
+                local_simulator(
+                    username=args.username,
+                    password=password,
+                    drain_seconds=args.drain_seconds,
+                    version=args.bitbucket_version,
+                )
             )
             url = simulator.url
             if not args.quiet:
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 home=args.home_strategy,
                 database=args.db_strategy,
                 timing=timing,
+                instance_overrides={"zero_downtime": True} if args.zero_downtime else None,
             )
         )
         if not args.quiet:

@@ -113,3 +113,20 @@ def test_a_failed_copy_removes_the_snapshots_and_touches_no_lock(world_factory: 
     assert len(notes) == 1 and "zero-downtime backup: this run never locked Bitbucket" in notes[0]["message"]
     assert w.r.snapshots(backup_id_of(result)) == []  # the home snapshot made in parallel is gone again
     assert w.r.run_record() is None
+
+
+def test_the_rehearsal_cli_rehearses_zero_downtime(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from rehearsal import cli
+
+    out = tmp_path / "summary.json"
+    code = cli.main(["--zero-downtime", "--drain-seconds", "0", "--no-restore", "--quiet", "--json", str(out)])
+    assert code == 0, capsys.readouterr()
+    summary = json.loads(out.read_text())
+    assert summary["status"] == "SUCCEEDED" and summary["zero_downtime"] is True and summary["lock_window_s"] == 0
+    assert "Bitbucket was never locked" in capsys.readouterr().out
+
+    code = cli.main(["--zero-downtime", "--bitbucket-version", "4.0.0", "--quiet", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert code == 1 and summary["error"]["step"] == "validate" and "4.0.0" in summary["error"]["message"]

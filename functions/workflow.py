@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,7 @@ from functions.strategies.host_copy import HostCopyStrategy
 # Drain and snapshot waits are bounded per instance; the guard outlives the longest possible run.
 GUARD_MARGIN_SECONDS = 3600
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
+ZERO_DOWNTIME_MIN_VERSION = (4, 8)
 
 
 def load_config(instance: str) -> InstanceConfig:
@@ -103,10 +105,17 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     except Exception:
         runs.release(config.name, backup_id)
         raise
-    _say(
-        config,
-        f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
-    )
+    if config.zero_downtime:
+        _say(
+            config,
+            f"prepared zero-downtime backup {backup_id} ({', '.join(config.parts)}): "
+            f"Bitbucket {facts['bitbucket_version']}, no lock needed",
+        )
+    else:
+        _say(
+            config,
+            f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
+        )
     logger.info("preflight passed", extra=facts)
     return RunContext(
         instance=config.name, backup_id=backup_id, execution=execution, started_at=time.time(), config=config
@@ -117,6 +126,17 @@ def _preflight(config: InstanceConfig) -> dict[str, object]:
     facts: dict[str, object] = {}
     for strategy in strategies_for(config):
         facts.update(strategy.preflight())
+    if config.zero_downtime:
+        # No maintenance call at all: the version answer also proves Bitbucket reachable and the credentials good.
+        try:
+            version = bitbucket(config).version(step="validate")
+        except BackupError as error:
+            raise PreflightFailed(
+                "validate: zero_downtime needs Bitbucket's version (application-properties), which could not be "
+                f"read: {redact(str(error)).removeprefix('validate: ')}"
+            ) from None
+        facts["bitbucket_version"] = check_zero_downtime_version(version)
+        return facts
     try:
         state = bitbucket(config).maintenance(step="validate")
     except BackupError as error:
@@ -124,6 +144,27 @@ def _preflight(config: InstanceConfig) -> dict[str, object]:
     if state.task_state == "RUNNING":
         raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
     return facts
+
+
+def check_zero_downtime_version(version: str) -> str:
+    """Zero-downtime backup needs Bitbucket Data Center 4.8 or later (Atlassian's DIY backup checks the same).
+
+    Whether the instance is Data Center cannot be read from the documented API (application-properties names both
+    editions "Bitbucket"; 9.0 and later exist only as Data Center), so it is not checked: setting zero_downtime
+    says so."""
+    found = re.match(r"^\s*(\d+)\.(\d+)", version)
+    if found is None:
+        raise PreflightFailed(
+            f"validate: cannot read Bitbucket's version from '{version[:40]}'; zero_downtime needs Bitbucket "
+            f"Data Center {ZERO_DOWNTIME_MIN_VERSION[0]}.{ZERO_DOWNTIME_MIN_VERSION[1]} or later"
+        )
+    if (int(found[1]), int(found[2])) < ZERO_DOWNTIME_MIN_VERSION:
+        raise PreflightFailed(
+            f"validate: Bitbucket {version[:40]} does not support zero-downtime backup; zero_downtime needs Bitbucket "
+            f"Data Center {ZERO_DOWNTIME_MIN_VERSION[0]}.{ZERO_DOWNTIME_MIN_VERSION[1]} or later "
+            "(set zero_downtime to false to back it up with the lock)"
+        )
+    return version
 
 
 def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:
@@ -336,6 +377,7 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         ],
         "pruned": pruned,
         "prune_error": prune_error,
+        "zero_downtime": run.config.zero_downtime,
         "lock_window_s": (unlocked or {}).get("lock_window_s"),
         "drain_s": (unlocked or {}).get("drain_s"),
         "duration_s": round(duration, 3),
@@ -367,6 +409,8 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         unlocked = "yes (unlocked before the failure)"
     elif record is None or record.phase == "preparing" or not record.unlock_token:
         unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
+        if run is not None and run.config.zero_downtime:
+            unlocked = "yes (zero-downtime backup: this run never locked Bitbucket)"
         if error == "LockNotConfirmed" or (step == "lock" and error != "AlreadyLocked" and _in_maintenance(run)):
             unlocked = (
                 "UNKNOWN - Bitbucket is in maintenance mode and this run could not confirm that the lock was "

@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="amazon-rds / amazon-aurora (snapshots in moto) or postgresql (pg_dump of a local PostgreSQL 15 "
         "the rehearsal starts, archived to S3)",
     )
+    parser.add_argument(
+        "--zero-downtime",
+        action="store_true",
+        help="back up without a lock (Data Center 4.8+; atomic snapshots only): only the version is asked",
+    )
+    parser.add_argument(
+        "--bitbucket-version", default="8.19.1", metavar="VERSION", help="the local simulator's version (8.19.1)"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -68,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.home_strategy == "none" and args.db_strategy == "none":
         parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
+    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy == "postgresql"):
+        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home) or postgresql (database)")
     if args.drain_timeout < 1 or args.poll_interval < 0:
         parser.error("--drain-timeout must be at least 1 and --poll-interval at least 0")
     return args
@@ -112,6 +122,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "status": result.status,
         "error": error,
         "backup_id": backup_id,
+        "zero_downtime": bool((validated.get("run") or {}).get("config", {}).get("zero_downtime")),
         "lock_window_s": lock_window,
         "drain_s": drain,
         "orchestrator_share_s": round(lock_window - drain, 3) if lock_window is not None and drain else None,
@@ -135,7 +146,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for archive in summary["archive"]:
         print(f"  archive {archive['part']:<9} s3://{archive['bucket']}/{archive['key']} {archive['size']} bytes")
         print(f"          sha256 {archive['sha256']}")
-    if summary["lock_window_s"] is not None:
+    if summary["zero_downtime"]:
+        print("  zero downtime: Bitbucket was never locked")
+    elif summary["lock_window_s"] is not None:
         print(f"  lock window {summary['lock_window_s']:.3f} s, of which drain {summary['drain_s'] or 0:.3f} s")
     print(
         f"  {summary['state_transitions']} state transitions, {summary['cost_usd']:.6f} USD at Step Functions "
@@ -178,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         url = args.bitbucket_url
         if not url:
             simulator = stack.enter_context(
-                local_simulator(username=args.username, password=password, drain_seconds=args.drain_seconds)
+                local_simulator(
+                    username=args.username,
+                    password=password,
+                    drain_seconds=args.drain_seconds,
+                    version=args.bitbucket_version,
+                )
             )
             url = simulator.url
             if not args.quiet:
@@ -193,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 home=args.home_strategy,
                 database=args.db_strategy,
                 timing=timing,
+                instance_overrides={"zero_downtime": True} if args.zero_downtime else None,
             )
         )
         if not args.quiet:

@@ -193,11 +193,11 @@ class BitbucketClient:
         body = self._json("status", self._send("status", "GET", "/status"))
         return str(body.get("state", "UNKNOWN"))
 
-    def version(self) -> str:
-        body = self._json("version", self._send("version", "GET", "/rest/api/1.0/application-properties"))
+    def version(self, step: str = "version") -> str:
+        body = self._json(step, self._send(step, "GET", "/rest/api/1.0/application-properties"))
         version = body.get("version")
         if not isinstance(version, str):
-            raise BitbucketBadResponse("version: application-properties has no version")
+            raise BitbucketBadResponse(f"{step}: application-properties has no version")
         return version
 
     # --- plumbing ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # RDS snapshot identifiers are built from the instance name, so the name must be a valid prefix of one.
 INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -143,6 +143,10 @@ DatabaseConfig = Annotated[
 ]
 # Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
 COPY_STRATEGIES = ("rsync", "postgresql")
+# What a zero-downtime backup (no lock, no drain) may use: copies taken at one moment without Bitbucket's help.
+# A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
+# atomic. rsync copies files while git writes them, and pg_dump's snapshot is not the home snapshot's moment.
+ZERO_DOWNTIME_STRATEGIES = {"home": ("amazon-ebs", "none"), "database": ("amazon-rds", "amazon-aurora", "none")}
 
 
 class ArchiveConfig(_Strict):
@@ -209,6 +213,8 @@ class InstanceConfig(_Strict):
     network: NetworkConfig | None = None
     home: HomeConfig
     database: DatabaseConfig
+    # Data Center 4.8+: no lock and no drain; only atomic snapshot strategies (checked below and at run time).
+    zero_downtime: bool = False
     schedule: str | None = None
     schedule_timezone: str = "UTC"
     keep_backups: int = Field(default=7, ge=0, le=1000)
@@ -235,6 +241,23 @@ class InstanceConfig(_Strict):
         if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
             raise ValueError(f"'{url}' is not an http(s) URL without query or fragment")
         return url.rstrip("/")
+
+    @field_validator("zero_downtime")
+    @classmethod
+    def _atomic_copies(cls, zero_downtime: bool, info: ValidationInfo) -> bool:
+        if not zero_downtime:
+            return zero_downtime
+        refused = [
+            f"{part}.strategy '{config.strategy}'"
+            for part, allowed in ZERO_DOWNTIME_STRATEGIES.items()
+            if (config := info.data.get(part)) is not None and config.strategy not in allowed
+        ]
+        if refused:
+            raise ValueError(
+                f"is true but {' and '.join(refused)} cannot copy without the lock (not an atomic snapshot); "
+                "zero downtime needs home 'amazon-ebs' and database 'amazon-rds' or 'amazon-aurora' (or 'none')"
+            )
+        return zero_downtime
 
     @field_validator("schedule")
     @classmethod

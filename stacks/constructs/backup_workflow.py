@@ -3,6 +3,8 @@
 validate (live) → prepare home (rsync first pass) → lock → start backup → wait for DRAINED → home and database copies
 in parallel (a host copy is checked until done), each reporting progress → progress 100 → unlock → wait for snapshots
 → archive host copies to S3 → finalize (mark complete, prune).
+A zero-downtime backup (the instance's `zero_downtime`, Data Center 4.8+, atomic snapshots only) takes the same path
+without lock, start, drain, progress reports and unlock: three Choices on `$.run.config.zero_downtime` skip them.
 Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
 """
 
@@ -19,6 +21,9 @@ from constructs import Construct
 
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
+
+# Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
+_LOCKED = sfn.Condition.boolean_equals("$.run.config.zero_downtime", False)
 
 
 @dataclass(frozen=True)
@@ -161,10 +166,17 @@ class BackupWorkflow(Construct):
 
         lock = self._task("Lock", "lock", run, "$.lock")
         self._catch(lock, "lock", handle)
+        parts = sfn.Parallel(
+            self,
+            "Copy home and database",
+            result_path="$.parts",
+            result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"},
+        )
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
         # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
         prepare = self._task("Prepare hosts", "prepare", run, "$.prepared")
-        for state in self._host_loop("host preparation", prepare, "$.prepared", lock):
+        with_lock = sfn.Choice(self, "Zero downtime?").when(_LOCKED, lock).otherwise(parts)
+        for state in self._host_loop("host preparation", prepare, "$.prepared", with_lock):
             self._catch(state, "prepare", handle)
         start_backup = self._task("Start backup", "start", run, "$.task")
         self._catch(start_backup, "start-backup", handle)
@@ -174,12 +186,6 @@ class BackupWorkflow(Construct):
             self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.config.timing.poll_interval_seconds")
         )
 
-        parts = sfn.Parallel(
-            self,
-            "Copy home and database",
-            result_path="$.parts",
-            result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"},
-        )
         for part, fn in (("home", "home"), ("database", "database")):
             copy = self._task(
                 f"Copy {part}", fn, {"run.$": "$.run", "part": part}, "$.part_result", retry_on=["AwsRateLimited"]
@@ -197,10 +203,16 @@ class BackupWorkflow(Construct):
                 result=sfn.Result.from_object({"part": part, "skipped": True}),
                 result_path="$.part_result",
             )
+            # Progress goes to the backup task under the lock; without a lock there is nobody to report to.
+            reported = (
+                sfn.Choice(self, f"Report {part} progress?")
+                .when(_LOCKED, report)
+                .otherwise(sfn.Pass(self, f"{part.capitalize()} copied without a lock"))
+            )
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
                 .when(sfn.Condition.string_equals(f"$.run.config.{part}.strategy", "none"), skip)
-                .otherwise(self._host_loop(f"{part} copy", copy, "$.part_result", report)[0])
+                .otherwise(self._host_loop(f"{part} copy", copy, "$.part_result", reported)[0])
             )
         self._catch(parts, "copy", handle)
 
@@ -227,19 +239,24 @@ class BackupWorkflow(Construct):
 
         finalize.next(done)
         start.next(validate).next(prepare)
+        # A zero-downtime run has nothing to unlock; its lock window (the Unlock step's result) is zero.
+        not_locked = sfn.Pass(
+            self,
+            "Nothing to unlock",
+            result=sfn.Result.from_object({"lock_window_s": 0, "drain_s": 0}),
+            result_path="$.unlocked",
+        )
+        parts.next(sfn.Choice(self, "Locked for the copy?").when(_LOCKED, finish).otherwise(not_locked))
+        finish.next(unlock).next(check)
+        not_locked.next(check)
+        check.next(
+            sfn.Choice(self, "Snapshots complete?")
+            .when(sfn.Condition.boolean_equals("$.snapshots.complete", True), archive)
+            .otherwise(wait_snapshots.next(check))
+        )
         lock.next(start_backup).next(poll).next(
             sfn.Choice(self, "Drained?")
-            .when(
-                sfn.Condition.boolean_equals("$.drain.drained", True),
-                parts.next(finish)
-                .next(unlock)
-                .next(check)
-                .next(
-                    sfn.Choice(self, "Snapshots complete?")
-                    .when(sfn.Condition.boolean_equals("$.snapshots.complete", True), archive)
-                    .otherwise(wait_snapshots.next(check))
-                ),
-            )
+            .when(sfn.Condition.boolean_equals("$.drain.drained", True), parts)
             .otherwise(wait_drain.next(poll))
         )
         return start

@@ -14,7 +14,7 @@ from functions.models.config import InstanceConfig, TimingConfig, parse_project_
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
-from tests.infra.asl import function_of, happy_path
+from tests.infra.asl import function_of, happy_path, path_where
 from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 
 HAPPY_PATH = [
@@ -22,11 +22,13 @@ HAPPY_PATH = [
     "Validate and prepare",
     "Prepare hosts",
     "Host preparation done?",
+    "Zero downtime?",
     "Lock",
     "Start backup",
     "Poll drain state",
     "Drained?",
     "Copy home and database",
+    "Locked for the copy?",
     "Report progress 100",
     "Unlock",
     "Check snapshots",
@@ -146,11 +148,45 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             # A host copy (rsync, pg_dump) is checked until done; a snapshot strategy answers done at once.
             done = inner[inner[f"Copy {part}"]["Next"]]
             assert done["Type"] == "Choice" and done["Choices"][0]["Variable"] == "$.part_result.done"
-            assert done["Choices"][0]["Next"] == f"Report {part} progress"
+            configured = {f"$.run.config.{part}.strategy": "configured"}
+            locked = path_where(branch, {**configured, "$.run.config.zero_downtime": False})
+            assert locked[-1] == f"Report {part} progress", locked
             assert inner[done["Default"]]["SecondsPath"] == "$.run.config.timing.host_poll_interval_seconds"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
         assert states["Report progress 100"]["Next"] == "Unlock"
+
+
+ZERO_DOWNTIME = {"$.run.config.zero_downtime": True}
+# What a zero-downtime run must never enter: everything that needs (or takes, or releases) the lock.
+NEEDS_THE_LOCK = {"Lock", "Start backup", "Poll drain state", "Wait for drain", "Report progress 100", "Unlock"}
+
+
+def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
+    state_machines: dict[str, StateMachine],
+) -> None:
+    for sm in state_machines.values():
+        states = sm.definition["States"]
+        path = path_where(sm.definition, ZERO_DOWNTIME)
+        # The locked path without what needs the lock, and a Pass standing in for the Unlock.
+        expected = [name for name in HAPPY_PATH if name not in {*NEEDS_THE_LOCK, "Drained?"}]
+        expected.insert(expected.index("Locked for the copy?") + 1, "Nothing to unlock")
+        assert path == expected, path
+        assert expected[expected.index("Zero downtime?") + 1] == "Copy home and database"
+        assert not NEEDS_THE_LOCK & set(path)
+        # Every decision is taken on the configuration validate put into $.run, never on a step's result.
+        for choice in ("Zero downtime?", "Locked for the copy?"):
+            assert [c["Variable"] for c in states[choice]["Choices"]] == ["$.run.config.zero_downtime"]
+        # finalize reads $.unlocked: the skip fills it with a lock window of zero.
+        assert states["Nothing to unlock"]["ResultPath"] == "$.unlocked"
+        assert states["Nothing to unlock"]["Result"] == {"lock_window_s": 0, "drain_s": 0}
+        # Inside the copy, no progress report (it needs the lock's token): each branch ends in a Pass.
+        for branch, part in zip(states["Copy home and database"]["Branches"], ("home", "database"), strict=True):
+            inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.config.{part}.strategy": "configured"})
+            assert f"Copy {part}" in inner and f"Report {part} progress" not in inner, inner
+            assert branch["States"][inner[-1]] == {"Type": "Pass", "End": True}, inner
+        # The path with the lock is still there for everybody else, and unchanged.
+        assert path_where(sm.definition, {"$.run.config.zero_downtime": False}) == HAPPY_PATH
 
 
 def test_every_task_after_validate_catches_into_the_failure_path(state_machines: dict[str, StateMachine]) -> None:

@@ -56,8 +56,8 @@ class World:
 def world_factory() -> Iterator[Callable[..., World]]:
     opened: list[tuple[BitbucketSimulator, Rehearsal]] = []
 
-    def make(drain_seconds: float | None = 0.05, **kwargs: Any) -> World:
-        sim = BitbucketSimulator(password=PASSWORD, drain_seconds=drain_seconds).start()
+    def make(drain_seconds: float | None = 0.05, version: str = "8.19.1", **kwargs: Any) -> World:
+        sim = BitbucketSimulator(password=PASSWORD, drain_seconds=drain_seconds, version=version).start()
         r = Rehearsal(sim.url, password=PASSWORD, **kwargs).__enter__()
         opened.append((sim, r))
         return World(sim, r)

@@ -21,6 +21,10 @@ FAILS_AFTER_100 = "fails after the copy; unlocked"
 UNCONFIRMED = "lock unconfirmed; loud notification with manual steps"
 ABORTED = "aborted; the safety net unlocks"
 SKIPPED = "skipped quietly; the running backup succeeds"
+FAILS_NEVER_LOCKED = "fails; nothing was locked, the run's snapshots removed"
+
+# A zero-downtime instance (Data Center 4.8+): Bitbucket must see no request but the version check.
+ZERO_DOWNTIME = ("instance_overrides", {"zero_downtime": True})
 
 HTTP_TIMEOUT_S = 1.5  # the matrix's Bitbucket client timeout; generous so a loaded CI machine never hits it by chance
 
@@ -405,7 +409,55 @@ def _operation_faults() -> list[Fault]:
     ]
 
 
-FAULTS: list[Fault] = [*_bitbucket_faults(), *_aws_faults(), *_operation_faults()]
+def _zero_downtime_faults() -> list[Fault]:
+    return [
+        Fault(
+            "zdt-bitbucket-4.7",
+            "zero downtime",
+            "Bitbucket 4.7.1 answers the version check",
+            NEVER_LOCKED,
+            "validate",
+            world=(ZERO_DOWNTIME, ("version", "4.7.1")),
+        ),
+        Fault(
+            "zdt-version-drop",
+            "zero downtime",
+            "the version check's connection is dropped",
+            NEVER_LOCKED,
+            "validate",
+            bitbucket("properties", "drop"),
+            world=(ZERO_DOWNTIME,),
+        ),
+        Fault(
+            "zdt-version-html",
+            "zero downtime",
+            "a proxy answers the version check with an HTML page",
+            NEVER_LOCKED,
+            "validate",
+            bitbucket("properties", "html"),
+            world=(ZERO_DOWNTIME,),
+        ),
+        Fault(
+            "zdt-ebs-error",
+            "zero downtime",
+            "CreateSnapshots fails (InternalError)",
+            FAILS_NEVER_LOCKED,
+            "copy",
+            aws("moto.ec2.models.elastic_block_store.EBSBackend", "create_snapshots", "InternalError"),
+            world=(ZERO_DOWNTIME,),
+        ),
+        Fault(
+            "zdt-stop",
+            "zero downtime",
+            "StopExecution while waiting for snapshots",
+            ABORTED,
+            scenario="stop-unlocked",
+            world=(ZERO_DOWNTIME,),
+        ),
+    ]
+
+
+FAULTS: list[Fault] = [*_bitbucket_faults(), *_aws_faults(), *_operation_faults(), *_zero_downtime_faults()]
 
 
 def render_markdown() -> str:

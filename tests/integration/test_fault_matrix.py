@@ -71,6 +71,9 @@ def test_fault(world_factory: Any, fault: fm.Fault) -> None:
     assert {s["id"] for s in earlier_snaps} == set(earlier.values()), "an earlier backup was touched"
     assert all(s["status"] == COMPLETE for s in earlier_snaps)
     _no_leak(w, result)
+    if fm.ZERO_DOWNTIME in fault.world:
+        asked = {(method, path) for method, path, _ in w.sim.requests}
+        assert asked <= {("GET", "/rest/api/1.0/application-properties")}, "a zero-downtime run used the lock API"
 
     if fault.outcome in (fm.SUCCEEDS, fm.SKIPPED):
         assert result.status == "SUCCEEDED", result.cause

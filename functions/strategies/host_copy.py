@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from botocore.exceptions import ClientError
 
 from functions.clients import host
-from functions.clients.aws import client, error_code
+from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
 from functions.models.config import PostgresDatabaseConfig, RsyncHomeConfig
 from functions.strategies import (
@@ -28,6 +28,9 @@ from functions.strategies import (
     Artifact,
     Strategy,
     catalog_tags,
+    copy_details,
+    copy_refused,
+    copy_tags,
     is_ours,
 )
 
@@ -117,11 +120,16 @@ class HostCopyStrategy(Strategy):
 
     # --- the catalog: archive objects in S3, found by their tags -------------------------------------------------
 
+    @property
+    def bucket(self) -> str | None:
+        """The stack's archive bucket, or the copy target's."""
+        return self.target.archive_bucket if self.target else os.environ.get("ARCHIVE_BUCKET")
+
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
-        bucket = os.environ.get("ARCHIVE_BUCKET")
+        bucket = self.bucket
         if not bucket:
             return []
-        s3 = client("s3")
+        s3 = self.aws("s3")
         prefix = f"{self.instance.name}/" + (f"{backup_id}/" if backup_id else "")
         found = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -153,13 +161,14 @@ class HostCopyStrategy(Strategy):
                             "key": obj["Key"],
                             "size": str(obj.get("Size", 0)),
                             "sha256": head.get("Metadata", {}).get("sha256", ""),
+                            **copy_details(tags),
                         },
                     )
                 )
         return sorted(found, key=lambda a: (a.backup_id, a.id))
 
     def set_status(self, artifact: Artifact, status: str) -> None:
-        s3 = client("s3")
+        s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
         if not is_ours(tags, self.instance.name):
@@ -171,12 +180,42 @@ class HostCopyStrategy(Strategy):
 
     def delete(self, artifact: Artifact) -> None:
         """Every version of the object (the bucket is versioned: a plain delete would only hide it)."""
-        s3 = client("s3")
+        s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
         for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
             for version in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
                 if version["Key"] == key:
                     s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+
+    # --- disaster-recovery copies: a server-side (multipart) copy into the target's bucket ------------------------
+
+    def copy_to(self, original: Artifact, source_region: str) -> str:
+        """Synchronous: the object exists in the destination only once the copy is complete. The copy is made by
+        the target's role when it names one (the stack's bucket policy and key let that role read archives)."""
+        target = self.target
+        assert target is not None and target.archive_bucket
+        made = self.copy_of(original)
+        if made is not None:
+            return made.id
+        key = original.details["key"]
+        extra: dict[str, Any] = {
+            "TaggingDirective": "REPLACE",
+            "Tagging": urlencode(copy_tags(original, self.instance.name, source_region)),
+            "MetadataDirective": "COPY",
+        }
+        if target.kms_key_id:
+            extra |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": target.kms_key_id}
+        try:
+            self.aws("s3").copy(
+                {"Bucket": original.details["bucket"], "Key": key},
+                target.archive_bucket,
+                key,
+                ExtraArgs=extra,
+                SourceClient=self.aws("s3"),
+            )
+        except ClientError as error:
+            raise copy_refused(error, "CopyObject", original, target) from None
+        return f"s3://{target.archive_bucket}/{key}"
 
 
 class RsyncStrategy(HostCopyStrategy):

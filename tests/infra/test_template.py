@@ -33,6 +33,8 @@ HAPPY_PATH = [
     "Snapshots complete?",
     "Archive",
     "Archive done?",
+    "Copy to other regions",
+    "Copies complete?",
     "Mark complete and prune",
     "Backup complete",
 ]
@@ -166,6 +168,7 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
             "Report progress 100",
             "Unlock",
             "Check snapshots",
+            "Copy to other regions",
             "Mark complete and prune",
         }
         for name in guarded:

@@ -532,7 +532,6 @@ def copy_to_regions(
                 )
             )
     if archive_bucket_arn and any(i.uses_archive for i, _ in local):
-        buckets = sorted({t.archive_bucket for i, t in local if i.uses_archive and t.archive_bucket})
         statements += [
             iam.PolicyStatement(
                 actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion"],
@@ -540,7 +539,7 @@ def copy_to_regions(
             ),
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"],
-                resources=[f"arn:{stack.partition}:s3:::{b}/*" for b in buckets],
+                resources=_copied_archives(stack, local),
             ),
         ]
     statements += _target_keys(copying) + _assume_roles(copying)
@@ -548,6 +547,17 @@ def copy_to_regions(
         # A source snapshot encrypted with a customer-managed key: read through EC2 or RDS only.
         statements += _snapshot_keys(stack, "ec2") + _snapshot_keys(stack, "rds")
     return statements
+
+
+def _copied_archives(stack: Stack, local: list[tuple[InstanceConfig, CopyTarget]]) -> list[str]:
+    """Archive copies in the targets' buckets: only under each instance's own prefix (`<instance>/<backup id>/…`)."""
+    return sorted(
+        {
+            f"arn:{stack.partition}:s3:::{t.archive_bucket}/{i.name}/*"
+            for i, t in local
+            if i.uses_archive and t.archive_bucket
+        }
+    )
 
 
 def _target_keys(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
@@ -604,20 +614,18 @@ def manage_own_copies(stack: Stack, instances: list[InstanceConfig]) -> list[iam
                 conditions=own,
             ),
         ]
-    buckets = sorted({t.archive_bucket for i, t in local if i.uses_archive and t.archive_bucket})
-    if buckets:
+    objects = _copied_archives(stack, local)
+    if objects:
+        buckets = sorted({t.archive_bucket for i, t in local if i.uses_archive and t.archive_bucket})
         statements += [
             iam.PolicyStatement(
                 actions=["s3:ListBucket", "s3:ListBucketVersions"],
                 resources=[f"arn:{stack.partition}:s3:::{b}" for b in buckets],
             ),
-            iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:GetObjectTagging"],
-                resources=[f"arn:{stack.partition}:s3:::{b}/*" for b in buckets],
-            ),
+            iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectTagging"], resources=objects),
             iam.PolicyStatement(
                 actions=["s3:PutObjectTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"],
-                resources=[f"arn:{stack.partition}:s3:::{b}/*" for b in buckets],
+                resources=objects,
                 conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
             ),
         ]

@@ -326,12 +326,12 @@ class InstanceConfig(_Strict):
         for target in self.copies:
             if self.uses_archive and not target.archive_bucket:
                 raise ValueError(
-                    f"copy to {target.label}: archive_bucket (a bucket in {target.region}) is required, "
+                    f"copies: {target.label}: archive_bucket (a bucket in {target.region}) is required, "
                     "this instance's rsync/postgresql parts are archived to S3"
                 )
             if self.database.strategy in ("amazon-rds", "amazon-aurora") and not target.kms_key_id:
                 raise ValueError(
-                    f"copy to {target.label}: kms_key_id (a key in {target.region}) is required, a cross-region "
+                    f"copies: {target.label}: kms_key_id (a key in {target.region}) is required, a cross-region "
                     "copy of an encrypted RDS/Aurora snapshot needs a key of the destination region"
                 )
         return self

@@ -360,7 +360,7 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
     for instance in (PROD, STAGING):
         sm = owner[instance["name"]]
         steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
-        assert len(steps) == 14
+        assert len(steps) == 15
         used = steps | _functions_watching(sm.logical_id, resources)
         covered |= used
         for logical in used:

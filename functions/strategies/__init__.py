@@ -149,9 +149,17 @@ class Strategy(ABC):
         return self.target.label if self.target else "the source region"
 
     def copy_to(self, original: Artifact, source_region: str) -> str:
-        """On a strategy bound to a target: start copying `original` there (sharing it with the target's account
-        first when that is another one) with copy_tags(); a copy already made is found by its tags and not made
-        again. Returns the copy's id. Raises AwsRateLimited (retried) or CopyFailed."""
+        """On a strategy bound to a target: start copying `original` there with copy_tags(); a copy already made is
+        found by its tags and not made again. Returns the copy's id. Raises AwsRateLimited (retried) or CopyFailed."""
+        target = self.target
+        assert target is not None, "copy_to works on a strategy bound to a copy target (see at())"
+        made = self.copy_of(original)
+        if made is not None:
+            return made.id  # a retried invocation
+        return self.start_copy(original, target, copy_tags(original, self.instance.name, source_region), source_region)
+
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        """Starts one copy (sharing the source with the target's account first when that is another one)."""
         raise CopyFailed(f"copy-regions: {self.part} artifacts of this strategy cannot be copied to other regions")
 
     def copy_of(self, original: Artifact) -> Artifact | None:

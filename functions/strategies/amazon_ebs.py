@@ -19,7 +19,7 @@ from functions.errors import (
     SnapshotFailed,
     TargetNotReady,
 )
-from functions.models.config import EbsHomeConfig
+from functions.models.config import CopyTarget, EbsHomeConfig
 from functions.models.restore import HomeTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (
@@ -39,7 +39,6 @@ from functions.strategies import (
     catalog_tags,
     copy_details,
     copy_refused,
-    copy_tags,
     is_ours,
     made_by,
     restore_tags,
@@ -214,15 +213,9 @@ class EbsStrategy(Strategy):
 
     # --- disaster-recovery copies: CopySnapshot in the destination, always encrypted ----------------------------
 
-    def copy_to(self, original: Artifact, source_region: str) -> str:
-        target = self.target
-        assert target is not None
-        made = self.copy_of(original)
-        if made is not None:
-            return made.id  # a retried invocation
-        tags = copy_tags(original, self.instance.name, source_region)
-        tags |= {"Device": original.details.get("device", ""), "Name": f"{original.backup_id}-home"}
-        tags["Name"] += original.details.get("device", "")
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        device = original.details.get("device", "")
+        tags = tags | {"Device": device, "Name": f"{original.backup_id}-home{device}"}
         request: dict[str, Any] = {
             "SourceRegion": source_region,
             "SourceSnapshotId": original.id,

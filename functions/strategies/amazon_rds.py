@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, PreflightFailed, RestoreFailed, RestoreRefused, SnapshotFailed
-from functions.models.config import AuroraDatabaseConfig, RdsDatabaseConfig
+from functions.models.config import AuroraDatabaseConfig, CopyTarget, RdsDatabaseConfig
 from functions.models.restore import DatabaseTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (
@@ -27,7 +27,6 @@ from functions.strategies import (
     catalog_tags,
     copy_details,
     copy_refused,
-    copy_tags,
     is_ours,
     made_by,
     restore_tags,
@@ -136,13 +135,7 @@ class RdsStrategy(Strategy):
 
     # --- disaster-recovery copies: the same identifier (the backup id) in the destination region ---------------
 
-    def copy_to(self, original: Artifact, source_region: str) -> str:
-        target = self.target
-        assert target is not None
-        made = self.copy_of(original)
-        if made is not None:
-            return made.id  # a retried invocation
-        tags = copy_tags(original, self.instance.name, source_region)
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
         request: dict[str, Any] = {
             self._copy_source_arg: original.details["arn"],
             self._copy_target_arg: original.id,

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from functions.clients import host
 from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
-from functions.models.config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.strategies import (
     BACKUP_ID_TAG,
     PART_TAG,
@@ -30,7 +30,6 @@ from functions.strategies import (
     catalog_tags,
     copy_details,
     copy_refused,
-    copy_tags,
     is_ours,
 )
 
@@ -189,18 +188,14 @@ class HostCopyStrategy(Strategy):
 
     # --- disaster-recovery copies: a server-side (multipart) copy into the target's bucket ------------------------
 
-    def copy_to(self, original: Artifact, source_region: str) -> str:
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
         """Synchronous: the object exists in the destination only once the copy is complete. The copy is made by
         the target's role when it names one (the stack's bucket policy and key let that role read archives)."""
-        target = self.target
-        assert target is not None and target.archive_bucket
-        made = self.copy_of(original)
-        if made is not None:
-            return made.id
+        assert target.archive_bucket, "validated with the config: archives need a target bucket"
         key = original.details["key"]
         extra: dict[str, Any] = {
             "TaggingDirective": "REPLACE",
-            "Tagging": urlencode(copy_tags(original, self.instance.name, source_region)),
+            "Tagging": urlencode(tags),
             "MetadataDirective": "COPY",
         }
         if target.kms_key_id:

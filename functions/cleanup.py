@@ -13,7 +13,7 @@ from functions.clients.bitbucket import BitbucketClient, Lock
 from functions.errors import BackupError
 from functions.models.config import InstanceConfig
 from functions.observability import redact
-from functions.strategies import COMPLETE, FAILED, strategies_for
+from functions.strategies import COMPLETE, FAILED, Artifact, Strategy, strategies_for
 
 
 def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[str]) -> str:
@@ -42,15 +42,36 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
     return "yes"
 
 
-def discard(config: InstanceConfig, backup_id: str, actions: list[str]) -> None:
-    """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept."""
+def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, originals_complete: bool = False) -> None:
+    """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept.
+
+    With originals_complete (the failure came during the disaster-recovery copies, which start only once every
+    original is complete) the originals are marked complete and kept; only the unfinished copies are removed."""
     for strategy in strategies_for(config):
         for artifact in strategy.artifacts(backup_id):
             if artifact.status == COMPLETE:
                 continue  # marked complete by finalize: a good backup, whatever failed after it
-            strategy.set_status(artifact, FAILED)
+            if originals_complete:
+                strategy.set_status(artifact, COMPLETE)
+                actions.append(f"kept {artifact.id} as a complete backup")
+                continue
+            _drop(strategy, artifact, actions)
+        for target in config.copies:
+            bound = strategy.at(target)
             try:
-                strategy.delete(artifact)
-                actions.append(f"deleted {artifact.id}")
+                copies = bound.artifacts(backup_id)
             except ClientError as error:
-                actions.append(f"{artifact.id} tagged failed, not deleted ({error_code(error)})")
+                actions.append(f"copies in {target.label} not checked ({error_code(error)}): check them by hand")
+                continue
+            for artifact in copies:
+                if artifact.status != COMPLETE:
+                    _drop(bound, artifact, actions, f" in {target.label}")
+
+
+def _drop(strategy: Strategy, artifact: Artifact, actions: list[str], where: str = "") -> None:
+    try:
+        strategy.set_status(artifact, FAILED)
+        strategy.delete(artifact)
+        actions.append(f"deleted {artifact.id}{where}")
+    except ClientError as error:
+        actions.append(f"{artifact.id}{where} not deleted ({error_code(error)}): delete it by hand")

@@ -68,6 +68,10 @@ class SnapshotTimeout(BackupError):
     """Snapshots did not complete within the configured time."""
 
 
+class CopyFailed(BackupError):
+    """A disaster-recovery copy could not be started, ended in error or did not complete in time."""
+
+
 class AwsRateLimited(BackupError):
     """AWS refused a call for its rate limits; Step Functions retries with back-off."""
 

@@ -37,6 +37,9 @@ class Run:
     # Set when the workflow's own failure path kept the item (Bitbucket possibly still locked): the safety
     # net must not act (and notify) a second time.
     handled: bool = False
+    # Set by the first disaster-recovery copy call, which runs only once every original is complete: from then on
+    # a failure keeps the originals (as complete backups) and removes only the unfinished copies.
+    copies_started_at: float | None = None
 
     def __repr__(self) -> str:
         return f"Run({self.instance}, {self.backup_id}, {self.phase})"
@@ -100,6 +103,7 @@ def get(instance: str, backup_id: str | None = None) -> Run | None:
         unlocked_at=_num(item, "unlocked_at"),
         parts_done=len(item.get("parts_done", {}).get("SS", [])),
         handled="handled_at" in item,
+        copies_started_at=_num(item, "copies_started_at"),
     )
     register_secret(run.unlock_token)
     register_secret(run.cancel_token)

@@ -26,16 +26,17 @@ from functions.errors import (
     BitbucketRequestFailed,
     BitbucketUnavailable,
     ConfigInvalid,
+    CopyFailed,
     DrainTimeout,
     PreflightFailed,
     SnapshotFailed,
     SnapshotTimeout,
     UnknownInstance,
 )
-from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
+from functions.models.config import ConfigError, CopyTarget, InstanceConfig, parse_instance_config
 from functions.models.events import ExecutionInput, RunContext, parse
 from functions.observability import bind, logger, metrics, redact, short
-from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
+from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, strategy_for
 from functions.strategies.host_copy import KIND as ARCHIVE_KIND
 from functions.strategies.host_copy import HostCopyStrategy
 
@@ -92,13 +93,12 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     config = load_config(request.instance)
     backup_id = backup_id_for(config.name, start_time)
     bind(backup_id=backup_id)
-    timing = config.timing
     # The guard first: an overlapping execution must stop here, before it looks at (or touches) Bitbucket.
     runs.acquire(
         config.name,
         backup_id,
         execution,
-        ttl_seconds=timing.drain_timeout_seconds + timing.snapshot_timeout_seconds + GUARD_MARGIN_SECONDS,
+        ttl_seconds=config.longest_run_seconds + GUARD_MARGIN_SECONDS,
     )
     try:
         facts = _preflight(config)
@@ -306,8 +306,61 @@ def unlock(run: RunContext) -> dict[str, Any]:
     return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
 
 
-def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Any, Artifact]]:
+def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Strategy, Artifact]]:
     return [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
+
+
+def _all_copies(
+    config: InstanceConfig, target: CopyTarget, backup_id: str | None = None
+) -> list[tuple[Strategy, Artifact]]:
+    bound = [s.at(target) for s in strategies_for(config)]
+    return [(s, a) for s in bound for a in s.artifacts(backup_id)]
+
+
+def source_region() -> str:
+    return os.environ.get("AWS_REGION") or str(client("ec2").meta.region_name)
+
+
+def copy_regions(run: RunContext) -> dict[str, Any]:
+    """After the snapshots completed and the archives were uploaded: start every disaster-recovery copy not yet
+    started, then check them all. Done when every copy is complete; a copy in error fails the run (CopyFailed)."""
+    if not run.config.copies:
+        return {"done": True, "pending": []}
+    record = runs.get(run.instance, run.backup_id)
+    started_at = record.copies_started_at if record and record.copies_started_at else None
+    if started_at is None:
+        started_at = time.time()
+        runs.update(run.instance, run.backup_id, copies_started_at=started_at)
+    region = source_region()
+    originals = _all_artifacts(run.config, run.backup_id)
+    pending: list[str] = []
+    for target in run.config.copies:
+        for strategy, original in originals:
+            bound = strategy.at(target)
+            made = bound.copy_of(original)
+            if made is None:
+                copy_id = bound.copy_to(original, region)
+                _say(run.config, f"{original.part} copy of {original.id} to {target.label} started: {copy_id}")
+                made = bound.copy_of(original)
+            if made is None:
+                pending.append(f"{original.id} → {target.label} (starting)")
+            elif made.state == "error":
+                raise CopyFailed(
+                    f"copy-regions: copy {made.id} of {original.id} ({original.part}) to {target.label} "
+                    "ended in state 'error'"
+                )
+            elif made.state != "completed":
+                pending.append(f"{made.id} ({target.label})")
+    if not pending:
+        _say(run.config, f"copies complete in {', '.join(t.label for t in run.config.copies)}")
+        return {"done": True, "pending": []}
+    waited = time.time() - started_at
+    if waited > run.config.timing.copy_timeout_seconds:
+        raise CopyFailed(
+            f"copy-regions: {', '.join(pending)} not completed after {waited:.0f} s "
+            f"(limit {run.config.timing.copy_timeout_seconds} s)"
+        )
+    return {"done": False, "pending": pending}
 
 
 def check_snapshots(run: RunContext) -> dict[str, Any]:
@@ -335,28 +388,40 @@ def check_snapshots(run: RunContext) -> dict[str, Any]:
 def prune(config: InstanceConfig, keep_backup_id: str) -> list[str]:
     """Delete this instance's complete backups beyond keep_backups, oldest first; never the newest one,
     never the one just made, never anything without this tool's tags (the strategies filter on them)."""
-    if config.keep_backups == 0:
+    return _prune(_all_artifacts(config), config.keep_backups, keep_backup_id, "")
+
+
+def prune_copies(config: InstanceConfig, target: CopyTarget, keep_backup_id: str) -> list[str]:
+    """The same rule for the copies in one copy target, with its own keep_backups."""
+    return _prune(_all_copies(config, target), config.keep_copies(target), keep_backup_id, f" in {target.label}")
+
+
+def _prune(found: list[tuple[Strategy, Artifact]], keep: int, keep_backup_id: str, where: str) -> list[str]:
+    if keep == 0:
         return []
-    by_backup: dict[str, list[tuple[Any, Artifact]]] = {}
-    for strategy, artifact in _all_artifacts(config):
+    by_backup: dict[str, list[tuple[Strategy, Artifact]]] = {}
+    for strategy, artifact in found:
         by_backup.setdefault(artifact.backup_id, []).append((strategy, artifact))
     complete = sorted(b for b, items in by_backup.items() if b and all(a.status == COMPLETE for _, a in items))
-    doomed = [b for b in complete[: max(0, len(complete) - config.keep_backups)] if b != keep_backup_id]
+    doomed = [b for b in complete[: max(0, len(complete) - keep)] if b != keep_backup_id]
     doomed = [b for b in doomed if b != complete[-1]]
     for backup_id in doomed:
         for strategy, artifact in by_backup[backup_id]:
             strategy.delete(artifact)
-        logger.info(f"pruned backup {backup_id}")
-    return doomed
+        logger.info(f"pruned backup {backup_id}{where}")
+    return [b + where for b in doomed]
 
 
 def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]:
     found = _all_artifacts(run.config, run.backup_id)
-    for strategy, artifact in found:
+    copies = [c for target in run.config.copies for c in _all_copies(run.config, target, run.backup_id)]
+    for strategy, artifact in [*found, *copies]:
         strategy.set_status(artifact, COMPLETE)
     runs.release(run.instance, run.backup_id)
     try:
         pruned = prune(run.config, run.backup_id)
+        for target in run.config.copies:
+            pruned += prune_copies(run.config, target, run.backup_id)
         prune_error = None
     except (ClientError, BackupError) as error:
         # The new backup is complete and stays so; an old one that could not be deleted is only reported.
@@ -374,6 +439,10 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
             {"part": a.part, **{k: a.details[k] for k in ("bucket", "key", "size", "sha256")}}
             for _, a in found
             if a.kind == ARCHIVE_KIND
+        ],
+        "copies": [
+            {"target": s.where, "kind": a.kind, "id": a.id, "copy_of": a.details.get("copy_of"), "status": COMPLETE}
+            for s, a in copies
         ],
         "pruned": pruned,
         "prune_error": prune_error,
@@ -423,7 +492,10 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         if unlocked == "yes":
             _say(run.config, "Bitbucket instance unlocked")
     if run:
-        cleanup.discard(run.config, run.backup_id, actions)
+        # Once the copies started, every original was complete (snapshots completed, archives uploaded): a failure
+        # of the disaster-recovery copies keeps them as a complete local backup; the run still fails, visibly.
+        originals_complete = record is not None and record.copies_started_at is not None
+        cleanup.discard(run.config, run.backup_id, actions, originals_complete=originals_complete)
         if unlocked.startswith("yes"):
             runs.release(run.instance, run.backup_id)
         elif record is not None:

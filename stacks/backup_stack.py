@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from functions.models.config import InstanceConfig, ProjectConfig
+from functions.models.config import ConfigError, InstanceConfig, ProjectConfig
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
@@ -42,6 +43,7 @@ class BackupStack(Stack):
     def __init__(self, scope: Construct, id: str, *, settings: StackSettings, **kwargs: object) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
         config = settings.config
+        self._check_copy_regions(config)
         key = kms.Key(self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: topic and run table")
         notifications = Notifications(self, "Notifications", config=config, key=key)
         runs = RunTable(self, "Runs", key=key)
@@ -72,6 +74,17 @@ class BackupStack(Stack):
             )
             environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
             CfnOutput(self, "ArchiveBucket", value=self.archive_bucket.bucket_name)
+            # Cross-account copy targets copy the archives as their own role: it may read them (and their key).
+            for role_arn in permissions.cross_account_readers(config.instances):
+                reader = iam.ArnPrincipal(role_arn)
+                self.archive_bucket.add_to_resource_policy(
+                    iam.PolicyStatement(
+                        principals=[reader],
+                        actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion"],
+                        resources=[self.archive_bucket.arn_for_objects("*")],
+                    )
+                )
+                key.grant_decrypt(reader)
             CfnOutput(
                 self,
                 "ArchiveKey",
@@ -87,7 +100,7 @@ class BackupStack(Stack):
                 scope, FunctionSettings(code=code, environment=environment, network=instances[0].network)
             )
             # The execution may run as long as its slowest instance's drain and snapshot waits, plus margin.
-            longest = max(i.timing.longest_run_seconds for i in instances)
+            longest = max(i.longest_run_seconds for i in instances)
             timing = replace(settings.timing, timeout_hours=math.ceil((longest + 3600) / 3600))
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
@@ -119,6 +132,18 @@ class BackupStack(Stack):
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
 
+    def _check_copy_regions(self, config: ProjectConfig) -> None:
+        """A disaster-recovery copy in the stack's own region (and account) protects against nothing."""
+        if Token.is_unresolved(self.region):
+            return
+        for instance in config.instances:
+            for target in instance.copies:
+                if target.region == self.region and target.account_id in (None, self.account):
+                    raise ConfigError(
+                        f"instance '{instance.name}': copies: {target.region} is this stack's own region; "
+                        "disaster-recovery copies must go to another region"
+                    )
+
     def _grant(
         self,
         fns: dict[str, lambda_.Function],
@@ -142,7 +167,7 @@ class BackupStack(Stack):
         for fn in each("validate", "safety_net"):
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)
-        for fn in each("validate", "home", "database", "check", "finalize", "failure", "safety_net"):
+        for fn in each("validate", "home", "database", "check", "copy", "finalize", "failure", "safety_net"):
             for statement in permissions.describe(instances):
                 fn.add_to_role_policy(statement)
         for fn in each("home"):
@@ -155,12 +180,19 @@ class BackupStack(Stack):
             for statement in permissions.manage_own_snapshots(self, instances):
                 fn.add_to_role_policy(statement)
             notifications.topic.grant_publish(fn)
+        archive_arn = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
+        for fn in each("copy"):
+            for statement in permissions.copy_to_regions(self, instances, archive_arn):
+                fn.add_to_role_policy(statement)
+        for fn in each("finalize", "failure", "safety_net"):
+            for statement in permissions.manage_own_copies(self, instances):
+                fn.add_to_role_policy(statement)
         for fn in each("prepare", "home", "database", "check_host", "archive"):
             for statement in permissions.host_commands(self, instances):
                 fn.add_to_role_policy(statement)
         if self.archive_bucket is not None and any(i.uses_archive for i in instances):
             arn = self.archive_bucket.bucket_arn
-            for fn in each("validate", "check", "finalize", "failure", "safety_net"):
+            for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
                 for statement in permissions.read_archives(arn):
                     fn.add_to_role_policy(statement)
             for fn in each("finalize", "failure", "safety_net"):

@@ -62,6 +62,12 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "Archive keys are made at run time (instance/backup-id/...): the catalog reads their tags; re-tagging and "
         "deleting require this tool's marker tag on the object (s3:ExistingObjectTag).",
     ),
+    # --- disaster-recovery copies -------------------------------------------------------------------------------------
+    (
+        r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]",
+        "Archive copies in a copy target's bucket are keyed by the backup id made at run time: writing is limited to "
+        "the instance's own prefix, re-tagging and deleting additionally require this tool's marker tag on the object.",
+    ),
     # --- the restore workflow -----------------------------------------------------------------------------------------
     (
         rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:"
@@ -91,6 +97,8 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
 
 # Findings only a stack with an archive bucket (an rsync or postgresql instance) has.
 ARCHIVE_ONLY = {r"AwsSolutions-S1", r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]"}
+# Findings only a stack that copies archives to other regions has (tests/infra/test_copies_template.py).
+COPIES_ONLY = {r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]"}
 
 
 def pattern_for(rule: str) -> str | None:

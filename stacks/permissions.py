@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 
 from functions.models.config import (
     AuroraDatabaseConfig,
+    CopyTarget,
     EbsHomeConfig,
     InstanceConfig,
     PostgresDatabaseConfig,
@@ -440,3 +441,212 @@ def restore_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list
             conditions=_restore_targets(instances, key="ssm:resourceTag"),
         ),
     ]
+
+
+# --- disaster-recovery copies -----------------------------------------------------------------------------------------
+# Same-account targets: this stack's functions copy into the target region themselves. Cross-account targets: they
+# share the source with the account and assume the target's role, which makes (and later prunes) the copies there;
+# that role's own permissions live in the destination account (README, Disaster-recovery copies).
+
+
+def _own(instances: list[InstanceConfig]) -> dict[str, dict[str, object]]:
+    return {
+        "StringEquals": {
+            f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
+            f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
+        }
+    }
+
+
+def _local_targets(instances: list[InstanceConfig]) -> list[tuple[InstanceConfig, CopyTarget]]:
+    return [(i, t) for i in instances for t in i.copies if t.role_arn is None]
+
+
+def _snapshot_arns(stack: Stack, region: str) -> list[str]:
+    return [f"arn:{stack.partition}:ec2:{region}::snapshot/*"]
+
+
+def _db_snapshot_arns(stack: Stack, region: str, instance: InstanceConfig) -> list[str]:
+    kinds = {"amazon-rds": "snapshot", "amazon-aurora": "cluster-snapshot"}
+    kind = kinds.get(instance.database.strategy)
+    if kind is None:
+        return []
+    return [
+        stack.format_arn(
+            service="rds",
+            resource=kind,
+            resource_name=f"{instance.name}-*",
+            region=region,
+            arn_format=_format("rds", ""),
+        )
+    ]
+
+
+def copy_to_regions(
+    stack: Stack, instances: list[InstanceConfig], archive_bucket_arn: str | None
+) -> list[iam.PolicyStatement]:
+    """The copy step: read (and share) the originals, copy them into each target, assume the cross-account roles."""
+    copying = [i for i in instances if i.copies]
+    if not copying:
+        return []
+    statements: list[iam.PolicyStatement] = []
+    ebs = [i for i in copying if isinstance(i.home, EbsHomeConfig)]
+    cross = [i for i in copying if any(t.role_arn for t in i.copies)]
+    local = _local_targets(copying)
+    regions = sorted({t.region for _, t in local})
+    if ebs:
+        statements.append(iam.PolicyStatement(actions=["ec2:DescribeSnapshots"], resources=["*"]))
+        if any(isinstance(i.home, EbsHomeConfig) for i, _ in local):
+            statements += [
+                # The source: only this tool's snapshots of these instances.
+                iam.PolicyStatement(
+                    actions=["ec2:CopySnapshot"], resources=_snapshot_arns(stack, stack.region), conditions=_own(ebs)
+                ),
+                # The copy: only with this tool's tag in the request; tags only as part of the copy.
+                iam.PolicyStatement(
+                    actions=["ec2:CopySnapshot"],
+                    resources=[a for r in regions for a in _snapshot_arns(stack, r)],
+                    conditions={"StringEquals": {f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE}},
+                ),
+                iam.PolicyStatement(
+                    actions=["ec2:CreateTags"],
+                    resources=[a for r in regions for a in _snapshot_arns(stack, r)],
+                    conditions={"StringEquals": {"ec2:CreateAction": "CopySnapshot"}},
+                ),
+            ]
+        if any(isinstance(i.home, EbsHomeConfig) for i in cross):
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:ModifySnapshotAttribute"],
+                    resources=_snapshot_arns(stack, stack.region),
+                    conditions=_own(ebs),
+                )
+            )
+    databases = [i for i in copying if isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig))]
+    if databases:
+        statements.append(
+            iam.PolicyStatement(actions=["rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots"], resources=["*"])
+        )
+        sources = sorted({a for i in databases for a in _db_snapshot_arns(stack, stack.region, i)})
+        local_db = [(i, t) for i, t in local if i in databases]
+        if local_db:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot", "rds:AddTagsToResource"],
+                    resources=sorted(
+                        set(sources) | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
+                    ),
+                )
+            )
+        if any(i in databases for i in cross):
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["rds:ModifyDBSnapshotAttribute", "rds:ModifyDBClusterSnapshotAttribute"],
+                    resources=sources,
+                    conditions=_own(databases),
+                )
+            )
+    if archive_bucket_arn and any(i.uses_archive for i, _ in local):
+        statements += [
+            iam.PolicyStatement(
+                actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion"],
+                resources=[f"{archive_bucket_arn}/*"],
+            ),
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"],
+                resources=_copied_archives(stack, local),
+            ),
+        ]
+    statements += _target_keys(copying) + _assume_roles(copying)
+    if local:
+        # A source snapshot encrypted with a customer-managed key: read through EC2 or RDS only.
+        statements += _snapshot_keys(stack, "ec2") + _snapshot_keys(stack, "rds")
+    return statements
+
+
+def _copied_archives(stack: Stack, local: list[tuple[InstanceConfig, CopyTarget]]) -> list[str]:
+    """Archive copies in the targets' buckets: only under each instance's own prefix (`<instance>/<backup id>/…`)."""
+    return sorted(
+        {
+            f"arn:{stack.partition}:s3:::{t.archive_bucket}/{i.name}/*"
+            for i, t in local
+            if i.uses_archive and t.archive_bucket
+        }
+    )
+
+
+def _target_keys(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """The destination keys of same-account targets (cross-account ones are used by the target's role)."""
+    keys = sorted({t.kms_key_id for _, t in _local_targets(instances) if t.kms_key_id})
+    if not keys:
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=[
+                "kms:CreateGrant",
+                "kms:Decrypt",
+                "kms:DescribeKey",
+                "kms:Encrypt",
+                "kms:GenerateDataKey",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+            ],
+            resources=keys,
+        )
+    ]
+
+
+def _assume_roles(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    roles = sorted({t.role_arn for i in instances for t in i.copies if t.role_arn})
+    return [iam.PolicyStatement(actions=["sts:AssumeRole"], resources=roles)] if roles else []
+
+
+def manage_own_copies(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Finalize, the failure path and the safety net: list, re-tag and delete this tool's copies in the targets."""
+    copying = [i for i in instances if i.copies]
+    local = _local_targets(copying)
+    statements = _assume_roles(copying)
+    if not local:
+        return statements
+    regions = sorted({t.region for _, t in local})
+    own = _own(copying)
+    if any(isinstance(i.home, EbsHomeConfig) for i, _ in local):
+        statements += [
+            iam.PolicyStatement(actions=["ec2:DescribeSnapshots"], resources=["*"]),
+            iam.PolicyStatement(
+                actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
+                resources=[a for r in regions for a in _snapshot_arns(stack, r)],
+                conditions=own,
+            ),
+        ]
+    if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i, _ in local):
+        statements += [
+            iam.PolicyStatement(actions=["rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots"], resources=["*"]),
+            iam.PolicyStatement(
+                actions=["rds:AddTagsToResource", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
+                resources=sorted({a for i, t in local for a in _db_snapshot_arns(stack, t.region, i)}),
+                conditions=own,
+            ),
+        ]
+    objects = _copied_archives(stack, local)
+    if objects:
+        buckets = sorted({t.archive_bucket for i, t in local if i.uses_archive and t.archive_bucket})
+        statements += [
+            iam.PolicyStatement(
+                actions=["s3:ListBucket", "s3:ListBucketVersions"],
+                resources=[f"arn:{stack.partition}:s3:::{b}" for b in buckets],
+            ),
+            iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectTagging"], resources=objects),
+            iam.PolicyStatement(
+                actions=["s3:PutObjectTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+                resources=objects,
+                conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
+            ),
+        ]
+    return statements + _target_keys(copying)
+
+
+def cross_account_readers(instances: list[InstanceConfig]) -> list[str]:
+    """Roles of cross-account targets that read the archive bucket (and its key) to copy archives."""
+    return sorted({t.role_arn for i in instances if i.uses_archive for t in i.copies if t.role_arn})

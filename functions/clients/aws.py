@@ -4,6 +4,7 @@ call handlers from several threads, and boto3's default session is not thread-sa
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,6 +29,34 @@ def client(service: str, region: str | None = None) -> Any:
         if key not in _clients:
             _clients[key] = boto3.session.Session().client(service, region_name=region, config=_CONFIG)
         return _clients[key]
+
+
+_assumed: dict[tuple[str, str, str], tuple[float, Any]] = {}
+ASSUMED_SESSION_SECONDS = 3600
+
+
+def target_client(service: str, target: Any) -> Any:
+    """A client in a copy target's region, as its role in its account when it names one (`target` is a
+    CopyTarget). Assumed clients are cached until shortly before their credentials expire."""
+    if not getattr(target, "role_arn", None):
+        return client(service, target.region)
+    key = (target.role_arn, service, target.region)
+    with _lock:
+        cached = _assumed.get(key)
+    if cached and cached[0] - time.time() > 300:
+        return cached[1]
+    credentials = client("sts").assume_role(
+        RoleArn=target.role_arn, RoleSessionName="bitbucket-diy-backup", DurationSeconds=ASSUMED_SESSION_SECONDS
+    )["Credentials"]
+    session = boto3.session.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+    made = session.client(service, region_name=target.region, config=_CONFIG)
+    with _lock:
+        _assumed[key] = (credentials["Expiration"].timestamp(), made)
+    return made
 
 
 @contextmanager

@@ -159,6 +159,61 @@ class ArchiveConfig(_Strict):
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
 
+REGION = r"^[a-z]{2}(-[a-z]+)+-\d$"
+KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/[A-Za-z0-9-]+$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+
+class CopyTarget(_Strict):
+    """A disaster-recovery copy of every backup in another region (and optionally another account).
+
+    - kms_key_id: the destination's KMS key (a key ARN in `region`; aliases are refused because IAM grants are on
+      keys). EBS copies are always encrypted (with this key, else the destination's default EBS key); RDS/Aurora
+      copies use it when the source is encrypted, which a cross-region copy requires: it is therefore required
+      when the database is on RDS or Aurora.
+    - account_id + role_arn: the copies are made by that role in that account (after sharing the source with the
+      account), so the destination account owns them; the role's trust policy must allow this stack's functions.
+    - archive_bucket: the S3 bucket in `region` the archives of rsync/postgresql parts are copied to (required then).
+    - keep_backups: how many complete copies are kept there; the instance's keep_backups when not given.
+    """
+
+    region: str = Field(pattern=REGION)
+    kms_key_id: str | None = None
+    account_id: str | None = Field(default=None, pattern=r"^\d{12}$")
+    role_arn: str | None = None
+    archive_bucket: str | None = Field(default=None, pattern=BUCKET)
+    keep_backups: int | None = Field(default=None, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CopyTarget:
+        if (self.account_id is None) != (self.role_arn is None):
+            raise ValueError(f"copy to {self.region}: account_id and role_arn go together (cross-account copies)")
+        if self.role_arn is not None:
+            role = ROLE_ARN.match(self.role_arn)
+            if not role:
+                raise ValueError(f"copy to {self.region}: role_arn '{self.role_arn}' is not an IAM role ARN")
+            if role["account"] != self.account_id:
+                raise ValueError(f"copy to {self.region}: role_arn is not in account_id {self.account_id}")
+        if self.kms_key_id is not None:
+            key = KMS_KEY_ARN.match(self.kms_key_id)
+            if not key:
+                raise ValueError(
+                    f"copy to {self.region}: kms_key_id '{self.kms_key_id}' is not a KMS key ARN "
+                    "(arn:aws:kms:REGION:ACCOUNT:key/ID; aliases are not accepted)"
+                )
+            if key["region"] != self.region:
+                raise ValueError(f"copy to {self.region}: kms_key_id is a key of {key['region']}, not {self.region}")
+            if self.account_id and key["account"] != self.account_id:
+                raise ValueError(f"copy to {self.region}: kms_key_id is not a key of account {self.account_id}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """`eu-central-1` or `eu-central-1/210987654321`: how messages and the catalog name this destination."""
+        return self.region + (f"/{self.account_id}" if self.account_id else "")
+
+
 # Step Functions keeps at most 25,000 history events per execution; one poll round costs about ten.
 MAX_POLL_ROUNDS = 2000
 
@@ -183,6 +238,9 @@ class TimingConfig(_Strict):
     restore_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
     # How often the state machine checks an SSM Run Command (rsync, pg_dump, archive) on a host.
     host_poll_interval_seconds: int = Field(default=15, ge=0, le=600)
+    # Disaster-recovery copies to other regions: the first copy of a volume is a full one and may take hours.
+    copy_poll_interval_seconds: int = Field(default=60, ge=0, le=3600)
+    copy_timeout_seconds: int = Field(default=12 * 3600, ge=1, le=2 * 86400)
 
     @model_validator(mode="after")
     def _history_fits(self) -> TimingConfig:
@@ -190,6 +248,7 @@ class TimingConfig(_Strict):
             ("drain", self.drain_timeout_seconds, self.poll_interval_seconds),
             ("snapshot", self.snapshot_timeout_seconds, self.snapshot_poll_interval_seconds),
             ("restore", self.restore_timeout_seconds, self.restore_poll_interval_seconds),
+            ("copy", self.copy_timeout_seconds, self.copy_poll_interval_seconds),
         ):
             if _rounds(timeout, interval) > MAX_POLL_ROUNDS:
                 raise ValueError(
@@ -227,6 +286,8 @@ class InstanceConfig(_Strict):
     verify_tls: bool = True
     # Path of a CA bundle inside the Lambda asset, for a Bitbucket behind a private CA.
     ca_bundle: str | None = None
+    # Disaster-recovery copies of every backup, made after the unlock (see CopyTarget).
+    copies: list[CopyTarget] = Field(default_factory=list, max_length=5)
 
     @field_validator("name")
     @classmethod
@@ -280,6 +341,34 @@ class InstanceConfig(_Strict):
     @property
     def uses_archive(self) -> bool:
         return self.home.strategy in COPY_STRATEGIES or self.database.strategy in COPY_STRATEGIES
+
+    @model_validator(mode="after")
+    def _copies(self) -> InstanceConfig:
+        labels = [c.label for c in self.copies]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"copies: {', '.join(dupes)} is listed twice")
+        for target in self.copies:
+            if self.uses_archive and not target.archive_bucket:
+                raise ValueError(
+                    f"copies: {target.label}: archive_bucket (a bucket in {target.region}) is required, "
+                    "this instance's rsync/postgresql parts are archived to S3"
+                )
+            if self.database.strategy in ("amazon-rds", "amazon-aurora") and not target.kms_key_id:
+                raise ValueError(
+                    f"copies: {target.label}: kms_key_id (a key in {target.region}) is required, a cross-region "
+                    "copy of an encrypted RDS/Aurora snapshot needs a key of the destination region"
+                )
+        return self
+
+    def keep_copies(self, target: CopyTarget) -> int:
+        return self.keep_backups if target.keep_backups is None else target.keep_backups
+
+    @property
+    def longest_run_seconds(self) -> int:
+        """Drain, snapshot and (with copies) copy waits: bounds the execution and the run guard."""
+        timing = self.timing
+        return timing.longest_run_seconds + (timing.copy_timeout_seconds if self.copies else 0)
 
 
 class ProjectConfig(_Strict):

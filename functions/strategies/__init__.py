@@ -6,12 +6,16 @@ and can report, re-tag and delete them. The workflow only talks to this interfac
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
-from functions.errors import RestoreRefused
-from functions.models.config import InstanceConfig
+from botocore.exceptions import ClientError
+
+from functions.clients.aws import client, error_code, target_client
+from functions.errors import AwsRateLimited, CopyFailed, RestoreRefused
+from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
 
 TOOL_TAG = "bitbucket-backup:tool"
@@ -22,6 +26,19 @@ PART_TAG = "bitbucket-backup:part"
 STATUS_TAG = "bitbucket-backup:status"
 
 IN_PROGRESS, COMPLETE, FAILED = "in-progress", "complete", "failed"
+
+# A disaster-recovery copy carries the catalog tags of its original plus where it was copied from: the id of the
+# original (which also makes starting a copy idempotent) and its region.
+COPY_OF_TAG = "bitbucket-backup:copy-of"
+SOURCE_REGION_TAG = "bitbucket-backup:source-region"
+# Refusals for rate or concurrency limits, on any of the services the copies use: retried by Step Functions.
+COPY_RATE_LIMITS = {
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "ResourceLimitExceeded",  # EC2: too many snapshot copies in progress to one destination region
+    "SlowDown",
+}
 
 # What a restore creates (a DB instance or cluster, volumes) carries the catalog tags too, with its own statuses,
 # plus the ARN of the restore execution that made it: the failure path removes exactly that execution's resources,
@@ -40,6 +57,29 @@ def catalog_tags(instance: str, backup_id: str, part: str, status: str = IN_PROG
         STATUS_TAG: status,
         "Name": f"{backup_id}-{part}",
     }
+
+
+def copy_tags(original: Artifact, instance: str, source_region: str) -> dict[str, str]:
+    """The original's catalog tags (status in-progress until finalize) and its origin."""
+    return catalog_tags(instance, original.backup_id, original.part) | {
+        COPY_OF_TAG: original.id,
+        SOURCE_REGION_TAG: source_region,
+    }
+
+
+def copy_details(tags: dict[str, str]) -> dict[str, str]:
+    """What an artifact listing adds for a copy (nothing for an original)."""
+    if COPY_OF_TAG not in tags:
+        return {}
+    return {"copy_of": tags[COPY_OF_TAG], "source_region": tags.get(SOURCE_REGION_TAG, "")}
+
+
+def copy_refused(error: ClientError, what: str, original: Artifact, target: CopyTarget) -> Exception:
+    """The exception a failed copy call becomes: rate limits are retried, anything else fails the run."""
+    code = error_code(error)
+    if code in COPY_RATE_LIMITS:
+        return AwsRateLimited(f"copy-regions: {what} of {original.id} to {target.label} refused for a limit ({code})")
+    return CopyFailed(f"copy-regions: {what} of {original.id} to {target.label} failed: {code}")
 
 
 def restore_tags(instance: str, backup_id: str, part: str, execution: str, name: str) -> dict[str, str]:
@@ -93,6 +133,44 @@ class Strategy(ABC):
 
     def __init__(self, instance: InstanceConfig) -> None:
         self.instance = instance
+        # Where this object lists, re-tags and deletes: None for the originals (the stack's region and account),
+        # a copy target for the disaster-recovery copies there (see at()).
+        self.target: CopyTarget | None = None
+
+    def at(self, target: CopyTarget) -> Self:
+        """This strategy working on the copies in `target` (its region, and its account through its role)."""
+        bound = copy.copy(self)
+        bound.target = target
+        return bound
+
+    def aws(self, service: str) -> Any:
+        """A client where this strategy works: the function's own region, or the copy target."""
+        return client(service) if self.target is None else target_client(service, self.target)
+
+    @property
+    def where(self) -> str:
+        return self.target.label if self.target else "the source region"
+
+    def copy_to(self, original: Artifact, source_region: str) -> str:
+        """On a strategy bound to a target: start copying `original` there with copy_tags(); a copy already made is
+        found by its tags and not made again. Returns the copy's id. Raises AwsRateLimited (retried) or CopyFailed."""
+        target = self.target
+        assert target is not None, "copy_to works on a strategy bound to a copy target (see at())"
+        made = self.copy_of(original)
+        if made is not None:
+            return made.id  # a retried invocation
+        return self.start_copy(original, target, copy_tags(original, self.instance.name, source_region), source_region)
+
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        """Starts one copy (sharing the source with the target's account first when that is another one)."""
+        raise CopyFailed(f"copy-regions: {self.part} artifacts of this strategy cannot be copied to other regions")
+
+    def copy_of(self, original: Artifact) -> Artifact | None:
+        """The copy of `original` in this strategy's target, if one was started."""
+        for found in self.artifacts(original.backup_id):
+            if found.details.get("copy_of") == original.id:
+                return found
+        return None
 
     @abstractmethod
     def preflight(self) -> dict[str, object]:

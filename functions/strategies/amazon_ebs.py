@@ -19,7 +19,7 @@ from functions.errors import (
     SnapshotFailed,
     TargetNotReady,
 )
-from functions.models.config import EbsHomeConfig
+from functions.models.config import CopyTarget, EbsHomeConfig
 from functions.models.restore import HomeTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (
@@ -37,6 +37,8 @@ from functions.strategies import (
     RestoreProgress,
     Strategy,
     catalog_tags,
+    copy_details,
+    copy_refused,
     is_ours,
     made_by,
     restore_tags,
@@ -180,7 +182,7 @@ class EbsStrategy(Strategy):
         if backup_id:
             filters.append({"Name": f"tag:{BACKUP_ID_TAG}", "Values": [backup_id]})
         found = []
-        paginator = client("ec2").get_paginator("describe_snapshots")
+        paginator = self.aws("ec2").get_paginator("describe_snapshots")
         for page in paginator.paginate(OwnerIds=["self"], Filters=filters):
             for snap in page["Snapshots"]:
                 tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
@@ -196,16 +198,51 @@ class EbsStrategy(Strategy):
                         status=tags.get(STATUS_TAG, ""),
                         size_gb=snap.get("VolumeSize"),
                         created=str(snap.get("StartTime", "")),
-                        details={"volume_id": snap.get("VolumeId", ""), "device": tags.get("Device", "")},
+                        details={
+                            "volume_id": snap.get("VolumeId", ""),
+                            "device": tags.get("Device", ""),
+                            **copy_details(tags),
+                        },
                     )
                 )
         return sorted(found, key=lambda a: (a.backup_id, a.details.get("device", ""), a.id))
 
     def set_status(self, artifact: Artifact, status: str) -> None:
-        client("ec2").create_tags(Resources=[artifact.id], Tags=[{"Key": STATUS_TAG, "Value": status}])
+        self.aws("ec2").create_tags(Resources=[artifact.id], Tags=[{"Key": STATUS_TAG, "Value": status}])
 
     def delete(self, artifact: Artifact) -> None:
-        client("ec2").delete_snapshot(SnapshotId=artifact.id)
+        # Deleting a copy still in progress cancels it.
+        self.aws("ec2").delete_snapshot(SnapshotId=artifact.id)
+
+    # --- disaster-recovery copies: CopySnapshot in the destination, always encrypted ----------------------------
+
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        device = original.details.get("device", "")
+        tags = tags | {"Device": device, "Name": f"{original.backup_id}-home{device}"}
+        request: dict[str, Any] = {
+            "SourceRegion": source_region,
+            "SourceSnapshotId": original.id,
+            "Description": f"Bitbucket {self.instance.name} backup {original.backup_id} (copy of {original.id})",
+            "Encrypted": True,
+            "TagSpecifications": [
+                {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ],
+        }
+        if target.kms_key_id:
+            request["KmsKeyId"] = target.kms_key_id
+        try:
+            if target.account_id:
+                client("ec2").modify_snapshot_attribute(
+                    SnapshotId=original.id,
+                    Attribute="createVolumePermission",
+                    OperationType="add",
+                    UserIds=[target.account_id],
+                )
+            copied = self.aws("ec2").copy_snapshot(**request)
+        except ClientError as error:
+            raise copy_refused(error, "CopySnapshot", original, target) from None
+        logger.info(f"copying {original.id} to {target.label} as {copied['SnapshotId']}")
+        return str(copied["SnapshotId"])
 
     # --- restore: NEW volumes from the snapshots; existing volumes are never detached or deleted -------------------
 

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, PreflightFailed, RestoreFailed, RestoreRefused, SnapshotFailed
-from functions.models.config import AuroraDatabaseConfig, RdsDatabaseConfig
+from functions.models.config import AuroraDatabaseConfig, CopyTarget, RdsDatabaseConfig
 from functions.models.restore import DatabaseTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (
@@ -25,6 +25,8 @@ from functions.strategies import (
     RestoreProgress,
     Strategy,
     catalog_tags,
+    copy_details,
+    copy_refused,
     is_ours,
     made_by,
     restore_tags,
@@ -60,6 +62,12 @@ class RdsStrategy(Strategy):
     _create, _snapshot_arg, _snapshot_key = "create_db_snapshot", "DBSnapshotIdentifier", "DBSnapshot"
     _describe, _snapshot_list, _arn_field = "describe_db_snapshots", "DBSnapshots", "DBSnapshotArn"
     _delete = "delete_db_snapshot"
+    _copy, _copy_source_arg, _copy_target_arg = (
+        "copy_db_snapshot",
+        "SourceDBSnapshotIdentifier",
+        "TargetDBSnapshotIdentifier",
+    )
+    _share = "modify_db_snapshot_attribute"
 
     @property
     def source_id(self) -> str:
@@ -91,7 +99,7 @@ class RdsStrategy(Strategy):
         return self.artifacts(backup_id)
 
     def _snapshots(self) -> list[dict[str, Any]]:
-        paginator = client("rds").get_paginator(self._describe)
+        paginator = self.aws("rds").get_paginator(self._describe)
         found: list[dict[str, Any]] = []
         for page in paginator.paginate(**{self._source_arg: self.source_id, "SnapshotType": "manual"}):
             found.extend(page[self._snapshot_list])
@@ -113,18 +121,46 @@ class RdsStrategy(Strategy):
                     status=tags.get(STATUS_TAG, ""),
                     size_gb=snap.get("AllocatedStorage"),
                     created=str(snap.get("SnapshotCreateTime", "")),
-                    details={"arn": snap.get(self._arn_field, ""), "source": self.source_id},
+                    details={
+                        "arn": snap.get(self._arn_field, ""),
+                        "source": self.source_id,
+                        **copy_details(tags),
+                    },
                 )
             )
         return sorted(found, key=lambda a: a.backup_id)
 
     def set_status(self, artifact: Artifact, status: str) -> None:
-        client("rds").add_tags_to_resource(
+        self.aws("rds").add_tags_to_resource(
             ResourceName=artifact.details["arn"], Tags=[{"Key": STATUS_TAG, "Value": status}]
         )
 
     def delete(self, artifact: Artifact) -> None:
-        getattr(client("rds"), self._delete)(**{self._snapshot_arg: artifact.id})
+        getattr(self.aws("rds"), self._delete)(**{self._snapshot_arg: artifact.id})
+
+    # --- disaster-recovery copies: the same identifier (the backup id) in the destination region ---------------
+
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        request: dict[str, Any] = {
+            self._copy_source_arg: original.details["arn"],
+            self._copy_target_arg: original.id,
+            "SourceRegion": source_region,
+            "Tags": _tag_list(tags),
+        }
+        # A cross-region copy of an encrypted snapshot needs a key of the destination; an unencrypted one takes none.
+        try:
+            source = getattr(client("rds"), self._describe)(**{self._snapshot_arg: original.id})[self._snapshot_list]
+            if source and (source[0].get("Encrypted") or source[0].get("StorageEncrypted")):
+                request["KmsKeyId"] = target.kms_key_id
+            if target.account_id:
+                getattr(client("rds"), self._share)(
+                    **{self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToAdd": [target.account_id]}
+                )
+            getattr(self.aws("rds"), self._copy)(**request)
+        except ClientError as error:
+            raise copy_refused(error, self._copy, original, target) from None
+        logger.info(f"copying {original.id} to {target.label}")
+        return original.id
 
     # --- restore: a NEW DB instance from the snapshot; nothing existing is touched ---------------------------------
 
@@ -232,6 +268,12 @@ class AuroraStrategy(RdsStrategy):
         "DBClusterSnapshotArn",
     )
     _delete = "delete_db_cluster_snapshot"
+    _copy, _copy_source_arg, _copy_target_arg = (
+        "copy_db_cluster_snapshot",
+        "SourceDBClusterSnapshotIdentifier",
+        "TargetDBClusterSnapshotIdentifier",
+    )
+    _share = "modify_db_cluster_snapshot_attribute"
 
     @property
     def source_id(self) -> str:

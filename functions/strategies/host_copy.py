@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.errors import BackupError, HostCommandFailed, PreflightFailed, RestoreRefused
-from functions.models.config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import RestoreTarget
 from functions.strategies import (
     BACKUP_ID_TAG,
@@ -31,6 +31,8 @@ from functions.strategies import (
     RestoreProgress,
     Strategy,
     catalog_tags,
+    copy_details,
+    copy_refused,
     is_ours,
 )
 
@@ -120,11 +122,16 @@ class HostCopyStrategy(Strategy):
 
     # --- the catalog: archive objects in S3, found by their tags -------------------------------------------------
 
+    @property
+    def bucket(self) -> str | None:
+        """The stack's archive bucket, or the copy target's."""
+        return self.target.archive_bucket if self.target else os.environ.get("ARCHIVE_BUCKET")
+
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
-        bucket = os.environ.get("ARCHIVE_BUCKET")
+        bucket = self.bucket
         if not bucket:
             return []
-        s3 = client("s3")
+        s3 = self.aws("s3")
         prefix = f"{self.instance.name}/" + (f"{backup_id}/" if backup_id else "")
         found = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -156,13 +163,14 @@ class HostCopyStrategy(Strategy):
                             "key": obj["Key"],
                             "size": str(obj.get("Size", 0)),
                             "sha256": head.get("Metadata", {}).get("sha256", ""),
+                            **copy_details(tags),
                         },
                     )
                 )
         return sorted(found, key=lambda a: (a.backup_id, a.id))
 
     def set_status(self, artifact: Artifact, status: str) -> None:
-        s3 = client("s3")
+        s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
         if not is_ours(tags, self.instance.name):
@@ -174,7 +182,7 @@ class HostCopyStrategy(Strategy):
 
     def delete(self, artifact: Artifact) -> None:
         """Every version of the object (the bucket is versioned: a plain delete would only hide it)."""
-        s3 = client("s3")
+        s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
         for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
             for version in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
@@ -222,6 +230,32 @@ class HostCopyStrategy(Strategy):
 
     def restore_complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
         """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
+
+    # --- disaster-recovery copies: a server-side (multipart) copy into the target's bucket ------------------------
+
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        """Synchronous: the object exists in the destination only once the copy is complete. The copy is made by
+        the target's role when it names one (the stack's bucket policy and key let that role read archives)."""
+        assert target.archive_bucket, "validated with the config: archives need a target bucket"
+        key = original.details["key"]
+        extra: dict[str, Any] = {
+            "TaggingDirective": "REPLACE",
+            "Tagging": urlencode(tags),
+            "MetadataDirective": "COPY",
+        }
+        if target.kms_key_id:
+            extra |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": target.kms_key_id}
+        try:
+            self.aws("s3").copy(
+                {"Bucket": original.details["bucket"], "Key": key},
+                target.archive_bucket,
+                key,
+                ExtraArgs=extra,
+                SourceClient=self.aws("s3"),
+            )
+        except ClientError as error:
+            raise copy_refused(error, "CopyObject", original, target) from None
+        return f"s3://{target.archive_bucket}/{key}"
 
 
 class RsyncStrategy(HostCopyStrategy):

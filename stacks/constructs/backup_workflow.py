@@ -2,7 +2,8 @@
 
 validate (live) → prepare home (rsync first pass) → lock → start backup → wait for DRAINED → home and database copies
 in parallel (a host copy is checked until done), each reporting progress → progress 100 → unlock → wait for snapshots
-→ archive host copies to S3 → finalize (mark complete, prune).
+→ archive host copies to S3 → disaster-recovery copies to other regions (started, then checked until complete)
+→ finalize (mark complete, prune).
 A zero-downtime backup (the instance's `zero_downtime`, Data Center 4.8+, atomic snapshots only) takes the same path
 without lock, start, drain, progress reports and unlock: three Choices on `$.run.config.zero_downtime` skip them.
 Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
@@ -64,6 +65,8 @@ class BackupWorkflow(Construct):
             "prepare": make("PrepareHost", f"{h}.prepare_host.handler", timeout_s=300, description="prepare on host"),
             "check_host": make("CheckHost", f"{h}.check_host.handler", timeout_s=60, description="check host command"),
             "archive": make("Archive", f"{h}.archive.handler", timeout_s=60, description="archive to S3"),
+            # S3 archives are copied server-side inside the invocation (multipart): the longest step.
+            "copy": make("CopyRegions", f"{h}.copy_regions.handler", timeout_s=900, description="DR copies"),
             "failure": make("HandleFailure", f"{h}.failure.handler", timeout_s=300, description="failure path"),
         }
         self.state_machine = standard_state_machine(
@@ -77,7 +80,14 @@ class BackupWorkflow(Construct):
     # --- building blocks ----------------------------------------------------------------------------------
 
     def _task(
-        self, id: str, fn: str, payload: dict[str, Any], result_path: str | None, *, retry_on: list[str] | None = None
+        self,
+        id: str,
+        fn: str,
+        payload: dict[str, Any],
+        result_path: str | None,
+        *,
+        retry_on: list[str] | None = None,
+        retry_attempts: int = 2,
     ) -> tasks.LambdaInvoke:
         return lambda_task(
             self,
@@ -87,6 +97,7 @@ class BackupWorkflow(Construct):
             result_path,
             retry_interval_s=self._timing.retry_interval_s,
             retry_on=retry_on,
+            retry_attempts=retry_attempts,
         )
 
     def _catch(
@@ -231,9 +242,23 @@ class BackupWorkflow(Construct):
             "Mark complete and prune", "finalize", {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary"
         )
         self._catch(finalize, "finalize", handle)
+        # Disaster-recovery copies, once every original is complete: started, then checked until complete (a no-op
+        # without copy targets). Limits and throttling (AwsRateLimited) are retried with back-off.
+        copies = self._task(
+            "Copy to other regions", "copy", run, "$.copies", retry_on=["AwsRateLimited"], retry_attempts=6
+        )
+        self._catch(copies, "copy-regions", handle)
+        wait_copies = sfn.Wait(
+            self, "Wait for copies", time=sfn.WaitTime.seconds_path("$.run.config.timing.copy_poll_interval_seconds")
+        )
+        copies.next(
+            sfn.Choice(self, "Copies complete?")
+            .when(sfn.Condition.boolean_equals("$.copies.done", True), finalize)
+            .otherwise(wait_copies.next(copies))
+        )
         # After the unlock: the host copies (rsync, pg_dump) are archived and uploaded; nothing for snapshots.
         archive = self._task("Archive", "archive", run, "$.archived")
-        for state in self._host_loop("archive", archive, "$.archived", finalize):
+        for state in self._host_loop("archive", archive, "$.archived", copies):
             self._catch(state, "archive", handle)
         done = sfn.Succeed(self, "Backup complete", output_path="$.summary")
 

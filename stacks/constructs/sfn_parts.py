@@ -31,6 +31,7 @@ def lambda_task(
     *,
     retry_interval_s: int,
     retry_on: list[str] | None = None,
+    retry_attempts: int = 2,
 ) -> tasks.LambdaInvoke:
     task = tasks.LambdaInvoke(
         scope,
@@ -46,7 +47,7 @@ def lambda_task(
         task.add_retry(
             errors=retry_on,
             interval=Duration.seconds(retry_interval_s),
-            max_attempts=2,  # on top of the code's own retries
+            max_attempts=retry_attempts,  # on top of the code's own retries
             backoff_rate=2,
         )
     return task

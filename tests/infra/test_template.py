@@ -35,6 +35,8 @@ HAPPY_PATH = [
     "Snapshots complete?",
     "Archive",
     "Archive done?",
+    "Copy to other regions",
+    "Copies complete?",
     "Mark complete and prune",
     "Backup complete",
 ]
@@ -202,6 +204,7 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
             "Report progress 100",
             "Unlock",
             "Check snapshots",
+            "Copy to other regions",
             "Mark complete and prune",
         }
         for name in guarded:
@@ -393,7 +396,7 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
     for instance in (PROD, STAGING):
         sm = owner[instance["name"]]
         steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
-        assert len(steps) == 14
+        assert len(steps) == 15
         used = steps | _functions_watching(sm.logical_id, resources)
         covered |= used
         for logical in used:

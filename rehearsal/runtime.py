@@ -209,8 +209,14 @@ class LogCapture(io.TextIOBase):
 class LambdaRuntime:
     """Replaces moto's Docker-less Lambda backend `invoke` with a call of the configured handler."""
 
-    def __init__(self, logs: LogCapture, faults: dict[str, list[Exception]] | None = None) -> None:
+    def __init__(
+        self,
+        logs: LogCapture,
+        faults: dict[str, list[Exception]] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
         self.logs = logs
+        self.overrides = overrides or {}  # on top of LAMBDA_OVERRIDES
         self.invocations: list[Invocation] = []
         self.faults: dict[str, list[Exception]] = faults if faults is not None else {}
         self._env_lock = threading.Lock()
@@ -230,7 +236,7 @@ class LambdaRuntime:
         event = json.loads(body) if body else {}
         with self._env_lock:
             # Every function of the stack shares one environment, so setting it for one sets it for all.
-            os.environ.update({**fn.environment_vars, **LAMBDA_OVERRIDES})
+            os.environ.update({**fn.environment_vars, **LAMBDA_OVERRIDES, **self.overrides})
         record = Invocation(function=fn.function_name, handler=handler_path, event=event)
         started = time.monotonic()
         try:
@@ -412,6 +418,7 @@ class Rehearsal:
         instance_overrides: dict[str, Any] | None = None,
         host_root: Path | None = None,
         sizes: tuple[int, int] = (100, 50),
+        metrics: bool = False,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
@@ -432,7 +439,9 @@ class Rehearsal:
         self.home_gb, self.db_gb = sizes
         self.logs = LogCapture()
         self.lambda_faults: dict[str, list[Exception]] = {}
-        self.runtime = LambdaRuntime(self.logs, self.lambda_faults)
+        # With metrics=True the handlers print their CloudWatch EMF records on stdout, as they do in Lambda.
+        overrides = {"POWERTOOLS_METRICS_DISABLED": "false"} if metrics else None
+        self.runtime = LambdaRuntime(self.logs, self.lambda_faults, overrides)
         self._own_host_root = host_root is None
         self.host = LocalHost(host_root or Path(tempfile.mkdtemp(prefix="rehearsal-host-")))
         self.resolver = Resolver()

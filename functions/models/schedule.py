@@ -76,7 +76,8 @@ def longest_gap_hours(expression: str) -> float | None:
         return 31 * 24.0
     if day_of_week not in _ANY:
         days = _values(day_of_week, 1, 7, _WEEKDAYS)
-        return (_largest_circular_gap(days, 7) if days else 7) * 24.0
+        # Not understood (2#1 "first Monday", 5L "last Thursday"): monthly at worst, five weeks apart.
+        return (_largest_circular_gap(days, 7) if days else 35) * 24.0
     minute_values, hour_values = _values(minutes, 0, 59), _values(hours, 0, 23)
     if not minute_values or not hour_values:
         return 24.0

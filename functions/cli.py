@@ -38,7 +38,6 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from functions.models.config import InstanceConfig
-    from functions.strategies import Artifact
 
 OK, FAILED, USAGE, NOT_FOUND, AWS_ERROR, INTERRUPTED = 0, 1, 2, 3, 4, 130
 DEFAULT_STACK = "BitbucketDiyBackup"
@@ -219,33 +218,17 @@ class Aws:
 # --- the catalog -------------------------------------------------------------------------------------------------
 
 
-def backup_time(backup_id: str) -> datetime | None:
-    match = re.search(r"(\d{8}-\d{6})$", backup_id)
-    return datetime.strptime(match.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=UTC) if match else None
-
-
 def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
     """This instance's backups, newest first, one entry per backup id, from the tagged snapshots."""
-    from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, strategies_for
+    from functions.catalog import backup_status, backup_time, by_backup
 
-    by_backup: dict[str, list[Artifact]] = {}
     with aws.catalog_clients():
-        for strategy in strategies_for(config):
-            for artifact in strategy.artifacts():
-                by_backup.setdefault(artifact.backup_id, []).append(artifact)
+        grouped = by_backup(config)
     rows = []
-    for backup_id, artifacts in sorted(by_backup.items(), reverse=True):
+    for backup_id, artifacts in sorted(grouped.items(), reverse=True):
         parts = [p for p in config.parts if any(a.part == p for a in artifacts)]
         missing = [p for p in config.parts if p not in parts]
-        statuses = {a.status for a in artifacts}
-        if FAILED in statuses or any(a.state == "error" for a in artifacts):
-            status = "failed"
-        elif statuses == {COMPLETE} and all(a.state == "completed" for a in artifacts) and not missing:
-            status = "complete"
-        elif IN_PROGRESS in statuses or any(a.state == "pending" for a in artifacts):
-            status = "in-progress"
-        else:
-            status = "incomplete"
+        status = backup_status(config, artifacts)
         sizes = {p: sum(a.size_gb or 0 for a in artifacts if a.part == p) for p in parts}
         when = backup_time(backup_id)
         rows.append(

@@ -15,8 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
-SERVICE = "bitbucket-diy-backup"
-NAMESPACE = "BitbucketDiyBackup"
+from functions.models.metrics import NAMESPACE, SERVICE
 
 _secrets: set[str] = set()
 _lock = threading.Lock()

@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from functions import cleanup, notify, runs
+from functions import cleanup, monitoring, notify, runs
 from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import BitbucketClient, Lock
@@ -35,7 +35,7 @@ from functions.errors import (
 )
 from functions.models.config import ConfigError, CopyTarget, InstanceConfig, parse_instance_config
 from functions.models.events import ExecutionInput, RunContext, parse
-from functions.observability import bind, logger, metrics, redact, short
+from functions.observability import bind, logger, redact, short
 from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, strategy_for
 from functions.strategies.host_copy import KIND as ARCHIVE_KIND
 from functions.strategies.host_copy import HostCopyStrategy
@@ -301,8 +301,6 @@ def unlock(run: RunContext) -> dict[str, Any]:
     _say(run.config, "Bitbucket instance unlocked")
     window = now - (record.locked_at or now)
     drain = (record.drained_at or now) - (record.locked_at or now)
-    metrics.add_metric(name="LockWindowSeconds", unit="Seconds", value=window)
-    metrics.add_metric(name="DrainSeconds", unit="Seconds", value=drain)
     return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
 
 
@@ -428,8 +426,6 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         pruned, prune_error = [], redact(f"{type(error).__name__}: {error}")
         logger.warning(f"pruning failed: {prune_error}")
     duration = time.time() - run.started_at
-    metrics.add_metric(name="BackupSucceeded", unit="Count", value=1)
-    metrics.add_metric(name="BackupDurationSeconds", unit="Seconds", value=duration)
     summary = {
         "instance": run.instance,
         "backup_id": run.backup_id,
@@ -452,6 +448,7 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         "duration_s": round(duration, 3),
     }
     _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
+    monitoring.record_success(run.instance, summary)  # lock window, drain, duration, size: flushed by the handler
     if prune_error:
         notify.publish(
             f"Bitbucket backup {run.backup_id} succeeded, but pruning old backups failed",
@@ -501,7 +498,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         elif record is not None:
             runs.update(run.instance, run.backup_id, handled_at=time.time())
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
-    metrics.add_metric(name="BackupFailed", unit="Count", value=1)
+    monitoring.record_failure(instance, step)
     notify.publish(
         f"Bitbucket backup FAILED: {instance or 'unknown instance'} at step {step}",
         instance,

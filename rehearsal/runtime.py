@@ -232,8 +232,14 @@ class LogCapture(io.TextIOBase):
 class LambdaRuntime:
     """Replaces moto's Docker-less Lambda backend `invoke` with a call of the configured handler."""
 
-    def __init__(self, logs: LogCapture, faults: dict[str, list[Exception]] | None = None) -> None:
+    def __init__(
+        self,
+        logs: LogCapture,
+        faults: dict[str, list[Exception]] | None = None,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
         self.logs = logs
+        self.overrides = overrides or {}  # on top of LAMBDA_OVERRIDES
         self.invocations: list[Invocation] = []
         self.faults: dict[str, list[Exception]] = faults if faults is not None else {}
         self._env_lock = threading.Lock()
@@ -253,7 +259,7 @@ class LambdaRuntime:
         event = json.loads(body) if body else {}
         with self._env_lock:
             # Every function of the stack shares one environment, so setting it for one sets it for all.
-            os.environ.update({**fn.environment_vars, **LAMBDA_OVERRIDES})
+            os.environ.update({**fn.environment_vars, **LAMBDA_OVERRIDES, **self.overrides})
         record = Invocation(function=fn.function_name, handler=handler_path, event=event)
         started = time.monotonic()
         try:
@@ -450,6 +456,7 @@ class Rehearsal:
         home_repos: int = 4,
         home_path: Path | None = None,
         postgres: Postgres | None = None,
+        metrics: bool = False,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
@@ -475,7 +482,9 @@ class Rehearsal:
         self.bitbucket_home: BitbucketHome | None = None
         self.logs = LogCapture()
         self.lambda_faults: dict[str, list[Exception]] = {}
-        self.runtime = LambdaRuntime(self.logs, self.lambda_faults)
+        # With metrics=True the handlers print their CloudWatch EMF records on stdout, as they do in Lambda.
+        overrides = {"POWERTOOLS_METRICS_DISABLED": "false"} if metrics else None
+        self.runtime = LambdaRuntime(self.logs, self.lambda_faults, overrides)
         self._own_host_root = host_root is None
         self.host = LocalHost(host_root or Path(tempfile.mkdtemp(prefix="rehearsal-host-")))
         self.resolver = Resolver()

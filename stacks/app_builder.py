@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import App, Environment
+from aws_cdk import App, CfnResource, Environment
 
 from functions.models.config import ConfigError, parse_project_config
 from stacks import nag
-from stacks.backup_stack import BackupStack, StackSettings
+from stacks.backup_stack import BackupStack, StackSettings, network_groups
 from stacks.bundling import ROOT
 from stacks.constructs.backup_workflow import WorkflowTiming
 
 CONTEXT_KEY = "bitbucket-backup"
 STACK_NAME = "BitbucketDiyBackup"
+# CloudFormation's limit per stack. Each network group costs about 120 resources (its backup and restore functions
+# and state machines), each instance 2 to 4 (configuration parameter, schedule, staleness alarm, e-mail filter).
+MAX_RESOURCES = 500
 
 
 def build_app(
@@ -41,6 +44,15 @@ def build_app(
         env=env,
         description="Bitbucket DIY backup for AWS: scheduled, Bitbucket-aware backups",
     )
+    count = sum(1 for c in stack.node.find_all() if isinstance(c, CfnResource))
+    if count > MAX_RESOURCES:
+        groups = len(network_groups(config.instances))
+        raise ConfigError(
+            f"this configuration needs {count} CloudFormation resources, more than the {MAX_RESOURCES} one stack may "
+            f"have ({len(config.instances)} instances in {groups} networks; each network costs about 120): give "
+            "instances of the same VPC the same network (subnet_ids, security_group_ids), or split the instances "
+            "over several deployments (accounts or regions)"
+        )
     if checks:
         nag.check(app, stack)
     return app, stack

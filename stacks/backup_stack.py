@@ -19,11 +19,12 @@ from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.instance_config import InstanceConfigParameters
+from stacks.constructs.monitoring import MonitoredMachine, Monitoring
 from stacks.constructs.notifications import Notifications
 from stacks.constructs.restore_workflow import RestoreWorkflow
 from stacks.constructs.run_table import RunTable
 from stacks.constructs.safety_net import SafetyNet
-from stacks.constructs.schedules import Schedules
+from stacks.constructs.schedules import Schedules, plan
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class BackupStack(Stack):
                 description="The hosts' instance roles need kms:GenerateDataKey on this key to upload archives",
             )
         groups = network_groups(config.instances)
+        slots = plan(config.instances)  # over the whole fleet: instances of different networks share rate limits
+        machines: list[MonitoredMachine] = []
         for index, instances in enumerate(groups):
             suffix = "" if len(groups) == 1 else str(index + 1)
             # Each group's functions need their own scope, or the second group's ids collide with the first's.
@@ -106,7 +109,9 @@ class BackupStack(Stack):
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])
             self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
-            Schedules(self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine)
+            Schedules(
+                self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine, slots=slots
+            )
             CfnOutput(
                 self,
                 f"BackupStateMachine{suffix}",
@@ -123,12 +128,29 @@ class BackupStack(Stack):
                 timing=settings.timing,
             )
             self._grant_restore(restore.functions, instances, notifications, parameters, key)
+            names = [i.name for i in instances]
+            machines += [
+                MonitoredMachine("Backup", workflow.state_machine, names),
+                MonitoredMachine("Restore", restore.state_machine, names),
+            ]
             CfnOutput(
                 self,
                 f"RestoreStateMachine{suffix}",
                 value=restore.state_machine.state_machine_arn,
                 description=f"Restore state machine for: {', '.join(i.name for i in instances)}",
             )
+        # The staleness check only calls AWS APIs, so it runs outside any VPC: one for the whole fleet.
+        monitoring = Monitoring(
+            self,
+            "Monitoring",
+            factory=FunctionFactory(self, FunctionSettings(code=code, environment=environment)),
+            instances=config.instances,
+            machines=machines,
+            topic=notifications.topic,
+            key=key,
+        )
+        self._grant_staleness_check(monitoring.check, config.instances, prefix)
+        CfnOutput(self, "Dashboard", value=monitoring.dashboard.dashboard_name)
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
 
@@ -198,6 +220,15 @@ class BackupStack(Stack):
             for fn in each("finalize", "failure", "safety_net"):
                 for statement in permissions.manage_own_archives(arn):
                     fn.add_to_role_policy(statement)
+
+    def _grant_staleness_check(self, fn: lambda_.Function, instances: list[InstanceConfig], prefix: str) -> None:
+        """Reads the instances' configuration and their catalogs; changes nothing."""
+        fn.add_to_role_policy(permissions.read_config_path(self, prefix))
+        for statement in permissions.describe(instances):
+            fn.add_to_role_policy(statement)
+        if self.archive_bucket is not None:
+            for statement in permissions.read_archives(self.archive_bucket.bucket_arn):
+                fn.add_to_role_policy(statement)
 
     def _grant_restore(
         self,

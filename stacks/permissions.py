@@ -65,6 +65,14 @@ def describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     return [iam.PolicyStatement(actions=sorted(actions), resources=["*"])] if actions else []
 
 
+def read_config_path(stack: Stack, prefix: str) -> iam.PolicyStatement:
+    """GetParametersByPath on the instances' configuration path (the parameters directly under it)."""
+    return iam.PolicyStatement(
+        actions=["ssm:GetParametersByPath"],
+        resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=prefix.lstrip("/"))],
+    )
+
+
 def create_home_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     ebs = [i.home for i in instances if isinstance(i.home, EbsHomeConfig)]
     if not ebs:

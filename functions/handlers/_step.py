@@ -10,6 +10,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
 from functions.errors import BackupError
 from functions.observability import bind, logger, metrics, redact, tracer
 
@@ -35,6 +37,9 @@ def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Ha
                 if text != str(error):
                     raise BackupError(f"{name}: {type(error).__name__}: {text}") from None
                 raise
+            finally:
+                if is_metrics_disabled():  # Powertools keeps unflushed metrics otherwise, across invocations
+                    metrics.clear_metrics()
 
         with_context: Handler = logger.inject_lambda_context(clear_state=True)(run)
         with_metrics: Handler = metrics.log_metrics(with_context)

@@ -6,10 +6,13 @@ Nothing here is secret: credentials live in Secrets Manager and only the secret'
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem
 
 # RDS snapshot identifiers are built from the instance name, so the name must be a valid prefix of one.
 INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -288,6 +291,10 @@ class InstanceConfig(_Strict):
     ca_bundle: str | None = None
     # Disaster-recovery copies of every backup, made after the unlock (see CopyTarget).
     copies: list[CopyTarget] = Field(default_factory=list, max_length=5)
+    # Monitoring: alarm when the newest complete backup is older than this (0 = no staleness alarm); default from
+    # the schedule (see staleness_limit_hours). A fixed minute offset of the schedule (default: staggered by the stack).
+    max_backup_age_hours: int | None = Field(default=None, ge=0, le=24 * 366)
+    schedule_offset_minutes: int | None = Field(default=None, ge=0, le=59)
 
     @field_validator("name")
     @classmethod
@@ -325,6 +332,9 @@ class InstanceConfig(_Strict):
     def _schedule(cls, schedule: str | None) -> str | None:
         if schedule is not None and not SCHEDULE.match(schedule):
             raise ValueError(f"'{schedule}' is not an EventBridge Scheduler cron(…), rate(…) or at(…)")
+        problem = schedule_problem(schedule) if schedule else None
+        if problem:
+            raise ValueError(f"'{schedule}': {problem}")
         return schedule
 
     @property
@@ -337,6 +347,31 @@ class InstanceConfig(_Strict):
         if not self.parts:
             raise ValueError("home and database are both 'none': there is nothing to back up")
         return self
+
+    @model_validator(mode="after")
+    def _monitoring(self) -> InstanceConfig:
+        gap = longest_gap_hours(self.schedule) if self.schedule else None
+        if self.max_backup_age_hours and gap and self.max_backup_age_hours < gap:
+            raise ValueError(
+                f"max_backup_age_hours {self.max_backup_age_hours} is shorter than the {gap:g} h between two runs of "
+                f"the schedule: the staleness alarm would fire between two healthy backups"
+            )
+        if self.schedule_offset_minutes is not None and (not self.schedule or plain_minute(self.schedule) is None):
+            raise ValueError("schedule_offset_minutes needs a cron(…) schedule whose minute field is one number")
+        return self
+
+    @property
+    def staleness_limit_hours(self) -> int | None:
+        """Alarm when the newest complete backup is older than this; None: no staleness alarm. Default: twice the
+        longest gap between scheduled runs, and at least that gap plus the longest possible run plus an hour (a
+        backup counts from its start); none for manual-only and one-time (at) schedules."""
+        if self.max_backup_age_hours is not None:
+            return self.max_backup_age_hours or None
+        gap = longest_gap_hours(self.schedule) if self.schedule else None
+        if gap is None:
+            return None
+        longest_run = self.timing.longest_run_seconds / 3600
+        return math.ceil(max(2 * gap, gap + longest_run + 1))
 
     @property
     def uses_archive(self) -> bool:

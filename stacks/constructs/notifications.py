@@ -17,13 +17,16 @@ class Notifications(Construct):
         self.topic = sns.Topic(self, "Topic", display_name="Bitbucket DIY backup", master_key=key, enforce_ssl=True)
         for email in config.notification_emails:
             self.topic.add_subscription(subs.EmailSubscription(email))
+        # One subscription per address, filtered to every instance that lists it (an on-call address is often
+        # shared by many instances; SNS allows one subscription per address and topic).
+        instances_of: dict[str, list[str]] = {}
         for instance in config.instances:
             for email in instance.notification_emails:
-                if email in config.notification_emails:
-                    continue  # already subscribed to everything
-                self.topic.add_subscription(
-                    subs.EmailSubscription(
-                        email,
-                        filter_policy={"instance": sns.SubscriptionFilter.string_filter(allowlist=[instance.name])},
-                    )
+                if email not in config.notification_emails:  # those are already subscribed to everything
+                    instances_of.setdefault(email, []).append(instance.name)
+        for email, names in instances_of.items():
+            self.topic.add_subscription(
+                subs.EmailSubscription(
+                    email, filter_policy={"instance": sns.SubscriptionFilter.string_filter(allowlist=names)}
                 )
+            )

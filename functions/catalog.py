@@ -1,0 +1,46 @@
+"""Reading the catalog (the tagged artifacts) into backups: one status per backup id. Shared by the operator command
+line (`bitbucket-backup list`) and the staleness check, so both call the same backup complete."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from functions.models.config import InstanceConfig
+from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, Artifact, strategies_for
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """When the backup started: its id ends in the start time (UTC), e.g. prod-20261123-082818."""
+    match = re.search(r"(\d{8}-\d{6})$", backup_id)
+    return datetime.strptime(match.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=UTC) if match else None
+
+
+def by_backup(config: InstanceConfig) -> dict[str, list[Artifact]]:
+    """This instance's artifacts of every strategy, grouped by backup id."""
+    grouped: dict[str, list[Artifact]] = {}
+    for strategy in strategies_for(config):
+        for artifact in strategy.artifacts():
+            grouped.setdefault(artifact.backup_id, []).append(artifact)
+    return grouped
+
+
+def backup_status(config: InstanceConfig, artifacts: Iterable[Artifact]) -> str:
+    """complete (every configured part present, tagged complete, finished) | failed | in-progress | incomplete."""
+    artifacts = list(artifacts)
+    missing = [p for p in config.parts if not any(a.part == p for a in artifacts)]
+    statuses = {a.status for a in artifacts}
+    if FAILED in statuses or any(a.state == "error" for a in artifacts):
+        return "failed"
+    if statuses == {COMPLETE} and all(a.state == "completed" for a in artifacts) and not missing:
+        return "complete"
+    if IN_PROGRESS in statuses or any(a.state == "pending" for a in artifacts):
+        return "in-progress"
+    return "incomplete"
+
+
+def newest_complete(config: InstanceConfig) -> str | None:
+    """The id of this instance's newest complete backup, if any."""
+    complete = [b for b, items in by_backup(config).items() if b and backup_status(config, items) == "complete"]
+    return max(complete, key=lambda b: backup_time(b) or datetime.min.replace(tzinfo=UTC), default=None)

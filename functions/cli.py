@@ -510,16 +510,10 @@ def print_result(record: dict[str, Any]) -> None:
         if output.get("prune_error"):
             print(f"  pruning old backups failed: {output['prune_error']}")
     else:
-        database, home = output.get("database"), output.get("home")
-        if isinstance(database, dict):
-            name = database.get("cluster_id") or database.get("instance_id")
-            kind = "Aurora cluster" if database.get("cluster_id") else "RDS instance"
-            print(f"  database: {kind} {name} ({database.get('instance_class')}), endpoint {database.get('endpoint')}")
-        if isinstance(home, dict):
-            volumes = ", ".join(f"{v.get('volume_id')} ({v.get('device') or 'no device'})" for v in home["volumes"])
-            where = f"attached to {home['attached_to']}" if home.get("attached_to") else home.get("availability_zone")
-            mounted = f", mounted at {', '.join(home['mounted'])}" if home.get("mounted") else ""
-            print(f"  home: volumes {volumes}, {where}{mounted}")
+        from functions.restore import created_lines
+
+        for part, text in created_lines(output):
+            print(f"  {part}: {text}")
         steps = output.get("next_steps") or []
         if steps:
             print("Next steps:")
@@ -624,13 +618,30 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
         if config.database.strategy == "amazon-aurora":
             writer = args.writer_instance_id or f"{args.target_db_id}-writer"
             target["database"] = {"cluster_id": args.target_db_id, "writer_instance_id": writer}
+        elif config.database.strategy == "postgresql":
+            # An archive: the NEW database on the backed-up server, created by pg_restore on a host.
+            target["database"] = {"dbname": args.target_db_id}
+            if args.target_host:
+                target["database"]["host_instance_id"] = args.target_host
         else:
             target["database"] = {"instance_id": args.target_db_id}
         if args.db_instance_class:
             target["database"]["instance_class"] = args.db_instance_class
     elif args.target_db_id:
         raise CliError(USAGE, "--target-db-id is for the database, which --only home leaves out")
-    if "home" in wanted:
+    if "home" in wanted and config.home.strategy == "rsync":
+        if not args.target_path or args.availability_zone or args.attach_to or args.mount:
+            raise CliError(
+                USAGE,
+                "this instance's home is an archive: give --target-path (an empty directory on the host), not "
+                "--availability-zone, --attach-to or --mount",
+            )
+        target["home"] = {"path": args.target_path}
+        if args.target_host:
+            target["home"]["instance_id"] = args.target_host
+        if args.owner:
+            target["home"]["owner"] = args.owner
+    elif "home" in wanted:
         home: dict[str, Any] = {}
         if args.attach_to:
             home["attach_to_instance_id"] = args.attach_to
@@ -856,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--target-db-id",
         metavar="NEW",
-        help="the NEW DB instance identifier (Aurora: the new cluster) to restore the database into",
+        help="the NEW DB instance identifier (Aurora: the new cluster; postgresql: the new database name) to "
+        "restore the database into",
     )
     restore.add_argument(
         "--writer-instance-id", metavar="NEW", help="Aurora: the new writer instance (default NEW-writer)"
@@ -871,6 +883,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--attach-to", metavar="INSTANCE_ID", help="attach the new home volumes to this STOPPED EC2 instance (i-…)"
     )
     restore.add_argument("--mount", action="store_true", help="also mount them there through SSM (needs --attach-to)")
+    restore.add_argument(
+        "--target-path",
+        metavar="DIR",
+        help="rsync strategy: the EMPTY (or missing) directory on the host to extract the home archive into",
+    )
+    restore.add_argument(
+        "--target-host",
+        metavar="INSTANCE_ID",
+        help="rsync / postgresql: the host (i-…) that extracts or runs pg_restore (default: the backed-up one; "
+        "another one must be tagged bitbucket-backup:restore-target=<instance>)",
+    )
+    restore.add_argument("--owner", metavar="USER", help="rsync: owner of the restored home (default: home.owner)")
     restore.add_argument(
         "--only", choices=["database", "home"], help="restore only this part (default: every part of the backup)"
     )

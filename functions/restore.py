@@ -206,27 +206,36 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def created_text(results: dict[str, Any]) -> str:
+    return "; ".join(text for _, text in created_lines(results))
+
+
+def created_lines(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(part, what was created) for the notice, the execution output and the command line."""
     lines = []
     database = results.get("database")
-    if database and database.get("dbname"):
-        lines.append(f"PostgreSQL database {database['dbname']} on {database['endpoint']}")
-    elif database:
+    if isinstance(database, dict) and database.get("dbname"):
+        lines.append(("database", f"PostgreSQL database {database['dbname']} on {database['endpoint']}"))
+    elif isinstance(database, dict):
         name = database.get("cluster_id") or database.get("instance_id")
         kind = "Aurora cluster" if database.get("cluster_id") else "RDS instance"
-        lines.append(f"{kind} {name} ({database.get('instance_class')}), endpoint {database.get('endpoint')}")
-    home = results.get("home")
-    if home and home.get("path"):
         lines.append(
-            f"home extracted into {home['path']} on {home['instance_id']} ({home.get('files')} files, checked "
-            f"against the manifest, owned by {home['owner']})"
+            ("database", f"{kind} {name} ({database.get('instance_class')}), endpoint {database.get('endpoint')}")
         )
-    elif home:
+    home = results.get("home")
+    if isinstance(home, dict) and home.get("path"):
+        lines.append(
+            (
+                "home",
+                f"home extracted into {home['path']} on {home['instance_id']} ({home.get('files')} files, checked "
+                f"against the manifest, owned by {home['owner']})",
+            )
+        )
+    elif isinstance(home, dict):
         volumes = ", ".join(f"{v['volume_id']} ({v['device'] or 'no device'})" for v in home.get("volumes", []))
         where = f"attached to {home['attached_to']}" if home.get("attached_to") else f"in {home['availability_zone']}"
-        lines.append(
-            f"volumes {volumes} {where}" + (f", mounted at {', '.join(home['mounted'])}" if home.get("mounted") else "")
-        )
-    return "; ".join(lines)
+        mounted = f", mounted at {', '.join(home['mounted'])}" if home.get("mounted") else ""
+        lines.append(("home", f"volumes {volumes} {where}{mounted}"))
+    return lines
 
 
 def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:

@@ -33,7 +33,7 @@ from functions.errors import (
     SnapshotTimeout,
     UnknownInstance,
 )
-from functions.models.config import ConfigError, CopyTarget, InstanceConfig, parse_instance_config
+from functions.models.config import ConfigError, CopyTarget, InstanceConfig, RsyncHomeConfig, parse_instance_config
 from functions.models.events import ExecutionInput, RunContext, parse
 from functions.observability import bind, logger, redact, short
 from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, strategy_for
@@ -102,6 +102,7 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     )
     try:
         facts = _preflight(config)
+        config = _resolve_excluded_repos(config)
     except Exception:
         runs.release(config.name, backup_id)
         raise
@@ -117,9 +118,35 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
             f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
         )
     logger.info("preflight passed", extra=facts)
+    version = facts.get("bitbucket_version")
     return RunContext(
-        instance=config.name, backup_id=backup_id, execution=execution, started_at=time.time(), config=config
+        instance=config.name,
+        backup_id=backup_id,
+        execution=execution,
+        started_at=time.time(),
+        config=config,
+        bitbucket_version=str(version) if version else None,
     )
+
+
+def _resolve_excluded_repos(config: InstanceConfig) -> InstanceConfig:
+    """home.exclude_repos may name repositories as PROJECT/slug; the host script takes ids. Resolved while Bitbucket
+    is live, once per run: the run carries the resolved config (a renamed repository keeps its id)."""
+    home = config.home
+    if not isinstance(home, RsyncHomeConfig) or all(isinstance(r, int) for r in home.exclude_repos):
+        return config
+    client = bitbucket(config)
+    ids: list[int | str] = []
+    for repo in home.exclude_repos:
+        if isinstance(repo, str):
+            project, slug = repo.split("/", 1)
+            try:
+                repo = client.repository_id(project, slug, step="validate")
+            except BackupError as error:
+                reason = redact(str(error)).removeprefix("validate: ")
+                raise PreflightFailed(f"validate: home.exclude_repos: {reason}") from None
+        ids.append(repo)
+    return config.model_copy(update={"home": home.model_copy(update={"exclude_repos": ids})})
 
 
 def _preflight(config: InstanceConfig) -> dict[str, object]:
@@ -143,6 +170,12 @@ def _preflight(config: InstanceConfig) -> dict[str, object]:
         raise PreflightFailed(redact(str(error))) from None
     if state.task_state == "RUNNING":
         raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
+    if config.uses_archive:
+        # For the archives' manifests only: a backup is not refused for it.
+        try:
+            facts["bitbucket_version"] = bitbucket(config).version(step="validate")
+        except BackupError as error:
+            logger.warning(f"Bitbucket's version is not in the manifest: {redact(str(error))}")
     return facts
 
 
@@ -257,7 +290,7 @@ def archive(run: RunContext) -> dict[str, Any]:
     commands: list[dict[str, Any]] = []
     for strategy in strategies_for(run.config):
         if isinstance(strategy, HostCopyStrategy):
-            commands += strategy.archive(run.backup_id)
+            commands += strategy.archive(run.backup_id, run.bitbucket_version)
     return {"done": not commands, "commands": commands, "results": {}}
 
 
@@ -403,11 +436,17 @@ def _prune(found: list[tuple[Strategy, Artifact]], keep: int, keep_backup_id: st
     complete = sorted(b for b, items in by_backup.items() if b and all(a.status == COMPLETE for _, a in items))
     doomed = [b for b in complete[: max(0, len(complete) - keep)] if b != keep_backup_id]
     doomed = [b for b in doomed if b != complete[-1]]
+    pruned = []
     for backup_id in doomed:
+        held = [reason for strategy, artifact in by_backup[backup_id] if (reason := strategy.held(artifact))]
+        if held:
+            logger.info(f"kept backup {backup_id}{where} beyond keep_backups: {held[0]}")
+            continue
         for strategy, artifact in by_backup[backup_id]:
             strategy.delete(artifact)
         logger.info(f"pruned backup {backup_id}{where}")
-    return [b + where for b in doomed]
+        pruned.append(backup_id + where)
+    return pruned
 
 
 def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["ENDPOINTS", "BitbucketSimulator", "main"]
 
@@ -45,7 +45,9 @@ _ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/status"): "status",
     ("GET", "/rest/api/1.0/application-properties"): "properties",
 }
-ENDPOINTS: frozenset[str] = frozenset(_ROUTES.values())
+# GET /rest/api/1.0/projects/{key}/repos/{slug}: the one route with path parameters.
+_REPOSITORY_RE = re.compile(r"^/rest/api/1\.0/projects/([^/]+)/repos/([^/]+)$")
+ENDPOINTS: frozenset[str] = frozenset([*_ROUTES.values(), "repository"])
 _KNOWN_PATHS: frozenset[str] = frozenset(path for _, path in _ROUTES)
 # Success status of each endpoint; a body-only fault answers with it so the client sees "success".
 _SUCCESS_STATUS: dict[str, int] = {
@@ -57,6 +59,7 @@ _SUCCESS_STATUS: dict[str, int] = {
     "cancel": 202,
     "status": 200,
     "properties": 200,
+    "repository": 200,
 }
 # A strict integer: int() would also accept " 5", "+5" and "5_0", which a real server may not.
 _PERCENTAGE_RE = re.compile(r"^[0-9]{1,3}$")
@@ -179,6 +182,7 @@ class BitbucketSimulator:
         port: int = 0,
         tokens: set[str] | None = None,
         non_admin: tuple[str, str] | None = None,
+        repositories: dict[str, int] | None = None,
     ) -> None:
         self._username = username
         self._password = password
@@ -188,6 +192,8 @@ class BitbucketSimulator:
         self._port = port
         self._tokens: frozenset[str] = frozenset(tokens or ())
         self._non_admin = non_admin
+        # "PROJECT/slug" -> repository id, answered by the repository endpoint.
+        self._repositories = dict(repositories or {})
 
         self._lock = threading.RLock()
         self._locked = False
@@ -319,6 +325,11 @@ class BitbucketSimulator:
         return [name for _, name, _ in self.events]
 
     # ------------------------------------------------------------ test controls
+
+    def add_repository(self, name: str, repo_id: int) -> None:
+        """A repository the REST API knows: "PROJECT/slug" -> id (its directory under shared/data/repositories)."""
+        with self._lock:
+            self._repositories[name] = repo_id
 
     def lock_by_other(self, owner: str = "someone-else") -> None:
         """Lock the instance for another holder whose token our client never learns."""
@@ -475,6 +486,10 @@ class BitbucketSimulator:
             handler.rfile.read(length)
 
         endpoint = _ROUTES.get((method, path))
+        repository = _REPOSITORY_RE.match(path) if method == "GET" else None
+        if repository:
+            endpoint = "repository"
+            query = {**query, "_repository": [f"{unquote(repository[1])}/{unquote(repository[2])}"]}
         if endpoint is None:
             if path in _KNOWN_PATHS:
                 allowed = ", ".join(sorted(m for m, p in _ROUTES if p == path))
@@ -612,6 +627,16 @@ class BitbucketSimulator:
                     "displayName": "Bitbucket",
                 },
             )
+        if endpoint == "repository":
+            name = query["_repository"][0]
+            if name not in self._repositories:
+                return _error(
+                    404,
+                    f"Repository {name} does not exist.",
+                    "com.atlassian.bitbucket.repository.NoSuchRepositoryException",
+                )
+            project, slug = name.split("/", 1)
+            return _json(200, {"id": self._repositories[name], "slug": slug, "project": {"key": project}})
         user, is_admin = auth
         if not is_admin:
             with self._lock:

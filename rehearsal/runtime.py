@@ -456,11 +456,12 @@ class Rehearsal:
         home_repos: int = 4,
         home_path: Path | None = None,
         postgres: Postgres | None = None,
+        project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
-        self.project_config = rehearsal_project_config(home, database)
+        self.project_config = rehearsal_project_config(home, database) | (project_overrides or {})
         self.timing = {
             "poll_interval_seconds": 0,
             "drain_timeout_seconds": 30,
@@ -615,9 +616,14 @@ class Rehearsal:
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")
             name = props.get("BucketName") or f"{logical.lower()[:40]}-{uuid.uuid4().hex[:8]}"
-            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+            locked = bool(props.get("ObjectLockEnabled"))
+            s3.create_bucket(
+                Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}, ObjectLockEnabledForBucket=locked
+            )
             if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
                 s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            if locked and props.get("ObjectLockConfiguration"):
+                s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration=props["ObjectLockConfiguration"])
             r.refs[logical], r.attrs[(logical, "Arn")] = name, f"arn:aws:s3:::{name}"
             self.archive_bucket = name
         elif kind == "AWS::Lambda::Function":

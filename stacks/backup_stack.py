@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_iam as iam
@@ -13,7 +14,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from functions.models.config import ConfigError, InstanceConfig, ProjectConfig
+from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
@@ -71,6 +72,7 @@ class BackupStack(Stack):
                 block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
                 versioned=True,
                 enforce_ssl=True,
+                **_object_lock(config.archive_object_lock),
                 removal_policy=RemovalPolicy.RETAIN,
             )
             environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
@@ -265,3 +267,10 @@ class BackupStack(Stack):
         for name in ("finish", "failure"):
             notifications.topic.grant_publish(fns[name])
             key.grant_encrypt_decrypt(fns[name])  # the topic is encrypted with the stack's key
+
+
+def _object_lock(lock: ArchiveObjectLock | None) -> dict[str, Any]:
+    if lock is None:
+        return {}
+    retention = s3.ObjectLockRetention.compliance if lock.mode == "COMPLIANCE" else s3.ObjectLockRetention.governance
+    return {"object_lock_enabled": True, "object_lock_default_retention": retention(Duration.days(lock.days))}

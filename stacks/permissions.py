@@ -421,7 +421,9 @@ def read_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
     """Listing the archive catalog: objects under the bucket, their tags and metadata."""
     return [
         iam.PolicyStatement(actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[bucket_arn]),
-        iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectTagging"], resources=[f"{bucket_arn}/*"]),
+        iam.PolicyStatement(
+            actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectRetention"], resources=[f"{bucket_arn}/*"]
+        ),
     ]
 
 

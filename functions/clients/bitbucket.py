@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -199,6 +200,20 @@ class BitbucketClient:
         if not isinstance(version, str):
             raise BitbucketBadResponse(f"{step}: application-properties has no version")
         return version
+
+    def repository_id(self, project: str, slug: str, step: str = "validate") -> int:
+        """The id of a repository (its directory under shared/data/repositories), from its project key and slug."""
+        path = f"/rest/api/1.0/projects/{quote(project, safe='~')}/repos/{quote(slug, safe='')}"
+        try:
+            body = self._json(step, self._send(step, "GET", path))
+        except BitbucketRequestFailed as error:
+            if error.status == 404:
+                raise BitbucketBadResponse(f"{step}: no repository {project}/{slug} in Bitbucket") from None
+            raise
+        repo_id = body.get("id")
+        if not isinstance(repo_id, int) or isinstance(repo_id, bool):
+            raise BitbucketBadResponse(f"{step}: the answer for repository {project}/{slug} has no numeric id")
+        return repo_id
 
     # --- plumbing ---------------------------------------------------------------------------------------
 

@@ -90,8 +90,11 @@ class RsyncHomeConfig(_Strict):
     excludes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\n\r]+$")]] = Field(
         default_factory=list
     )
-    # Repository ids (shared/data/repositories/ID) left out of the backup.
-    exclude_repos: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    # Repositories left out of the backup: ids (shared/data/repositories/ID) or "PROJECT/slug" (personal: "~USER/slug"),
+    # which the validate step turns into ids through Bitbucket's REST API.
+    exclude_repos: list[
+        Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^~?[A-Za-z0-9_-]{1,128}/[A-Za-z0-9._-]{1,128}$")]
+    ] = Field(default_factory=list)
     # The user Bitbucket runs as: a restored home is chowned to it (Atlassian's installer creates atlbitbucket).
     owner: str = Field(default="atlbitbucket", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
@@ -406,6 +409,14 @@ class InstanceConfig(_Strict):
         return timing.longest_run_seconds + (timing.copy_timeout_seconds if self.copies else 0)
 
 
+class ArchiveObjectLock(_Strict):
+    """S3 Object Lock on the archive bucket: every archive version is kept at least `days` (GOVERNANCE: privileged
+    users may lift it; COMPLIANCE: nobody can, not even the account root). Pruning skips archives still locked."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    days: int = Field(ge=1, le=3650)
+
+
 class ProjectConfig(_Strict):
     """The `bitbucket-backup` object in cdk.json's context."""
 
@@ -416,6 +427,9 @@ class ProjectConfig(_Strict):
     # Lambda bundling: "local" pip-installs the dependencies (needs PyPI), "none" ships sources only.
     bundling: Literal["local", "none"] = "local"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The archive bucket (rsync / postgresql strategies) is always versioned; optionally also object-locked. Object
+    # Lock can only be chosen when the bucket is created (a later change needs a new bucket).
+    archive_object_lock: ArchiveObjectLock | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> ProjectConfig:

@@ -38,6 +38,8 @@ class RunContext(_Event):
     execution: str
     started_at: float
     config: InstanceConfig
+    # Read in validate; written into the archives' manifests (the copy-type strategies).
+    bitbucket_version: str | None = None
 
 
 class StepEvent(_Event):

@@ -104,7 +104,7 @@ class Artifact:
     backup_id: str
     state: str  # normalised: pending | completed | error
     status: str  # the catalog status tag
-    size_gb: int | None = None
+    size_gb: float | None = None  # snapshots: the volume or allocated size; archives: the object size
     created: str | None = None
     details: dict[str, str] = field(default_factory=dict)
 
@@ -189,6 +189,10 @@ class Strategy(ABC):
 
     @abstractmethod
     def delete(self, artifact: Artifact) -> None: ...
+
+    def held(self, artifact: Artifact) -> str | None:
+        """Why retention must not delete this artifact yet (e.g. S3 Object Lock), or None."""
+        return None
 
     # --- restore ----------------------------------------------------------------------------------------------------
     # Not abstract: a strategy that cannot restore yet is refused by the validate step, before anything is created.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -82,7 +83,7 @@ class HostCopyStrategy(Strategy):
         ext = ".tar.zst" if self.instance.archive.compressor == "zstd" else ".tar.gz"
         return f"{self.instance.name}/{backup_id}/{backup_id}-{self.part}{ext}"
 
-    def archive(self, backup_id: str) -> list[dict[str, Any]]:
+    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[dict[str, Any]]:
         """After the unlock: archive this part's copy on its host and upload it to S3 with the catalog tags."""
         cfg = self.instance.archive
         key = self.key(backup_id)
@@ -97,6 +98,7 @@ class HostCopyStrategy(Strategy):
             for w in [
                 "bash", path, "archive", *sources, "--out", out, "--backup-id", backup_id,
                 "--instance", self.instance.name, "--compressor", cfg.compressor, "--overwrite",
+                *(["--bitbucket-version", bitbucket_version] if bitbucket_version else []),
             ]
         )  # fmt: skip
         upload = " ".join(
@@ -156,7 +158,7 @@ class HostCopyStrategy(Strategy):
                         backup_id=tags.get(BACKUP_ID_TAG, ""),
                         state="completed",  # an object exists only once its upload completed
                         status=tags.get(STATUS_TAG, ""),
-                        size_gb=None,
+                        size_gb=round(int(obj.get("Size", 0)) / 2**30, 3),
                         created=str(obj.get("LastModified", "")),
                         details={
                             "bucket": bucket,
@@ -179,6 +181,15 @@ class HostCopyStrategy(Strategy):
         s3.put_object_tagging(
             Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
         )
+
+    def held(self, artifact: Artifact) -> str | None:
+        """An object-locked archive cannot be deleted before its retain-until date: pruning waits for it. (HEAD
+        answers the lock with s3:GetObjectRetention; without Object Lock it has no such fields.)"""
+        head = client("s3").head_object(Bucket=artifact.details["bucket"], Key=artifact.details["key"])
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until > datetime.now(UTC):
+            return f"{artifact.id} is object-locked ({head.get('ObjectLockMode')}) until {until:%Y-%m-%d %H:%M} UTC"
+        return None
 
     def delete(self, artifact: Artifact) -> None:
         """Every version of the object (the bucket is versioned: a plain delete would only hide it)."""

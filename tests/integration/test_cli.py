@@ -179,7 +179,7 @@ def test_restore_into_new_resources(local: Local, capsys: pytest.CaptureFixture[
     rds = local.r.client("rds").describe_db_instances(DBInstanceIdentifier="demo-cli-restored")["DBInstances"]
     assert rds[0]["DBInstanceStatus"] == "available"
     # The home volumes went to the original host's zone (the default without --availability-zone).
-    volumes = re.search(r"home: volumes (vol-\w+) \(/dev/xvdf\), (\S+)", out)
+    volumes = re.search(r"home: volumes (vol-\w+) \(/dev/xvdf\) in (\S+)", out)
     assert volumes and volumes.group(2) == local.r.resources["zone"], out
 
     # The same target again: the state machine refuses it before creating anything; the command fails (1).

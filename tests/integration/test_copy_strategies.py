@@ -380,3 +380,84 @@ def test_a_corrupt_archive_fails_the_restore_and_cleans_up_what_it_extracted(
     # Whatever the home restore had extracted is gone again; no database was created.
     assert not target_dir.exists() or not list(target_dir.iterdir())
     assert postgres.superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{dbname}'") == "0"
+
+
+def test_exclude_repos_by_id_and_by_project_and_slug(copy_world: Callable[..., World], tmp_path: Path) -> None:
+    w = copy_world(database="none")
+    home = {**w.r.instance_config["home"], "exclude_repos": [2, "PRJ/four"]}
+    w.r.configure(home=home)
+
+    # A name Bitbucket does not know: refused while live, before anything is locked or copied.
+    refused = w.r.run_backup(timeout=300)
+    assert refused.status == "FAILED" and "Failed: validate" in refused.states_entered()
+    assert "PRJ/four" in str(refused.cause) and "locked" not in w.sim.event_names()
+    assert not rsync_passes(w.r)
+
+    w.sim.add_repository("PRJ/four", 4)
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    restored = tmp_path / "restored"
+    host_script("extract", "--archive", download(w.r, archive_of(result, "home"), tmp_path / "home.tar"),
+                "--target", restored)  # fmt: skip
+    assert sorted(int(p.name) for p in (restored / "home" / REPOS).iterdir()) == [1, 3]
+    manifest = json.loads((restored / "manifest.json").read_text())
+    assert manifest["bitbucket_version"] == "8.19.1"
+
+
+def test_command_line_lists_archives_and_restores_them(
+    copy_world: Callable[..., World], postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bitbucket-backup` over HTTP against this world: `list` shows the archive parts with their sizes and where they
+    are, `restore --target-path --target-db-id --wait` extracts and pg_restores them."""
+    from functions.cli import OK, USAGE, main
+    from rehearsal.runtime import REGION
+    from rehearsal.serve import LocalEndpoint
+
+    w = copy_world()
+    backup_id = backed_up(w)
+    with LocalEndpoint(w.r) as endpoint:
+        base = ["--endpoint-url", endpoint.url, "--region", REGION]
+        assert main([*base, "list", "--json"]) == OK
+        rows = json.loads(capsys.readouterr().out)["backups"]
+        row = next(r for r in rows if r["backup_id"] == backup_id)
+        assert row["status"] == "complete" and row["parts"] == ["home", "database"]
+        assert all(a["kind"] == "s3-archive" and a["id"].startswith("s3://") for a in row["artifacts"])
+        assert 0 < row["size_gb"]["database"] < 1
+
+        # A volume option for an archive is a usage error, before anything starts.
+        assert main([*base, "restore", backup_id, "--instance", "demo", "--availability-zone", "eu-west-1a"]) == USAGE
+        capsys.readouterr()
+
+        target, dbname = tmp_path / "restored", f"cli_{os.getpid()}"
+        argv = [*base, "restore", backup_id, "--instance", "demo", "--target-path", str(target),
+                "--target-db-id", dbname, "--owner", pwd.getpwuid(os.getuid()).pw_name, "--wait",
+                "--poll-interval", "0.05"]  # fmt: skip
+        code = main(argv)
+        out = capsys.readouterr().out
+        assert code == OK, out
+        assert str(target) in out and dbname in out
+    assert (target / "manifest.json").is_file()
+    assert postgres.superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{dbname}'") == "1"
+    postgres.superuser(f"DROP DATABASE {dbname}")
+
+
+def test_object_locked_archives_are_kept_until_their_retention_ends(copy_world: Callable[..., World]) -> None:
+    w = copy_world(
+        database="none",
+        instance_overrides={"keep_backups": 1},
+        project_overrides={"archive_object_lock": {"mode": "GOVERNANCE", "days": 1}},
+    )
+    first = w.r.run_backup(timeout=300)
+    assert first.status == "SUCCEEDED", first.cause
+    assert first.output is not None
+    entry = archive_of(first, "home")
+    head = w.r.client("s3").head_object(Bucket=entry["bucket"], Key=entry["key"])
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    time.sleep(1.1)
+    second = w.r.run_backup(timeout=300)
+    assert second.status == "SUCCEEDED", second.cause
+    assert second.output is not None
+    # keep_backups=1 would delete the first backup, but its archive is locked for a day: kept, and said so.
+    assert second.output["pruned"] == [] and second.output["prune_error"] is None
+    assert {a["tags"][BACKUP_ID_TAG] for a in w.r.archives()} == {first.output["backup_id"], second.output["backup_id"]}
+    assert any("object-locked (GOVERNANCE)" in line for line in w.r.logs.lines)

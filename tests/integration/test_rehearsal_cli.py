@@ -72,3 +72,32 @@ def test_rehearsal_with_a_wrong_password_exits_1_and_says_why(tmp_path: Path) ->
 def test_rehearsal_refuses_nonsense_arguments(tmp_path: Path) -> None:
     code, output, _ = _run(["--home-strategy", "none", "--db-strategy", "none"], "x", tmp_path)
     assert code == 2 and "nothing to back up" in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) -> None:
+    """`make demo DEMO_ARGS="--home-strategy rsync --db-strategy postgresql"`: the host script copies a real git home
+    and dumps a PostgreSQL the rehearsal starts; the summary lists the archives; the restore extracts them."""
+    code, output, summary = _run(
+        ["--home-strategy", "rsync", "--db-strategy", "postgresql", "--drain-seconds", "0.1", "--poll-interval", "0"],
+        "admin",
+        tmp_path,
+    )
+    assert code == 0, output
+    assert summary["status"] == "SUCCEEDED" and summary["lock_window_s"] > 0
+    archives = {a["part"]: a for a in summary["archive"]}
+    assert set(archives) == {"home", "database"}
+    for archive in archives.values():
+        assert archive["bucket"] and archive["key"].startswith(f"demo/{summary['backup_id']}/")
+        assert int(archive["size"]) > 0 and len(archive["sha256"]) == 64
+    assert "rsync (locked) done" in output and "pg_dump done" in output
+    restore = summary["restore"]
+    assert restore["status"] == "SUCCEEDED", restore
+    assert restore["output"]["home"]["files"] > 0
+    assert restore["output"]["database"]["dbname"].endswith("_restored")
+    assert "Traceback" not in output
+
+
+def test_zero_downtime_with_a_host_copy_strategy_is_a_usage_error(tmp_path: Path) -> None:
+    code, output, _ = _run(["--zero-downtime", "--home-strategy", "rsync"], "x", tmp_path)
+    assert code == 2 and "atomic snapshots" in output and "Traceback" not in output

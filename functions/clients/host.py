@@ -21,44 +21,46 @@ from functions.clients.aws import client, error_code
 from functions.errors import HostCommandFailed
 from functions.observability import redact
 
-_DONE = {"Success", "Cancelled", "Failed", "TimedOut", "Cancelling"}
+# Statuses in which a command has ended without success.
 
 
 def run(instance_id: str, script: str, *, step: str, timeout: int = 120, poll: float = 0.5) -> str:
-    ssm = client("ssm")
-    try:
-        command = ssm.send_command(
-            InstanceIds=[instance_id],
-            DocumentName="AWS-RunShellScript",
-            Parameters={"commands": [script], "executionTimeout": [str(timeout)]},
-            TimeoutSeconds=max(30, timeout),
-            Comment=f"bitbucket-diy-backup {step}"[:100],
-        )["Command"]
-    except ClientError as error:
-        raise HostCommandFailed(f"{step}: SSM SendCommand to {instance_id} failed: {error_code(error)}") from None
+    """A short command, waited for here; its stdout. Raises HostCommandFailed if it fails or outlives `timeout`."""
+    command = start(instance_id, script, step=step, timeout=timeout)
     deadline = time.monotonic() + timeout + 30
     while True:
-        try:
-            invocation = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=instance_id)
-        except ClientError as error:
-            # Eventually consistent: right after SendCommand the invocation may not exist yet.
-            if error_code(error) != "InvocationDoesNotExist":
-                raise
-            invocation = {"Status": "Pending"}
-        status = invocation.get("Status", "Pending")
-        if status in _DONE:
-            break
+        status, invocation = _invocation(command)
+        if status == "Success":
+            return str(invocation.get("StandardOutputContent", ""))
+        if status in _TERMINAL_FAILURES:
+            raise _failed(command, status, invocation)
         if time.monotonic() > deadline:
             raise HostCommandFailed(f"{step}: command on {instance_id} still {status} after {timeout} s")
         time.sleep(poll)
-    if status != "Success":
-        detail = redact((invocation.get("StandardErrorContent") or "").strip())[-500:]
-        raise HostCommandFailed(
-            f"{step}: command on {instance_id} ended {status}"
-            + (f" (exit {invocation.get('ResponseCode')})" if invocation.get("ResponseCode") not in (None, -1) else "")
-            + (f": {detail}" if detail else "")
+
+
+def _invocation(command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    try:
+        invocation = client("ssm").get_command_invocation(
+            CommandId=command["command_id"], InstanceId=command["instance_id"]
         )
-    return str(invocation.get("StandardOutputContent", ""))
+    except ClientError as error:
+        # Eventually consistent: right after SendCommand the invocation may not exist yet.
+        if error_code(error) != "InvocationDoesNotExist":
+            raise
+        invocation = {"Status": "Pending"}
+    return str(invocation.get("Status", "Pending")), dict(invocation)
+
+
+def _failed(command: dict[str, Any], status: str, invocation: dict[str, Any]) -> HostCommandFailed:
+    """The step, the host, how it ended, and the end of its error output (secrets masked)."""
+    detail = redact((invocation.get("StandardErrorContent") or "").strip())[-500:]
+    code = invocation.get("ResponseCode")
+    return HostCommandFailed(
+        f"{command['step']}: command on {command['instance_id']} ended {status}"
+        + (f" (exit {code})" if code not in (None, -1) else "")
+        + (f": {detail}" if detail else "")
+    )
 
 
 # --- long commands, driven by the state machine: start one, then check it until it ends ---------------------------
@@ -161,27 +163,16 @@ def start(instance_id: str, script: str, *, step: str, timeout: int) -> dict[str
 def check(command: dict[str, Any]) -> dict[str, Any] | None:
     """None while the command runs; its parsed JSON summary (the last JSON line on stdout) once it succeeded.
     Raises HostCommandFailed when it failed, timed out or was cancelled, or outlived its timeout."""
-    step, instance_id = command["step"], command["instance_id"]
-    try:
-        invocation = client("ssm").get_command_invocation(CommandId=command["command_id"], InstanceId=instance_id)
-    except ClientError as error:
-        if error_code(error) != "InvocationDoesNotExist":  # eventually consistent right after SendCommand
-            raise
-        invocation = {"Status": "Pending"}
-    status = invocation.get("Status", "Pending")
+    status, invocation = _invocation(command)
     if status == "Success":
-        return _summary(step, str(invocation.get("StandardOutputContent") or ""))
+        return _summary(command["step"], str(invocation.get("StandardOutputContent") or ""))
     if status in _TERMINAL_FAILURES:
-        detail = redact((invocation.get("StandardErrorContent") or "").strip())[-500:]
-        code = invocation.get("ResponseCode")
-        raise HostCommandFailed(
-            f"{step}: command on {instance_id} ended {status}"
-            + (f" (exit {code})" if code not in (None, -1) else "")
-            + (f": {detail}" if detail else "")
-        )
+        raise _failed(command, status, invocation)
     waited = time.time() - float(command["started_at"])
     if waited > int(command["timeout"]) + 120:
-        raise HostCommandFailed(f"{step}: command on {instance_id} still {status} after {waited:.0f} s")
+        raise HostCommandFailed(
+            f"{command['step']}: command on {command['instance_id']} still {status} after {waited:.0f} s"
+        )
     return None
 
 

@@ -230,6 +230,23 @@ class HostCopyStrategy(Strategy):
             *(["--region", region] if region else []),
         )  # fmt: skip
 
+    def _start_restore(self, plan: dict[str, Any], step: str, temporary: str, *commands: str) -> dict[str, Any]:
+        """One command on the restore host: `temporary` (`name=$(mktemp …)`) names a download that is removed
+        whatever happens, then `commands`."""
+        name = temporary.split("=", 1)[0]
+        script = "\n".join(
+            [
+                "set -euo pipefail",
+                host.installed_check(),
+                f"mkdir -p {shlex.quote(plan['work_path'])}",
+                temporary,
+                f"trap 'rm -rf -- \"${name}\"' EXIT",
+                *commands,
+            ]
+        )
+        timeout = self.instance.archive.command_timeout_seconds
+        return {"command": host.start(plan["instance_id"], script, step=step, timeout=timeout)}
+
     def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
         summary = host.check(created["command"])
         if summary is None:
@@ -300,21 +317,13 @@ class RsyncStrategy(HostCopyStrategy):
         }
 
     def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
-        q = shlex.quote
-        work = plan["work_path"]
-        script = "\n".join(
-            [
-                "set -euo pipefail",
-                host.installed_check(),
-                f"mkdir -p {q(work)}",
-                f"file=$(mktemp -u {q(work)}/.restore-home.XXXXXX.tar)",
-                "trap 'rm -f -- \"$file\"' EXIT",
-                self._download(plan, "$file"),
-                host.script_line("extract", "--archive", "$file", "--target", plan["path"], "--owner", plan["owner"]),
-            ]
+        return self._start_restore(
+            plan,
+            "restore home: download and extract",
+            f"file=$(mktemp -u {shlex.quote(plan['work_path'])}/.restore-home.XXXXXX.tar)",
+            self._download(plan, "$file"),
+            host.script_line("extract", "--archive", "$file", "--target", plan["path"], "--owner", plan["owner"]),
         )
-        return {"command": host.start(plan["instance_id"], script, step="restore home: download and extract",
-                                      timeout=self.config.command_timeout_seconds)}  # fmt: skip
 
     def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         extracted = summary.get("extract", {})
@@ -428,25 +437,17 @@ class PostgresStrategy(HostCopyStrategy):
         return f"bitbucket-backup restore {execution}"
 
     def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
-        q = shlex.quote
-        work = plan["work_path"]
-        script = "\n".join(
-            [
-                "set -euo pipefail",
-                host.installed_check(),
-                f"mkdir -p {q(work)}",
-                f"dir=$(mktemp -d {q(work)}/.restore-db.XXXXXX)",
-                'trap \'rm -rf -- "$dir"\' EXIT',
-                self._download(plan, "$dir/archive.tar"),
-                host.script_line("extract", "--archive", "$dir/archive.tar", "--target", "$dir/extracted"),
-                host.script_line(
-                    "pg-restore", "--dump", "$dir/extracted/db", *self._pg_flags(plan), "--jobs", self.config.jobs,
-                    "--comment", self._marker(execution),
-                ),
-            ]
+        return self._start_restore(
+            plan,
+            "restore database: download and pg_restore",
+            f"dir=$(mktemp -d {shlex.quote(plan['work_path'])}/.restore-db.XXXXXX)",
+            self._download(plan, "$dir/archive.tar"),
+            host.script_line("extract", "--archive", "$dir/archive.tar", "--target", "$dir/extracted"),
+            host.script_line(
+                "pg-restore", "--dump", "$dir/extracted/db", *self._pg_flags(plan), "--jobs", self.config.jobs,
+                "--comment", self._marker(execution),
+            ),
         )  # fmt: skip
-        return {"command": host.start(plan["instance_id"], script, step="restore database: download and pg_restore",
-                                      timeout=self.config.command_timeout_seconds)}  # fmt: skip
 
     def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         return {

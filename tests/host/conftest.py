@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,27 +76,6 @@ def run(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 6
 @pytest.fixture
 def home(tmp_path: Path) -> BitbucketHome:
     return build_home(tmp_path, range(1, 6), big_blob_repo=4)
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs (root only), so "disk full" is real ENOSPC rather than a simulation."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny tmpfs needs root (CI runs as root)")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (unprivileged container?): {proc.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.02) -> Any:

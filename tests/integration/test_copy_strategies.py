@@ -10,7 +10,7 @@ import os
 import pwd
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,25 +244,6 @@ def test_ssm_command_timed_out_under_the_lock(copy_world: Callable[..., World]) 
     message = assert_failed_cleanly(w, result, "copy", "pg_dump", "TimedOut")
     assert "locked" in w.sim.event_names() and "unlocked" in w.sim.event_names()
     assert "copy database" in message
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (root only): "disk full" is a real ENOSPC."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny tmpfs needs root (CI runs as root)")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_archive_disk_full_after_the_unlock(copy_world: Callable[..., World], tiny_fs: Path) -> None:

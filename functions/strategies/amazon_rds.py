@@ -153,6 +153,7 @@ class RdsStrategy(Strategy):
             if source and (source[0].get("Encrypted") or source[0].get("StorageEncrypted")):
                 request["KmsKeyId"] = target.kms_key_id
             if target.account_id:
+                # The target's role copies from the source account (by the original's ARN): share it first.
                 getattr(client("rds"), self._share)(
                     **{self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToAdd": [target.account_id]}
                 )
@@ -161,6 +162,18 @@ class RdsStrategy(Strategy):
             raise copy_refused(error, self._copy, original, target) from None
         logger.info(f"copying {original.id} to {target.label}")
         return original.id
+
+    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
+        if not target.account_id:
+            return False
+        request = {self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToRemove": [target.account_id]}
+        try:
+            getattr(client("rds"), self._share)(**request)
+        except ClientError as error:
+            # Deleted meanwhile: nothing is shared any more.
+            if error_code(error) not in ("DBSnapshotNotFound", "DBClusterSnapshotNotFoundFault"):
+                raise
+        return True
 
     # --- restore: a NEW DB instance from the snapshot; nothing existing is touched ---------------------------------
 

@@ -527,14 +527,15 @@ def copy_to_regions(
         statements.append(
             iam.PolicyStatement(actions=["rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots"], resources=["*"])
         )
-        sources = sorted({a for i in databases for a in _db_snapshot_arns(stack, stack.region, i)})
         local_db = [(i, t) for i, t in local if i in databases]
         if local_db:
+            # The sources and copies of same-account targets only (a cross-account target's role copies its own).
             statements.append(
                 iam.PolicyStatement(
                     actions=["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot", "rds:AddTagsToResource"],
                     resources=sorted(
-                        set(sources) | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
+                        {a for i, _ in local_db for a in _db_snapshot_arns(stack, stack.region, i)}
+                        | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
                     ),
                 )
             )

@@ -100,8 +100,13 @@ class RdsStrategy(Strategy):
 
     def _snapshots(self) -> list[dict[str, Any]]:
         paginator = self.aws("rds").get_paginator(self._describe)
+        # A copy keeps its source's instance (cluster) identifier, but the API documents that filter as naming an
+        # existing instance, which a copy target has not: there the catalog tags alone select (see artifacts()).
+        request: dict[str, str] = {"SnapshotType": "manual"}
+        if self.target is None:
+            request[self._source_arg] = self.source_id
         found: list[dict[str, Any]] = []
-        for page in paginator.paginate(**{self._source_arg: self.source_id, "SnapshotType": "manual"}):
+        for page in paginator.paginate(**request):
             found.extend(page[self._snapshot_list])
         return found
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
@@ -241,3 +241,31 @@ def test_a_failed_copy_leaves_no_original_shared(world: World, shares: list[tupl
     assert _ebs_copies(_as_dr_role("ec2")) == [] and _rds_copies(_as_dr_role("rds")) == []
     (note,) = world.failure_notifications()
     assert f"no longer shared with account {DR_ACCOUNT}" in note["message"]
+
+
+def test_archives_are_copied_into_the_destination_accounts_bucket_by_its_role(
+    world_factory: Callable[..., World], shares: list[tuple[str, str, str]]
+) -> None:
+    from moto.s3.models import s3_backends
+
+    world = world_factory(home="rsync", database="amazon-rds")
+    _admin_of_dr_account("s3", DR).create_bucket(
+        Bucket="dr-archives", CreateBucketConfiguration={"LocationConstraint": DR}
+    )
+    assert s3_backends.bucket_accounts["dr-archives"] == ("aws", DR_ACCOUNT)
+    _setup_dr_account(world, archive_bucket="dr-archives")
+    result = world.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    backup_id = backup_id_of(result)
+    (archive,) = (a for a in world.r.snapshots(backup_id) if a["kind"] == "s3-archive")
+
+    s3 = _as_dr_role("s3")
+    (copied,) = s3.list_objects_v2(Bucket="dr-archives")["Contents"]
+    assert copied["Key"] == archive["key"] and str(copied["Size"]) == archive["size"]
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="dr-archives", Key=copied["Key"])["TagSet"]}
+    assert tags[STATUS_TAG] == COMPLETE and tags[PART_TAG] == "home" and tags[BACKUP_ID_TAG] == backup_id
+    assert tags[COPY_OF_TAG] == archive["id"] and tags[SOURCE_REGION_TAG] == REGION
+    assert [_tags(s)[BACKUP_ID_TAG] for s in _rds_copies(_as_dr_role("rds"))] == [backup_id]
+    # Only the snapshot was shared (the role reads archives through the bucket policy), and it is no longer.
+    assert {s for s, _, _ in shares} == {backup_id}
+    assert result.output is not None and len(result.output["unshared"]) == 1

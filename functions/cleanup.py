@@ -66,6 +66,38 @@ def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, origi
             for artifact in copies:
                 if artifact.status != COMPLETE:
                     _drop(bound, artifact, actions, f" in {target.label}")
+    if originals_complete:
+        # The originals stay: they must not stay shared with the copy targets' accounts (deleted ones no longer are).
+        unshared, failed = unshare(config, backup_id)
+        actions.extend(unshared + failed)
+
+
+def unshare(config: InstanceConfig, backup_id: str) -> tuple[list[str], list[str]]:
+    """Removes the shares of one backup's originals with the accounts of cross-account copy targets, which the copy
+    step added so that the targets' roles could copy them. Never raises; returns (what was unshared, what could not
+    be: one line each, with what to do)."""
+    targets = [t for t in config.copies if t.account_id]
+    done: list[str] = []
+    failed: list[str] = []
+    if not targets:
+        return done, failed
+    for strategy in strategies_for(config):
+        try:
+            originals = strategy.artifacts(backup_id)
+        except ClientError as error:
+            failed.append(f"{strategy.part} originals not checked for shares ({error_code(error)}): check them by hand")
+            continue
+        for original in originals:
+            for target in targets:
+                try:
+                    if strategy.unshare(original, target):
+                        done.append(f"{original.id} no longer shared with account {target.account_id}")
+                except ClientError as error:
+                    failed.append(
+                        f"{original.id} is still shared with account {target.account_id} ({error_code(error)}): "
+                        "remove the share by hand"
+                    )
+    return done, failed
 
 
 def _drop(strategy: Strategy, artifact: Artifact, actions: list[str], where: str = "") -> None:

@@ -509,6 +509,8 @@ def print_result(record: dict[str, Any]) -> None:
             print(f"  pruned {', '.join(output['pruned'])}")
         if output.get("prune_error"):
             print(f"  pruning old backups failed: {output['prune_error']}")
+        for line in output.get("unshare_errors") or []:
+            print(f"  {line}")
     else:
         from functions.restore import created_lines
 

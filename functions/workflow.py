@@ -455,6 +455,10 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     for strategy, artifact in [*found, *copies]:
         strategy.set_status(artifact, COMPLETE)
     runs.release(run.instance, run.backup_id)
+    # Every copy is complete: the cross-account targets' accounts need the originals no more.
+    unshared, unshare_errors = cleanup.unshare(run.config, run.backup_id)
+    for line in unshare_errors:
+        logger.warning(f"unsharing failed: {line}")
     try:
         pruned = prune(run.config, run.backup_id)
         for target in run.config.copies:
@@ -479,6 +483,8 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
             {"target": s.where, "kind": a.kind, "id": a.id, "copy_of": a.details.get("copy_of"), "status": COMPLETE}
             for s, a in copies
         ],
+        "unshared": unshared,
+        "unshare_errors": unshare_errors,
         "pruned": pruned,
         "prune_error": prune_error,
         "zero_downtime": run.config.zero_downtime,
@@ -488,9 +494,12 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     }
     _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
     monitoring.record_success(run.instance, summary)  # lock window, drain, duration, size: flushed by the handler
-    if prune_error:
+    problems = ["pruning old backups failed"] if prune_error else []
+    if unshare_errors:
+        problems.append("an original is still shared with a copy target's account")
+    if problems:
         notify.publish(
-            f"Bitbucket backup {run.backup_id} succeeded, but pruning old backups failed",
+            f"Bitbucket backup {run.backup_id} succeeded, but {' and '.join(problems)}",
             run.instance,
             "warning",
             summary,

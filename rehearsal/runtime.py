@@ -392,6 +392,7 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
     stack.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
     stack.enter_context(mock.patch.object(EBSBackend, "create_snapshots", create_snapshots))
     stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+    _patch_cross_account(stack)
 
     # DynamoDB applies each request atomically; moto's backend does not, and the rehearsal's parallel branches
     # call it from two threads at once (one reading an item while the other updates it).
@@ -406,6 +407,104 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
 
     stack.enter_context(mock.patch.object(DynamoHandler, "call_action", call_action))
     return stack
+
+
+def _patch_cross_account(stack: contextlib.ExitStack) -> None:
+    """Accounts in moto: a request's account is the one its access key belongs to (an assumed role's keys belong
+    to the role's account), but moto lets any account assume any role and copy only its own snapshots. AWS does
+    neither: the role must exist and trust the caller's account, and a snapshot of another account can be copied
+    only once that account shared it (and then only by the accounts it was shared with)."""
+    from unittest import mock
+
+    from moto.ec2.exceptions import InvalidSnapshotIdError
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot
+    from moto.ec2.utils import random_snapshot_id
+    from moto.iam.models import iam_backends
+    from moto.rds.models import RDSBackend, rds_backends
+    from moto.rds.utils import split_arn
+    from moto.sts.exceptions import STSClientError
+    from moto.sts.models import STSBackend
+
+    original_assume_role = STSBackend.assume_role
+
+    def assume_role(self: Any, **kwargs: Any) -> Any:
+        # AWS: AccessDenied unless the role exists and its trust policy allows the caller's account (conditions,
+        # such as the README's aws:PrincipalArn narrowing, are not evaluated here).
+        role_arn = str(kwargs["role_arn"])
+        account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+        role = next((r for r in iam_backends[account]["aws"].get_roles() if r.arn == role_arn), None)
+        if role is None or not _trusts(role.assume_role_policy_document, self.account_id):
+            raise STSClientError(
+                "AccessDenied",
+                f"User: arn:aws:sts::{self.account_id}:assumed-role/caller is not authorized to perform: "
+                f"sts:AssumeRole on resource: {role_arn}",
+            )
+        return original_assume_role(self, **kwargs)
+
+    original_copy_snapshot = EBSBackend.copy_snapshot
+
+    def copy_snapshot(
+        self: Any, source_snapshot_id: str, source_region: str, description: str, kms_key_id: str | None
+    ) -> Any:
+        if source_snapshot_id in ec2_backends[self.account_id][source_region].snapshots:
+            return original_copy_snapshot(self, source_snapshot_id, source_region, description, kms_key_id)
+        # AWS: a snapshot of another account, if that account gave this one createVolumePermission.
+        for account, regions in list(ec2_backends.items()):
+            backend = regions.get(source_region) if account != self.account_id else None
+            source = backend.snapshots.get(source_snapshot_id) if backend is not None else None
+            if source is None:
+                continue
+            if not (
+                self.account_id in source.create_volume_permission_userids
+                or "all" in source.create_volume_permission_groups
+            ):
+                break
+            snapshot = Snapshot(
+                self,
+                random_snapshot_id(),
+                volume=source.volume,
+                description=description,
+                encrypted=source.encrypted,
+                kms_key_id=kms_key_id,
+            )
+            self.snapshots[snapshot.id] = snapshot
+            return snapshot
+        raise InvalidSnapshotIdError()
+
+    original_get_snapshot = RDSBackend.get_snapshot
+
+    def get_snapshot(self: Any, identifier: str, resource_type: Any, not_found_exception: Any) -> Any:
+        if identifier.startswith("arn:"):
+            region, account, _, name = split_arn(identifier)
+            if account != self.account_id:
+                # AWS: a snapshot of another account, by its ARN, if that account shared it ("restore" attribute).
+                snapshot = rds_backends[account][region].resource_map[resource_type].get(name)
+                if snapshot is None or not {self.account_id, "all"} & set(snapshot.attributes["restore"]):
+                    raise not_found_exception(identifier)
+                return snapshot
+        return original_get_snapshot(self, identifier, resource_type, not_found_exception)
+
+    stack.enter_context(mock.patch.object(STSBackend, "assume_role", assume_role))
+    stack.enter_context(mock.patch.object(EBSBackend, "copy_snapshot", copy_snapshot))
+    stack.enter_context(mock.patch.object(RDSBackend, "get_snapshot", get_snapshot))
+
+
+def _trusts(policy: Any, account: str) -> bool:
+    """Whether a role's trust policy lets principals of `account` assume it."""
+    document = json.loads(policy) if isinstance(policy, str) else policy
+    statements = document.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        actions = statement.get("Action", [])
+        actions = actions if isinstance(actions, list) else [actions]
+        principals = statement.get("Principal", {})
+        principals = principals.get("AWS", []) if isinstance(principals, dict) else [principals]
+        principals = principals if isinstance(principals, list) else [principals]
+        if statement.get("Effect") != "Allow" or not {"sts:AssumeRole", "sts:*", "*"} & set(actions):
+            continue
+        if any(p in (account, "*") or str(p).startswith(f"arn:aws:iam::{account}:") for p in principals):
+            return True
+    return False
 
 
 # --- the rehearsal world ----------------------------------------------------------------------------------------------
@@ -499,7 +598,10 @@ class Rehearsal:
     def __enter__(self) -> Rehearsal:
         from moto import mock_aws
 
+        from functions.clients.aws import forget_assumed
+
         set_fake_credentials()
+        forget_assumed()  # an assumed role's keys belong to the previous world's moto
         instance = self.project_config["instances"][0]
         home, database = instance["home"]["strategy"], instance["database"]["strategy"]
         template = synth_template(self.project_config)

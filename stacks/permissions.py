@@ -501,7 +501,7 @@ def copy_to_regions(
         return []
     statements: list[iam.PolicyStatement] = []
     ebs = [i for i in copying if isinstance(i.home, EbsHomeConfig)]
-    cross = [i for i in copying if any(t.role_arn for t in i.copies)]
+    cross = _cross_account(copying)
     local = _local_targets(copying)
     regions = sorted({t.region for _, t in local})
     if ebs:
@@ -524,36 +524,21 @@ def copy_to_regions(
                     conditions={"StringEquals": {"ec2:CreateAction": "CopySnapshot"}},
                 ),
             ]
-        if any(isinstance(i.home, EbsHomeConfig) for i in cross):
-            statements.append(
-                iam.PolicyStatement(
-                    actions=["ec2:ModifySnapshotAttribute"],
-                    resources=_snapshot_arns(stack, stack.region),
-                    conditions=_own(ebs),
-                )
-            )
     databases = [i for i in copying if isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig))]
     if databases:
         statements.append(
             iam.PolicyStatement(actions=["rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots"], resources=["*"])
         )
-        sources = sorted({a for i in databases for a in _db_snapshot_arns(stack, stack.region, i)})
         local_db = [(i, t) for i, t in local if i in databases]
         if local_db:
+            # The sources and copies of same-account targets only (a cross-account target's role copies its own).
             statements.append(
                 iam.PolicyStatement(
                     actions=["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot", "rds:AddTagsToResource"],
                     resources=sorted(
-                        set(sources) | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
+                        {a for i, _ in local_db for a in _db_snapshot_arns(stack, stack.region, i)}
+                        | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
                     ),
-                )
-            )
-        if any(i in databases for i in cross):
-            statements.append(
-                iam.PolicyStatement(
-                    actions=["rds:ModifyDBSnapshotAttribute", "rds:ModifyDBClusterSnapshotAttribute"],
-                    resources=sources,
-                    conditions=_own(databases),
                 )
             )
     if archive_bucket_arn and any(i.uses_archive for i, _ in local):
@@ -567,7 +552,7 @@ def copy_to_regions(
                 resources=_copied_archives(stack, local),
             ),
         ]
-    statements += _target_keys(copying) + _assume_roles(copying)
+    statements += _share_originals(stack, cross) + _target_keys(copying) + _assume_roles(copying)
     if local:
         # A source snapshot encrypted with a customer-managed key: read through EC2 or RDS only.
         statements += _snapshot_keys(stack, "ec2") + _snapshot_keys(stack, "rds")
@@ -607,6 +592,36 @@ def _target_keys(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     ]
 
 
+def _share_originals(stack: Stack, cross: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """Sharing this tool's source snapshots with a cross-account target's account (the copy step, before its role
+    copies them) and removing that share again (finalize once the copies are complete; the failure path and the
+    safety net when they keep the originals)."""
+    statements: list[iam.PolicyStatement] = []
+    ebs = [i for i in cross if isinstance(i.home, EbsHomeConfig)]
+    if ebs:
+        statements.append(
+            iam.PolicyStatement(
+                actions=["ec2:ModifySnapshotAttribute"],
+                resources=_snapshot_arns(stack, stack.region),
+                conditions=_own(ebs),
+            )
+        )
+    databases = [i for i in cross if isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig))]
+    if databases:
+        statements.append(
+            iam.PolicyStatement(
+                actions=["rds:ModifyDBSnapshotAttribute", "rds:ModifyDBClusterSnapshotAttribute"],
+                resources=sorted({a for i in databases for a in _db_snapshot_arns(stack, stack.region, i)}),
+                conditions=_own(databases),
+            )
+        )
+    return statements
+
+
+def _cross_account(instances: list[InstanceConfig]) -> list[InstanceConfig]:
+    return [i for i in instances if any(t.role_arn for t in i.copies)]
+
+
 def _assume_roles(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     roles = sorted({t.role_arn for i in instances for t in i.copies if t.role_arn})
     return [iam.PolicyStatement(actions=["sts:AssumeRole"], resources=roles)] if roles else []
@@ -616,7 +631,7 @@ def manage_own_copies(stack: Stack, instances: list[InstanceConfig]) -> list[iam
     """Finalize, the failure path and the safety net: list, re-tag and delete this tool's copies in the targets."""
     copying = [i for i in instances if i.copies]
     local = _local_targets(copying)
-    statements = _assume_roles(copying)
+    statements = _assume_roles(copying) + _share_originals(stack, _cross_account(copying))
     if not local:
         return statements
     regions = sorted({t.region for _, t in local})

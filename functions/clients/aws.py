@@ -59,6 +59,12 @@ def target_client(service: str, target: Any) -> Any:
     return made
 
 
+def forget_assumed() -> None:
+    """Drops the cached clients of assumed roles (a new process does: the rehearsal, per emulated world)."""
+    with _lock:
+        _assumed.clear()
+
+
 @contextmanager
 def clients_from(factory: Callable[[str, str | None], Any]) -> Iterator[None]:
     """Within this block, and in this thread only, `client()` returns `factory(service, region)`: the command line

@@ -165,6 +165,13 @@ class Strategy(ABC):
         """Starts one copy (sharing the source with the target's account first when that is another one)."""
         raise CopyFailed(f"copy-regions: {self.part} artifacts of this strategy cannot be copied to other regions")
 
+    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
+        """Removes the share of `original` with a cross-account target's account that start_copy added (least
+        exposure once the copy is complete). Idempotent; an original already gone counts as unshared. Returns whether
+        this kind of artifact is shared at all (archives are not: the target's role reads them through the bucket
+        policy). Raises ClientError."""
+        return False
+
     def copy_of(self, original: Artifact) -> Artifact | None:
         """The copy of `original` in this strategy's target, if one was started."""
         for found in self.artifacts(original.backup_id):

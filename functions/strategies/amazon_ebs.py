@@ -232,17 +232,33 @@ class EbsStrategy(Strategy):
             request["KmsKeyId"] = target.kms_key_id
         try:
             if target.account_id:
-                client("ec2").modify_snapshot_attribute(
-                    SnapshotId=original.id,
-                    Attribute="createVolumePermission",
-                    OperationType="add",
-                    UserIds=[target.account_id],
-                )
+                # The target's role copies from the source account: it must be allowed to read the original.
+                self._share(original, target.account_id, "add")
             copied = self.aws("ec2").copy_snapshot(**request)
         except ClientError as error:
             raise copy_refused(error, "CopySnapshot", original, target) from None
         logger.info(f"copying {original.id} to {target.label} as {copied['SnapshotId']}")
         return str(copied["SnapshotId"])
+
+    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
+        if not target.account_id:
+            return False
+        try:
+            self._share(original, target.account_id, "remove")
+        except ClientError as error:
+            if error_code(error) != "InvalidSnapshot.NotFound":  # deleted meanwhile: nothing is shared any more
+                raise
+        return True
+
+    @staticmethod
+    def _share(original: Artifact, account_id: str, operation: str) -> None:
+        """Adds or removes one account's permission to create volumes from (and so copy) the original."""
+        client("ec2").modify_snapshot_attribute(
+            SnapshotId=original.id,
+            Attribute="createVolumePermission",
+            OperationType=operation,
+            UserIds=[account_id],
+        )
 
     # --- restore: NEW volumes from the snapshots; existing volumes are never detached or deleted -------------------
 

@@ -100,8 +100,13 @@ class RdsStrategy(Strategy):
 
     def _snapshots(self) -> list[dict[str, Any]]:
         paginator = self.aws("rds").get_paginator(self._describe)
+        # A copy keeps its source's instance (cluster) identifier, but the API documents that filter as naming an
+        # existing instance, which a copy target has not: there the catalog tags alone select (see artifacts()).
+        request: dict[str, str] = {"SnapshotType": "manual"}
+        if self.target is None:
+            request[self._source_arg] = self.source_id
         found: list[dict[str, Any]] = []
-        for page in paginator.paginate(**{self._source_arg: self.source_id, "SnapshotType": "manual"}):
+        for page in paginator.paginate(**request):
             found.extend(page[self._snapshot_list])
         return found
 
@@ -153,6 +158,7 @@ class RdsStrategy(Strategy):
             if source and (source[0].get("Encrypted") or source[0].get("StorageEncrypted")):
                 request["KmsKeyId"] = target.kms_key_id
             if target.account_id:
+                # The target's role copies from the source account (by the original's ARN): share it first.
                 getattr(client("rds"), self._share)(
                     **{self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToAdd": [target.account_id]}
                 )
@@ -161,6 +167,18 @@ class RdsStrategy(Strategy):
             raise copy_refused(error, self._copy, original, target) from None
         logger.info(f"copying {original.id} to {target.label}")
         return original.id
+
+    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
+        if not target.account_id:
+            return False
+        request = {self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToRemove": [target.account_id]}
+        try:
+            getattr(client("rds"), self._share)(**request)
+        except ClientError as error:
+            # Deleted meanwhile: nothing is shared any more.
+            if error_code(error) not in ("DBSnapshotNotFound", "DBClusterSnapshotNotFoundFault"):
+                raise
+        return True
 
     # --- restore: a NEW DB instance from the snapshot; nothing existing is touched ---------------------------------
 

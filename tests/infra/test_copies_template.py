@@ -1,6 +1,7 @@
 """Disaster-recovery copies in the template: the copy step's place and error handling, its IAM (copy only this
-tool's resources into the configured regions, the configured keys and roles only), the archive bucket's grant to
-cross-account roles, cdk-nag; and the synth-time validation of copy targets."""
+tool's resources into the configured regions, the configured keys and roles only; share and unshare only this tool's
+originals, only for cross-account targets), the archive bucket's grant to cross-account roles, cdk-nag; and the
+synth-time validation of copy targets."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from typing import Any
 import pytest
 
 from functions.models.config import ConfigError, parse_instance_config, parse_project_config
-from functions.strategies import TOOL_TAG, TOOL_VALUE
+from functions.strategies import INSTANCE_TAG, TOOL_TAG, TOOL_VALUE
 from tests.infra.asl import happy_path
-from tests.infra.conftest import PROD, placeholder, resolve_join, state_machines_of
+from tests.infra.conftest import PROD, STAGING, placeholder, resolve_join, state_machines_of
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 DR_KEY = "arn:aws:kms:eu-central-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -55,6 +56,12 @@ ARCHIVES = {
     ],
 }
 
+# Snapshots (EBS + Aurora) copied into another account only.
+CROSS = {
+    **STAGING,
+    "copies": [{"region": "us-east-1", "account_id": REMOTE, "role_arn": REMOTE_ROLE, "kms_key_id": REMOTE_KEY}],
+}
+
 
 @pytest.fixture(scope="module")
 def synthesized() -> tuple[dict[str, Any], set[str | None]]:
@@ -63,7 +70,7 @@ def synthesized() -> tuple[dict[str, Any], set[str | None]]:
     from stacks import nag
     from stacks.app_builder import STACK_NAME, build_app
 
-    project = {"bundling": "none", "instances": [SNAPSHOTS, ARCHIVES]}
+    project = {"bundling": "none", "instances": [SNAPSHOTS, ARCHIVES, CROSS]}
     with tempfile.TemporaryDirectory() as outdir:
         app, stack = build_app(project, outdir=outdir, env=Environment(account=ACCOUNT, region=REGION), checks=True)
         app.synth()  # raises on any cdk-nag finding stacks/nag.py does not acknowledge
@@ -167,6 +174,28 @@ def test_copies_are_deleted_only_when_they_carry_the_tool_tag(synthesized: Any) 
         regions = {r for resources, _ in _allows(statements, "ec2:DeleteSnapshot", template) for r in resources}
         assert regions == {"arn:aws:ec2:eu-west-1::snapshot/*", "arn:aws:ec2:eu-central-1::snapshot/*"}
         assert _allows(statements, "sts:AssumeRole", template)
+
+
+def test_only_this_tools_originals_of_cross_account_instances_are_shared_and_unshared(synthesized: Any) -> None:
+    template, _ = synthesized
+    # The copy step shares; finalize unshares once the copies are complete; the failure path and the safety net
+    # unshare the originals they keep.
+    for function in ("CopyRegions", "Finalize", "HandleFailure", "SafetyNetFn"):
+        statements = _policies_of(template, function)
+        ((ebs, ebs_condition),) = _allows(statements, "ec2:ModifySnapshotAttribute", template)
+        assert ebs == ["arn:aws:ec2:eu-west-1::snapshot/*"], function
+        ((rds, rds_condition),) = _allows(statements, "rds:ModifyDBClusterSnapshotAttribute", template)
+        assert rds == ["arn:aws:rds:eu-west-1:123456789012:cluster-snapshot:staging-*"], function
+        for condition in (ebs_condition, rds_condition):
+            assert condition["StringEquals"][f"aws:ResourceTag/{TOOL_TAG}"] == TOOL_VALUE
+            assert condition["StringEquals"][f"aws:ResourceTag/{INSTANCE_TAG}"] in ("staging", ["staging"])
+        # prod copies within its own account only: its snapshots are never shared.
+        shared = {
+            r for resources, _ in _allows(statements, "rds:ModifyDBSnapshotAttribute", template) for r in resources
+        }
+        assert not any(":prod-" in r for r in shared), function
+    for function in ("CheckSnapshots", "Validate"):
+        assert not _allows(_policies_of(template, function), "ec2:ModifySnapshotAttribute", template), function
 
 
 def test_cross_account_role_may_read_the_archives(synthesized: Any) -> None:

@@ -47,12 +47,12 @@
 #   download    --bucket B --key K --file F [--version-id V] [--region R]
 #       aws s3api get-object into a temporary name, checked against the object's sha256 metadata if present, renamed
 #       to F when complete. An existing F is refused.
-#   drill-check [--home DIR [--sample N]] [--host H [--port 5432] --user U --dbname D [--tables T1,T2,...]
+#   drill-check [--home DIR [--sample N]] [--host H [--port 5432] --user U --dbname D --tables T1,T2,...
 #               [--password-secret ARN [--password-secret-key K]] [--region R]]
 #       The restore drill's checks of a restored copy. Home: `git fsck --full` on a random sample of N (default 5)
 #       repositories of DIR/shared/data/repositories (DIR: the restored Bitbucket home); a home without repositories
-#       passes with 0 checked. Database: connects to D and checks that every table of --tables (default
-#       sta_project,sta_repository,sta_normal_user) exists. Fails with 7 naming the first repository that fails fsck
+#       passes with 0 checked. Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
+#       project,repository,sta_normal_user) exists. Fails with 7 naming the first repository that fails fsck
 #       or the missing tables; 8 when the password is rejected, 5 when the server cannot be reached.
 #   version     The script version and which tools the host has (for the workflow's validation step).
 #
@@ -1250,11 +1250,11 @@ cmd_drill_check() {
         jhome="{\"repositories\": ${#repos[@]}, \"checked\": ${#names[@]}, \"fsck_ok\": $REPLY}"
     fi
     if [[ -n ${FLAG[dbname]:-} ]]; then
-        require host user
+        require host user tables
         need psql
         check_dbname "${FLAG[dbname]}"
         pg_conn_flags
-        local tables=${FLAG[tables]:-sta_project,sta_repository,sta_normal_user} err="$WORK/psql.err" found total
+        local tables=${FLAG[tables]} err="$WORK/psql.err" found total
         [[ $tables =~ ^[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*$ ]] || die 2 "--tables must be table names separated by commas"
         load_password
         FLAG[maintenance-db]=${FLAG[dbname]} # psql_maint connects to it: the restored database itself

@@ -183,6 +183,11 @@ class DrillConfig(_Strict):
     work_path: str = Field(default="/var/tmp/bitbucket-drill", pattern=_ABS_PATH)
     keep_on_failure: bool = False
     database: DrillDatabaseConfig | None = None
+    # Tables the restored database must have: Bitbucket's projects, repositories and users (adjust to your version's
+    # schema if it differs; the drill's failure message names the missing ones).
+    tables: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]] = Field(
+        default_factory=lambda: ["project", "repository", "sta_normal_user"], min_length=1
+    )
     command_timeout_seconds: int = Field(default=3600, ge=30, le=48 * 3600)
 
     @field_validator("schedule")

@@ -41,6 +41,22 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     return list(groups.values())
 
 
+def _apply(
+    fns: dict[str, lambda_.Function],
+    grants: dict[str, list[iam.PolicyStatement]],
+    publishers: tuple[str, ...],
+    notifications: Notifications,
+    key: kms.IKey,
+) -> None:
+    """Each function's statements; the publishers may also send to the topic (encrypted with the stack's key)."""
+    for name, statements in grants.items():
+        for statement in statements:
+            fns[name].add_to_role_policy(statement)
+    for name in publishers:
+        notifications.topic.grant_publish(fns[name])
+        key.grant_encrypt_decrypt(fns[name])
+
+
 class BackupStack(Stack):
     def __init__(self, scope: Construct, id: str, *, settings: StackSettings, **kwargs: object) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
@@ -285,12 +301,7 @@ class BackupStack(Stack):
             grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
         if self.archive_bucket is not None and any(i.uses_archive for i in instances):
             grants["validate"] = [*grants["validate"], *permissions.read_archives(self.archive_bucket.bucket_arn)]
-        for name, statements in grants.items():
-            for statement in statements:
-                fns[name].add_to_role_policy(statement)
-        for name in ("finish", "failure"):
-            notifications.topic.grant_publish(fns[name])
-            key.grant_encrypt_decrypt(fns[name])  # the topic is encrypted with the stack's key
+        _apply(fns, grants, ("finish", "failure"), notifications, key)
 
     def _grant_drill(
         self,
@@ -323,8 +334,4 @@ class BackupStack(Stack):
         }
         if self.archive_bucket is not None and any(i.uses_archive for i in instances):
             grants["finish"] += permissions.manage_own_archives(self.archive_bucket.bucket_arn, delete=False)
-        for name, statements in grants.items():
-            for statement in statements:
-                fns[name].add_to_role_policy(statement)
-        notifications.topic.grant_publish(fns["finish"])
-        key.grant_encrypt_decrypt(fns["finish"])
+        _apply(fns, grants, ("finish",), notifications, key)

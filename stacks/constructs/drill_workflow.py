@@ -18,7 +18,7 @@ from constructs import Construct
 
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
-from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
+from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
 
 class DrillWorkflow(Construct):
@@ -62,15 +62,13 @@ class DrillWorkflow(Construct):
         finish = self._task(
             "Record and tear down", "finish", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
         )
-        finish.add_catch(
-            sfn.Fail(
-                self,
-                "Teardown failed",
-                error="DrillTeardownFailed",
-                cause="the drill could not record its result or tear down its copy: look for resources tagged "
-                "bitbucket-backup:status=restoring of this instance and remove them by hand",
-            ),
-            errors=["States.ALL"],
+        last_resort(
+            self,
+            finish,
+            "Teardown failed",
+            error="DrillTeardownFailed",
+            cause="the drill could not record its result or tear down its copy: look for resources tagged "
+            "bitbucket-backup:status=restoring of this instance and remove them by hand",
             result_path="$.teardown_error",
         )
         finish.next(

@@ -53,6 +53,16 @@ def _search(metric: str, statistic: str) -> cw.MathExpression:
     )
 
 
+def _per_instance(metric: str, instance: str, period: Duration) -> cw.Metric:
+    return cw.Metric(
+        namespace=names.NAMESPACE,
+        metric_name=metric,
+        dimensions_map=names.dimensions(instance),
+        statistic="Maximum",
+        period=period,
+    )
+
+
 class Monitoring(Construct):
     def __init__(
         self,
@@ -127,13 +137,7 @@ class Monitoring(Construct):
                     "or the staleness check could not tell. Check the schedule, skipped and failed runs, and the "
                     "StalenessCheck function's log."
                 ),
-                metric=cw.Metric(
-                    namespace=names.NAMESPACE,
-                    metric_name=names.HOURS_SINCE_COMPLETE,
-                    dimensions_map=names.dimensions(instance.name),
-                    statistic="Maximum",
-                    period=STALENESS_PERIOD,
-                ),
+                metric=_per_instance(names.HOURS_SINCE_COMPLETE, instance.name, STALENESS_PERIOD),
                 threshold=limit,
                 evaluation_periods=STALENESS_PERIODS,
                 datapoints_to_alarm=STALENESS_PERIODS,
@@ -158,13 +162,7 @@ class Monitoring(Construct):
                     "restored copy failed its checks (the backup is tagged bitbucket-backup:verify-failed). The "
                     "drill's own notification names the step and the cause."
                 ),
-                metric=cw.Metric(
-                    namespace=names.NAMESPACE,
-                    metric_name=names.DRILL_FAILED,
-                    dimensions_map=names.dimensions(instance.name),
-                    statistic="Maximum",
-                    period=EXECUTION_PERIOD,
-                ),
+                metric=_per_instance(names.DRILL_FAILED, instance.name, EXECUTION_PERIOD),
                 threshold=1,
                 evaluation_periods=1,
                 comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,

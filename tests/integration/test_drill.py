@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from functions.drill import VERIFIED_TAG, VERIFY_FAILED_TAG
+from functions.models import metrics as names
 from functions.strategies import STATUS_TAG
 from rehearsal.hostworld import APP_PASSWORD, Postgres
 from rehearsal.runtime import Rehearsal, RunResult
 from tests.integration.conftest import World
+from tests.integration.test_monitoring import emf_records, run_record
 
 
 @pytest.fixture
@@ -148,19 +150,28 @@ def test_a_drill_whose_restore_fails_reports_once_and_leaves_nothing(
 
 
 def test_a_drill_without_a_complete_backup_fails(drill_world: Callable[..., World]) -> None:
-    w = drill_world()
-    result = w.r.run_drill()
+    w = drill_world(metrics=True)
+    with emf_records() as records:
+        result = w.r.run_drill()
     assert result.status == "FAILED" and "Failed: plan" in result.states_entered()
     assert "no complete backup" in str(result.cause)
     assert restore_executions(w.r) == []
     assert len(drill_notifications(w.r)) == 1
+    # The data point the drill-failed alarm watches.
+    record = run_record(records, names.DRILL_FAILED)
+    assert (
+        record["instance"] == "demo" and record[names.DRILL_FAILED] == [1.0] and record[names.DRILL_SUCCEEDED] == [0.0]
+    )
 
 
 def test_an_ebs_and_rds_drill_checks_availability_and_removes_the_copy(world_factory: Callable[..., World]) -> None:
-    w = world_factory(drill=True)
+    w = world_factory(drill=True, metrics=True)
     backup_id = backed_up(w)
-    result: RunResult = w.r.run_drill()
+    with emf_records() as records:
+        result: RunResult = w.r.run_drill()
     assert result.status == "SUCCEEDED", result.cause
+    record = run_record(records, names.DRILL_SUCCEEDED)
+    assert record[names.DRILL_SUCCEEDED] == [1.0] and record[names.DRILL_FAILED] == [0.0]
     assert result.output is not None and result.output["verified"] is True
     checks = " ".join(result.output["checks"])
     assert "volumes became available" in checks and "tables not checked" in checks

@@ -90,6 +90,7 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> Rest
         config=config,
         target=request.target,
         keep_on_failure=request.keep_on_failure,
+        drill=request.drill,
         parts=parts,
         restore_database="database" in parts,
         restore_home="home" in parts,
@@ -166,6 +167,8 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     created = {part: state[part] for part in plan.parts}
     for part in plan.parts:
+        if plan.drill:
+            break  # a drill's copy stays `restoring`: the drill checks it and then tears it down
         # From here on the restored resources are the operator's: the tool's IAM cannot delete `restored` ones.
         strategy_for(plan.config, part).restore_complete(plan.parts[part], created[part])
     results = dict(state.get("status", {}).get("parts", {}))
@@ -188,6 +191,9 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     }
     metrics.add_metric(name="RestoreSucceeded", unit="Count", value=1)
     _say(plan, f"backup {plan.backup_id} restored: {created_text(results)}")
+    if plan.drill:
+        # What the drill's teardown needs to remove exactly this copy (restore_cleanup of each part).
+        return summary | {"drill": {"parts": plan.parts, "created": created}}
     for number, line in enumerate(summary["next_steps"], 1):
         _say(plan, f"next step {number}: {line}")
     notify.publish(
@@ -303,6 +309,9 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, 
             actions.append("nothing had been created yet")
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
+    if plan.drill if plan else (raw_input or {}).get("drill") is True:
+        # The drill reports this failure (once); its message carries what was cleaned up.
+        return {"error": error, "cause": f"{message} (cleanup: {'; '.join(actions)})", "cleanup": actions}
     notify.publish(
         f"Bitbucket restore FAILED: {instance or 'unknown instance'} at step {step}",
         instance,

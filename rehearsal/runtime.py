@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
+from rehearsal.hostworld import APP_PASSWORD, TABLES, BitbucketHome, Postgres, build_home, local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_HANDLERS = ROOT / "functions" / "handlers"
@@ -64,9 +64,12 @@ def set_fake_credentials() -> None:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 
-def rehearsal_project_config(home: str = "amazon-ebs", database: str = "amazon-rds") -> dict[str, Any]:
+def rehearsal_project_config(
+    home: str = "amazon-ebs", database: str = "amazon-rds", drill: bool = False
+) -> dict[str, Any]:
     """What the rehearsal synthesizes: one instance 'demo' with placeholder ids, replaced at run time by the
-    ids of the resources created in moto (the definition does not depend on them)."""
+    ids of the resources created in moto (the definition does not depend on them). With drill, a weekly restore
+    drill (its drill host is created in moto, its Run Commands run in the local host)."""
     home_cfg: dict[str, Any] = {"strategy": "none"}
     if home == "amazon-ebs":
         home_cfg = {
@@ -108,6 +111,7 @@ def rehearsal_project_config(home: str = "amazon-ebs", database: str = "amazon-r
                 "database": db_cfg,
                 "keep_backups": 2,
                 "schedule": "rate(1 day)",
+                **({"drill": {"schedule": "rate(7 days)", "host_instance_id": "i-00000000000000000"}} if drill else {}),
             }
         ],
     }
@@ -391,6 +395,7 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
 
     stack.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
     stack.enter_context(mock.patch.object(EBSBackend, "create_snapshots", create_snapshots))
+    _patch_sfn_integration(stack)
     stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
     _patch_cross_account(stack)
 
@@ -507,6 +512,38 @@ def _trusts(policy: Any, account: str) -> bool:
     return False
 
 
+def _patch_sfn_integration(stack: contextlib.ExitStack) -> None:
+    """moto's interpreter passes a Step Functions task's parameters (`StateMachineArn`, `Input`) to boto3 as written,
+    and hands the responses (`executionArn`, `output`) back as boto3 returns them; AWS maps both between the state
+    language's PascalCase and the API's camelCase (the drill starts the restore with `startExecution.sync:2`)."""
+    from unittest import mock
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sfn
+
+    cls = state_task_service_sfn.StateTaskServiceSfn
+    original_parameters, original_eval = cls._normalise_parameters, cls._eval_service_task
+
+    def recase(value: Any, first: Callable[[str], str]) -> None:
+        if isinstance(value, dict):
+            for key in list(value):
+                value[first(key[0]) + key[1:]] = value.pop(key)
+
+    def normalise_parameters(self: Any, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        original_parameters(self, parameters, *args, **kwargs)
+        recase(parameters, str.lower)
+
+    def normalise_response(self: Any, response: Any, *args: Any, **kwargs: Any) -> None:
+        recase(response, str.upper)
+
+    def eval_service_task(self: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        original_eval(self, env, *args, **kwargs)
+        recase(env.stack[-1], str.upper)
+
+    stack.enter_context(mock.patch.object(cls, "_normalise_parameters", normalise_parameters))
+    stack.enter_context(mock.patch.object(cls, "_normalise_response", normalise_response))
+    stack.enter_context(mock.patch.object(cls, "_eval_service_task", eval_service_task))
+
+
 # --- the rehearsal world ----------------------------------------------------------------------------------------------
 
 
@@ -557,10 +594,11 @@ class Rehearsal:
         postgres: Postgres | None = None,
         project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
+        drill: bool = False,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
-        self.project_config = rehearsal_project_config(home, database) | (project_overrides or {})
+        self.project_config = rehearsal_project_config(home, database, drill) | (project_overrides or {})
         self.timing = {
             "poll_interval_seconds": 0,
             "drain_timeout_seconds": 30,
@@ -807,6 +845,21 @@ class Rehearsal:
             self.resources["postgres"] = f"{self.postgres.host}:{self.postgres.port}"
         if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
             self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
+        if "drill" in instance:
+            # A small host of its own, tagged as a restore target of the instance (archives are restored onto it).
+            drill_host = self._host_instance("drill")
+            self.client("ec2").create_tags(
+                Resources=[drill_host], Tags=[{"Key": "bitbucket-backup:restore-target", "Value": "demo"}]
+            )
+            self.instance_overrides.setdefault(
+                "drill",
+                {
+                    **instance["drill"],
+                    "host_instance_id": drill_host,
+                    "work_path": str(self.host.root / "drill"),
+                    "tables": TABLES[:3],  # the local PostgreSQL's Bitbucket-like schema
+                },
+            )
         if database["strategy"] == "amazon-rds":
             self.client("rds").create_db_instance(
                 DBInstanceIdentifier=database["instance_id"],
@@ -873,6 +926,14 @@ class Rehearsal:
     @property
     def restore_state_machine_arn(self) -> str:
         return next(arn for logical, arn in self.state_machines.items() if logical.startswith("Restore"))
+
+    @property
+    def drill_state_machine_arn(self) -> str:
+        return next(arn for logical, arn in self.state_machines.items() if logical.startswith("Drill"))
+
+    def run_drill(self, timeout: float = 300.0) -> RunResult:
+        """Runs the restore drill of the demo instance, as its schedule would."""
+        return self.wait(self.start({"instance": "demo"}, state_machine_arn=self.drill_state_machine_arn), timeout)
 
     def start(self, execution_input: Any = None, name: str | None = None, state_machine_arn: str | None = None) -> str:
         payload = execution_input if execution_input is not None else {"instance": "demo"}

@@ -18,6 +18,7 @@ from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConf
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
+from stacks.constructs.drill_workflow import DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.monitoring import MonitoredMachine, Monitoring
@@ -39,6 +40,22 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     for instance in instances:
         groups.setdefault(instance.network.key() if instance.network else "", []).append(instance)
     return list(groups.values())
+
+
+def _apply(
+    fns: dict[str, lambda_.Function],
+    grants: dict[str, list[iam.PolicyStatement]],
+    publishers: tuple[str, ...],
+    notifications: Notifications,
+    key: kms.IKey,
+) -> None:
+    """Each function's statements; the publishers may also send to the topic (encrypted with the stack's key)."""
+    for name, statements in grants.items():
+        for statement in statements:
+            fns[name].add_to_role_policy(statement)
+    for name in publishers:
+        notifications.topic.grant_publish(fns[name])
+        key.grant_encrypt_decrypt(fns[name])
 
 
 class BackupStack(Stack):
@@ -111,9 +128,6 @@ class BackupStack(Stack):
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])
             self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
-            Schedules(
-                self, f"Schedules{suffix}", instances=instances, state_machine=workflow.state_machine, slots=slots
-            )
             CfnOutput(
                 self,
                 f"BackupStateMachine{suffix}",
@@ -135,6 +149,34 @@ class BackupStack(Stack):
                 MonitoredMachine("Backup", workflow.state_machine, names),
                 MonitoredMachine("Restore", restore.state_machine, names),
             ]
+            drilled = [i for i in instances if i.drill]
+            drill = None
+            if drilled:
+                checks = max(i.drill.command_timeout_seconds for i in drilled if i.drill)
+                drill = DrillWorkflow(
+                    self,
+                    f"Drill{suffix}",
+                    factory=factory,
+                    restore=restore.state_machine,
+                    timeout=Duration.seconds(restore_timeout + checks + 3600),
+                    timing=settings.timing,
+                )
+                self._grant_drill(drill.functions, drilled, notifications, parameters, key)
+                machines.append(MonitoredMachine("Drill", drill.state_machine, [i.name for i in drilled]))
+                CfnOutput(
+                    self,
+                    f"DrillStateMachine{suffix}",
+                    value=drill.state_machine.state_machine_arn,
+                    description=f"Restore drill state machine for: {', '.join(i.name for i in drilled)}",
+                )
+            Schedules(
+                self,
+                f"Schedules{suffix}",
+                instances=instances,
+                state_machine=workflow.state_machine,
+                slots=slots,
+                drill_state_machine=drill.state_machine if drill else None,
+            )
             CfnOutput(
                 self,
                 f"RestoreStateMachine{suffix}",
@@ -261,12 +303,40 @@ class BackupStack(Stack):
             grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
         if self.archive_bucket is not None and any(i.uses_archive for i in instances):
             grants["validate"] = [*grants["validate"], *permissions.read_archives(self.archive_bucket.bucket_arn)]
-        for name, statements in grants.items():
-            for statement in statements:
-                fns[name].add_to_role_policy(statement)
-        for name in ("finish", "failure"):
-            notifications.topic.grant_publish(fns[name])
-            key.grant_encrypt_decrypt(fns[name])  # the topic is encrypted with the stack's key
+        _apply(fns, grants, ("finish", "failure"), notifications, key)
+
+    def _grant_drill(
+        self,
+        fns: dict[str, lambda_.Function],
+        instances: list[InstanceConfig],
+        notifications: Notifications,
+        parameters: InstanceConfigParameters,
+        key: kms.IKey,
+    ) -> None:
+        """The drill reads the catalog, runs its checks on the drill hosts, tags the backup's artifacts (never deletes
+        them) and tears down only what its restore created (still `restoring`, as the restore's failure path may)."""
+        for parameter in (parameters.parameters[i.name] for i in instances):
+            parameter.grant_read(fns["plan"])
+        catalog = permissions.describe(instances)
+        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
+            catalog = [*catalog, *permissions.read_archives(self.archive_bucket.bucket_arn)]
+        checks = permissions.drill_host_commands(self, instances)
+        grants = {
+            "plan": [*catalog, *permissions.restore_describe(instances)],
+            "check": checks,
+            "status": checks,
+            "finish": [
+                *catalog,
+                *checks,
+                *permissions.manage_own_snapshots(self, instances, delete=False),
+                *permissions.restore_describe(instances),
+                *permissions.remove_failed_restore(self, instances),
+                *permissions.restore_host_commands(self, instances),
+            ],
+        }
+        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
+            grants["finish"] += permissions.manage_own_archives(self.archive_bucket.bucket_arn, delete=False)
+        _apply(fns, grants, ("finish",), notifications, key)
 
 
 def _object_lock(lock: ArchiveObjectLock | None) -> dict[str, Any]:

@@ -144,8 +144,11 @@ def create_db_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[i
     return statements
 
 
-def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Re-tag and delete, only where the tool's marker tag is present and names one of these instances."""
+def manage_own_snapshots(
+    stack: Stack, instances: list[InstanceConfig], *, delete: bool = True
+) -> list[iam.PolicyStatement]:
+    """Re-tag and (unless delete=False: the restore drill's verified tags) delete, only where the tool's marker tag
+    is present and names one of these instances."""
     own = {
         "StringEquals": {
             f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
@@ -156,7 +159,7 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         statements.append(
             iam.PolicyStatement(
-                actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
+                actions=["ec2:CreateTags", *(["ec2:DeleteSnapshot"] if delete else [])],
                 resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
                 conditions=own,
             )
@@ -164,7 +167,10 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
         statements.append(
             iam.PolicyStatement(
-                actions=["rds:AddTagsToResource", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
+                actions=[
+                    "rds:AddTagsToResource",
+                    *(["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"] if delete else []),
+                ],
                 resources=[
                     stack.format_arn(
                         service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", "")
@@ -406,6 +412,10 @@ def host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.Pol
             if isinstance(part, RsyncHomeConfig | PostgresDatabaseConfig)
         }
     )
+    return _run_commands_on(stack, hosts)
+
+
+def _run_commands_on(stack: Stack, hosts: list[str]) -> list[iam.PolicyStatement]:
     if not hosts:
         return []
     return [
@@ -427,11 +437,11 @@ def read_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
     ]
 
 
-def manage_own_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
-    """Re-tagging and deleting archives: only objects carrying this tool's marker tag."""
+def manage_own_archives(bucket_arn: str, *, delete: bool = True) -> list[iam.PolicyStatement]:
+    """Re-tagging and (unless delete=False) deleting archives: only objects carrying this tool's marker tag."""
     return [
         iam.PolicyStatement(
-            actions=["s3:PutObjectTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+            actions=["s3:PutObjectTagging", *(["s3:DeleteObject", "s3:DeleteObjectVersion"] if delete else [])],
             resources=[f"{bucket_arn}/*"],
             conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
         ),
@@ -451,6 +461,18 @@ def restore_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list
             conditions=_restore_targets(instances, key="ssm:resourceTag"),
         ),
     ]
+
+
+def drill_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """The restore drill's checks: Run Command on the configured drill hosts only."""
+    hosts = sorted(
+        {
+            stack.format_arn(service="ec2", resource="instance", resource_name=i.drill.host_instance_id)
+            for i in instances
+            if i.drill and i.drill.host_instance_id
+        }
+    )
+    return _run_commands_on(stack, hosts)
 
 
 # --- disaster-recovery copies -----------------------------------------------------------------------------------------

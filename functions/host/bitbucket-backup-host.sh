@@ -47,6 +47,13 @@
 #   download    --bucket B --key K --file F [--version-id V] [--region R]
 #       aws s3api get-object into a temporary name, checked against the object's sha256 metadata if present, renamed
 #       to F when complete. An existing F is refused.
+#   drill-check [--home DIR [--sample N]] [--host H [--port 5432] --user U --dbname D --tables T1,T2,...
+#               [--password-secret ARN [--password-secret-key K]] [--region R]]
+#       The restore drill's checks of a restored copy. Home: `git fsck --full` on a random sample of N (default 5)
+#       repositories of DIR/shared/data/repositories (DIR: the restored Bitbucket home); a home without repositories
+#       passes with 0 checked. Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
+#       project,repository,sta_normal_user) exists. Fails with 7 naming the first repository that fails fsck
+#       or the missing tables; 8 when the password is rejected, 5 when the server cannot be reached.
 #   version     The script version and which tools the host has (for the workflow's validation step).
 #
 # On success every subcommand prints exactly one line of JSON on stdout (its summary) and nothing else; warnings
@@ -75,7 +82,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.1.0"
+VERSION="1.2.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -1212,10 +1219,77 @@ cmd_download() {
         "$VERSION" "$jf" "$bytes" "$actual" "$([[ -n $expected ]] && echo true || echo false)"
 }
 
+cmd_drill_check() {
+    parse_flags "home sample host port user dbname tables password-secret password-secret-key region" "" "$@"
+    local home=${FLAG[home]:-} sample=${FLAG[sample]:-5}
+    [[ -n $home || -n ${FLAG[dbname]:-} ]] || die 2 "nothing to check: give --home and/or --dbname"
+    is_uint "$sample" || die 2 "--sample must be a number"
+    make_work
+    local start jhome="null" jdb="null"
+    start=$(now_ns)
+    if [[ -n $home ]]; then
+        need git shuf
+        [[ -d $home ]] || die 3 "the restored home does not exist: $home"
+        local -a repos=() picked=() names=()
+        local dir
+        for dir in "$home"/shared/data/repositories/*/; do
+            [[ ${dir%/} =~ /[0-9]+$ ]] && repos+=("${dir%/}")
+        done
+        if ((${#repos[@]} > 0 && sample > 0)); then
+            mapfile -t picked < <(printf '%s\n' "${repos[@]}" | shuf -n "$sample")
+        fi
+        for dir in "${picked[@]}"; do
+            # A restored home belongs to Bitbucket's user, not to the one running the check.
+            if ! git -c safe.directory='*' -C "$dir" fsck --full --no-progress >"$WORK/fsck.out" 2>"$WORK/fsck.err"; then
+                tail_of "$WORK/fsck.err"
+                die 7 "git fsck failed for repository ${dir##*/}: $REPLY"
+            fi
+            names+=("${dir##*/}")
+        done
+        jarr "${names[@]}"
+        jhome="{\"repositories\": ${#repos[@]}, \"checked\": ${#names[@]}, \"fsck_ok\": $REPLY}"
+    fi
+    if [[ -n ${FLAG[dbname]:-} ]]; then
+        require host user tables
+        need psql
+        check_dbname "${FLAG[dbname]}"
+        pg_conn_flags
+        local tables=${FLAG[tables]} err="$WORK/psql.err" found total
+        [[ $tables =~ ^[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*$ ]] || die 2 "--tables must be table names separated by commas"
+        load_password
+        FLAG[maintenance-db]=${FLAG[dbname]} # psql_maint connects to it: the restored database itself
+        if ! found=$(printf "SELECT string_agg(table_name::text, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') AND table_name = ANY (string_to_array(:'wanted', ','));\n" |
+            psql_maint -v wanted="$tables" 2>"$err"); then
+            tail_of "$err"
+            pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
+            die 5 "cannot query database ${FLAG[dbname]} on ${FLAG[host]}:${FLAG[port]:-5432}: $REPLY"
+        fi
+        total=$(printf "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema');\n" |
+            psql_maint 2>"$err") || total=0
+        local -a want=() have=() missing=()
+        IFS=, read -r -a want <<<"$tables"
+        IFS=, read -r -a have <<<"$found"
+        local t
+        for t in "${want[@]}"; do
+            [[ ",$found," == *",$t,"* ]] || missing+=("$t")
+        done
+        ((${#missing[@]} == 0)) || die 7 "database ${FLAG[dbname]} lacks Bitbucket's tables: ${missing[*]}"
+        local jname jfound
+        jstr "${FLAG[dbname]}"
+        jname=$REPLY
+        jarr "${have[@]}"
+        jfound=$REPLY
+        jdb="{\"dbname\": $jname, \"tables_found\": $jfound, \"tables_total\": ${total:-0}}"
+    fi
+    seconds_since "$start"
+    printf '{"subcommand": "drill-check", "version": "%s", "home": %s, "database": %s, "seconds": %s}\n' \
+        "$VERSION" "$jhome" "$jdb" "$REPLY"
+}
+
 main() {
     (($#)) || {
         SUB=""
-        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, version); see --help"
+        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, drill-check, version); see --help"
     }
     SUB=$1
     shift
@@ -1229,6 +1303,7 @@ main() {
         extract) cmd_extract "$@" ;;
         upload) cmd_upload "$@" ;;
         download) cmd_download "$@" ;;
+        drill-check) cmd_drill_check "$@" ;;
         version | --version) SUB=version && cmd_version "$@" ;;
         help | --help | -h) usage ;;
         *)

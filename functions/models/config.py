@@ -165,6 +165,45 @@ class ArchiveConfig(_Strict):
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
 
+class DrillDatabaseConfig(_Strict):
+    """RDS/Aurora: how the drill logs in to the restored copy (a restore keeps the original's master credentials)."""
+
+    secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
+    user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    dbname: str = Field(default="bitbucket", pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+
+
+class DrillConfig(_Strict):
+    """The scheduled restore drill: restore the newest complete backup into throw-away resources, check them on a
+    small drill host through SSM (the database answers and has Bitbucket's tables, a sample of the repositories
+    passes git fsck), tag the backup verified (or verify-failed), tear everything down."""
+
+    schedule: str
+    # The host that runs the checks (SSM agent, psql, git, the AWS CLI); archives are restored onto it. Required when
+    # anything is checked on a host: a rsync home, a postgresql database, or an RDS/Aurora one with `database`.
+    host_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
+    sample_repositories: int = Field(default=5, ge=0, le=1000)
+    work_path: str = Field(default="/var/tmp/bitbucket-drill", pattern=_ABS_PATH)
+    keep_on_failure: bool = False
+    database: DrillDatabaseConfig | None = None
+    # Tables the restored database must have: Bitbucket's projects, repositories and users (adjust to your version's
+    # schema if it differs; the drill's failure message names the missing ones).
+    tables: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]] = Field(
+        default_factory=lambda: ["project", "repository", "sta_normal_user"], min_length=1
+    )
+    command_timeout_seconds: int = Field(default=3600, ge=30, le=48 * 3600)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, schedule: str) -> str:
+        if not SCHEDULE.match(schedule) or schedule.startswith("at("):
+            raise ValueError(f"'{schedule}' is not an EventBridge Scheduler cron(…) or rate(…)")
+        problem = schedule_problem(schedule)
+        if problem:
+            raise ValueError(f"'{schedule}': {problem}")
+        return schedule
+
+
 REGION = r"^[a-z]{2}(-[a-z]+)+-\d$"
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/[A-Za-z0-9-]+$")
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/[A-Za-z0-9+=,.@_/-]{1,512}$")
@@ -298,6 +337,8 @@ class InstanceConfig(_Strict):
     # the schedule (see staleness_limit_hours). A fixed minute offset of the schedule (default: staggered by the stack).
     max_backup_age_hours: int | None = Field(default=None, ge=0, le=24 * 366)
     schedule_offset_minutes: int | None = Field(default=None, ge=0, le=59)
+    # The scheduled restore drill (see DrillConfig); none by default.
+    drill: DrillConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -397,6 +438,29 @@ class InstanceConfig(_Strict):
                     f"copies: {target.label}: kms_key_id (a key in {target.region}) is required, a cross-region "
                     "copy of an encrypted RDS/Aurora snapshot needs a key of the destination region"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _drill(self) -> InstanceConfig:
+        drill = self.drill
+        if drill is None:
+            return self
+        if drill.database is not None and self.database.strategy not in ("amazon-rds", "amazon-aurora"):
+            raise ValueError(
+                f"drill.database applies to amazon-rds and amazon-aurora only; the drill checks a "
+                f"{self.database.strategy} database with the instance's own settings"
+            )
+        needs_host = [
+            what
+            for what, needed in (
+                ("the rsync home (git fsck)", self.home.strategy == "rsync"),
+                ("the postgresql database (tables)", self.database.strategy == "postgresql"),
+                ("the restored database (drill.database)", drill.database is not None),
+            )
+            if needed
+        ]
+        if needs_host and drill.host_instance_id is None:
+            raise ValueError(f"drill.host_instance_id is required to check {' and '.join(needs_host)}")
         return self
 
     def keep_copies(self, target: CopyTarget) -> int:

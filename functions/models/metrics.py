@@ -15,6 +15,9 @@ LOCK_WINDOW = "LockWindowSeconds"
 DRAIN = "DrainSeconds"
 DURATION = "BackupDurationSeconds"
 BACKUP_SIZE = "BackupSizeGigabytes"
+# One data point per restore drill (functions.drill), 1 or 0 each.
+DRILL_SUCCEEDED = "DrillSucceeded"
+DRILL_FAILED = "DrillFailed"
 # From the staleness check, every CHECK_INTERVAL_MINUTES, whether or not any backup ran.
 HOURS_SINCE_COMPLETE = "HoursSinceLastCompleteBackup"
 CHECK_INTERVAL_MINUTES = 60

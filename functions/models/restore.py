@@ -90,6 +90,9 @@ class RestoreInput(_Strict):
     backup_id: str = Field(min_length=1, max_length=128)
     target: RestoreTarget
     keep_on_failure: bool = False
+    # Set by the restore drill (functions.drill): the restored resources stay `restoring` (so the drill's teardown
+    # may delete them), and the restore sends no notification of its own (the drill reports once).
+    drill: bool = False
 
 
 class _Event(BaseModel):
@@ -106,6 +109,7 @@ class RestorePlan(_Event):
     config: InstanceConfig
     target: RestoreTarget
     keep_on_failure: bool = False
+    drill: bool = False
     # Per part ("database", "home"): what the strategy resolved (snapshot ids, names, classes, volumes ...).
     parts: dict[str, dict[str, Any]]
     restore_database: bool

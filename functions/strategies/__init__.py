@@ -192,7 +192,11 @@ class Strategy(ABC):
         """This instance's artifacts of this strategy (of one backup, or all), found by the catalog tags."""
 
     @abstractmethod
-    def set_status(self, artifact: Artifact, status: str) -> None: ...
+    def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
+        """Adds (or overwrites) tags on one of this tool's artifacts."""
+
+    def set_status(self, artifact: Artifact, status: str) -> None:
+        self.tag(artifact, {STATUS_TAG: status})
 
     @abstractmethod
     def delete(self, artifact: Artifact) -> None: ...

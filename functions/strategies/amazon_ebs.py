@@ -207,8 +207,8 @@ class EbsStrategy(Strategy):
                 )
         return sorted(found, key=lambda a: (a.backup_id, a.details.get("device", ""), a.id))
 
-    def set_status(self, artifact: Artifact, status: str) -> None:
-        self.aws("ec2").create_tags(Resources=[artifact.id], Tags=[{"Key": STATUS_TAG, "Value": status}])
+    def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
+        self.aws("ec2").create_tags(Resources=[artifact.id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
     def delete(self, artifact: Artifact) -> None:
         # Deleting a copy still in progress cancels it.

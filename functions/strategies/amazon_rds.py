@@ -135,10 +135,8 @@ class RdsStrategy(Strategy):
             )
         return sorted(found, key=lambda a: a.backup_id)
 
-    def set_status(self, artifact: Artifact, status: str) -> None:
-        self.aws("rds").add_tags_to_resource(
-            ResourceName=artifact.details["arn"], Tags=[{"Key": STATUS_TAG, "Value": status}]
-        )
+    def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
+        self.aws("rds").add_tags_to_resource(ResourceName=artifact.details["arn"], Tags=_tag_list(tags))
 
     def delete(self, artifact: Artifact) -> None:
         getattr(self.aws("rds"), self._delete)(**{self._snapshot_arg: artifact.id})

@@ -171,13 +171,13 @@ class HostCopyStrategy(Strategy):
                 )
         return sorted(found, key=lambda a: (a.backup_id, a.id))
 
-    def set_status(self, artifact: Artifact, status: str) -> None:
+    def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
         s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
-        tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
-        if not is_ours(tags, self.instance.name):
+        current = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+        if not is_ours(current, self.instance.name):
             raise BackupError(f"{artifact.id} does not carry this tool's tags: not re-tagged")
-        tags[STATUS_TAG] = status
+        tags = current | tags
         s3.put_object_tagging(
             Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
         )

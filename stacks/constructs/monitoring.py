@@ -4,6 +4,7 @@
 - Each instance with a staleness limit (config `max_backup_age_hours`, by default derived from its schedule) has an
   alarm on HoursSinceLastCompleteBackup, which the check publishes every hour whether or not a backup ran. Missing
   data counts as breaching: a check that stops running, or cannot read an instance's catalog, alarms too.
+- Each instance with a restore drill has an alarm on DrillFailed (published by every drill, 1 when it failed).
 - The dashboard uses SEARCH expressions over the per-instance metrics, so its size does not grow with the fleet.
 """
 
@@ -36,7 +37,7 @@ ALARMS_PER_STATUS_WIDGET = 100  # CloudWatch's limit for one alarm status widget
 
 @dataclass(frozen=True)
 class MonitoredMachine:
-    kind: str  # Backup | Restore
+    kind: str  # Backup | Restore | Drill
     state_machine: sfn.StateMachine
     instances: list[str]
 
@@ -49,6 +50,16 @@ def _search(metric: str, statistic: str) -> cw.MathExpression:
         expression=f"SEARCH('{schema} MetricName=\"{metric}\"', '{statistic}', {period})",
         label="${PROP('Dim.instance')}",  # CloudWatch's dynamic label: the line's instance
         period=STALENESS_PERIOD,
+    )
+
+
+def _per_instance(metric: str, instance: str, period: Duration) -> cw.Metric:
+    return cw.Metric(
+        namespace=names.NAMESPACE,
+        metric_name=metric,
+        dimensions_map=names.dimensions(instance),
+        statistic="Maximum",
+        period=period,
     )
 
 
@@ -126,13 +137,7 @@ class Monitoring(Construct):
                     "or the staleness check could not tell. Check the schedule, skipped and failed runs, and the "
                     "StalenessCheck function's log."
                 ),
-                metric=cw.Metric(
-                    namespace=names.NAMESPACE,
-                    metric_name=names.HOURS_SINCE_COMPLETE,
-                    dimensions_map=names.dimensions(instance.name),
-                    statistic="Maximum",
-                    period=STALENESS_PERIOD,
-                ),
+                metric=_per_instance(names.HOURS_SINCE_COMPLETE, instance.name, STALENESS_PERIOD),
                 threshold=limit,
                 evaluation_periods=STALENESS_PERIODS,
                 datapoints_to_alarm=STALENESS_PERIODS,
@@ -142,6 +147,29 @@ class Monitoring(Construct):
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)
             self.staleness_alarms[instance.name] = alarm
+
+        # A failed restore drill: its backup could not be restored, or the copy failed its checks.
+        self.drill_alarms: dict[str, cw.Alarm] = {}
+        for instance in instances:
+            if instance.drill is None:
+                continue
+            alarm = cw.Alarm(
+                self,
+                f"DrillFailed-{instance.name}",
+                alarm_name=f"{stack.stack_name}-{instance.name}-restore-drill-failed",
+                alarm_description=(
+                    f"The restore drill of '{instance.name}' failed: its newest backup did not restore, or the "
+                    "restored copy failed its checks (the backup is tagged bitbucket-backup:verify-failed). The "
+                    "drill's own notification names the step and the cause."
+                ),
+                metric=_per_instance(names.DRILL_FAILED, instance.name, EXECUTION_PERIOD),
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            )
+            alarm.add_alarm_action(action)
+            self.drill_alarms[instance.name] = alarm
 
         self.dashboard = self._dashboard(stack, instances, machines)
 
@@ -182,7 +210,11 @@ class Monitoring(Construct):
             width=24,
             height=3,
         )
-        alarms: list[cw.Alarm] = [*self.execution_alarms, *self.staleness_alarms.values()]
+        alarms: list[cw.Alarm] = [
+            *self.execution_alarms,
+            *self.staleness_alarms.values(),
+            *self.drill_alarms.values(),
+        ]
         status = [
             cw.AlarmStatusWidget(
                 title="Alarms" if n == 0 else f"Alarms ({n // ALARMS_PER_STATUS_WIDGET + 1})",
@@ -221,6 +253,7 @@ class Monitoring(Construct):
             graph("Drain time", names.DRAIN, "Maximum", "seconds"),
             graph("Total duration", names.DURATION, "Maximum", "seconds"),
             graph("Size copied", names.BACKUP_SIZE, "Maximum", "GB"),
+            *([graph("Restore drills failed", names.DRILL_FAILED, "Sum", "drills")] if self.drill_alarms else []),
         ]
         return cw.Dashboard(
             self,

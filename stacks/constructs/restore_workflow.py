@@ -18,7 +18,7 @@ from constructs import Construct
 
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
-from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
+from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
 # A target instance that was just started needs a minute or two before its SSM agent takes commands.
 MOUNT_RETRY_INTERVAL_FACTOR = 5
@@ -102,15 +102,13 @@ class RestoreWorkflow(Construct):
         handle = self._task(
             "Handle restore failure", "failure", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
         )
-        handle.add_catch(
-            sfn.Fail(
-                self,
-                "Cleanup failed",
-                error="CleanupFailed",
-                cause="the restore's failure path itself failed: look for resources tagged "
-                "bitbucket-backup:restore-execution with this execution's ARN and remove them by hand",
-            ),
-            errors=["States.ALL"],
+        last_resort(
+            self,
+            handle,
+            "Cleanup failed",
+            error="CleanupFailed",
+            cause="the restore's failure path itself failed: look for resources tagged "
+            "bitbucket-backup:restore-execution with this execution's ARN and remove them by hand",
             result_path="$.cleanup_error",
         )
         handle.next(sfn.Fail(self, "Restore failed", error_path="$.outcome.error", cause_path="$.outcome.cause"))

@@ -1,4 +1,5 @@
-"""One EventBridge Scheduler schedule per instance that has one, starting the backup with {"instance": name}.
+"""One EventBridge Scheduler schedule per instance that has one, starting the backup with {"instance": name}; and one
+per instance with a restore drill, starting the drill state machine the same way.
 
 A fleet often gives every instance the same schedule. Started in the same minute, fifty backups would call
 CreateSnapshots and CreateDBSnapshot at once and meet the snapshot APIs' rate limits, so `plan` staggers instances
@@ -78,26 +79,49 @@ class Schedules(Construct):
         instances: list[InstanceConfig],
         state_machine: sfn.IStateMachine,
         slots: dict[str, Slot] | None = None,
+        drill_state_machine: sfn.IStateMachine | None = None,
     ) -> None:
         super().__init__(scope, id)
         slots = slots if slots is not None else plan(instances)
         self.schedules = [
-            scheduler.Schedule(
-                self,
-                f"Backup-{instance.name}",
-                schedule=scheduler.ScheduleExpression.expression(
-                    slots[instance.name].expression, TimeZone.of(slots[instance.name].timezone)
-                ),
-                target=targets.StepFunctionsStartExecution(
-                    state_machine, input=scheduler.ScheduleTargetInput.from_object({"instance": instance.name})
-                ),
-                time_window=(
-                    scheduler.TimeWindow.flexible(Duration.minutes(slots[instance.name].flexible_minutes))
-                    if slots[instance.name].flexible_minutes
-                    else scheduler.TimeWindow.off()
-                ),
-                description=f"Bitbucket DIY backup of '{instance.name}'",
-            )
-            for instance in instances
-            if instance.name in slots
+            _start(self, f"Backup-{i.name}", slots[i.name], state_machine, i.name, backup_description(i.name))
+            for i in instances
+            if i.name in slots
         ]
+        # The restore drills (one per instance that has one), each on its own expression: one drill a day or week
+        # restores one backup, which does not meet the snapshot APIs' rate limits.
+        self.drills = [
+            _start(
+                self,
+                f"Drill-{i.name}",
+                Slot(i.drill.schedule, i.schedule_timezone),
+                drill_state_machine,
+                i.name,
+                f"Bitbucket DIY restore drill of '{i.name}'",
+            )
+            for i in instances
+            if i.drill and drill_state_machine is not None
+        ]
+
+
+def backup_description(instance: str) -> str:
+    return f"Bitbucket DIY backup of '{instance}'"
+
+
+def _start(
+    scope: Construct, id: str, slot: Slot, state_machine: sfn.IStateMachine, instance: str, description: str
+) -> scheduler.Schedule:
+    return scheduler.Schedule(
+        scope,
+        id,
+        schedule=scheduler.ScheduleExpression.expression(slot.expression, TimeZone.of(slot.timezone)),
+        target=targets.StepFunctionsStartExecution(
+            state_machine, input=scheduler.ScheduleTargetInput.from_object({"instance": instance})
+        ),
+        time_window=(
+            scheduler.TimeWindow.flexible(Duration.minutes(slot.flexible_minutes))
+            if slot.flexible_minutes
+            else scheduler.TimeWindow.off()
+        ),
+        description=description,
+    )

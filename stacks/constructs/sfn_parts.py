@@ -71,3 +71,10 @@ def standard_state_machine(
         logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False),
         comment=comment,
     )
+
+
+def last_resort(
+    scope: Construct, task: tasks.LambdaInvoke, id: str, *, error: str, cause: str, result_path: str
+) -> None:
+    """When a failure path's own step fails: the execution fails with `error` and says what to check by hand."""
+    task.add_catch(sfn.Fail(scope, id, error=error, cause=cause), errors=["States.ALL"], result_path=result_path)

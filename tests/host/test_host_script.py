@@ -682,3 +682,57 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert workflow["archive_bytes"] > 0
     assert "second pass" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["bench-rsync.json"]  # generated homes are removed
+
+
+# --- drill-check: the restore drill's checks of a restored copy -------------------------------------------------------
+
+
+def _corrupt_one_object(repo: Path) -> None:
+    """Overwrite the middle of one loose object (or the pack): git fsck --full must notice."""
+    objects = sorted(p for p in (repo / "objects").rglob("*") if p.is_file() and p.parent.name not in ("info",))
+    target = next(p for p in objects if p.suffix in ("", ".pack") and p.stat().st_size > 40)
+    target.chmod(0o644)
+    data = bytearray(target.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = b"\0CORRUPT"
+    target.write_bytes(bytes(data))
+
+
+def test_drill_check_fscks_a_sample_of_repositories(home: BitbucketHome) -> None:
+    everything = run("drill-check", "--home", home.root, "--sample", "10").ok()
+    assert everything["home"]["repositories"] == 5 and everything["home"]["checked"] == 5
+    assert sorted(everything["home"]["fsck_ok"], key=int) == [str(i) for i in sorted(home.repo_ids)]
+    assert everything["database"] is None
+    two = run("drill-check", "--home", home.root, "--sample", "2").ok()
+    assert two["home"]["checked"] == 2 and set(two["home"]["fsck_ok"]) <= {str(i) for i in home.repo_ids}
+
+    _corrupt_one_object(home.repo(3))
+    result = run("drill-check", "--home", home.root, "--sample", "10")
+    result.assert_error(EXIT_CHECKSUM, "drill-check")
+    assert "repository 3" in result.stderr
+
+    empty = home.root.parent / "empty-home"
+    empty.mkdir()
+    assert run("drill-check", "--home", empty).ok()["home"] == {"repositories": 0, "checked": 0, "fsck_ok": []}
+    run("drill-check", "--home", home.root.parent / "missing").assert_error(EXIT_MISSING, "drill-check")
+    run("drill-check").assert_error(EXIT_USAGE, "drill-check")
+
+
+def test_drill_check_finds_bitbucket_tables_with_the_secret_free_password(postgres: Postgres) -> None:
+    conn = postgres.conn_args()
+    wanted = ["--tables", "sta_project,sta_repository,sta_normal_user"]
+    found = run("drill-check", *conn, "--dbname", "bitbucket", *wanted, env=pg_env()).ok()
+    assert found["database"]["dbname"] == "bitbucket"
+    assert found["database"]["tables_found"] == ["sta_normal_user", "sta_project", "sta_repository"]
+    assert found["database"]["tables_total"] == len(TABLES)
+    assert found["home"] is None
+
+    missing = run("drill-check", *conn, "--dbname", "bitbucket", "--tables", "sta_project,sta_no_such", env=pg_env())
+    missing.assert_error(EXIT_CHECKSUM, "drill-check")
+    assert "sta_no_such" in missing.stderr and "sta_project" not in missing.stderr.split("tables:")[-1]
+
+    wrong = run("drill-check", *conn, "--dbname", "bitbucket", *wanted, env=pg_env("not-the-password"))
+    wrong.assert_error(EXIT_AUTH, "drill-check")
+    assert "not-the-password" not in wrong.stderr
+    run("drill-check", *conn, "--dbname", "bitbucket", "--password", "x").assert_error(EXIT_USAGE, "drill-check")
+    run("drill-check", *conn, "--dbname", "bitbucket", env=pg_env()).assert_error(EXIT_USAGE, "drill-check")

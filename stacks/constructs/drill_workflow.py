@@ -1,0 +1,134 @@
+"""The restore drill state machine (functions.drill) and its Lambdas.
+
+plan → the restore state machine (`startExecution.sync:2`, input with `drill: true`) → start the checks on the drill
+host → check until done (bounded by the command's timeout) → record the result on the backup, tear the copy down,
+metric and notice. Every failure goes to the same finish step (it records `verify-failed` and tears down too), and
+the execution then fails, so a failed drill shows as a failed execution as well as in the DrillFailed metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from stacks.constructs.backup_workflow import WorkflowTiming
+from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
+
+
+class DrillWorkflow(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        factory: FunctionFactory,
+        restore: sfn.IStateMachine,
+        timeout: Duration,
+        timing: WorkflowTiming | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        self._timing = timing or WorkflowTiming()
+        self._restore = restore
+        h = "functions.handlers.drill"
+        self.functions: dict[str, lambda_.Function] = {
+            name: factory.make(f"Drill{name.title()}", f"{h}.{entry}", timeout_s=seconds, description=f"drill: {name}")
+            for name, entry, seconds in (
+                ("plan", "plan", 120),
+                ("check", "start_checks", 240),
+                ("status", "check_status", 60),
+                ("finish", "finish", 900),
+            )
+        }
+        self.state_machine = standard_state_machine(
+            self,
+            self._definition(),
+            name=None,
+            timeout=timeout,
+            comment="Bitbucket DIY restore drill: restore the newest backup into throw-away resources, check, remove",
+        )
+
+    def _task(self, id: str, fn: str, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
+        return lambda_task(
+            self, id, self.functions[fn], payload, result_path, retry_interval_s=self._timing.retry_interval_s
+        )
+
+    def _definition(self) -> sfn.IChainable:
+        finish = self._task(
+            "Record and tear down", "finish", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
+        )
+        last_resort(
+            self,
+            finish,
+            "Teardown failed",
+            error="DrillTeardownFailed",
+            cause="the drill could not record its result or tear down its copy: look for resources tagged "
+            "bitbucket-backup:status=restoring of this instance and remove them by hand",
+            result_path="$.teardown_error",
+        )
+        finish.next(
+            sfn.Choice(self, "Verified?")
+            .when(
+                sfn.Condition.boolean_equals("$.outcome.verified", True),
+                sfn.Succeed(self, "Drill passed", output_path="$.outcome"),
+            )
+            .otherwise(sfn.Fail(self, "Drill failed", error="DrillFailed", cause_path="$.outcome.cause"))
+        )
+
+        notes: dict[str, sfn.Pass] = {}
+
+        def catch(task: sfn.TaskStateBase, step: str) -> None:
+            if step not in notes:
+                notes[step] = sfn.Pass(
+                    self,
+                    f"Failed: {step}",
+                    parameters={
+                        "state.$": "$",
+                        "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+                    },
+                )
+                notes[step].next(finish)
+            task.add_catch(notes[step], errors=["States.ALL"], result_path="$.failure")
+
+        plan = self._task(
+            "Pick the newest backup", "plan", {"input.$": "$.input", "execution.$": "$$.Execution.Id"}, "$.plan"
+        )
+        catch(plan, "plan")
+        restore = tasks.StepFunctionsStartExecution(
+            self,
+            "Restore into throw-away resources",
+            state_machine=self._restore,
+            integration_pattern=sfn.IntegrationPattern.RUN_JOB,
+            input=sfn.TaskInput.from_json_path_at("$.plan.restore"),
+            result_selector={"output.$": "$.Output", "execution.$": "$.ExecutionArn"},
+            result_path="$.restored",
+        )
+        catch(restore, "restore")
+        start_checks = self._task(
+            "Start the checks", "check", {"plan.$": "$.plan", "restored.$": "$.restored.output"}, "$.check"
+        )
+        catch(start_checks, "check")
+        checking = {"plan.$": "$.plan", "check.$": "$.check"}
+        status = self._task("Check the restored copy", "status", checking, "$.checked")
+        catch(status, "check")
+        interval = sfn.WaitTime.seconds_path("$.plan.config.timing.host_poll_interval_seconds")
+        wait = sfn.Wait(self, "Wait for the checks", time=interval)
+        passed = sfn.Pass(self, "Checks passed", parameters={"state.$": "$", "failure": {}})
+        passed.next(finish)
+        status.next(
+            sfn.Choice(self, "Checks done?")
+            .when(sfn.Condition.boolean_equals("$.checked.done", True), passed)
+            .otherwise(wait.next(status))
+        )
+        start_checks.next(
+            sfn.Choice(self, "Anything to check on the host?")
+            .when(sfn.Condition.is_not_null("$.check.command"), status)
+            .otherwise(passed)
+        )
+        start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
+        return start.next(plan).next(restore).next(start_checks)

@@ -240,6 +240,8 @@ def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
                 "parts": parts,
                 "missing_parts": missing,
                 "size_gb": sizes,
+                # The newest restore drill's verdict on any part of it (the drill tags every part alike).
+                "verified": max((a.verified for a in artifacts if a.verified), default=None, key=lambda v: v[-10:]),
                 "region": aws.region_name,
                 "artifacts": [a.summary() for a in artifacts],
             }
@@ -473,8 +475,9 @@ def print_catalog(rows: list[dict[str, Any]]) -> None:
         if row["missing_parts"]:
             parts += f" (no {', '.join(row['missing_parts'])})"
         where = f"{row['region']}: " + ", ".join(a["id"] for a in row["artifacts"])
-        table.append([row["instance"], row["backup_id"], _when(row["time"]), row["status"], parts, where])
-    _table(table, ["INSTANCE", "BACKUP ID", "TIME", "STATUS", "PARTS", "WHERE"])
+        verified = row.get("verified") or "-"
+        table.append([row["instance"], row["backup_id"], _when(row["time"]), row["status"], verified, parts, where])
+    _table(table, ["INSTANCE", "BACKUP ID", "TIME", "STATUS", "DRILL", "PARTS", "WHERE"])
 
 
 def print_result(record: dict[str, Any]) -> None:

@@ -33,12 +33,9 @@ from functions.models.config import EbsHomeConfig, InstanceConfig, PostgresDatab
 from functions.models.drill import DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.observability import bind, metrics, redact
-from functions.strategies import strategies_for, strategy_for
+from functions.strategies import VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
 from functions.workflow import _cause_text, load_config
 from functions.workflow import _say as say
-
-VERIFIED_TAG = "bitbucket-backup:verified"
-VERIFY_FAILED_TAG = "bitbucket-backup:verify-failed"
 
 
 class DrillFailed(BackupError):

@@ -107,9 +107,11 @@ class Artifact:
     size_gb: float | None = None  # snapshots: the volume or allocated size; archives: the object size
     created: str | None = None
     details: dict[str, str] = field(default_factory=dict)
+    # What the last restore drill found: "verified YYYY-MM-DD" or "drill failed YYYY-MM-DD" (see verification()).
+    verified: str | None = None
 
     def summary(self) -> dict[str, object]:
-        return {
+        return ({"verified": self.verified} if self.verified else {}) | {
             "kind": self.kind,
             "id": self.id,
             "part": self.part,
@@ -118,6 +120,27 @@ class Artifact:
             "size_gb": self.size_gb,
             **self.details,
         }
+
+
+VERIFIED_TAG = "bitbucket-backup:verified"
+VERIFY_FAILED_TAG = "bitbucket-backup:verify-failed"
+
+
+def verification(tags: dict[str, str]) -> str | None:
+    """The restore drill's verdict recorded on an artifact's tags (the newer one if both are there)."""
+    found = (
+        [
+            (tags[VERIFIED_TAG], "verified"),
+        ]
+        if tags.get(VERIFIED_TAG)
+        else []
+    )
+    if tags.get(VERIFY_FAILED_TAG):
+        found.append((tags[VERIFY_FAILED_TAG], "drill failed"))
+    if not found:
+        return None
+    day, verdict = max(found)
+    return f"{verdict} {day}"
 
 
 class Strategy(ABC):

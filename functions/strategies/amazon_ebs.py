@@ -42,6 +42,7 @@ from functions.strategies import (
     is_ours,
     made_by,
     restore_tags,
+    verification,
 )
 
 RATE_LIMITS = {
@@ -196,6 +197,7 @@ class EbsStrategy(Strategy):
                         backup_id=tags.get(BACKUP_ID_TAG, ""),
                         state=_STATES.get(snap.get("State", ""), "pending"),
                         status=tags.get(STATUS_TAG, ""),
+                        verified=verification(tags),
                         size_gb=snap.get("VolumeSize"),
                         created=str(snap.get("StartTime", "")),
                         details={

@@ -30,6 +30,7 @@ from functions.strategies import (
     is_ours,
     made_by,
     restore_tags,
+    verification,
 )
 
 RATE_LIMITS = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
@@ -124,6 +125,7 @@ class RdsStrategy(Strategy):
                     backup_id=tags.get(BACKUP_ID_TAG, ""),
                     state=_STATES.get(str(snap.get("Status", "")).lower(), "pending"),
                     status=tags.get(STATUS_TAG, ""),
+                    verified=verification(tags),
                     size_gb=snap.get("AllocatedStorage"),
                     created=str(snap.get("SnapshotCreateTime", "")),
                     details={

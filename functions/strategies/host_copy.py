@@ -35,6 +35,7 @@ from functions.strategies import (
     copy_details,
     copy_refused,
     is_ours,
+    verification,
 )
 
 KIND = "s3-archive"
@@ -158,6 +159,7 @@ class HostCopyStrategy(Strategy):
                         backup_id=tags.get(BACKUP_ID_TAG, ""),
                         state="completed",  # an object exists only once its upload completed
                         status=tags.get(STATUS_TAG, ""),
+                        verified=verification(tags),
                         size_gb=round(int(obj.get("Size", 0)) / 2**30, 3),
                         created=str(obj.get("LastModified", "")),
                         details={

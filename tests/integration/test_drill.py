@@ -94,6 +94,8 @@ def test_a_drill_restores_checks_tags_and_tears_down_the_newest_backup(
     for archive in archives:
         assert archive["tags"][VERIFIED_TAG] == today() and VERIFY_FAILED_TAG not in archive["tags"]
         assert archive["tags"][STATUS_TAG] == "complete"
+    # The catalog (what `bitbucket-backup list` shows) reads the verdict back.
+    assert {s["verified"] for s in w.r.snapshots(older)} == {f"verified {today()}"}
     assert drill_databases(postgres) == []
     assert not (w.r.host.root / "drill" / older).exists()
 
@@ -123,6 +125,7 @@ def test_a_failing_check_tags_verify_failed_tears_down_and_notifies_once(
 
     for archive in w.r.archives():
         assert archive["tags"][VERIFY_FAILED_TAG] == today() and VERIFIED_TAG not in archive["tags"]
+    assert {s["verified"] for s in w.r.snapshots(backup_id)} == {f"drill failed {today()}"}
     assert drill_databases(postgres) == []
     assert not (w.r.host.root / "drill" / backup_id).exists()
     new = w.r.notifications()[before:]

@@ -203,12 +203,13 @@ def workflow_run(home: Path, repos: list[Path], churn_mb: float) -> dict[str, An
     """The whole backup workflow on this home (rsync strategy, no database) in the rehearsal: the live first pass into
     an empty staging directory, churn landing just before the locked pass, the archive after the unlock. Reports the
     lock window the workflow measured (lock to unlock, including the drain and the orchestration)."""
-    from rehearsal.runtime import Rehearsal, local_simulator
+    from rehearsal.runtime import HostCommand, Rehearsal, local_simulator
 
-    def churn_before_locked_pass(instance_id: str, script: str) -> None:
-        if ".sh rsync-home " in script:
+    def churn_after_live_pass(command: HostCommand) -> None:
+        # Users push between the live pass and the lock; the changed data is what the locked pass moves.
+        if ".sh rsync-home " in command.script:
             passes.append(time.monotonic())
-            if len(passes) == 2:
+            if len(passes) == 1:
                 churn(repos, churn_mb, seed=999)
                 os.sync()
 
@@ -217,7 +218,7 @@ def workflow_run(home: Path, repos: list[Path], churn_mb: float) -> dict[str, An
         local_simulator(password="bench-Passw0rd", drain_seconds=0.1) as sim,
         Rehearsal(sim.url, password="bench-Passw0rd", home="rsync", database="none", home_path=home) as r,
     ):
-        r.host.before_run.append(churn_before_locked_pass)
+        r.host.after_run.append(churn_after_live_pass)
         result = r.run_backup(timeout=3600)
         output = result.output or {}
         archive = (output.get("archive") or [{}])[0]

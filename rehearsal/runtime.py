@@ -318,6 +318,7 @@ class LocalHost:
         # with (instance id, script): what changes on a host while the workflow runs (new commits between passes).
         self.env: dict[str, str] = {}
         self.before_run: list[Callable[[str, str], None]] = []
+        self.after_run: list[Callable[[HostCommand], None]] = []
 
     def run(self, instance_id: str, script: str) -> HostCommand:
         import subprocess
@@ -336,6 +337,8 @@ class LocalHost:
             status = "Success" if proc.returncode == 0 else "Failed"
             result = HostCommand(instance_id, script, status, proc.returncode, proc.stdout, proc.stderr)
         self.commands.append(result)
+        for after in list(self.after_run):
+            after(result)
         return result
 
     def freezes(self) -> list[str]:

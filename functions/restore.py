@@ -124,7 +124,7 @@ def _available(config: InstanceConfig) -> str:
 def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     created = strategy_for(plan.config, part).restore_start(plan.parts[part], plan.execution)
-    _say(plan, f"{part} restore started: {created}")
+    _say(plan, f"{part} restore started: {created.get('started') or created}")
     return created
 
 

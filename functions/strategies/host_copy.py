@@ -247,7 +247,8 @@ class HostCopyStrategy(Strategy):
             ]
         )
         timeout = self.instance.archive.command_timeout_seconds
-        return {"command": host.start(plan["instance_id"], script, step=step, timeout=timeout)}
+        command = host.start(plan["instance_id"], script, step=step, timeout=timeout)
+        return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
 
     def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
         summary = host.check(created["command"])

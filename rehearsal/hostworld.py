@@ -194,27 +194,27 @@ def _server_user() -> list[str]:
 
 
 SCHEMA = """
-CREATE TABLE sta_project (
+CREATE TABLE project (
     id serial PRIMARY KEY, project_key varchar(128) UNIQUE NOT NULL, name varchar(255) NOT NULL,
     description text, project_type integer NOT NULL);
-CREATE TABLE sta_repository (
-    id serial PRIMARY KEY, project_id integer NOT NULL REFERENCES sta_project(id), slug varchar(128) NOT NULL,
+CREATE TABLE repository (
+    id serial PRIMARY KEY, project_id integer NOT NULL REFERENCES project(id), slug varchar(128) NOT NULL,
     name varchar(128) NOT NULL, state integer NOT NULL, hierarchy_id varchar(20) NOT NULL,
     is_forkable boolean NOT NULL, is_public boolean NOT NULL, UNIQUE (project_id, slug));
 CREATE TABLE sta_normal_user (
     id serial PRIMARY KEY, name varchar(255) UNIQUE NOT NULL, email_address varchar(255), locale varchar(32));
 CREATE TABLE sta_pull_request (
-    id bigserial PRIMARY KEY, repository_id integer NOT NULL REFERENCES sta_repository(id),
+    id bigserial PRIMARY KEY, repository_id integer NOT NULL REFERENCES repository(id),
     author_id integer REFERENCES sta_normal_user(id), title varchar(255) NOT NULL, description text,
     from_hash char(40) NOT NULL, to_hash char(40) NOT NULL, pr_state integer NOT NULL,
     created_timestamp timestamptz NOT NULL, payload bytea);
 CREATE INDEX idx_pr_repo ON sta_pull_request(repository_id);
 CREATE VIEW sta_open_pull_requests AS SELECT * FROM sta_pull_request WHERE pr_state = 0;
 
-INSERT INTO sta_project (project_key, name, description, project_type)
+INSERT INTO project (project_key, name, description, project_type)
     SELECT 'PRJ' || g, 'Project ' || g, CASE WHEN g % 3 = 0 THEN NULL ELSE 'Déscription ünïcode ' || g END, g % 2
     FROM generate_series(1, 60) g;
-INSERT INTO sta_repository (project_id, slug, name, state, hierarchy_id, is_forkable, is_public)
+INSERT INTO repository (project_id, slug, name, state, hierarchy_id, is_forkable, is_public)
     SELECT 1 + g % 60, 'repo-' || g, 'Repository ' || g, g % 3, md5(g::text)::varchar(20), g % 2 = 0, g % 5 = 0
     FROM generate_series(1, 2500) g;
 INSERT INTO sta_normal_user (name, email_address, locale)
@@ -227,7 +227,7 @@ INSERT INTO sta_pull_request (repository_id, author_id, title, description, from
            timestamptz '2020-01-01 00:00:00+00' + g * interval '17 minutes', decode(md5(g::text), 'hex')
     FROM generate_series(1, 6000) g;
 """
-TABLES = ["sta_project", "sta_repository", "sta_normal_user", "sta_pull_request"]
+TABLES = ["project", "repository", "sta_normal_user", "sta_pull_request"]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rehearsal.hostworld import APP_PASSWORD, TABLES, BitbucketHome, Postgres, build_home, local_postgres
+from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_HANDLERS = ROOT / "functions" / "handlers"
@@ -860,7 +860,6 @@ class Rehearsal:
                     **instance["drill"],
                     "host_instance_id": drill_host,
                     "work_path": str(self.host.root / "drill"),
-                    "tables": TABLES[:3],  # the local PostgreSQL's Bitbucket-like schema
                 },
             )
         if database["strategy"] == "amazon-rds":

@@ -335,10 +335,10 @@ def test_pg_dump_and_restore_round_trip(postgres: Postgres, tmp_path: Path) -> N
     source, copy = table_fingerprint(postgres, "bitbucket"), table_fingerprint(postgres, "restored_rt")
     assert sorted(source) == sorted(TABLES)
     assert source == copy
-    assert source["sta_pull_request"][0] == 6000 and source["sta_repository"][0] == 2500
+    assert source["sta_pull_request"][0] == 6000 and source["repository"][0] == 2500
     # indexes, constraints, views and sequences came along
     assert postgres.psql("SELECT count(*) FROM sta_open_pull_requests", dbname="restored_rt") == "2000"
-    assert postgres.psql("SELECT nextval('sta_project_id_seq')", dbname="restored_rt") == "61"
+    assert postgres.psql("SELECT nextval('project_id_seq')", dbname="restored_rt") == "61"
     assert postgres.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_pr_repo'", dbname="restored_rt") == "1"
 
 
@@ -529,7 +529,7 @@ def test_password_never_appears_on_a_command_line(postgres: Postgres, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     env["PATH"] = f"{bindir}:{env['PATH']}"
     seen_argv: list[list[bytes]] = []
-    with table_locked(postgres, "sta_repository"):
+    with table_locked(postgres, "repository"):
         proc = dump(postgres, out, "--password-secret", arn, env=env)
         pid = blocked_pg_dump(out, seen_argv)  # scans /proc while the AWS CLI runs and until pg_dump waits
         for _ in range(5):
@@ -720,16 +720,16 @@ def test_drill_check_fscks_a_sample_of_repositories(home: BitbucketHome) -> None
 
 def test_drill_check_finds_bitbucket_tables_with_the_secret_free_password(postgres: Postgres) -> None:
     conn = postgres.conn_args()
-    wanted = ["--tables", "sta_project,sta_repository,sta_normal_user"]
+    wanted = ["--tables", "project,repository,sta_normal_user"]
     found = run("drill-check", *conn, "--dbname", "bitbucket", *wanted, env=pg_env()).ok()
     assert found["database"]["dbname"] == "bitbucket"
-    assert found["database"]["tables_found"] == ["sta_normal_user", "sta_project", "sta_repository"]
+    assert found["database"]["tables_found"] == ["project", "repository", "sta_normal_user"]
     assert found["database"]["tables_total"] == len(TABLES)
     assert found["home"] is None
 
-    missing = run("drill-check", *conn, "--dbname", "bitbucket", "--tables", "sta_project,sta_no_such", env=pg_env())
+    missing = run("drill-check", *conn, "--dbname", "bitbucket", "--tables", "project,sta_no_such", env=pg_env())
     missing.assert_error(EXIT_CHECKSUM, "drill-check")
-    assert "sta_no_such" in missing.stderr and "sta_project" not in missing.stderr.split("tables:")[-1]
+    assert "sta_no_such" in missing.stderr and "project" not in missing.stderr.split("tables:")[-1]
 
     wrong = run("drill-check", *conn, "--dbname", "bitbucket", *wanted, env=pg_env("not-the-password"))
     wrong.assert_error(EXIT_AUTH, "drill-check")

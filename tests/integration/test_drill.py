@@ -85,7 +85,7 @@ def test_a_drill_restores_checks_tags_and_tears_down_the_newest_backup(
     summary = json.loads(check.stdout.strip().splitlines()[-1])
     assert w.r.bitbucket_home is not None
     assert sorted(summary["home"]["fsck_ok"], key=int) == [str(i) for i in sorted(w.r.bitbucket_home.repo_ids)]
-    assert summary["database"]["tables_found"] == ["sta_normal_user", "sta_project", "sta_repository"]
+    assert summary["database"]["tables_found"] == ["project", "repository", "sta_normal_user"]
     assert out["result"] == summary
 
     # The backup's archives say so; the copy is gone (database dropped, extraction directory removed).
@@ -113,7 +113,7 @@ def test_a_failing_check_tags_verify_failed_tears_down_and_notifies_once(
     w = drill_world()
     backup_id = backed_up(w)
     # The backed-up database lacks one of the tables the drill requires.
-    w.r.configure(drill={**w.r.instance_config["drill"], "tables": ["sta_project", "sta_missing_table"]})
+    w.r.configure(drill={**w.r.instance_config["drill"], "tables": ["project", "sta_missing_table"]})
     before = len(w.r.notifications())
 
     result = w.r.run_drill()

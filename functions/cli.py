@@ -533,8 +533,9 @@ def _after_stop(kind: str, execution_arn: str) -> str:
             "backup; its notification says what it did."
         )
     return (
-        "A stopped restore skips its own cleanup: what it created so far is tagged "
-        f"bitbucket-backup:restore-execution={execution_arn} with status 'restoring'; delete it if you do not need it."
+        "The restore's safety net removes what it created so far (unless keep_on_failure) and notifies; if that "
+        "notification says a cleanup failed, look for resources tagged "
+        f"bitbucket-backup:restore-execution={execution_arn}."
     )
 
 

@@ -10,16 +10,18 @@ failure path finds exactly its own resources, even those of a step that failed h
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
 
 from functions import notify
+from functions.clients.aws import client
 from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
-from functions.models.restore import RestoreInput, RestorePlan
-from functions.observability import bind, metrics, redact
+from functions.models.restore import PART_STATE_NAMES, RestoreInput, RestorePlan
+from functions.observability import bind, logger, metrics, redact
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
 from functions.workflow import _cause_text, load_config
 from functions.workflow import _say as say
@@ -293,20 +295,7 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, 
     step = str(failure.get("step", "unknown"))
     error = str(failure.get("Error", "Error"))
     cause = _cause_text(failure.get("Cause"))
-    actions: list[str] = []
-    if plan is None:
-        actions.append("nothing was created: the restore stopped before it began")
-    else:
-        for part in plan.parts:
-            try:
-                actions += strategy_for(plan.config, part).restore_cleanup(
-                    plan.parts[part], plan.execution, plan.keep_on_failure, state
-                )
-            except Exception as cleanup_error:  # one part's cleanup must not keep the other's or the notice back
-                text = redact(str(cleanup_error))
-                actions.append(f"{part}: cleanup failed ({type(cleanup_error).__name__}: {text}); check by hand")
-        if not actions:
-            actions.append("nothing had been created yet")
+    actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
     if plan.drill if plan else (raw_input or {}).get("drill") is True:
@@ -328,3 +317,80 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, 
         },
     )
     return {"error": error, "cause": message, "cleanup": actions}
+
+
+def _cleanup(plan: RestorePlan, state: dict[str, Any]) -> list[str]:
+    """Each part's strategy removes what this execution created (or keeps it, with keep_on_failure)."""
+    actions: list[str] = []
+    for part in plan.parts:
+        try:
+            actions += strategy_for(plan.config, part).restore_cleanup(
+                plan.parts[part], plan.execution, plan.keep_on_failure, state
+            )
+        except Exception as cleanup_error:  # one part's cleanup must not keep the other's or the notice back
+            text = redact(str(cleanup_error))
+            actions.append(f"{part}: cleanup failed ({type(cleanup_error).__name__}: {text}); check by hand")
+    return actions or ["nothing had been created yet"]
+
+
+# --- the restore's safety net: executions stopped or timed out run no Catch --------------------------------------
+
+STOPPED = {"ABORTED", "TIMED_OUT"}
+
+
+def handle_stopped(detail: dict[str, Any]) -> dict[str, Any]:
+    """EventBridge delivered a restore execution's end. StopExecution and the execution timeout skip the failure
+    path, so this removes what the execution created, as that path would have, and notifies once per delivery
+    (a repeated delivery finds nothing left to remove)."""
+    status, execution = str(detail.get("status", "")), str(detail.get("executionArn", ""))
+    if status not in STOPPED:
+        return {"action": "none", "reason": f"status {status}"}
+    state = _last_state(execution)
+    if not isinstance(state.get("plan"), dict):
+        return {"action": "none", "reason": "the execution ended before its validate step: nothing was created"}
+    plan = RestorePlan.model_validate(state["plan"])
+    bind(instance=plan.instance, backup_id=plan.backup_id)
+    actions = _cleanup(plan, state)
+    logger.warning(f"restore safety net acted on {status} execution", extra={"cleanup": actions})
+    notify.publish(
+        f"Bitbucket restore {status}: {plan.instance} - cleaned up by the safety net",
+        plan.instance,
+        "restore-failed",
+        {
+            "instance": plan.instance,
+            "backup_id": plan.backup_id,
+            "status": status,
+            "cleanup": "".join(f"\n  - {a}" for a in actions),
+            "kept_for_inspection": plan.keep_on_failure,
+            "execution": execution,
+        },
+    )
+    return {"action": "cleaned", "cleanup": actions}
+
+
+def _last_state(execution: str) -> dict[str, Any]:
+    """The execution's JSON state as of its last state entered, plus each part whose restore step had begun (its
+    resources may exist even though the step never returned)."""
+    events: list[dict[str, Any]] = []
+    paginator = client("stepfunctions").get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=execution):
+        events += page["events"]
+    state: dict[str, Any] = {}
+    started: set[str] = set()
+    for event in events:
+        entered = event.get("stateEnteredEventDetails")
+        if not entered:
+            continue
+        for part, name in PART_STATE_NAMES.items():
+            if entered.get("name") == name:
+                started.add(part)
+        try:
+            value = json.loads(entered.get("input") or "{}")
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            state = value
+    for part in started:
+        if not isinstance(state.get(part), dict):
+            state[part] = {"started": True}
+    return state

@@ -143,7 +143,21 @@ class BackupStack(Stack):
                 timeout=Duration.seconds(restore_timeout),
                 timing=settings.timing,
             )
-            self._grant_restore(restore.functions, instances, notifications, parameters, key)
+            restore_net = SafetyNet(
+                self,
+                f"RestoreSafetyNet{suffix}",
+                factory=factory,
+                state_machines=[restore.state_machine],
+                function_id="RestoreSafetyNetFn",
+                handler="functions.handlers.restore_safety_net.handler",
+                statuses=("ABORTED", "TIMED_OUT"),
+                description="Restore executions stopped or timed out (no Catch ran): remove what they created",
+            )
+            # It reads the stopped execution's history for the plan, then cleans up as the restore's failure path.
+            restore.state_machine.grant_read(restore_net.function)
+            self._grant_restore(
+                {**restore.functions, "safety_net": restore_net.function}, instances, notifications, parameters, key
+            )
             names = [i.name for i in instances]
             machines += [
                 MonitoredMachine("Backup", workflow.state_machine, names),
@@ -303,7 +317,12 @@ class BackupStack(Stack):
             grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
         if self.archive_bucket is not None and any(i.uses_archive for i in instances):
             grants["validate"] = [*grants["validate"], *permissions.read_archives(self.archive_bucket.bucket_arn)]
-        _apply(fns, grants, ("finish", "failure"), notifications, key)
+        publishers: tuple[str, ...] = ("finish", "failure")
+        if "safety_net" in fns:
+            # The restore's safety net does what its failure path does, for executions that ran no Catch.
+            grants["safety_net"] = grants["failure"]
+            publishers += ("safety_net",)
+        _apply(fns, grants, publishers, notifications, key)
 
     def _grant_drill(
         self,

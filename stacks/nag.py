@@ -92,12 +92,13 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "An encrypted snapshot's customer-managed key is known only at run time; the restore uses it only through "
         "EC2 or RDS (kms:ViaService), and grants only for AWS resources (kms:GrantIsForAWSResource).",
     ),
-    # --- the restore drill --------------------------------------------------------------------------------------------
+    # --- the restore's executions: its safety net and the restore drill ----------------------------------------------
     (
         rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:states:{_REGION}:{_ACCOUNT}:execution:"
-        r'\{"Fn::Select":\[6,\{"Fn::Split":\[":",\{"Ref":"Restore[0-9]*StateMachine[0-9A-F]{8}"\}\]\}\]\}\*\]',
-        "CDK's grant for startExecution.sync: the drill waits for (DescribeExecution) and stops the executions of the "
-        "restore state machine it starts, whose names are made at run time; only that one state machine's executions.",
+        r'\{"Fn::Select":\[6,\{"Fn::Split":\[":",\{"Ref":"Restore[0-9]*StateMachine[0-9A-F]{8}"\}\]\}\]\}:?\*\]',
+        "Executions of the restore state machine, whose names are made at run time; only that one state machine's: "
+        "the restore's safety net reads a stopped execution's history (its plan), and CDK's grant for "
+        "startExecution.sync lets the drill wait for (DescribeExecution) and stop the restore it starts.",
     ),
 ]
 
@@ -106,8 +107,6 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
 ARCHIVE_ONLY = {r"AwsSolutions-S1", r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]"}
 # Findings only a stack that copies archives to other regions has (tests/infra/test_copies_template.py).
 COPIES_ONLY = {r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]"}
-# Findings only a stack with a restore drill has (tests/infra/test_drill_template.py).
-DRILL_ONLY = {pattern for pattern, _ in ACKNOWLEDGMENTS if ":states:" in pattern}
 
 
 def pattern_for(rule: str) -> str | None:

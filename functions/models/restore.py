@@ -17,6 +17,11 @@ DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
 SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
+# The restore state machine's steps that create each part (stacks/constructs/restore_workflow.py names its states
+# with these; the restore's safety net reads them in the execution history).
+PART_STATE_NAMES = {"database": "Restore database", "home": "Create home volumes"}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

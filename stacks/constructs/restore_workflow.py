@@ -16,6 +16,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from functions.models.restore import PART_STATE_NAMES
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
@@ -123,11 +124,15 @@ class RestoreWorkflow(Construct):
         self._catch(validate, "validate", handle)
 
         restore_db = self._task(
-            "Restore database", "database", {**plan, "part": "database"}, "$.database", retry_on=["AwsRateLimited"]
+            PART_STATE_NAMES["database"],
+            "database",
+            {**plan, "part": "database"},
+            "$.database",
+            retry_on=["AwsRateLimited"],
         )
         self._catch(restore_db, "restore-database", handle)
         restore_home = self._task(
-            "Create home volumes", "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
+            PART_STATE_NAMES["home"], "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
         )
         self._catch(restore_home, "restore-home", handle)
         check = self._task("Check restore", "check", created, "$.status")

@@ -1,5 +1,6 @@
-"""The safety net: an EventBridge rule on the backup state machines' ABORTED / TIMED_OUT / FAILED status
-changes, delivering to a Lambda that unlocks with the token the run stored (see functions/safety_net.py)."""
+"""A safety net: an EventBridge rule on state machines' status changes, delivering to a Lambda that cleans up what an
+execution that ran no Catch left behind. The backup's unlocks with the token the run stored (functions/safety_net.py);
+the restore's removes what a stopped restore created (functions/restore.py handle_stopped)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,28 @@ from stacks.constructs.functions import FunctionFactory
 
 class SafetyNet(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, factory: FunctionFactory, state_machines: list[sfn.IStateMachine]
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        factory: FunctionFactory,
+        state_machines: list[sfn.IStateMachine],
+        function_id: str = "SafetyNetFn",
+        handler: str = "functions.handlers.safety_net.handler",
+        statuses: tuple[str, ...] = ("ABORTED", "TIMED_OUT", "FAILED"),
+        description: str = "Backup executions that ended without their own cleanup: unlock and clean up",
     ) -> None:
         super().__init__(scope, id)
-        self.function: lambda_.Function = factory.make(
-            "SafetyNetFn", "functions.handlers.safety_net.handler", timeout_s=300, description="safety net"
-        )
+        self.function: lambda_.Function = factory.make(function_id, handler, timeout_s=300, description=id)
         self.rule = events.Rule(
             self,
             "ExecutionEnded",
-            description="Backup executions that ended without their own cleanup: unlock and clean up",
+            description=description,
             event_pattern=events.EventPattern(
                 source=["aws.states"],
                 detail_type=["Step Functions Execution Status Change"],
                 detail={
-                    "status": ["ABORTED", "TIMED_OUT", "FAILED"],
+                    "status": list(statuses),
                     "stateMachineArn": [m.state_machine_arn for m in state_machines],
                 },
             ),

@@ -89,7 +89,8 @@ def template(synthesized: tuple[dict[str, Any], Any]) -> dict[str, Any]:
 
 def test_cdk_nag_passes_and_the_drill_acknowledgment_is_used(synthesized: tuple[dict[str, Any], Any]) -> None:
     used = {nag.pattern_for(rule) for rule in nag.acknowledged(synthesized[1])}
-    assert used >= nag.DRILL_ONLY and nag.DRILL_ONLY
+    executions = {pattern for pattern, _ in nag.ACKNOWLEDGMENTS if ":states:" in pattern}
+    assert executions and used >= executions
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:

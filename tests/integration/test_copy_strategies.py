@@ -442,3 +442,45 @@ def test_object_locked_archives_are_kept_until_their_retention_ends(copy_world: 
     assert second.output["pruned"] == [] and second.output["prune_error"] is None
     assert {a["tags"][BACKUP_ID_TAG] for a in w.r.archives()} == {first.output["backup_id"], second.output["backup_id"]}
     assert any("object-locked (GOVERNANCE)" in line for line in w.r.logs.lines)
+
+
+def test_a_stopped_restore_is_cleaned_up_by_the_restore_safety_net(
+    copy_world: Callable[..., World], postgres: Postgres, tmp_path: Path
+) -> None:
+    """StopExecution runs no Catch: the restore's safety net (EventBridge → Lambda) reads the stopped execution's plan
+    from its history and removes what it had created, as the failure path would have."""
+    from tests.integration.conftest import wait_for, waiting_in
+
+    w = copy_world()
+    backup_id = backed_up(w)
+    w.r.configure(timing={**w.r.instance_config["timing"], "restore_poll_interval_seconds": 5})
+    db_host = w.r.resources["database_host"]
+
+    def stall_the_database_restore(instance_id: str, script: str) -> None:
+        if ".restore-db." in script:
+            w.r.host.faults[db_host] = "InProgress"  # pg_restore "still running" when the operator presses Stop
+
+    w.r.host.before_run.append(stall_the_database_restore)
+    target, dbname = tmp_path / "restored", f"stopped_{os.getpid()}"
+    execution = w.r.start(
+        {
+            "instance": "demo",
+            "backup_id": backup_id,
+            "target": {"home": {"path": str(target)}, "database": {"dbname": dbname}},
+        },
+        state_machine_arn=w.r.restore_state_machine_arn,
+    )
+    wait_for(lambda: waiting_in(w, execution, "Wait for restore"))
+    assert (target / "manifest.json").is_file()  # the home was extracted before the stop
+    w.r.client("stepfunctions").stop_execution(executionArn=execution, cause="operator pressed Stop")
+    w.r.host.faults.pop(db_host)
+    result = w.r.wait(execution)
+
+    assert result.status == "ABORTED"
+    (net,) = [d for d in w.r.delivered if "RestoreSafetyNet" in d["target"]]
+    assert net["result"]["action"] == "cleaned", net
+    assert not target.exists() or not list(target.iterdir())
+    assert postgres.superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{dbname}'") == "0"
+    notices = [n for n in w.r.notifications() if "restore ABORTED" in (n["subject"] or "")]
+    assert len(notices) == 1 and "cleaned up by the safety net" in notices[0]["subject"]
+    assert "removed what this restore extracted" in str(notices[0]["message"])

@@ -270,14 +270,20 @@ class BackupStack(Stack):
         for fn in each("prepare", "home", "database", "check_host", "archive"):
             for statement in permissions.host_commands(self, instances):
                 fn.add_to_role_policy(statement)
-        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
-            arn = self.archive_bucket.bucket_arn
+        arn = self._archives_of(instances)
+        if arn is not None:
             for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
                 for statement in permissions.read_archives(arn):
                     fn.add_to_role_policy(statement)
             for fn in each("finalize", "failure", "safety_net"):
                 for statement in permissions.manage_own_archives(arn):
                     fn.add_to_role_policy(statement)
+
+    def _archives_of(self, instances: list[InstanceConfig]) -> str | None:
+        """The archive bucket's ARN when one of these instances archives to it (rsync or postgresql), else None."""
+        if self.archive_bucket is None or not any(i.uses_archive for i in instances):
+            return None
+        return str(self.archive_bucket.bucket_arn)
 
     def _grant_staleness_check(self, fn: lambda_.Function, instances: list[InstanceConfig], prefix: str) -> None:
         """Reads the instances' configuration and their catalogs; changes nothing."""
@@ -315,8 +321,9 @@ class BackupStack(Stack):
         }
         for name in ("validate", "database", "home", "check", "failure"):
             grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
-        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
-            grants["validate"] = [*grants["validate"], *permissions.read_archives(self.archive_bucket.bucket_arn)]
+        archives = self._archives_of(instances)
+        if archives is not None:
+            grants["validate"] = [*grants["validate"], *permissions.read_archives(archives)]
         publishers: tuple[str, ...] = ("finish", "failure")
         if "safety_net" in fns:
             # The restore's safety net does what its failure path does, for executions that ran no Catch.
@@ -337,8 +344,9 @@ class BackupStack(Stack):
         for parameter in (parameters.parameters[i.name] for i in instances):
             parameter.grant_read(fns["plan"])
         catalog = permissions.describe(instances)
-        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
-            catalog = [*catalog, *permissions.read_archives(self.archive_bucket.bucket_arn)]
+        archives = self._archives_of(instances)
+        if archives is not None:
+            catalog = [*catalog, *permissions.read_archives(archives)]
         checks = permissions.drill_host_commands(self, instances)
         grants = {
             "plan": [*catalog, *permissions.restore_describe(instances)],
@@ -353,8 +361,8 @@ class BackupStack(Stack):
                 *permissions.restore_host_commands(self, instances),
             ],
         }
-        if self.archive_bucket is not None and any(i.uses_archive for i in instances):
-            grants["finish"] += permissions.manage_own_archives(self.archive_bucket.bucket_arn, delete=False)
+        if archives is not None:
+            grants["finish"] += permissions.manage_own_archives(archives, delete=False)
         _apply(fns, grants, ("finish",), notifications, key)
 
 

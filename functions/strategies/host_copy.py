@@ -223,7 +223,12 @@ class HostCopyStrategy(Strategy):
         if len(artifacts) != 1 or artifacts[0].kind != KIND:
             raise RestoreRefused(f"validate: the {self.part} of this backup is not one archive in S3")
         details = artifacts[0].details
-        return {"bucket": details["bucket"], "key": details["key"], "sha256": details["sha256"]}
+        return {
+            "backup_id": artifacts[0].backup_id,
+            "bucket": details["bucket"],
+            "key": details["key"],
+            "sha256": details["sha256"],
+        }
 
     def _download(self, plan: dict[str, Any], file: str) -> str:
         region = os.environ.get("AWS_REGION", "")
@@ -347,22 +352,17 @@ class RsyncStrategy(HostCopyStrategy):
             return [f"home: whatever was extracted into {where} is kept for inspection"]
         # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
         # backup's: never a directory someone filled in the meantime.
-        q = shlex.quote(plan["path"])
+        ours = shlex.quote(f'"backup_id": "{plan["backup_id"]}"')
         script = "\n".join(
             [
                 "set -euo pipefail",
-                f"cd {q} 2>/dev/null || exit 0",
-                f"grep -q {shlex.quote(chr(34) + 'backup_id' + chr(34) + ': ' + chr(34) + self._backup_id(plan))} "
-                "manifest.json 2>/dev/null || { rm -rf -- .extract.*; exit 0; }",
+                f"cd {shlex.quote(plan['path'])} 2>/dev/null || exit 0",
+                f"grep -q {ours} manifest.json 2>/dev/null || {{ rm -rf -- .extract.*; exit 0; }}",
                 "rm -rf -- manifest.json home db .extract.*",
             ]
         )
         host.run(plan["instance_id"], script, step="restore cleanup: home")
         return [f"home: removed what this restore extracted into {where}"]
-
-    @staticmethod
-    def _backup_id(plan: dict[str, Any]) -> str:
-        return str(plan["key"]).split("/")[-2]
 
     @property
     def config(self) -> RsyncHomeConfig:

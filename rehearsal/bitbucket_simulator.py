@@ -3,7 +3,9 @@
 It follows /work/shared/reference/bitbucket-maintenance-api.md: lock, start an external backup, wait for
 DRAINED, report progress, unlock, cancel. Tests drive it from the outside (``lock_by_other``,
 ``cancel_from_ui``, ``fail_task``) and inject faults per endpoint (error statuses, raw bodies from a
-proxy, dropped connections, delays), then inspect the observable state and the event log.
+proxy, dropped connections, delays, redirects to another origin, the rate limiter's 429 with Retry-After),
+then inspect the observable state and the event log. ``RedirectTarget`` is that other origin: a second
+server on 127.0.0.1 that records what arrives there (a token must never).
 
 Run it by hand with ``python -m rehearsal.bitbucket_simulator --port 7990``.
 """
@@ -30,7 +32,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["ENDPOINTS", "BitbucketSimulator", "main"]
+__all__ = ["ENDPOINTS", "ArrivedRequest", "BitbucketSimulator", "RedirectTarget", "main"]
 
 MAINTENANCE_TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
 
@@ -90,10 +92,13 @@ class _Fault:
     times: int | None  # remaining uses; None = until reset_faults()
     before: Callable[[], None] | None
     after_action: bool
+    # Answer with a redirect to this origin (the request's path and query appended, as a proxy would).
+    redirect_to: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def replaces_response(self) -> bool:
-        return self.drop or self.status is not None or self.body is not None
+        return self.drop or self.status is not None or self.body is not None or self.redirect_to is not None
 
 
 @dataclass
@@ -374,12 +379,17 @@ class BitbucketSimulator:
         times: int | None = 1,
         before: Callable[[], None] | None = None,
         after_action: bool = False,
+        redirect_to: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Queue a fault for the next ``times`` requests to ``endpoint`` (None = until reset_faults).
 
         Faults on one endpoint apply in the order injected. ``before`` runs first, then ``delay``.
-        ``status``/``body``/``drop`` replace the answer and skip the real action, unless
+        ``status``/``body``/``drop``/``redirect_to`` replace the answer and skip the real action, unless
         ``after_action`` is set: then the action is performed first and its answer replaced.
+        ``redirect_to`` (an http origin on 127.0.0.1) answers 302 (or ``status``, a 3xx) with a Location on
+        that origin carrying the request's path and query. ``headers`` are added to the answer
+        (``Retry-After``, for example).
         """
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {sorted(ENDPOINTS)}")
@@ -391,9 +401,25 @@ class BitbucketSimulator:
             raise ValueError("drop sends no response, so status/body make no sense with it")
         if status is not None and not 100 <= status <= 599:
             raise ValueError(f"invalid HTTP status {status}")
-        fault = _Fault(status, body, delay, drop, times, before, after_action)
+        if redirect_to is not None:
+            if drop or body is not None or (status is not None and not 300 <= status <= 399):
+                raise ValueError("redirect_to answers a 3xx redirect; drop, body and a non-3xx status make no sense")
+            origin = urlsplit(redirect_to)
+            # Tests must never send anything off this machine.
+            if origin.scheme != "http" or not (origin.hostname or "").startswith("127."):
+                raise ValueError(f"redirect_to must be an http://127.x.x.x origin, got {redirect_to!r}")
+        fault = _Fault(status, body, delay, drop, times, before, after_action, redirect_to, dict(headers or {}))
         with self._lock:
             self._faults.setdefault(endpoint, []).append(fault)
+
+    def rate_limit(self, endpoint: str, retry_after: int | str | None = 1, *, times: int | None = 1) -> None:
+        """Bitbucket Data Center's rate limiter: 429 Too Many Requests with Retry-After (seconds) for the next
+        ``times`` requests to ``endpoint``; the request is refused before anything is done."""
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        body = json.dumps(
+            {"errors": [{"context": None, "message": "Rate limit exceeded, try again later", "exceptionName": None}]}
+        )
+        self.inject(endpoint, status=429, body=body, headers=headers, times=times)
 
     def reset_faults(self) -> None:
         with self._lock:
@@ -522,7 +548,8 @@ class BitbucketSimulator:
                     self._drop(handler, method, path)
                     return
                 if fault.replaces_response:
-                    resp = self._fault_response(endpoint, fault)
+                    resp = self._fault_response(endpoint, fault, handler.path)
+                resp.headers.update(fault.headers)
         except Exception as exc:  # a bug here or in a test's before hook must surface, not hang the client
             with self._lock:
                 self._event("internal-error", endpoint=endpoint, error=repr(exc))
@@ -537,11 +564,17 @@ class BitbucketSimulator:
             "body": fault.body is not None,
             "delay": fault.delay > 0,
             "after_action": fault.after_action,
+            "redirect": fault.redirect_to is not None,
+            "headers": bool(fault.headers),
         }
         return "+".join(name for name, on in flags.items() if on) or "before"
 
     @staticmethod
-    def _fault_response(endpoint: str, fault: _Fault) -> _Response:
+    def _fault_response(endpoint: str, fault: _Fault, request_path: str) -> _Response:
+        if fault.redirect_to is not None:
+            resp = _Response(fault.status or 302)
+            resp.headers["Location"] = fault.redirect_to.rstrip("/") + request_path
+            return resp
         status = fault.status if fault.status is not None else _SUCCESS_STATUS[endpoint]
         if fault.body is None:
             if status >= 400:
@@ -750,6 +783,129 @@ class BitbucketSimulator:
             return _error(409, f"The backup is not running ({task['state']})")
         self._end_task("CANCELLED", "Backup cancelled", by="client")
         return _Response(202)
+
+
+@dataclass(frozen=True)
+class ArrivedRequest:
+    """One request that reached a RedirectTarget, as it arrived."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+    def carries(self, secret: str) -> bool:
+        """Whether the secret arrived anywhere: request line, query or any header (Authorization included)."""
+        texts = [self.path, *(v for values in self.query.values() for v in values), *self.headers.values()]
+        basic = [self.headers.get(k, "") for k in self.headers if k.lower() == "authorization"]
+        for value in basic:
+            scheme, _, encoded = value.partition(" ")
+            if scheme.lower() == "basic":
+                with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                    texts.append(base64.b64decode(encoded.strip(), validate=True).decode("utf-8"))
+        return any(secret in text for text in texts)
+
+
+class _TargetHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "RedirectTarget/1.0"
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _record(self) -> None:
+        length_header = self.headers.get("Content-Length") or "0"
+        if length_header.isdigit() and int(length_header) > 0:
+            self.rfile.read(int(length_header))
+        parts = urlsplit(self.path)
+        arrived = ArrivedRequest(
+            self.command, parts.path, parse_qs(parts.query, keep_blank_values=True), dict(self.headers.items())
+        )
+        target = cast("_TargetServer", self.server).target
+        with target._lock:
+            target._arrived.append(arrived)
+        # An answer a naive client would take for success: 200 and an empty JSON object.
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _record
+
+
+class _TargetServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], target: RedirectTarget) -> None:
+        self.target = target
+        super().__init__(address, _TargetHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+class RedirectTarget:
+    """Another origin on 127.0.0.1 that a redirect may point at (a rogue proxy's, or an attacker's). It answers
+    every request with 200 ``{}`` and records it, so a test can show that no token or password ever arrived."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        if not host.startswith("127."):
+            raise ValueError("the redirect target listens on 127.0.0.0/8 only")
+        self._host = host
+        self._lock = threading.Lock()
+        self._arrived: list[ArrivedRequest] = []
+        self._server: _TargetServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RedirectTarget:
+        self._server = _TargetServer((self._host, 0), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="redirect-target", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def __enter__(self) -> RedirectTarget:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("redirect target not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def arrived(self) -> list[ArrivedRequest]:
+        with self._lock:
+            return list(self._arrived)
+
+    def received(self, secret: str) -> bool:
+        """Whether any request that arrived here carried the secret."""
+        return any(request.carries(secret) for request in self.arrived)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,20 +1,38 @@
 """Bitbucket Server / Data Center maintenance API client (see shared/reference/bitbucket-maintenance-api.md).
 
-Retry policy, per call: idempotent calls (poll, progress, unlock, cancel, status) are retried here on 5xx and
-connection errors with exponential back-off; the lock and the start of the backup are never retried blindly,
-because a retried lock cannot get the first token back. 4xx is never retried. Error texts name the step and
-the HTTP status, never a URL with its query (tokens travel in the query string).
+Everything Bitbucket (or whatever answers in its place) sends is untrusted: status, redirects, size and shape.
+
+- Retries are urllib3's `Retry`, mounted on the session. Idempotent calls (poll, progress, unlock, cancel, status,
+  version, repository) are retried on connection errors, lost answers, 5xx and 429 with a bounded exponential
+  back-off. The lock and the start of the backup are never retried blindly (a retried lock cannot get the first
+  token back): only when nothing reached Bitbucket (the connection could not be made) or its rate limiter refused
+  them (429). 4xx is never retried.
+- Bitbucket Data Center's rate limiter answers 429 with Retry-After: honoured up to `max_retry_after` seconds; a
+  longer wait is an error that names it (Step Functions retries the step later).
+- Redirects are never followed: the maintenance token travels in a header and in the query, and must not reach
+  another origin; a DELETE turned into a GET by a redirect would look like a successful unlock. Any 3xx is an
+  error naming the status and where it pointed (without its query).
+- A body is read up to `max_body_bytes` (1 MiB); larger, or JSON nested deeper than `MAX_JSON_DEPTH`, is a bad
+  answer. Bitbucket's maintenance answers are a few hundred bytes, four levels deep.
+
+Error texts name the step and the HTTP status, never a URL with its query (tokens travel in the query string).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from functions.errors import (
     AlreadyLocked,
@@ -24,9 +42,18 @@ from functions.errors import (
     BitbucketUnavailable,
     LockNotConfirmed,
 )
-from functions.observability import logger, register_secret
+from functions.observability import logger, redact, register_secret
 
 TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
+# Bounds of the waits between attempts (the Lambdas that call Bitbucket run for at most a minute or two).
+MAX_BACKOFF_SECONDS = 8.0
+MAX_RETRY_AFTER_SECONDS = 10.0
+# Methods retried on a lost answer or a 5xx. POST is among them for progress and cancel, which repeat harmlessly;
+# the lock and the start of the backup (POST too) use a policy that retries none.
+RETRIED_METHODS = frozenset({"GET", "HEAD", "DELETE", "POST"})
+TOO_MANY_REQUESTS = 429
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,79 @@ class MaintenanceState:
         return self.db_state == "DRAINED" and self.scm_state == "DRAINED"
 
 
+class _Retry(Retry):
+    """urllib3's Retry with two changes. A 429 is retried whatever the method: Bitbucket's rate limiter refused the
+    request before acting on it. A Retry-After longer than `max_retry_after`, or one that cannot be read, is not
+    waited for: the answer goes back to the client, which reports it (urllib3 would sleep as long as told, or raise
+    on a header it cannot parse)."""
+
+    def __init__(self, *args: Any, max_retry_after: float = MAX_RETRY_AFTER_SECONDS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_retry_after = max_retry_after
+
+    def new(self, **kw: Any) -> _Retry:
+        kw.setdefault("max_retry_after", self.max_retry_after)
+        return super().new(**kw)
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == TOO_MANY_REQUESTS:
+            return bool(self.total)
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> _Retry:
+        if response is not None:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None and wait > self.max_retry_after:
+                # Exhaust this policy: urllib3 then hands the answer back instead of sleeping.
+                return Retry.increment(self.new(total=0), method, url, response, error, _pool, _stacktrace)
+        after = super().increment(method, url, response, error, _pool, _stacktrace)
+        why = f"HTTP {response.status}" if response is not None else type(error).__name__ if error else "?"
+        logger.warning(f"Bitbucket {method} {urlsplit(url or '').path}: {why}; retrying")  # the path: no query
+        return after
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        return None if wait is None or wait < 0 else wait  # unreadable: the usual back-off instead
+
+
+def retry_after_seconds(header: str | None) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date); -1 when present but unreadable; None when absent."""
+    if header is None:
+        return None
+    text = header.strip()
+    if re.fullmatch(r"[0-9]{1,12}", text):
+        return float(text)
+    try:
+        return max(0.0, Retry().parse_retry_after(text))
+    except Exception:  # urllib3 raises InvalidHeader; a hostile header must not crash the step
+        return -1.0
+
+
+class _NoRedirects(requests.Session):
+    """Never follows a redirect, and never prepares one either: with allow_redirects=False requests still works out
+    the next request, reading the whole body of the 3xx to do so. The client reports a 3xx itself."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """Bitbucket's answer, read and bounded: what the client works with after a request."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
 class BitbucketClient:
     def __init__(
         self,
@@ -80,25 +180,57 @@ class BitbucketClient:
         backoff: float = 1.0,
         verify: bool | str = True,
         refresh: Callable[[], Credentials] | None = None,
+        max_retry_after: float = MAX_RETRY_AFTER_SECONDS,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # Called once after a 401: the secret may have been rotated since the credentials were cached.
         self._refresh = refresh
         self._timeout = timeout
         self._retries = retries
-        self._backoff = backoff
-        self._session = requests.Session()
-        self._session.verify = verify
-        self._session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        self._max_retry_after = max_retry_after
+        self._max_body = max_body_bytes
+        common = {
+            "total": retries,
+            "backoff_factor": backoff,
+            "backoff_max": MAX_BACKOFF_SECONDS,
+            "respect_retry_after_header": True,
+            "raise_on_status": False,  # the last answer comes back and is reported with its status
+            "redirect": False,
+            "max_retry_after": max_retry_after,
+        }
+        self._sessions = {
+            True: self._session_with(
+                _Retry(allowed_methods=RETRIED_METHODS, status_forcelist=(500, 502, 503, 504), **common), verify
+            ),
+            # The lock and the start (POST, not in allowed_methods; an empty set would mean every method): only a
+            # connection that could not be made (nothing was sent) and a 429 are retried.
+            False: self._session_with(
+                _Retry(allowed_methods=frozenset({"GET"}), status_forcelist=(), **common), verify
+            ),
+        }
+        self._session = self._sessions[True]
         self._use(credentials)
 
+    @staticmethod
+    def _session_with(retry: Retry, verify: bool | str) -> requests.Session:
+        session = _NoRedirects()
+        session.verify = verify
+        session.trust_env = False  # no proxy or .netrc from the environment: the config says where to connect
+        adapter = HTTPAdapter(max_retries=retry)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+        return session
+
     def _use(self, credentials: Credentials) -> None:
-        self._session.headers.pop("Authorization", None)
-        self._session.auth = None
-        if credentials.token:
-            self._session.headers["Authorization"] = f"Bearer {credentials.token}"
-        else:
-            self._session.auth = (credentials.username or "", credentials.password or "")
+        for session in self._sessions.values():
+            session.headers.pop("Authorization", None)
+            session.auth = None
+            if credentials.token:
+                session.headers["Authorization"] = f"Bearer {credentials.token}"
+            else:
+                session.auth = (credentials.username or "", credentials.password or "")
 
     # --- the maintenance sequence -------------------------------------------------------------------
 
@@ -113,19 +245,25 @@ class BitbucketClient:
                 raise AlreadyLocked(
                     "lock: Bitbucket is already locked by someone else (HTTP 409); their lock was left alone", 409
                 ) from None
+            if error.status is not None and 300 <= error.status < 400 and self._maybe_locked():
+                raise self._not_confirmed(error) from None
             raise
         except (BitbucketUnavailable, BitbucketBadResponse) as error:
             # The request may have taken effect although its answer was lost or mangled: then the token is
             # unknown and the lock must be reported as unconfirmed (unlock by hand), not as a plain failure.
             if self._maybe_locked():
-                raise LockNotConfirmed(
-                    f"lock: {str(error).removeprefix('lock: ')}; Bitbucket is now in maintenance mode but the "
-                    "unlock token is unknown, so it must be unlocked by hand (see README, Troubleshooting)"
-                ) from None
+                raise self._not_confirmed(error) from None
             raise
         register_secret(token)
         owner = body.get("owner")
         return Lock(unlock_token=token, owner=str(owner.get("name", "")) if isinstance(owner, dict) else "")
+
+    @staticmethod
+    def _not_confirmed(error: BackupError) -> LockNotConfirmed:
+        return LockNotConfirmed(
+            f"lock: {str(error).removeprefix('lock: ')}; Bitbucket is now in maintenance mode but the "
+            "unlock token is unknown, so it must be unlocked by hand (see README, Troubleshooting)"
+        )
 
     def start_backup(self, lock: Lock) -> BackupTask:
         response = self._send(
@@ -240,75 +378,203 @@ class BitbucketClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         retry: bool = True,
-    ) -> requests.Response:
-        attempts = 1 + (self._retries if retry else 0)
-        last = ""
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self._backoff * 2 ** (attempt - 1))
-            try:
-                response = self._session.request(
-                    method, self.base_url + path, params=params, headers=headers, timeout=self._timeout
+    ) -> _Answer:
+        try:
+            response = self._sessions[retry].request(
+                method,
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,  # never: the token would travel to wherever Location points
+                stream=True,  # the body is read below, up to a bound
+            )
+        except requests.RequestException as error:
+            raise BitbucketUnavailable(f"{step}: {self._failure(error)}") from None
+        with response:
+            status = response.status_code
+            attempts = _attempts(response)
+            if 300 <= status < 400:
+                raise BitbucketRequestFailed(
+                    f"{step}: Bitbucket answered HTTP {status}, a redirect to {_location(response.headers)}, which "
+                    "is never followed (the maintenance token would go with it): check base_url and the proxy "
+                    "in front of Bitbucket",
+                    status,
                 )
-            except requests.Timeout:
-                last = f"no answer within {self._timeout:g} s"
-            except requests.ConnectionError as error:
-                # The exception text carries the URL with its query; keep only the kind of failure.
-                last = f"connection failed ({_reason(error)})"
-            else:
-                if response.status_code < 400:
-                    _check_success_body(step, response)
-                    return response
-                if response.status_code == 401 and self._refresh is not None:
-                    refresh, self._refresh = self._refresh, None  # once: a second 401 is a real refusal
-                    self._use(refresh())
-                    logger.info(f"{step}: credentials refused; read the secret again and retrying once")
-                    return self._send(step, method, path, params=params, headers=headers, retry=retry)
-                if response.status_code < 500:
-                    raise BitbucketRequestFailed(
-                        f"{step}: Bitbucket answered HTTP {response.status_code}{_hint(response.status_code)}",
-                        response.status_code,
+            if status == 401 and self._refresh is not None:
+                refresh, self._refresh = self._refresh, None  # once: a second 401 is a real refusal
+                self._use(refresh())
+                logger.info(f"{step}: credentials refused; read the secret again and retrying once")
+                return self._send(step, method, path, params=params, headers=headers, retry=retry)
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if status in (TOO_MANY_REQUESTS, 503) and wait is not None and wait > self._max_retry_after:
+                raise BitbucketUnavailable(
+                    f"{step}: Bitbucket answered HTTP {status} and asked to wait {wait:.0f} s (Retry-After), "
+                    f"longer than the {self._max_retry_after:g} s a step waits; "
+                    + (
+                        "its rate limiter is busy: exempt the backup user from rate limiting"
+                        if status == 429
+                        else "it is unavailable"
                     )
-                last = f"HTTP {response.status_code}"
-            logger.warning(f"{step}: {last}", extra={"attempt": attempt + 1, "of": attempts})
-        raise BitbucketUnavailable(f"{step}: {last} after {attempts} attempt{'s' * (attempts > 1)}")
+                )
+            if status == TOO_MANY_REQUESTS:
+                raise BitbucketUnavailable(
+                    f"{step}: Bitbucket's rate limiter refused the request (HTTP 429) after {_times(attempts)}; "
+                    "exempt the backup user from rate limiting"
+                )
+            if 400 <= status < 500:
+                raise BitbucketRequestFailed(
+                    f"{step}: Bitbucket answered HTTP {status}{_hint(status)}",
+                    status,
+                )
+            if status >= 500:
+                raise BitbucketUnavailable(f"{step}: HTTP {status} after {_times(attempts)}")
+            if status < 200:
+                raise BitbucketBadResponse(f"{step}: Bitbucket answered HTTP {status}, which is not an answer")
+            answer = _Answer(status, _content_type(response.headers), self._read(step, response))
+        _check_success_body(step, answer)
+        return answer
+
+    def _read(self, step: str, response: requests.Response) -> bytes:
+        """The body, up to the bound: a larger one is refused before it is all in memory."""
+        too_big = BitbucketBadResponse(
+            f"{step}: HTTP {response.status_code} with a body larger than {self._max_body:,} bytes; "
+            "Bitbucket's answers are small, so something else answered"
+        )
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > self._max_body:
+                    raise too_big
+                chunks.append(chunk)
+        except requests.RequestException as error:
+            raise BitbucketUnavailable(f"{step}: the answer broke off ({self._failure(error)})") from None
+        return b"".join(chunks)
+
+    def _failure(self, error: requests.RequestException) -> str:
+        """What went wrong, in words: the exception texts carry the URL with its query (the token)."""
+        exhausted = None
+        seen: set[int] = set()
+        cause: BaseException | None = error
+        timed_out = isinstance(error, requests.Timeout)
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, MaxRetryError):
+                exhausted = cause
+                timed_out = timed_out or isinstance(cause.reason, (ReadTimeoutError, ConnectTimeoutError))
+            timed_out = timed_out or isinstance(cause, (ReadTimeoutError, ConnectTimeoutError))
+            nxt = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+            cause = nxt or cause.__cause__ or cause.__context__
+        what = f"no answer within {self._timeout:g} s" if timed_out else f"connection failed ({_reason(error)})"
+        if exhausted is not None and self._retries:
+            what += f" after {_times(self._retries + 1)}"
+        return what
 
     @staticmethod
-    def _json(step: str, response: requests.Response) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
-            raise BitbucketBadResponse(
-                f"{step}: HTTP {response.status_code} with a body that is not JSON ({kind}); "
-                "a proxy or load balancer may have answered"
-            ) from None
+    def _json(step: str, answer: _Answer) -> dict[str, Any]:
+        body = _parse_json(step, answer)
         if not isinstance(body, dict):
-            raise BitbucketBadResponse(f"{step}: HTTP {response.status_code} with JSON that is not an object")
+            raise BitbucketBadResponse(f"{step}: HTTP {answer.status} with JSON that is not an object")
         return body
 
 
-def _check_success_body(step: str, response: requests.Response) -> None:
+def _attempts(response: requests.Response) -> int:
+    retries = getattr(response.raw, "retries", None)
+    return 1 + len(retries.history) if isinstance(retries, Retry) else 1
+
+
+def _times(attempts: int) -> str:
+    return f"{attempts} attempt{'s' * (attempts > 1)}"
+
+
+def _content_type(headers: Any) -> str:
+    return str(headers.get("Content-Type", "")).split(";")[0].strip().lower()
+
+
+def _location(headers: Any) -> str:
+    """Where a redirect pointed, for a person to read: scheme, host and path only. The query and any user:password@
+    are dropped (a token may be in them), and so is anything unprintable."""
+    raw = str(headers.get("Location") or "")
+    if not raw:
+        return "nowhere (no Location header)"
+    try:
+        parts = urlsplit(raw.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an unreadable Location"
+    shown = (f"{parts.scheme}://{host}{port}" if host else "") + parts.path
+    shown = re.sub(r"[^\x21-\x7e]", "", shown)[:200] or "/"
+    return redact(shown) + (" (query not shown)" if parts.query else "")
+
+
+def _parse_json(step: str, answer: _Answer) -> Any:
+    def bad(why: str) -> BitbucketBadResponse:
+        kind = answer.content_type or "no content type"
+        return BitbucketBadResponse(
+            f"{step}: HTTP {answer.status} with a body that is not JSON ({kind}{why}); "
+            "a proxy or load balancer may have answered"
+        )
+
+    try:
+        text = answer.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad(", not UTF-8") from None
+    depth = _nesting(text)
+    if depth > MAX_JSON_DEPTH:
+        raise BitbucketBadResponse(
+            f"{step}: HTTP {answer.status} with JSON nested {depth if depth <= 1000 else 'over 1000'} levels deep "
+            f"(at most {MAX_JSON_DEPTH} are accepted); this is not Bitbucket's answer"
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad("") from None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _nesting(text: str) -> int:
+    """How deep arrays and objects nest (strings skipped), counted without recursion; stops past 1000."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > 1000:
+                break
+    return deepest
+
+
+def _check_success_body(step: str, answer: _Answer) -> None:
     """Bitbucket's maintenance API answers JSON or nothing. A 2xx with an HTML page or broken JSON comes from
     something in between (a proxy, a login page) and means the request did not reach Bitbucket as intended."""
-    kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    text = response.text.strip()
+    text = answer.body.strip()
     if not text:
         return
-    if kind == "text/html" or text.startswith("<"):
+    if answer.content_type == "text/html" or text.startswith(b"<"):
         raise BitbucketBadResponse(
-            f"{step}: HTTP {response.status_code} with a body that is not JSON (text/html); "
+            f"{step}: HTTP {answer.status} with a body that is not JSON (text/html); "
             "a proxy or load balancer may have answered"
         )
     try:
-        response.json()
-    except ValueError:
+        _parse_json(step, answer)
+    except BitbucketBadResponse as error:
+        if "nested" in str(error):
+            raise
         raise BitbucketBadResponse(
-            f"{step}: HTTP {response.status_code} with a body that is not JSON (truncated or invalid)"
+            f"{step}: HTTP {answer.status} with a body that is not JSON (truncated or invalid)"
         ) from None
 
 
-def _reason(error: requests.ConnectionError) -> str:
+def _reason(error: requests.RequestException) -> str:
     text = str(error)
     for marker in (
         "Connection refused",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from rehearsal.bitbucket_simulator import BitbucketSimulator, main
+from rehearsal.bitbucket_simulator import BitbucketSimulator, RedirectTarget, main
 
 AUTH = ("admin", "secret")
 TIMEOUT = 2.0
@@ -408,6 +408,58 @@ def test_fault_before_hook(sim: BitbucketSimulator) -> None:
     sim.inject("poll", before=sim.cancel_from_ui)
     r = poll(sim, token)
     assert r.status_code == 500 and "internal-error" in sim.event_names()
+
+
+def test_fault_redirect_points_at_another_origin_with_the_request_path_and_query(sim: BitbucketSimulator) -> None:
+    with RedirectTarget() as target:
+        token, _ = locked_and_started(sim)
+        sim.inject("unlock", redirect_to=target.url)
+        r = requests.delete(
+            f"{sim.url}/mvc/maintenance/lock",
+            params={"token": token},
+            auth=AUTH,
+            timeout=TIMEOUT,
+            allow_redirects=False,
+        )
+        assert r.status_code == 302
+        assert r.headers["Location"] == f"{target.url}/mvc/maintenance/lock?token={token}"
+        assert sim.locked and target.arrived == []  # the redirect replaced the action
+
+        # A client that follows it (requests' default) hands the token and the password to the other origin,
+        # and the DELETE arrives there as a GET answered 200: what a naive unlock takes for success.
+        sim.inject("unlock", redirect_to=target.url, status=302)
+        followed = requests.delete(
+            f"{sim.url}/mvc/maintenance/lock", params={"token": token}, auth=AUTH, timeout=TIMEOUT
+        )
+        assert followed.status_code == 200
+        arrived = target.arrived[-1]
+        assert arrived.method == "GET" and arrived.query["token"] == [token]
+        assert target.received(token)
+        assert sim.locked
+
+
+def test_redirect_target_sees_headers_and_basic_credentials() -> None:
+    with RedirectTarget() as target:
+        requests.post(f"{target.url}/x", headers={TOKEN_HEADER: "tok-123456"}, auth=("admin", "pw-98765"), timeout=2)
+        assert target.received("tok-123456") and target.received("pw-98765")
+        assert not target.received("something-else")
+
+
+def test_fault_redirect_refuses_anything_but_a_local_http_origin(sim: BitbucketSimulator) -> None:
+    for bad in ("http://example.com", "https://127.0.0.1:1", "ftp://127.0.0.1"):
+        with pytest.raises(ValueError, match="redirect_to"):
+            sim.inject("unlock", redirect_to=bad)
+    with pytest.raises(ValueError, match="3xx"):
+        sim.inject("unlock", redirect_to="http://127.0.0.1:1", status=500)
+
+
+def test_rate_limit_answers_429_with_retry_after_and_does_nothing(sim: BitbucketSimulator) -> None:
+    sim.rate_limit("lock", retry_after=7, times=1)
+    r = lock(sim)
+    assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+    assert "Rate limit" in r.json()["errors"][0]["message"]
+    assert not sim.locked
+    assert lock(sim).status_code == 202  # the next one goes through
 
 
 def test_cli_parses_and_rejects_bad_arguments() -> None:

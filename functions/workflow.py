@@ -93,6 +93,8 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     config = load_config(request.instance)
     backup_id = backup_id_for(config.name, start_time)
     bind(backup_id=backup_id)
+    if config.connection_warning:
+        logger.warning(config.connection_warning)
     # The guard first: an overlapping execution must stop here, before it looks at (or touches) Bitbucket.
     runs.acquire(
         config.name,
@@ -491,6 +493,7 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         "lock_window_s": (unlocked or {}).get("lock_window_s"),
         "drain_s": (unlocked or {}).get("drain_s"),
         "duration_s": round(duration, 3),
+        "security_warning": run.config.connection_warning,
     }
     _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
     monitoring.record_success(run.instance, summary)  # lock window, drain, duration, size: flushed by the handler
@@ -560,6 +563,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
             "unlocked": unlocked,
             "cleanup": actions,
             "execution": run.execution if run else None,
+            "security_warning": run.config.connection_warning if run else None,
         },
     )
     return {"error": error, "cause": message + f" [unlocked: {unlocked}]", "unlocked": unlocked}

@@ -106,6 +106,8 @@ def rehearsal_project_config(
             {
                 "name": "demo",
                 "base_url": "http://127.0.0.1:7990",
+                # The simulator speaks plain http on 127.0.0.1; a real instance needs https (every run warns).
+                "insecure_connection_allowed_for_testing": True,
                 "credentials_secret": "bitbucket/demo/backup-user",
                 "home": home_cfg,
                 "database": db_cfg,

@@ -331,6 +331,9 @@ class InstanceConfig(_Strict):
     verify_tls: bool = True
     # Path of a CA bundle inside the Lambda asset, for a Bitbucket behind a private CA.
     ca_bundle: str | None = None
+    # The only way to accept an http:// base_url or verify_tls false: the password and the maintenance tokens then
+    # cross the network readable (or to whoever impersonates Bitbucket). Test systems only; every run warns.
+    insecure_connection_allowed_for_testing: bool = False
     # Disaster-recovery copies of every backup, made after the unlock (see CopyTarget).
     copies: list[CopyTarget] = Field(default_factory=list, max_length=5)
     # Monitoring: alarm when the newest complete backup is older than this (0 = no staleness alarm); default from
@@ -380,6 +383,43 @@ class InstanceConfig(_Strict):
         if problem:
             raise ValueError(f"'{schedule}': {problem}")
         return schedule
+
+    @model_validator(mode="after")
+    def _secure_connection(self) -> InstanceConfig:
+        if self.insecure_connection_allowed_for_testing:
+            return self
+        if self.base_url.lower().startswith("http://"):
+            raise ValueError(
+                f"base_url '{self.base_url}' is plain http: the Bitbucket password and the maintenance tokens would "
+                "cross the network unencrypted. Use https://, or, for a test system only, set "
+                "insecure_connection_allowed_for_testing: true"
+            )
+        if not self.verify_tls:
+            raise ValueError(
+                "verify_tls is false: anyone between the functions and Bitbucket could pose as Bitbucket and "
+                "collect the password. For a private CA set ca_bundle instead, or, for a test system only, set "
+                "insecure_connection_allowed_for_testing: true"
+            )
+        return self
+
+    @property
+    def connection_warning(self) -> str | None:
+        """Said in every run's log and notifications while the connection to Bitbucket is insecure."""
+        problems = [
+            problem
+            for problem, insecure in (
+                ("plain http (unencrypted)", self.base_url.lower().startswith("http://")),
+                ("TLS certificates not verified", not self.verify_tls),
+            )
+            if insecure
+        ]
+        if not problems:
+            return None
+        return (
+            f"INSECURE connection to Bitbucket ({', '.join(problems)}), allowed by "
+            "insecure_connection_allowed_for_testing: the password and the maintenance tokens can be read or "
+            "captured on the network. Never use this for a production instance"
+        )
 
     @property
     def parts(self) -> list[str]:

@@ -149,6 +149,7 @@ def world(simulator: BitbucketSimulator, monkeypatch: pytest.MonkeyPatch) -> Ite
         config = {
             "name": "demo",
             "base_url": simulator.url,
+            "insecure_connection_allowed_for_testing": True,  # the simulator speaks http on 127.0.0.1
             "credentials_secret": SECRET,
             "home": {
                 "strategy": "amazon-ebs",

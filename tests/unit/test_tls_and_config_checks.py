@@ -1,4 +1,5 @@
-"""TLS verification is on by default, a CA bundle is used when configured, and a missing bundle stops the synth."""
+"""TLS verification is on by default, a CA bundle is used when configured, and a missing bundle stops the synth;
+plain http and unverified TLS need a loudly named opt-in, and then every run warns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from functions import workflow
 from functions.clients.bitbucket import Credentials
@@ -42,8 +44,45 @@ def test_a_configured_ca_bundle_is_used(no_secret_lookup: None) -> None:
     assert client._session.verify == str(ROOT / "functions" / "certs" / "corp-ca.pem")
 
 
-def test_verification_can_be_turned_off_explicitly(no_secret_lookup: None) -> None:
-    assert workflow.bitbucket(_instance(verify_tls=False))._session.verify is False
+def test_verification_can_be_turned_off_only_with_the_loud_opt_in(no_secret_lookup: None) -> None:
+    with pytest.raises(ValidationError, match=r"verify_tls is false.*insecure_connection_allowed_for_testing: true"):
+        _instance(verify_tls=False)
+    config = _instance(verify_tls=False, insecure_connection_allowed_for_testing=True)
+    assert workflow.bitbucket(config)._session.verify is False
+    assert config.connection_warning is not None
+    assert config.connection_warning.startswith("INSECURE connection to Bitbucket (TLS certificates not verified)")
+
+
+def test_plain_http_is_refused_without_the_opt_in() -> None:
+    with pytest.raises(ValidationError, match=r"base_url 'http://bitbucket\.example\.com' is plain http"):
+        _instance(base_url="http://bitbucket.example.com")
+    allowed = _instance(base_url="http://bitbucket.example.com", insecure_connection_allowed_for_testing=True)
+    assert allowed.connection_warning is not None and "plain http (unencrypted)" in allowed.connection_warning
+
+
+def test_a_secure_connection_has_no_warning_even_with_the_opt_in() -> None:
+    assert _instance().connection_warning is None
+    assert _instance(insecure_connection_allowed_for_testing=True).connection_warning is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"base_url": "http://bitbucket.example.com"},
+            r"^instance 'prod' base_url 'http://bitbucket\.example\.com' is plain http",
+        ),
+        ({"verify_tls": False}, r"^instance 'prod' verify_tls is false"),
+    ],
+)
+def test_an_insecure_connection_stops_the_synth_with_the_instance_named(change: dict[str, Any], expected: str) -> None:
+    from stacks.app_builder import build_app
+
+    config = json.loads((ROOT / "cdk.json").read_text())["context"]["bitbucket-backup"]
+    config["bundling"] = "none"
+    config["instances"][0].update(change)
+    with pytest.raises(ConfigError, match=expected):
+        build_app(config)
 
 
 def test_a_missing_ca_bundle_stops_the_synth_with_the_instance_named() -> None:

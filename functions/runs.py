@@ -1,8 +1,13 @@
 """The run table: one item per instance while a backup of it runs.
 
 It is the concurrency guard (a conditional put per instance) and the only place the unlock and cancel tokens
-are kept (never in the state machine's input or output). The table is KMS-encrypted and items expire by TTL,
-so a guard left by a crashed run does not block the instance for ever.
+are kept (never in the state machine's input or output). The table is KMS-encrypted.
+
+Expiry: a guard left by a crashed run must not block the instance for ever, but an unlock token must never be
+lost while Bitbucket may be locked with it. So a record expires (DynamoDB TTL on `expires_at`) only while it
+holds no token: the guard's expiry is the backup state machine's timeout plus a margin, so it outlives the
+execution; while a token is held the record has no expiry at all and no other execution may take it over; when
+the token is removed (unlocked), the expiry comes back.
 """
 
 from __future__ import annotations
@@ -18,8 +23,21 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
-from functions.errors import BackupInProgress
+from functions.errors import BackupInProgress, PreflightFailed
+from functions.models.config import InstanceConfig
+from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, RECORD_MARGIN_SECONDS, execution_timeout_seconds
 from functions.observability import register_secret
+
+# For a record written before expiry_seconds was stored (a run in flight during an upgrade).
+_DEFAULT_EXPIRY_SECONDS = 24 * 3600
+
+
+def record_expiry_seconds(config: InstanceConfig) -> int:
+    """How long a run's guard outlives its start: the backup state machine's timeout (as deployed, or as this
+    instance's config implies, whichever is longer) plus a margin for the safety net."""
+    deployed = os.environ.get(EXECUTION_TIMEOUT_ENV, "")
+    timeout = max(int(deployed) if deployed.isdigit() else 0, execution_timeout_seconds([config]))
+    return timeout + RECORD_MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,7 @@ def _table() -> str:
 
 
 def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> None:
+    """Take the instance's guard for this run, expiring after `ttl_seconds` (see record_expiry_seconds)."""
     now = int(time.time())
     try:
         client("dynamodb").put_item(
@@ -60,13 +79,23 @@ def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> 
                 "execution": {"S": execution},
                 "phase": {"S": "preparing"},
                 "expires_at": {"N": str(now + ttl_seconds)},
+                "expiry_seconds": {"N": str(ttl_seconds)},
             },
-            # A retry of the same execution's validate (Step Functions retries Lambda errors) may take its own
-            # guard again, as long as that run has not locked yet.
+            # An expired guard may be taken over, but never one that holds an unlock token (Bitbucket may still be
+            # locked with it). A retry of the same execution's validate (Step Functions retries Lambda errors) may
+            # take its own guard again, as long as that run has not locked yet.
             ConditionExpression=(
-                "attribute_not_exists(#i) OR expires_at < :now OR (#e = :e AND #b = :b AND #p = :preparing)"
+                "attribute_not_exists(#i) OR (#x < :now AND attribute_not_exists(#t))"
+                " OR (#e = :e AND #b = :b AND #p = :preparing)"
             ),
-            ExpressionAttributeNames={"#i": "instance", "#e": "execution", "#b": "backup_id", "#p": "phase"},
+            ExpressionAttributeNames={
+                "#i": "instance",
+                "#e": "execution",
+                "#b": "backup_id",
+                "#p": "phase",
+                "#x": "expires_at",
+                "#t": "unlock_token",
+            },
             ExpressionAttributeValues={
                 ":now": {"N": str(now)},
                 ":e": {"S": execution},
@@ -77,10 +106,26 @@ def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> 
     except ClientError as error:
         if error_code(error) != "ConditionalCheckFailedException":
             raise
-        other = get(instance)
-        raise BackupInProgress(
-            f"skipped: backup {other.backup_id if other else '?'} of '{instance}' is in progress"
-        ) from None
+        raise _refusal(instance, get(instance), ttl_seconds, now) from None
+
+
+def _refusal(instance: str, other: Run | None, ttl_seconds: int, now: float) -> BackupInProgress | PreflightFailed:
+    if other is None or not other.unlock_token:
+        return BackupInProgress(f"skipped: backup {other.backup_id if other else '?'} of '{instance}' is in progress")
+    execution = other.execution.rsplit(":", 1)[-1] or "?"
+    if other.locked_at is not None and now - other.locked_at > ttl_seconds:
+        # Locked for longer than any execution may run: that run is over, but it never unlocked.
+        hours = (now - other.locked_at) / 3600
+        return PreflightFailed(
+            f"validate: Bitbucket may still be locked: backup {other.backup_id} (execution {execution}) locked it "
+            f"{hours:.0f} h ago and never unlocked, and its unlock token is still in the run table. This run did "
+            f"not start and left that record alone: unlock Bitbucket with the token (README, Troubleshooting, "
+            f"'Unlocking Bitbucket by hand'), then delete the item of '{instance}' from the run table"
+        )
+    return BackupInProgress(
+        f"skipped: backup {other.backup_id} of '{instance}' (execution {execution}) is in progress and holds "
+        "Bitbucket's lock"
+    )
 
 
 def get(instance: str, backup_id: str | None = None) -> Run | None:
@@ -122,10 +167,19 @@ def update(
     add_to_set: tuple[str, str] | None = None,
     **values: str | float,
 ) -> dict[str, Any]:
-    """Set (and remove) attributes of this run's item; refuses to touch another run's item."""
+    """Set (and remove) attributes of this run's item; refuses to touch another run's item.
+
+    Storing the unlock token removes the item's expiry (TTL must never delete the only copy of a token that
+    Bitbucket may still be locked with); removing it brings the expiry back, counted from now."""
     names = {"#b": "backup_id"}
     attr: dict[str, Any] = {":b": {"S": backup_id}}
     sets = []
+    if "unlock_token" in values:
+        remove = (*remove, "expires_at")
+    elif "unlock_token" in remove:
+        names.update({"#x": "expires_at", "#xs": "expiry_seconds"})
+        attr.update({":now": {"N": str(int(time.time()))}, ":xs": {"N": str(_DEFAULT_EXPIRY_SECONDS)}})
+        sets.append("#x = if_not_exists(#xs, :xs) + :now")
     for i, (key, value) in enumerate(values.items()):
         names[f"#k{i}"] = key
         attr[f":v{i}"] = {"N": str(value)} if isinstance(value, (int, float)) else {"S": value}

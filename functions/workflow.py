@@ -40,8 +40,6 @@ from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, s
 from functions.strategies.host_copy import KIND as ARCHIVE_KIND
 from functions.strategies.host_copy import HostCopyStrategy
 
-# Drain and snapshot waits are bounded per instance; the guard outlives the longest possible run.
-GUARD_MARGIN_SECONDS = 3600
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
 ZERO_DOWNTIME_MIN_VERSION = (4, 8)
 
@@ -96,12 +94,7 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     if config.connection_warning:
         logger.warning(config.connection_warning)
     # The guard first: an overlapping execution must stop here, before it looks at (or touches) Bitbucket.
-    runs.acquire(
-        config.name,
-        backup_id,
-        execution,
-        ttl_seconds=config.longest_run_seconds + GUARD_MARGIN_SECONDS,
-    )
+    runs.acquire(config.name, backup_id, execution, ttl_seconds=runs.record_expiry_seconds(config))
     try:
         facts = _preflight(config)
         config = _resolve_excluded_repos(config)
@@ -524,6 +517,10 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
     unlocked: str
     if record is not None and record.phase == "unlocked":
         unlocked = "yes (unlocked before the failure)"
+    elif record is None and run is not None and not run.config.zero_downtime:
+        # The record (and the unlock token in it) is gone: expired, or removed by hand. Whether this run locked
+        # cannot be told from it, so ask Bitbucket instead of assuming it never did.
+        unlocked = _unlocked_without_record(run)
     elif record is None or record.phase == "preparing" or not record.unlock_token:
         unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
         if run is not None and run.config.zero_downtime:
@@ -567,6 +564,24 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         },
     )
     return {"error": error, "cause": message + f" [unlocked: {unlocked}]", "unlocked": unlocked}
+
+
+def _unlocked_without_record(run: RunContext) -> str:
+    try:
+        state = bitbucket(run.config).status()
+    except BackupError as error:
+        return (
+            f"UNKNOWN - this run's record, with its unlock token, is gone and Bitbucket could not be asked whether it "
+            f"is still locked ({redact(str(error))}): check {run.config.base_url}/status; if it says MAINTENANCE, "
+            "end maintenance mode by hand (README, Troubleshooting)"
+        )
+    if state == "MAINTENANCE":
+        return (
+            "NO - Bitbucket is still in maintenance mode, and this run's record, with its unlock token, is gone "
+            "(expired or removed), so it could not unlock: make sure no one else is running a backup or an upgrade, "
+            "then end maintenance mode by hand (README, Troubleshooting: without the token, restart Bitbucket)"
+        )
+    return f"yes (this run's record was gone; Bitbucket says it is {state}, not in maintenance mode)"
 
 
 def _in_maintenance(run: RunContext | None) -> bool:

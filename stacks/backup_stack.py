@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +14,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
+from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
@@ -118,12 +118,13 @@ class BackupStack(Stack):
             suffix = "" if len(groups) == 1 else str(index + 1)
             # Each group's functions need their own scope, or the second group's ids collide with the first's.
             scope = self if len(groups) == 1 else Construct(self, f"Functions{suffix}")
+            # The execution may run as long as its slowest instance's waits, plus margin; the run records outlive it.
+            timeout_s = execution_timeout_seconds(instances)
+            group_environment = {**environment, EXECUTION_TIMEOUT_ENV: str(timeout_s)}
             factory = FunctionFactory(
-                scope, FunctionSettings(code=code, environment=environment, network=instances[0].network)
+                scope, FunctionSettings(code=code, environment=group_environment, network=instances[0].network)
             )
-            # The execution may run as long as its slowest instance's drain and snapshot waits, plus margin.
-            longest = max(i.longest_run_seconds for i in instances)
-            timing = replace(settings.timing, timeout_hours=math.ceil((longest + 3600) / 3600))
+            timing = replace(settings.timing, timeout_hours=timeout_s // 3600)
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])

@@ -513,18 +513,20 @@ def _location(headers: Any) -> str:
     return redact(shown) + (" (query not shown)" if parts.query else "")
 
 
-def _parse_json(step: str, answer: _Answer) -> Any:
-    def bad(why: str) -> BitbucketBadResponse:
-        kind = answer.content_type or "no content type"
+def _parse_json(step: str, answer: _Answer, invalid: str | None = None) -> Any:
+    """The body's JSON; a body that is not JSON is a bad answer described by `invalid` (default: its type)."""
+
+    def bad() -> BitbucketBadResponse:
+        what = invalid or answer.content_type or "no content type"
         return BitbucketBadResponse(
-            f"{step}: HTTP {answer.status} with a body that is not JSON ({kind}{why}); "
-            "a proxy or load balancer may have answered"
+            f"{step}: HTTP {answer.status} with a body that is not JSON ({what})"
+            + ("" if invalid else "; a proxy or load balancer may have answered")
         )
 
     try:
         text = answer.body.decode("utf-8")
     except UnicodeDecodeError:
-        raise bad(", not UTF-8") from None
+        raise bad() from None
     depth = _nesting(text)
     if depth > MAX_JSON_DEPTH:
         raise BitbucketBadResponse(
@@ -534,22 +536,37 @@ def _parse_json(step: str, answer: _Answer) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        raise bad("") from None
+        raise bad() from None
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
+_SPECIAL = re.compile(r'[\[\]{}"\\]')
 
 
 def _nesting(text: str) -> int:
-    """How deep arrays and objects nest (strings skipped), counted without recursion; stops past 1000."""
+    """How deep arrays and objects nest, strings skipped: one linear pass over the special characters only (a
+    regular expression for whole strings backtracks quadratically on hostile input). Stops past 1000."""
     depth = deepest = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub("", text)):
-        depth += 1 if bracket.group() in "[{" else -1
-        if depth > deepest:
-            deepest = depth
-            if deepest > 1000:
-                break
+    in_string = False
+    escaped_at = -1  # the position a backslash inside a string escapes
+    for found in _SPECIAL.finditer(text):
+        char, at = found.group(), found.start()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == "\\":
+                escaped_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > 1000:
+                    break
+        elif char in "]}":
+            depth -= 1
     return deepest
 
 
@@ -564,14 +581,7 @@ def _check_success_body(step: str, answer: _Answer) -> None:
             f"{step}: HTTP {answer.status} with a body that is not JSON (text/html); "
             "a proxy or load balancer may have answered"
         )
-    try:
-        _parse_json(step, answer)
-    except BitbucketBadResponse as error:
-        if "nested" in str(error):
-            raise
-        raise BitbucketBadResponse(
-            f"{step}: HTTP {answer.status} with a body that is not JSON (truncated or invalid)"
-        ) from None
+    _parse_json(step, answer, invalid="truncated or invalid")
 
 
 def _reason(error: requests.RequestException) -> str:

@@ -242,3 +242,12 @@ def test_brackets_inside_strings_do_not_count_as_nesting(simulator: BitbucketSim
     body = json.dumps({"db-state": "AVAILABLE", "scm-state": "AVAILABLE", "note": "[" * 500 + '\\"{' * 100})
     simulator.inject("poll", status=200, body=body)
     assert make_client(simulator).maintenance().db_state == "AVAILABLE"
+
+
+def test_a_hostile_string_full_of_escapes_is_read_in_linear_time(simulator: BitbucketSimulator) -> None:
+    # Escaped quotes by the hundred thousand: a scan that backtracks would take minutes here.
+    body = '{"db-state": "AVAILABLE", "scm-state": "AVAILABLE", "note": "' + '\\"' * 200_000 + '"}'
+    simulator.inject("poll", status=200, body=body)
+    started = time.monotonic()
+    assert make_client(simulator).maintenance().db_state == "AVAILABLE"
+    assert time.monotonic() - started < 5

@@ -848,6 +848,9 @@ class Rehearsal:
             self.resources["postgres"] = f"{self.postgres.host}:{self.postgres.port}"
         if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
             self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
+        if home["strategy"] in COPY_STRATEGIES:
+            # An archive restore extracts only below a configured root: the rehearsal's own directory.
+            self.instance_overrides.setdefault("restore", {"allowed_roots": [str(self.host.root)]})
         if "drill" in instance:
             # A small host of its own, tagged as a restore target of the instance (archives are restored onto it).
             drill_host = self._host_instance("drill")

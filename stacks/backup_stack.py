@@ -15,6 +15,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
+from functions.models.restore import DRILL_MACHINE_ENV
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
@@ -155,6 +156,7 @@ class BackupStack(Stack):
                 statuses=("ABORTED", "TIMED_OUT"),
                 description="Restore executions stopped or timed out (no Catch ran): remove what they created",
             )
+            restore_net.function.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
             # It reads the stopped execution's history for the plan, then cleans up as the restore's failure path.
             for machine in restore.state_machines:
                 machine.grant_read(restore_net.function)

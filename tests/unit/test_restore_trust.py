@@ -139,7 +139,7 @@ def test_restore_roots_must_be_plain_and_below_the_top_level(roots: list[str]) -
 
 
 def test_a_plan_carries_no_configuration() -> None:
-    with pytest.raises(InvalidInput, match="plan.config: Extra inputs are not permitted"):
+    with pytest.raises(InvalidInput, match=r"plan\.config: Extra inputs are not permitted"):
         parse(PlanEvent, {"plan": plan(config=CONFIG), "part": "home"}, "restore-part")
 
 

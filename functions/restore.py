@@ -125,19 +125,19 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
     return plan
 
 
-def check_restore_root(config: InstanceConfig, path: str, drill: bool) -> None:
+def check_restore_root(config: InstanceConfig, path: str, drill: bool, step: str = "validate") -> None:
     """An archive is extracted only strictly below one of the configured restore roots (restore.allowed_roots; a
     drill also below its own drill.work_path), named plainly: no `.` or `..` component, no doubled slash. The host
     script refuses a path through a symbolic link (its resolved path must be the path given)."""
     if posixpath.normpath(path) != path or "//" in path or any(c in (".", "..") for c in path.split("/")):
-        raise RestoreRefused(f"validate: target.home.path '{path}' is not a plain absolute path (no '.', '..', '//')")
+        raise RestoreRefused(f"{step}: target.home.path '{path}' is not a plain absolute path (no '.', '..', '//')")
     roots = list(config.restore.allowed_roots)
     if drill and config.drill is not None:
         roots.append(config.drill.work_path)
     if not any(path.startswith(root.rstrip("/") + "/") for root in roots):
         allowed = ", ".join(roots) if roots else "none are configured"
         raise RestoreRefused(
-            f"validate: target.home.path {path} is not below a restore root of instance '{config.name}' "
+            f"{step}: target.home.path {path} is not below a restore root of instance '{config.name}' "
             f"(restore.allowed_roots: {allowed}); add its parent directory there in cdk.json and redeploy"
         )
 
@@ -155,7 +155,7 @@ def checked(plan: RestorePlan, step: str) -> RestorePlan:
             raise RestoreRefused(f"{step}: instance '{config.name}' backs up no {part}")
         path = part_plan.get("path")
         if part == "home" and path is not None:
-            check_restore_root(config, str(path), plan.drill)
+            check_restore_root(config, str(path), plan.drill, step)
             if plan.target.home is None or plan.target.home.path != path:
                 raise RestoreRefused(f"{step}: the plan's home path is not its target's")
     return plan

@@ -788,10 +788,12 @@ class Rehearsal:
             self.rules.append((r(props["EventPattern"]), [r(t["Arn"]) for t in props.get("Targets", [])]))
         elif kind == "AWS::StepFunctions::StateMachine":
             definition = r(props["DefinitionString"])
+            # A fixed name counts (the functions recognise the drill's restore machine by it); else the logical id.
+            name = props.get("StateMachineName") or logical
             arn = self.client("stepfunctions").create_state_machine(
-                name=logical, definition=definition, roleArn=role_arn
+                name=name, definition=definition, roleArn=role_arn
             )["stateMachineArn"]
-            r.refs[logical], r.attrs[(logical, "Name")] = arn, logical
+            r.refs[logical], r.attrs[(logical, "Name")] = arn, name
             self.definitions = getattr(self, "definitions", {})
             self.definitions[logical] = json.loads(definition)
 

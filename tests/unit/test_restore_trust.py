@@ -182,3 +182,41 @@ def test_a_drill_plan_from_the_drill_machine_is_accepted(deployed: str) -> None:
     )
     assert restore.checked(drill_plan, "finish") is drill_plan
     assert restore.started_by_drill(DRILL_EXECUTION) and not restore.started_by_drill(RESTORE_EXECUTION)
+
+
+# --- the drill's teardown removes only what its own restore machine made, below its work_path ---------------------
+
+
+@pytest.mark.parametrize(
+    ("execution", "path", "problem"),
+    [
+        (RESTORE_EXECUTION, f"/srv/drill/{BACKUP_ID}", "not one of the drill's restore state machine"),
+        (DRILL_EXECUTION, "/srv/restore/precious", "not below the drill's work_path"),
+        (DRILL_EXECUTION, "/srv/drill/../restore/precious", "not below the drill's work_path"),
+    ],
+    ids=["another machine's restore", "outside the work path", "dot-dot"],
+)
+def test_the_drill_teardown_refuses_an_output_that_is_not_its_own(
+    deployed: str, execution: str, path: str, problem: str
+) -> None:
+    from functions import drill
+    from functions.models.drill import DrillPlan
+
+    drill_plan = DrillPlan.model_validate(
+        {
+            "instance": "archived",
+            "backup_id": BACKUP_ID,
+            "execution": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:drill:d-1",
+            "started_at": 0.0,
+            "config_version": 1,
+            "flow": {"host_poll_interval_seconds": 15},
+            "restore": {},
+        }
+    )
+    output = {
+        "execution": execution,
+        "drill": {"parts": {"home": {"path": path, "instance_id": DRILL_HOST}}, "created": {}},
+    }
+    # No host command is sent (moto's SSM would accept one): the refusal comes first and says what to do.
+    (action,) = drill.teardown(drill_plan, output, keep=False)
+    assert action.startswith("teardown refused: ") and problem in action and "by hand" in action

@@ -790,9 +790,9 @@ class Rehearsal:
             definition = r(props["DefinitionString"])
             # A fixed name counts (the functions recognise the drill's restore machine by it); else the logical id.
             name = props.get("StateMachineName") or logical
-            arn = self.client("stepfunctions").create_state_machine(
-                name=name, definition=definition, roleArn=role_arn
-            )["stateMachineArn"]
+            arn = self.client("stepfunctions").create_state_machine(name=name, definition=definition, roleArn=role_arn)[
+                "stateMachineArn"
+            ]
             r.refs[logical], r.attrs[(logical, "Name")] = arn, name
             self.definitions = getattr(self, "definitions", {})
             self.definitions[logical] = json.loads(definition)

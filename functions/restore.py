@@ -346,7 +346,7 @@ def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
     return steps
 
 
-def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
+def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: str = "") -> dict[str, Any]:
     """The one failure path: remove what this execution created (unless keep_on_failure), notify once."""
     raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
     plan = parse(RestorePlan, state["plan"], "handle-restore-failure") if isinstance(state.get("plan"), dict) else None
@@ -368,7 +368,7 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, 
         actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
-    if plan is not None and plan.drill and not refused:
+    if (plan.drill and not refused) if plan is not None else started_by_drill(execution):
         # The drill reports this failure (once); its message carries what was cleaned up.
         return {"error": error, "cause": f"{message} (cleanup: {'; '.join(actions)})", "cleanup": actions}
     notify.publish(

@@ -164,3 +164,6 @@ class StateEvent(_Strict):
 
     state: dict[str, Any] = Field(default_factory=dict)
     failure: dict[str, Any] = Field(default_factory=dict)
+    # The execution's ARN from the state machine's context (the failure path: a drill's restore that failed before
+    # its plan existed is known by its state machine).
+    execution: str = ""

@@ -132,7 +132,11 @@ class RestoreWorkflow(Construct):
         created = {"plan.$": "$.plan", "created": {"database.$": "$.database", "home.$": "$.home"}}
 
         handle = self._task(
-            scope, "Handle restore failure", "failure", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
+            scope,
+            "Handle restore failure",
+            "failure",
+            {"state.$": "$.state", "failure.$": "$.failure", "execution.$": "$$.Execution.Id"},
+            "$.outcome",
         )
         last_resort(
             scope,

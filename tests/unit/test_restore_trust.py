@@ -220,3 +220,13 @@ def test_the_drill_teardown_refuses_an_output_that_is_not_its_own(
     # No host command is sent (moto's SSM would accept one): the refusal comes first and says what to do.
     (action,) = drill.teardown(drill_plan, output, keep=False)
     assert action.startswith("teardown refused: ") and problem in action and "by hand" in action
+
+
+def test_a_restore_that_failed_before_its_plan_is_silent_only_in_the_drills_machine(deployed: str) -> None:
+    failure = {"step": "validate", "Error": "RestoreRefused", "Cause": "validate: the host cannot run commands"}
+    state = {"input": {"instance": "archived", "backup_id": BACKUP_ID, "target": {}}}
+    # The drill reports its restore's failure itself (once); the same failure of an operator's restore is announced.
+    restore.handle_failure(state, failure, DRILL_EXECUTION)
+    assert notices(deployed) == []
+    restore.handle_failure(state, failure, RESTORE_EXECUTION)
+    assert notices(deployed) == ["Bitbucket restore FAILED: archived at step validate"]

@@ -24,17 +24,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from functions import catalog, notify
+from functions import catalog, notify, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
 from functions.errors import BackupError
 from functions.models import metrics as names
 from functions.models.config import EbsHomeConfig, InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
-from functions.models.drill import DrillPlan
+from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.observability import bind, metrics, redact
+from functions.restore import started_by_drill
 from functions.strategies import VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
-from functions.workflow import _cause_text, load_config
+from functions.workflow import _cause_text
 from functions.workflow import _say as say
 
 
@@ -48,7 +49,7 @@ class DrillFailed(BackupError):
 def plan(raw_input: dict[str, Any], execution: str) -> DrillPlan:
     request = parse(ExecutionInput, raw_input, "plan")
     bind(instance=request.instance)
-    config = load_config(request.instance)
+    config, version = trusted_config.load(request.instance, step="plan")
     if config.drill is None:
         raise DrillFailed(f"plan: instance '{config.name}' has no drill configured")
     backup_id = catalog.newest_complete(config)
@@ -60,13 +61,14 @@ def plan(raw_input: dict[str, Any], execution: str) -> DrillPlan:
         backup_id=backup_id,
         execution=execution,
         started_at=time.time(),
-        config=config,
+        config_version=version,
+        flow=DrillFlow(host_poll_interval_seconds=config.timing.host_poll_interval_seconds),
+        # Run by the drill's own restore state machine, which alone makes it a drill (not a field of this input).
         restore={
             "instance": config.name,
             "backup_id": backup_id,
             "target": targets(config, backup_id),
             "keep_on_failure": config.drill.keep_on_failure,
-            "drill": True,
         },
     )
     say(config, f"restore drill of {backup_id}: restoring into {json.dumps(drill_plan.restore['target'])}")
@@ -169,7 +171,7 @@ def check_status(drill_plan: DrillPlan, check: dict[str, Any]) -> dict[str, Any]
 
 def finish(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
     raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
-    drill_plan = DrillPlan.model_validate(state["plan"]) if isinstance(state.get("plan"), dict) else None
+    drill_plan = parse(DrillPlan, state["plan"], "finish") if isinstance(state.get("plan"), dict) else None
     instance = drill_plan.instance if drill_plan else str((raw_input or {}).get("instance", "")) or None
     backup_id = drill_plan.backup_id if drill_plan else None
     bind(instance=instance, backup_id=backup_id)
@@ -254,12 +256,32 @@ def _record(config: InstanceConfig, backup_id: str, verified: bool, today: str, 
             actions.append(f"tagged {artifact.id} {key}={today}")
 
 
+def _foreign(drill_plan: DrillPlan, output: dict[str, Any], parts: dict[str, Any]) -> str | None:
+    """Why the restore's output is not this drill's to tear down (None if it is): an execution of the drill's own
+    restore state machine, parts the instance backs up, a home only below the drill's work_path on its host."""
+    config, drill = drill_plan.config, drill_plan.drill
+    if not started_by_drill(str(output.get("execution", ""))):
+        return "the restore execution is not one of the drill's restore state machine"
+    if not isinstance(parts, dict) or any(part not in config.parts for part in parts):
+        return "the restore's parts are not this instance's"
+    home = parts.get("home") or {}
+    if home.get("path") is not None:
+        path, root = str(home["path"]), drill.work_path.rstrip("/") + "/"
+        if not path.startswith(root) or ".." in path.split("/") or home.get("instance_id") != drill.host_instance_id:
+            return f"the restored home {path} is not below the drill's work_path on its host"
+    return None
+
+
 def teardown(drill_plan: DrillPlan, output: dict[str, Any], keep: bool) -> list[str]:
     """Removes the drill's copy: each part's restore_cleanup (only what that restore execution created and still
     holds `restoring`), then the drill's extraction directory on the drill host."""
     info = output.get("drill") or {}
     parts, created = info.get("parts", {}), info.get("created", {})
     actions: list[str] = []
+    refused = _foreign(drill_plan, output, parts)
+    if refused:
+        # Removes nothing on the say-so of an output that the configuration does not back.
+        return [f"teardown refused: {refused}; remove the drill's copy by hand"]
     for part, part_plan in parts.items():
         try:
             actions += strategy_for(drill_plan.config, part).restore_cleanup(

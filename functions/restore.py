@@ -11,19 +11,21 @@ failure path finds exactly its own resources, even those of a step that failed h
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import re
 import time
 from typing import Any
 
-from functions import notify
+from functions import notify, trusted_config
 from functions.clients.aws import client
 from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
-from functions.models.restore import PART_STATE_NAMES, RestoreInput, RestorePlan
+from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES, PlanFlow, RestoreInput, RestorePlan
 from functions.observability import bind, logger, metrics, redact
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
-from functions.workflow import _cause_text, load_config
+from functions.workflow import _cause_text
 from functions.workflow import _say as say
 
 PARTS = ("database", "home")
@@ -37,10 +39,25 @@ def _say(plan: RestorePlan, message: str) -> None:
 # --- validate: everything is checked before anything is created ---------------------------------------------------
 
 
-def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> RestorePlan:
+def started_by_drill(execution: str) -> bool:
+    """Whether `execution` (an execution ARN, from the state machine's context) belongs to the drill's restore state
+    machine: arn:aws:states:<region>:<account>:execution:<state machine name>:<execution name>."""
+    machine = os.environ.get(DRILL_MACHINE_ENV, "")
+    fields = execution.split(":")
+    return bool(machine) and len(fields) == 8 and fields[5] == "execution" and fields[6] == machine
+
+
+def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: bool = False) -> RestorePlan:
+    if isinstance(raw_input, dict) and "drill" in raw_input:
+        raise RestoreRefused(
+            "validate: 'drill' is not an input of a restore: only the restore drill's own state machine runs a "
+            "restore as a drill (remove the field to restore for real)"
+        )
+    if drill and not started_by_drill(execution):
+        raise RestoreRefused("validate: a drill restore runs only in the drill's own restore state machine")
     request = parse(RestoreInput, raw_input, "validate")
     bind(instance=request.instance, backup_id=request.backup_id)
-    config = load_config(request.instance)
+    config, version = trusted_config.load(request.instance)
     backup_id = request.backup_id
     if not re.fullmatch(r"[a-z][a-z0-9-]*-\d{8}-\d{6}", backup_id):
         raise RestoreRefused(f"validate: '{backup_id}' is not a backup id (<instance>-YYYYMMDD-HHMMSS)")
@@ -52,6 +69,10 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> Rest
     for part in PARTS:
         if request.target.of(part) is not None and part not in config.parts:
             raise RestoreRefused(f"validate: target.{part} is given but instance '{config.name}' backs up no {part}")
+
+    home_target = request.target.home
+    if home_target is not None and home_target.path is not None:
+        check_restore_root(config, home_target.path, drill)
 
     strategies = {s.part: s for s in strategies_for(config)}
     found = [(s, a) for s in strategies.values() for a in s.artifacts(backup_id)]
@@ -89,10 +110,11 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> Rest
         backup_id=backup_id,
         execution=execution,
         started_at=time.time(),
-        config=config,
+        config_version=version,
+        flow=PlanFlow(restore_poll_interval_seconds=config.timing.restore_poll_interval_seconds),
         target=request.target,
         keep_on_failure=request.keep_on_failure,
-        drill=request.drill,
+        drill=drill,
         parts=parts,
         restore_database="database" in parts,
         restore_home="home" in parts,
@@ -100,6 +122,42 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str) -> Rest
         mount=bool(home and home.mount),
     )
     _say(plan, f"restore of {backup_id} validated: {', '.join(parts)} into new resources; nothing exists yet")
+    return plan
+
+
+def check_restore_root(config: InstanceConfig, path: str, drill: bool, step: str = "validate") -> None:
+    """An archive is extracted only strictly below one of the configured restore roots (restore.allowed_roots; a
+    drill also below its own drill.work_path), named plainly: no `.` or `..` component, no doubled slash. The host
+    script refuses a path through a symbolic link (its resolved path must be the path given)."""
+    if posixpath.normpath(path) != path or "//" in path or any(c in (".", "..") for c in path.split("/")):
+        raise RestoreRefused(f"{step}: target.home.path '{path}' is not a plain absolute path (no '.', '..', '//')")
+    roots = list(config.restore.allowed_roots)
+    if drill and config.drill is not None:
+        roots.append(config.drill.work_path)
+    if not any(path.startswith(root.rstrip("/") + "/") for root in roots):
+        allowed = ", ".join(roots) if roots else "none are configured"
+        raise RestoreRefused(
+            f"{step}: target.home.path {path} is not below a restore root of instance '{config.name}' "
+            f"(restore.allowed_roots: {allowed}); add its parent directory there in cdk.json and redeploy"
+        )
+
+
+def checked(plan: RestorePlan, step: str) -> RestorePlan:
+    """A later step's plan, checked against the deployed configuration: what decides where a step writes or what it
+    removes must still be allowed there (the plan is the validate step's result, but a step trusts no event)."""
+    config = plan.config
+    if not re.fullmatch(re.escape(config.name) + r"-\d{8}-\d{6}", plan.backup_id):
+        raise RestoreRefused(f"{step}: backup {plan.backup_id} is not a backup of instance '{config.name}'")
+    if plan.drill and not started_by_drill(plan.execution):
+        raise RestoreRefused(f"{step}: a drill restore runs only in the drill's own restore state machine")
+    for part, part_plan in plan.parts.items():
+        if part not in config.parts:
+            raise RestoreRefused(f"{step}: instance '{config.name}' backs up no {part}")
+        path = part_plan.get("path")
+        if part == "home" and path is not None:
+            check_restore_root(config, str(path), plan.drill, step)
+            if plan.target.home is None or plan.target.home.path != path:
+                raise RestoreRefused(f"{step}: the plan's home path is not its target's")
     return plan
 
 
@@ -125,6 +183,7 @@ def _available(config: InstanceConfig) -> str:
 
 def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
+    checked(plan, f"restore-{part}")
     created = strategy_for(plan.config, part).restore_start(plan.parts[part], plan.execution)
     _say(plan, f"{part} restore started: {created.get('started') or created}")
     return created
@@ -149,6 +208,7 @@ def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, An
 
 def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
+    checked(plan, "attach-home")
     result = strategy_for(plan.config, "home").restore_attach(plan.parts["home"], created, plan.execution)
     _say(plan, f"home volumes attached to {result['instance_id']}")
     return result
@@ -156,6 +216,7 @@ def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
 
 def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
+    checked(plan, "mount-home")
     result = strategy_for(plan.config, "home").restore_mount(plan.parts["home"], attached)
     _say(plan, f"home mounted at {', '.join(result['mounted'])} on {result['instance_id']}")
     return result
@@ -165,7 +226,7 @@ def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish(state: dict[str, Any]) -> dict[str, Any]:
-    plan = RestorePlan.model_validate(state["plan"])
+    plan = checked(parse(RestorePlan, state.get("plan"), "finish"), "finish")
     bind(instance=plan.instance, backup_id=plan.backup_id)
     created = {part: state[part] for part in plan.parts}
     for part in plan.parts:
@@ -285,20 +346,29 @@ def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
     return steps
 
 
-def handle_failure(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
+def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: str = "") -> dict[str, Any]:
     """The one failure path: remove what this execution created (unless keep_on_failure), notify once."""
     raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
-    plan = RestorePlan.model_validate(state["plan"]) if isinstance(state.get("plan"), dict) else None
+    plan = parse(RestorePlan, state["plan"], "handle-restore-failure") if isinstance(state.get("plan"), dict) else None
+    refused = None
+    if plan is not None:
+        try:
+            checked(plan, "handle-restore-failure")
+        except RestoreRefused as problem:  # removes nothing on a plan's say-so that the configuration does not back
+            refused = str(problem)
     instance = plan.instance if plan else str((raw_input or {}).get("instance", "")) or None
     backup_id = plan.backup_id if plan else (raw_input or {}).get("backup_id")
     bind(instance=instance, backup_id=backup_id if isinstance(backup_id, str) else None)
     step = str(failure.get("step", "unknown"))
     error = str(failure.get("Error", "Error"))
     cause = _cause_text(failure.get("Cause"))
-    actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
+    if refused:
+        actions = [f"nothing removed: {refused}; check by hand"]
+    else:
+        actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
-    if plan.drill if plan else (raw_input or {}).get("drill") is True:
+    if (plan.drill and not refused) if plan is not None else started_by_drill(execution):
         # The drill reports this failure (once); its message carries what was cleaned up.
         return {"error": error, "cause": f"{message} (cleanup: {'; '.join(actions)})", "cleanup": actions}
     notify.publish(
@@ -348,7 +418,7 @@ def handle_stopped(detail: dict[str, Any]) -> dict[str, Any]:
     state = _last_state(execution)
     if not isinstance(state.get("plan"), dict):
         return {"action": "none", "reason": "the execution ended before its validate step: nothing was created"}
-    plan = RestorePlan.model_validate(state["plan"])
+    plan = checked(parse(RestorePlan, state["plan"], "restore-safety-net"), "restore-safety-net")
     bind(instance=plan.instance, backup_id=plan.backup_id)
     actions = _cleanup(plan, state)
     logger.warning(f"restore safety net acted on {status} execution", extra={"cleanup": actions})

@@ -15,9 +15,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from functions import cleanup, monitoring, notify, runs
+from functions import cleanup, monitoring, notify, runs, trusted_config
 from functions.clients import host
-from functions.clients.aws import client, error_code
+from functions.clients.aws import client
 from functions.clients.bitbucket import BitbucketClient, Lock
 from functions.clients.secrets import credentials
 from functions.errors import (
@@ -25,16 +25,14 @@ from functions.errors import (
     BackupError,
     BitbucketRequestFailed,
     BitbucketUnavailable,
-    ConfigInvalid,
     CopyFailed,
     DrainTimeout,
     PreflightFailed,
     SnapshotFailed,
     SnapshotTimeout,
-    UnknownInstance,
 )
-from functions.models.config import ConfigError, CopyTarget, InstanceConfig, RsyncHomeConfig, parse_instance_config
-from functions.models.events import ExecutionInput, RunContext, parse
+from functions.models.config import CopyTarget, InstanceConfig, RsyncHomeConfig
+from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.observability import bind, logger, redact, short
 from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, strategy_for
 from functions.strategies.host_copy import KIND as ARCHIVE_KIND
@@ -45,17 +43,8 @@ ZERO_DOWNTIME_MIN_VERSION = (4, 8)
 
 
 def load_config(instance: str) -> InstanceConfig:
-    name = os.environ["CONFIG_PARAMETER_PREFIX"].rstrip("/") + "/" + instance
-    try:
-        raw = client("ssm").get_parameter(Name=name)["Parameter"]["Value"]
-    except ClientError as error:
-        if error_code(error) == "ParameterNotFound":
-            raise UnknownInstance(f"validate: no instance '{instance}' is configured in this deployment") from None
-        raise
-    try:
-        return parse_instance_config(json.loads(raw))
-    except (ValueError, ConfigError) as error:
-        raise ConfigInvalid(f"validate: the stored configuration of '{instance}' is invalid: {error}") from None
+    """The newest deployed configuration of `instance` (see functions.trusted_config)."""
+    return trusted_config.load(instance)[0]
 
 
 def bitbucket(config: InstanceConfig) -> BitbucketClient:
@@ -88,7 +77,7 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     """Everything that can fail before the lock, checked while Bitbucket is live."""
     request = parse(ExecutionInput, raw_input, "validate")
     bind(instance=request.instance)
-    config = load_config(request.instance)
+    config, version = trusted_config.load(request.instance)
     backup_id = backup_id_for(config.name, start_time)
     bind(backup_id=backup_id)
     if config.connection_warning:
@@ -113,20 +102,30 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
             f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
         )
     logger.info("preflight passed", extra=facts)
-    version = facts.get("bitbucket_version")
+    bitbucket_version = facts.get("bitbucket_version")
     return RunContext(
         instance=config.name,
         backup_id=backup_id,
         execution=execution,
         started_at=time.time(),
-        config=config,
-        bitbucket_version=str(version) if version else None,
+        config_version=version,
+        flow=RunFlow.of(config),
+        bitbucket_version=str(bitbucket_version)[:100] if bitbucket_version else None,
+        exclude_repo_ids=_excluded_ids(config),
     )
+
+
+def _excluded_ids(config: InstanceConfig) -> list[int] | None:
+    """The resolved home.exclude_repos, carried by the run (later steps check them against the configuration)."""
+    home = config.home
+    if not isinstance(home, RsyncHomeConfig) or not home.exclude_repos:
+        return None
+    return [int(r) for r in home.exclude_repos]
 
 
 def _resolve_excluded_repos(config: InstanceConfig) -> InstanceConfig:
     """home.exclude_repos may name repositories as PROJECT/slug; the host script takes ids. Resolved while Bitbucket
-    is live, once per run: the run carries the resolved config (a renamed repository keeps its id)."""
+    is live, once per run: the run carries the resolved ids (a renamed repository keeps its id)."""
     home = config.home
     if not isinstance(home, RsyncHomeConfig) or all(isinstance(r, int) for r in home.exclude_repos):
         return config

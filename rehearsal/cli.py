@@ -122,7 +122,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "status": result.status,
         "error": error,
         "backup_id": backup_id,
-        "zero_downtime": bool((validated.get("run") or {}).get("config", {}).get("zero_downtime")),
+        "zero_downtime": bool((validated.get("run") or {}).get("flow", {}).get("zero_downtime")),
         "lock_window_s": lock_window,
         "drain_s": drain,
         "orchestrator_share_s": round(lock_window - drain, 3) if lock_window is not None and drain else None,

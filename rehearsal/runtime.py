@@ -790,10 +790,12 @@ class Rehearsal:
             self.rules.append((r(props["EventPattern"]), [r(t["Arn"]) for t in props.get("Targets", [])]))
         elif kind == "AWS::StepFunctions::StateMachine":
             definition = r(props["DefinitionString"])
-            arn = self.client("stepfunctions").create_state_machine(
-                name=logical, definition=definition, roleArn=role_arn
-            )["stateMachineArn"]
-            r.refs[logical], r.attrs[(logical, "Name")] = arn, logical
+            # A fixed name counts (the functions recognise the drill's restore machine by it); else the logical id.
+            name = props.get("StateMachineName") or logical
+            arn = self.client("stepfunctions").create_state_machine(name=name, definition=definition, roleArn=role_arn)[
+                "stateMachineArn"
+            ]
+            r.refs[logical], r.attrs[(logical, "Name")] = arn, name
             self.definitions = getattr(self, "definitions", {})
             self.definitions[logical] = json.loads(definition)
 
@@ -850,6 +852,9 @@ class Rehearsal:
             self.resources["postgres"] = f"{self.postgres.host}:{self.postgres.port}"
         if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
             self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
+        if home["strategy"] in COPY_STRATEGIES:
+            # An archive restore extracts only below a configured root: the rehearsal's own directory.
+            self.instance_overrides.setdefault("restore", {"allowed_roots": [str(self.host.root)]})
         if "drill" in instance:
             # A small host of its own, tagged as a restore target of the instance (archives are restored onto it).
             drill_host = self._host_instance("drill")

@@ -14,6 +14,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
+from functions.models.restore import DRILL_MACHINE_ENV
 from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
 from stacks import permissions
 from stacks.bundling import lambda_code
@@ -137,25 +138,29 @@ class BackupStack(Stack):
             )
             # The restore's executions may wait as long as the slowest instance's restore timeout, plus margin.
             restore_timeout = max(i.timing.restore_timeout_seconds for i in instances) + 3600
+            drilled = [i for i in instances if i.drill]
             restore = RestoreWorkflow(
                 self,
                 f"Restore{suffix}",
                 factory=factory,
                 timeout=Duration.seconds(restore_timeout),
                 timing=settings.timing,
+                for_drills=bool(drilled),
             )
             restore_net = SafetyNet(
                 self,
                 f"RestoreSafetyNet{suffix}",
                 factory=factory,
-                state_machines=[restore.state_machine],
+                state_machines=restore.state_machines,
                 function_id="RestoreSafetyNetFn",
                 handler="functions.handlers.restore_safety_net.handler",
                 statuses=("ABORTED", "TIMED_OUT"),
                 description="Restore executions stopped or timed out (no Catch ran): remove what they created",
             )
+            restore_net.function.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
             # It reads the stopped execution's history for the plan, then cleans up as the restore's failure path.
-            restore.state_machine.grant_read(restore_net.function)
+            for machine in restore.state_machines:
+                machine.grant_read(restore_net.function)
             self._grant_restore(
                 {**restore.functions, "safety_net": restore_net.function}, instances, notifications, parameters, key
             )
@@ -164,7 +169,6 @@ class BackupStack(Stack):
                 MonitoredMachine("Backup", workflow.state_machine, names),
                 MonitoredMachine("Restore", restore.state_machine, names),
             ]
-            drilled = [i for i in instances if i.drill]
             drill = None
             if drilled:
                 checks = max(i.drill.command_timeout_seconds for i in drilled if i.drill)
@@ -172,7 +176,7 @@ class BackupStack(Stack):
                     self,
                     f"Drill{suffix}",
                     factory=factory,
-                    restore=restore.state_machine,
+                    restore=restore,
                     timeout=Duration.seconds(restore_timeout + checks + 3600),
                     timing=settings.timing,
                 )
@@ -245,7 +249,7 @@ class BackupStack(Stack):
             # Single-item access only: no Scan, Query or batch writes on the run table.
             runs.table.grant(fn, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
             key.grant_encrypt_decrypt(fn)
-        for fn in each("validate", "safety_net"):
+        for fn in fns.values():  # every step loads its configuration from the parameter, never from its event
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)
         for fn in each("validate", "home", "database", "check", "copy", "finalize", "failure", "safety_net"):
@@ -304,8 +308,9 @@ class BackupStack(Stack):
         key: kms.IKey,
     ) -> None:
         """The restore's functions: no Bitbucket secret, no run table; each only what its step needs."""
-        for parameter in (parameters.parameters[i.name] for i in instances):
-            parameter.grant_read(fns["validate"])
+        for fn in fns.values():
+            for parameter in (parameters.parameters[i.name] for i in instances):
+                parameter.grant_read(fn)
         grants = {
             "validate": permissions.restore_describe(instances),
             "database": [*permissions.restore_describe(instances), *permissions.restore_database(self, instances)],
@@ -342,8 +347,9 @@ class BackupStack(Stack):
     ) -> None:
         """The drill reads the catalog, runs its checks on the drill hosts, tags the backup's artifacts (never deletes
         them) and tears down only what its restore created (still `restoring`, as the restore's failure path may)."""
-        for parameter in (parameters.parameters[i.name] for i in instances):
-            parameter.grant_read(fns["plan"])
+        for fn in fns.values():
+            for parameter in (parameters.parameters[i.name] for i in instances):
+                parameter.grant_read(fn)
         catalog = permissions.describe(instances)
         archives = self._archives_of(instances)
         if archives is not None:

@@ -95,8 +95,8 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
     # --- the restore's executions: its safety net and the restore drill ----------------------------------------------
     (
         rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:states:{_REGION}:{_ACCOUNT}:execution:"
-        r'\{"Fn::Select":\[6,\{"Fn::Split":\[":",\{"Ref":"Restore[0-9]*StateMachine[0-9A-F]{8}"\}\]\}\]\}:?\*\]',
-        "Executions of the restore state machine, whose names are made at run time; only that one state machine's: "
+        r'\{"Fn::Select":\[6,\{"Fn::Split":\[":",\{"Ref":"Restore[0-9]*(ForDrills)?StateMachine[0-9A-F]{8}"\}\]\}\]\}:?\*\]',
+        "Executions of a restore state machine (the operators' or the drill's own), whose names are made at run time: "
         "the restore's safety net reads a stopped execution's history (its plan), and CDK's grant for "
         "startExecution.sync lets the drill wait for (DescribeExecution) and stop the restore it starts.",
     ),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from functions import trusted_config
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
 from rehearsal.runtime import REGION, set_fake_credentials
@@ -21,6 +22,8 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "0")
+    # Each test deploys its own world: a parameter version read by an earlier test is not this one's.
+    trusted_config.clear_cache()
 
 
 @pytest.fixture

@@ -11,4 +11,4 @@ from functions.models.restore import StateEvent
 @step("handle-restore-failure")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(StateEvent, event, "handle-restore-failure")
-    return restore.handle_failure(request.state, request.failure)
+    return restore.handle_failure(request.state, request.failure, request.execution)

@@ -11,4 +11,4 @@ from functions.models.restore import ValidateEvent
 @step("validate")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(ValidateEvent, event, "validate")
-    return restore.validate(request.input, request.execution, request.start_time).model_dump(mode="json")
+    return restore.validate(request.input, request.execution, request.start_time, request.drill).model_dump(mode="json")

@@ -1066,11 +1066,15 @@ cmd_extract() {
         id -u -- "$owner" >/dev/null 2>&1 || die 2 "unknown user for --owner: $owner"
     fi
     target=$(realpath -m -- "${FLAG[target]}")
+    # The path was checked against the allowed restore roots as given: one through a symbolic link could land elsewhere.
+    [[ $target == "${FLAG[target]%/}" ]] || die 6 "the target ${FLAG[target]} is not a plain path (it resolves to $target)"
+    local made=0
     if [[ -e $target ]]; then
         [[ -d $target ]] || die 6 "the target exists and is not a directory: $target"
         dir_is_empty "$target" || die 6 "refusing to extract into a non-empty directory: $target"
     else
         mkdir -p -- "$target" 2>/dev/null || die 4 "cannot create $target (no space left?)"
+        made=1
     fi
     make_work
     local partial
@@ -1079,14 +1083,18 @@ cmd_extract() {
     local start
     start=$(now_ns)
     extract_into "$archive" "$partial"
-    local e
+    local e extracted=()
     shopt -s dotglob
-    for e in "$partial"/*; do mv -- "$e" "$target/"; done
+    for e in "$partial"/*; do mv -- "$e" "$target/" && extracted+=("$target/${e##*/}"); done
     shopt -u dotglob
     rmdir -- "$partial"
     if [[ -n $owner ]]; then
-        chown -R -- "$owner:" "$target" 2>/dev/null || chown -R -- "$owner" "$target" ||
-            die 5 "chown -R $owner $target failed"
+        # Re-own what was extracted (and the target if this run made it), never a directory that was there before.
+        ((made)) && extracted=("$target")
+        if ((${#extracted[@]})); then
+            chown -R -- "$owner:" "${extracted[@]}" 2>/dev/null || chown -R -- "$owner" "${extracted[@]}" ||
+                die 5 "chown -R $owner $target failed"
+        fi
     fi
     seconds_since "$start"
     local seconds=$REPLY jt

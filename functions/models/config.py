@@ -204,6 +204,23 @@ class DrillConfig(_Strict):
         return schedule
 
 
+class RestoreConfig(_Strict):
+    """Where a restore may write. An archive (rsync home) is extracted only into a directory strictly below one of
+    `allowed_roots` (a drill also below its drill.work_path); none by default: a manual archive restore needs one."""
+
+    allowed_roots: list[Annotated[str, Field(pattern=_ABS_PATH)]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _plain(cls, roots: list[str]) -> list[str]:
+        for root in roots:
+            if "//" in root or any(part in (".", "..") for part in root.split("/")):
+                raise ValueError(f"'{root}' must be a plain absolute path (no '.', '..' or '//')")
+            if root.count("/") < 2:
+                raise ValueError(f"'{root}' is a top-level directory: name a directory below it (e.g. /srv/restore)")
+        return roots
+
+
 REGION = r"^[a-z]{2}(-[a-z]+)+-\d$"
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/[A-Za-z0-9-]+$")
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/[A-Za-z0-9+=,.@_/-]{1,512}$")
@@ -342,6 +359,8 @@ class InstanceConfig(_Strict):
     schedule_offset_minutes: int | None = Field(default=None, ge=0, le=59)
     # The scheduled restore drill (see DrillConfig); none by default.
     drill: DrillConfig | None = None
+    # Where restores may write (see RestoreConfig).
+    restore: RestoreConfig = RestoreConfig()
 
     @field_validator("name")
     @classmethod

@@ -1,4 +1,10 @@
-"""What the state machine hands each Lambda. Handlers parse these and nothing else."""
+"""What the state machine hands each Lambda. Handlers parse these and nothing else.
+
+No event carries configuration: every step loads its instance's configuration from the copy the stack deployed
+(functions.trusted_config), by the instance name and the parameter version the validate step read. A step event is
+strict, so a crafted `config` (or any field that would say where to connect, what to run or what to delete) is
+refused, not silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,103 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from functions import trusted_config
 from functions.errors import InvalidInput
-from functions.models.config import InstanceConfig
+from functions.models.config import InstanceConfig, RsyncHomeConfig, TimingConfig
 
 BACKUP_ID = re.compile(r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$")
+INSTANCE = r"^[a-z][a-z0-9-]*$"
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class ExecutionInput(_Event):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExecutionInput(_Strict):
     """What a schedule or an operator passes: {"instance": "prod"}."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    instance: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
+    instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
 
 
-class PrepareEvent(_Event):
+class PrepareEvent(_Strict):
     input: dict[str, Any]
     execution: str
     start_time: str
 
 
-class RunContext(_Event):
-    """Carried through the state machine by every step; holds nothing secret."""
+class FlowTiming(_Strict):
+    poll_interval_seconds: int
+    host_poll_interval_seconds: int
+    snapshot_poll_interval_seconds: int
+    copy_poll_interval_seconds: int
 
-    instance: str
+
+class FlowPart(_Strict):
+    strategy: str
+
+
+class RunFlow(_Strict):
+    """What the state machine's Choice and Wait states read (the validate step's result). No handler reads it: a
+    step decides from the deployed configuration."""
+
+    zero_downtime: bool
+    home: FlowPart
+    database: FlowPart
+    timing: FlowTiming
+
+    @classmethod
+    def of(cls, config: InstanceConfig) -> RunFlow:
+        timing: TimingConfig = config.timing
+        return cls(
+            zero_downtime=config.zero_downtime,
+            home=FlowPart(strategy=config.home.strategy),
+            database=FlowPart(strategy=config.database.strategy),
+            timing=FlowTiming(
+                poll_interval_seconds=timing.poll_interval_seconds,
+                host_poll_interval_seconds=timing.host_poll_interval_seconds,
+                snapshot_poll_interval_seconds=timing.snapshot_poll_interval_seconds,
+                copy_poll_interval_seconds=timing.copy_poll_interval_seconds,
+            ),
+        )
+
+
+class RunContext(_Strict):
+    """Carried through the state machine by every step: who and which run, never where or what; nothing secret."""
+
+    instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
     backup_id: str = Field(pattern=BACKUP_ID.pattern)
     execution: str
     started_at: float
-    config: InstanceConfig
+    # The version of the instance's SSM parameter that the validate step read: later steps load exactly that one.
+    config_version: int = Field(ge=1)
+    flow: RunFlow
     # Read in validate; written into the archives' manifests (the copy-type strategies).
-    bitbucket_version: str | None = None
+    bitbucket_version: str | None = Field(default=None, max_length=100)
+    # home.exclude_repos resolved to repository ids by the validate step (Bitbucket answers REST calls only while
+    # live), one per configured entry; checked against the configuration (see `config`).
+    exclude_repo_ids: list[int] | None = None
+
+    @property
+    def config(self) -> InstanceConfig:
+        config, _ = trusted_config.load(self.instance, self.config_version, step="configuration")
+        home = config.home
+        if self.exclude_repo_ids is None or not isinstance(home, RsyncHomeConfig):
+            return config
+        ids = self.exclude_repo_ids
+        configured = home.exclude_repos
+        # A resolved id may stand in for a configured PROJECT/slug only; a configured id must stay itself.
+        if len(ids) != len(configured) or any(
+            id_ < 1 or (isinstance(c, int) and c != id_) for c, id_ in zip(configured, ids, strict=True)
+        ):
+            raise InvalidInput("configuration: run.exclude_repo_ids does not match the instance's home.exclude_repos")
+        return config.model_copy(update={"home": home.model_copy(update={"exclude_repos": list(ids)})})
 
 
-class StepEvent(_Event):
+class StepEvent(_Strict):
     run: RunContext
 
 
@@ -56,7 +123,7 @@ class HostProgressEvent(StepEvent):
     progress: dict[str, Any]
 
 
-class FailureEvent(_Event):
+class FailureEvent(_Strict):
     input: dict[str, Any] = Field(default_factory=dict)
     run: RunContext | None = None
     failure: dict[str, Any] = Field(default_factory=dict)

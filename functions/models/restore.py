@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from functions import trusted_config
 from functions.models.config import EC2_INSTANCE_ID, InstanceConfig
 
 # RDS: a letter, then letters, digits and single hyphens, no trailing hyphen, at most 63 characters.
@@ -20,6 +21,8 @@ SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 # The restore state machine's steps that create each part (stacks/constructs/restore_workflow.py names its states
 # with these; the restore's safety net reads them in the execution history).
 PART_STATE_NAMES = {"database": "Restore database", "home": "Create home volumes"}
+# The environment variable naming the drill's own restore state machine: only its executions run as drills.
+DRILL_MACHINE_ENV = "DRILL_RESTORE_STATE_MACHINE"
 
 
 class _Strict(BaseModel):
@@ -95,23 +98,26 @@ class RestoreInput(_Strict):
     backup_id: str = Field(min_length=1, max_length=128)
     target: RestoreTarget
     keep_on_failure: bool = False
-    # Set by the restore drill (functions.drill): the restored resources stay `restoring` (so the drill's teardown
-    # may delete them), and the restore sends no notification of its own (the drill reports once).
-    drill: bool = False
+    # No `drill` here: only the drill's own restore state machine runs a restore as a drill (its definition says so
+    # to the validate step); an execution input cannot.
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class PlanFlow(_Strict):
+    """What the state machine's Wait state reads; no step reads it."""
+
+    restore_poll_interval_seconds: int
 
 
-class RestorePlan(_Event):
-    """What the validate step checked and resolved; every later step works from this and nothing else."""
+class RestorePlan(_Strict):
+    """What the validate step checked and resolved; later steps work from this and from the deployed configuration
+    (by instance name and version), which the plan never carries."""
 
-    instance: str
-    backup_id: str
+    instance: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
+    backup_id: str = Field(pattern=r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$")
     execution: str  # the execution ARN: every resource the restore creates is tagged with it
     started_at: float
-    config: InstanceConfig
+    config_version: int = Field(ge=1)
+    flow: PlanFlow
     target: RestoreTarget
     keep_on_failure: bool = False
     drill: bool = False
@@ -122,14 +128,21 @@ class RestorePlan(_Event):
     attach: bool
     mount: bool
 
+    @property
+    def config(self) -> InstanceConfig:
+        return trusted_config.load(self.instance, self.config_version, step="configuration")[0]
 
-class ValidateEvent(_Event):
+
+class ValidateEvent(_Strict):
     input: dict[str, Any]
     execution: str
     start_time: str
+    # A constant in the drill's restore state machine's definition (stacks/constructs/restore_workflow.py), never
+    # from the execution input; the validate step also checks that its execution is one of that state machine's.
+    drill: bool = False
 
 
-class PlanEvent(_Event):
+class PlanEvent(_Strict):
     plan: RestorePlan
 
 
@@ -146,8 +159,11 @@ class MountEvent(PlanEvent):
     attach: dict[str, Any]
 
 
-class StateEvent(_Event):
+class StateEvent(_Strict):
     """The whole execution state (finish and failure steps read whatever earlier steps left in it)."""
 
     state: dict[str, Any] = Field(default_factory=dict)
     failure: dict[str, Any] = Field(default_factory=dict)
+    # The execution's ARN from the state machine's context (the failure path: a drill's restore that failed before
+    # its plan existed is known by its state machine).
+    execution: str = ""

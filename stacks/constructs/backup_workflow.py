@@ -5,7 +5,7 @@ in parallel (a host copy is checked until done), each reporting progress → pro
 → archive host copies to S3 → disaster-recovery copies to other regions (started, then checked until complete)
 → finalize (mark complete, prune).
 A zero-downtime backup (the instance's `zero_downtime`, Data Center 4.8+, atomic snapshots only) takes the same path
-without lock, start, drain, progress reports and unlock: three Choices on `$.run.config.zero_downtime` skip them.
+without lock, start, drain, progress reports and unlock: three Choices on `$.run.flow.zero_downtime` skip them.
 Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
 """
 
@@ -24,7 +24,7 @@ from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
-_LOCKED = sfn.Condition.boolean_equals("$.run.config.zero_downtime", False)
+_LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class BackupWorkflow(Construct):
         strategies answer done at once, so they pass straight through."""
         check = self._task(f"Check {name}", "check_host", {"run.$": "$.run", "progress.$": result_path}, result_path)
         wait = sfn.Wait(
-            self, f"Wait for {name}", time=sfn.WaitTime.seconds_path("$.run.config.timing.host_poll_interval_seconds")
+            self, f"Wait for {name}", time=sfn.WaitTime.seconds_path("$.run.flow.timing.host_poll_interval_seconds")
         )
         done = (
             sfn.Choice(self, f"{name[0].upper()}{name[1:]} done?")
@@ -194,7 +194,7 @@ class BackupWorkflow(Construct):
         poll = self._task("Poll drain state", "poll", run, "$.drain", retry_on=["BitbucketUnavailable"])
         self._catch(poll, "wait-drained", handle)
         wait_drain = sfn.Wait(
-            self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.config.timing.poll_interval_seconds")
+            self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.flow.timing.poll_interval_seconds")
         )
 
         for part, fn in (("home", "home"), ("database", "database")):
@@ -222,7 +222,7 @@ class BackupWorkflow(Construct):
             )
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
-                .when(sfn.Condition.string_equals(f"$.run.config.{part}.strategy", "none"), skip)
+                .when(sfn.Condition.string_equals(f"$.run.flow.{part}.strategy", "none"), skip)
                 .otherwise(self._host_loop(f"{part} copy", copy, "$.part_result", reported)[0])
             )
         self._catch(parts, "copy", handle)
@@ -236,7 +236,7 @@ class BackupWorkflow(Construct):
         wait_snapshots = sfn.Wait(
             self,
             "Wait for snapshots",
-            time=sfn.WaitTime.seconds_path("$.run.config.timing.snapshot_poll_interval_seconds"),
+            time=sfn.WaitTime.seconds_path("$.run.flow.timing.snapshot_poll_interval_seconds"),
         )
         finalize = self._task(
             "Mark complete and prune", "finalize", {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary"
@@ -249,7 +249,7 @@ class BackupWorkflow(Construct):
         )
         self._catch(copies, "copy-regions", handle)
         wait_copies = sfn.Wait(
-            self, "Wait for copies", time=sfn.WaitTime.seconds_path("$.run.config.timing.copy_poll_interval_seconds")
+            self, "Wait for copies", time=sfn.WaitTime.seconds_path("$.run.flow.timing.copy_poll_interval_seconds")
         )
         copies.next(
             sfn.Choice(self, "Copies complete?")

@@ -1,9 +1,10 @@
 """The restore drill state machine (functions.drill) and its Lambdas.
 
-plan → the restore state machine (`startExecution.sync:2`, input with `drill: true`) → start the checks on the drill
-host → check until done (bounded by the command's timeout) → record the result on the backup, tear the copy down,
-metric and notice. Every failure goes to the same finish step (it records `verify-failed` and tears down too), and
-the execution then fails, so a failed drill shows as a failed execution as well as in the DrillFailed metric.
+plan → the drill's own restore state machine (`startExecution.sync:2`; only its executions run as drills) → start
+the checks on the drill host → check until done (bounded by the command's timeout) → record the result on the
+backup, tear the copy down, metric and notice. Every failure goes to the same finish step (it records
+`verify-failed` and tears down too), and the execution then fails, so a failed drill shows as a failed execution
+as well as in the DrillFailed metric.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from functions.models.restore import DRILL_MACHINE_ENV
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.restore_workflow import RestoreWorkflow
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
 
@@ -28,13 +31,14 @@ class DrillWorkflow(Construct):
         id: str,
         *,
         factory: FunctionFactory,
-        restore: sfn.IStateMachine,
+        restore: RestoreWorkflow,
         timeout: Duration,
         timing: WorkflowTiming | None = None,
     ) -> None:
         super().__init__(scope, id)
         self._timing = timing or WorkflowTiming()
-        self._restore = restore
+        assert restore.drill_state_machine is not None, "the restore workflow is made for_drills"
+        self._restore = restore.drill_state_machine
         h = "functions.handlers.drill"
         self.functions: dict[str, lambda_.Function] = {
             name: factory.make(f"Drill{name.title()}", f"{h}.{entry}", timeout_s=seconds, description=f"drill: {name}")
@@ -45,6 +49,8 @@ class DrillWorkflow(Construct):
                 ("finish", "finish", 900),
             )
         }
+        for fn in self.functions.values():  # the teardown removes only what that state machine's executions made
+            fn.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
         self.state_machine = standard_state_machine(
             self,
             self._definition(),
@@ -116,7 +122,7 @@ class DrillWorkflow(Construct):
         checking = {"plan.$": "$.plan", "check.$": "$.check"}
         status = self._task("Check the restored copy", "status", checking, "$.checked")
         catch(status, "check")
-        interval = sfn.WaitTime.seconds_path("$.plan.config.timing.host_poll_interval_seconds")
+        interval = sfn.WaitTime.seconds_path("$.plan.flow.host_poll_interval_seconds")
         wait = sfn.Wait(self, "Wait for the checks", time=interval)
         passed = sfn.Pass(self, "Checks passed", parameters={"state.$": "$", "failure": {}})
         passed.next(finish)

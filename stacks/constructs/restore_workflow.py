@@ -4,19 +4,23 @@ validate (creates nothing) → restore the database → create the home volumes 
 (bounded) → attach the home to a stopped instance and mount it (if asked) → hand over and notify.
 Every task catches into one failure path that removes what this execution created (unless keep_on_failure),
 notifies once and fails with the step's error.
+
+With `for_drills`, a second state machine of the same definition and functions runs the restore drill's restores:
+its validate step is told so by a constant in the definition, and checks that its execution is one of that state
+machine's (a restore's execution input cannot make it a drill, which keeps its copy `restoring` and stays silent).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.models.restore import PART_STATE_NAMES
+from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
@@ -36,6 +40,7 @@ class RestoreWorkflow(Construct):
         timeout: Duration,
         timing: WorkflowTiming | None = None,
         state_machine_name: str | None = None,
+        for_drills: bool = False,
     ) -> None:
         super().__init__(scope, id)
         self._timing = timing or WorkflowTiming()
@@ -65,17 +70,43 @@ class RestoreWorkflow(Construct):
         }
         self.state_machine = standard_state_machine(
             self,
-            self._definition(),
+            self._definition(self, drill=False),
             name=state_machine_name,
             timeout=timeout,
             comment="Bitbucket DIY restore: validate, restore database and home into new resources, attach, report",
         )
+        self.drill_state_machine: sfn.StateMachine | None = None
+        # A fixed name: the functions recognise its executions by it (its ARN would make a dependency cycle).
+        self.drill_state_machine_name = f"{Stack.of(self).stack_name[:50]}-{id[:14]}-drill-restore"
+        if for_drills:
+            scope = Construct(self, "ForDrills")
+            name = self.drill_state_machine_name
+            self.drill_state_machine = standard_state_machine(
+                scope,
+                self._definition(scope, drill=True),
+                name=name,
+                timeout=timeout,
+                comment="Bitbucket DIY restore drill's restores: as the restore, into throw-away resources, silent",
+            )
+            for fn in self.functions.values():
+                fn.add_environment(DRILL_MACHINE_ENV, name)
+
+    @property
+    def state_machines(self) -> list[sfn.IStateMachine]:
+        return [self.state_machine, *([self.drill_state_machine] if self.drill_state_machine else [])]
 
     def _task(
-        self, id: str, fn: str, payload: dict[str, Any], result_path: str, *, retry_on: list[str] | None = None
+        self,
+        scope: Construct,
+        id: str,
+        fn: str,
+        payload: dict[str, Any],
+        result_path: str,
+        *,
+        retry_on: list[str] | None = None,
     ) -> tasks.LambdaInvoke:
         return lambda_task(
-            self,
+            scope,
             id,
             self.functions[fn],
             payload,
@@ -84,9 +115,9 @@ class RestoreWorkflow(Construct):
             retry_on=retry_on,
         )
 
-    def _catch(self, task: tasks.LambdaInvoke, step: str, failure: sfn.IChainable) -> None:
+    def _catch(self, scope: Construct, task: tasks.LambdaInvoke, step: str, failure: sfn.IChainable) -> None:
         note = sfn.Pass(
-            self,
+            scope,
             f"Failed: {step}",
             parameters={
                 "state.$": "$",
@@ -96,15 +127,19 @@ class RestoreWorkflow(Construct):
         note.next(failure)
         task.add_catch(note, errors=["States.ALL"], result_path="$.failure")
 
-    def _definition(self) -> sfn.IChainable:
+    def _definition(self, scope: Construct, *, drill: bool) -> sfn.IChainable:
         plan = {"plan.$": "$.plan"}
         created = {"plan.$": "$.plan", "created": {"database.$": "$.database", "home.$": "$.home"}}
 
         handle = self._task(
-            "Handle restore failure", "failure", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
+            scope,
+            "Handle restore failure",
+            "failure",
+            {"state.$": "$.state", "failure.$": "$.failure", "execution.$": "$$.Execution.Id"},
+            "$.outcome",
         )
         last_resort(
-            self,
+            scope,
             handle,
             "Cleanup failed",
             error="CleanupFailed",
@@ -112,80 +147,90 @@ class RestoreWorkflow(Construct):
             "bitbucket-backup:restore-execution with this execution's ARN and remove them by hand",
             result_path="$.cleanup_error",
         )
-        handle.next(sfn.Fail(self, "Restore failed", error_path="$.outcome.error", cause_path="$.outcome.cause"))
+        handle.next(sfn.Fail(scope, "Restore failed", error_path="$.outcome.error", cause_path="$.outcome.cause"))
 
-        start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
+        start = sfn.Pass(scope, "Start", parameters={"input.$": "$"})
         validate = self._task(
+            scope,
             "Validate restore",
             "validate",
-            {"input.$": "$.input", "execution.$": "$$.Execution.Id", "start_time.$": "$$.Execution.StartTime"},
+            {
+                "input.$": "$.input",
+                "execution.$": "$$.Execution.Id",
+                "start_time.$": "$$.Execution.StartTime",
+                **({"drill": True} if drill else {}),
+            },
             "$.plan",
         )
-        self._catch(validate, "validate", handle)
+        self._catch(scope, validate, "validate", handle)
 
         restore_db = self._task(
+            scope,
             PART_STATE_NAMES["database"],
             "database",
             {**plan, "part": "database"},
             "$.database",
             retry_on=["AwsRateLimited"],
         )
-        self._catch(restore_db, "restore-database", handle)
+        self._catch(scope, restore_db, "restore-database", handle)
         restore_home = self._task(
-            PART_STATE_NAMES["home"], "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
+            scope, PART_STATE_NAMES["home"], "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
         )
-        self._catch(restore_home, "restore-home", handle)
-        check = self._task("Check restore", "check", created, "$.status")
-        self._catch(check, "wait-restore", handle)
+        self._catch(scope, restore_home, "restore-home", handle)
+        check = self._task(scope, "Check restore", "check", created, "$.status")
+        self._catch(scope, check, "wait-restore", handle)
         wait = sfn.Wait(
-            self,
+            scope,
             "Wait for restore",
-            time=sfn.WaitTime.seconds_path("$.plan.config.timing.restore_poll_interval_seconds"),
+            time=sfn.WaitTime.seconds_path("$.plan.flow.restore_poll_interval_seconds"),
         )
-        attach = self._task("Attach home volumes", "attach", created, "$.attach")
-        self._catch(attach, "attach-home", handle)
-        mount = self._task("Mount home", "mount", {**plan, "attach.$": "$.attach"}, "$.mount")
+        attach = self._task(scope, "Attach home volumes", "attach", created, "$.attach")
+        self._catch(scope, attach, "attach-home", handle)
+        mount = self._task(scope, "Mount home", "mount", {**plan, "attach.$": "$.attach"}, "$.mount")
         mount.add_retry(
             errors=["TargetNotReady"],
             interval=Duration.seconds(self._timing.retry_interval_s * MOUNT_RETRY_INTERVAL_FACTOR),
             max_attempts=MOUNT_RETRY_ATTEMPTS,
             backoff_rate=1.5,
         )
-        self._catch(mount, "mount-home", handle)
-        finish = self._task("Hand over and notify", "finish", {"state.$": "$"}, "$.summary")
-        self._catch(finish, "finish", handle)
-        finish.next(sfn.Succeed(self, "Restore complete", output_path="$.summary"))
+        self._catch(scope, mount, "mount-home", handle)
+        finish = self._task(scope, "Hand over and notify", "finish", {"state.$": "$"}, "$.summary")
+        self._catch(scope, finish, "finish", handle)
+        finish.next(sfn.Succeed(scope, "Restore complete", output_path="$.summary"))
 
         def skip(part: str) -> sfn.Pass:
             return sfn.Pass(
-                self, f"No {part} to restore", result=sfn.Result.from_object({"skipped": True}), result_path=f"$.{part}"
+                scope,
+                f"No {part} to restore",
+                result=sfn.Result.from_object({"skipped": True}),
+                result_path=f"$.{part}",
             )
 
         home_choice = (
-            sfn.Choice(self, "Restore home?")
+            sfn.Choice(scope, "Restore home?")
             .when(sfn.Condition.boolean_equals("$.plan.restore_home", True), restore_home.next(check))
             .otherwise(skip("home").next(check))
         )
         restore_db.next(home_choice)
         skip_db = skip("database").next(home_choice)
         mount_choice = (
-            sfn.Choice(self, "Mount home?")
+            sfn.Choice(scope, "Mount home?")
             .when(sfn.Condition.boolean_equals("$.plan.mount", True), mount.next(finish))
             .otherwise(finish)
         )
         attach.next(mount_choice)
         check.next(
-            sfn.Choice(self, "Restored?")
+            sfn.Choice(scope, "Restored?")
             .when(
                 sfn.Condition.boolean_equals("$.status.ready", True),
-                sfn.Choice(self, "Attach home?")
+                sfn.Choice(scope, "Attach home?")
                 .when(sfn.Condition.boolean_equals("$.plan.attach", True), attach)
                 .otherwise(finish),
             )
             .otherwise(wait.next(check))
         )
         return start.next(validate).next(
-            sfn.Choice(self, "Restore database?")
+            sfn.Choice(scope, "Restore database?")
             .when(sfn.Condition.boolean_equals("$.plan.restore_database", True), restore_db)
             .otherwise(skip_db)
         )

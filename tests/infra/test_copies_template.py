@@ -120,7 +120,7 @@ def test_copy_step_runs_after_the_archives_and_before_finalize_and_is_guarded(sy
     choice = states[copy["Next"]]
     assert choice["Choices"][0]["Next"] == "Mark complete and prune"
     wait = states[choice["Default"]]
-    assert wait["SecondsPath"] == "$.run.config.timing.copy_poll_interval_seconds"
+    assert wait["SecondsPath"] == "$.run.flow.timing.copy_poll_interval_seconds"
     assert wait["Next"] == "Copy to other regions"
 
 

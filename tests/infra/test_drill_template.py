@@ -172,9 +172,11 @@ def test_a_drill_failed_alarm_per_drilled_instance(template: dict[str, Any]) -> 
 
 def test_drill_functions_have_least_privilege(template: dict[str, Any]) -> None:
     check, finish = policy_of(template, "DrillCheck"), policy_of(template, "DrillFinish")
-    # Besides its own log group and X-Ray (every function), only Run Command on the drill host.
-    assert actions(check) - {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
-                             "xray:PutTelemetryRecords"} == {"ssm:SendCommand", "ssm:GetCommandInvocation"}  # fmt: skip
+    # Besides its own log group, X-Ray and its instances' configuration parameters (every function), only Run
+    # Command on the drill host.
+    every = {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+             "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory", "ssm:DescribeParameters"}  # fmt: skip
+    assert actions(check) - every == {"ssm:SendCommand", "ssm:GetCommandInvocation"}
     send = [s for s in check if s["Action"] == "ssm:SendCommand"]
     targets = json.dumps(send)
     assert DRILL_HOST in targets and "i-0a0a0a0a0a0a0a0a0" not in targets  # only the drill host

@@ -156,7 +156,7 @@ def test_the_wait_is_a_bounded_loop_timed_by_the_instance_config(machines: dict[
         wait = states[restored["Default"]]
         assert wait == {
             "Type": "Wait",
-            "SecondsPath": "$.plan.config.timing.restore_poll_interval_seconds",
+            "SecondsPath": "$.plan.flow.restore_poll_interval_seconds",
             "Next": "Check restore",
         }
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from aws_cdk.assertions import Match
 
-from functions.models.config import InstanceConfig, TimingConfig, parse_project_config
+from functions.models.config import InstanceConfig, parse_project_config
+from functions.models.events import FlowTiming
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
@@ -123,19 +124,19 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
         assert drained["Default"] == "Wait for drain"
         assert states["Wait for drain"] == {
             "Type": "Wait",
-            "SecondsPath": "$.run.config.timing.poll_interval_seconds",
+            "SecondsPath": "$.run.flow.timing.poll_interval_seconds",
             "Next": "Poll drain state",
         }
 
         complete = states["Snapshots complete?"]
         assert complete["Choices"][0]["Variable"] == "$.snapshots.complete"
         assert complete["Default"] == "Wait for snapshots"
-        assert states["Wait for snapshots"]["SecondsPath"] == "$.run.config.timing.snapshot_poll_interval_seconds"
+        assert states["Wait for snapshots"]["SecondsPath"] == "$.run.flow.timing.snapshot_poll_interval_seconds"
         assert states["Wait for snapshots"]["Next"] == "Check snapshots"
 
-        # The paths the Wait states read exist in the configuration the validate step puts into $.run.config.
+        # The paths the Wait states read exist in what the validate step puts into $.run.flow.
         for wait in ("Wait for drain", "Wait for snapshots"):
-            assert states[wait]["SecondsPath"].rsplit(".", 1)[-1] in TimingConfig.model_fields
+            assert states[wait]["SecondsPath"].rsplit(".", 1)[-1] in FlowTiming.model_fields
 
         parallel = states["Copy home and database"]
         assert parallel["Type"] == "Parallel"
@@ -144,22 +145,22 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
         for branch, part in zip(parallel["Branches"], ("home", "database"), strict=True):
             inner = branch["States"]
             choice = inner[branch["StartAt"]]
-            assert choice["Choices"][0]["Variable"] == f"$.run.config.{part}.strategy"
+            assert choice["Choices"][0]["Variable"] == f"$.run.flow.{part}.strategy"
             assert inner[choice["Choices"][0]["Next"]]["Type"] == "Pass", "an unconfigured part is skipped"
             assert choice["Default"] == f"Copy {part}"
             # A host copy (rsync, pg_dump) is checked until done; a snapshot strategy answers done at once.
             done = inner[inner[f"Copy {part}"]["Next"]]
             assert done["Type"] == "Choice" and done["Choices"][0]["Variable"] == "$.part_result.done"
-            configured = {f"$.run.config.{part}.strategy": "configured"}
-            locked = path_where(branch, {**configured, "$.run.config.zero_downtime": False})
+            configured = {f"$.run.flow.{part}.strategy": "configured"}
+            locked = path_where(branch, {**configured, "$.run.flow.zero_downtime": False})
             assert locked[-1] == f"Report {part} progress", locked
-            assert inner[done["Default"]]["SecondsPath"] == "$.run.config.timing.host_poll_interval_seconds"
+            assert inner[done["Default"]]["SecondsPath"] == "$.run.flow.timing.host_poll_interval_seconds"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
         assert states["Report progress 100"]["Next"] == "Unlock"
 
 
-ZERO_DOWNTIME = {"$.run.config.zero_downtime": True}
+ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
 # What a zero-downtime run must never enter: everything that needs (or takes, or releases) the lock.
 NEEDS_THE_LOCK = {"Lock", "Start backup", "Poll drain state", "Wait for drain", "Report progress 100", "Unlock"}
 
@@ -178,17 +179,17 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         assert not NEEDS_THE_LOCK & set(path)
         # Every decision is taken on the configuration validate put into $.run, never on a step's result.
         for choice in ("Zero downtime?", "Locked for the copy?"):
-            assert [c["Variable"] for c in states[choice]["Choices"]] == ["$.run.config.zero_downtime"]
+            assert [c["Variable"] for c in states[choice]["Choices"]] == ["$.run.flow.zero_downtime"]
         # finalize reads $.unlocked: the skip fills it with a lock window of zero.
         assert states["Nothing to unlock"]["ResultPath"] == "$.unlocked"
         assert states["Nothing to unlock"]["Result"] == {"lock_window_s": 0, "drain_s": 0}
         # Inside the copy, no progress report (it needs the lock's token): each branch ends in a Pass.
         for branch, part in zip(states["Copy home and database"]["Branches"], ("home", "database"), strict=True):
-            inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.config.{part}.strategy": "configured"})
+            inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.flow.{part}.strategy": "configured"})
             assert f"Copy {part}" in inner and f"Report {part} progress" not in inner, inner
             assert branch["States"][inner[-1]] == {"Type": "Pass", "End": True}, inner
         # The path with the lock is still there for everybody else, and unchanged.
-        assert path_where(sm.definition, {"$.run.config.zero_downtime": False}) == HAPPY_PATH
+        assert path_where(sm.definition, {"$.run.flow.zero_downtime": False}) == HAPPY_PATH
 
 
 def test_every_task_after_validate_catches_into_the_failure_path(state_machines: dict[str, StateMachine]) -> None:

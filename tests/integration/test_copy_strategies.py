@@ -33,8 +33,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "functions" / "host" / "bitbucket
 
 
 @pytest.fixture
-def copy_world(world_factory: Callable[..., World], postgres: Postgres) -> Callable[..., World]:
+def copy_world(world_factory: Callable[..., World], postgres: Postgres, tmp_path: Path) -> Callable[..., World]:
     def make(home: str = "rsync", database: str = "postgresql", **kwargs: Any) -> World:
+        # The tests restore archives into their tmp_path: a restore root of the instance (restore.allowed_roots).
+        kwargs.setdefault("instance_overrides", {"restore": {"allowed_roots": [str(tmp_path)]}})
         return world_factory(home=home, database=database, postgres=postgres, **kwargs)
 
     return make

@@ -208,8 +208,10 @@ def test_validate_prepares_the_run_and_takes_the_guard(world: World) -> None:
     run = call(validate, validate_event())
     assert run["backup_id"] == BACKUP_ID
     assert run["instance"] == "demo" and run["execution"] == EXECUTION
-    assert run["config"]["home"]["instance_id"] == world.ec2_instance
-    assert run["config"]["base_url"] == world.sim.url
+    # The run names the instance and the configuration's version, never the configuration itself.
+    assert "config" not in run and run["config_version"] == 1
+    assert world.sim.url not in json.dumps(run) and world.ec2_instance not in json.dumps(run)
+    assert run["flow"]["zero_downtime"] is False and run["flow"]["home"] == {"strategy": "amazon-ebs"}
     item = world.run_item()
     assert item is not None
     assert item["backup_id"]["S"] == BACKUP_ID and item["phase"]["S"] == "preparing"
@@ -297,9 +299,10 @@ def test_validate_secret_missing(world: World) -> None:
         (lock, lambda run: run.pop("backup_id"), "run.backup_id"),
         (lock, lambda run: run.update(backup_id="demo-yesterday"), "run.backup_id"),
         (backup_part, lambda run: None, "part"),
-        (unlock, lambda run: run["config"].update(keep_backups=-1), "run.config.keep_backups"),
+        (unlock, lambda run: run.update(config={"keep_backups": 3}), "run.config"),
+        (unlock, lambda run: run.update(config_version=0), "run.config_version"),
     ],
-    ids=["no backup id", "bad backup id", "bad part", "bad config"],
+    ids=["no backup id", "bad backup id", "bad part", "a config", "bad config version"],
 )
 def test_steps_refuse_malformed_events(world: World, module: Any, change: Any, named: str) -> None:
     run = call(validate, validate_event())
@@ -308,6 +311,62 @@ def test_steps_refuse_malformed_events(world: World, module: Any, change: Any, n
         call(module, {"run": run, "part": "logs"})
     assert names_field(error.value, named)
     assert not world.sim.locked
+
+
+OTHER_SECRET = "bitbucket/elsewhere/admin"
+
+
+def test_a_crafted_config_in_a_step_event_is_refused_and_reaches_nobody(world: World) -> None:
+    """A lock event whose configuration points base_url at another server (and another secret) must neither talk to
+    that server nor read that secret: the steps take the configuration only from the deployed parameter."""
+    aws.client("secretsmanager").create_secret(
+        Name=OTHER_SECRET, SecretString=json.dumps({"username": "admin", "password": "other-Passw0rd-7"})
+    )
+    secret_reads: list[str] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        secret_reads.append(str(params.get("SecretId")))
+
+    # A real botocore hook on the functions' own Secrets Manager client: which secrets do the steps read?
+    hooks = aws.client("secretsmanager").meta.events
+    hooks.register("before-call.secretsmanager.GetSecretValue", record, unique_id="test-secret-reads")
+    try:
+        _crafted_lock_events(world, secret_reads)
+    finally:
+        hooks.unregister("before-call.secretsmanager.GetSecretValue", unique_id="test-secret-reads")
+
+
+def _crafted_lock_events(world: World, secret_reads: list[str]) -> None:
+    with BitbucketSimulator(username="admin", password=PASSWORD, drain_seconds=0.05) as elsewhere:
+        run = call(validate, validate_event())
+        crafted = {**world.config, "base_url": elsewhere.url, "credentials_secret": OTHER_SECRET}
+        for event in (
+            {"run": {**run, "config": crafted}},  # the old shape: run.config
+            {"run": run, "config": crafted},  # beside the run
+            {"run": {**run, "base_url": elsewhere.url}},
+        ):
+            with pytest.raises(InvalidInput) as error:
+                call(lock, event)
+            assert "Extra inputs are not permitted" in str(error.value)
+        assert elsewhere.requests == []
+        assert not world.sim.locked
+        assert OTHER_SECRET not in secret_reads
+
+        # The run as validate made it locks the configured Bitbucket, and only that one.
+        call(lock, {"run": run})
+        assert world.sim.locked and elsewhere.requests == []
+        assert OTHER_SECRET not in secret_reads
+
+
+def test_later_steps_use_the_configuration_version_validate_read(world: World) -> None:
+    run = call(validate, validate_event())
+    with BitbucketSimulator(username="admin", password=PASSWORD, drain_seconds=0.05) as elsewhere:
+        # A redeploy in the middle of the run: the run goes on with the configuration it was validated with.
+        world.store_config(base_url=elsewhere.url)
+        call(lock, {"run": run})
+        assert world.sim.locked and elsewhere.requests == []
+    with pytest.raises(UnknownInstance, match="version 7"):
+        call(unlock, {"run": {**run, "config_version": 7}})
 
 
 def test_second_validate_while_a_run_holds_the_guard(world: World) -> None:

@@ -1,4 +1,8 @@
-"""Powertools Logger, Tracer and Metrics, made once for every handler; plus secret redaction.
+"""Powertools Logger and Metrics, made once for every handler; plus secret redaction.
+
+No tracer: Lambda's and Step Functions' active tracing (set in the stack) need no SDK in the function, and
+Powertools' Tracer is built on the X-Ray SDK (maintenance mode since 2026-02-25, end of support 2027-02-25),
+whose import was a tenth of each cold start (README, "Cold starts").
 
 Every secret the code learns (password, token, unlock and cancel tokens) is registered here, and the log
 formatter and error texts pass through `redact`, so a secret cannot reach a log line or an error even by
@@ -12,7 +16,7 @@ import threading
 import warnings
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 from functions.models.metrics import NAMESPACE, SERVICE
@@ -51,7 +55,6 @@ class _RedactingFormatter(LambdaPowertoolsFormatter):
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 logger = Logger(service=SERVICE, logger_formatter=_RedactingFormatter())
-tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 

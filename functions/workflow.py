@@ -11,14 +11,14 @@ import os
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from functions import cleanup, monitoring, notify, runs, trusted_config
+from functions import notify, polling, runs, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
-from functions.clients.bitbucket import BitbucketClient, Lock
+from functions.clients.bitbucket import BitbucketClient, Lock, MaintenanceState
 from functions.clients.secrets import credentials
 from functions.errors import (
     BackupCancelled,
@@ -34,9 +34,11 @@ from functions.errors import (
 from functions.models.config import CopyTarget, InstanceConfig, RsyncHomeConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.observability import bind, logger, redact, short
-from functions.strategies import COMPLETE, Artifact, Strategy, strategies_for, strategy_for
-from functions.strategies.host_copy import KIND as ARCHIVE_KIND
-from functions.strategies.host_copy import HostCopyStrategy
+
+# The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
+# drain, progress and unlock handlers start without them (README, "Cold starts").
+if TYPE_CHECKING:
+    from functions.strategies import Artifact, Strategy
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
 ZERO_DOWNTIME_MIN_VERSION = (4, 8)
@@ -144,6 +146,8 @@ def _resolve_excluded_repos(config: InstanceConfig) -> InstanceConfig:
 
 
 def _preflight(config: InstanceConfig) -> dict[str, object]:
+    from functions.strategies import strategies_for
+
     facts: dict[str, object] = {}
     for strategy in strategies_for(config):
         facts.update(strategy.preflight())
@@ -224,41 +228,82 @@ def start_backup(run: RunContext) -> dict[str, Any]:
     return {"task_id": task.id}
 
 
-def poll_drain(run: RunContext) -> dict[str, Any]:
+def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL) -> dict[str, Any]:
+    """Checks the drain state every drain_poll_interval_seconds until DRAINED, the drain timeout, or the end of this
+    invocation's slice (seconds_left: until its Lambda timeout); the state machine invokes it again only then."""
     record, lock_ = _lock_of(run)
-    state = bitbucket(run.config).maintenance(lock_)
-    if state.task_state != "RUNNING":
-        raise BackupCancelled(
-            f"wait-drained: the backup task is {state.task_state or 'gone'}"
-            f"{' (' + state.task_message + ')' if state.task_message else ''}: could not enter DRAINED state"
-        )
-    waited = time.time() - (record.locked_at or time.time())
-    if state.drained:
-        runs.update(run.instance, run.backup_id, drained_at=time.time())
+    timing = run.config.timing
+    client_ = bitbucket(run.config)
+    locked_at = record.locked_at or clock.now()
+    timeout_at = locked_at + timing.drain_timeout_seconds
+    seen: list[MaintenanceState] = []
+
+    def drained() -> MaintenanceState | None:
+        state = client_.maintenance(lock_)
+        if state.task_state != "RUNNING":
+            raise BackupCancelled(
+                f"wait-drained: the backup task is {state.task_state or 'gone'}"
+                f"{' (' + state.task_message + ')' if state.task_message else ''}: could not enter DRAINED state"
+            )
+        seen.append(state)
+        return state if state.drained else None
+
+    ends = min(timeout_at, polling.slice_end(clock, seconds_left, timing.drain_poll_slice_seconds))
+    state = polling.until(drained, interval=timing.drain_poll_interval_seconds, deadline=ends, clock=clock)
+    waited = clock.now() - locked_at
+    if state is not None:
+        runs.update(run.instance, run.backup_id, drained_at=clock.now())
         _say(run.config, f"db state '{state.db_state}'")
         _say(run.config, f"scm state '{state.scm_state}'")
-        return {"drained": True, "waited_s": round(waited, 3)}
-    if waited > run.config.timing.drain_timeout_seconds:
+        return {"drained": True, "waited_s": round(waited, 3), "checks": len(seen)}
+    if clock.now() >= timeout_at:
+        last = seen[-1]
         raise DrainTimeout(
-            f"wait-drained: not DRAINED after {waited:.0f} s (db '{state.db_state}', scm '{state.scm_state}'); "
-            f"the limit is {run.config.timing.drain_timeout_seconds} s"
+            f"wait-drained: not DRAINED after {waited:.0f} s (db '{last.db_state}', scm '{last.scm_state}'); "
+            f"the limit is {timing.drain_timeout_seconds} s"
         )
-    return {"drained": False, "waited_s": round(waited, 3)}
+    return {"drained": False, "waited_s": round(waited, 3), "checks": len(seen)}
 
 
-def backup_part(run: RunContext, part: str) -> dict[str, Any]:
+def backup_part(
+    run: RunContext, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
+) -> dict[str, Any]:
+    from functions.strategies import strategy_for
+    from functions.strategies.host_copy import HostCopyStrategy
+
     strategy = strategy_for(run.config, part)
     if isinstance(strategy, HostCopyStrategy):
         commands = strategy.copy(run.backup_id)
         _say(run.config, f"{part} copy started on {strategy.instance_id}")
-        return {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
+        started = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
+        return wait_host(run, started, seconds_left, clock)
     artifacts = strategy.backup(run.backup_id)
     _say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
     return {"part": part, "artifacts": [a.summary() for a in artifacts], "done": True, "commands": [], "results": {}}
 
 
+def wait_host(
+    run: RunContext, progress: dict[str, Any], seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
+) -> dict[str, Any]:
+    """Under the lock: checks the host commands every locked_host_poll_interval_seconds until they all ended or this
+    invocation's slice ends, so that the unlock follows the end of the locked copy within a fraction of a second."""
+    current = progress
+
+    def finished() -> dict[str, Any] | None:
+        nonlocal current
+        current = check_host(run, current)
+        return current if current["done"] else None
+
+    interval = run.config.timing.locked_host_poll_interval_seconds
+    polling.until(finished, interval=interval, deadline=polling.slice_end(clock, seconds_left), clock=clock)
+    return current
+
+
 def prepare_host(run: RunContext) -> dict[str, Any]:
     """Before the lock, while Bitbucket is live: install the host script, start the expensive first copy pass."""
+    from functions.strategies import strategies_for
+    from functions.strategies.host_copy import HostCopyStrategy
+
     commands: list[dict[str, Any]] = []
     for strategy in strategies_for(run.config):
         if isinstance(strategy, HostCopyStrategy):
@@ -281,6 +326,9 @@ def check_host(run: RunContext, progress: dict[str, Any]) -> dict[str, Any]:
 
 def archive(run: RunContext) -> dict[str, Any]:
     """After the unlock: archive each copy-type part on its host and upload it to the archive bucket."""
+    from functions.strategies import strategies_for
+    from functions.strategies.host_copy import HostCopyStrategy
+
     commands: list[dict[str, Any]] = []
     for strategy in strategies_for(run.config):
         if isinstance(strategy, HostCopyStrategy):
@@ -332,12 +380,16 @@ def unlock(run: RunContext) -> dict[str, Any]:
 
 
 def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Strategy, Artifact]]:
+    from functions.strategies import strategies_for
+
     return [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
 
 
 def _all_copies(
     config: InstanceConfig, target: CopyTarget, backup_id: str | None = None
 ) -> list[tuple[Strategy, Artifact]]:
+    from functions.strategies import strategies_for
+
     bound = [s.at(target) for s in strategies_for(config)]
     return [(s, a) for s in bound for a in s.artifacts(backup_id)]
 
@@ -389,6 +441,8 @@ def copy_regions(run: RunContext) -> dict[str, Any]:
 
 
 def check_snapshots(run: RunContext) -> dict[str, Any]:
+    from functions.strategies import strategies_for
+
     found = _all_artifacts(run.config, run.backup_id)
     # Copy-type parts have no artifact yet: their archive is made after this wait.
     snapshot_parts = {s.part for s in strategies_for(run.config) if not s.archives}
@@ -422,6 +476,8 @@ def prune_copies(config: InstanceConfig, target: CopyTarget, keep_backup_id: str
 
 
 def _prune(found: list[tuple[Strategy, Artifact]], keep: int, keep_backup_id: str, where: str) -> list[str]:
+    from functions.strategies import COMPLETE
+
     if keep == 0:
         return []
     by_backup: dict[str, list[tuple[Strategy, Artifact]]] = {}
@@ -444,6 +500,10 @@ def _prune(found: list[tuple[Strategy, Artifact]], keep: int, keep_backup_id: st
 
 
 def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]:
+    from functions import cleanup, monitoring
+    from functions.strategies import COMPLETE
+    from functions.strategies.host_copy import KIND as ARCHIVE_KIND
+
     found = _all_artifacts(run.config, run.backup_id)
     copies = [c for target in run.config.copies for c in _all_copies(run.config, target, run.backup_id)]
     for strategy, artifact in [*found, *copies]:
@@ -506,6 +566,8 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
 
 def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: dict[str, Any]) -> dict[str, Any]:
     """The one failure path: cancel the task, unlock if we locked, drop what this run made, notify once."""
+    from functions import cleanup, monitoring
+
     instance = run.instance if run else str(raw_input.get("instance", "")) or None
     step = str(failure.get("step", "unknown"))
     error = str(failure.get("Error", "Error"))

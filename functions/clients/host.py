@@ -24,8 +24,9 @@ from functions.observability import redact
 # Statuses in which a command has ended without success.
 
 
-def run(instance_id: str, script: str, *, step: str, timeout: int = 120, poll: float = 0.5) -> str:
-    """A short command, waited for here; its stdout. Raises HostCommandFailed if it fails or outlives `timeout`."""
+def run(instance_id: str, script: str, *, step: str, timeout: int = 120, poll: float = 0.2) -> str:
+    """A short command, waited for here; its stdout. Raises HostCommandFailed if it fails or outlives `timeout`.
+    Checked every `poll` seconds: some run under the lock (flush, freeze, unfreeze), where each wait counts."""
     command = start(instance_id, script, step=step, timeout=timeout)
     deadline = time.monotonic() + timeout + 30
     while True:

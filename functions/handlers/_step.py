@@ -2,20 +2,46 @@
 
 Exceptions propagate (Step Functions Retry/Catch match their class names); only an unexpected exception whose
 text contains a registered secret is replaced by one with the secret masked.
+
+The event `{"warm": true}`, exactly that, is answered at once, before anything else runs: the state machine sends it
+to every function the locked phase calls, while Bitbucket is still live, so that none of them starts cold under the
+lock. Its only effect is what importing the handler's module does; any other event is parsed as the step's own.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.errors import BackupError
-from functions.observability import bind, logger, metrics, redact, tracer
+from functions.observability import bind, logger, metrics, redact
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+WARM_EVENT: dict[str, Any] = {"warm": True}
+# When the running invocation must have returned (time.time()), from the Lambda context; for the in-function waits.
+_ends_at: ContextVar[float] = ContextVar("invocation_ends_at", default=math.inf)
+
+
+def seconds_left() -> float:
+    """Seconds until this invocation's Lambda timeout; 0 when the context does not say (one check, no waiting)."""
+    left = _ends_at.get() - time.time()
+    return 0.0 if math.isinf(left) else max(0.0, left)
+
+
+def is_warm_up(event: Any) -> bool:
+    return isinstance(event, dict) and event.keys() == WARM_EVENT.keys() and event["warm"] is True
+
+
+def _ends(context: Any) -> float:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return time.time() + remaining() / 1000 if callable(remaining) else math.inf
 
 
 def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Handler]:
@@ -26,6 +52,7 @@ def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Ha
             run_ = event.get("run") if isinstance(event, dict) else None
             if isinstance(run_, dict):  # instance and backup id on every line, before the event is even parsed
                 bind(instance=run_.get("instance"), backup_id=run_.get("backup_id"))
+            token = _ends_at.set(_ends(context))
             try:
                 return body(event)
             except BackupError as error:
@@ -38,12 +65,19 @@ def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Ha
                     raise BackupError(f"{name}: {type(error).__name__}: {text}") from None
                 raise
             finally:
+                _ends_at.reset(token)
                 if is_metrics_disabled():  # Powertools keeps unflushed metrics otherwise, across invocations
                     metrics.clear_metrics()
 
         with_context: Handler = logger.inject_lambda_context(clear_state=True)(run)
         with_metrics: Handler = metrics.log_metrics(with_context)
-        traced: Handler = tracer.capture_lambda_handler(with_metrics)
-        return traced
+
+        @functools.wraps(body)
+        def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            if is_warm_up(event):  # nothing else happens: no log line, no metric, no call
+                return {"warm": True, "step": name}
+            return with_metrics(event, context)
+
+        return handler
 
     return wrap

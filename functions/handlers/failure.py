@@ -2,9 +2,11 @@
 
 from typing import Any
 
-from functions import workflow
+# What the failure path uses, imported at cold start: the warm-up before the lock pays for it, not a failed run.
+from functions import cleanup, monitoring, workflow  # noqa: F401
 from functions.handlers._step import step
 from functions.models.events import FailureEvent, parse
+from functions.strategies import amazon_ebs, amazon_rds, host_copy  # noqa: F401
 
 
 @step("handle-failure")

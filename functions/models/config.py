@@ -276,6 +276,9 @@ class CopyTarget(_Strict):
         return self.region + (f"/{self.account_id}" if self.account_id else "")
 
 
+# The drain-poll function's timeout is 90 s; a slice leaves it room to answer.
+DRAIN_SLICE_MAX_SECONDS = 80
+
 # Step Functions keeps at most 25,000 history events per execution; one poll round costs about ten.
 MAX_POLL_ROUNDS = 2000
 
@@ -288,8 +291,15 @@ def _rounds(timeout: float, interval: float) -> float:
 class TimingConfig(_Strict):
     """Intervals and bounds of the workflow. Tests and the rehearsal shrink them; defaults suit production."""
 
-    poll_interval_seconds: int = Field(default=5, ge=0, le=300)
+    # Under the lock every wait ends within a fraction of a second: the drain state and the locked host copies
+    # (rsync's locked pass, pg_dump) are checked every few tenths of a second inside the invocation.
+    drain_poll_interval_seconds: float = Field(default=0.2, ge=0.05, le=10)
+    # One invocation checks the drain state for at most this long (and less than its Lambda timeout), then the
+    # state machine waits poll_interval_seconds and invokes it again.
+    drain_poll_slice_seconds: int = Field(default=60, ge=1, le=DRAIN_SLICE_MAX_SECONDS)
+    poll_interval_seconds: int = Field(default=0, ge=0, le=300)
     drain_timeout_seconds: int = Field(default=600, ge=1, le=7200)
+    locked_host_poll_interval_seconds: float = Field(default=0.2, ge=0.05, le=10)
     snapshot_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
     snapshot_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -298,7 +308,8 @@ class TimingConfig(_Strict):
     # The restore state machine: how often it checks the restored database and volumes, and for how long.
     restore_poll_interval_seconds: int = Field(default=30, ge=0, le=3600)
     restore_timeout_seconds: int = Field(default=4 * 3600, ge=1, le=86400)
-    # How often the state machine checks an SSM Run Command (rsync, pg_dump, archive) on a host.
+    # How often the state machine checks an SSM Run Command before the lock (rsync's first pass) and after the
+    # unlock (archive); under the lock, locked_host_poll_interval_seconds applies.
     host_poll_interval_seconds: int = Field(default=15, ge=0, le=600)
     # Disaster-recovery copies to other regions: the first copy of a volume is a full one and may take hours.
     copy_poll_interval_seconds: int = Field(default=60, ge=0, le=3600)
@@ -307,7 +318,7 @@ class TimingConfig(_Strict):
     @model_validator(mode="after")
     def _history_fits(self) -> TimingConfig:
         for name, timeout, interval in (
-            ("drain", self.drain_timeout_seconds, self.poll_interval_seconds),
+            ("drain", self.drain_timeout_seconds, self.drain_poll_slice_seconds + self.poll_interval_seconds),
             ("snapshot", self.snapshot_timeout_seconds, self.snapshot_poll_interval_seconds),
             ("restore", self.restore_timeout_seconds, self.restore_poll_interval_seconds),
             ("copy", self.copy_timeout_seconds, self.copy_poll_interval_seconds),

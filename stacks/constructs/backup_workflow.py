@@ -1,12 +1,16 @@
 """The backup state machine and its Lambdas.
 
-validate (live) → prepare home (rsync first pass) → lock → start backup → wait for DRAINED → home and database copies
-in parallel (a host copy is checked until done), each reporting progress → progress 100 → unlock → wait for snapshots
+validate (live) → prepare home (rsync first pass) → warm up the functions of the locked phase → lock → start backup →
+wait for DRAINED → home and database copies in parallel (a host copy is waited for in its function), each reporting
+progress → progress 100 → unlock → wait for snapshots
 → archive host copies to S3 → disaster-recovery copies to other regions (started, then checked until complete)
 → finalize (mark complete, prune).
 A zero-downtime backup (the instance's `zero_downtime`, Data Center 4.8+, atomic snapshots only) takes the same path
-without lock, start, drain, progress reports and unlock: three Choices on `$.run.flow.zero_downtime` skip them.
+without warm-up, lock, start, drain, progress reports and unlock: three Choices on `$.run.flow.zero_downtime` skip
+them.
 Every task after the validate step catches into one failure path that cancels, unlocks, cleans up and notifies.
+Under the lock no wait takes whole seconds: DRAINED and the host copies are checked every few tenths of a second
+inside the functions (functions/polling.py); the Wait states between invocations default to zero seconds there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from constructs import Construct
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
+# What the locked phase calls, from the lock to the unlock and on the failure path: warmed before the lock.
+LOCKED_PHASE_FUNCTIONS = {
+    "start": "start backup",
+    "poll": "poll drain state",
+    "home": "copy home",
+    "database": "copy database",
+    "progress": "report progress",
+    "unlock": "unlock",
+    "failure": "handle failure",
+}
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 
@@ -133,6 +147,34 @@ class BackupWorkflow(Construct):
         start.next(done)
         return start, check
 
+    def _locked_host_loop(self, part: str, start: tasks.LambdaInvoke, then: sfn.IChainable) -> tasks.LambdaInvoke:
+        """start → done? → (then) | continue → done? …: under the lock a host copy is waited for inside the copy's own
+        function (short polls), which is called again only if the copy outlives an invocation. No Wait state: the
+        unlock follows the end of the copy within a fraction of a second."""
+        again = self._task(
+            f"Continue {part} copy",
+            part,
+            {"run.$": "$.run", "part": part, "progress.$": "$.part_result"},
+            "$.part_result",
+            retry_on=["AwsRateLimited"],
+        )
+        done = (
+            sfn.Choice(self, f"{part.capitalize()} copy done?")
+            .when(sfn.Condition.boolean_equals("$.part_result.done", True), then)
+            .otherwise(again)
+        )
+        again.next(done)
+        start.next(done)
+        return start
+
+    def _warm_up(self) -> sfn.Parallel:
+        """Every function the locked phase calls, invoked once with {"warm": true} while Bitbucket is still live: none
+        of them starts cold under the lock. A function that cannot even start fails the run here, before the lock."""
+        warm = sfn.Parallel(self, "Warm up the locked phase", result_path=sfn.JsonPath.DISCARD)
+        for fn, label in LOCKED_PHASE_FUNCTIONS.items():
+            warm.branch(self._task(f"Warm: {label}", fn, {"warm": True}, None))
+        return warm
+
     # --- the definition -------------------------------------------------------------------------------------
 
     def _definition(self) -> sfn.IChainable:
@@ -186,7 +228,10 @@ class BackupWorkflow(Construct):
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
         # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
         prepare = self._task("Prepare hosts", "prepare", run, "$.prepared")
-        with_lock = sfn.Choice(self, "Zero downtime?").when(_LOCKED, lock).otherwise(parts)
+        warm_up = self._warm_up()
+        self._catch(warm_up, "warm-up", handle)
+        warm_up.next(lock)
+        with_lock = sfn.Choice(self, "Zero downtime?").when(_LOCKED, warm_up).otherwise(parts)
         for state in self._host_loop("host preparation", prepare, "$.prepared", with_lock):
             self._catch(state, "prepare", handle)
         start_backup = self._task("Start backup", "start", run, "$.task")
@@ -223,7 +268,7 @@ class BackupWorkflow(Construct):
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
                 .when(sfn.Condition.string_equals(f"$.run.flow.{part}.strategy", "none"), skip)
-                .otherwise(self._host_loop(f"{part} copy", copy, "$.part_result", reported)[0])
+                .otherwise(self._locked_host_loop(part, copy, reported))
             )
         self._catch(parts, "copy", handle)
 

@@ -24,6 +24,7 @@ HAPPY_PATH = [
     "Prepare hosts",
     "Host preparation done?",
     "Zero downtime?",
+    "Warm up the locked phase",
     "Lock",
     "Start backup",
     "Poll drain state",
@@ -79,6 +80,11 @@ def _lambda_tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for branch in state.get("Branches", []):
             found |= _lambda_tasks(branch)
     return found
+
+
+def done_name(states: dict[str, Any]) -> str:
+    (name,) = [n for n, st in states.items() if n.endswith("copy done?")]
+    return name
 
 
 def _retried_errors(task: dict[str, Any]) -> set[str]:
@@ -148,13 +154,17 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert choice["Choices"][0]["Variable"] == f"$.run.flow.{part}.strategy"
             assert inner[choice["Choices"][0]["Next"]]["Type"] == "Pass", "an unconfigured part is skipped"
             assert choice["Default"] == f"Copy {part}"
-            # A host copy (rsync, pg_dump) is checked until done; a snapshot strategy answers done at once.
+            # A host copy (rsync, pg_dump) is waited for in its own function, called again (no Wait state) until
+            # done; a snapshot strategy answers done at once.
             done = inner[inner[f"Copy {part}"]["Next"]]
             assert done["Type"] == "Choice" and done["Choices"][0]["Variable"] == "$.part_result.done"
             configured = {f"$.run.flow.{part}.strategy": "configured"}
             locked = path_where(branch, {**configured, "$.run.flow.zero_downtime": False})
             assert locked[-1] == f"Report {part} progress", locked
-            assert inner[done["Default"]]["SecondsPath"] == "$.run.flow.timing.host_poll_interval_seconds"
+            again = inner[done["Default"]]
+            assert again["Type"] == "Task" and function_of(again) == function_of(inner[f"Copy {part}"])
+            assert again["Parameters"]["progress.$"] == "$.part_result" and again["Next"] == done_name(inner)
+            assert not [n for n, st in inner.items() if st["Type"] == "Wait"], "no Wait state under the lock"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
         assert states["Report progress 100"]["Next"] == "Unlock"
@@ -162,7 +172,15 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
 # What a zero-downtime run must never enter: everything that needs (or takes, or releases) the lock.
-NEEDS_THE_LOCK = {"Lock", "Start backup", "Poll drain state", "Wait for drain", "Report progress 100", "Unlock"}
+NEEDS_THE_LOCK = {
+    "Warm up the locked phase",
+    "Lock",
+    "Start backup",
+    "Poll drain state",
+    "Wait for drain",
+    "Report progress 100",
+    "Unlock",
+}
 
 
 def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(

@@ -356,7 +356,7 @@ def _operation_faults() -> list[Fault]:
             ABORTED,
             scenario="stop-locked",
             world=(("drain_seconds", 30),),
-            timing=(("poll_interval_seconds", 1),),
+            timing=(("poll_interval_seconds", 1), ("drain_poll_slice_seconds", 1)),
         ),
         Fault(
             "stop-after-unlock",

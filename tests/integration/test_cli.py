@@ -139,7 +139,10 @@ def test_cancel_stops_a_running_backup_and_the_safety_net_unlocks(
     original = dict(local.r.instance_config)
     with BitbucketSimulator(password=PASSWORD, drain_seconds=None) as never_drains:
         # The same stored configuration a redeploy would write: this Bitbucket never drains, so the run waits.
-        local.r.configure(base_url=never_drains.url, timing={**original["timing"], "poll_interval_seconds": 1})
+        local.r.configure(
+            base_url=never_drains.url,
+            timing={**original["timing"], "poll_interval_seconds": 1, "drain_poll_slice_seconds": 1},
+        )
         try:
             code, out, _ = cli(capsys, local, "backup", "--instance", "demo", "--json")
             assert code == OK

@@ -17,7 +17,7 @@ def _stop(w: World, execution: str) -> None:
 
 
 def test_stop_while_locked_is_unlocked_by_the_safety_net(world_factory: Any) -> None:
-    w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1})
+    w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1, "drain_poll_slice_seconds": 1})
     earlier = w.seed_earlier_backup()
     execution = w.r.start()
     wait_for(lambda: waiting_in(w, execution, "Wait for drain"))

@@ -1,0 +1,74 @@
+"""The lock window in the definition: warmed before the lock, and no wait of whole seconds under it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.models.config import TimingConfig
+from tests.infra.asl import function_of
+from tests.infra.conftest import StateMachine
+
+WARM_UP = "Warm up the locked phase"
+
+
+def _next(state: dict[str, Any]) -> list[str]:
+    """Where a state goes, on a locked run (a zero-downtime run's branch is not the locked phase)."""
+    choices = state.get("Choices", [])
+    if any(c["Variable"] == "$.run.config.zero_downtime" for c in choices):
+        return [c["Next"] for c in choices if c["Variable"] == "$.run.config.zero_downtime" and not c["BooleanEquals"]]
+    targets = [state["Next"]] if "Next" in state else []
+    targets += [choice["Next"] for choice in choices]
+    return targets + ([state["Default"]] if "Default" in state else [])
+
+
+def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every state from the one after Lock to Unlock (inclusive), with the states of Parallel branches; not Catches."""
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    todo = [states["Lock"]["Next"]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = states[name]
+        found.append(state)
+        for branch in state.get("Branches", []):
+            found += branch["States"].values()
+        if name != "Unlock":
+            todo += _next(state)
+    assert "Unlock" in seen
+    return found
+
+
+def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
+    state_machines: dict[str, StateMachine],
+) -> None:
+    for sm in state_machines.values():
+        states = sm.definition["States"]
+        locked_rule = states["Zero downtime?"]["Choices"][0]
+        assert locked_rule == {"Variable": "$.run.config.zero_downtime", "BooleanEquals": False, "Next": WARM_UP}
+        warm = states[WARM_UP]
+        assert warm["Type"] == "Parallel" and warm["Next"] == "Lock" and warm["ResultPath"] is None
+        warmed = set()
+        for branch in warm["Branches"]:
+            (task,) = branch["States"].values()
+            assert task["Parameters"] == {"warm": True}, "a warm-up event carries nothing else"
+            assert task["ResultPath"] is None
+            warmed.add(function_of(task))
+        called = {function_of(s) for s in _locked_phase(states) if s["Type"] == "Task"}
+        failure = function_of(states["Handle failure"])
+        assert called, "the locked phase calls functions"
+        assert warmed == called | {failure}, (warmed, called)
+
+
+def test_no_wait_under_the_lock_takes_seconds_by_default(state_machines: dict[str, StateMachine]) -> None:
+    defaults = TimingConfig()
+    for sm in state_machines.values():
+        waits = [s for s in _locked_phase(sm.definition["States"]) if s["Type"] == "Wait"]
+        assert waits, "the drain loop has its Wait state (zero seconds by default)"
+        for wait in waits:
+            seconds = wait.get("Seconds", 0)
+            if "SecondsPath" in wait:
+                seconds = getattr(defaults, wait["SecondsPath"].rsplit(".", 1)[-1])
+            assert seconds == 0, wait

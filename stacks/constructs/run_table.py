@@ -18,10 +18,12 @@ class RunTable(Construct):
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
             encryption_key=key,
+            # Set only while an item holds no unlock token (functions/runs.py): a token is never expired away.
             time_to_live_attribute="expires_at",
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            # Holds only live runs; nothing in it outlives a backup, so it may go with the stack.
+            # Holds live runs, and the token of a lock a run could not release until someone unlocks by hand (the
+            # notification says so): unlock before deleting the stack. Otherwise nothing in it outlives a backup.
             removal_policy=RemovalPolicy.DESTROY,
         )

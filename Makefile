@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli
+.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -45,7 +45,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy functions stacks rehearsal app.py
 
-test: venv cdk-cli host-deps awscli lint typecheck
+test: venv cdk-cli host-deps awscli checkov lint typecheck
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 # What the host-script tests run for real: rsync, git and a PostgreSQL 15 server (sudo only when not root).
@@ -66,6 +66,16 @@ AWSCLI_VERSION := 1.45.11
 
 awscli: .awscli/.installed
 
+# checkov (tests/infra/test_checkov.py runs it on the synthesized templates), pinned with every dependency, in its own
+# environment: its pins of boto3, packaging and networkx conflict with the project's.
+CHECKOV_VERSION := 3.3.30
+.checkov/.installed: checkov-constraints.txt
+	@test -x .checkov/bin/python || $(PYTHON) -m venv .checkov
+	.checkov/bin/python -m pip install --quiet --disable-pip-version-check "checkov==$(CHECKOV_VERSION)" -c checkov-constraints.txt
+	@touch $@
+
+checkov: .checkov/.installed
+
 bench: venv host-deps awscli
 	$(PY) -m rehearsal.bench
 	$(PY) -m rehearsal.bench_rsync
@@ -84,4 +94,4 @@ fault-matrix: venv
 	$(PY) -m tests.integration.fault_matrix > docs/fault-matrix.md
 
 clean:
-	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache .awscli
+	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache .awscli .checkov

@@ -16,13 +16,13 @@ from constructs import Construct
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
 from functions.models.restore import DRILL_MACHINE_ENV
 from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
-from stacks import permissions
+from stacks import nag, permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
 from stacks.constructs.drill_workflow import DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.instance_config import InstanceConfigParameters
-from stacks.constructs.monitoring import MonitoredMachine, Monitoring
+from stacks.constructs.monitoring import MonitoredMachine, Monitoring, encrypt_logs
 from stacks.constructs.notifications import Notifications
 from stacks.constructs.restore_workflow import RestoreWorkflow
 from stacks.constructs.run_table import RunTable
@@ -64,9 +64,9 @@ class BackupStack(Stack):
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
         config = settings.config
         self._check_copy_regions(config)
-        key = kms.Key(self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: topic and run table")
+        key = kms.Key(self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: topic and archives")
         notifications = Notifications(self, "Notifications", config=config, key=key)
-        runs = RunTable(self, "Runs", key=key)
+        runs = RunTable(self, "Runs")  # with its own key
         prefix = f"/bitbucket-diy-backup/{id}/instances"
         parameters = InstanceConfigParameters(self, "InstanceConfig", prefix=prefix, instances=config.instances)
         code = lambda_code(with_dependencies=config.bundling == "local")
@@ -93,6 +93,7 @@ class BackupStack(Stack):
                 **_object_lock(config.archive_object_lock),
                 removal_policy=RemovalPolicy.RETAIN,
             )
+            nag.skip_checkov(self.archive_bucket, nag.ARCHIVE_ACCESS_LOGS)
             environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
             CfnOutput(self, "ArchiveBucket", value=self.archive_bucket.bucket_name)
             # Cross-account copy targets copy the archives as their own role: it may read them (and their key).
@@ -105,7 +106,7 @@ class BackupStack(Stack):
                         resources=[self.archive_bucket.arn_for_objects("*")],
                     )
                 )
-                key.grant_decrypt(reader)
+                key.add_to_resource_policy(self._decrypt_through_s3(reader, config.instances))
             CfnOutput(
                 self,
                 "ArchiveKey",
@@ -115,6 +116,7 @@ class BackupStack(Stack):
         groups = network_groups(config.instances)
         slots = plan(config.instances)  # over the whole fleet: instances of different networks share rate limits
         machines: list[MonitoredMachine] = []
+        nets: list[SafetyNet] = []
         for index, instances in enumerate(groups):
             suffix = "" if len(groups) == 1 else str(index + 1)
             # Each group's functions need their own scope, or the second group's ids collide with the first's.
@@ -128,7 +130,10 @@ class BackupStack(Stack):
             timing = replace(settings.timing, timeout_hours=timeout_s // 3600)
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
             self._grant(workflow.functions, instances, runs, notifications, parameters, key)
-            net = SafetyNet(self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine])
+            net = SafetyNet(
+                self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine], key=key
+            )
+            nets.append(net)
             self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
             CfnOutput(
                 self,
@@ -152,6 +157,7 @@ class BackupStack(Stack):
                 f"RestoreSafetyNet{suffix}",
                 factory=factory,
                 state_machines=restore.state_machines,
+                key=key,
                 function_id="RestoreSafetyNetFn",
                 handler="functions.handlers.restore_safety_net.handler",
                 statuses=("ABORTED", "TIMED_OUT"),
@@ -161,6 +167,7 @@ class BackupStack(Stack):
             # It reads the stopped execution's history for the plan, then cleans up as the restore's failure path.
             for machine in restore.state_machines:
                 machine.grant_read(restore_net.function)
+            nets.append(restore_net)
             self._grant_restore(
                 {**restore.functions, "safety_net": restore_net.function}, instances, notifications, parameters, key
             )
@@ -209,13 +216,26 @@ class BackupStack(Stack):
             factory=FunctionFactory(self, FunctionSettings(code=code, environment=environment)),
             instances=config.instances,
             machines=machines,
+            safety_nets=nets,
             topic=notifications.topic,
             key=key,
         )
         self._grant_staleness_check(monitoring.check, config.instances, prefix)
+        encrypt_logs(self)
         CfnOutput(self, "Dashboard", value=monitoring.dashboard.dashboard_name)
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
+
+    def _decrypt_through_s3(self, reader: iam.ArnPrincipal, instances: list[InstanceConfig]) -> iam.PolicyStatement:
+        """A cross-account copy role may decrypt archives only as S3 reads them for it (in this region or where its
+        copies run), never call the key itself."""
+        regions = {self.region, *(t.region for i in instances for t in i.copies if t.role_arn == reader.arn)}
+        return iam.PolicyStatement(
+            principals=[reader],
+            actions=["kms:Decrypt"],
+            resources=["*"],
+            conditions={"StringEquals": {"kms:ViaService": sorted(f"s3.{r}.amazonaws.com" for r in regions)}},
+        )
 
     def _check_copy_regions(self, config: ProjectConfig) -> None:
         """A disaster-recovery copy in the stack's own region (and account) protects against nothing."""
@@ -248,7 +268,8 @@ class BackupStack(Stack):
         for fn in fns.values():
             # Single-item access only: no Scan, Query or batch writes on the run table.
             runs.table.grant(fn, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
-            key.grant_encrypt_decrypt(fn)
+            runs.key.grant_encrypt_decrypt(fn)
+            key.grant_encrypt_decrypt(fn)  # the topic's and the archives' key
         for fn in fns.values():  # every step loads its configuration from the parameter, never from its event
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)

@@ -1,16 +1,21 @@
-"""cdk-nag AwsSolutions checks, and every acknowledgment with its reason, in one place.
+"""cdk-nag AwsSolutions checks and checkov's skips, every acknowledgment with its reason, in one place.
 
 cdk-nag 3 matches acknowledgments by exact finding id (IAM5 findings name the resource), so the reasons here
 are keyed by a pattern and applied to the findings of this stack that match it; a finding no pattern explains
 still fails the synth.
+
+checkov (tests/infra/test_checkov.py) reads a skip from the resource's own template metadata; `skip_checkov` writes
+it where the resource is made, with one of the reasons below, so a resource added later is checked in full.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from aws_cdk import Acknowledgment, App, Stack, Validations
+from aws_cdk import Acknowledgment, App, CfnResource, Stack, Validations
 from cdk_nag import AwsSolutionsChecks
+from constructs import IConstruct
 
 # Region and account as they appear in a finding: literal for a stack with a concrete env, CDK's token name for an
 # environment-agnostic one (`cdk synth` without credentials).
@@ -142,3 +147,63 @@ def check(app: App, stack: Stack) -> None:
         if reason:
             Validations.of(stack).acknowledge(Acknowledgment(id=violation.rule_name, reason=reason))
     Validations.of(app).add_plugins(pack)
+
+
+# --- checkov ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckovSkip:
+    id: str  # checkov's check id, e.g. CKV_AWS_116
+    comment: str  # why the check does not apply to the resources that carry this skip
+
+
+LAMBDA_CONCURRENCY = CheckovSkip(
+    "CKV_AWS_115",
+    "Reserved concurrency is taken from the account's shared pool (as little as 10 in a new account) and every "
+    "function runs a few times per backup, started only by its own state machine or rule.",
+)
+LAMBDA_SYNCHRONOUS = CheckovSkip(
+    "CKV_AWS_116",
+    "Invoked synchronously by its state machine, whose Retry and Catch handle every error; a dead-letter queue "
+    "only receives failed asynchronous invocations.",
+)
+LAMBDA_NO_NETWORK = CheckovSkip(
+    "CKV_AWS_117",
+    "Runs in a VPC when the configuration names one (network: subnet_ids, security_group_ids); without one it calls "
+    "AWS APIs and Bitbucket's configured URL directly.",
+)
+LAMBDA_ENVIRONMENT = CheckovSkip(
+    "CKV_AWS_173",
+    "The environment holds no secret, only names (run table, topic, parameter path, bucket, log level); "
+    "credentials are read from Secrets Manager when a step runs.",
+)
+STALENESS_CHECK_ASYNC = CheckovSkip(
+    "CKV_AWS_116",
+    "A failed staleness check publishes no metric, and the staleness alarms treat missing data as breaching: the "
+    "failure alarms without a dead-letter queue.",
+)
+ARCHIVE_ACCESS_LOGS = CheckovSkip("CKV_AWS_18", dict(ACKNOWLEDGMENTS)[r"AwsSolutions-S1"])
+
+CHECKOV_SKIPS = [
+    LAMBDA_CONCURRENCY,
+    LAMBDA_SYNCHRONOUS,
+    LAMBDA_NO_NETWORK,
+    LAMBDA_ENVIRONMENT,
+    STALENESS_CHECK_ASYNC,
+    ARCHIVE_ACCESS_LOGS,
+]
+
+
+def skip_checkov(construct: IConstruct, *skips: CheckovSkip) -> None:
+    """Writes `Metadata: checkov: skip: [{id, comment}]` on the construct's CloudFormation resource (or on the
+    resource itself), keeping skips written earlier."""
+    resource = construct if isinstance(construct, CfnResource) else construct.node.default_child
+    if not isinstance(resource, CfnResource):
+        raise TypeError(f"{construct.node.path} has no CloudFormation resource to carry a checkov skip")
+    current = resource.get_metadata("checkov") or {}
+    entries: list[dict[str, str]] = list(current.get("skip", []))
+    for skip in skips:
+        if all(e["id"] != skip.id for e in entries):
+            entries.append({"id": skip.id, "comment": skip.comment})
+    resource.add_metadata("checkov", {**current, "skip": entries})

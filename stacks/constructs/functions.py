@@ -11,6 +11,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from functions.models.config import NetworkConfig
+from stacks import nag
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,15 @@ class FunctionFactory:
         self._scope = scope
         self._settings = settings
 
-    def make(self, id: str, handler: str, *, timeout_s: int, description: str) -> lambda_.Function:
+    def make(
+        self, id: str, handler: str, *, timeout_s: int, description: str, synchronous: bool = True
+    ) -> lambda_.Function:
+        """`synchronous`: only a state machine invokes it (a rule or schedule invokes asynchronously, and such a
+        function needs its own answer to a failed invocation: a dead-letter queue or an alarm)."""
         s = self._settings
+        # Kept when the stack is deleted: the logs of the runs that led up to it.
         log_group = logs.LogGroup(
-            self._scope, f"{id}Logs", retention=s.log_retention, removal_policy=RemovalPolicy.DESTROY
+            self._scope, f"{id}Logs", retention=s.log_retention, removal_policy=RemovalPolicy.RETAIN
         )
         role = iam.Role(
             self._scope,
@@ -70,4 +76,8 @@ class FunctionFactory:
             role.add_managed_policy(
                 iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AWSLambdaVPCAccessExecutionRole")
             )
+        skips = [nag.LAMBDA_CONCURRENCY, nag.LAMBDA_ENVIRONMENT]
+        skips += [nag.LAMBDA_SYNCHRONOUS] if synchronous else []
+        skips += [] if s.network else [nag.LAMBDA_NO_NETWORK]
+        nag.skip_checkov(function, *skips)
         return function

@@ -5,28 +5,39 @@
   alarm on HoursSinceLastCompleteBackup, which the check publishes every hour whether or not a backup ran. Missing
   data counts as breaching: a check that stops running, or cannot read an instance's catalog, alarms too.
 - Each instance with a restore drill has an alarm on DrillFailed (published by every drill, 1 when it failed).
+- Each safety net's dead-letter queue alarms as soon as it holds a message: a safety net that could not run (an
+  execution that ended without its own cleanup may have left Bitbucket locked).
 - The dashboard uses SEARCH expressions over the per-instance metrics, so its size does not grow with the fleet.
+
+`encrypt_logs`: every log group of the stack is encrypted with a key of its own (logs are kept after the stack).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from aws_cdk import Aws, Duration, Stack
+import jsii
+from aws_cdk import Aspects, Aws, Duration, IAspect, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as targets
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from functions.models import metrics as names
 from functions.models.config import InstanceConfig
+from stacks import nag
 from stacks.constructs.functions import FunctionFactory
+
+if TYPE_CHECKING:
+    from stacks.constructs.safety_net import SafetyNet
 
 EXECUTION_PERIOD = Duration.minutes(5)
 # The check runs every CHECK_INTERVAL_MINUTES; two missing or stale hours in a row alarm, one late check does not.
@@ -72,6 +83,7 @@ class Monitoring(Construct):
         factory: FunctionFactory,
         instances: list[InstanceConfig],
         machines: list[MonitoredMachine],
+        safety_nets: list[SafetyNet],
         topic: sns.ITopic,
         key: kms.IKey,
     ) -> None:
@@ -82,7 +94,9 @@ class Monitoring(Construct):
             "functions.handlers.staleness.handler",
             timeout_s=300,
             description="hours since each instance's newest complete backup",
+            synchronous=False,
         )
+        nag.skip_checkov(self.check, nag.STALENESS_CHECK_ASYNC)
         self.schedule = scheduler.Schedule(
             self,
             "StalenessCheckSchedule",
@@ -171,6 +185,30 @@ class Monitoring(Construct):
             alarm.add_alarm_action(action)
             self.drill_alarms[instance.name] = alarm
 
+        # A safety net whose deliveries and retries all failed: its dead-letter queue holds the execution's event.
+        self.dead_letter_alarms: list[cw.Alarm] = []
+        for net in safety_nets:
+            alarm = cw.Alarm(
+                self,
+                f"{net.node.id}DeadLetters",
+                alarm_name=f"{stack.stack_name}-{net.node.id}-failed",
+                alarm_description=(
+                    f"The safety net ({net.description}) could not run for an execution that ended without its own "
+                    "cleanup: Bitbucket may still be in maintenance mode and that run's resources not cleaned up. "
+                    "The dead-letter queue holds the execution's event, the function's log says why; check Bitbucket "
+                    "and clean up by hand, then delete the message."
+                ),
+                metric=net.dead_letters.metric_approximate_number_of_messages_visible(
+                    period=EXECUTION_PERIOD, statistic="Maximum"
+                ),
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            )
+            alarm.add_alarm_action(action)
+            self.dead_letter_alarms.append(alarm)
+
         self.dashboard = self._dashboard(stack, instances, machines)
 
     def _allow_alarms_to_publish(self, stack: Stack, topic: sns.ITopic, key: kms.IKey) -> None:
@@ -214,6 +252,7 @@ class Monitoring(Construct):
             *self.execution_alarms,
             *self.staleness_alarms.values(),
             *self.drill_alarms.values(),
+            *self.dead_letter_alarms,
         ]
         status = [
             cw.AlarmStatusWidget(
@@ -262,3 +301,36 @@ class Monitoring(Construct):
             default_interval=Duration.days(14),
             widgets=[[header], *[[w] for w in status], per_instance, executions],
         )
+
+
+@jsii.implements(IAspect)
+class _EncryptLogGroups:
+    def __init__(self, key: kms.IKey) -> None:
+        self._key = key
+
+    def visit(self, node: IConstruct) -> None:
+        if isinstance(node, logs.CfnLogGroup) and node.kms_key_id is None:
+            node.kms_key_id = self._key.key_arn
+
+
+def encrypt_logs(stack: Stack) -> kms.Key:
+    """A key for the stack's log groups (every one, including those added later), usable by CloudWatch Logs for this
+    account's log groups only. Like the log groups, it stays when the stack is deleted."""
+    key = kms.Key(stack, "LogsKey", enable_key_rotation=True, description="Bitbucket DIY backup: log groups")
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="CloudWatchLogsOfThisAccount",
+            principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={
+                "ArnLike": {
+                    "kms:EncryptionContext:aws:logs:arn": (
+                        f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:*"
+                    )
+                }
+            },
+        )
+    )
+    Aspects.of(stack).add(_EncryptLogGroups(key))
+    return key

@@ -9,15 +9,20 @@ from constructs import Construct
 
 
 class RunTable(Construct):
-    def __init__(self, scope: Construct, id: str, *, key: kms.IKey) -> None:
+    def __init__(self, scope: Construct, id: str) -> None:
         super().__init__(scope, id)
+        # Its own key: the tokens it holds unlock Bitbucket, so no grant made for the topic or the archives (other
+        # roles, other accounts, AWS services) reaches them.
+        self.key = kms.Key(
+            self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: run table (unlock tokens)"
+        )
         self.table = dynamodb.Table(
             self,
             "Table",
             partition_key=dynamodb.Attribute(name="instance", type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
-            encryption_key=key,
+            encryption_key=self.key,
             # Set only while an item holds no unlock token (functions/runs.py): a token is never expired away.
             time_to_live_attribute="expires_at",
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(

@@ -56,8 +56,9 @@ def lambda_task(
 def standard_state_machine(
     scope: Construct, definition: sfn.IChainable, *, name: str | None, timeout: Duration, comment: str
 ) -> sfn.StateMachine:
+    # Kept when the stack is deleted: the logs of the runs that led up to it.
     log_group = logs.LogGroup(
-        scope, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+        scope, "StateMachineLogs", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.RETAIN
     )
     return sfn.StateMachine(
         scope,

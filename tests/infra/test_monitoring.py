@@ -47,7 +47,11 @@ def test_a_failed_timed_out_or_aborted_execution_alarms(
 
 def test_a_staleness_alarm_per_scheduled_instance(resources: Any) -> None:
     config = parse_project_config(CONFIG)
-    stale = {a["Dimensions"][0]["Value"]: a for a in _alarms(resources).values() if "MetricName" in a}
+    stale = {
+        a["Dimensions"][0]["Value"]: a
+        for a in _alarms(resources).values()
+        if a.get("MetricName") == names.HOURS_SINCE_COMPLETE
+    }
     # staging has no schedule (manual runs only) and no max_backup_age_hours: nothing to be late for.
     assert set(stale) == {PROD["name"]} and "schedule" not in STAGING
     alarm = stale[PROD["name"]]
@@ -67,10 +71,35 @@ def test_cloudwatch_may_publish_to_the_encrypted_topic(resources: Any) -> None:
     (allow,) = [s for s in statements if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
     assert allow["Action"] == "sns:Publish" and allow["Effect"] == "Allow"
     assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
-    (key,) = resources("AWS::KMS::Key").values()
+    (topic,) = resources("AWS::SNS::Topic").values()
+    key = resources("AWS::KMS::Key")[topic["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]]
     kms = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s["Principal"].get("Service")]
-    assert kms and kms[0]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
-    assert set(kms[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    (cloudwatch,) = [s for s in kms if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+
+
+def test_a_safety_net_that_could_not_run_alarms(resources: Any) -> None:
+    """What a safety net could not process (after EventBridge's and Lambda's retries) waits in its dead-letter queue
+    (tests/infra/test_checkov.py): one message there alarms, to the topic, saying what may be left locked."""
+    queues = {
+        target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+        for rule in resources("AWS::Events::Rule").values()
+        for target in rule["Properties"]["Targets"]
+    }
+    assert len(queues) == 4 and queues <= set(resources("AWS::SQS::Queue"))  # backup and restore, two networks
+    watched = {}
+    for alarm in _alarms(resources).values():
+        if alarm.get("Namespace") == "AWS/SQS":
+            ((dimension),) = alarm["Dimensions"]
+            watched[dimension["Value"]["Fn::GetAtt"][0]] = alarm
+            assert dimension["Name"] == "QueueName" and dimension["Value"]["Fn::GetAtt"][1] == "QueueName"
+    assert set(watched) == queues
+    for alarm in watched.values():
+        assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible" and alarm["Statistic"] == "Maximum"
+        assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert alarm["EvaluationPeriods"] == 1 and alarm["TreatMissingData"] == "notBreaching"
+        assert alarm["AlarmActions"] == [{"Ref": _topic(resources)}]
+        assert "Bitbucket may still be in maintenance mode" in alarm["AlarmDescription"]
 
 
 def test_the_staleness_check_is_scheduled_and_only_reads(resources: Any, template: dict[str, Any]) -> None:

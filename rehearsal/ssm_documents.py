@@ -51,7 +51,11 @@ def render(backend: Any, document_name: str | None, parameters: dict[str, list[s
     documents = getattr(backend, "_documents", {}).get(document_name or "")
     if documents is None:
         raise InvalidDocument(f"The document {document_name} does not exist in this account and region.")
-    content = documents.get_default_version().content_json
+    return render_content(documents.get_default_version().content_json, str(document_name), parameters)
+
+
+def render_content(content: dict[str, Any], document_name: str, parameters: dict[str, list[str]] | None) -> Rendered:
+    """A document's (parsed) content and SendCommand's parameters: the script, or SSM's refusal."""
     declared: dict[str, dict[str, Any]] = content.get("parameters") or {}
     given = dict(parameters or {})
     unknown = sorted(set(given) - set(declared))

@@ -19,7 +19,6 @@ What is checked per strategy:
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -114,27 +113,28 @@ def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> dict[str, A
     bind(instance=drill_plan.instance, backup_id=drill_plan.backup_id)
     config, drill = drill_plan.config, drill_plan.drill
     parts = restored["drill"]["parts"]
-    args: list[str | int] = []
+    args: dict[str, str | int] = {}
     checks: list[str] = []
     if "home" in parts and isinstance(config.home, RsyncHomeConfig):
-        args += ["--home", f"{parts['home']['path']}/home", "--sample", drill.sample_repositories]
+        args |= {"home": f"{parts['home']['path']}/home", "sample": drill.sample_repositories}
         checks.append(f"home: git fsck --full of up to {drill.sample_repositories} repositories")
     elif "home" in parts:
         checks.append("home: the restored volumes became available (not attached, so not checked with git fsck)")
     if "database" in parts:
         login = _database_login(config, parts["database"], restored.get("database") or {})
         if login:
-            args += [*login, "--tables", ",".join(drill.tables)]
+            args |= login | {"tables": ",".join(drill.tables)}
             checks.append(f"database: connects and has the tables {', '.join(drill.tables)}")
         else:
             checks.append("database: the restored database became available (no drill.database: tables not checked)")
     command = None
     if args:
         assert drill.host_instance_id is not None, "validated with the config"
-        host.run(drill.host_instance_id, host.install_script(), step="drill: install host script", timeout=120)
+        host.run(drill.host_instance_id, "InstallScript", {}, step="drill: install host script", timeout=120)
         command = host.start(
             drill.host_instance_id,
-            host.script_command("drill-check", *args),
+            "DrillCheck",
+            {"sample": str(drill.sample_repositories), **args},
             step="drill: check the restored copy",
             timeout=drill.command_timeout_seconds,
         )
@@ -142,7 +142,7 @@ def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> dict[str, A
     return {"command": command, "checks": checks}
 
 
-def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[str, Any]) -> list[str | int]:
+def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[str, Any]) -> dict[str, str | int]:
     """drill-check's connection flags for the restored database (the password stays in Secrets Manager)."""
     if isinstance(config.database, PostgresDatabaseConfig):
         cfg = config.database
@@ -153,9 +153,9 @@ def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[s
         secret, user, dbname = login.secret, login.user, login.dbname
         host_, _, port = str(result["endpoint"]).rpartition(":")
     else:
-        return []
-    return ["--host", host_, "--port", port, "--user", user, "--dbname", dbname,
-            "--password-secret", secret, "--region", secret.split(":")[3]]  # fmt: skip
+        return {}
+    return {"host": host_, "port": port, "user": user, "dbname": dbname, "passwordSecret": secret,
+            "region": secret.split(":")[3]}  # fmt: skip
 
 
 def check_status(drill_plan: DrillPlan, check: dict[str, Any]) -> dict[str, Any]:
@@ -292,5 +292,10 @@ def teardown(drill_plan: DrillPlan, output: dict[str, Any], keep: bool) -> list[
     home = parts.get("home", {})
     if home.get("path") and not keep:
         # restore_cleanup removed what was extracted; the (now empty) directory is the drill's own.
-        host.run(home["instance_id"], f"rmdir -- {shlex.quote(home['path'])} 2>/dev/null || true", step="drill: rmdir")
+        host.run(
+            home["instance_id"],
+            "RemoveRestoredHome",
+            {"path": home["path"], "backupId": drill_plan.backup_id, "removeDirectory": "true"},
+            step="drill: rmdir",
+        )
     return actions

@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from functions.models.host_operations import DIR_VARIABLE
+from rehearsal import ssm_documents
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,7 +301,8 @@ class HostCommand:
 
 
 class LocalHost:
-    """Runs AWS-RunShellScript commands with bash in a local directory, standing in for the EC2 hosts.
+    """Runs the stack's SSM documents' commands with sh (as the SSM agent does) in a local directory, standing in
+    for the EC2 hosts. The host script is installed in a directory of the local host's (0700, this user's).
 
     `fsfreeze` cannot run here (it needs root and a real mount), so a recording stand-in is first on PATH;
     everything else (sync, the host scripts) runs for real.
@@ -318,7 +321,7 @@ class LocalHost:
         self.faults: dict[str, str] = {}
         # Extra environment of every command (the AWS CLI's local endpoint), and hooks called before each command
         # with (instance id, script): what changes on a host while the workflow runs (new commits between passes).
-        self.env: dict[str, str] = {}
+        self.env: dict[str, str] = {DIR_VARIABLE: str(root / "opt-bitbucket-diy-backup")}
         self.before_run: list[Callable[[str, str], None]] = []
         self.after_run: list[Callable[[HostCommand], None]] = []
 
@@ -334,7 +337,7 @@ class LocalHost:
             path = f"{self.bin}:{AWS_CLI_DIR}:{os.environ.get('PATH', '')}"
             env = {**os.environ, **self.env, "PATH": path}
             proc = subprocess.run(
-                ["bash", "-c", script], cwd=self.root, env=env, capture_output=True, text=True, timeout=600, check=False
+                ["sh", "-c", script], cwd=self.root, env=env, capture_output=True, text=True, timeout=600, check=False
             )
             status = "Success" if proc.returncode == 0 else "Failed"
             result = HostCommand(instance_id, script, status, proc.returncode, proc.stdout, proc.stderr)
@@ -379,23 +382,23 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
     original_send = SimpleSystemManagerBackend.send_command
 
     def send_command(self: Any, **kwargs: Any) -> Any:
+        # SSM refuses an unknown document or a parameter its allowedPattern rejects before anything runs.
+        rendered = ssm_documents.render(self, kwargs.get("document_name"), kwargs.get("parameters"))
         requested = list(kwargs.get("instance_ids") or [])  # moto extends the caller's list in place
         command = original_send(self, **kwargs)
         if requested and not kwargs.get("targets"):
             # Without Targets moto also sends the command to every instance in the account; AWS does not.
             command.invocations = [i for i in command.invocations if i["InstanceId"] in requested]
             command.instance_ids = requested
-        if command.document_name == "AWS-RunShellScript":
-            script = "\n".join(command.parameters.get("commands", []))
-            for invocation in command.invocations:
-                ran = host.run(invocation["InstanceId"], script)
-                invocation.update(
-                    Status=ran.status,
-                    StatusDetails=ran.status,
-                    ResponseCode=ran.exit_code,
-                    StandardOutputContent=ran.stdout[-24000:],
-                    StandardErrorContent=ran.stderr[-8000:],
-                )
+        for invocation in command.invocations:
+            ran = host.run(invocation["InstanceId"], rendered.script)
+            invocation.update(
+                Status=ran.status,
+                StatusDetails=ran.status,
+                ResponseCode=ran.exit_code,
+                StandardOutputContent=ran.stdout[-24000:],
+                StandardErrorContent=ran.stderr[-8000:],
+            )
         return command
 
     stack.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
@@ -718,6 +721,7 @@ class Rehearsal:
             "AWS::DynamoDB::Table",
             "AWS::SSM::Parameter",
             "AWS::S3::Bucket",
+            "AWS::SSM::Document",
             "AWS::Lambda::Function",
             "AWS::StepFunctions::StateMachine",
             "AWS::Events::Rule",
@@ -758,6 +762,8 @@ class Rehearsal:
         elif kind == "AWS::SSM::Parameter":
             self.client("ssm").put_parameter(Name=props["Name"], Value=r(props["Value"]), Type="String")
             r.refs[logical] = props["Name"]
+        elif kind == "AWS::SSM::Document":
+            r.refs[logical] = ssm_documents.create(self.client("ssm"), props, r)
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")
             name = props.get("BucketName") or f"{logical.lower()[:40]}-{uuid.uuid4().hex[:8]}"

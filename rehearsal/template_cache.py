@@ -1,6 +1,6 @@
 """Synthesizing takes seconds (the jsii runtime starts node); the rehearsal and the tests reuse a template
-while nothing that shapes it has changed: the config, the stack code, and the config models. (Handler code
-runs in-process from the working tree, so it is not part of the key; only the unused asset hash goes stale.)"""
+while nothing that shapes it has changed: the config, the stack code, the config models, the host script. (Handler
+code runs in-process from the working tree, so it is not part of the key; only the unused asset hash goes stale.)"""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ CACHE = ROOT / ".build" / "templates"
 
 def _key(config_key: str) -> str:
     digest = hashlib.sha256(config_key.encode())
-    for folder in ("stacks", "functions/models"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
+    # The host script is part of the template too: the stack's install document carries it.
+    for folder, pattern in (("stacks", "*.py"), ("functions/models", "*.py"), ("functions/host", "*.sh")):
+        for path in sorted((ROOT / folder).rglob(pattern)):
             digest.update(str(path.relative_to(ROOT)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:32]

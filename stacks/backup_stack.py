@@ -21,6 +21,7 @@ from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
 from stacks.constructs.drill_workflow import DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
+from stacks.constructs.host_documents import HostDocuments
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.monitoring import MonitoredMachine, Monitoring, encrypt_logs
 from stacks.constructs.notifications import Notifications
@@ -70,7 +71,10 @@ class BackupStack(Stack):
         prefix = f"/bitbucket-diy-backup/{id}/instances"
         parameters = InstanceConfigParameters(self, "InstanceConfig", prefix=prefix, instances=config.instances)
         code = lambda_code(with_dependencies=config.bundling == "local")
+        # What the functions may run on hosts: these documents, by name, never a script of their own.
+        self.host_documents = HostDocuments(self, "HostDocuments")
         environment = {
+            "HOST_DOCUMENT_PREFIX": self.host_documents.prefix,
             "RUNS_TABLE": runs.table.table_name,
             "TOPIC_ARN": notifications.topic.topic_arn,
             "CONFIG_PARAMETER_PREFIX": prefix,
@@ -276,8 +280,9 @@ class BackupStack(Stack):
         for fn in each("validate", "home", "database", "check", "copy", "finalize", "failure", "safety_net"):
             for statement in permissions.describe(instances):
                 fn.add_to_role_policy(statement)
+        docs = self.host_documents.arns
         for fn in each("home"):
-            for statement in permissions.create_home_snapshots(self, instances):
+            for statement in permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")):
                 fn.add_to_role_policy(statement)
         for fn in each("database"):
             for statement in permissions.create_db_snapshots(self, instances):
@@ -293,9 +298,17 @@ class BackupStack(Stack):
         for fn in each("finalize", "failure", "safety_net"):
             for statement in permissions.manage_own_copies(self, instances):
                 fn.add_to_role_policy(statement)
-        for fn in each("prepare", "home", "database", "check_host", "archive"):
-            for statement in permissions.host_commands(self, instances):
-                fn.add_to_role_policy(statement)
+        sent = {
+            "prepare": docs("InstallScript", "RsyncHome"),
+            "home": docs("RsyncHome"),
+            "database": docs("PgDump"),
+            "check_host": [],  # reads the results of what the others started
+            "archive": docs("ArchiveUpload"),
+        }
+        for name, documents in sent.items():
+            for fn in each(name):
+                for statement in permissions.host_commands(self, instances, documents):
+                    fn.add_to_role_policy(statement)
         arn = self._archives_of(instances)
         if arn is not None:
             for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
@@ -338,7 +351,10 @@ class BackupStack(Stack):
             "home": [*permissions.restore_describe(instances), *permissions.restore_home(self, instances)],
             "check": permissions.restore_describe(instances),
             "attach": [*permissions.restore_describe(instances), *permissions.restore_attach(self, instances)],
-            "mount": [*permissions.restore_describe(instances), *permissions.restore_mount(self, instances)],
+            "mount": [
+                *permissions.restore_describe(instances),
+                *permissions.restore_mount(self, instances, self.host_documents.arns("MountHome")),
+            ],
             "finish": [*permissions.restore_describe(instances), *permissions.retag_restored(self, instances)],
             "failure": [
                 *permissions.restore_describe(instances),
@@ -346,8 +362,16 @@ class BackupStack(Stack):
                 *permissions.remove_failed_restore(self, instances),
             ],
         }
-        for name in ("validate", "database", "home", "check", "failure"):
-            grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
+        docs = self.host_documents.arns
+        sent = {
+            "validate": docs("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"),
+            "database": docs("RestoreDatabase"),
+            "home": docs("RestoreHome"),
+            "check": [],
+            "failure": docs("RemoveRestoredHome", "DropRestoredDatabase"),
+        }
+        for name, documents in sent.items():
+            grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances, documents)]
         archives = self._archives_of(instances)
         if archives is not None:
             grants["validate"] = [*grants["validate"], *permissions.read_archives(archives)]
@@ -375,18 +399,20 @@ class BackupStack(Stack):
         archives = self._archives_of(instances)
         if archives is not None:
             catalog = [*catalog, *permissions.read_archives(archives)]
-        checks = permissions.drill_host_commands(self, instances)
+        docs = self.host_documents.arns
+        checks = permissions.drill_host_commands(self, instances, docs("InstallScript", "DrillCheck"))
+        teardown = docs("RemoveRestoredHome", "DropRestoredDatabase")
         grants = {
             "plan": [*catalog, *permissions.restore_describe(instances)],
             "check": checks,
-            "status": checks,
+            "status": permissions.drill_host_commands(self, instances, []),
             "finish": [
                 *catalog,
-                *checks,
+                *permissions.drill_host_commands(self, instances, teardown),
                 *permissions.manage_own_snapshots(self, instances, delete=False),
                 *permissions.restore_describe(instances),
                 *permissions.remove_failed_restore(self, instances),
-                *permissions.restore_host_commands(self, instances),
+                *permissions.restore_host_commands(self, instances, teardown),
             ],
         }
         if archives is not None:

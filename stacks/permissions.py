@@ -73,7 +73,9 @@ def read_config_path(stack: Stack, prefix: str) -> iam.PolicyStatement:
     )
 
 
-def create_home_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+def create_home_snapshots(
+    stack: Stack, instances: list[InstanceConfig], documents: list[str]
+) -> list[iam.PolicyStatement]:
     ebs = [i.home for i in instances if isinstance(i.home, EbsHomeConfig)]
     if not ebs:
         return []
@@ -96,14 +98,8 @@ def create_home_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list
             resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
             conditions={"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
         ),
-        iam.PolicyStatement(
-            actions=["ssm:SendCommand"],
-            resources=[
-                *ec2_instances,
-                f"arn:{stack.partition}:ssm:{stack.region}::document/AWS-RunShellScript",
-            ],
-        ),
-        iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]),
+        # Flush and unfreeze: the stack's own documents only, on the configured instances only.
+        *_run_commands_on(stack, ec2_instances, documents),
     ]
 
 
@@ -333,14 +329,11 @@ def restore_attach(stack: Stack, instances: list[InstanceConfig]) -> list[iam.Po
     ]
 
 
-def restore_mount(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+def restore_mount(stack: Stack, instances: list[InstanceConfig], documents: list[str]) -> list[iam.PolicyStatement]:
     if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
         return []
     return [
-        iam.PolicyStatement(
-            actions=["ssm:SendCommand"],
-            resources=[f"arn:{stack.partition}:ssm:{stack.region}::document/AWS-RunShellScript"],
-        ),
+        iam.PolicyStatement(actions=["ssm:SendCommand"], resources=documents),
         iam.PolicyStatement(
             actions=["ssm:SendCommand"],
             resources=[_instances(stack)],
@@ -402,8 +395,9 @@ def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list
     return statements
 
 
-def host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Run Command on the hosts the copy-type strategies (rsync, postgresql) name, and reading its results."""
+def host_commands(stack: Stack, instances: list[InstanceConfig], documents: list[str]) -> list[iam.PolicyStatement]:
+    """Run Command on the hosts the copy-type strategies (rsync, postgresql) name, with the given documents of the
+    stack's own (never AWS-RunShellScript), and reading its results."""
     hosts = sorted(
         {
             stack.format_arn(service="ec2", resource="instance", resource_name=part.instance_id)
@@ -412,19 +406,18 @@ def host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.Pol
             if isinstance(part, RsyncHomeConfig | PostgresDatabaseConfig)
         }
     )
-    return _run_commands_on(stack, hosts)
+    return _run_commands_on(stack, hosts, documents)
 
 
-def _run_commands_on(stack: Stack, hosts: list[str]) -> list[iam.PolicyStatement]:
+def _run_commands_on(stack: Stack, hosts: list[str], documents: list[str]) -> list[iam.PolicyStatement]:
+    """SendCommand names both the instance and the document: both must be allowed. With no document only the
+    results may be read (a step that checks a command another one started)."""
     if not hosts:
         return []
-    return [
-        iam.PolicyStatement(
-            actions=["ssm:SendCommand"],
-            resources=[*hosts, f"arn:{stack.partition}:ssm:{stack.region}::document/AWS-RunShellScript"],
-        ),
-        iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]),
-    ]
+    read = iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"])
+    if not documents:
+        return [read]
+    return [iam.PolicyStatement(actions=["ssm:SendCommand"], resources=[*hosts, *documents]), read]
 
 
 def read_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
@@ -448,11 +441,13 @@ def manage_own_archives(bucket_arn: str, *, delete: bool = True) -> list[iam.Pol
     ]
 
 
-def restore_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+def restore_host_commands(
+    stack: Stack, instances: list[InstanceConfig], documents: list[str]
+) -> list[iam.PolicyStatement]:
     """Archive restores run the host script on the backed-up hosts, or on an instance tagged as a restore target."""
-    statements = host_commands(stack, instances)
-    if not statements:
-        return []
+    statements = host_commands(stack, instances, documents)
+    if not statements or not documents:
+        return statements
     return [
         *statements,
         iam.PolicyStatement(
@@ -463,7 +458,9 @@ def restore_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list
     ]
 
 
-def drill_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+def drill_host_commands(
+    stack: Stack, instances: list[InstanceConfig], documents: list[str]
+) -> list[iam.PolicyStatement]:
     """The restore drill's checks: Run Command on the configured drill hosts only."""
     hosts = sorted(
         {
@@ -472,7 +469,7 @@ def drill_host_commands(stack: Stack, instances: list[InstanceConfig]) -> list[i
             if i.drill and i.drill.host_instance_id
         }
     )
-    return _run_commands_on(stack, hosts)
+    return _run_commands_on(stack, hosts, documents)
 
 
 # --- disaster-recovery copies -----------------------------------------------------------------------------------------

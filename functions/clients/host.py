@@ -1,33 +1,35 @@
-"""Short commands on an EC2 host through SSM Run Command (AWS-RunShellScript), waited for in-process.
+"""Host operations on an EC2 host through SSM Run Command: the stack's own documents, sent by name.
 
-`run` is only for steps that take seconds (flush, freeze, unfreeze); long copies (rsync, pg_dump, archive) are
-driven by the state machine with `start` and `check`, and call the host script installed by `install_script`.
+A function sends an operation of functions.models.host_operations (its document's name comes from the stack's
+environment, never from an event) and that operation's parameters; never a script. Each value is checked against
+the document's allowedPattern here first, so a refusal names the step and the field instead of SSM's error.
+`run` is only for steps that take seconds (install, checks, flush, freeze, unfreeze); long copies (rsync, pg_dump,
+archive) are driven by the state machine with `start` and `check`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import re
-import shlex
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
 from functions.errors import HostCommandFailed
+from functions.models.host_operations import DOCUMENT_PREFIX_VARIABLE, OPERATIONS
 from functions.observability import redact
 
-# Statuses in which a command has ended without success.
+Parameters = dict[str, str | int]
 
 
-def run(instance_id: str, script: str, *, step: str, timeout: int = 120, poll: float = 0.2) -> str:
-    """A short command, waited for here; its stdout. Raises HostCommandFailed if it fails or outlives `timeout`.
+def run(
+    instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int = 120, poll: float = 0.2
+) -> str:
+    """A short operation, waited for here; its stdout. Raises HostCommandFailed if it fails or outlives `timeout`.
     Checked every `poll` seconds: some run under the lock (flush, freeze, unfreeze), where each wait counts."""
-    command = start(instance_id, script, step=step, timeout=timeout)
+    command = start(instance_id, operation, parameters, step=step, timeout=timeout)
     deadline = time.monotonic() + timeout + 30
     while True:
         status, invocation = _invocation(command)
@@ -66,7 +68,6 @@ def _failed(command: dict[str, Any], status: str, invocation: dict[str, Any]) ->
 
 # --- long commands, driven by the state machine: start one, then check it until it ends ---------------------------
 
-SCRIPT_PATH = Path(__file__).resolve().parent.parent / "host" / "bitbucket-backup-host.sh"
 _TERMINAL_FAILURES = {
     "Cancelled",
     "Failed",
@@ -78,80 +79,50 @@ _TERMINAL_FAILURES = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def host_script() -> tuple[str, str]:
-    """The host script's text and its versioned install path on the host (version and content hash)."""
-    text = SCRIPT_PATH.read_text()
-    match = re.search(r'^VERSION="([0-9A-Za-z.-]+)"$', text, re.MULTILINE)
-    version = match.group(1) if match else "0"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return text, f"/var/tmp/bitbucket-backup-host-{version}-{digest}.sh"
+def document(operation: str) -> str:
+    """The stack's document for an operation (the prefix is the deployed stack's, from the environment)."""
+    prefix = os.environ.get(DOCUMENT_PREFIX_VARIABLE, "")
+    if not prefix:
+        raise HostCommandFailed(f"this deployment names no host documents ({DOCUMENT_PREFIX_VARIABLE} is not set)")
+    return prefix + operation
 
 
-def install_script() -> str:
-    """A command that writes the host script to its versioned path, unless an identical copy is already there.
-
-    The script (about 48 KB) is sent once per run, in the step before the lock, rather than inline in every command:
-    each later command only calls the installed copy, so the commands in the SSM history stay short and readable."""
-    text, path = host_script()
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    delimiter = "BBSCRIPT_" + digest[:16]
-    assert delimiter not in text
-    target = shlex.quote(path)
-    return "\n".join(
-        [
-            "set -euo pipefail",
-            f"if [ -f {target} ] && echo {digest}'  '{target} | sha256sum -c --status; then exit 0; fi",
-            f"tmp=$(mktemp {target}.XXXXXX)",
-            f"cat > \"$tmp\" <<'{delimiter}'",
-            text.rstrip("\n"),
-            delimiter,
-            'chmod 0755 "$tmp"',
-            f'mv -f "$tmp" {target}',
-        ]
-    )
+def _parameters(operation: str, parameters: Parameters, step: str) -> dict[str, list[str]]:
+    """SendCommand's parameters, each checked against its document's allowedPattern (as SSM will)."""
+    spec = OPERATIONS[operation]
+    known = {p.name for p in spec.parameters}
+    assert set(parameters) <= known, f"{operation} takes no {sorted(set(parameters) - known)}"
+    sent: dict[str, list[str]] = {}
+    for p in spec.parameters:
+        value = str(parameters.get(p.name, ""))
+        if value == "" and p.optional:
+            continue
+        if not p.accepts(value):
+            shown = value if len(value) <= 80 else value[:80] + "…"
+            raise HostCommandFailed(
+                f"{step}: {p.description[0].lower()}{p.description[1:]} '{shown}' cannot be sent to the host: it "
+                "has characters (or a form) the host operation does not accept"
+            )
+        sent[p.name] = [value]
+    return sent
 
 
-_SHELL_VARIABLE = re.compile(r"^\$[a-z]+(/[A-Za-z0-9._-]+)*$")
-
-
-def _word(arg: str | int) -> str:
-    """One argument, quoted; `$name/rest` is a variable of the surrounding script (a temporary path), expanded."""
-    text = str(arg)
-    return f'"{text}"' if _SHELL_VARIABLE.match(text) else shlex.quote(text)
-
-
-def installed_check() -> str:
-    """A line that fails clearly (exit 11) if the host script is not installed on the host."""
-    _, path = host_script()
-    return f"[ -f {shlex.quote(path)} ] || {{ echo 'host script {path} is not installed' >&2; exit 11; }}"
-
-
-def script_line(subcommand: str, *args: str | int) -> str:
-    """One call of the installed host script, every argument quoted."""
-    _, path = host_script()
-    return " ".join(_word(w) for w in ["bash", path, subcommand, *args])
-
-
-def script_command(subcommand: str, *args: str | int, then: str | None = None) -> str:
-    """A whole command: the installed-check and one call of the host script. `then` is run after it."""
-    lines = ["set -euo pipefail", installed_check(), script_line(subcommand, *args)]
-    return "\n".join(lines + ([then] if then else []))
-
-
-def start(instance_id: str, script: str, *, step: str, timeout: int) -> dict[str, Any]:
-    """SendCommand; returns what check() needs (JSON, carried by the state machine)."""
+def start(instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int) -> dict[str, Any]:
+    """SendCommand of an operation's document; returns what check() needs (JSON, carried by the state machine)."""
     ssm = client("ssm")
+    sent = _parameters(operation, parameters, step) | {"executionTimeout": [str(max(30, min(timeout, 172800)))]}
     try:
         command = ssm.send_command(
             InstanceIds=[instance_id],
-            DocumentName="AWS-RunShellScript",
-            Parameters={"commands": [script], "executionTimeout": [str(timeout)]},
+            DocumentName=document(operation),
+            Parameters=sent,
             TimeoutSeconds=max(30, min(timeout, 2592000)),
             Comment=f"bitbucket-diy-backup {step}"[:100],
         )["Command"]
     except ClientError as error:
-        raise HostCommandFailed(f"{step}: SSM SendCommand to {instance_id} failed: {error_code(error)}") from None
+        raise HostCommandFailed(
+            f"{step}: SSM SendCommand of {document(operation)} to {instance_id} failed: {error_code(error)}"
+        ) from None
     return {
         "instance_id": instance_id,
         "command_id": command["CommandId"],

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# bitbucket-backup-host.sh - the host side of the Bitbucket DIY backup, run by SSM Run Command (AWS-RunShellScript)
-# on an EC2 host that sees the Bitbucket home directory and/or can reach a self-managed PostgreSQL.
+# bitbucket-backup-host.sh - the host side of the Bitbucket DIY backup, run by the stack's own SSM Command documents
+# on an EC2 host that sees the Bitbucket home directory and/or can reach a self-managed PostgreSQL. The documents
+# install it into a directory only root can write (default /opt/bitbucket-diy-backup, mode 0700) and check its
+# owner, mode and SHA-256 before every run.
 #
 # Usage: bitbucket-backup-host.sh SUBCOMMAND [--flag VALUE]...       (--flag=VALUE works too)
 #
@@ -54,6 +56,12 @@
 #       passes with 0 checked. Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
 #       project,repository,sta_normal_user) exists. Fails with 7 naming the first repository that fails fsck
 #       or the missing tables; 8 when the password is rejected, 5 when the server cannot be reached.
+#   workdir     --path DIR
+#       Create DIR (and missing parents) with mode 0700, owned by the user running the script (root on a host), or
+#       check an existing one: it must be a real directory owned by that user that no other user can enter, under
+#       parents no other user can rename it in. Anything else is refused (12). The other subcommands check the
+#       directories they write into (staging, the dump's parent, the archive's and the download's directory) the
+#       same way.
 #   version     The script version and which tools the host has (for the workflow's validation step).
 #
 # On success every subcommand prints exactly one line of JSON on stdout (its summary) and nothing else; warnings
@@ -70,6 +78,8 @@
 #    9  restore failed: CREATE DATABASE or pg_restore failed
 #   10  AWS call failed (S3 upload or download)
 #   11  a required command is not installed
+#   12  unsafe: a work directory (or the installed script) belongs to another user, other users may write to it or
+#       to a parent, or it is a symbolic link
 #  130  interrupted (SIGINT), 143 terminated (SIGTERM): the running tool is stopped, temporary files are removed
 # Nothing half-written ever carries a final name: dumps, archives and downloads are renamed into place only when
 # complete, and the temporary names are hidden (leading dot) and removed on failure.
@@ -82,7 +92,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.2.0"
+VERSION="1.3.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -98,6 +108,7 @@ JOB_PID=""       # the long-running tool, stopped on SIGTERM/SIGINT
 JOB_PASSWORD=""  # exported as PGPASSWORD to the next job only
 CLEANUP=()       # paths removed on exit (temporary names only)
 DROP_DB=""       # a database this run created and must drop if it fails
+PRIVATE_DIR=""   # rsync gives the staging directory the home's mode: made private again whatever happens
 declare -a PGCONN=()
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -163,6 +174,7 @@ cleanup() {
             warn "could not drop the partially restored database $name"
         fi
     fi
+    [[ -n $PRIVATE_DIR && -d $PRIVATE_DIR ]] && { chmod 0700 -- "$PRIVATE_DIR" 2>/dev/null || true; }
     local p
     for p in "${CLEANUP[@]}"; do
         [[ -n $p && -e $p ]] && rm -rf -- "$p"
@@ -199,6 +211,40 @@ need() {
 make_work() {
     [[ -n $WORK ]] && return 0
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/$PROG.XXXXXX") || die 4 "cannot create a temporary directory in ${TMPDIR:-/tmp}"
+}
+
+# A directory root writes into must not be replaceable by another user: neither it nor its parents.
+parents_safe() {  # parents_safe DIR: every parent owned by root or this user, writable by others only if sticky
+    local p=$1 owner mode uid
+    uid=$(id -u)
+    while [[ $p != / ]]; do
+        p=${p%/*}
+        p=${p:-/}
+        read -r owner mode < <(stat -c "%u %a" -- "$p") || { REPLY="cannot read the mode of $p"; return 1; }
+        [[ $owner == 0 || $owner == "$uid" ]] || { REPLY="$p belongs to uid $owner"; return 1; }
+        if (((8#$mode & 8#022) && !(8#$mode & 8#1000))); then
+            REPLY="other users may write to $p (mode $mode)"
+            return 1
+        fi
+    done
+}
+
+safe_dir() {  # safe_dir DIR [WHAT]: create DIR 0700 as this user, or refuse an existing one others could touch
+    local dir=$1 what=${2:-work directory} owner mode uid err
+    [[ $dir == /* ]] || die 2 "the $what must be an absolute path: $dir"
+    uid=$(id -u)
+    if [[ ! -e $dir && ! -L $dir ]]; then
+        err=$(mkdir -p -m 0700 -- "$dir" 2>&1) || {
+            [[ $err == *"No space left"* || $err == *"quota"* ]] && die 4 "no space left creating the $what $dir"
+            die 5 "cannot create the $what $dir: $err"
+        }
+    fi
+    [[ ! -L $dir ]] || die 12 "refusing the $what $dir: it is a symbolic link"
+    [[ -d $dir ]] || die 12 "refusing the $what $dir: it is not a directory"
+    read -r owner mode < <(stat -c '%u %a' -- "$dir")
+    [[ $owner == "$uid" ]] || die 12 "refusing the $what $dir: it belongs to uid $owner, not to uid $uid (this tool's user); remove it or give it to uid $uid with mode 0700"
+    ((!(8#$mode & 8#077))) || die 12 "refusing the $what $dir: mode $mode lets other users in (must be 0700)"
+    parents_safe "$dir" || die 12 "refusing the $what $dir: $REPLY"
 }
 
 now_ns() { date +%s%N; }
@@ -608,8 +654,8 @@ cmd_rsync_home() {
         fi
     fi
     local err="$WORK/rsync.err"
-    if ! mkdir -p -- "$staging" 2>"$err" || ! printf 'staging copy of %s, made by %s\n' "$home" "$PROG" \
-        >"$staging/$MARKER" 2>>"$err"; then
+    safe_dir "$staging" "staging directory"
+    if ! printf 'staging copy of %s, made by %s\n' "$home" "$PROG" >"$staging/$MARKER" 2>>"$err"; then
         is_no_space "$err" && die 4 "no space left creating $staging"
         tail_of "$err"
         die 5 "cannot create the staging directory: $REPLY"
@@ -630,7 +676,9 @@ cmd_rsync_home() {
 
     local start rc=0
     start=$(now_ns)
+    PRIVATE_DIR=$staging
     run_job "$WORK/rsync.out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
+    chmod 0700 -- "$staging"
     seconds_since "$start"
     local seconds=$REPLY vanished=false
     case $rc in
@@ -698,11 +746,7 @@ cmd_pg_dump() {
     [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
     parent=${out%/*}
     parent=${parent:-/}
-    if ! mkdir -p -- "$parent" 2>"$err"; then
-        is_no_space "$err" && die 4 "no space left creating $parent"
-        tail_of "$err"
-        die 5 "cannot create $parent: $REPLY"
-    fi
+    safe_dir "$parent" "dump directory"
     partial="$parent/.${out##*/}.partial.$$"
     rm -rf -- "$partial"
     CLEANUP+=("$partial")
@@ -868,6 +912,7 @@ cmd_archive() {
         [[ ${dump##*/} != manifest.json ]] || die 2 "the dump directory must not be named manifest.json"
     fi
     [[ -d $outdir ]] || die 3 "the output directory does not exist: $outdir"
+    safe_dir "$outdir" "archive work directory"
     [[ ! -e $out || -n ${FLAG[overwrite]:-} ]] || die 6 "the archive already exists: $out (use --overwrite)"
 
     local compressor=${FLAG[compressor]:-auto} named=""
@@ -1200,6 +1245,7 @@ cmd_download() {
     parent=${file%/*}
     parent=${parent:-/}
     [[ -d $parent ]] || die 3 "the directory does not exist: $parent"
+    safe_dir "$parent" "download directory"
     local tmp="$parent/.${file##*/}.partial.$$"
     CLEANUP+=("$tmp")
     aws_region_args
@@ -1294,10 +1340,18 @@ cmd_drill_check() {
         "$VERSION" "$jhome" "$jdb" "$REPLY"
 }
 
+cmd_workdir() {
+    parse_flags "path" "" "$@"
+    require path
+    safe_dir "${FLAG[path]}"
+    jstr "${FLAG[path]}"
+    printf '{"subcommand": "workdir", "version": "%s", "path": %s}\n' "$VERSION" "$REPLY"
+}
+
 main() {
     (($#)) || {
         SUB=""
-        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, drill-check, version); see --help"
+        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, drill-check, workdir, version); see --help"
     }
     SUB=$1
     shift
@@ -1312,6 +1366,7 @@ main() {
         upload) cmd_upload "$@" ;;
         download) cmd_download "$@" ;;
         drill-check) cmd_drill_check "$@" ;;
+        workdir) cmd_workdir "$@" ;;
         version | --version) SUB=version && cmd_version "$@" ;;
         help | --help | -h) usage ;;
         *)

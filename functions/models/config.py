@@ -160,7 +160,7 @@ class ArchiveConfig(_Strict):
     How many are kept follows keep_backups."""
 
     # A directory on the host with room for one compressed archive (it is removed after the upload).
-    work_path: str = Field(default="/var/tmp/bitbucket-backup", pattern=_ABS_PATH)
+    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/archive", pattern=_ABS_PATH)
     compressor: Literal["auto", "gzip", "zstd"] = "auto"
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
@@ -183,7 +183,7 @@ class DrillConfig(_Strict):
     # anything is checked on a host: a rsync home, a postgresql database, or an RDS/Aurora one with `database`.
     host_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
     sample_repositories: int = Field(default=5, ge=0, le=1000)
-    work_path: str = Field(default="/var/tmp/bitbucket-drill", pattern=_ABS_PATH)
+    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/drill", pattern=_ABS_PATH)
     keep_on_failure: bool = False
     database: DrillDatabaseConfig | None = None
     # Tables the restored database must have: Bitbucket's projects, repositories and users (adjust to your version's

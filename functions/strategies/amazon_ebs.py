@@ -3,7 +3,6 @@ CreateSnapshots call, so that the home and data volumes are crash-consistent wit
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
@@ -52,25 +51,6 @@ RATE_LIMITS = {
     "ThrottlingException",
 }
 _STATES = {"pending": "pending", "completed": "completed", "error": "error", "recoverable": "error"}
-
-
-def flush_script(mounts: list[str], freeze: bool, max_freeze_seconds: int) -> str:
-    quoted = " ".join(shlex.quote(m) for m in mounts)
-    lines = ["set -euo pipefail", f'for m in {quoted}; do sync -f "$m"; done']
-    if freeze:
-        # The watchdog unfreezes on its own if the orchestrator never sends the unfreeze.
-        lines.append(
-            f'nohup setsid bash -c \'sleep {max_freeze_seconds}; for m in {quoted}; do fsfreeze -u "$m" '
-            "2>/dev/null || true; done' >/dev/null 2>&1 &"
-        )
-        lines.append(f'for m in {quoted}; do fsfreeze -f "$m"; done')
-    return "\n".join(lines)
-
-
-def unfreeze_script(mounts: list[str]) -> str:
-    quoted = " ".join(shlex.quote(m) for m in mounts)
-    # Unfreezing a file system that is not frozen fails with EINVAL: that is the state we want anyway.
-    return f'for m in {quoted}; do fsfreeze -u "$m" 2>/dev/null || true; done'
 
 
 class EbsStrategy(Strategy):
@@ -124,7 +104,12 @@ class EbsStrategy(Strategy):
         if cfg.mount_points:
             host.run(
                 cfg.instance_id,
-                flush_script(cfg.mount_points, cfg.freeze, cfg.max_freeze_seconds),
+                "FlushHome",
+                {
+                    "mountPoints": " ".join(cfg.mount_points),
+                    "freeze": str(cfg.freeze).lower(),
+                    "maxFreezeSeconds": cfg.max_freeze_seconds,
+                },
                 step="home: flush" + (" and freeze" if cfg.freeze else ""),
                 timeout=cfg.flush_timeout_seconds,
             )
@@ -132,7 +117,13 @@ class EbsStrategy(Strategy):
             snapshots = self._create(backup_id, wanted, devices, root)
         finally:
             if cfg.freeze:
-                host.run(cfg.instance_id, unfreeze_script(cfg.mount_points), step="home: unfreeze", timeout=60)
+                host.run(
+                    cfg.instance_id,
+                    "UnfreezeHome",
+                    {"mountPoints": " ".join(cfg.mount_points)},
+                    step="home: unfreeze",
+                    timeout=60,
+                )
         ec2 = client("ec2")
         for snapshot in snapshots:
             device = device_of.get(snapshot["VolumeId"], "")
@@ -436,7 +427,13 @@ class EbsStrategy(Strategy):
         if state != "running":
             raise RestoreFailed(f"mount-home: {instance_id} is '{state}', not 'running'; the home was not mounted")
         try:
-            output = host.run(instance_id, mount_script(plan["mount_points"]), step="mount-home", timeout=120)
+            output = host.run(
+                instance_id,
+                "MountHome",
+                {"mountPoints": " ".join(plan["mount_points"])},
+                step="mount-home",
+                timeout=120,
+            )
         except HostCommandFailed as error:
             if "InvalidInstanceId" in str(error):  # the SSM agent has not registered since the boot yet
                 raise TargetNotReady(f"mount-home: the SSM agent of {instance_id} is not online yet") from None
@@ -618,19 +615,3 @@ def _stop_if_started(instance_id: str, started_by_us: bool, actions: list[str]) 
 def _attached_text(volume: dict[str, Any]) -> str:
     attachments = volume.get("Attachments", [])
     return "".join(f", attached to {a['InstanceId']} at {a['Device']}" for a in attachments)
-
-
-def mount_script(mounts: list[str]) -> str:
-    """Mount each configured mount point from the host's /etc/fstab (device names inside the instance differ from
-    the attachment's on Nitro), unless the boot already did; fail if one is still not mounted."""
-    quoted = " ".join(shlex.quote(m) for m in mounts)
-    return "\n".join(
-        [
-            "set -euo pipefail",
-            f"for m in {quoted}; do",
-            '  mountpoint -q "$m" || mount "$m"',
-            '  mountpoint -q "$m" || { echo "$m is not mounted after mount" >&2; exit 1; }',
-            "done",
-            f"df -P {quoted}",
-        ]
-    )

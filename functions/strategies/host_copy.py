@@ -5,13 +5,13 @@
 After the unlock each part's copy is archived on its host (tar, compressed, with a manifest of SHA-256 sums) and
 uploaded to S3 with the catalog tags. The archive object is the part's artifact (kind `s3-archive`): listed,
 re-tagged, pruned and deleted by those tags like the snapshots of the other strategies.
-The long commands are started here and checked by the state machine (functions.clients.host.start / check).
+The long commands are started here and checked by the state machine (functions.clients.host.start / check); each is
+one of the stack's own SSM documents (functions.models.host_operations), sent with its parameters.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -62,8 +62,8 @@ class HostCopyStrategy(Strategy):
     # --- the copy -------------------------------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Writes the host script to its versioned path on the host (a no-op when the same copy is there)."""
-        host.run(self.instance_id, host.install_script(), step=f"{self.part}: install host script", timeout=120)
+        """Installs the host script into its root-only directory on the host (a no-op when the same copy is there)."""
+        host.run(self.instance_id, "InstallScript", {}, step=f"{self.part}: install host script", timeout=120)
 
     def prepare(self, backup_id: str) -> list[dict[str, Any]]:
         """While Bitbucket is live; returns the commands started (checked by the state machine)."""
@@ -76,8 +76,8 @@ class HostCopyStrategy(Strategy):
     def backup(self, backup_id: str) -> list[Artifact]:
         raise NotImplementedError("copy strategies are started with copy() and checked by the state machine")
 
-    def _archive_sources(self, backup_id: str) -> tuple[list[str], str, str]:
-        """The archive subcommand's source flags, a command run before it, and one run after the upload."""
+    def _archive_sources(self, backup_id: str) -> dict[str, str]:
+        """What the archive holds (`staging` and/or `dump`) and whether the dump is removed once uploaded."""
         raise NotImplementedError
 
     def key(self, backup_id: str) -> str:
@@ -88,40 +88,23 @@ class HostCopyStrategy(Strategy):
         """After the unlock: archive this part's copy on its host and upload it to S3 with the catalog tags."""
         cfg = self.instance.archive
         key = self.key(backup_id)
-        out = f"{cfg.work_path.rstrip('/')}/{key.rsplit('/', 1)[1]}"
-        sources, before, after = self._archive_sources(backup_id)
-        _, path = host.host_script()
-        q = shlex.quote
-        tags = urlencode(catalog_tags(self.instance.name, backup_id, self.part))
-        region = os.environ.get("AWS_REGION", "")
-        archive = " ".join(
-            q(w)
-            for w in [
-                "bash", path, "archive", *sources, "--out", out, "--backup-id", backup_id,
-                "--instance", self.instance.name, "--compressor", cfg.compressor, "--overwrite",
-                *(["--bitbucket-version", bitbucket_version] if bitbucket_version else []),
-            ]
-        )  # fmt: skip
-        upload = " ".join(
-            q(w)
-            for w in [
-                "bash", path, "upload", "--file", out, "--bucket", archive_bucket(), "--key", key, "--tags", tags,
-                *(["--region", region] if region else []),
-            ]
-        )  # fmt: skip
-        script = "\n".join(
-            [
-                "set -euo pipefail",
-                f"[ -f {q(path)} ] || {{ echo 'host script {path} is not installed' >&2; exit 11; }}",
-                f"mkdir -p {q(cfg.work_path)}",
-                f"trap 'rm -f {q(out)}' EXIT",
-                before,
-                archive,
-                f'{upload} --sha256 "$(sha256sum {q(out)} | cut -d" " -f1)"',
-                after,
-            ]
-        )
-        return [host.start(self.instance_id, script, step=f"archive {self.part}", timeout=cfg.command_timeout_seconds)]
+        parameters: host.Parameters = {
+            **self._archive_sources(backup_id),
+            "workPath": cfg.work_path,
+            "fileName": key.rsplit("/", 1)[1],
+            "backupId": backup_id,
+            "instance": self.instance.name,
+            "compressor": cfg.compressor,
+            "bitbucketVersion": bitbucket_version or "",
+            "bucket": archive_bucket(),
+            "key": key,
+            "tags": urlencode(catalog_tags(self.instance.name, backup_id, self.part)),
+            "region": os.environ.get("AWS_REGION", ""),
+        }
+        step = f"archive {self.part}"
+        return [
+            host.start(self.instance_id, "ArchiveUpload", parameters, step=step, timeout=cfg.command_timeout_seconds)
+        ]
 
     # --- the catalog: archive objects in S3, found by their tags -------------------------------------------------
 
@@ -215,7 +198,7 @@ class HostCopyStrategy(Strategy):
                     f"validate: {purpose} host {instance_id} is not tagged {RESTORE_TARGET_TAG}={self.instance.name}"
                 )
         try:
-            host.run(instance_id, host.install_script(), step=f"validate: install host script on {instance_id}")
+            host.run(instance_id, "InstallScript", {}, step=f"validate: install host script on {instance_id}")
         except HostCommandFailed as error:
             raise RestoreRefused(f"validate: {purpose} host {instance_id} cannot run commands: {error}") from None
 
@@ -230,29 +213,22 @@ class HostCopyStrategy(Strategy):
             "sha256": details["sha256"],
         }
 
-    def _download(self, plan: dict[str, Any], file: str) -> str:
-        region = os.environ.get("AWS_REGION", "")
-        return host.script_line(
-            "download", "--bucket", plan["bucket"], "--key", plan["key"], "--file", file,
-            *(["--region", region] if region else []),
-        )  # fmt: skip
+    def _download(self, plan: dict[str, Any]) -> host.Parameters:
+        """Where the archive is and where it is downloaded: a private directory (mktemp -d) in the work path, removed
+        whatever happens."""
+        return {
+            "bucket": plan["bucket"],
+            "key": plan["key"],
+            "versionId": plan.get("version_id") or "",
+            "workPath": plan["work_path"],
+            "region": os.environ.get("AWS_REGION", ""),
+        }
 
-    def _start_restore(self, plan: dict[str, Any], step: str, temporary: str, *commands: str) -> dict[str, Any]:
-        """One command on the restore host: `temporary` (`name=$(mktemp …)`) names a download that is removed
-        whatever happens, then `commands`."""
-        name = temporary.split("=", 1)[0]
-        script = "\n".join(
-            [
-                "set -euo pipefail",
-                host.installed_check(),
-                f"mkdir -p {shlex.quote(plan['work_path'])}",
-                temporary,
-                f"trap 'rm -rf -- \"${name}\"' EXIT",
-                *commands,
-            ]
-        )
+    def _start_restore(
+        self, plan: dict[str, Any], step: str, operation: str, parameters: host.Parameters
+    ) -> dict[str, Any]:
         timeout = self.instance.archive.command_timeout_seconds
-        command = host.start(plan["instance_id"], script, step=step, timeout=timeout)
+        command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout)
         return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
 
     def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
@@ -306,10 +282,8 @@ class RsyncStrategy(HostCopyStrategy):
             raise RestoreRefused("validate: target.home.path is required: an empty (or missing) directory for the home")
         instance_id = wanted.instance_id or self.instance_id
         self._restore_host(instance_id, "target.home.instance_id")
-        q = shlex.quote(wanted.path)
-        check = f'if [ -e {q} ]; then [ -d {q} ] && [ -z "$(ls -A {q})" ] || exit 6; fi'
         try:
-            host.run(instance_id, check, step="validate: target directory")
+            host.run(instance_id, "CheckTargetDirectory", {"path": wanted.path}, step="validate: target directory")
         except HostCommandFailed as error:
             if "(exit 6)" in str(error):
                 raise RestoreRefused(
@@ -328,9 +302,8 @@ class RsyncStrategy(HostCopyStrategy):
         return self._start_restore(
             plan,
             "restore home: download and extract",
-            f"file=$(mktemp -u {shlex.quote(plan['work_path'])}/.restore-home.XXXXXX.tar)",
-            self._download(plan, "$file"),
-            host.script_line("extract", "--archive", "$file", "--target", plan["path"], "--owner", plan["owner"]),
+            "RestoreHome",
+            self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
         )
 
     def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
@@ -352,16 +325,12 @@ class RsyncStrategy(HostCopyStrategy):
             return [f"home: whatever was extracted into {where} is kept for inspection"]
         # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
         # backup's: never a directory someone filled in the meantime.
-        ours = shlex.quote(f'"backup_id": "{plan["backup_id"]}"')
-        script = "\n".join(
-            [
-                "set -euo pipefail",
-                f"cd {shlex.quote(plan['path'])} 2>/dev/null || exit 0",
-                f"grep -q {ours} manifest.json 2>/dev/null || {{ rm -rf -- .extract.*; exit 0; }}",
-                "rm -rf -- manifest.json home db .extract.*",
-            ]
+        host.run(
+            plan["instance_id"],
+            "RemoveRestoredHome",
+            {"path": plan["path"], "backupId": plan["backup_id"], "removeDirectory": "false"},
+            step="restore cleanup: home",
         )
-        host.run(plan["instance_id"], script, step="restore cleanup: home")
         return [f"home: removed what this restore extracted into {where}"]
 
     @property
@@ -375,13 +344,14 @@ class RsyncStrategy(HostCopyStrategy):
 
     def _rsync(self, step: str) -> list[dict[str, Any]]:
         cfg = self.config
-        args: list[str | int] = ["--home", cfg.home_path, "--staging", cfg.staging_path]
-        for pattern in cfg.excludes:
-            args += ["--exclude", pattern]
-        for repo in cfg.exclude_repos:
-            args += ["--exclude-repo", repo]
-        command = host.script_command("rsync-home", *args)
-        return [host.start(cfg.instance_id, command, step=step, timeout=cfg.command_timeout_seconds)]
+        parameters: host.Parameters = {
+            "home": cfg.home_path,
+            "staging": cfg.staging_path,
+            "excludes": "|".join(cfg.excludes),
+            # Ids by now: the validate step resolved PROJECT/slug names.
+            "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos),
+        }
+        return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=cfg.command_timeout_seconds)]
 
     def prepare(self, backup_id: str) -> list[dict[str, Any]]:
         self.install()
@@ -390,8 +360,8 @@ class RsyncStrategy(HostCopyStrategy):
     def copy(self, backup_id: str) -> list[dict[str, Any]]:
         return self._rsync("copy home: rsync (locked)")
 
-    def _archive_sources(self, backup_id: str) -> tuple[list[str], str, str]:
-        return ["--staging", self.config.staging_path], ":", ":"
+    def _archive_sources(self, backup_id: str) -> dict[str, str]:
+        return {"staging": self.config.staging_path, "removeDump": "false"}
 
 
 class PostgresStrategy(HostCopyStrategy):
@@ -399,12 +369,12 @@ class PostgresStrategy(HostCopyStrategy):
 
     restore_target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
 
-    def _pg_flags(self, plan: dict[str, Any]) -> list[str | int]:
+    def _pg_flags(self, plan: dict[str, Any]) -> host.Parameters:
         cfg = self.config
-        return [
-            "--host", plan["host"], "--port", plan["port"], "--user", cfg.user, "--dbname", plan["dbname"],
-            "--password-secret", cfg.password_secret, "--region", cfg.password_secret.split(":")[3],
-        ]  # fmt: skip
+        return {
+            "host": plan["host"], "port": plan["port"], "user": cfg.user, "dbname": plan["dbname"],
+            "passwordSecret": cfg.password_secret, "region": cfg.password_secret.split(":")[3],
+        }  # fmt: skip
 
     def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
         wanted = target.database
@@ -424,8 +394,7 @@ class PostgresStrategy(HostCopyStrategy):
             raise RestoreRefused(f"validate: {wanted.dbname} is the backed-up database itself: give a NEW dbname")
         self._restore_host(instance_id, "target.database.host_instance_id")
         try:
-            host.run(instance_id, host.script_command("pg-restore", "--check-only", *self._pg_flags(plan)),
-                     step="validate: target database")  # fmt: skip
+            host.run(instance_id, "CheckTargetDatabase", self._pg_flags(plan), step="validate: target database")
         except HostCommandFailed as error:
             if "(exit 6)" in str(error):
                 raise RestoreRefused(
@@ -443,14 +412,11 @@ class PostgresStrategy(HostCopyStrategy):
         return self._start_restore(
             plan,
             "restore database: download and pg_restore",
-            f"dir=$(mktemp -d {shlex.quote(plan['work_path'])}/.restore-db.XXXXXX)",
-            self._download(plan, "$dir/archive.tar"),
-            host.script_line("extract", "--archive", "$dir/archive.tar", "--target", "$dir/extracted"),
-            host.script_line(
-                "pg-restore", "--dump", "$dir/extracted/db", *self._pg_flags(plan), "--jobs", self.config.jobs,
-                "--comment", self._marker(execution),
-            ),
-        )  # fmt: skip
+            "RestoreDatabase",
+            self._download(plan)
+            | self._pg_flags(plan)
+            | {"jobs": self.config.jobs, "comment": self._marker(execution)},
+        )
 
     def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -470,7 +436,8 @@ class PostgresStrategy(HostCopyStrategy):
         # pg-drop drops only a database whose comment is this execution's marker.
         host.run(
             plan["instance_id"],
-            host.script_command("pg-drop", *self._pg_flags(plan), "--comment", self._marker(execution)),
+            "DropRestoredDatabase",
+            self._pg_flags(plan) | {"comment": self._marker(execution)},
             step="restore cleanup: database",
         )
         return [f"database: dropped {where} if this restore had created it"]
@@ -493,26 +460,16 @@ class PostgresStrategy(HostCopyStrategy):
 
     def copy(self, backup_id: str) -> list[dict[str, Any]]:
         cfg = self.config
-        command = host.script_command(
-            "pg-dump",
-            "--host", cfg.host, "--port", cfg.port, "--user", cfg.user, "--dbname", cfg.dbname,
-            "--jobs", cfg.jobs, "--out", self.dump_dir(backup_id), "--password-secret", cfg.password_secret,
+        parameters: host.Parameters = {
+            "host": cfg.host, "port": cfg.port, "user": cfg.user, "dbname": cfg.dbname, "jobs": cfg.jobs,
+            "dumpPath": cfg.dump_path, "backupId": backup_id, "passwordSecret": cfg.password_secret,
             # The secret's own region: the host's AWS CLI has no default region of its own on EC2.
-            "--region", cfg.password_secret.split(":")[3],
-        )  # fmt: skip
-        mkdir = f"mkdir -p {shlex.quote(cfg.dump_path)}"
-        return [
-            host.start(
-                cfg.instance_id,
-                mkdir + "\n" + command,
-                step="copy database: pg_dump",
-                timeout=cfg.command_timeout_seconds,
-            )
-        ]
+            "region": cfg.password_secret.split(":")[3],
+        }  # fmt: skip
+        step = "copy database: pg_dump"
+        return [host.start(cfg.instance_id, "PgDump", parameters, step=step, timeout=cfg.command_timeout_seconds)]
 
-    def _archive_sources(self, backup_id: str) -> tuple[list[str], str, str]:
-        # The archive format always has a home/ part; a database-only archive gets an empty one. The dump is removed
-        # once it is safely in S3 (the next run dumps into a new directory anyway).
-        empty = f"{self.config.dump_path.rstrip('/')}/.empty-home"
-        dump = self.dump_dir(backup_id)
-        return ["--staging", empty, "--dump", dump], f"mkdir -p {shlex.quote(empty)}", f"rm -rf -- {shlex.quote(dump)}"
+    def _archive_sources(self, backup_id: str) -> dict[str, str]:
+        # A database-only archive gets an empty home/ part (made by the document). The dump is removed once it is
+        # safely in S3 (the next run dumps into a new directory anyway).
+        return {"dump": self.dump_dir(backup_id), "removeDump": "true"}

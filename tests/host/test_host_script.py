@@ -629,7 +629,7 @@ def test_upload_and_download_arguments(tmp_path: Path) -> None:
     )
 
     dest = tmp_path / "down" / "a.tar.gz"
-    dest.parent.mkdir()
+    dest.parent.mkdir(mode=0o700)  # a private download directory, as the restore makes
     obj = {"FAKE_S3_OBJECT": str(archive_file), "FAKE_S3_SHA256": digest}
     down = run("download", "--bucket", "bkt", "--key", "k", "--file", dest, env={**env, **obj}).summary
     assert down["sha256_checked"] is True and dest.read_bytes() == archive_file.read_bytes()

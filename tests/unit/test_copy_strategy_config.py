@@ -61,12 +61,21 @@ def test_invalid_fields_are_named(part: str, field: str, value: Any, expected: s
         parse_project_config({"instances": [raw]})
 
 
-def test_commands_quote_every_argument_and_carry_no_secret() -> None:
-    command = host.script_command("rsync-home", "--home", "/h; rm -rf /", "--exclude", "$(id)")
-    assert "'/h; rm -rf /'" in command and "'$(id)'" in command
-    install = host.install_script()
-    _, path = host.host_script()
-    assert path.startswith("/var/tmp/bitbucket-backup-host-") and path in install
+def test_host_parameters_are_checked_before_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value that could leave its quotes in the document is refused here, naming the step; no script is sent."""
+    monkeypatch.setenv("HOST_DOCUMENT_PREFIX", "Stack-host-")
+    with pytest.raises(
+        host.HostCommandFailed, match=r"^copy home: the Bitbucket home directory '/h; rm -rf /' cannot be sent"
+    ):
+        host.start("i-0123456789abcdef0", "RsyncHome", {"home": "/h; rm -rf /", "staging": "/s"}, step="copy home",
+                   timeout=60)  # fmt: skip
+    with pytest.raises(host.HostCommandFailed, match="extra rsync excludes"):
+        host._parameters("RsyncHome", {"home": "/h", "staging": "/s", "excludes": "it's"}, "copy home")
+    assert host._parameters("RsyncHome", {"home": "/h", "staging": "/s", "excludes": "/a|*.tmp"}, "x") == {
+        "home": ["/h"],
+        "staging": ["/s"],
+        "excludes": ["/a|*.tmp"],
+    }
 
 
 def test_stack_creates_a_private_encrypted_versioned_archive_bucket() -> None:

@@ -1,0 +1,126 @@
+"""The stack's own SSM Command documents (issue 10, finding 8): one per host operation, every parameter restricted by
+allowedPattern, and no role may send AWS-RunShellScript (or any document but the stack's own)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from functions.models.host_operations import OPERATIONS, TIMEOUT
+from rehearsal.runtime import rehearsal_project_config, set_fake_credentials, synth_template
+from tests.infra.conftest import resolve_join
+
+PREFIX = "BitbucketDiyBackup-host-"
+
+
+@pytest.fixture(scope="module")
+def copy_template() -> dict[str, Any]:
+    """Every strategy that runs on hosts: rsync home, postgresql database, a drill host."""
+    set_fake_credentials()
+    return synth_template(rehearsal_project_config("rsync", "postgresql", drill=True))
+
+
+def documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        r["Properties"]["Name"]: r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::SSM::Document"
+    }
+
+
+def send_command_resources(template: dict[str, Any]) -> dict[str, list[str]]:
+    """Per IAM policy: every resource of a statement that allows ssm:SendCommand (or a wildcard of it)."""
+    found: dict[str, list[str]] = {}
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::Role"):
+            continue
+        text = json.dumps(resource["Properties"])
+        for statement in _statements(resource["Properties"]):
+            actions = statement.get("Action", [])
+            actions = actions if isinstance(actions, list) else [actions]
+            if not any(a in ("ssm:SendCommand", "ssm:*", "*") for a in actions):
+                continue
+            resources = statement.get("Resource", [])
+            resources = resources if isinstance(resources, list) else [resources]
+            found.setdefault(logical, []).extend(resolve_join(r, template) for r in resources)
+        assert "AWS-RunShellScript" not in text, logical
+    return found
+
+
+def _statements(properties: dict[str, Any]) -> list[dict[str, Any]]:
+    docs = [properties.get("PolicyDocument")] + [p.get("PolicyDocument") for p in properties.get("Policies", [])]
+    return [s for d in docs if d for s in d.get("Statement", [])]
+
+
+@pytest.mark.parametrize("which", ["copy", "ebs"])
+def test_each_operation_has_a_document_whose_parameters_are_all_restricted(
+    which: str, copy_template: dict[str, Any], template: dict[str, Any]
+) -> None:
+    found = documents(copy_template if which == "copy" else template)
+    assert sorted(found) == sorted(PREFIX + name for name in OPERATIONS)
+    for name, props in found.items():
+        assert props["DocumentType"] == "Command" and props["UpdateMethod"] == "NewVersion"
+        content = props["Content"]
+        assert content["schemaVersion"] == "2.2"
+        (step,) = content["mainSteps"]
+        assert step["action"] == "aws:runShellScript"
+        for parameter, spec in content["parameters"].items():
+            assert spec["type"] == "String", (name, parameter)
+            pattern = spec["allowedPattern"]
+            assert pattern.startswith("^") and pattern.endswith("$"), (name, parameter)
+            # Nothing that could close the quotes a value is written in, or start a new line or a substitution.
+            for hostile in ("'", "x'; id; '", "a\nb", "{{ssm:/x}}", "$(id)", "`id`"):
+                assert not OPERATIONS[name.removeprefix(PREFIX)].parameter(parameter).accepts(hostile), (
+                    name,
+                    parameter,
+                    hostile,
+                )
+        assert {"executionTimeout"} | {p.name for p in OPERATIONS[name.removeprefix(PREFIX)].parameters} == set(
+            content["parameters"]
+        )
+        # SSM's limit for a document's content (runtime parameters included).
+        assert len(json.dumps(content)) < 60_000, name
+    assert TIMEOUT.accepts("3600") and not TIMEOUT.accepts("0")
+
+
+@pytest.mark.parametrize("which", ["copy", "ebs"])
+def test_no_role_may_send_a_generic_document(
+    which: str, copy_template: dict[str, Any], template: dict[str, Any]
+) -> None:
+    chosen = copy_template if which == "copy" else template
+    granted = send_command_resources(chosen)
+    assert granted, "some functions send host commands"
+    for policy, resources in granted.items():
+        docs = [r for r in resources if ":document/" in r]
+        assert docs, f"{policy}: SendCommand without a document of the stack's own"
+        for arn in docs:
+            name = arn.split(":document/", 1)[1]
+            assert name.startswith(PREFIX) and name.removeprefix(PREFIX) in OPERATIONS, (policy, arn)
+        assert not any(r.endswith(("document/*", ":*")) or r == "*" for r in resources), (policy, resources)
+
+
+def test_each_function_may_send_only_what_its_step_runs(copy_template: dict[str, Any]) -> None:
+    granted = {
+        policy: sorted(r.split(":document/", 1)[1].removeprefix(PREFIX) for r in resources if ":document/" in r)
+        for policy, resources in send_command_resources(copy_template).items()
+    }
+
+    def of(prefix: str) -> list[str]:
+        (policy,) = [p for p in granted if p.startswith(prefix)]
+        return granted[policy]
+
+    assert of("PrepareHostRole") == ["InstallScript", "RsyncHome"]
+    assert of("BackupDatabaseRole") == ["PgDump"]
+    assert of("ArchiveRole") == ["ArchiveUpload"]
+    assert of("RestoreHomeRole") == ["RestoreHome"]
+    assert of("RestoreFailureRole") == ["DropRestoredDatabase", "RemoveRestoredHome"]
+    assert of("DrillCheckRole") == ["DrillCheck", "InstallScript"]
+    assert not any(p.startswith(("CheckHostRole", "RestoreCheckRole", "DrillStatusRole")) for p in granted)
+
+
+def test_functions_find_the_documents_by_the_prefix_in_their_environment(copy_template: dict[str, Any]) -> None:
+    functions = [r for r in copy_template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    assert functions
+    assert {f["Properties"]["Environment"]["Variables"].get("HOST_DOCUMENT_PREFIX") for f in functions} == {PREFIX}

@@ -1,0 +1,54 @@
+"""The rehearsal's SendCommand behaves as SSM's: only documents that exist, parameters checked against their
+allowedPattern before anything runs, `{{ name }}` substituted, the commands run by the local host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from functions.models.host_operations import OPERATIONS, content
+from rehearsal import ssm_documents
+from rehearsal.runtime import LambdaRuntime, LocalHost, LogCapture, _patch_moto, set_fake_credentials
+
+
+def test_send_command_runs_only_the_stacks_documents_with_valid_parameters(tmp_path: Path) -> None:
+    set_fake_credentials()
+    host = LocalHost(tmp_path)
+    with mock_aws(), _patch_moto(LambdaRuntime(LogCapture()), host):
+        ssm = boto3.client("ssm", region_name="eu-west-1")
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        name = ssm_documents.create(
+            ssm,
+            {"Name": "Stack-host-CheckTargetDirectory", "Content": content(OPERATIONS["CheckTargetDirectory"])},
+            lambda value: value,
+        )
+
+        def send(document: str, **parameters: list[str]) -> str:
+            return str(
+                ssm.send_command(InstanceIds=[instance], DocumentName=document, Parameters=parameters)["Command"][
+                    "CommandId"
+                ]
+            )
+
+        # The generic document is not the stack's: SSM has no such document here, nothing runs.
+        with pytest.raises(ClientError, match="InvalidDocument"):
+            send("AWS-RunShellScript", commands=["touch pwned"])
+        with pytest.raises(ClientError, match="InvalidParameters"):
+            send(name, path=[f"{tmp_path}/x'; touch pwned; '"])
+        with pytest.raises(ClientError, match="InvalidParameters"):
+            send(name, path=["/x"], commands=["touch pwned"])
+        assert host.commands == [] and not (tmp_path / "pwned").exists()
+
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "f").write_text("x")
+        command = send(name, path=[str(tmp_path / "full")])
+        invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+        assert (invocation["Status"], invocation["ResponseCode"]) == ("Failed", 6)
+        command = send(name, path=[str(tmp_path / "empty")])
+        assert ssm.get_command_invocation(CommandId=command, InstanceId=instance)["Status"] == "Success"
+        assert f"p='{tmp_path}/empty'" in host.commands[-1].script

@@ -329,11 +329,11 @@ def test_a_crafted_config_in_a_step_event_is_refused_and_reaches_nobody(world: W
 
     # A real botocore hook on the functions' own Secrets Manager client: which secrets do the steps read?
     hooks = aws.client("secretsmanager").meta.events
-    hooks.register("before-call.secretsmanager.GetSecretValue", record, unique_id="test-secret-reads")
+    hooks.register("provide-client-params.secretsmanager.GetSecretValue", record, unique_id="test-secret-reads")
     try:
         _crafted_lock_events(world, secret_reads)
     finally:
-        hooks.unregister("before-call.secretsmanager.GetSecretValue", unique_id="test-secret-reads")
+        hooks.unregister("provide-client-params.secretsmanager.GetSecretValue", unique_id="test-secret-reads")
 
 
 def _crafted_lock_events(world: World, secret_reads: list[str]) -> None:
@@ -355,7 +355,7 @@ def _crafted_lock_events(world: World, secret_reads: list[str]) -> None:
         # The run as validate made it locks the configured Bitbucket, and only that one.
         call(lock, {"run": run})
         assert world.sim.locked and elsewhere.requests == []
-        assert OTHER_SECRET not in secret_reads
+        assert OTHER_SECRET not in secret_reads and SECRET in secret_reads  # the hook does see what is read
 
 
 def test_later_steps_use_the_configuration_version_validate_read(world: World) -> None:

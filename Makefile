@@ -78,6 +78,7 @@ checkov: .checkov/.installed
 
 bench: venv host-deps awscli
 	$(PY) -m rehearsal.bench
+	$(PY) -m rehearsal.bench_cold
 	$(PY) -m rehearsal.bench_rsync
 
 # The rsync passes of the host script on a generated ~1 GB and ~2 GB home of git repositories (minutes).

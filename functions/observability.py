@@ -2,7 +2,7 @@
 
 No tracer: Lambda's and Step Functions' active tracing (set in the stack) need no SDK in the function, and
 Powertools' Tracer is built on the X-Ray SDK (maintenance mode since 2026-02-25, end of support 2027-02-25),
-whose import was a tenth of each cold start (README, "Cold starts").
+whose import was about a quarter of a handler's cold start (README, "What it measured").
 
 Every secret the code learns (password, token, unlock and cancel tokens) is registered here, and the log
 formatter and error texts pass through `redact`, so a secret cannot reach a log line or an error even by

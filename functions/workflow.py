@@ -36,7 +36,7 @@ from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.observability import bind, logger, redact, short
 
 # The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
-# drain, progress and unlock handlers start without them (README, "Cold starts").
+# drain, progress and unlock handlers start without them (README, "What it measured").
 if TYPE_CHECKING:
     from functions.strategies import Artifact, Strategy
 

@@ -1,0 +1,129 @@
+"""`make bench` (cold starts): what each Lambda handler costs to start, against `import boto3` alone.
+
+Each sample is a fresh interpreter that imports one handler module and answers the warm-up event `{"warm": true}`
+(what the warm-up before the lock pays, so that nothing of it is left for the lock window); `import boto3` alone, in
+the same way, is the yardstick, sampled between the handler's samples. The bytecode caches are written by a first,
+unmeasured run. Medians of --runs samples are reported, as a table and as JSON. Goal: every handler within
+GOAL_RATIO x boto3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "functions" / "handlers"
+GOAL_RATIO = 1.5
+# The handlers of the steps between the lock and the unlock, and the failure path (warmed before the lock).
+LOCKED_PHASE = {"start_backup", "poll_drain", "backup_part", "progress", "unlock", "failure"}
+
+# A fresh process: time the import of argv[1] (and the answer to a warm-up, when it is a handler), print JSON.
+_PROBE = """
+import json, sys, time
+started = time.perf_counter()
+module = __import__(sys.argv[1], fromlist=["_"])
+imported = time.perf_counter() - started
+handler = getattr(module, "handler", None)
+if handler is not None:
+    assert handler({"warm": True}, None)["warm"] is True
+print(json.dumps({"s": time.perf_counter() - started, "import_s": imported, "modules": len(sys.modules)}))
+"""
+
+
+def sample(module: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, module], capture_output=True, text=True, check=False, env=env, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_cold: importing {module} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(module: str, runs: int) -> dict[str, Any]:
+    """Samples of `module` interleaved with samples of `import boto3`, so that a busy machine slows both alike."""
+    sample(module)  # writes the bytecode caches; a deployed asset ships them compiled
+    boto3, samples = [], []
+    for _ in range(runs):
+        boto3.append(sample("boto3")["s"])
+        samples.append(sample(module))
+    cold = statistics.median(s["s"] for s in samples)
+    return {
+        "cold_start_s": round(cold, 3),
+        "boto3_s": round(statistics.median(boto3), 3),
+        "ratio": round(cold / statistics.median(boto3), 2),
+        "modules": samples[-1]["modules"],
+    }
+
+
+def handler_modules() -> list[str]:
+    return sorted(p.stem for p in HANDLERS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def run(runs: int, only: list[str] | None = None) -> dict[str, Any]:
+    sample("boto3")
+    handlers = {}
+    for name in only or handler_modules():
+        found = measure(f"functions.handlers.{name}", runs)
+        found["locked_phase"] = name in LOCKED_PHASE
+        handlers[name] = found
+    locked = [h for h in handlers.values() if h["locked_phase"]]
+    return {
+        "runs": runs,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "boto3_s": round(statistics.median(h["boto3_s"] for h in handlers.values()), 3),
+        "goal_ratio": GOAL_RATIO,
+        "cold_start_s": {name: h["cold_start_s"] for name, h in handlers.items()},
+        "handlers": handlers,
+        "worst_ratio": max(h["ratio"] for h in handlers.values()),
+        "worst_locked_phase_ratio": max((h["ratio"] for h in locked), default=0.0),
+        # Every function the locked phase calls is warmed before the lock (the definition's warm-up state).
+        "cold_starts_in_lock_window": 0,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"cold start: import of each handler + its warm-up answer, fresh interpreter, median of {result['runs']} "
+        f"(Python {result['python']} {result['machine']}, load {result['load_average'][0]})",
+        f"{'handler':<22}{'cold_start_s':>13}{'x boto3':>9}{'modules':>9}  locked phase",
+        f"{'(import boto3 alone)':<22}{result['boto3_s']:>13.3f}{1:>9.2f}   (median; each ratio is against the "
+        "boto3 samples taken between that handler's)",
+    ]
+    for name, h in result["handlers"].items():
+        mark = "yes" if h["locked_phase"] else ""
+        flag = "  over goal" if h["ratio"] > result["goal_ratio"] else ""
+        lines.append(f"{name:<22}{h['cold_start_s']:>13.3f}{h['ratio']:>9.2f}{h['modules']:>9}  {mark}{flag}")
+    lines.append(f"goal: each handler within {result['goal_ratio']} x boto3; worst {result['worst_ratio']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rehearsal.bench_cold")
+    parser.add_argument("--runs", type=int, default=3, help="fresh interpreters per module; the median is reported")
+    parser.add_argument("--handler", action="append", help="only this handler module (repeatable)")
+    parser.add_argument("--json", default=".build/bench_cold.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    result = run(max(1, args.runs), args.handler)
+    print(table(result))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,8 +14,8 @@ WARM_UP = "Warm up the locked phase"
 def _next(state: dict[str, Any]) -> list[str]:
     """Where a state goes, on a locked run (a zero-downtime run's branch is not the locked phase)."""
     choices = state.get("Choices", [])
-    if any(c["Variable"] == "$.run.config.zero_downtime" for c in choices):
-        return [c["Next"] for c in choices if c["Variable"] == "$.run.config.zero_downtime" and not c["BooleanEquals"]]
+    if any(c["Variable"] == "$.run.flow.zero_downtime" for c in choices):
+        return [c["Next"] for c in choices if c["Variable"] == "$.run.flow.zero_downtime" and not c["BooleanEquals"]]
     targets = [state["Next"]] if "Next" in state else []
     targets += [choice["Next"] for choice in choices]
     return targets + ([state["Default"]] if "Default" in state else [])
@@ -47,7 +47,7 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
     for sm in state_machines.values():
         states = sm.definition["States"]
         locked_rule = states["Zero downtime?"]["Choices"][0]
-        assert locked_rule == {"Variable": "$.run.config.zero_downtime", "BooleanEquals": False, "Next": WARM_UP}
+        assert locked_rule == {"Variable": "$.run.flow.zero_downtime", "BooleanEquals": False, "Next": WARM_UP}
         warm = states[WARM_UP]
         assert warm["Type"] == "Parallel" and warm["Next"] == "Lock" and warm["ResultPath"] is None
         warmed = set()

@@ -72,7 +72,7 @@ class BackupStack(Stack):
         parameters = InstanceConfigParameters(self, "InstanceConfig", prefix=prefix, instances=config.instances)
         code = lambda_code(with_dependencies=config.bundling == "local")
         # What the functions may run on hosts: these documents, by name, never a script of their own.
-        self.host_documents = HostDocuments(self, "HostDocuments")
+        self.host_documents = HostDocuments(self, "HostDocuments", instances=config.instances)
         environment = {
             "HOST_DOCUMENT_PREFIX": self.host_documents.prefix,
             "RUNS_TABLE": runs.table.table_name,

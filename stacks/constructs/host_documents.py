@@ -7,7 +7,37 @@ from aws_cdk import Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from functions.models.config import EbsHomeConfig, InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.host_operations import OPERATIONS, content
+
+# Which operations a kind of instance needs: a stack deploys only those (a fleet of snapshot-only instances carries
+# no copy of the host script, which keeps the template within CloudFormation's size limit).
+_HOST_COPY = (
+    "InstallScript",
+    "RsyncHome",
+    "PgDump",
+    "ArchiveUpload",
+    "CheckTargetDirectory",
+    "CheckTargetDatabase",
+    "RestoreHome",
+    "RestoreDatabase",
+    "RemoveRestoredHome",
+    "DropRestoredDatabase",
+)
+_EBS_HOME = ("FlushHome", "UnfreezeHome", "MountHome")
+_DRILL_HOST = ("InstallScript", "DrillCheck", "RemoveRestoredHome", "DropRestoredDatabase")
+
+
+def needed_operations(instances: list[InstanceConfig]) -> set[str]:
+    needed: set[str] = set()
+    for instance in instances:
+        if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, PostgresDatabaseConfig):
+            needed.update(_HOST_COPY)
+        if isinstance(instance.home, EbsHomeConfig):
+            needed.update(_EBS_HOME)
+        if instance.drill and instance.drill.host_instance_id:
+            needed.update(_DRILL_HOST)
+    return needed
 
 
 def document_prefix(stack: Stack) -> str:
@@ -16,12 +46,15 @@ def document_prefix(stack: Stack) -> str:
 
 
 class HostDocuments(Construct):
-    def __init__(self, scope: Construct, id: str) -> None:
+    def __init__(self, scope: Construct, id: str, *, instances: list[InstanceConfig]) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.prefix = document_prefix(stack)
         self.documents: dict[str, ssm.CfnDocument] = {}
+        needed = needed_operations(instances)
         for name, operation in OPERATIONS.items():
+            if name not in needed:
+                continue
             self.documents[name] = ssm.CfnDocument(
                 self,
                 name,
@@ -35,6 +68,10 @@ class HostDocuments(Construct):
             )
 
     def arns(self, *names: str) -> list[str]:
-        """The ARNs of these operations' documents (what ssm:SendCommand may name)."""
+        """The ARNs of these operations' documents (what ssm:SendCommand may name); only those the stack deploys."""
         stack = Stack.of(self)
-        return [stack.format_arn(service="ssm", resource="document", resource_name=f"{self.prefix}{n}") for n in names]
+        return [
+            stack.format_arn(service="ssm", resource="document", resource_name=f"{self.prefix}{n}")
+            for n in names
+            if n in self.documents
+        ]

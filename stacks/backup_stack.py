@@ -15,6 +15,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
+from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
@@ -73,13 +74,16 @@ class BackupStack(Stack):
             "RUNS_TABLE": runs.table.table_name,
             "TOPIC_ARN": notifications.topic.topic_arn,
             "CONFIG_PARAMETER_PREFIX": prefix,
+            # Tagged on every artifact and required by every listing, pruning and cleanup (and by IAM).
+            DEPLOYMENT_ENV: permissions.deployment(self),
             "POWERTOOLS_SERVICE_NAME": "bitbucket-diy-backup",
             "POWERTOOLS_METRICS_NAMESPACE": "BitbucketDiyBackup",
             "POWERTOOLS_LOG_LEVEL": config.log_level,
         }
         # The archives of the copy-type strategies (rsync, postgresql): created only when an instance uses one.
         self.archive_bucket: s3.Bucket | None = None
-        if any(i.uses_archive for i in config.instances):
+        archiving = [i for i in config.instances if i.uses_archive]
+        if archiving:
             self.archive_bucket = s3.Bucket(
                 self,
                 "Archives",
@@ -89,7 +93,7 @@ class BackupStack(Stack):
                 block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
                 versioned=True,
                 enforce_ssl=True,
-                **_object_lock(config.archive_object_lock),
+                **_object_lock(config.archive_object_lock, immutable=any(i.immutable for i in archiving)),
                 removal_policy=RemovalPolicy.RETAIN,
             )
             environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
@@ -211,6 +215,12 @@ class BackupStack(Stack):
         CfnOutput(self, "Dashboard", value=monitoring.dashboard.dashboard_name)
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
+        CfnOutput(
+            self,
+            "DeploymentId",
+            value=permissions.deployment(self),
+            description="Tagged on every artifact (bitbucket-backup:deployment): this deployment touches no other's",
+        )
 
     def _check_copy_regions(self, config: ProjectConfig) -> None:
         """A disaster-recovery copy in the stack's own region (and account) protects against nothing."""
@@ -256,16 +266,20 @@ class BackupStack(Stack):
         for fn in each("database"):
             for statement in permissions.create_db_snapshots(self, instances):
                 fn.add_to_role_policy(statement)
-        for fn in each("finalize", "failure", "safety_net"):
-            for statement in permissions.manage_own_snapshots(self, instances):
+        # Only the pruning step (finalize) deletes complete backups; the failure path and the safety net only what
+        # is not complete (their own run's unfinished artifacts).
+        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+            for statement in permissions.manage_own_snapshots(self, instances, role):
                 fn.add_to_role_policy(statement)
             notifications.topic.grant_publish(fn)
         archive_arn = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
         for fn in each("copy"):
             for statement in permissions.copy_to_regions(self, instances, archive_arn):
                 fn.add_to_role_policy(statement)
-        for fn in each("finalize", "failure", "safety_net"):
-            for statement in permissions.manage_own_copies(self, instances):
+        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+            for statement in permissions.manage_own_copies(self, instances, role):
                 fn.add_to_role_policy(statement)
         for fn in each("prepare", "home", "database", "check_host", "archive"):
             for statement in permissions.host_commands(self, instances):
@@ -275,8 +289,9 @@ class BackupStack(Stack):
             for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
                 for statement in permissions.read_archives(arn):
                     fn.add_to_role_policy(statement)
-            for fn in each("finalize", "failure", "safety_net"):
-                for statement in permissions.manage_own_archives(arn):
+            for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                             *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+                for statement in permissions.manage_own_archives(self, arn, instances, role):
                     fn.add_to_role_policy(statement)
 
     def _archives_of(self, instances: list[InstanceConfig]) -> str | None:
@@ -315,7 +330,7 @@ class BackupStack(Stack):
             "finish": [*permissions.restore_describe(instances), *permissions.retag_restored(self, instances)],
             "failure": [
                 *permissions.restore_describe(instances),
-                *permissions.retag_restored(self, instances),
+                *permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
                 *permissions.remove_failed_restore(self, instances),
             ],
         }
@@ -355,19 +370,21 @@ class BackupStack(Stack):
             "finish": [
                 *catalog,
                 *checks,
-                *permissions.manage_own_snapshots(self, instances, delete=False),
+                *permissions.manage_own_snapshots(self, instances, permissions.VERIFY),
                 *permissions.restore_describe(instances),
                 *permissions.remove_failed_restore(self, instances),
                 *permissions.restore_host_commands(self, instances),
             ],
         }
         if archives is not None:
-            grants["finish"] += permissions.manage_own_archives(archives, delete=False)
+            grants["finish"] += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)
         _apply(fns, grants, ("finish",), notifications, key)
 
 
-def _object_lock(lock: ArchiveObjectLock | None) -> dict[str, Any]:
+def _object_lock(lock: ArchiveObjectLock | None, *, immutable: bool = False) -> dict[str, Any]:
+    """Object Lock on the archive bucket: with a default retention (archive_object_lock), or only enabled so that
+    finalize can retain each complete archive of an immutable instance (functions/strategies/host_copy.py lock)."""
     if lock is None:
-        return {}
+        return {"object_lock_enabled": True} if immutable else {}
     retention = s3.ObjectLockRetention.compliance if lock.mode == "COMPLIANCE" else s3.ObjectLockRetention.governance
     return {"object_lock_enabled": True, "object_lock_default_retention": retention(Duration.days(lock.days))}

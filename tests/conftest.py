@@ -11,7 +11,7 @@ import pytest
 
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
-from rehearsal.runtime import REGION, set_fake_credentials
+from rehearsal.runtime import ACCOUNT, REGION, set_fake_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +21,8 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "0")
+    # What the stack passes to the functions (the rehearsal's stack is in this account and region).
+    monkeypatch.setenv("DEPLOYMENT_ID", f"{ACCOUNT}/{REGION}/BitbucketDiyBackup")
 
 
 @pytest.fixture

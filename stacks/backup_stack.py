@@ -19,12 +19,14 @@ from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
 from stacks import permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
-from stacks.constructs.drill_workflow import DrillWorkflow
+from stacks.constructs.drill_workflow import DrillGrants, DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
+from stacks.constructs.grants import FunctionGrants
+from stacks.constructs.grants import apply as grants_apply
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.monitoring import MonitoredMachine, Monitoring
 from stacks.constructs.notifications import Notifications
-from stacks.constructs.restore_workflow import RestoreWorkflow
+from stacks.constructs.restore_workflow import RestoreGrants, RestoreWorkflow
 from stacks.constructs.run_table import RunTable
 from stacks.constructs.safety_net import SafetyNet
 from stacks.constructs.schedules import Schedules, plan
@@ -41,22 +43,6 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     for instance in instances:
         groups.setdefault(instance.network.key() if instance.network else "", []).append(instance)
     return list(groups.values())
-
-
-def _apply(
-    fns: dict[str, lambda_.Function],
-    grants: dict[str, list[iam.PolicyStatement]],
-    publishers: tuple[str, ...],
-    notifications: Notifications,
-    key: kms.IKey,
-) -> None:
-    """Each function's statements; the publishers may also send to the topic (encrypted with the stack's key)."""
-    for name, statements in grants.items():
-        for statement in statements:
-            fns[name].add_to_role_policy(statement)
-    for name in publishers:
-        notifications.topic.grant_publish(fns[name])
-        key.grant_encrypt_decrypt(fns[name])
 
 
 class BackupStack(Stack):
@@ -320,31 +306,32 @@ class BackupStack(Stack):
         """The restore's functions: no Bitbucket secret, no run table; each only what its step needs."""
         for parameter in (parameters.parameters[i.name] for i in instances):
             parameter.grant_read(fns["validate"])
-        grants = {
-            "validate": permissions.restore_describe(instances),
-            "database": [*permissions.restore_describe(instances), *permissions.restore_database(self, instances)],
-            "home": [*permissions.restore_describe(instances), *permissions.restore_home(self, instances)],
-            "check": permissions.restore_describe(instances),
-            "attach": [*permissions.restore_describe(instances), *permissions.restore_attach(self, instances)],
-            "mount": [*permissions.restore_describe(instances), *permissions.restore_mount(self, instances)],
-            "finish": [*permissions.restore_describe(instances), *permissions.retag_restored(self, instances)],
-            "failure": [
-                *permissions.restore_describe(instances),
+        describe = permissions.restore_describe(instances)
+        hosts = permissions.restore_host_commands(self, instances)
+        archives = self._archives_of(instances)
+        catalog = permissions.read_archives(archives) if archives is not None else []
+        failure = FunctionGrants(
+            (
+                *describe,
                 *permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
                 *permissions.remove_failed_restore(self, instances),
-            ],
-        }
-        for name in ("validate", "database", "home", "check", "failure"):
-            grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances)]
-        archives = self._archives_of(instances)
-        if archives is not None:
-            grants["validate"] = [*grants["validate"], *permissions.read_archives(archives)]
-        publishers: tuple[str, ...] = ("finish", "failure")
-        if "safety_net" in fns:
+                *hosts,
+            ),
+            publishes=True,
+        )
+        grants = RestoreGrants(
+            validate=FunctionGrants((*describe, *hosts, *catalog)),
+            database=FunctionGrants((*describe, *permissions.restore_database(self, instances), *hosts)),
+            home=FunctionGrants((*describe, *permissions.restore_home(self, instances), *hosts)),
+            check=FunctionGrants((*describe, *hosts)),
+            attach=FunctionGrants((*describe, *permissions.restore_attach(self, instances))),
+            mount=FunctionGrants((*describe, *permissions.restore_mount(self, instances))),
+            finish=FunctionGrants((*describe, *permissions.retag_restored(self, instances)), publishes=True),
+            failure=failure,
             # The restore's safety net does what its failure path does, for executions that ran no Catch.
-            grants["safety_net"] = grants["failure"]
-            publishers += ("safety_net",)
-        _apply(fns, grants, publishers, notifications, key)
+            safety_net=failure if "safety_net" in fns else None,
+        )
+        grants_apply(grants, fns, notifications.topic, key)
 
     def _grant_drill(
         self,
@@ -363,22 +350,23 @@ class BackupStack(Stack):
         if archives is not None:
             catalog = [*catalog, *permissions.read_archives(archives)]
         checks = permissions.drill_host_commands(self, instances)
-        grants = {
-            "plan": [*catalog, *permissions.restore_describe(instances)],
-            "check": checks,
-            "status": checks,
-            "finish": [
-                *catalog,
-                *checks,
-                *permissions.manage_own_snapshots(self, instances, permissions.VERIFY),
-                *permissions.restore_describe(instances),
-                *permissions.remove_failed_restore(self, instances),
-                *permissions.restore_host_commands(self, instances),
-            ],
-        }
+        finish = [
+            *catalog,
+            *checks,
+            *permissions.manage_own_snapshots(self, instances, permissions.VERIFY),
+            *permissions.restore_describe(instances),
+            *permissions.remove_failed_restore(self, instances),
+            *permissions.restore_host_commands(self, instances),
+        ]
         if archives is not None:
-            grants["finish"] += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)
-        _apply(fns, grants, ("finish",), notifications, key)
+            finish += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)
+        grants = DrillGrants(
+            plan=FunctionGrants((*catalog, *permissions.restore_describe(instances))),
+            check=FunctionGrants(tuple(checks)),
+            status=FunctionGrants(tuple(checks)),
+            finish=FunctionGrants(tuple(finish), publishes=True),
+        )
+        grants_apply(grants, fns, notifications.topic, key)
 
 
 def _object_lock(lock: ArchiveObjectLock | None, *, immutable: bool = False) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the execution then fails, so a failed drill shows as a failed execution as well 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration
@@ -18,6 +19,7 @@ from constructs import Construct
 
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
 
@@ -132,3 +134,13 @@ class DrillWorkflow(Construct):
         )
         start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
         return start.next(plan).next(restore).next(start_checks)
+
+
+@dataclass(frozen=True)
+class DrillGrants:
+    """What each of the drill's functions may do (stacks/backup_stack.py builds it; grants.apply applies it)."""
+
+    plan: FunctionGrants
+    check: FunctionGrants
+    status: FunctionGrants
+    finish: FunctionGrants

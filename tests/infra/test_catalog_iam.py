@@ -251,3 +251,20 @@ def test_immutable_backups_are_locked_by_finalize_and_nobody_can_lift_a_lock(tem
         assert not _statements(template, {lifting}), lifting
     (bucket,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::S3::Bucket"]
     assert bucket["Properties"]["ObjectLockEnabled"] is True
+
+
+def test_grants_must_name_exactly_the_constructs_functions() -> None:
+    """A typed grant per function: a function without grants (or grants for a function that does not exist) fails
+    the synth instead of being skipped."""
+    from stacks.constructs.drill_workflow import DrillGrants
+    from stacks.constructs.grants import FunctionGrants, apply
+
+    grants = DrillGrants(
+        plan=FunctionGrants(), check=FunctionGrants(), status=FunctionGrants(), finish=FunctionGrants()
+    )
+    functions: dict[str, Any] = {"plan": None, "check": None, "status": None, "finish": None, "extra": None}
+    with pytest.raises(ValueError, match=r"without grants \['extra'\]"):
+        apply(grants, functions, topic=None, key=None)  # type: ignore[arg-type]
+    del functions["extra"], functions["finish"]
+    with pytest.raises(ValueError, match=r"without a function \['finish'\]"):
+        apply(grants, functions, topic=None, key=None)  # type: ignore[arg-type]

@@ -45,6 +45,13 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     return list(groups.values())
 
 
+# The functions _grant knows (BackupWorkflow's and the backup safety net's).
+BACKUP_FUNCTIONS = frozenset(
+    {"validate", "lock", "start", "poll", "home", "database", "progress", "unlock", "check", "finalize", "prepare",
+     "check_host", "archive", "copy", "failure", "safety_net"}
+)  # fmt: skip
+
+
 class BackupStack(Stack):
     def __init__(self, scope: Construct, id: str, *, settings: StackSettings, **kwargs: object) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
@@ -229,9 +236,14 @@ class BackupStack(Stack):
         parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
-        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions."""
+        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions (and the
+        safety net), but no function this method does not know: it would get no grants at all."""
+        unknown = sorted(set(fns) - BACKUP_FUNCTIONS)
+        if unknown:
+            raise ValueError(f"no grants are defined for the backup functions {unknown} (stacks/backup_stack.py)")
 
         def each(*names: str) -> list[lambda_.Function]:
+            assert set(names) <= BACKUP_FUNCTIONS, names
             return [fns[n] for n in names if n in fns]
 
         for fn in each("validate", "lock", "start", "poll", "progress", "unlock", "failure", "safety_net"):

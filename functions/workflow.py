@@ -453,7 +453,8 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     found = _all_artifacts(run.config, run.backup_id)
     copies = [c for target in run.config.copies for c in _all_copies(run.config, target, run.backup_id)]
     for strategy, artifact in [*found, *copies]:
-        strategy.set_status(artifact, COMPLETE)
+        if artifact.status != COMPLETE:  # a retried invocation: IAM lets a status only move forward
+            strategy.set_status(artifact, COMPLETE)
     # Immutable backups: locked once complete, before anything is pruned.
     locked, lock_errors = catalog.lock(run.config, [*found, *copies])
     for line in lock_errors:

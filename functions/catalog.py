@@ -7,8 +7,11 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from botocore.exceptions import ClientError
+
+from functions.clients.aws import error_code
 from functions.models.config import InstanceConfig
-from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, Artifact, strategies_for
+from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, Artifact, Strategy, strategies_for
 
 
 def backup_time(backup_id: str) -> datetime | None:
@@ -44,3 +47,23 @@ def newest_complete(config: InstanceConfig) -> str | None:
     """The id of this instance's newest complete backup, if any."""
     complete = [b for b, items in by_backup(config).items() if b and backup_status(config, items) == "complete"]
     return max(complete, key=lambda b: backup_time(b) or datetime.min.replace(tzinfo=UTC), default=None)
+
+
+def lock(config: InstanceConfig, items: Iterable[tuple[Strategy, Artifact]]) -> tuple[list[str], list[str]]:
+    """Immutable backups: locks each complete artifact (EBS Snapshot Lock, S3 Object Lock retention) for the
+    instance's lock_days. Never raises; returns (what was locked, what could not be: one line each, with what to do).
+    RDS and Aurora snapshots have no lock and are left out."""
+    days = config.lock_days
+    if config.immutable is None or days is None:
+        return [], []
+    locked: list[str] = []
+    failed: list[str] = []
+    for strategy, artifact in items:
+        try:
+            done = strategy.lock(artifact, config.immutable.mode, days)
+        except ClientError as error:
+            failed.append(f"{artifact.id} in {strategy.where} NOT locked ({error_code(error)}): lock it by hand")
+            continue
+        if done:
+            locked.append(done)
+    return locked, failed

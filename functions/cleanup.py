@@ -101,7 +101,12 @@ def unshare(config: InstanceConfig, backup_id: str) -> tuple[list[str], list[str
 
 
 def _drop(strategy: Strategy, artifact: Artifact, actions: list[str], where: str = "") -> None:
+    """Deletes one unfinished artifact of this run; never a locked one (it is kept, and said so)."""
     try:
+        held = strategy.held(artifact)
+        if held:
+            actions.append(f"kept {artifact.id}{where}: {held}")
+            return
         strategy.set_status(artifact, FAILED)
         strategy.delete(artifact)
         actions.append(f"deleted {artifact.id}{where}")

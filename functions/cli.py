@@ -210,8 +210,12 @@ class Aws:
     def catalog_clients(self) -> Iterator[None]:
         """The catalog code (functions/strategies) asks functions.clients.aws for its clients: give it ours."""
         from functions.clients.aws import clients_from
+        from functions.strategies import acting_for, deployment_id_for
 
-        with clients_from(lambda service, region: self.client(service)):
+        # The stack's deployment id (its account, region and name): only its artifacts are listed.
+        account = str(self.client("sts").get_caller_identity()["Account"])
+        deployment = deployment_id_for(account, self.region_name, self.stack_name)
+        with clients_from(lambda service, region: self.client(service)), acting_for(deployment):
             yield
 
 

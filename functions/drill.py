@@ -33,7 +33,7 @@ from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
-from functions.strategies import VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
+from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
 from functions.workflow import _cause_text
 from functions.workflow import _say as say
 
@@ -82,10 +82,12 @@ def targets(config: InstanceConfig, backup_id: str) -> dict[str, Any]:
     stamp = backup_id.removeprefix(f"{config.name}-")
     found: dict[str, Any] = {}
     database = config.database.strategy
+    # Restored databases are named under RESTORED_PREFIX (IAM); the name is shortened to keep within 63 characters.
+    throwaway = f"{RESTORED_PREFIX}drill-{config.name[:24]}-{stamp}"
     if database == "amazon-rds":
-        found["database"] = {"instance_id": f"drill-{backup_id}"}
+        found["database"] = {"instance_id": throwaway}
     elif database == "amazon-aurora":
-        cluster = f"drill-{backup_id}"
+        cluster = throwaway
         found["database"] = {"cluster_id": cluster, "writer_instance_id": f"{cluster[:61]}-w"}
     elif database == "postgresql":
         found["database"] = {

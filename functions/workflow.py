@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from functions import notify, polling, runs, trusted_config
+from functions import catalog, notify, polling, runs, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
 from functions.clients.bitbucket import BitbucketClient, Lock, MaintenanceState
@@ -507,7 +507,12 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     found = _all_artifacts(run.config, run.backup_id)
     copies = [c for target in run.config.copies for c in _all_copies(run.config, target, run.backup_id)]
     for strategy, artifact in [*found, *copies]:
-        strategy.set_status(artifact, COMPLETE)
+        if artifact.status != COMPLETE:  # a retried invocation: IAM lets a status only move forward
+            strategy.set_status(artifact, COMPLETE)
+    # Immutable backups: locked once complete, before anything is pruned.
+    locked, lock_errors = catalog.lock(run.config, [*found, *copies])
+    for line in lock_errors:
+        logger.warning(f"locking failed: {line}")
     runs.release(run.instance, run.backup_id)
     # Every copy is complete: the cross-account targets' accounts need the originals no more.
     unshared, unshare_errors = cleanup.unshare(run.config, run.backup_id)
@@ -539,6 +544,7 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         ],
         "unshared": unshared,
         "unshare_errors": unshare_errors,
+        **({"locked": locked, "lock_errors": lock_errors} if run.config.immutable else {}),
         "pruned": pruned,
         "prune_error": prune_error,
         "zero_downtime": run.config.zero_downtime,
@@ -552,6 +558,8 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     problems = ["pruning old backups failed"] if prune_error else []
     if unshare_errors:
         problems.append("an original is still shared with a copy target's account")
+    if lock_errors:
+        problems.append("a part of it could not be locked")
     if problems:
         notify.publish(
             f"Bitbucket backup {run.backup_id} succeeded, but {' and '.join(problems)}",

@@ -162,9 +162,9 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
     """A backup nobody can restore is not a backup: restore the one just made into new resources."""
     target: dict[str, Any] = {}
     if args.db_strategy == "amazon-rds":
-        target["database"] = {"instance_id": "demo-restored"}
+        target["database"] = {"instance_id": "restored-demo"}
     elif args.db_strategy == "amazon-aurora":
-        target["database"] = {"cluster_id": "demo-restored", "writer_instance_id": "demo-restored-writer"}
+        target["database"] = {"cluster_id": "restored-demo", "writer_instance_id": "restored-demo-writer"}
     elif args.db_strategy == "postgresql":
         target["database"] = {"dbname": f"{backup_id.replace('-', '_')}_restored"}
     if args.home_strategy == "amazon-ebs":

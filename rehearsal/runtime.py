@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.models.host_operations import DIR_VARIABLE
-from rehearsal import ssm_documents
+from rehearsal import moto_fixes_immutability, ssm_documents
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -655,10 +655,12 @@ class Rehearsal:
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
         )
         self._stack.enter_context(_patch_moto(self.runtime, self.host))
+        self._stack.enter_context(moto_fixes_immutability.patched())  # EBS Snapshot Lock
         if home in COPY_STRATEGIES or database in COPY_STRATEGIES:
             self._serve_host_endpoint()
         self._redirect_logs()
         self._deploy(template)
+        os.environ["DEPLOYMENT_ID"] = self.resolver(template["Outputs"]["DeploymentId"]["Value"])  # as in Lambda
         self._create_world()
         return self
 

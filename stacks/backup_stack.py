@@ -16,16 +16,19 @@ from constructs import Construct
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
 from functions.models.restore import DRILL_MACHINE_ENV
 from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
+from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
 from stacks import nag, permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
-from stacks.constructs.drill_workflow import DrillWorkflow
+from stacks.constructs.drill_workflow import DrillGrants, DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
+from stacks.constructs.grants import FunctionGrants
+from stacks.constructs.grants import apply as grants_apply
 from stacks.constructs.host_documents import HostDocuments
 from stacks.constructs.instance_config import InstanceConfigParameters
 from stacks.constructs.monitoring import MonitoredMachine, Monitoring, encrypt_logs
 from stacks.constructs.notifications import Notifications
-from stacks.constructs.restore_workflow import RestoreWorkflow
+from stacks.constructs.restore_workflow import RestoreGrants, RestoreWorkflow
 from stacks.constructs.run_table import RunTable
 from stacks.constructs.safety_net import SafetyNet
 from stacks.constructs.schedules import Schedules, plan
@@ -44,20 +47,11 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     return list(groups.values())
 
 
-def _apply(
-    fns: dict[str, lambda_.Function],
-    grants: dict[str, list[iam.PolicyStatement]],
-    publishers: tuple[str, ...],
-    notifications: Notifications,
-    key: kms.IKey,
-) -> None:
-    """Each function's statements; the publishers may also send to the topic (encrypted with the stack's key)."""
-    for name, statements in grants.items():
-        for statement in statements:
-            fns[name].add_to_role_policy(statement)
-    for name in publishers:
-        notifications.topic.grant_publish(fns[name])
-        key.grant_encrypt_decrypt(fns[name])
+# The functions _grant knows (BackupWorkflow's and the backup safety net's).
+BACKUP_FUNCTIONS = frozenset(
+    {"validate", "lock", "start", "poll", "home", "database", "progress", "unlock", "check", "finalize", "prepare",
+     "check_host", "archive", "copy", "failure", "safety_net"}
+)  # fmt: skip
 
 
 class BackupStack(Stack):
@@ -78,13 +72,16 @@ class BackupStack(Stack):
             "RUNS_TABLE": runs.table.table_name,
             "TOPIC_ARN": notifications.topic.topic_arn,
             "CONFIG_PARAMETER_PREFIX": prefix,
+            # Tagged on every artifact and required by every listing, pruning and cleanup (and by IAM).
+            DEPLOYMENT_ENV: permissions.deployment(self),
             "POWERTOOLS_SERVICE_NAME": "bitbucket-diy-backup",
             "POWERTOOLS_METRICS_NAMESPACE": "BitbucketDiyBackup",
             "POWERTOOLS_LOG_LEVEL": config.log_level,
         }
         # The archives of the copy-type strategies (rsync, postgresql): created only when an instance uses one.
         self.archive_bucket: s3.Bucket | None = None
-        if any(i.uses_archive for i in config.instances):
+        archiving = [i for i in config.instances if i.uses_archive]
+        if archiving:
             self.archive_bucket = s3.Bucket(
                 self,
                 "Archives",
@@ -94,7 +91,7 @@ class BackupStack(Stack):
                 block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
                 versioned=True,
                 enforce_ssl=True,
-                **_object_lock(config.archive_object_lock),
+                **_object_lock(config.archive_object_lock, immutable=any(i.immutable for i in archiving)),
                 removal_policy=RemovalPolicy.RETAIN,
             )
             nag.skip_checkov(self.archive_bucket, nag.ARCHIVE_ACCESS_LOGS)
@@ -229,6 +226,12 @@ class BackupStack(Stack):
         CfnOutput(self, "Dashboard", value=monitoring.dashboard.dashboard_name)
         CfnOutput(self, "NotificationTopic", value=notifications.topic.topic_arn)
         CfnOutput(self, "RunTable", value=runs.table.table_name)
+        CfnOutput(
+            self,
+            "DeploymentId",
+            value=permissions.deployment(self),
+            description="Tagged on every artifact (bitbucket-backup:deployment): this deployment touches no other's",
+        )
 
     def _decrypt_through_s3(self, reader: iam.ArnPrincipal, instances: list[InstanceConfig]) -> iam.PolicyStatement:
         """A cross-account copy role may decrypt archives only as S3 reads them for it (in this region or where its
@@ -262,9 +265,14 @@ class BackupStack(Stack):
         parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
-        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions."""
+        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions (and the
+        safety net), but no function this method does not know: it would get no grants at all."""
+        unknown = sorted(set(fns) - BACKUP_FUNCTIONS)
+        if unknown:
+            raise ValueError(f"no grants are defined for the backup functions {unknown} (stacks/backup_stack.py)")
 
         def each(*names: str) -> list[lambda_.Function]:
+            assert set(names) <= BACKUP_FUNCTIONS, names
             return [fns[n] for n in names if n in fns]
 
         for fn in each("validate", "lock", "start", "poll", "progress", "unlock", "failure", "safety_net"):
@@ -287,16 +295,20 @@ class BackupStack(Stack):
         for fn in each("database"):
             for statement in permissions.create_db_snapshots(self, instances):
                 fn.add_to_role_policy(statement)
-        for fn in each("finalize", "failure", "safety_net"):
-            for statement in permissions.manage_own_snapshots(self, instances):
+        # Only the pruning step (finalize) deletes complete backups; the failure path and the safety net only what
+        # is not complete (their own run's unfinished artifacts).
+        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+            for statement in permissions.manage_own_snapshots(self, instances, role):
                 fn.add_to_role_policy(statement)
             notifications.topic.grant_publish(fn)
         archive_arn = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
         for fn in each("copy"):
             for statement in permissions.copy_to_regions(self, instances, archive_arn):
                 fn.add_to_role_policy(statement)
-        for fn in each("finalize", "failure", "safety_net"):
-            for statement in permissions.manage_own_copies(self, instances):
+        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+            for statement in permissions.manage_own_copies(self, instances, role):
                 fn.add_to_role_policy(statement)
         sent = {
             "prepare": docs("InstallScript", "RsyncHome"),
@@ -314,8 +326,9 @@ class BackupStack(Stack):
             for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
                 for statement in permissions.read_archives(arn):
                     fn.add_to_role_policy(statement)
-            for fn in each("finalize", "failure", "safety_net"):
-                for statement in permissions.manage_own_archives(arn):
+            for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
+                             *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
+                for statement in permissions.manage_own_archives(self, arn, instances, role):
                     fn.add_to_role_policy(statement)
 
     def _archives_of(self, instances: list[InstanceConfig]) -> str | None:
@@ -345,42 +358,41 @@ class BackupStack(Stack):
         for fn in fns.values():
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)
-        grants = {
-            "validate": permissions.restore_describe(instances),
-            "database": [*permissions.restore_describe(instances), *permissions.restore_database(self, instances)],
-            "home": [*permissions.restore_describe(instances), *permissions.restore_home(self, instances)],
-            "check": permissions.restore_describe(instances),
-            "attach": [*permissions.restore_describe(instances), *permissions.restore_attach(self, instances)],
-            "mount": [
-                *permissions.restore_describe(instances),
-                *permissions.restore_mount(self, instances, self.host_documents.arns("MountHome")),
-            ],
-            "finish": [*permissions.restore_describe(instances), *permissions.retag_restored(self, instances)],
-            "failure": [
-                *permissions.restore_describe(instances),
-                *permissions.retag_restored(self, instances),
-                *permissions.remove_failed_restore(self, instances),
-            ],
-        }
+        describe = permissions.restore_describe(instances)
         docs = self.host_documents.arns
-        sent = {
-            "validate": docs("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"),
-            "database": docs("RestoreDatabase"),
-            "home": docs("RestoreHome"),
-            "check": [],
-            "failure": docs("RemoveRestoredHome", "DropRestoredDatabase"),
-        }
-        for name, documents in sent.items():
-            grants[name] = [*grants[name], *permissions.restore_host_commands(self, instances, documents)]
+
+        def hosts(*operations: str) -> list[iam.PolicyStatement]:
+            """Run Command with these documents of the stack's own (none: only reading results)."""
+            return permissions.restore_host_commands(self, instances, docs(*operations))
+
         archives = self._archives_of(instances)
-        if archives is not None:
-            grants["validate"] = [*grants["validate"], *permissions.read_archives(archives)]
-        publishers: tuple[str, ...] = ("finish", "failure")
-        if "safety_net" in fns:
+        catalog = permissions.read_archives(archives) if archives is not None else []
+        failure = FunctionGrants(
+            (
+                *describe,
+                *permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
+                *permissions.remove_failed_restore(self, instances),
+                *hosts("RemoveRestoredHome", "DropRestoredDatabase"),
+            ),
+            publishes=True,
+        )
+        grants = RestoreGrants(
+            validate=FunctionGrants(
+                (*describe, *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"), *catalog)
+            ),
+            database=FunctionGrants(
+                (*describe, *permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
+            ),
+            home=FunctionGrants((*describe, *permissions.restore_home(self, instances), *hosts("RestoreHome"))),
+            check=FunctionGrants((*describe, *hosts())),
+            attach=FunctionGrants((*describe, *permissions.restore_attach(self, instances))),
+            mount=FunctionGrants((*describe, *permissions.restore_mount(self, instances, docs("MountHome")))),
+            finish=FunctionGrants((*describe, *permissions.retag_restored(self, instances)), publishes=True),
+            failure=failure,
             # The restore's safety net does what its failure path does, for executions that ran no Catch.
-            grants["safety_net"] = grants["failure"]
-            publishers += ("safety_net",)
-        _apply(fns, grants, publishers, notifications, key)
+            safety_net=failure if "safety_net" in fns else None,
+        )
+        grants_apply(grants, fns, notifications.topic, key)
 
     def _grant_drill(
         self,
@@ -402,26 +414,29 @@ class BackupStack(Stack):
         docs = self.host_documents.arns
         checks = permissions.drill_host_commands(self, instances, docs("InstallScript", "DrillCheck"))
         teardown = docs("RemoveRestoredHome", "DropRestoredDatabase")
-        grants = {
-            "plan": [*catalog, *permissions.restore_describe(instances)],
-            "check": checks,
-            "status": permissions.drill_host_commands(self, instances, []),
-            "finish": [
-                *catalog,
-                *permissions.drill_host_commands(self, instances, teardown),
-                *permissions.manage_own_snapshots(self, instances, delete=False),
-                *permissions.restore_describe(instances),
-                *permissions.remove_failed_restore(self, instances),
-                *permissions.restore_host_commands(self, instances, teardown),
-            ],
-        }
+        finish = [
+            *catalog,
+            *permissions.drill_host_commands(self, instances, teardown),
+            *permissions.manage_own_snapshots(self, instances, permissions.VERIFY),
+            *permissions.restore_describe(instances),
+            *permissions.remove_failed_restore(self, instances),
+            *permissions.restore_host_commands(self, instances, teardown),
+        ]
         if archives is not None:
-            grants["finish"] += permissions.manage_own_archives(archives, delete=False)
-        _apply(fns, grants, ("finish",), notifications, key)
+            finish += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)
+        grants = DrillGrants(
+            plan=FunctionGrants((*catalog, *permissions.restore_describe(instances))),
+            check=FunctionGrants(tuple(checks)),
+            status=FunctionGrants(tuple(permissions.drill_host_commands(self, instances, []))),
+            finish=FunctionGrants(tuple(finish), publishes=True),
+        )
+        grants_apply(grants, fns, notifications.topic, key)
 
 
-def _object_lock(lock: ArchiveObjectLock | None) -> dict[str, Any]:
+def _object_lock(lock: ArchiveObjectLock | None, *, immutable: bool = False) -> dict[str, Any]:
+    """Object Lock on the archive bucket: with a default retention (archive_object_lock), or only enabled so that
+    finalize can retain each complete archive of an immutable instance (functions/strategies/host_copy.py lock)."""
     if lock is None:
-        return {}
+        return {"object_lock_enabled": True} if immutable else {}
     retention = s3.ObjectLockRetention.compliance if lock.mode == "COMPLIANCE" else s3.ObjectLockRetention.governance
     return {"object_lock_enabled": True, "object_lock_default_retention": retention(Duration.days(lock.days))}

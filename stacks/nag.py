@@ -67,6 +67,11 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "Archive keys are made at run time (instance/backup-id/...): the catalog reads their tags; re-tagging and "
         "deleting require this tool's marker tag on the object (s3:ExistingObjectTag).",
     ),
+    (
+        r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/[a-z][a-z0-9-]*/\*\]",
+        "Archive keys are made at run time under the instance's prefix (instance/backup-id/...): re-tagging and "
+        "deleting are limited to that prefix and require this deployment's tags on the object (s3:ExistingObjectTag).",
+    ),
     # --- disaster-recovery copies -------------------------------------------------------------------------------------
     (
         r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]",
@@ -80,6 +85,12 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "A restore creates a NEW database under a name the operator picks at run time, with the original's or the "
         "operator's subnet, security and parameter groups: creating requires this tool's tag in the request, deleting "
         "requires this tool's tag with the status 'restoring' (only what a failed restore made).",
+    ),
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:rds:{_REGION}:{_ACCOUNT}:(db|cluster):restored-\*\]",
+        "A restore creates a NEW database under a name the operator picks at run time, always with the fixed prefix "
+        "'restored-': creating and tagging require this deployment's tags (status 'restoring') on a resource not yet "
+        "tagged, deleting requires the status 'restoring' (only what a failed restore made).",
     ),
     (
         rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:ec2:{_REGION}:{_ACCOUNT}:instance/\*\]",
@@ -109,7 +120,11 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
 
 
 # Findings only a stack with an archive bucket (an rsync or postgresql instance) has.
-ARCHIVE_ONLY = {r"AwsSolutions-S1", r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]"}
+ARCHIVE_ONLY = {
+    r"AwsSolutions-S1",
+    r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/\*\]",
+    r"AwsSolutions-IAM5\[Resource::<Archives[A-Za-z0-9]*\.Arn>/[a-z][a-z0-9-]*/\*\]",
+}
 # Findings only a stack that copies archives to other regions has (tests/infra/test_copies_template.py).
 COPIES_ONLY = {r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]"}
 

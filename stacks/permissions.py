@@ -6,6 +6,8 @@ wrong config) cannot delete or relabel anybody else's snapshots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 
@@ -19,13 +21,39 @@ from functions.models.config import (
     RsyncHomeConfig,
 )
 from functions.strategies import (
+    BACKUP_ID_TAG,
+    COMPLETE,
+    COPY_OF_TAG,
+    DEPLOYMENT_TAG,
+    FAILED,
+    IN_PROGRESS,
     INSTANCE_TAG,
+    PART_TAG,
+    RESTORE_TAG,
     RESTORE_TARGET_TAG,
+    RESTORED,
+    RESTORED_PREFIX,
     RESTORING,
+    SOURCE_REGION_TAG,
     STATUS_TAG,
     TOOL_TAG,
     TOOL_VALUE,
+    VERIFIED_TAG,
+    VERIFY_FAILED_TAG,
+    deployment_id_for,
 )
+
+# The tag keys each kind of request may set (aws:TagKeys): a role can write no other key, so it cannot, for example,
+# give somebody else's resource the tool's marker or a restore execution's tag.
+CATALOG_KEYS = (TOOL_TAG, DEPLOYMENT_TAG, INSTANCE_TAG, BACKUP_ID_TAG, PART_TAG, STATUS_TAG, "Name")
+COPY_KEYS = (*CATALOG_KEYS, COPY_OF_TAG, SOURCE_REGION_TAG, "Device")
+RESTORE_KEYS = (*CATALOG_KEYS, RESTORE_TAG, "Device")
+VERDICT_KEYS = (VERIFIED_TAG, VERIFY_FAILED_TAG)
+
+
+def deployment(stack: Stack) -> str:
+    """This deployment's id (functions.strategies.deployment_id_for), tokens resolved by CloudFormation."""
+    return deployment_id_for(stack.account, stack.region, stack.stack_name)
 
 
 def _format(service: str, resource: str) -> ArnFormat:
@@ -58,6 +86,8 @@ def describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     actions = set()
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots"}
+        if any(i.immutable for i in instances):
+            actions |= {"ec2:DescribeLockedSnapshots"}
     if any(isinstance(i.database, RdsDatabaseConfig) for i in instances):
         actions |= {"rds:DescribeDBInstances", "rds:DescribeDBSnapshots"}
     if any(isinstance(i.database, AuroraDatabaseConfig) for i in instances):
@@ -91,12 +121,18 @@ def create_home_snapshots(
         iam.PolicyStatement(
             actions=["ec2:CreateSnapshots"],
             resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
-            conditions={"StringEquals": {f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE}},
+            conditions=_new_catalog_entry(stack, instances, IN_PROGRESS, CATALOG_KEYS),
         ),
         iam.PolicyStatement(
             actions=["ec2:CreateTags"],
             resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
             conditions={"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
+        ),
+        # The device name and a readable Name on the snapshots just made (still in progress); nothing else.
+        iam.PolicyStatement(
+            actions=["ec2:CreateTags"],
+            resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
+            conditions=_retag(stack, instances, keys=("Device", "Name"), was=[IN_PROGRESS]),
         ),
         # Flush and unfreeze: the stack's own documents only, on the configured instances only.
         *_run_commands_on(stack, ec2_instances, documents),
@@ -104,80 +140,154 @@ def create_home_snapshots(
 
 
 def create_db_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Create and tag snapshots only under names this tool makes (`<instance>-<date>-<time>`), so the
-    function cannot put the tool's tag on anyone else's snapshot (which would make it deletable)."""
-
-    def arn(resource: str, name: str) -> str:
-        return stack.format_arn(service="rds", resource=resource, resource_name=name, arn_format=_format("rds", ""))
-
+    """Create snapshots only under names this tool makes (`<instance>-<date>-<time>`) and tag them only as they are
+    created (no status tag yet, the catalog tags with `in-progress`): the function cannot put the tool's tag on
+    anyone else's snapshot, nor move one of this tool's complete snapshots back to `in-progress`."""
     statements = []
-    rds = [i for i in instances if isinstance(i.database, RdsDatabaseConfig)]
-    aurora = [i for i in instances if isinstance(i.database, AuroraDatabaseConfig)]
-    if rds:
-        statements.append(
+    for kind, config, source, create in (
+        ("snapshot", RdsDatabaseConfig, "db", "rds:CreateDBSnapshot"),
+        ("cluster-snapshot", AuroraDatabaseConfig, "cluster", "rds:CreateDBClusterSnapshot"),
+    ):
+        chosen = [i for i in instances if isinstance(i.database, config)]
+        if not chosen:
+            continue
+        sources = {_rds_arn(stack, source, _source_id(i)) for i in chosen}
+        snapshots = {_rds_arn(stack, kind, f"{i.name}-*") for i in chosen}
+        statements += [
             iam.PolicyStatement(
-                actions=["rds:CreateDBSnapshot", "rds:AddTagsToResource"],
-                resources=sorted(
-                    {arn("db", i.database.instance_id) for i in rds if isinstance(i.database, RdsDatabaseConfig)}
-                    | {arn("snapshot", f"{i.name}-*") for i in rds}
-                ),
-            )
-        )
-    if aurora:
-        statements.append(
+                actions=[create],
+                resources=sorted(sources | snapshots),
+                conditions=_new_catalog_entry(stack, chosen, IN_PROGRESS, CATALOG_KEYS),
+            ),
             iam.PolicyStatement(
-                actions=["rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"],
-                resources=sorted(
-                    {
-                        arn("cluster", i.database.cluster_id)
-                        for i in aurora
-                        if isinstance(i.database, AuroraDatabaseConfig)
-                    }
-                    | {arn("cluster-snapshot", f"{i.name}-*") for i in aurora}
-                ),
-            )
-        )
+                actions=["rds:AddTagsToResource"],
+                resources=sorted(snapshots),
+                conditions=_new_catalog_entry(stack, chosen, IN_PROGRESS, CATALOG_KEYS, untagged=True),
+            ),
+        ]
     return statements
 
 
-def manage_own_snapshots(
-    stack: Stack, instances: list[InstanceConfig], *, delete: bool = True
-) -> list[iam.PolicyStatement]:
-    """Re-tag and (unless delete=False: the restore drill's verified tags) delete, only where the tool's marker tag
-    is present and names one of these instances."""
-    own = {
+def _source_id(instance: InstanceConfig) -> str:
+    database = instance.database
+    if isinstance(database, RdsDatabaseConfig):
+        return database.instance_id
+    assert isinstance(database, AuroraDatabaseConfig)
+    return database.cluster_id
+
+
+def _new_catalog_entry(
+    stack: Stack, instances: list[InstanceConfig], status: str, keys: tuple[str, ...], *, untagged: bool = False
+) -> dict[str, dict[str, object]]:
+    """A request that creates (or tags as it creates) an artifact: this tool's marker, this deployment, one of these
+    instances, the given status, only catalog keys; with untagged, only on a resource that has no status tag yet
+    (RDS tags in a separate authorization, which has no `ec2:CreateAction` to tie it to the create call)."""
+    conditions: dict[str, dict[str, object]] = {
         "StringEquals": {
-            f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
-            f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
-        }
+            f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE,
+            f"aws:RequestTag/{DEPLOYMENT_TAG}": deployment(stack),
+            f"aws:RequestTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
+            f"aws:RequestTag/{STATUS_TAG}": status,
+        },
+        "ForAllValues:StringEquals": {"aws:TagKeys": sorted(set(keys))},
     }
+    if untagged:
+        conditions["Null"] = {f"aws:ResourceTag/{STATUS_TAG}": "true"}
+    return conditions
+
+
+def _retag(
+    stack: Stack,
+    instances: list[InstanceConfig],
+    *,
+    keys: tuple[str, ...],
+    was: list[str] | None = None,
+    to: list[str] | None = None,
+) -> dict[str, dict[str, object]]:
+    """Re-tagging one of this deployment's artifacts of these instances: only `keys`, only from a status in `was`,
+    only to a status in `to` (a status may never go back: nothing becomes `in-progress` or `restoring` again)."""
+    equals: dict[str, object] = dict(_own(stack, instances)["StringEquals"])
+    if was is not None:
+        equals[f"aws:ResourceTag/{STATUS_TAG}"] = was
+    if to is not None:
+        equals[f"aws:RequestTag/{STATUS_TAG}"] = to
+    return {"StringEquals": equals, "ForAllValues:StringEquals": {"aws:TagKeys": sorted(set(keys))}}
+
+
+# Who may do what to a backup's artifacts once they exist: the pruning step (finalize) marks them complete and is the
+# only one that deletes complete ones; the failure path and the safety net mark in-progress ones failed (or complete)
+# and delete only those not complete; the drill records its verdict on complete ones and deletes nothing.
+PRUNE, FAILURE, VERIFY = "prune", "failure", "verify"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    keys: tuple[str, ...]  # the tag keys the role may write
+    was: list[str]  # the statuses it may re-tag from
+    to: list[str] | None  # the statuses it may set (None: it sets no status)
+    deletable: list[str] | None  # the statuses it may delete ([]: any; None: it deletes nothing)
+
+
+RULES = {
+    PRUNE: _Rule(keys=(STATUS_TAG,), was=[IN_PROGRESS], to=[COMPLETE], deletable=[]),
+    FAILURE: _Rule(keys=(STATUS_TAG,), was=[IN_PROGRESS], to=[FAILED, COMPLETE], deletable=[IN_PROGRESS, FAILED]),
+    VERIFY: _Rule(keys=VERDICT_KEYS, was=[COMPLETE], to=None, deletable=None),
+}
+
+
+def _delete_condition(
+    stack: Stack, instances: list[InstanceConfig], statuses: list[str]
+) -> dict[str, dict[str, object]]:
+    own = _own(stack, instances)
+    if not statuses:
+        return own
+    return {"StringEquals": {**own["StringEquals"], f"aws:ResourceTag/{STATUS_TAG}": statuses}}
+
+
+def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig], role: str) -> list[iam.PolicyStatement]:
+    """Re-tag and delete this deployment's snapshots of these instances, as `role` (PRUNE, FAILURE or VERIFY) may."""
+    rule = RULES[role]
+    retag = _retag(stack, instances, keys=rule.keys, was=rule.was, to=rule.to)
     statements = []
-    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    ebs = any(isinstance(i.home, EbsHomeConfig) for i in instances)
+    databases = any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances)
+    snapshots = [f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"]
+    db_snapshots = [_rds_arn(stack, "snapshot", "*"), _rds_arn(stack, "cluster-snapshot", "*")]
+    if ebs:
+        statements.append(iam.PolicyStatement(actions=["ec2:CreateTags"], resources=snapshots, conditions=retag))
+        if rule.deletable is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:DeleteSnapshot"],
+                    resources=snapshots,
+                    conditions=_delete_condition(stack, instances, rule.deletable),
+                )
+            )
+        if role == PRUNE:
+            # Immutable backups: the pruning step locks the complete snapshots (functions/strategies/amazon_ebs.py).
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:LockSnapshot"],
+                    resources=snapshots,
+                    conditions=_delete_condition(stack, instances, [COMPLETE]),
+                )
+            )
+    if databases:
         statements.append(
             iam.PolicyStatement(
-                actions=["ec2:CreateTags", *(["ec2:DeleteSnapshot"] if delete else [])],
-                resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
-                conditions=own,
+                actions=["rds:AddTagsToResource"],
+                resources=db_snapshots,
+                conditions=retag,
             )
         )
-    if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
-        statements.append(
-            iam.PolicyStatement(
-                actions=[
-                    "rds:AddTagsToResource",
-                    *(["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"] if delete else []),
-                ],
-                resources=[
-                    stack.format_arn(
-                        service="rds", resource="snapshot", resource_name="*", arn_format=_format("rds", "")
-                    ),
-                    stack.format_arn(
-                        service="rds", resource="cluster-snapshot", resource_name="*", arn_format=_format("rds", "")
-                    ),
-                ],
-                conditions=own,
+        if rule.deletable is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
+                    resources=db_snapshots,
+                    conditions=_delete_condition(stack, instances, rule.deletable),
+                )
             )
-        )
     return statements
 
 
@@ -192,18 +302,25 @@ def _rds_arn(stack: Stack, resource: str, name: str) -> str:
     return stack.format_arn(service="rds", resource=resource, resource_name=name, arn_format=_format("rds", ""))
 
 
-def _own_restored(instances: list[InstanceConfig], *, restoring: bool = False) -> dict[str, dict[str, object]]:
-    condition: dict[str, object] = {
-        f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
-        f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
-    }
+def _own_restored(
+    stack: Stack, instances: list[InstanceConfig], *, restoring: bool = False
+) -> dict[str, dict[str, object]]:
+    condition: dict[str, object] = dict(_own(stack, instances)["StringEquals"])
     if restoring:
         condition[f"aws:ResourceTag/{STATUS_TAG}"] = RESTORING
     return {"StringEquals": condition}
 
 
-def _tagged_request() -> dict[str, dict[str, object]]:
-    return {"StringEquals": {f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE}}
+def _new_restored(
+    stack: Stack, instances: list[InstanceConfig], *, untagged: bool = False
+) -> dict[str, dict[str, object]]:
+    """What a restore creates: tagged at creation, `restoring`, with the restore's keys only."""
+    return _new_catalog_entry(stack, instances, RESTORING, RESTORE_KEYS, untagged=untagged)
+
+
+def _restored(stack: Stack, resource: str) -> str:
+    """Restored DB instances and clusters have a fixed identifier prefix: the restore's roles act on nothing else."""
+    return _rds_arn(stack, resource, f"{RESTORED_PREFIX}*")
 
 
 def _restore_targets(instances: list[InstanceConfig], key: str = "aws:ResourceTag") -> dict[str, dict[str, object]]:
@@ -247,15 +364,16 @@ def restore_database(stack: Stack, instances: list[InstanceConfig]) -> list[iam.
         return []
     # The network and parameter settings are the original's or the operator's, known only at run time.
     settings = [_rds_arn(stack, kind, "*") for kind in ("subgrp", "pg", "og", "secgrp")]
+    chosen = rds + aurora
     statements = []
     if rds:
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:RestoreDBInstanceFromDBSnapshot"],
                 resources=sorted(
-                    {_rds_arn(stack, "db", "*"), *settings} | {_rds_arn(stack, "snapshot", f"{i.name}-*") for i in rds}
+                    {_restored(stack, "db"), *settings} | {_rds_arn(stack, "snapshot", f"{i.name}-*") for i in rds}
                 ),
-                conditions=_tagged_request(),
+                conditions=_new_restored(stack, chosen),
             )
         )
     if aurora:
@@ -263,24 +381,25 @@ def restore_database(stack: Stack, instances: list[InstanceConfig]) -> list[iam.
             iam.PolicyStatement(
                 actions=["rds:RestoreDBClusterFromSnapshot"],
                 resources=sorted(
-                    {_rds_arn(stack, "cluster", "*"), _rds_arn(stack, "cluster-pg", "*"), *settings}
+                    {_restored(stack, "cluster"), _rds_arn(stack, "cluster-pg", "*"), *settings}
                     | {_rds_arn(stack, "cluster-snapshot", f"{i.name}-*") for i in aurora}
                 ),
-                conditions=_tagged_request(),
+                conditions=_new_restored(stack, chosen),
             )
         )
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:CreateDBInstance"],
-                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*"), *settings],
-                conditions=_tagged_request(),
+                resources=[_restored(stack, "db"), _restored(stack, "cluster"), *settings],
+                conditions=_new_restored(stack, chosen),
             )
         )
+    # Tags only as the restored resource is created (it has no status tag yet), and only under the prefix.
     statements.append(
         iam.PolicyStatement(
             actions=["rds:AddTagsToResource"],
-            resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
-            conditions=_tagged_request(),
+            resources=[_restored(stack, "db"), _restored(stack, "cluster")],
+            conditions=_new_restored(stack, chosen, untagged=True),
         )
     )
     return statements + _snapshot_keys(stack, "rds")
@@ -298,12 +417,14 @@ def restore_home(stack: Stack, instances: list[InstanceConfig]) -> list[iam.Poli
     if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
         return []
     return [
-        iam.PolicyStatement(actions=["ec2:CreateVolume"], resources=[_volumes(stack)], conditions=_tagged_request()),
+        iam.PolicyStatement(
+            actions=["ec2:CreateVolume"], resources=[_volumes(stack)], conditions=_new_restored(stack, instances)
+        ),
         iam.PolicyStatement(
             actions=["ec2:CreateVolume"],
             # Only from this tool's snapshots of these instances.
             resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/snap-*"],
-            conditions=_own_restored(instances),
+            conditions=_own_restored(stack, instances),
         ),
         iam.PolicyStatement(
             actions=["ec2:CreateTags"],
@@ -319,7 +440,7 @@ def restore_attach(stack: Stack, instances: list[InstanceConfig]) -> list[iam.Po
         return []
     return [
         iam.PolicyStatement(
-            actions=["ec2:AttachVolume"], resources=[_volumes(stack)], conditions=_own_restored(instances)
+            actions=["ec2:AttachVolume"], resources=[_volumes(stack)], conditions=_own_restored(stack, instances)
         ),
         iam.PolicyStatement(
             actions=["ec2:AttachVolume", "ec2:StartInstances"],
@@ -343,21 +464,23 @@ def restore_mount(stack: Stack, instances: list[InstanceConfig], documents: list
     ]
 
 
-def retag_restored(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Hand over (`restored`) or mark for inspection (`restore-failed`): only the tool's own restored resources."""
+def retag_restored(
+    stack: Stack, instances: list[InstanceConfig], *, to: tuple[str, ...] = (RESTORED,)
+) -> list[iam.PolicyStatement]:
+    """Hand over (`restored`) or, on the failure path, mark for inspection (`restore-failed`): only the tool's own
+    restored resources still `restoring`, only their status; nothing ever becomes `restoring` again."""
+    condition = _retag(stack, instances, keys=(STATUS_TAG,), was=[RESTORING], to=list(to))
     statements = []
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         statements.append(
-            iam.PolicyStatement(
-                actions=["ec2:CreateTags"], resources=[_volumes(stack)], conditions=_own_restored(instances)
-            )
+            iam.PolicyStatement(actions=["ec2:CreateTags"], resources=[_volumes(stack)], conditions=condition)
         )
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:AddTagsToResource"],
-                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
-                conditions=_own_restored(instances),
+                resources=[_restored(stack, "db"), _restored(stack, "cluster")],
+                conditions=condition,
             )
         )
     return statements
@@ -371,12 +494,12 @@ def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list
             iam.PolicyStatement(
                 actions=["ec2:DeleteVolume"],
                 resources=[_volumes(stack)],
-                conditions=_own_restored(instances, restoring=True),
+                conditions=_own_restored(stack, instances, restoring=True),
             ),
             iam.PolicyStatement(
                 actions=["ec2:DetachVolume"],
                 resources=[_volumes(stack)],
-                conditions=_own_restored(instances, restoring=True),
+                conditions=_own_restored(stack, instances, restoring=True),
             ),
             iam.PolicyStatement(
                 actions=["ec2:DetachVolume", "ec2:StopInstances"],
@@ -388,8 +511,8 @@ def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list
         statements.append(
             iam.PolicyStatement(
                 actions=["rds:DeleteDBInstance", "rds:DeleteDBCluster"],
-                resources=[_rds_arn(stack, "db", "*"), _rds_arn(stack, "cluster", "*")],
-                conditions=_own_restored(instances, restoring=True),
+                resources=[_restored(stack, "db"), _restored(stack, "cluster")],
+                conditions=_own_restored(stack, instances, restoring=True),
             )
         )
     return statements
@@ -425,20 +548,81 @@ def read_archives(bucket_arn: str) -> list[iam.PolicyStatement]:
     return [
         iam.PolicyStatement(actions=["s3:ListBucket", "s3:ListBucketVersions"], resources=[bucket_arn]),
         iam.PolicyStatement(
-            actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectRetention"], resources=[f"{bucket_arn}/*"]
-        ),
-    ]
-
-
-def manage_own_archives(bucket_arn: str, *, delete: bool = True) -> list[iam.PolicyStatement]:
-    """Re-tagging and (unless delete=False) deleting archives: only objects carrying this tool's marker tag."""
-    return [
-        iam.PolicyStatement(
-            actions=["s3:PutObjectTagging", *(["s3:DeleteObject", "s3:DeleteObjectVersion"] if delete else [])],
+            actions=[
+                "s3:GetObject",
+                "s3:GetObjectRetention",
+                "s3:GetObjectTagging",
+                "s3:GetObjectVersion",
+                "s3:GetObjectVersionTagging",
+            ],
             resources=[f"{bucket_arn}/*"],
-            conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
         ),
     ]
+
+
+def _own_objects(stack: Stack) -> dict[str, dict[str, object]]:
+    return {
+        "StringEquals": {
+            f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE,
+            f"s3:ExistingObjectTag/{DEPLOYMENT_TAG}": deployment(stack),
+        }
+    }
+
+
+def _instance_objects(bucket_arn: str, instances: list[InstanceConfig]) -> list[str]:
+    """Archives live under `<instance>/<backup id>/…`: only these instances' prefixes."""
+    return sorted(f"{bucket_arn}/{i.name}/*" for i in instances if i.uses_archive)
+
+
+def manage_own_archives(
+    stack: Stack, bucket_arn: str, instances: list[InstanceConfig], role: str
+) -> list[iam.PolicyStatement]:
+    """Re-tagging and deleting archives, as manage_own_snapshots allows the role: only these instances' objects
+    (their key prefix) carrying this tool's marker tag and this deployment's id."""
+    objects = _instance_objects(bucket_arn, instances)
+    return _archive_rules(stack, objects, RULES[role]) if objects else []
+
+
+def _archive_rules(stack: Stack, objects: list[str], rule: _Rule) -> list[iam.PolicyStatement]:
+    """PutObjectTagging replaces the whole tag set, so the keys cannot be limited; the marker, deployment and (when
+    the role sets one) the status of the new set can, and so can the status of the object as it is."""
+    own = _own_objects(stack)["StringEquals"]
+    retag: dict[str, object] = {
+        **own,
+        f"s3:ExistingObjectTag/{STATUS_TAG}": rule.was,
+        f"s3:RequestObjectTag/{TOOL_TAG}": TOOL_VALUE,
+        f"s3:RequestObjectTag/{DEPLOYMENT_TAG}": own[f"s3:ExistingObjectTag/{DEPLOYMENT_TAG}"],
+    }
+    if rule.to is not None:
+        retag[f"s3:RequestObjectTag/{STATUS_TAG}"] = rule.to
+    statements = [
+        iam.PolicyStatement(
+            actions=["s3:PutObjectTagging", "s3:PutObjectVersionTagging"],
+            resources=objects,
+            conditions={"StringEquals": retag},
+        )
+    ]
+    if rule is RULES[PRUNE]:
+        # Immutable backups: the pruning step retains each complete archive (never shortens: no BypassGovernance).
+        statements.append(
+            iam.PolicyStatement(
+                actions=["s3:PutObjectRetention"],
+                resources=objects,
+                conditions={"StringEquals": {**own, f"s3:ExistingObjectTag/{STATUS_TAG}": [COMPLETE]}},
+            )
+        )
+    if rule.deletable is not None:
+        delete: dict[str, object] = dict(own)
+        if rule.deletable:
+            delete[f"s3:ExistingObjectTag/{STATUS_TAG}"] = rule.deletable
+        statements.append(
+            iam.PolicyStatement(
+                actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                resources=objects,
+                conditions={"StringEquals": delete},
+            )
+        )
+    return statements
 
 
 def restore_host_commands(
@@ -478,10 +662,12 @@ def drill_host_commands(
 # that role's own permissions live in the destination account (README, Disaster-recovery copies).
 
 
-def _own(instances: list[InstanceConfig]) -> dict[str, dict[str, object]]:
+def _own(stack: Stack, instances: list[InstanceConfig]) -> dict[str, dict[str, object]]:
+    """This tool's resources of these instances, made by this deployment."""
     return {
         "StringEquals": {
             f"aws:ResourceTag/{TOOL_TAG}": TOOL_VALUE,
+            f"aws:ResourceTag/{DEPLOYMENT_TAG}": deployment(stack),
             f"aws:ResourceTag/{INSTANCE_TAG}": sorted(i.name for i in instances),
         }
     }
@@ -529,13 +715,15 @@ def copy_to_regions(
             statements += [
                 # The source: only this tool's snapshots of these instances.
                 iam.PolicyStatement(
-                    actions=["ec2:CopySnapshot"], resources=_snapshot_arns(stack, stack.region), conditions=_own(ebs)
+                    actions=["ec2:CopySnapshot"],
+                    resources=_snapshot_arns(stack, stack.region),
+                    conditions=_own(stack, ebs),
                 ),
-                # The copy: only with this tool's tag in the request; tags only as part of the copy.
+                # The copy: only with this deployment's catalog tags in the request; tags only as part of the copy.
                 iam.PolicyStatement(
                     actions=["ec2:CopySnapshot"],
                     resources=[a for r in regions for a in _snapshot_arns(stack, r)],
-                    conditions={"StringEquals": {f"aws:RequestTag/{TOOL_TAG}": TOOL_VALUE}},
+                    conditions=_new_catalog_entry(stack, ebs, IN_PROGRESS, COPY_KEYS),
                 ),
                 iam.PolicyStatement(
                     actions=["ec2:CreateTags"],
@@ -550,26 +738,42 @@ def copy_to_regions(
         )
         local_db = [(i, t) for i, t in local if i in databases]
         if local_db:
-            # The sources and copies of same-account targets only (a cross-account target's role copies its own).
-            statements.append(
+            # The sources and copies of same-account targets only (a cross-account target's role copies its own);
+            # the copies tagged only as they are made.
+            copied = {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
+            statements += [
                 iam.PolicyStatement(
-                    actions=["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot", "rds:AddTagsToResource"],
+                    actions=["rds:CopyDBSnapshot", "rds:CopyDBClusterSnapshot"],
                     resources=sorted(
-                        {a for i, _ in local_db for a in _db_snapshot_arns(stack, stack.region, i)}
-                        | {a for i, t in local_db for a in _db_snapshot_arns(stack, t.region, i)}
+                        {a for i, _ in local_db for a in _db_snapshot_arns(stack, stack.region, i)} | copied
                     ),
-                )
-            )
+                    conditions=_new_catalog_entry(stack, databases, IN_PROGRESS, COPY_KEYS),
+                ),
+                iam.PolicyStatement(
+                    actions=["rds:AddTagsToResource"],
+                    resources=sorted(copied),
+                    conditions=_new_catalog_entry(stack, databases, IN_PROGRESS, COPY_KEYS, untagged=True),
+                ),
+            ]
     if archive_bucket_arn and any(i.uses_archive for i, _ in local):
         statements += [
             iam.PolicyStatement(
-                actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion"],
+                actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion", "s3:GetObjectVersionTagging"],
                 resources=[f"{archive_bucket_arn}/*"],
             ),
+            # Archive copies are written with this deployment's catalog tags, in progress (finalize completes them).
             iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload"],
+                actions=["s3:PutObject", "s3:PutObjectTagging"],
                 resources=_copied_archives(stack, local),
+                conditions={
+                    "StringEquals": {
+                        f"s3:RequestObjectTag/{TOOL_TAG}": TOOL_VALUE,
+                        f"s3:RequestObjectTag/{DEPLOYMENT_TAG}": deployment(stack),
+                        f"s3:RequestObjectTag/{STATUS_TAG}": IN_PROGRESS,
+                    }
+                },
             ),
+            iam.PolicyStatement(actions=["s3:AbortMultipartUpload"], resources=_copied_archives(stack, local)),
         ]
     statements += _share_originals(stack, cross) + _target_keys(copying) + _assume_roles(copying)
     if local:
@@ -622,7 +826,7 @@ def _share_originals(stack: Stack, cross: list[InstanceConfig]) -> list[iam.Poli
             iam.PolicyStatement(
                 actions=["ec2:ModifySnapshotAttribute"],
                 resources=_snapshot_arns(stack, stack.region),
-                conditions=_own(ebs),
+                conditions=_own(stack, ebs),
             )
         )
     databases = [i for i in cross if isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig))]
@@ -631,7 +835,7 @@ def _share_originals(stack: Stack, cross: list[InstanceConfig]) -> list[iam.Poli
             iam.PolicyStatement(
                 actions=["rds:ModifyDBSnapshotAttribute", "rds:ModifyDBClusterSnapshotAttribute"],
                 resources=sorted({a for i in databases for a in _db_snapshot_arns(stack, stack.region, i)}),
-                conditions=_own(databases),
+                conditions=_own(stack, databases),
             )
         )
     return statements
@@ -646,33 +850,55 @@ def _assume_roles(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     return [iam.PolicyStatement(actions=["sts:AssumeRole"], resources=roles)] if roles else []
 
 
-def manage_own_copies(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    """Finalize, the failure path and the safety net: list, re-tag and delete this tool's copies in the targets."""
+def manage_own_copies(stack: Stack, instances: list[InstanceConfig], role: str) -> list[iam.PolicyStatement]:
+    """Finalize (PRUNE), the failure path and the safety net (FAILURE): list, re-tag and delete this deployment's
+    copies in the same-account targets, as manage_own_snapshots allows the role on the originals. Cross-account
+    targets: their own role does it, in their account (README, Disaster-recovery copies)."""
     copying = [i for i in instances if i.copies]
     local = _local_targets(copying)
     statements = _assume_roles(copying) + _share_originals(stack, _cross_account(copying))
     if not local:
         return statements
+    rule = RULES[role]
     regions = sorted({t.region for _, t in local})
-    own = _own(copying)
+    retag = _retag(stack, copying, keys=rule.keys, was=rule.was, to=rule.to)
+    deletes = rule.deletable if rule.deletable is not None else None
     if any(isinstance(i.home, EbsHomeConfig) for i, _ in local):
+        snapshots = [a for r in regions for a in _snapshot_arns(stack, r)]
         statements += [
             iam.PolicyStatement(actions=["ec2:DescribeSnapshots"], resources=["*"]),
-            iam.PolicyStatement(
-                actions=["ec2:CreateTags", "ec2:DeleteSnapshot"],
-                resources=[a for r in regions for a in _snapshot_arns(stack, r)],
-                conditions=own,
-            ),
+            iam.PolicyStatement(actions=["ec2:CreateTags"], resources=snapshots, conditions=retag),
         ]
+        if deletes is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:DeleteSnapshot"],
+                    resources=snapshots,
+                    conditions=_delete_condition(stack, copying, deletes),
+                )
+            )
+        if role == PRUNE:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:LockSnapshot"],
+                    resources=snapshots,
+                    conditions=_delete_condition(stack, copying, [COMPLETE]),
+                )
+            )
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i, _ in local):
+        db_snapshots = sorted({a for i, t in local for a in _db_snapshot_arns(stack, t.region, i)})
         statements += [
             iam.PolicyStatement(actions=["rds:DescribeDBSnapshots", "rds:DescribeDBClusterSnapshots"], resources=["*"]),
-            iam.PolicyStatement(
-                actions=["rds:AddTagsToResource", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
-                resources=sorted({a for i, t in local for a in _db_snapshot_arns(stack, t.region, i)}),
-                conditions=own,
-            ),
+            iam.PolicyStatement(actions=["rds:AddTagsToResource"], resources=db_snapshots, conditions=retag),
         ]
+        if deletes is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"],
+                    resources=db_snapshots,
+                    conditions=_delete_condition(stack, copying, deletes),
+                )
+            )
     objects = _copied_archives(stack, local)
     if objects:
         buckets = sorted({t.archive_bucket for i, t in local if i.uses_archive and t.archive_bucket})
@@ -681,12 +907,11 @@ def manage_own_copies(stack: Stack, instances: list[InstanceConfig]) -> list[iam
                 actions=["s3:ListBucket", "s3:ListBucketVersions"],
                 resources=[f"arn:{stack.partition}:s3:::{b}" for b in buckets],
             ),
-            iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectTagging"], resources=objects),
             iam.PolicyStatement(
-                actions=["s3:PutObjectTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+                actions=["s3:GetObject", "s3:GetObjectTagging", "s3:GetObjectVersion", "s3:GetObjectVersionTagging"],
                 resources=objects,
-                conditions={"StringEquals": {f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE}},
             ),
+            *_archive_rules(stack, objects, rule),
         ]
     return statements + _target_keys(copying)
 

@@ -12,7 +12,7 @@ import pytest
 from functions import trusted_config
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
-from rehearsal.runtime import REGION, set_fake_credentials
+from rehearsal.runtime import ACCOUNT, REGION, set_fake_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +24,8 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "0")
     # Each test deploys its own world: a parameter version read by an earlier test is not this one's.
     trusted_config.clear_cache()
+    # What the stack passes to the functions (the rehearsal's stack is in this account and region).
+    monkeypatch.setenv("DEPLOYMENT_ID", f"{ACCOUNT}/{REGION}/BitbucketDiyBackup")
 
 
 @pytest.fixture

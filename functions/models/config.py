@@ -335,6 +335,17 @@ class TimingConfig(_Strict):
         return self.drain_timeout_seconds + self.snapshot_timeout_seconds
 
 
+class ImmutableConfig(_Strict):
+    """Immutable backups: once a backup is complete its EBS snapshots are locked (EBS Snapshot Lock) and its archives
+    retained (S3 Object Lock), in the originals' region and in every copy target, for `days` (default: keep_backups
+    times the longest gap of the schedule, so a backup stays locked for as long as retention would keep it).
+    compliance: nobody can delete or unlock them before then, not even the account's root user; governance: users
+    with explicit permission can. RDS and Aurora snapshots have no lock: copy them to another account."""
+
+    mode: Literal["governance", "compliance"] = "compliance"
+    days: int | None = Field(default=None, ge=1, le=36500)
+
+
 class InstanceConfig(_Strict):
     """One Bitbucket instance: where it is, how to log in, how to copy it, when, and how many to keep."""
 
@@ -372,6 +383,8 @@ class InstanceConfig(_Strict):
     drill: DrillConfig | None = None
     # Where restores may write (see RestoreConfig).
     restore: RestoreConfig = RestoreConfig()
+    # Immutable backups (see ImmutableConfig); off by default, recommended for production.
+    immutable: ImmutableConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -532,6 +545,29 @@ class InstanceConfig(_Strict):
         if needs_host and drill.host_instance_id is None:
             raise ValueError(f"drill.host_instance_id is required to check {' and '.join(needs_host)}")
         return self
+
+    @model_validator(mode="after")
+    def _lock_days(self) -> InstanceConfig:
+        if self.immutable is not None and self.immutable.days is None and self.lock_days is None:
+            raise ValueError(
+                "immutable: days is required here: the lock's length is derived from keep_backups and the schedule, "
+                "and this instance has "
+                + ("keep_backups 0 (keep all)" if self.keep_backups == 0 else "no recurring schedule")
+            )
+        return self
+
+    @property
+    def lock_days(self) -> int | None:
+        """How long a complete backup stays locked: immutable.days, else keep_backups times the schedule's longest
+        gap (when the backup would be pruned), in whole days; None when not immutable (or not derivable)."""
+        if self.immutable is None:
+            return None
+        if self.immutable.days is not None:
+            return self.immutable.days
+        gap = longest_gap_hours(self.schedule) if self.schedule else None
+        if gap is None or self.keep_backups == 0:
+            return None
+        return max(1, math.ceil(self.keep_backups * gap / 24))
 
     def keep_copies(self, target: CopyTarget) -> int:
         return self.keep_backups if target.keep_backups is None else target.keep_backups

@@ -7,14 +7,18 @@ and can report, re-tag and delete them. The workflow only talks to this interfac
 from __future__ import annotations
 
 import copy
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code, target_client
-from functions.errors import AwsRateLimited, CopyFailed, RestoreRefused
+from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreRefused
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
 
@@ -24,6 +28,10 @@ INSTANCE_TAG = "bitbucket-backup:instance"
 BACKUP_ID_TAG = "bitbucket-backup:backup-id"
 PART_TAG = "bitbucket-backup:part"
 STATUS_TAG = "bitbucket-backup:status"
+# Which deployment (stack) made an artifact: two deployments may back up instances of the same name (a second one in
+# the first one's DR region, say); each lists, prunes and cleans up only its own artifacts, and IAM enforces it.
+DEPLOYMENT_TAG = "bitbucket-backup:deployment"
+DEPLOYMENT_ENV = "DEPLOYMENT_ID"
 
 IN_PROGRESS, COMPLETE, FAILED = "in-progress", "complete", "failed"
 
@@ -46,11 +54,45 @@ COPY_RATE_LIMITS = {
 RESTORE_TAG = "bitbucket-backup:restore-execution"
 RESTORE_TARGET_TAG = "bitbucket-backup:restore-target"
 RESTORING, RESTORED, RESTORE_FAILED = "restoring", "restored", "restore-failed"
+# The identifiers of restored DB instances and clusters start with this: IAM lets the restore's roles create, tag and
+# delete DB instances and clusters under it only, so a production database can never be tagged or deleted by them.
+RESTORED_PREFIX = "restored-"
+
+
+def deployment_id_for(account: str, region: str, stack_name: str) -> str:
+    """A deployment's id: stable across updates (and a re-creation of the stack), unique per account and region."""
+    return f"{account}/{region}/{stack_name}"
+
+
+_deployment: ContextVar[str | None] = ContextVar("deployment_id", default=None)
+
+
+def deployment_id() -> str:
+    """This deployment's id: the stack passes it in the functions' environment (never in an event); the operator
+    command line sets it for its thread with acting_for()."""
+    value = _deployment.get() or os.environ.get(DEPLOYMENT_ENV, "")
+    if not value:
+        raise ConfigInvalid(
+            f"this deployment's id ({DEPLOYMENT_ENV}, set by the stack) is missing: without it the catalog cannot tell "
+            "this deployment's backups from another's, so nothing is listed, tagged or deleted"
+        )
+    return value
+
+
+@contextmanager
+def acting_for(deployment: str) -> Iterator[None]:
+    """Within this block, in this thread, the catalog works on `deployment`'s artifacts."""
+    token = _deployment.set(deployment)
+    try:
+        yield
+    finally:
+        _deployment.reset(token)
 
 
 def catalog_tags(instance: str, backup_id: str, part: str, status: str = IN_PROGRESS) -> dict[str, str]:
     return {
         TOOL_TAG: TOOL_VALUE,
+        DEPLOYMENT_TAG: deployment_id(),
         INSTANCE_TAG: instance,
         BACKUP_ID_TAG: backup_id,
         PART_TAG: part,
@@ -92,8 +134,12 @@ def made_by(tags: dict[str, str], instance: str, execution: str) -> bool:
 
 
 def is_ours(tags: dict[str, str], instance: str) -> bool:
-    """Only resources with this tool's marker and this instance's name are ever touched."""
-    return tags.get(TOOL_TAG) == TOOL_VALUE and tags.get(INSTANCE_TAG) == instance
+    """Only resources with this tool's marker, this deployment's id and this instance's name are ever touched."""
+    return (
+        tags.get(TOOL_TAG) == TOOL_VALUE
+        and tags.get(DEPLOYMENT_TAG) == deployment_id()
+        and tags.get(INSTANCE_TAG) == instance
+    )
 
 
 @dataclass(frozen=True)
@@ -225,7 +271,13 @@ class Strategy(ABC):
     def delete(self, artifact: Artifact) -> None: ...
 
     def held(self, artifact: Artifact) -> str | None:
-        """Why retention must not delete this artifact yet (e.g. S3 Object Lock), or None."""
+        """Why nothing may delete this artifact yet (EBS Snapshot Lock, S3 Object Lock), or None."""
+        return None
+
+    def lock(self, artifact: Artifact, mode: str, days: int) -> str | None:
+        """Immutable backups: protects a complete artifact from deletion for `days` in `mode` (governance |
+        compliance); returns what was done, or None when this kind of artifact has no lock (RDS, Aurora). Raises
+        ClientError."""
         return None
 
     # --- restore ----------------------------------------------------------------------------------------------------

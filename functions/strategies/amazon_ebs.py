@@ -23,6 +23,7 @@ from functions.models.restore import HomeTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (
     BACKUP_ID_TAG,
+    DEPLOYMENT_TAG,
     INSTANCE_TAG,
     PART_TAG,
     RESTORE_FAILED,
@@ -38,6 +39,7 @@ from functions.strategies import (
     catalog_tags,
     copy_details,
     copy_refused,
+    deployment_id,
     is_ours,
     made_by,
     restore_tags,
@@ -51,6 +53,8 @@ RATE_LIMITS = {
     "ThrottlingException",
 }
 _STATES = {"pending": "pending", "completed": "completed", "error": "error", "recoverable": "error"}
+# EBS Snapshot Lock states in which the snapshot cannot be deleted ("expired" can).
+LOCKED_STATES = {"governance", "compliance", "compliance-cooloff"}
 
 
 class EbsStrategy(Strategy):
@@ -168,6 +172,7 @@ class EbsStrategy(Strategy):
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
         filters = [
             {"Name": f"tag:{TOOL_TAG}", "Values": [TOOL_VALUE]},
+            {"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [deployment_id()]},
             {"Name": f"tag:{INSTANCE_TAG}", "Values": [self.instance.name]},
             {"Name": f"tag:{PART_TAG}", "Values": [self.part]},
         ]
@@ -206,6 +211,24 @@ class EbsStrategy(Strategy):
     def delete(self, artifact: Artifact) -> None:
         # Deleting a copy still in progress cancels it.
         self.aws("ec2").delete_snapshot(SnapshotId=artifact.id)
+
+    # --- immutable backups: EBS Snapshot Lock ---------------------------------------------------------------------
+
+    def lock(self, artifact: Artifact, mode: str, days: int) -> str | None:
+        # No cooling-off period: a compliance lock is final at once (a compromised account cannot lift it).
+        self.aws("ec2").lock_snapshot(SnapshotId=artifact.id, LockMode=mode, LockDuration=days)
+        return f"locked {artifact.id} ({mode}, {days} days){' in ' + self.where if self.target else ''}"
+
+    def held(self, artifact: Artifact) -> str | None:
+        if self.instance.immutable is None:
+            return None  # this tool locks only immutable instances' snapshots
+        found = self.aws("ec2").describe_locked_snapshots(SnapshotIds=[artifact.id]).get("Snapshots", [])
+        for lock in found:
+            state = lock.get("LockState")
+            if state in LOCKED_STATES:
+                until = lock.get("LockExpiresOn")
+                return f"{artifact.id} is locked ({state}){f' until {until:%Y-%m-%d %H:%M} UTC' if until else ''}"
+        return None
 
     # --- disaster-recovery copies: CopySnapshot in the destination, always encrypted ----------------------------
 

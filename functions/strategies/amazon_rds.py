@@ -20,6 +20,7 @@ from functions.strategies import (
     BACKUP_ID_TAG,
     RESTORE_FAILED,
     RESTORED,
+    RESTORED_PREFIX,
     STATUS_TAG,
     Artifact,
     RestoreProgress,
@@ -193,6 +194,7 @@ class RdsStrategy(Strategy):
         if not wanted.instance_id:
             raise RestoreRefused("validate: target.database.instance_id (the NEW DB instance identifier) is required")
         _refuse_if_taken(wanted.instance_id, "instance")
+        _refuse_unprefixed(("instance_id", wanted.instance_id))
         snapshot = _one(artifacts)
         original = _db_instance(self.source_id)
         plan: dict[str, Any] = {
@@ -310,6 +312,7 @@ class AuroraStrategy(RdsStrategy):
             )
         _refuse_if_taken(wanted.cluster_id, "cluster")
         _refuse_if_taken(wanted.writer_instance_id, "instance")
+        _refuse_unprefixed(("cluster_id", wanted.cluster_id), ("writer_instance_id", wanted.writer_instance_id))
         snapshot = _one(artifacts)
         described = client("rds").describe_db_cluster_snapshots(DBClusterSnapshotIdentifier=snapshot.id)
         engine = described["DBClusterSnapshots"][0]
@@ -490,6 +493,17 @@ def _refuse_if_taken(identifier: str, kind: str) -> None:
             f"validate: the target {what} identifier '{identifier}' is already in use; a restore never overwrites "
             "an existing database: choose a new identifier"
         )
+
+
+def _refuse_unprefixed(*identifiers: tuple[str, str]) -> None:
+    """Restored DB instances and clusters are named RESTORED_PREFIX…: the restore may create and remove nothing else."""
+    for field, identifier in identifiers:
+        if not identifier.startswith(RESTORED_PREFIX):
+            raise RestoreRefused(
+                f"validate: target.database.{field} '{identifier}' must start with '{RESTORED_PREFIX}' (for example "
+                f"'{RESTORED_PREFIX}{identifier}'): a restore creates databases only under that prefix, so that it can "
+                "never touch an existing one"
+            )
 
 
 def _network(

@@ -12,7 +12,7 @@ one of the stack's own SSM documents (functions.models.host_operations), sent wi
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +25,7 @@ from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHom
 from functions.models.restore import RestoreTarget
 from functions.strategies import (
     BACKUP_ID_TAG,
+    COMPLETE,
     PART_TAG,
     RESTORE_TARGET_TAG,
     STATUS_TAG,
@@ -114,67 +115,102 @@ class HostCopyStrategy(Strategy):
         return self.target.archive_bucket if self.target else os.environ.get("ARCHIVE_BUCKET")
 
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
+        """One artifact per archive key: the newest version this deployment tagged complete (finalize tags the version
+        the run uploaded; a newer version written later by someone else is not the backup), else the newest of its
+        versions that carries this tool's tags. Its VersionId is what a restore downloads."""
         bucket = self.bucket
         if not bucket:
             return []
         s3 = self.aws("s3")
         prefix = f"{self.instance.name}/" + (f"{backup_id}/" if backup_id else "")
+        versions: dict[str, list[dict[str, Any]]] = {}
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            for version in page.get("Versions", []):
+                versions.setdefault(version["Key"], []).append(version)
         found = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                try:
-                    tagset = s3.get_object_tagging(Bucket=bucket, Key=obj["Key"])["TagSet"]
-                except ClientError as error:
-                    if error_code(error) in ("NoSuchKey", "404"):
-                        continue
-                    raise
-                tags = {t["Key"]: t["Value"] for t in tagset}
-                if not is_ours(tags, self.instance.name) or tags.get(PART_TAG) != self.part:
+        for key, candidates in versions.items():
+            chosen: tuple[dict[str, Any], dict[str, str]] | None = None
+            for version in sorted(candidates, key=lambda v: v["LastModified"], reverse=True):
+                tags = self._tags_of(bucket, key, version.get("VersionId"))
+                if tags is None or not is_ours(tags, self.instance.name) or tags.get(PART_TAG) != self.part:
                     continue
                 if backup_id and tags.get(BACKUP_ID_TAG) != backup_id:
                     continue
-                head = s3.head_object(Bucket=bucket, Key=obj["Key"])
-                found.append(
-                    Artifact(
-                        kind=KIND,
-                        id=f"s3://{bucket}/{obj['Key']}",
-                        part=self.part,
-                        backup_id=tags.get(BACKUP_ID_TAG, ""),
-                        state="completed",  # an object exists only once its upload completed
-                        status=tags.get(STATUS_TAG, ""),
-                        verified=verification(tags),
-                        size_gb=round(int(obj.get("Size", 0)) / 2**30, 3),
-                        created=str(obj.get("LastModified", "")),
-                        details={
-                            "bucket": bucket,
-                            "key": obj["Key"],
-                            "size": str(obj.get("Size", 0)),
-                            "sha256": head.get("Metadata", {}).get("sha256", ""),
-                            **copy_details(tags),
-                        },
-                    )
-                )
+                if tags.get(STATUS_TAG) == COMPLETE:
+                    chosen = (version, tags)
+                    break
+                chosen = chosen or (version, tags)
+            if chosen is not None:
+                found.append(self._artifact(bucket, key, *chosen))
         return sorted(found, key=lambda a: (a.backup_id, a.id))
+
+    def _tags_of(self, bucket: str, key: str, version_id: str | None) -> dict[str, str] | None:
+        try:
+            tagset = self.aws("s3").get_object_tagging(Bucket=bucket, Key=key, **_version(version_id))["TagSet"]
+        except ClientError as error:
+            if error_code(error) in ("NoSuchKey", "NoSuchVersion", "404"):
+                return None
+            raise
+        return {t["Key"]: t["Value"] for t in tagset}
+
+    def _artifact(self, bucket: str, key: str, version: dict[str, Any], tags: dict[str, str]) -> Artifact:
+        version_id = version.get("VersionId")
+        head = self.aws("s3").head_object(Bucket=bucket, Key=key, **_version(version_id))
+        return Artifact(
+            kind=KIND,
+            id=f"s3://{bucket}/{key}",
+            part=self.part,
+            backup_id=tags.get(BACKUP_ID_TAG, ""),
+            state="completed",  # an object exists only once its upload completed
+            status=tags.get(STATUS_TAG, ""),
+            verified=verification(tags),
+            size_gb=round(int(version.get("Size", 0)) / 2**30, 3),
+            created=str(version.get("LastModified", "")),
+            details={
+                "bucket": bucket,
+                "key": key,
+                "version_id": version_id if version_id and version_id != "null" else "",
+                "size": str(version.get("Size", 0)),
+                "sha256": head.get("Metadata", {}).get("sha256", ""),
+                **copy_details(tags),
+            },
+        )
 
     def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
         s3 = self.aws("s3")
         bucket, key = artifact.details["bucket"], artifact.details["key"]
-        current = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+        version = _version(artifact.details.get("version_id"))
+        current = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key, **version)["TagSet"]}
         if not is_ours(current, self.instance.name):
             raise BackupError(f"{artifact.id} does not carry this tool's tags: not re-tagged")
         tags = current | tags
         s3.put_object_tagging(
-            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}, **version
         )
 
     def held(self, artifact: Artifact) -> str | None:
         """An object-locked archive cannot be deleted before its retain-until date: pruning waits for it. (HEAD
         answers the lock with s3:GetObjectRetention; without Object Lock it has no such fields.)"""
-        head = client("s3").head_object(Bucket=artifact.details["bucket"], Key=artifact.details["key"])
+        head = self.aws("s3").head_object(
+            Bucket=artifact.details["bucket"],
+            Key=artifact.details["key"],
+            **_version(artifact.details.get("version_id")),
+        )
         until = head.get("ObjectLockRetainUntilDate")
         if until is not None and until > datetime.now(UTC):
             return f"{artifact.id} is object-locked ({head.get('ObjectLockMode')}) until {until:%Y-%m-%d %H:%M} UTC"
         return None
+
+    def lock(self, artifact: Artifact, mode: str, days: int) -> str | None:
+        """S3 Object Lock retention on the backup's version (the bucket must have Object Lock enabled)."""
+        until = datetime.now(UTC) + timedelta(days=days)
+        self.aws("s3").put_object_retention(
+            Bucket=artifact.details["bucket"],
+            Key=artifact.details["key"],
+            Retention={"Mode": mode.upper(), "RetainUntilDate": until},
+            **_version(artifact.details.get("version_id")),
+        )
+        return f"retained {artifact.id} ({mode}, {days} days){' in ' + self.where if self.target else ''}"
 
     def delete(self, artifact: Artifact) -> None:
         """Every version of the object (the bucket is versioned: a plain delete would only hide it)."""
@@ -210,6 +246,8 @@ class HostCopyStrategy(Strategy):
             "backup_id": artifacts[0].backup_id,
             "bucket": details["bucket"],
             "key": details["key"],
+            # The version the backup made (see artifacts()), not whatever is newest at that key now.
+            "version_id": details.get("version_id", ""),
             "sha256": details["sha256"],
         }
 
@@ -259,7 +297,7 @@ class HostCopyStrategy(Strategy):
             extra |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": target.kms_key_id}
         try:
             self.aws("s3").copy(
-                {"Bucket": original.details["bucket"], "Key": key},
+                {"Bucket": original.details["bucket"], "Key": key, **_version(original.details.get("version_id"))},
                 target.archive_bucket,
                 key,
                 ExtraArgs=extra,
@@ -473,3 +511,8 @@ class PostgresStrategy(HostCopyStrategy):
         # A database-only archive gets an empty home/ part (made by the document). The dump is removed once it is
         # safely in S3 (the next run dumps into a new directory anyway).
         return {"dump": self.dump_dir(backup_id), "removeDump": "true"}
+
+
+def _version(version_id: str | None) -> dict[str, str]:
+    """The VersionId argument of an S3 call on one version, when the object has one (not in an unversioned bucket)."""
+    return {"VersionId": version_id} if version_id and version_id != "null" else {}

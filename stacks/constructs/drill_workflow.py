@@ -9,6 +9,7 @@ as well as in the DrillFailed metric.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration
@@ -20,6 +21,7 @@ from constructs import Construct
 from functions.models.restore import DRILL_MACHINE_ENV
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.restore_workflow import RestoreWorkflow
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
@@ -138,3 +140,13 @@ class DrillWorkflow(Construct):
         )
         start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
         return start.next(plan).next(restore).next(start_checks)
+
+
+@dataclass(frozen=True)
+class DrillGrants:
+    """What each of the drill's functions may do (stacks/backup_stack.py builds it; grants.apply applies it)."""
+
+    plan: FunctionGrants
+    check: FunctionGrants
+    status: FunctionGrants
+    finish: FunctionGrants

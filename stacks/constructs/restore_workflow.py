@@ -12,6 +12,7 @@ machine's (a restore's execution input cannot make it a drill, which keeps its c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration, Stack
@@ -23,6 +24,7 @@ from constructs import Construct
 from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, last_resort, standard_state_machine
 
 # A target instance that was just started needs a minute or two before its SSM agent takes commands.
@@ -234,3 +236,19 @@ class RestoreWorkflow(Construct):
             .when(sfn.Condition.boolean_equals("$.plan.restore_database", True), restore_db)
             .otherwise(skip_db)
         )
+
+
+@dataclass(frozen=True)
+class RestoreGrants:
+    """What each of the restore's functions may do (stacks/backup_stack.py builds it; grants.apply applies it);
+    safety_net is the restore's safety net (stacks/constructs/safety_net.py), when the stack has one."""
+
+    validate: FunctionGrants
+    database: FunctionGrants
+    home: FunctionGrants
+    check: FunctionGrants
+    attach: FunctionGrants
+    mount: FunctionGrants
+    finish: FunctionGrants
+    failure: FunctionGrants
+    safety_net: FunctionGrants | None = None

@@ -87,7 +87,9 @@ def _policies_of(template: dict[str, Any], function_prefix: str) -> list[dict[st
     return [
         statement
         for r in resources.values()
-        if r["Type"] == "AWS::IAM::Policy" and {"Ref": role} in r["Properties"]["Roles"]
+        # A role's statements beyond the inline policy's size limit go to CDK's overflow managed policies.
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+        and {"Ref": role} in r["Properties"].get("Roles", [])
         for statement in r["Properties"]["PolicyDocument"]["Statement"]
     ]
 

@@ -92,7 +92,9 @@ def _role_statements(template: dict[str, Any], role: str) -> list[dict[str, Any]
     found = []
     for resource in template["Resources"].values():
         props = resource.get("Properties", {})
-        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": role} in props.get("Roles", []):
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and {"Ref": role} in props.get(
+            "Roles", []
+        ):
             statements = props["PolicyDocument"]["Statement"]
             found += statements if isinstance(statements, list) else [statements]
     return [s for s in found if s["Effect"] == "Allow"]

@@ -173,13 +173,13 @@ def test_cancel_stops_a_running_backup_and_the_safety_net_unlocks(
 
 
 def test_restore_into_new_resources(local: Local, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["restore", local.backup_id, "--instance", "demo", "--target-db-id", "demo-cli-restored", "--wait"]
+    args = ["restore", local.backup_id, "--instance", "demo", "--target-db-id", "restored-demo-cli", "--wait"]
     code, out, err = cli(capsys, local, *args, "--poll-interval", "0.05")
     assert code == OK, out + err
     assert f"Restore of {local.backup_id}: SUCCEEDED" in out
-    assert "database: RDS instance demo-cli-restored" in out and "Next steps:" in out
+    assert "database: RDS instance restored-demo-cli" in out and "Next steps:" in out
     assert "restore 100%  Restore complete" in err
-    rds = local.r.client("rds").describe_db_instances(DBInstanceIdentifier="demo-cli-restored")["DBInstances"]
+    rds = local.r.client("rds").describe_db_instances(DBInstanceIdentifier="restored-demo-cli")["DBInstances"]
     assert rds[0]["DBInstanceStatus"] == "available"
     # The home volumes went to the original host's zone (the default without --availability-zone).
     volumes = re.search(r"home: volumes (vol-\w+) \(/dev/xvdf\) in (\S+)", out)

@@ -347,9 +347,15 @@ def test_a_corrupt_archive_fails_the_restore_and_cleans_up_what_it_extracted(
     sha = s3.head_object(Bucket=bucket, Key=db_archive["key"])["Metadata"]["sha256"]
 
     def corrupt(instance_id: str, script: str) -> None:
-        # After validate, before the download: the object's bytes no longer match the SHA-256 it was stored with.
+        # After validate, before the download: the stored bytes of the backup's version no longer match the SHA-256
+        # it was stored with. (A newer version written to the key would not do: the restore downloads the version
+        # the backup recorded.)
         if ".sh download " in script and "database" in script:
-            s3.put_object(Bucket=bucket, Key=db_archive["key"], Body=b"not the archive", Metadata={"sha256": sha})
+            from moto.s3.models import s3_backends
+
+            s3.put_object(Bucket=bucket, Key=db_archive["key"], Body=b"a newer version", Metadata={"sha256": sha})
+            versions = s3_backends["123456789012"]["aws"].buckets[bucket].keys.getlist(db_archive["key"])
+            versions[0].value = b"not the archive"
 
     w.r.host.before_run.append(corrupt)
     target_dir = tmp_path / "restored"
@@ -359,7 +365,8 @@ def test_a_corrupt_archive_fails_the_restore_and_cleans_up_what_it_extracted(
     failures = [n for n in w.r.notifications() if "restore FAILED" in (n["subject"] or "")]
     assert len(failures) == 1
     message = str(failures[0]["message"])
-    assert "SHA-256" in message and "removed what this restore extracted" in message
+    # The version's bytes fail the download's checksum (the AWS CLI's, or the manifest's SHA-256).
+    assert ("SHA-256" in message or "checksum" in message) and "removed what this restore extracted" in message
     # Whatever the home restore had extracted is gone again; no database was created.
     assert not target_dir.exists() or not list(target_dir.iterdir())
     assert postgres.superuser(f"SELECT count(*) FROM pg_database WHERE datname = '{dbname}'") == "0"

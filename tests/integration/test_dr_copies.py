@@ -17,6 +17,7 @@ from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
     COPY_OF_TAG,
+    INSTANCE_TAG,
     PART_TAG,
     SOURCE_REGION_TAG,
     STATUS_TAG,
@@ -148,3 +149,60 @@ def test_throttling_of_the_copy_call_is_retried(dr: World) -> None:
         result = dr.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
     assert [_tags(s)[STATUS_TAG] for s in _ebs_copies()] == [COMPLETE]
+
+
+# Another deployment of this tool (the same stack name, in the DR region) backs up an instance of the same name there.
+OTHER_DEPLOYMENT = f"123456789012/{DR}/BitbucketDiyBackup"
+
+
+def _other_deployments_backups(count: int) -> list[str]:
+    """`count` complete backups (EBS and RDS snapshots) of another deployment's instance 'demo', made in DR."""
+    ec2, rds = boto3.client("ec2", region_name=DR), boto3.client("rds", region_name=DR)
+    volume = ec2.create_volume(AvailabilityZone=f"{DR}a", Size=8)["VolumeId"]
+    rds.create_db_instance(
+        DBInstanceIdentifier="other-demo-db",
+        DBInstanceClass="db.t3.medium",
+        Engine="postgres",
+        AllocatedStorage=10,
+        MasterUsername="bitbucket",
+        MasterUserPassword="not-a-real-secret-1",
+    )
+    made = []
+    for day in range(1, count + 1):
+        backup_id = f"demo-2020010{day}-000000"
+        for part in ("home", "database"):
+            tags = {
+                TOOL_TAG: TOOL_VALUE,
+                "bitbucket-backup:deployment": OTHER_DEPLOYMENT,
+                INSTANCE_TAG: "demo",
+                BACKUP_ID_TAG: backup_id,
+                PART_TAG: part,
+                STATUS_TAG: COMPLETE,
+            }
+            tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+            if part == "home":
+                ec2.create_snapshot(VolumeId=volume, TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list}])
+            else:
+                rds.create_db_snapshot(
+                    DBSnapshotIdentifier=backup_id, DBInstanceIdentifier="other-demo-db", Tags=tag_list
+                )
+        made.append(backup_id)
+    return made
+
+
+def test_pruning_the_copies_leaves_another_deployments_backups_of_the_same_name_alone(dr: World) -> None:
+    _with_copies(dr, keep_backups=1)
+    theirs = _other_deployments_backups(3)
+    ours = []
+    for _ in range(2):
+        result = dr.r.run_backup()
+        assert result.status == "SUCCEEDED", result.cause
+        ours.append(backup_id_of(result))
+        time.sleep(1.05)  # backup ids have a resolution of one second
+    # Every one of the other deployment's backups is still there; of ours only the newest copy.
+    assert sorted(_tags(s)[BACKUP_ID_TAG] for s in _ebs_copies()) == [*theirs, ours[-1]]
+    assert sorted(s["DBSnapshotIdentifier"] for s in _rds_copies()) == [*theirs, ours[-1]]
+    assert result.output is not None and result.output["pruned"] == [f"{ours[0]} in {DR}"]
+    # Our copies carry our deployment's id, which the IAM conditions require.
+    mine = [s for s in _ebs_copies() if _tags(s)[BACKUP_ID_TAG] == ours[-1]]
+    assert [_tags(s)["bitbucket-backup:deployment"] for s in mine] == [f"123456789012/{REGION}/BitbucketDiyBackup"]

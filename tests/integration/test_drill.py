@@ -185,7 +185,7 @@ def test_an_ebs_and_rds_drill_checks_availability_and_removes_the_copy(world_fac
     assert drill_checks(w.r) == []  # nothing to run on the host without drill.database
 
     (restore,) = restore_executions(w.r)
-    assert json.loads(restore["input"])["target"]["database"] == {"instance_id": f"drill-{backup_id}"}
+    assert json.loads(restore["input"])["target"]["database"] == {"instance_id": f"restored-drill-{backup_id}"}
     # Teardown: the restored DB instance and volumes are deleted; the original and the backup stay.
     rds = w.r.client("rds")
     identifiers = [d["DBInstanceIdentifier"] for d in rds.describe_db_instances()["DBInstances"]]

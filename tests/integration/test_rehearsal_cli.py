@@ -52,7 +52,7 @@ def test_rehearsal_against_an_external_bitbucket_succeeds(tmp_path: Path) -> Non
     assert [n["subject"] for n in summary["notifications"]] == []
     # The rehearsal ends with a restore of the backup it just made, into new resources.
     assert summary["restore"]["status"] == "SUCCEEDED", summary["restore"]
-    assert summary["restore"]["output"]["database"]["instance_id"] == "demo-restored"
+    assert summary["restore"]["output"]["database"]["instance_id"] == "restored-demo"
     assert "Restore of " in output and "next step 1:" in output
     assert "Staging-Pw-1" not in output
 

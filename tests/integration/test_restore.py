@@ -164,13 +164,13 @@ def test_rds_and_ebs_are_restored_into_new_resources_with_the_originals_settings
     result = restore(
         world,
         backup_id,
-        {"database": {"instance_id": "bitbucket-restored"}, "home": {"availability_zone": zone(world)}},
+        {"database": {"instance_id": "restored-bitbucket"}, "home": {"availability_zone": zone(world)}},
     )
 
     assert result.status == "SUCCEEDED", result.cause
     assert result.states_entered()[-1] == "Restore complete"
     # The database: a new instance, with the original's class, network and parameter group.
-    restored = db_instances(world)["bitbucket-restored"]
+    restored = db_instances(world)["restored-bitbucket"]
     original = db_instances(world)["bitbucket-demo"]
     assert restored["DBInstanceStatus"] == "available"
     assert restored["DBInstanceClass"] == original["DBInstanceClass"] == "db.t3.medium"
@@ -198,11 +198,11 @@ def test_rds_and_ebs_are_restored_into_new_resources_with_the_originals_settings
     after = inventory(world)
     assert after["attachments"] == before["attachments"]
     assert set(before["volumes"]) < set(after["volumes"]) and set(before["db_instances"]) < set(after["db_instances"])
-    assert sorted(set(after["db_instances"]) - set(before["db_instances"])) == ["bitbucket-restored"]
+    assert sorted(set(after["db_instances"]) - set(before["db_instances"])) == ["restored-bitbucket"]
     # The result, in the output and in one notification: what was created and what to do next.
     output = result.output or {}
     assert output["status"] == "restored" and output["backup_id"] == backup_id
-    assert output["database"]["endpoint"].startswith("bitbucket-restored.") and output["database"]["endpoint"].endswith(
+    assert output["database"]["endpoint"].startswith("restored-bitbucket.") and output["database"]["endpoint"].endswith(
         ":5432"
     )
     assert [v["volume_id"] for v in output["home"]["volumes"]] == [volume_id]
@@ -223,12 +223,12 @@ def test_target_settings_override_the_originals(world: World) -> None:
         world,
         backup_id,
         {
-            "database": {"instance_id": "bitbucket-bigger", "instance_class": "db.m5.large"},
+            "database": {"instance_id": "restored-bigger", "instance_class": "db.m5.large"},
             "home": {"availability_zone": "eu-west-1b", "volume_type": "io2", "iops": 4000},
         },
     )
     assert result.status == "SUCCEEDED", result.cause
-    assert db_instances(world)["bitbucket-bigger"]["DBInstanceClass"] == "db.m5.large"
+    assert db_instances(world)["restored-bigger"]["DBInstanceClass"] == "db.m5.large"
     (volume,) = [v for v in volumes(world).values() if tags(v).get(RESTORE_TAG) == execution_of(result)]
     assert (volume["VolumeType"], volume["Iops"], volume["AvailabilityZone"]) == ("io2", 4000, "eu-west-1b")
 
@@ -247,23 +247,23 @@ def test_aurora_is_restored_into_a_new_cluster_with_a_writer(world_factory: Call
 
     # Only the database: a restore may leave a part out.
     result = restore(
-        world, backup_id, {"database": {"cluster_id": "bitbucket-new", "writer_instance_id": "bitbucket-new-1"}}
+        world, backup_id, {"database": {"cluster_id": "restored-new", "writer_instance_id": "restored-new-1"}}
     )
 
     assert result.status == "SUCCEEDED", result.cause
-    cluster = db_clusters(world)["bitbucket-new"]
+    cluster = db_clusters(world)["restored-new"]
     assert cluster["Engine"] == "aurora-postgresql" and cluster["Status"] == "available"
     assert tags(cluster)[STATUS_TAG] == RESTORED and tags(cluster)[RESTORE_TAG] == execution_of(result)
     assert [(m["DBInstanceIdentifier"], m["IsClusterWriter"]) for m in cluster["DBClusterMembers"]] == [
-        ("bitbucket-new-1", True)
+        ("restored-new-1", True)
     ]
-    writer = db_instances(world)["bitbucket-new-1"]
+    writer = db_instances(world)["restored-new-1"]
     assert writer["DBInstanceClass"] == "db.r6g.large", "the original writer's class"
     assert tags(writer)[STATUS_TAG] == RESTORED
     assert "bitbucket-demo" in db_clusters(world) and "bitbucket-demo-1" in db_instances(world)
     assert inventory(world)["volumes"] == before["volumes"], "no home target: no volume"
     output = result.output or {}
-    assert output["database"]["cluster_id"] == "bitbucket-new" and "home" not in output
+    assert output["database"]["cluster_id"] == "restored-new" and "home" not in output
     assert output["database"]["endpoint"] in restore_notices(world)[0]["message"]
 
 
@@ -405,7 +405,7 @@ class TestRefusals:
         w = refusals.world
         wanted = target(w) if callable(target) else target
         if wanted is None:
-            wanted = {"database": {"instance_id": "bitbucket-restored"}, "home": {"availability_zone": zone(w)}}
+            wanted = {"database": {"instance_id": "restored-bitbucket"}, "home": {"availability_zone": zone(w)}}
         before, notices = inventory(w), len(failure_notices(w))
 
         result = restore(w, backup or refusals.backup_id, wanted)
@@ -426,7 +426,7 @@ class TestRefusals:
         ec2.create_tags(Resources=[snapshot["id"]], Tags=[{"Key": STATUS_TAG, "Value": "in-progress"}])
         try:
             before = inventory(w)
-            result = restore(w, refusals.backup_id, {"database": {"instance_id": "bitbucket-restored"}})
+            result = restore(w, refusals.backup_id, {"database": {"instance_id": "restored-bitbucket"}})
             assert result.status == "FAILED" and result.error == "RestoreRefused"
             assert f"backup {refusals.backup_id} is not complete ({snapshot['id']} is in-progress" in (
                 result.cause or ""
@@ -436,7 +436,7 @@ class TestRefusals:
             ec2.create_tags(Resources=[snapshot["id"]], Tags=[{"Key": STATUS_TAG, "Value": "complete"}])
 
     def test_unknown_backup_lists_the_available_ones(self, refusals: RefusalWorld) -> None:
-        result = restore(refusals.world, "demo-20200101-000000", {"database": {"instance_id": "bitbucket-restored"}})
+        result = restore(refusals.world, "demo-20200101-000000", {"database": {"instance_id": "restored-bitbucket"}})
         assert f"available: {refusals.backup_id}" in (result.cause or "")
 
 
@@ -464,7 +464,7 @@ def test_failure_mid_restore_deletes_the_database_it_created_and_notifies_once(w
         result = restore(
             world,
             backup_id,
-            {"database": {"instance_id": "bitbucket-restored"}, "home": {"availability_zone": zone(world)}},
+            {"database": {"instance_id": "restored-bitbucket"}, "home": {"availability_zone": zone(world)}},
         )
 
     assert result.status == "FAILED"
@@ -477,7 +477,7 @@ def test_failure_mid_restore_deletes_the_database_it_created_and_notifies_once(w
     assert inventory(world) == before, "the restored database is deleted again; nothing else touched"
     (notice,) = failure_notices(world)
     assert "at step restore-home" in notice["subject"]
-    assert "deleted DB instance bitbucket-restored" in notice["message"]
+    assert "deleted DB instance restored-bitbucket" in notice["message"]
 
 
 def test_keep_on_failure_keeps_what_was_created_for_inspection(world: World) -> None:
@@ -486,14 +486,14 @@ def test_keep_on_failure_keeps_what_was_created_for_inspection(world: World) -> 
         result = restore(
             world,
             backup_id,
-            {"database": {"instance_id": "bitbucket-restored"}, "home": {"availability_zone": zone(world)}},
+            {"database": {"instance_id": "restored-bitbucket"}, "home": {"availability_zone": zone(world)}},
             keep_on_failure=True,
         )
     assert result.status == "FAILED"
-    kept = db_instances(world)["bitbucket-restored"]
+    kept = db_instances(world)["restored-bitbucket"]
     assert tags(kept)[STATUS_TAG] == RESTORE_FAILED
     (notice,) = failure_notices(world)
-    assert "kept DB instance bitbucket-restored for inspection" in notice["message"]
+    assert "kept DB instance restored-bitbucket for inspection" in notice["message"]
 
 
 def test_volumes_of_a_half_finished_step_are_found_by_their_tag_and_deleted(world: World) -> None:
@@ -530,7 +530,7 @@ def test_failed_mount_detaches_only_what_it_attached_and_stops_the_instance_it_s
 
 def test_the_execution_input_and_history_hold_no_secret(world: World) -> None:
     backup_id = backed_up(world)
-    result = restore(world, backup_id, {"database": {"instance_id": "bitbucket-restored"}})
+    result = restore(world, backup_id, {"database": {"instance_id": "restored-bitbucket"}})
     assert result.status == "SUCCEEDED", result.cause
     text = json.dumps(result.history, default=str) + json.dumps(world.r.notifications(), default=str)
     assert PASSWORD not in text and "not-a-real-secret" not in text

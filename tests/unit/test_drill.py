@@ -51,7 +51,7 @@ def test_targets_are_valid_restore_targets_for_the_longest_names(database: dict[
     assert target.home is not None and target.home.path == f"/srv/drill/{backup_id}" and target.home.instance_id == HOST
     assert target.database is not None
     names = [target.database.instance_id, target.database.cluster_id, target.database.writer_instance_id]
-    assert all(n is None or (n.startswith("drill-") and len(n) <= 63) for n in names)
+    assert all(n is None or (n.startswith("restored-drill-") and len(n) <= 63) for n in names)
     assert target.database.cluster_id is None or target.database.cluster_id != target.database.writer_instance_id
     if target.database.dbname:
         assert target.database.dbname == f"drill_{LONGEST.replace('-', '_')}_20261124_063000"

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from functions.handlers._step import is_warm_up
 from functions.models.host_operations import DIR_VARIABLE
 from rehearsal import moto_fixes_immutability, ssm_documents
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
@@ -272,7 +273,8 @@ class LambdaRuntime:
         started = time.monotonic()
         try:
             injected = self.faults.get(fn.function_name)
-            if injected:
+            # An injected fault hits the step's work; the warm-up before the lock only loads the code.
+            if injected and not is_warm_up(event):
                 raise injected.pop(0)
             handler = getattr(importlib.import_module(module_name), attr)
             context = LambdaContext(function_name=fn.function_name, invoked_function_arn=fn.function_arn)

@@ -13,6 +13,7 @@ from rehearsal.runtime import rehearsal_project_config, set_fake_credentials, sy
 from tests.infra.conftest import resolve_join
 
 PREFIX = "BitbucketDiyBackup-host-"
+EBS_HOME = {"FlushHome", "UnfreezeHome", "MountHome"}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def test_each_operation_has_a_document_whose_parameters_are_all_restricted(
     which: str, copy_template: dict[str, Any], template: dict[str, Any]
 ) -> None:
     found = documents(copy_template if which == "copy" else template)
-    assert sorted(found) == sorted(PREFIX + name for name in OPERATIONS)
+    # A stack deploys the operations its instances need: the host copies and the drill host, or the EBS home's.
+    expected = set(OPERATIONS) - EBS_HOME if which == "copy" else EBS_HOME
+    assert sorted(found) == sorted(PREFIX + name for name in expected)
     for name, props in found.items():
         assert props["DocumentType"] == "Command" and props["UpdateMethod"] == "NewVersion"
         content = props["Content"]
@@ -124,3 +127,10 @@ def test_functions_find_the_documents_by_the_prefix_in_their_environment(copy_te
     functions = [r for r in copy_template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
     assert functions
     assert {f["Properties"]["Environment"]["Variables"].get("HOST_DOCUMENT_PREFIX") for f in functions} == {PREFIX}
+
+
+def test_every_operation_is_deployed_where_it_is_needed_and_a_snapshot_stack_carries_no_host_script(
+    copy_template: dict[str, Any], template: dict[str, Any]
+) -> None:
+    assert {*documents(copy_template), *documents(template)} == {PREFIX + name for name in OPERATIONS}
+    assert PREFIX + "InstallScript" not in documents(template)

@@ -59,7 +59,8 @@ def test_a_restore_downloads_the_version_the_backup_made_not_a_newer_one(s3: Any
     assert artifact.details["version_id"] == made and artifact.status == COMPLETE
     plan = strategy._archive_plan([artifact])
     assert plan["version_id"] == made
-    assert f"--version-id {made}" in strategy._download(plan | {"instance_id": "i-0"}, "/tmp/x")
+    download = strategy._download(plan | {"instance_id": "i-0", "work_path": "/var/lib/bitbucket-diy-backup/x"})
+    assert download["versionId"] == made  # the restore document's parameter (host script: download --version-id)
     # The newer version was never marked complete: finalize tagged the backup's version only.
     versions = s3.list_object_versions(Bucket=BUCKET, Prefix=strategy.key(BACKUP))["Versions"]
     newest = next(v for v in versions if v["IsLatest"])

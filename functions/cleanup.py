@@ -42,6 +42,25 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
     return "yes"
 
 
+def unlocked_without_record(client: BitbucketClient, base_url: str) -> str:
+    """What to report when a run's record, with its unlock token, is gone: ask Bitbucket rather than assume."""
+    try:
+        state = client.status()
+    except BackupError as error:
+        return (
+            f"UNKNOWN - this run's record, with its unlock token, is gone and Bitbucket could not be asked whether it "
+            f"is still locked ({redact(str(error))}): check {base_url}/status; if it says MAINTENANCE, "
+            "end maintenance mode by hand (README, Troubleshooting)"
+        )
+    if state == "MAINTENANCE":
+        return (
+            "NO - Bitbucket is still in maintenance mode, and this run's record, with its unlock token, is gone "
+            "(expired or removed), so it could not unlock: make sure no one else is running a backup or an upgrade, "
+            "then end maintenance mode by hand (README, Troubleshooting: without the token, restart Bitbucket)"
+        )
+    return f"yes (this run's record was gone; Bitbucket says it is {state}, not in maintenance mode)"
+
+
 def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, originals_complete: bool = False) -> None:
     """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept.
 

@@ -30,6 +30,10 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
         return {"action": "none", "reason": "the execution input names no instance"}
     bind(instance=instance)
     record = runs.get(instance)
+    if record is None and status != "FAILED":
+        # No Catch ran, and the record (with its unlock token) is gone or was never made: ask Bitbucket instead of
+        # assuming this execution never locked it.
+        return _without_record(instance, execution, status)
     if record is None or record.execution != execution:
         # The failure path already cleaned up (or another run holds the instance now): nothing of ours to do.
         return {"action": "none", "reason": "no run of this execution is open"}
@@ -63,3 +67,20 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
         },
     )
     return {"action": "cleaned", "unlocked": unlocked, "cleanup": actions}
+
+
+def _without_record(instance: str, execution: str, status: str) -> dict[str, Any]:
+    config = load_config(instance)
+    if config.zero_downtime:
+        return {"action": "none", "reason": "no run of this execution is open (zero-downtime: never locks)"}
+    unlocked = cleanup.unlocked_without_record(bitbucket(config), config.base_url)
+    if unlocked.startswith("yes"):
+        return {"action": "none", "reason": "no run of this execution is open and Bitbucket is not locked"}
+    logger.warning(f"safety net: {status} execution left no run record", extra={"unlocked": unlocked})
+    notify.publish(
+        f"Bitbucket backup {status}: {instance} - Bitbucket may still be locked",
+        instance,
+        "failed",
+        {"instance": instance, "execution": execution, "status": status, "unlocked": unlocked, "cleanup": []},
+    )
+    return {"action": "reported", "unlocked": unlocked}

@@ -589,7 +589,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
     elif record is None and run is not None and not run.config.zero_downtime:
         # The record (and the unlock token in it) is gone: expired, or removed by hand. Whether this run locked
         # cannot be told from it, so ask Bitbucket instead of assuming it never did.
-        unlocked = _unlocked_without_record(run)
+        unlocked = cleanup.unlocked_without_record(bitbucket(run.config), run.config.base_url)
     elif record is None or record.phase == "preparing" or not record.unlock_token:
         unlocked = "yes (this run never locked Bitbucket; nobody else's lock was touched)"
         if run is not None and run.config.zero_downtime:
@@ -633,24 +633,6 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         },
     )
     return {"error": error, "cause": message + f" [unlocked: {unlocked}]", "unlocked": unlocked}
-
-
-def _unlocked_without_record(run: RunContext) -> str:
-    try:
-        state = bitbucket(run.config).status()
-    except BackupError as error:
-        return (
-            f"UNKNOWN - this run's record, with its unlock token, is gone and Bitbucket could not be asked whether it "
-            f"is still locked ({redact(str(error))}): check {run.config.base_url}/status; if it says MAINTENANCE, "
-            "end maintenance mode by hand (README, Troubleshooting)"
-        )
-    if state == "MAINTENANCE":
-        return (
-            "NO - Bitbucket is still in maintenance mode, and this run's record, with its unlock token, is gone "
-            "(expired or removed), so it could not unlock: make sure no one else is running a backup or an upgrade, "
-            "then end maintenance mode by hand (README, Troubleshooting: without the token, restart Bitbucket)"
-        )
-    return f"yes (this run's record was gone; Bitbucket says it is {state}, not in maintenance mode)"
 
 
 def _in_maintenance(run: RunContext | None) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 from functions.handlers._step import is_warm_up
 from functions.models.host_operations import DIR_VARIABLE
-from rehearsal import moto_fixes_immutability, ssm_documents
+from rehearsal import moto_fixes_immutability, moto_speed, ssm_documents
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,6 +408,7 @@ def _patch_moto(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack
     _patch_sfn_integration(stack)
     stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
     _patch_cross_account(stack)
+    stack.enter_context(moto_speed.patched())
 
     # DynamoDB applies each request atomically; moto's backend does not, and the rehearsal's parallel branches
     # call it from two threads at once (one reading an item while the other updates it).

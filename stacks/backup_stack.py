@@ -19,7 +19,7 @@ from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_s
 from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
 from stacks import nag, permissions
 from stacks.bundling import lambda_code
-from stacks.constructs.backup_workflow import BackupWorkflow, WorkflowTiming
+from stacks.constructs.backup_workflow import BackupGrants, BackupWorkflow, WorkflowTiming
 from stacks.constructs.drill_workflow import DrillGrants, DrillWorkflow
 from stacks.constructs.functions import FunctionFactory, FunctionSettings
 from stacks.constructs.grants import FunctionGrants
@@ -45,13 +45,6 @@ def network_groups(instances: list[InstanceConfig]) -> list[list[InstanceConfig]
     for instance in instances:
         groups.setdefault(instance.network.key() if instance.network else "", []).append(instance)
     return list(groups.values())
-
-
-# The functions _grant knows (BackupWorkflow's and the backup safety net's).
-BACKUP_FUNCTIONS = frozenset(
-    {"validate", "lock", "start", "poll", "home", "database", "progress", "unlock", "check", "finalize", "prepare",
-     "check_host", "archive", "copy", "failure", "safety_net"}
-)  # fmt: skip
 
 
 class BackupStack(Stack):
@@ -130,12 +123,12 @@ class BackupStack(Stack):
             )
             timing = replace(settings.timing, timeout_hours=timeout_s // 3600)
             workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
-            self._grant(workflow.functions, instances, runs, notifications, parameters, key)
             net = SafetyNet(
                 self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine], key=key
             )
             nets.append(net)
-            self._grant({"safety_net": net.function}, instances, runs, notifications, parameters, key)
+            fns = {**workflow.functions, "safety_net": net.function}
+            self._grant(fns, instances, runs, notifications, parameters, key)
             CfnOutput(
                 self,
                 f"BackupStateMachine{suffix}",
@@ -265,71 +258,63 @@ class BackupStack(Stack):
         parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
-        """Each function gets what its step needs; `fns` may hold any subset of the workflow's functions (and the
-        safety net), but no function this method does not know: it would get no grants at all."""
-        unknown = sorted(set(fns) - BACKUP_FUNCTIONS)
-        if unknown:
-            raise ValueError(f"no grants are defined for the backup functions {unknown} (stacks/backup_stack.py)")
-
-        def each(*names: str) -> list[lambda_.Function]:
-            assert set(names) <= BACKUP_FUNCTIONS, names
-            return [fns[n] for n in names if n in fns]
-
-        for fn in each("validate", "lock", "start", "poll", "progress", "unlock", "failure", "safety_net"):
-            fn.add_to_role_policy(permissions.read_secrets(self, instances))
+        """Each of the backup's functions (and its safety net) gets what its step needs, from BackupGrants."""
         for fn in fns.values():
             # Single-item access only: no Scan, Query or batch writes on the run table.
             runs.table.grant(fn, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
             runs.key.grant_encrypt_decrypt(fn)
             key.grant_encrypt_decrypt(fn)  # the topic's and the archives' key
-        for fn in fns.values():  # every step loads its configuration from the parameter, never from its event
+            # Every step loads its configuration from the parameter, never from its event.
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)
-        for fn in each("validate", "home", "database", "check", "copy", "finalize", "failure", "safety_net"):
-            for statement in permissions.describe(instances):
-                fn.add_to_role_policy(statement)
+        secret = (permissions.read_secrets(self, instances),)
+        describe = tuple(permissions.describe(instances))
         docs = self.host_documents.arns
-        for fn in each("home"):
-            for statement in permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")):
-                fn.add_to_role_policy(statement)
-        for fn in each("database"):
-            for statement in permissions.create_db_snapshots(self, instances):
-                fn.add_to_role_policy(statement)
+
+        def hosts(*operations: str) -> tuple[iam.PolicyStatement, ...]:
+            """Run Command with these documents of the stack's own (none: only reading results)."""
+            return tuple(permissions.host_commands(self, instances, docs(*operations)))
+
+        bucket = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
+        arn = self._archives_of(instances)
+        archives = tuple(permissions.read_archives(arn)) if arn is not None else ()
+
+        def undo(role: str) -> tuple[iam.PolicyStatement, ...]:
+            """Deleting backups: PRUNE (complete ones past retention) or FAILURE (only a run's unfinished ones)."""
+            own = (
+                *permissions.manage_own_snapshots(self, instances, role),
+                *permissions.manage_own_copies(self, instances, role),
+            )
+            return (*own, *permissions.manage_own_archives(self, arn, instances, role)) if arn is not None else own
+
         # Only the pruning step (finalize) deletes complete backups; the failure path and the safety net only what
         # is not complete (their own run's unfinished artifacts).
-        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
-                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
-            for statement in permissions.manage_own_snapshots(self, instances, role):
-                fn.add_to_role_policy(statement)
-            notifications.topic.grant_publish(fn)
-        archive_arn = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
-        for fn in each("copy"):
-            for statement in permissions.copy_to_regions(self, instances, archive_arn):
-                fn.add_to_role_policy(statement)
-        for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
-                         *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
-            for statement in permissions.manage_own_copies(self, instances, role):
-                fn.add_to_role_policy(statement)
-        sent = {
-            "prepare": docs("InstallScript", "RsyncHome"),
-            "home": docs("RsyncHome"),
-            "database": docs("PgDump"),
-            "check_host": [],  # reads the results of what the others started
-            "archive": docs("ArchiveUpload"),
-        }
-        for name, documents in sent.items():
-            for fn in each(name):
-                for statement in permissions.host_commands(self, instances, documents):
-                    fn.add_to_role_policy(statement)
-        arn = self._archives_of(instances)
-        if arn is not None:
-            for fn in each("validate", "check", "copy", "finalize", "failure", "safety_net"):
-                for statement in permissions.read_archives(arn):
-                    fn.add_to_role_policy(statement)
-            for fn, role in [*((f, permissions.PRUNE) for f in each("finalize")),
-                             *((f, permissions.FAILURE) for f in each("failure", "safety_net"))]:  # fmt: skip
-                for statement in permissions.manage_own_archives(self, arn, instances, role):
-                    fn.add_to_role_policy(statement)
+        failure = FunctionGrants((*secret, *describe, *undo(permissions.FAILURE), *archives), publishes=True)
+        grants = BackupGrants(
+            validate=FunctionGrants((*secret, *describe, *archives)),
+            lock=FunctionGrants(secret),
+            start=FunctionGrants(secret),
+            poll=FunctionGrants(secret),
+            home=FunctionGrants(
+                (
+                    *describe,
+                    *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")),
+                    *hosts("RsyncHome"),
+                )
+            ),
+            database=FunctionGrants((*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump"))),
+            progress=FunctionGrants(secret),
+            unlock=FunctionGrants(secret),
+            check=FunctionGrants((*describe, *archives)),
+            finalize=FunctionGrants((*describe, *undo(permissions.PRUNE), *archives), publishes=True),
+            prepare=FunctionGrants(hosts("InstallScript", "RsyncHome")),
+            check_host=FunctionGrants(hosts()),  # reads the results of what the others started
+            archive=FunctionGrants(hosts("ArchiveUpload")),
+            copy=FunctionGrants((*describe, *permissions.copy_to_regions(self, instances, bucket), *archives)),
+            failure=failure,
+            safety_net=failure,  # the safety net does what the failure path does, for executions that ran no Catch
+        )
+        grants_apply(grants, fns, notifications.topic, key)
 
     def _archives_of(self, instances: list[InstanceConfig]) -> str | None:
         """The archive bucket's ARN when one of these instances archives to it (rsync or postgresql), else None."""

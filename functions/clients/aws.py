@@ -11,13 +11,31 @@ from contextvars import ContextVar
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.loaders import Loader, create_loader
 
 _clients: dict[tuple[str, str | None], Any] = {}
 _lock = threading.Lock()
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
 # Set by `clients_from` (the operator command line): this thread's code gets its clients from there instead.
 _factory: ContextVar[Callable[[str, str | None], Any] | None] = ContextVar("aws_client_factory", default=None)
+
+
+_loader: Loader | None = None
+
+
+def _session(**credentials: str) -> boto3.session.Session:
+    """A new session (credentials and region as the environment says now) sharing one loader: each service model
+    and the endpoint rules are read from disk once per process, not once per client."""
+    global _loader
+    core = botocore.session.get_session()
+    if _loader is None:
+        _loader = create_loader(core.get_config_variable("data_path"))
+    core.register_component("data_loader", _loader)
+    session = boto3.session.Session(botocore_session=core, **credentials)
+    _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))  # boto3 appends its own path each time
+    return session
 
 
 def client(service: str, region: str | None = None) -> Any:
@@ -27,7 +45,7 @@ def client(service: str, region: str | None = None) -> Any:
     key = (service, region)
     with _lock:
         if key not in _clients:
-            _clients[key] = boto3.session.Session().client(service, region_name=region, config=_CONFIG)
+            _clients[key] = _session().client(service, region_name=region, config=_CONFIG)
         return _clients[key]
 
 
@@ -48,13 +66,13 @@ def target_client(service: str, target: Any) -> Any:
     credentials = client("sts").assume_role(
         RoleArn=target.role_arn, RoleSessionName="bitbucket-diy-backup", DurationSeconds=ASSUMED_SESSION_SECONDS
     )["Credentials"]
-    session = boto3.session.Session(
-        aws_access_key_id=credentials["AccessKeyId"],
-        aws_secret_access_key=credentials["SecretAccessKey"],
-        aws_session_token=credentials["SessionToken"],
-    )
-    made = session.client(service, region_name=target.region, config=_CONFIG)
     with _lock:
+        session = _session(
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+        made = session.client(service, region_name=target.region, config=_CONFIG)
         _assumed[key] = (credentials["Expiration"].timestamp(), made)
     return made
 

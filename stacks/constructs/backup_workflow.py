@@ -25,6 +25,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks.constructs.functions import FunctionFactory
+from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
 # What the locked phase calls, from the lock to the unlock and on the failure path: warmed before the lock.
@@ -39,6 +40,29 @@ LOCKED_PHASE_FUNCTIONS = {
 }
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
+
+
+@dataclass(frozen=True)
+class BackupGrants:
+    """What each of the backup's functions may do (stacks/backup_stack.py builds it; grants.apply applies it);
+    safety_net is the backup's safety net (stacks/constructs/safety_net.py)."""
+
+    validate: FunctionGrants
+    lock: FunctionGrants
+    start: FunctionGrants
+    poll: FunctionGrants
+    home: FunctionGrants
+    database: FunctionGrants
+    progress: FunctionGrants
+    unlock: FunctionGrants
+    check: FunctionGrants
+    finalize: FunctionGrants
+    prepare: FunctionGrants
+    check_host: FunctionGrants
+    archive: FunctionGrants
+    copy: FunctionGrants
+    failure: FunctionGrants
+    safety_net: FunctionGrants
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,38 @@ def test_two_executions_at_once_the_second_is_skipped_quietly(world_factory: Any
     assert w.sim.event_names().count("locked") == 1
     assert w.r.notifications() == []
     assert all(s["status"] == COMPLETE for s in w.r.snapshots(backup_id_of(done)))
+
+
+def test_stop_while_locked_with_the_run_record_gone_reports_that_bitbucket_is_still_locked(world_factory: Any) -> None:
+    # The record (with its unlock token) expired or was removed by hand: the net cannot unlock, but it must not
+    # assume that this execution never locked either; it asks Bitbucket and says so, once.
+    w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1, "drain_poll_slice_seconds": 1})
+    execution = w.r.start()
+    wait_for(lambda: waiting_in(w, execution, "Wait for drain"))
+    w.r.client("dynamodb").delete_item(TableName=w.r.table, Key={"instance": {"S": "demo"}})
+    _stop(w, execution)
+    assert w.r.wait(execution).status == "ABORTED"
+    assert w.sim.locked  # nothing could unlock it: the token was in the record
+    assert w.r.delivered[-1]["result"]["action"] == "reported"
+    notes = w.r.notifications()
+    assert len(notes) == 1 and "may still be locked" in notes[0]["subject"]
+    assert "NO - Bitbucket is still in maintenance mode" in notes[0]["message"]
+    assert not [s for s in w.sim.issued_secrets if s in json.dumps(notes) + "\n".join(w.r.logs.lines)]
+
+
+def test_a_stop_before_anything_was_locked_and_no_record_stays_quiet(world_factory: Any) -> None:
+    w = world_factory(drain_seconds=30, timing={"poll_interval_seconds": 1, "drain_poll_slice_seconds": 1})
+    execution = w.r.start()
+    wait_for(lambda: waiting_in(w, execution, "Wait for drain"))
+    record = w.r.run_record()
+    assert record is not None
+    w.r.client("dynamodb").delete_item(TableName=w.r.table, Key={"instance": {"S": "demo"}})
+    # As if the operator had ended maintenance by hand (restarting Bitbucket) before pressing Stop.
+    w.sim.unlock_by_other()
+    _stop(w, execution)
+    assert w.r.wait(execution).status == "ABORTED"
+    assert w.r.delivered[-1]["result"] == {
+        "action": "none",
+        "reason": "no run of this execution is open and Bitbucket is not locked",
+    }
+    assert w.r.notifications() == []

@@ -1,0 +1,96 @@
+"""The rehearsal's speed-ups of moto (rehearsal/moto_speed.py) change nothing moto answers, and are still needed
+(the `still_` tests fail once moto caches these itself: then drop the patch)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.core.config import DefaultConfig
+
+from rehearsal import moto_speed
+from rehearsal.runtime import REGION
+
+ROLE = "arn:aws:iam::123456789012:role/sfn"
+VALID = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
+INVALID = json.dumps({"StartAt": "Missing", "States": {"Done": {"Type": "NoSuchType"}}})
+
+
+# As the rehearsal runs it: the state machine interpreter (moto's parser backend) on.
+INTERPRETER: DefaultConfig = {"stepfunctions": {"execute_state_machine": True}}
+
+
+@pytest.fixture
+def sfn() -> Iterator[Any]:
+    with mock_aws(config=INTERPRETER), moto_speed.patched():
+        yield boto3.client("stepfunctions", region_name=REGION)
+
+
+def test_moto_still_parses_the_whole_definition_on_every_create() -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    with mock.patch.object(AmazonStateLanguageParser, "parse", wraps=AmazonStateLanguageParser.parse) as parse:
+        StepFunctionsParserBackend._validate_definition(VALID)
+        StepFunctionsParserBackend._validate_definition(VALID)
+    assert parse.call_count == 2, "moto validates a definition once now: drop moto_speed's validation cache"
+
+
+def test_moto_still_makes_a_client_per_lambda_task() -> None:
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+
+    with mock_aws():
+        assert boto_client_for(REGION, "lambda") is not boto_client_for(REGION, "lambda"), (
+            "moto reuses its clients now: drop moto_speed's client cache"
+        )
+
+
+def test_moto_still_generates_a_private_key_per_symmetric_key() -> None:
+    with mock_aws(), mock.patch("moto.kms.models.generate_private_key") as generate:
+        kms = boto3.client("kms", region_name=REGION)
+        kms.create_key()
+        kms.create_key()
+    assert generate.call_count == 2, "moto makes key material lazily now: drop moto_speed's key cache"
+
+
+def test_a_valid_definition_is_parsed_once_and_still_makes_a_state_machine(sfn: Any) -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    with mock.patch.object(AmazonStateLanguageParser, "parse", wraps=AmazonStateLanguageParser.parse) as parse:
+        first = sfn.create_state_machine(name="one", definition=VALID, roleArn=ROLE)["stateMachineArn"]
+        second = sfn.create_state_machine(name="two", definition=VALID, roleArn=ROLE)["stateMachineArn"]
+    assert parse.call_count <= 1
+    assert first != second
+    assert sfn.describe_state_machine(stateMachineArn=second)["definition"] == VALID
+
+
+def test_an_invalid_definition_is_refused_every_time(sfn: Any) -> None:
+    for name in ("one", "two"):
+        with pytest.raises(ClientError) as raised:
+            sfn.create_state_machine(name=name, definition=INVALID, roleArn=ROLE)
+        assert "NoSuchType" in raised.value.response["Error"]["Message"]  # moto 5.2 sends no error code
+    assert sfn.list_state_machines()["stateMachines"] == []
+
+
+def test_the_interpreter_reuses_one_client_per_region_and_service(sfn: Any) -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    make = lambda_eval_utils.boto_client_for  # type: ignore[attr-defined]
+    first = make(region=REGION, service="lambda", state_credentials=None)
+    assert make(region=REGION, service="lambda", state_credentials=None) is first
+    assert make(region="us-east-1", service="lambda", state_credentials=None) is not first
+
+
+def test_symmetric_keys_still_encrypt_and_decrypt_with_their_own_key(sfn: Any) -> None:
+    kms = boto3.client("kms", region_name=REGION)
+    one, two = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+    blob = kms.encrypt(KeyId=one, Plaintext=b"secret")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"secret"
+    assert kms.decrypt(CiphertextBlob=blob)["KeyId"].endswith(one)
+    assert not kms.decrypt(CiphertextBlob=blob)["KeyId"].endswith(two)

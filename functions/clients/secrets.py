@@ -1,36 +1,43 @@
-"""Bitbucket credentials from Secrets Manager, cached for SECRET_CACHE_SECONDS (default 300)."""
+"""Bitbucket credentials from Secrets Manager, cached for SECRET_CACHE_SECONDS (default 300) by Powertools'
+parameters utility (its `max_age`; `force_fetch` after a 401, when the password was rotated)."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-import time
 
-from botocore.exceptions import ClientError
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+from aws_lambda_powertools.utilities.parameters.secrets import SecretsProvider
 
 from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import Credentials
 from functions.errors import PreflightFailed
 
-_cache: dict[str, tuple[float, Credentials]] = {}
+_provider: SecretsProvider | None = None
 _lock = threading.Lock()
+
+
+def _secrets() -> SecretsProvider:
+    global _provider
+    with _lock:
+        if _provider is None:
+            _provider = SecretsProvider(boto3_client=client("secretsmanager"))
+        return _provider
 
 
 def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
     """The secret's credentials, cached; `fresh` reads Secrets Manager again (after a 401: it was rotated)."""
-    ttl = float(os.environ.get("SECRET_CACHE_SECONDS", "300"))
-    now = time.monotonic()
-    with _lock:
-        cached = _cache.get(secret_id)
-        if cached and now - cached[0] < ttl and not fresh:
-            return cached[1]
+    max_age = int(os.environ.get("SECRET_CACHE_SECONDS", "300"))
     try:
-        raw = client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
-    except ClientError as error:
-        raise PreflightFailed(f"secret {secret_id} cannot be read ({error_code(error)})") from None
-    except KeyError:
-        raise PreflightFailed(f"secret {secret_id} has no SecretString") from None
+        raw = _secrets().get(secret_id, max_age=max_age, force_fetch=fresh)
+    except GetParameterError as error:
+        # Powertools wraps the AWS error in its own (without `from`): name the AWS error code, never its text.
+        cause = error.__context__
+        code = error_code(cause) if cause is not None else "unknown error"
+        raise PreflightFailed(f"secret {secret_id} cannot be read ({code})") from None
+    if not isinstance(raw, str):
+        raise PreflightFailed(f"secret {secret_id} has no SecretString")
     try:
         data = json.loads(raw)
     except ValueError:
@@ -42,7 +49,4 @@ def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
         isinstance(username, str) and username and isinstance(password, str) and password
     ):
         raise PreflightFailed(f"secret {secret_id} needs 'username' and 'password' (or 'token')")
-    found = Credentials(username=username, password=password, token=token if isinstance(token, str) else None)
-    with _lock:
-        _cache[secret_id] = (now, found)
-    return found
+    return Credentials(username=username, password=password, token=token if isinstance(token, str) else None)

@@ -34,7 +34,7 @@ def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
     except GetParameterError as error:
         # Powertools wraps the AWS error in its own (without `from`): name the AWS error code, never its text.
         cause = error.__context__
-        code = error_code(cause) if cause is not None else "unknown error"
+        code = error_code(cause) if isinstance(cause, Exception) else "unknown error"
         raise PreflightFailed(f"secret {secret_id} cannot be read ({code})") from None
     if not isinstance(raw, str):
         raise PreflightFailed(f"secret {secret_id} has no SecretString")

@@ -3,6 +3,9 @@
 - `CreateStateMachine` parses the whole definition with moto's pure-Python ANTLR parser only to validate it, and
   every world deploys the same definitions: a definition that parsed once is valid the next time too (a failed
   parse is not remembered, so an invalid definition is refused every time, as by AWS).
+- Every execution parses its definition again (`ExecutionWorker._get_evaluation_entrypoint`): a parsed program
+  holds no state of an execution (that lives in the execution's Environment), so a finished execution's program
+  is handed to the next execution of the same definition — one execution at a time per program, never shared.
 - Each Lambda task of the interpreter creates a new boto3 client (`boto_client_for`), reading the service model
   again: clients are thread-safe and hold no state of a world, so one per region and service is reused.
 - Every `CreateKey` generates a 2048-bit RSA private key, used only by asymmetric keys' Sign and Verify, which this
@@ -22,6 +25,8 @@ from typing import Any
 
 _validated: set[str] = set()
 _private_keys: dict[Any, Any] = {}
+_programs: dict[str, list[Any]] = {}  # definition -> parsed programs no execution is using
+_TAKEN = "_rehearsal_program"
 _clients: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
 
@@ -54,6 +59,29 @@ def patched() -> Iterator[None]:
             return _clients[key]
 
     from moto.kms.utils import generate_private_key as generate
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    parse = ExecutionWorker._get_evaluation_entrypoint
+    run = ExecutionWorker._execution_logic
+
+    def entrypoint(self: Any) -> Any:
+        definition = self._evaluation_details.state_machine_details.definition
+        with _lock:
+            free = _programs.get(definition)
+            program = free.pop() if free else None
+        if program is None:
+            program = parse(self)
+        setattr(self, _TAKEN, (definition, program))
+        return program
+
+    def execution_logic(self: Any) -> None:
+        try:
+            run(self)  # type: ignore[no-untyped-call]
+        finally:
+            taken = getattr(self, _TAKEN, None)
+            if taken is not None:
+                with _lock:
+                    _programs.setdefault(taken[0], []).append(taken[1])
 
     def private_key_once(key_spec: Any) -> Any:
         with _lock:
@@ -63,6 +91,8 @@ def patched() -> Iterator[None]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("moto.kms.models.generate_private_key", private_key_once))
+        stack.enter_context(mock.patch.object(ExecutionWorker, "_get_evaluation_entrypoint", entrypoint))
+        stack.enter_context(mock.patch.object(ExecutionWorker, "_execution_logic", execution_logic))
         stack.enter_context(
             mock.patch.object(StepFunctionsParserBackend, "_validate_definition", staticmethod(validate_once))
         )

@@ -94,3 +94,85 @@ def test_symmetric_keys_still_encrypt_and_decrypt_with_their_own_key(sfn: Any) -
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"secret"
     assert kms.decrypt(CiphertextBlob=blob)["KeyId"].endswith(one)
     assert not kms.decrypt(CiphertextBlob=blob)["KeyId"].endswith(two)
+
+
+def test_moto_still_parses_the_definition_on_every_execution() -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    worker = mock.Mock()
+    worker._evaluation_details.state_machine_details.definition = VALID
+    with mock.patch.object(AmazonStateLanguageParser, "parse", wraps=AmazonStateLanguageParser.parse) as parse:
+        ExecutionWorker._get_evaluation_entrypoint(worker)
+        ExecutionWorker._get_evaluation_entrypoint(worker)
+    assert parse.call_count == 2, "moto caches parsed programs now: drop moto_speed's program pool"
+
+
+# Choice, Parallel, Map and Wait: each execution's result must depend only on its own input.
+BRANCHY = json.dumps(
+    {
+        "StartAt": "Which",
+        "States": {
+            "Which": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.n", "NumericGreaterThan": 1, "Next": "Both"}],
+                "Default": "Small",
+            },
+            "Small": {"Type": "Pass", "Result": "small", "ResultPath": "$.size", "Next": "Both"},
+            "Both": {
+                "Type": "Parallel",
+                "Branches": [
+                    {
+                        "StartAt": "Pause",
+                        "States": {"Pause": {"Type": "Wait", "Seconds": 0, "End": True}},
+                    },
+                    {
+                        "StartAt": "Each",
+                        "States": {
+                            "Each": {
+                                "Type": "Map",
+                                "ItemsPath": "$.items",
+                                "Iterator": {
+                                    "StartAt": "Echo",
+                                    "States": {"Echo": {"Type": "Pass", "End": True}},
+                                },
+                                "End": True,
+                            }
+                        },
+                    },
+                ],
+                "End": True,
+            },
+        },
+    }
+)
+
+
+def test_executions_of_one_definition_reuse_a_program_and_keep_their_own_results(sfn: Any) -> None:
+    import time
+
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    arn = sfn.create_state_machine(name="branchy", definition=BRANCHY, roleArn=ROLE)["stateMachineArn"]
+    inputs = [{"n": n, "items": list(range(n))} for n in (1, 2, 3, 1, 5)]
+    with mock.patch.object(AmazonStateLanguageParser, "parse", wraps=AmazonStateLanguageParser.parse) as parse:
+        outputs = []
+        for batch in (inputs[:2], inputs[2:]):  # two at once, then three at once
+            started = [
+                sfn.start_execution(stateMachineArn=arn, name=f"run-{len(outputs)}-{k}", input=json.dumps(i))[
+                    "executionArn"
+                ]
+                for k, i in enumerate(batch)
+            ]
+            for execution in started:
+                for _ in range(200):
+                    described = sfn.describe_execution(executionArn=execution)
+                    if described["status"] != "RUNNING":
+                        break
+                    time.sleep(0.02)
+                assert described["status"] == "SUCCEEDED", described
+                outputs.append(json.loads(described["output"]))
+    assert parse.call_count <= 3, "at most one parse per execution running at the same time"
+    for given, output in zip(inputs, outputs, strict=True):
+        expected = {**given, "size": "small"} if given["n"] <= 1 else given
+        assert output == [expected, given["items"]], (given, output)

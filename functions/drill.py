@@ -33,9 +33,8 @@ from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
+from functions.steps import cause_text, say
 from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
-from functions.workflow import _cause_text
-from functions.workflow import _say as say
 
 
 class DrillFailed(BackupError):
@@ -246,7 +245,7 @@ def _failure_cause(failure: dict[str, Any]) -> str:
         if isinstance(described, dict) and "ExecutionArn" in described:
             error, inner = described.get("Error") or "", described.get("Cause") or "the restore failed"
             return redact(f"restore {described.get('Status', 'FAILED')}: {error}: {inner}")[:1500]
-    return _cause_text(cause)
+    return cause_text(cause)
 
 
 def _record(config: InstanceConfig, backup_id: str, verified: bool, today: str, actions: list[str]) -> None:

@@ -24,9 +24,8 @@ from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
 from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES, PlanFlow, RestoreInput, RestorePlan
 from functions.observability import bind, logger, metrics, redact
+from functions.steps import cause_text, say
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
-from functions.workflow import _cause_text
-from functions.workflow import _say as say
 
 PARTS = ("database", "home")
 SKIPPED = {"skipped": True}
@@ -361,7 +360,7 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: st
     bind(instance=instance, backup_id=backup_id if isinstance(backup_id, str) else None)
     step = str(failure.get("step", "unknown"))
     error = str(failure.get("Error", "Error"))
-    cause = _cause_text(failure.get("Cause"))
+    cause = cause_text(failure.get("Cause"))
     if refused:
         actions = [f"nothing removed: {refused}; check by hand"]
     else:

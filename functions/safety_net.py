@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from functions import cleanup, notify, runs
+from functions import cleanup, notify, runs, trusted_config
+from functions.models.config import InstanceConfig
 from functions.models.events import ExecutionInput
 from functions.observability import bind, logger
-from functions.workflow import bitbucket, load_config
+from functions.steps import bitbucket
 
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
 
@@ -40,7 +41,7 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
     if record.handled:
         return {"action": "none", "reason": "the workflow's failure path already reported this run"}
     bind(backup_id=record.backup_id)
-    config = load_config(instance)
+    config = _load_config(instance)
     actions: list[str] = []
     unlocked = "yes (this run never locked Bitbucket)"
     if record.phase == "unlocked":
@@ -70,7 +71,7 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def _without_record(instance: str, execution: str, status: str) -> dict[str, Any]:
-    config = load_config(instance)
+    config = _load_config(instance)
     if config.zero_downtime:
         return {"action": "none", "reason": "no run of this execution is open (zero-downtime: never locks)"}
     unlocked = cleanup.unlocked_without_record(bitbucket(config), config.base_url)
@@ -84,3 +85,8 @@ def _without_record(instance: str, execution: str, status: str) -> dict[str, Any
         {"instance": instance, "execution": execution, "status": status, "unlocked": unlocked, "cleanup": []},
     )
     return {"action": "reported", "unlocked": unlocked}
+
+
+def _load_config(instance: str) -> InstanceConfig:
+    """The newest deployed configuration of `instance` (see functions.trusted_config)."""
+    return trusted_config.load(instance)[0]

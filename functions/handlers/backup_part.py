@@ -7,7 +7,7 @@ state machine calls this function again with what it returned (`progress`), and 
 from typing import Any
 
 # The strategy modules are imported at cold start, so that the warm-up (before the lock) pays for them.
-from functions import workflow
+from functions import backup
 from functions.handlers._step import seconds_left, step
 from functions.models.events import PartEvent, parse
 from functions.strategies import amazon_ebs, amazon_rds, host_copy  # noqa: F401
@@ -21,5 +21,5 @@ class PartProgressEvent(PartEvent):
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(PartProgressEvent, event, "backup-part")
     if request.progress is not None:
-        return workflow.wait_host(request.run, request.progress, seconds_left())
-    return workflow.backup_part(request.run, request.part, seconds_left())
+        return backup.wait_host(request.run, request.progress, seconds_left())
+    return backup.backup_part(request.run, request.part, seconds_left())

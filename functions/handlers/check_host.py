@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import HostProgressEvent, parse
 
@@ -10,4 +10,4 @@ from functions.models.events import HostProgressEvent, parse
 @step("check-host")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(HostProgressEvent, event, "check-host")
-    return workflow.check_host(request.run, request.progress)
+    return backup.check_host(request.run, request.progress)

@@ -2,11 +2,11 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import StepEvent, parse
 
 
 @step("copy-regions")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
-    return workflow.copy_regions(parse(StepEvent, event, "copy-regions").run)
+    return backup.copy_regions(parse(StepEvent, event, "copy-regions").run)

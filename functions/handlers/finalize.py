@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import StepEvent, parse
 
@@ -14,4 +14,4 @@ class FinalizeEvent(StepEvent):
 @step("finalize")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(FinalizeEvent, event, "finalize")
-    return workflow.finalize(request.run, request.unlocked)
+    return backup.finalize(request.run, request.unlocked)

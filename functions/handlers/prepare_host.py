@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import StepEvent, parse
 
@@ -10,4 +10,4 @@ from functions.models.events import StepEvent, parse
 @step("prepare-host")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(StepEvent, event, "prepare-host")
-    return workflow.prepare_host(request.run)
+    return backup.prepare_host(request.run)

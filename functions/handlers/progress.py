@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import StepEvent, parse
 
@@ -14,4 +14,4 @@ class ProgressEvent(StepEvent):
 @step("progress")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(ProgressEvent, event, "progress")
-    return workflow.report_progress(request.run, request.part)
+    return backup.report_progress(request.run, request.part)

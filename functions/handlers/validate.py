@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from functions import workflow
+from functions import backup
 from functions.handlers._step import step
 from functions.models.events import PrepareEvent, parse
 
@@ -10,4 +10,4 @@ from functions.models.events import PrepareEvent, parse
 @step("validate")
 def handler(event: dict[str, Any]) -> dict[str, Any]:
     request = parse(PrepareEvent, event, "validate")
-    return workflow.prepare(request.input, request.execution, request.start_time).model_dump(mode="json")
+    return backup.prepare(request.input, request.execution, request.start_time).model_dump(mode="json")

@@ -118,7 +118,7 @@ class PartEvent(StepEvent):
 
 
 class HostProgressEvent(StepEvent):
-    """The commands a host step started and what finished so far (see workflow.check_host)."""
+    """The commands a host step started and what finished so far (see backup.check_host)."""
 
     progress: dict[str, Any]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from functions import workflow
+from functions import steps
 from functions.clients.bitbucket import Credentials
 from functions.models.config import ConfigError, InstanceConfig
 
@@ -32,15 +32,15 @@ def _instance(**extra: Any) -> InstanceConfig:
 
 @pytest.fixture
 def no_secret_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(workflow, "credentials", lambda _secret: Credentials(username="u", password="p4ssw0rd"))
+    monkeypatch.setattr(steps, "credentials", lambda _secret: Credentials(username="u", password="p4ssw0rd"))
 
 
 def test_tls_is_verified_by_default(no_secret_lookup: None) -> None:
-    assert workflow.bitbucket(_instance())._session.verify is True
+    assert steps.bitbucket(_instance())._session.verify is True
 
 
 def test_a_configured_ca_bundle_is_used(no_secret_lookup: None) -> None:
-    client = workflow.bitbucket(_instance(ca_bundle="functions/certs/corp-ca.pem"))
+    client = steps.bitbucket(_instance(ca_bundle="functions/certs/corp-ca.pem"))
     assert client._session.verify == str(ROOT / "functions" / "certs" / "corp-ca.pem")
 
 
@@ -48,7 +48,7 @@ def test_verification_can_be_turned_off_only_with_the_loud_opt_in(no_secret_look
     with pytest.raises(ValidationError, match=r"verify_tls is false.*insecure_connection_allowed_for_testing: true"):
         _instance(verify_tls=False)
     config = _instance(verify_tls=False, insecure_connection_allowed_for_testing=True)
-    assert workflow.bitbucket(config)._session.verify is False
+    assert steps.bitbucket(config)._session.verify is False
     assert config.connection_warning is not None
     assert config.connection_warning.startswith("INSECURE connection to Bitbucket (TLS certificates not verified)")
 

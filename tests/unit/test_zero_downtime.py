@@ -8,7 +8,7 @@ import pytest
 
 from functions.errors import PreflightFailed
 from functions.models.config import ConfigError, InstanceConfig, parse_instance_config, parse_project_config
-from functions.workflow import check_zero_downtime_version
+from functions.preflight import check_zero_downtime_version
 from tests.unit.test_copy_strategy_config import instance as copy_instance
 
 EBS = {

@@ -6,20 +6,17 @@ sees the same clock and the same tokens without passing them through the executi
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from functions import catalog, notify, polling, runs, trusted_config
+from functions import catalog, notify, polling, preflight, runs, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
-from functions.clients.bitbucket import BitbucketClient, Lock, MaintenanceState
-from functions.clients.secrets import credentials
+from functions.clients.bitbucket import Lock, MaintenanceState
 from functions.errors import (
     BackupCancelled,
     BackupError,
@@ -27,13 +24,13 @@ from functions.errors import (
     BitbucketUnavailable,
     CopyFailed,
     DrainTimeout,
-    PreflightFailed,
     SnapshotFailed,
     SnapshotTimeout,
 )
 from functions.models.config import CopyTarget, InstanceConfig, RsyncHomeConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.observability import bind, logger, redact, short
+from functions.steps import bitbucket, cause_text, say
 
 # The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
 # drain, progress and unlock handlers start without them (README, "What it measured").
@@ -41,33 +38,6 @@ if TYPE_CHECKING:
     from functions.strategies import Artifact, Strategy
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
-ZERO_DOWNTIME_MIN_VERSION = (4, 8)
-
-
-def load_config(instance: str) -> InstanceConfig:
-    """The newest deployed configuration of `instance` (see functions.trusted_config)."""
-    return trusted_config.load(instance)[0]
-
-
-def bitbucket(config: InstanceConfig) -> BitbucketClient:
-    timing = config.timing
-    verify: bool | str = config.verify_tls
-    if config.verify_tls and config.ca_bundle:
-        verify = os.path.join(os.path.dirname(os.path.dirname(__file__)), config.ca_bundle)
-    return BitbucketClient(
-        config.base_url,
-        credentials(config.credentials_secret),
-        timeout=timing.http_timeout_seconds,
-        retries=timing.http_retries,
-        backoff=timing.http_backoff_seconds,
-        verify=verify,
-        refresh=lambda: credentials(config.credentials_secret, fresh=True),
-    )
-
-
-def _say(config: InstanceConfig, message: str) -> None:
-    """A seed-style progress line: `[base_url]  INFO: message`."""
-    logger.info(message, extra={"seed": f"[{config.base_url}]  INFO: {message}"})
 
 
 def backup_id_for(instance: str, start_time: str) -> str:
@@ -87,19 +57,19 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     # The guard first: an overlapping execution must stop here, before it looks at (or touches) Bitbucket.
     runs.acquire(config.name, backup_id, execution, ttl_seconds=runs.record_expiry_seconds(config))
     try:
-        facts = _preflight(config)
-        config = _resolve_excluded_repos(config)
+        facts = preflight.check(config)
+        config = preflight.resolve_excluded_repos(config)
     except Exception:
         runs.release(config.name, backup_id)
         raise
     if config.zero_downtime:
-        _say(
+        say(
             config,
             f"prepared zero-downtime backup {backup_id} ({', '.join(config.parts)}): "
             f"Bitbucket {facts['bitbucket_version']}, no lock needed",
         )
     else:
-        _say(
+        say(
             config,
             f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
         )
@@ -125,79 +95,6 @@ def _excluded_ids(config: InstanceConfig) -> list[int] | None:
     return [int(r) for r in home.exclude_repos]
 
 
-def _resolve_excluded_repos(config: InstanceConfig) -> InstanceConfig:
-    """home.exclude_repos may name repositories as PROJECT/slug; the host script takes ids. Resolved while Bitbucket
-    is live, once per run: the run carries the resolved ids (a renamed repository keeps its id)."""
-    home = config.home
-    if not isinstance(home, RsyncHomeConfig) or all(isinstance(r, int) for r in home.exclude_repos):
-        return config
-    client = bitbucket(config)
-    ids: list[int | str] = []
-    for repo in home.exclude_repos:
-        if isinstance(repo, str):
-            project, slug = repo.split("/", 1)
-            try:
-                repo = client.repository_id(project, slug, step="validate")
-            except BackupError as error:
-                reason = redact(str(error)).removeprefix("validate: ")
-                raise PreflightFailed(f"validate: home.exclude_repos: {reason}") from None
-        ids.append(repo)
-    return config.model_copy(update={"home": home.model_copy(update={"exclude_repos": ids})})
-
-
-def _preflight(config: InstanceConfig) -> dict[str, object]:
-    from functions.strategies import strategies_for
-
-    facts: dict[str, object] = {}
-    for strategy in strategies_for(config):
-        facts.update(strategy.preflight())
-    if config.zero_downtime:
-        # No maintenance call at all: the version answer also proves Bitbucket reachable and the credentials good.
-        try:
-            version = bitbucket(config).version(step="validate")
-        except BackupError as error:
-            raise PreflightFailed(
-                "validate: zero_downtime needs Bitbucket's version (application-properties), which could not be "
-                f"read: {redact(str(error)).removeprefix('validate: ')}"
-            ) from None
-        facts["bitbucket_version"] = check_zero_downtime_version(version)
-        return facts
-    try:
-        state = bitbucket(config).maintenance(step="validate")
-    except BackupError as error:
-        raise PreflightFailed(redact(str(error))) from None
-    if state.task_state == "RUNNING":
-        raise PreflightFailed("validate: Bitbucket already has a backup task running; not locking")
-    if config.uses_archive:
-        # For the archives' manifests only: a backup is not refused for it.
-        try:
-            facts["bitbucket_version"] = bitbucket(config).version(step="validate")
-        except BackupError as error:
-            logger.warning(f"Bitbucket's version is not in the manifest: {redact(str(error))}")
-    return facts
-
-
-def check_zero_downtime_version(version: str) -> str:
-    """Zero-downtime backup needs Bitbucket Data Center 4.8 or later (Atlassian's DIY backup checks the same).
-
-    Whether the instance is Data Center cannot be read from the documented API (application-properties names both
-    editions "Bitbucket"; 9.0 and later exist only as Data Center), so it is not checked: setting zero_downtime
-    says so."""
-    found = re.match(r"^\s*(\d+)\.(\d+)", version)
-    if found is None:
-        raise PreflightFailed(
-            f"validate: cannot read Bitbucket's version from '{version[:40]}'; zero_downtime needs Bitbucket "
-            f"Data Center {ZERO_DOWNTIME_MIN_VERSION[0]}.{ZERO_DOWNTIME_MIN_VERSION[1]} or later"
-        )
-    if (int(found[1]), int(found[2])) < ZERO_DOWNTIME_MIN_VERSION:
-        raise PreflightFailed(
-            f"validate: Bitbucket {version[:40]} does not support zero-downtime backup; zero_downtime needs Bitbucket "
-            f"Data Center {ZERO_DOWNTIME_MIN_VERSION[0]}.{ZERO_DOWNTIME_MIN_VERSION[1]} or later "
-            "(set zero_downtime to false to back it up with the lock)"
-        )
-    return version
-
-
 def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:
     record = runs.get(run.instance, run.backup_id)
     if record is None or not record.unlock_token:
@@ -214,7 +111,7 @@ def lock(run: RunContext) -> dict[str, Any]:
     now = time.time()
     # The token goes to the run table at once: the failure path and the safety net read it there.
     runs.update(run.instance, run.backup_id, phase="locked", unlock_token=lock_.unlock_token, locked_at=now)
-    _say(run.config, f"locked with '{short(lock_.unlock_token)}'")
+    say(run.config, f"locked with '{short(lock_.unlock_token)}'")
     return {"locked_at": now}
 
 
@@ -224,7 +121,7 @@ def start_backup(run: RunContext) -> dict[str, Any]:
         return {"reused": True}  # a retried invocation: the task already runs
     task = bitbucket(run.config).start_backup(lock_)
     runs.update(run.instance, run.backup_id, cancel_token=task.cancel_token)
-    _say(run.config, f"backup started with '{short(task.cancel_token)}'")
+    say(run.config, f"backup started with '{short(task.cancel_token)}'")
     return {"task_id": task.id}
 
 
@@ -253,8 +150,8 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
     waited = clock.now() - locked_at
     if state is not None:
         runs.update(run.instance, run.backup_id, drained_at=clock.now())
-        _say(run.config, f"db state '{state.db_state}'")
-        _say(run.config, f"scm state '{state.scm_state}'")
+        say(run.config, f"db state '{state.db_state}'")
+        say(run.config, f"scm state '{state.scm_state}'")
         return {"drained": True, "waited_s": round(waited, 3), "checks": len(seen)}
     if clock.now() >= timeout_at:
         last = seen[-1]
@@ -274,11 +171,11 @@ def backup_part(
     strategy = strategy_for(run.config, part)
     if isinstance(strategy, HostCopyStrategy):
         commands = strategy.copy(run.backup_id)
-        _say(run.config, f"{part} copy started on {strategy.instance_id}")
+        say(run.config, f"{part} copy started on {strategy.instance_id}")
         started = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
         return wait_host(run, started, seconds_left, clock)
     artifacts = strategy.backup(run.backup_id)
-    _say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
+    say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
     return {"part": part, "artifacts": [a.summary() for a in artifacts], "done": True, "commands": [], "results": {}}
 
 
@@ -320,7 +217,7 @@ def check_host(run: RunContext, progress: dict[str, Any]) -> dict[str, Any]:
             remaining.append(command)
         else:
             results[command["step"]] = summary
-            _say(run.config, f"{command['step']} done on {command['instance_id']}")
+            say(run.config, f"{command['step']} done on {command['instance_id']}")
     return {**progress, "done": not remaining, "commands": remaining, "results": results}
 
 
@@ -358,7 +255,7 @@ def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
             if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
                 raise
         runs.update(run.instance, run.backup_id, progress_sent=percentage)
-    _say(run.config, f"Backup progress updated to {percentage}")
+    say(run.config, f"Backup progress updated to {percentage}")
     return {"percentage": percentage}
 
 
@@ -373,7 +270,7 @@ def unlock(run: RunContext) -> dict[str, Any]:
         unlocked_at=now,
         remove=("unlock_token", "cancel_token"),
     )
-    _say(run.config, "Bitbucket instance unlocked")
+    say(run.config, "Bitbucket instance unlocked")
     window = now - (record.locked_at or now)
     drain = (record.drained_at or now) - (record.locked_at or now)
     return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
@@ -417,7 +314,7 @@ def copy_regions(run: RunContext) -> dict[str, Any]:
             made = bound.copy_of(original)
             if made is None:
                 copy_id = bound.copy_to(original, region)
-                _say(run.config, f"{original.part} copy of {original.id} to {target.label} started: {copy_id}")
+                say(run.config, f"{original.part} copy of {original.id} to {target.label} started: {copy_id}")
                 made = bound.copy_of(original)
             if made is None:
                 pending.append(f"{original.id} → {target.label} (starting)")
@@ -429,7 +326,7 @@ def copy_regions(run: RunContext) -> dict[str, Any]:
             elif made.state != "completed":
                 pending.append(f"{made.id} ({target.label})")
     if not pending:
-        _say(run.config, f"copies complete in {', '.join(t.label for t in run.config.copies)}")
+        say(run.config, f"copies complete in {', '.join(t.label for t in run.config.copies)}")
         return {"done": True, "pending": []}
     waited = time.time() - started_at
     if waited > run.config.timing.copy_timeout_seconds:
@@ -553,7 +450,7 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         "duration_s": round(duration, 3),
         "security_warning": run.config.connection_warning,
     }
-    _say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
+    say(run.config, f"backup {run.backup_id} complete" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
     monitoring.record_success(run.instance, summary)  # lock window, drain, duration, size: flushed by the handler
     problems = ["pruning old backups failed"] if prune_error else []
     if unshare_errors:
@@ -579,7 +476,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
     instance = run.instance if run else str(raw_input.get("instance", "")) or None
     step = str(failure.get("step", "unknown"))
     error = str(failure.get("Error", "Error"))
-    cause = _cause_text(failure.get("Cause"))
+    cause = cause_text(failure.get("Cause"))
     bind(instance=instance, backup_id=run.backup_id if run else None)
     record = runs.get(run.instance, run.backup_id) if run else None
     actions: list[str] = []
@@ -604,7 +501,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         assert run is not None
         unlocked = cleanup.cancel_and_unlock(bitbucket(run.config), record, actions)
         if unlocked == "yes":
-            _say(run.config, "Bitbucket instance unlocked")
+            say(run.config, "Bitbucket instance unlocked")
     if run:
         # Once the copies started, every original was complete (snapshots completed, archives uploaded): a failure
         # of the disaster-recovery copies keeps them as a complete local backup; the run still fails, visibly.
@@ -642,15 +539,3 @@ def _in_maintenance(run: RunContext | None) -> bool:
         return bitbucket(run.config).status() == "MAINTENANCE"
     except BackupError:
         return False
-
-
-def _cause_text(cause: Any) -> str:
-    if isinstance(cause, str):
-        try:
-            parsed = json.loads(cause)
-        except ValueError:
-            return redact(cause)[:1000]
-        if isinstance(parsed, dict) and "errorMessage" in parsed:
-            return redact(str(parsed["errorMessage"]))[:1000]
-        return redact(cause)[:1000]
-    return "no detail"

@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
+.PHONY: help demo test test-prerequisites bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -21,7 +21,7 @@ help:
 $(VENV)/.installed: requirements.txt functions/requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
@@ -45,8 +45,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy functions stacks rehearsal app.py
 
-test: venv cdk-cli host-deps awscli checkov lint typecheck
+# The installs are independent of each other, and lint and type-check need only the venv: side by side they take
+# the time of the longest. --no-compile above: Python compiles what a test imports, not all of aws-cdk-lib (74 s).
+test:
+	@$(MAKE) --no-print-directory -j4 test-prerequisites
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+
+test-prerequisites: venv cdk-cli host-deps awscli checkov lint typecheck
 
 # What the host-script tests run for real: rsync, git and a PostgreSQL 15 server (sudo only when not root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -61,7 +66,7 @@ host-deps:
 AWSCLI_VERSION := 1.45.11
 .awscli/.installed:
 	@test -x .awscli/bin/python || $(PYTHON) -m venv .awscli
-	.awscli/bin/python -m pip install --quiet --disable-pip-version-check "awscli==$(AWSCLI_VERSION)"
+	.awscli/bin/python -m pip install --quiet --disable-pip-version-check --no-compile "awscli==$(AWSCLI_VERSION)"
 	@touch $@
 
 awscli: .awscli/.installed
@@ -71,7 +76,7 @@ awscli: .awscli/.installed
 CHECKOV_VERSION := 3.3.30
 .checkov/.installed: checkov-constraints.txt
 	@test -x .checkov/bin/python || $(PYTHON) -m venv .checkov
-	.checkov/bin/python -m pip install --quiet --disable-pip-version-check "checkov==$(CHECKOV_VERSION)" -c checkov-constraints.txt
+	.checkov/bin/python -m pip install --quiet --disable-pip-version-check --no-compile "checkov==$(CHECKOV_VERSION)" -c checkov-constraints.txt
 	@touch $@
 
 checkov: .checkov/.installed

@@ -225,6 +225,7 @@ def _template(templates: dict[str, Path], name: str) -> dict[str, Any]:
 # --- the gate ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_checkov_finds_nothing_unexplained(reports: dict[str, Report], config: str) -> None:
     report = reports[config]
@@ -232,10 +233,12 @@ def test_checkov_finds_nothing_unexplained(reports: dict[str, Report], config: s
     assert not report.failed, f"{len(report.failed)} failed checks:\n" + "\n".join(map(str, report.failed))
 
 
+@pytest.mark.slow
 def test_checkov_does_fail_what_is_wrong(reports: dict[str, Report]) -> None:
     assert [f.check_id for f in reports["canary"].failed] == ["CKV_AWS_27"]
 
 
+@pytest.mark.slow
 def test_cfn_lint_finds_no_errors_in_the_full_template(templates: dict[str, Path]) -> None:
     """tests/infra/test_lint.py lints the shared synthesis; this one has every feature (and the skips' metadata)."""
     from tests.infra.test_lint import BIN, CFN_LINT_IGNORED
@@ -246,6 +249,7 @@ def test_cfn_lint_finds_no_errors_in_the_full_template(templates: dict[str, Path
     assert result.returncode in (0, 4, 8, 12), result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_every_skip_has_one_of_the_reasons_and_each_reason_is_used(reports: dict[str, Report]) -> None:
     from stacks import nag
 

@@ -77,6 +77,7 @@ def _resolved_size(document: Any, template: dict[str, Any]) -> int:
     return len(json.dumps(resolve(document), separators=(",", ":")))
 
 
+@pytest.mark.slow
 def test_fifty_instances_fit_in_one_stack(fleet: dict[str, Any]) -> None:
     assert len(fleet["Resources"]) < MAX_RESOURCES
     assert len(json.dumps(fleet, separators=(",", ":")).encode()) < MAX_TEMPLATE_BYTES
@@ -88,6 +89,7 @@ def test_fifty_instances_fit_in_one_stack(fleet: dict[str, Any]) -> None:
     assert kinds["AWS::StepFunctions::StateMachine"] == 4
 
 
+@pytest.mark.slow
 def test_every_role_policy_stays_within_iam_limits(fleet: dict[str, Any]) -> None:
     per_role: Counter[str] = Counter()
     for resource in fleet["Resources"].values():
@@ -98,12 +100,14 @@ def test_every_role_policy_stays_within_iam_limits(fleet: dict[str, Any]) -> Non
     assert per_role and max(per_role.values()) < MAX_ROLE_POLICY_CHARS, per_role.most_common(3)
 
 
+@pytest.mark.slow
 def test_one_subscription_for_an_address_shared_by_the_fleet(fleet: dict[str, Any]) -> None:
     subscriptions = [r["Properties"] for r in fleet["Resources"].values() if r["Type"] == "AWS::SNS::Subscription"]
     assert len(subscriptions) == 1
     assert len(subscriptions[0]["FilterPolicy"]["instance"]) == FLEET
 
 
+@pytest.mark.slow
 def test_shared_schedules_are_staggered(fleet: dict[str, Any]) -> None:
     schedules = {
         json.loads(r["Properties"]["Target"]["Input"])["instance"]: r["Properties"]
@@ -121,6 +125,7 @@ def test_shared_schedules_are_staggered(fleet: dict[str, Any]) -> None:
     assert schedules["bitbucket-00"]["ScheduleExpression"] == SHARED_CRON
 
 
+@pytest.mark.slow
 def test_a_staleness_alarm_per_instance(fleet: dict[str, Any]) -> None:
     alarms = [r["Properties"] for r in fleet["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
     stale = [a for a in alarms if a.get("MetricName") == "HoursSinceLastCompleteBackup"]
@@ -154,6 +159,7 @@ def test_explicit_offsets_and_other_expressions() -> None:
     assert slots["bitbucket-06"].expression == "cron(45 23 ? * SUN *)"
 
 
+@pytest.mark.slow
 def test_too_many_networks_are_refused_at_synth() -> None:
     from stacks.app_builder import build_app
 

@@ -24,6 +24,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_cfn_lint_finds_no_errors(synth: Synth, tmp_path: Path) -> None:
     path = tmp_path / "template.json"
     path.write_text(json.dumps(synth.template, indent=1))

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rehearsal.cli import summarize
-from rehearsal.runtime import ROOT_HANDLERS, Rehearsal, local_simulator
+from rehearsal.lambda_runtime import ROOT_HANDLERS
+from rehearsal.runtime import Rehearsal, local_simulator
 
 GOAL_SHARE_S = 2.0
 

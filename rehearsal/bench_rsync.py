@@ -203,7 +203,8 @@ def workflow_run(home: Path, repos: list[Path], churn_mb: float) -> dict[str, An
     """The whole backup workflow on this home (rsync strategy, no database) in the rehearsal: the live first pass into
     an empty staging directory, churn landing just before the locked pass, the archive after the unlock. Reports the
     lock window the workflow measured (lock to unlock, including the drain and the orchestration)."""
-    from rehearsal.runtime import HostCommand, Rehearsal, local_simulator
+    from rehearsal.local_host import HostCommand
+    from rehearsal.runtime import Rehearsal, local_simulator
 
     def churn_after_live_pass(command: HostCommand) -> None:
         # Users push between the live pass and the lock; the changed data is what the locked pass moves.

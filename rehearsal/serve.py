@@ -21,7 +21,8 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from rehearsal.runtime import REGION, Rehearsal, local_simulator
+from rehearsal.fake_account import REGION
+from rehearsal.runtime import Rehearsal, local_simulator
 
 HOST = "127.0.0.1"  # never anything else: the endpoint accepts any credentials
 

@@ -11,8 +11,8 @@ import pytest
 
 from functions import trusted_config
 from rehearsal.bitbucket_simulator import BitbucketSimulator
+from rehearsal.fake_account import ACCOUNT, REGION, set_fake_credentials
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
-from rehearsal.runtime import ACCOUNT, REGION, set_fake_credentials
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from rehearsal.cfn_resolver import Resolver
+
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::URLSuffix": "amazonaws.com"}
@@ -84,11 +86,11 @@ def placeholder(value: Any, template: dict[str, Any]) -> str:
 
 
 def resolve_join(value: Any, template: dict[str, Any]) -> str:
-    """A string or an Fn::Join of strings, Refs and GetAtts, as one plain string."""
+    """A string or an Fn::Join of strings, Refs and GetAtts, as one plain string (the rehearsal's resolver, with
+    no resource created: every Ref and GetAtt is a placeholder)."""
     if isinstance(value, str):
         return value
-    separator, parts = value["Fn::Join"]
-    return separator.join(p if isinstance(p, str) else placeholder(p, template) for p in parts)
+    return str(Resolver(PSEUDO, lambda intrinsic: placeholder(intrinsic, template))(value))
 
 
 def state_machines_of(template: dict[str, Any]) -> dict[str, StateMachine]:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from functions.models.host_operations import OPERATIONS, TIMEOUT
-from rehearsal.runtime import rehearsal_project_config, set_fake_credentials, synth_template
+from rehearsal.fake_account import set_fake_credentials
+from rehearsal.synth import rehearsal_project_config, synth_template
 from tests.infra.conftest import resolve_join
 
 PREFIX = "BitbucketDiyBackup-host-"

@@ -112,9 +112,9 @@ def test_lock_lost_in_transit_is_reported_loudly(world: Any) -> None:
 
 
 def test_a_retried_lock_invocation_reuses_the_saved_token(world: Any) -> None:
-    from rehearsal import runtime
+    from rehearsal import lambda_runtime
 
-    original = runtime.LambdaRuntime.invoke
+    original = lambda_runtime.LambdaRuntime.invoke
     seen = {"lock": 0}
 
     def flaky(self: Any, backend: Any, function_name: str, *args: Any) -> bytes:
@@ -125,7 +125,7 @@ def test_a_retried_lock_invocation_reuses_the_saved_token(world: Any) -> None:
             return b'{"errorType": "Lambda.ServiceException", "errorMessage": "lost after the lock"}'
         return payload
 
-    with mock.patch.object(runtime.LambdaRuntime, "invoke", flaky):
+    with mock.patch.object(lambda_runtime.LambdaRuntime, "invoke", flaky):
         result = world.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
     assert world.sim.event_names().count("locked") == 1
@@ -136,10 +136,10 @@ def test_password_rotated_mid_backup_is_picked_up_from_the_secret(world_factory:
     import json
     import time
 
-    from rehearsal import runtime
+    from rehearsal import lambda_runtime
 
     # Credentials are cached in the Lambdas (as in production); the rotation happens while Bitbucket is locked.
-    monkeypatch.setitem(runtime.LAMBDA_OVERRIDES, "SECRET_CACHE_SECONDS", "300")
+    monkeypatch.setitem(lambda_runtime.LAMBDA_OVERRIDES, "SECRET_CACHE_SECONDS", "300")
     w = world_factory(drain_seconds=1.0, timing={"poll_interval_seconds": 0})
     execution = w.r.start()
     deadline = time.monotonic() + 20

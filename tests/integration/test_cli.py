@@ -17,7 +17,8 @@ import pytest
 
 from functions.cli import AWS_ERROR, FAILED, NOT_FOUND, OK, USAGE, expected_path, main
 from rehearsal.bitbucket_simulator import BitbucketSimulator
-from rehearsal.runtime import REGION, Rehearsal, set_fake_credentials
+from rehearsal.fake_account import REGION, set_fake_credentials
+from rehearsal.runtime import Rehearsal
 from rehearsal.serve import LocalEndpoint
 from tests.integration.conftest import PASSWORD, World, wait_for, waiting_in
 

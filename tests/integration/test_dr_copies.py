@@ -24,7 +24,7 @@ from functions.strategies import (
     TOOL_TAG,
     TOOL_VALUE,
 )
-from rehearsal.runtime import REGION
+from rehearsal.fake_account import REGION
 from tests.integration.conftest import World, backup_id_of, fail_backend
 
 DR = "eu-central-1"

@@ -28,7 +28,7 @@ from functions.strategies import (
     TOOL_TAG,
     TOOL_VALUE,
 )
-from rehearsal.runtime import ACCOUNT, REGION
+from rehearsal.fake_account import ACCOUNT, REGION
 from tests.integration.conftest import World, backup_id_of
 
 DR = "eu-central-1"

@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from rehearsal import moto_fixes_immutability as fixes
-from rehearsal.runtime import ACCOUNT, REGION
+from rehearsal.fake_account import ACCOUNT, REGION
 from tests.integration.conftest import World, backup_id_of
 
 DR = "eu-central-1"

@@ -40,7 +40,7 @@ from functions.strategies import (
     catalog_tags,
 )
 from rehearsal.bitbucket_simulator import BitbucketSimulator
-from rehearsal.runtime import ACCOUNT, REGION
+from rehearsal.fake_account import ACCOUNT, REGION
 
 # Powertools warns when a handler published no metric; most steps publish none.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")

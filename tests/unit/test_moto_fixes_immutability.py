@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from rehearsal import moto_fixes_immutability as fixes
-from rehearsal.runtime import REGION
+from rehearsal.fake_account import REGION
 
 
 def test_moto_still_lacks_ebs_snapshot_lock() -> None:

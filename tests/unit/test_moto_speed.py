@@ -15,7 +15,7 @@ from moto import mock_aws
 from moto.core.config import DefaultConfig
 
 from rehearsal import moto_speed
-from rehearsal.runtime import REGION
+from rehearsal.fake_account import REGION
 
 ROLE = "arn:aws:iam::123456789012:role/sfn"
 VALID = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})

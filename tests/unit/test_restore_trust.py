@@ -17,7 +17,7 @@ from functions.errors import InvalidInput, RestoreRefused
 from functions.models.config import ConfigError, parse_instance_config
 from functions.models.events import parse
 from functions.models.restore import DRILL_MACHINE_ENV, PlanEvent, RestorePlan
-from rehearsal.runtime import ACCOUNT, REGION
+from rehearsal.fake_account import ACCOUNT, REGION
 
 PREFIX = "/bitbucket-backup/instances"
 HOST = "i-0a0a0a0a0a0a0a0a0"

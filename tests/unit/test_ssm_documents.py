@@ -11,14 +11,16 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from functions.models.host_operations import OPERATIONS, content
-from rehearsal import ssm_documents
-from rehearsal.runtime import LambdaRuntime, LocalHost, LogCapture, _patch_moto, set_fake_credentials
+from rehearsal import moto_fixes, ssm_documents
+from rehearsal.fake_account import set_fake_credentials
+from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
+from rehearsal.local_host import LocalHost
 
 
 def test_send_command_runs_only_the_stacks_documents_with_valid_parameters(tmp_path: Path) -> None:
     set_fake_credentials()
     host = LocalHost(tmp_path)
-    with mock_aws(), _patch_moto(LambdaRuntime(LogCapture()), host):
+    with mock_aws(), moto_fixes.patched(LambdaRuntime(LogCapture()), host):
         ssm = boto3.client("ssm", region_name="eu-west-1")
         ec2 = boto3.client("ec2", region_name="eu-west-1")
         instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]

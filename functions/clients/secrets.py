@@ -19,10 +19,12 @@ _lock = threading.Lock()
 
 
 def _secrets() -> SecretsProvider:
+    """One provider (and its cache) per Secrets Manager client: in Lambda, one per process."""
     global _provider
+    secretsmanager = client("secretsmanager")
     with _lock:
-        if _provider is None:
-            _provider = SecretsProvider(boto3_client=client("secretsmanager"))
+        if _provider is None or _provider.client is not secretsmanager:
+            _provider = SecretsProvider(boto3_client=secretsmanager)
         return _provider
 
 

@@ -9,11 +9,12 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test test-prerequisites bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
+.PHONY: help demo test test-fast test-prerequisites bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
 	@echo "make test   - lint, type-check and run every test"
+	@echo "make test-fast - unit and template tests without the slow ones (the edit-test loop)"
 	@echo "make bench  - measure lock window, orchestrator share, transitions, cost, import times, rsync passes"
 	@echo "make synth  - cdk synth with the pinned CDK CLI (offline, no Docker)"
 	@echo "make deploy - cdk deploy to the account of your AWS credentials"
@@ -52,6 +53,10 @@ test:
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 test-prerequisites: venv cdk-cli host-deps awscli checkov lint typecheck
+
+# The edit-test loop: unit and template tests, without those marked slow (subprocesses, extra synths).
+test-fast: venv
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not slow" tests/unit tests/infra
 
 # What the host-script tests run for real: rsync, git and a PostgreSQL 15 server (sudo only when not root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -78,6 +78,7 @@ def test_host_parameters_are_checked_before_sending(monkeypatch: pytest.MonkeyPa
     }
 
 
+@pytest.mark.slow
 def test_stack_creates_a_private_encrypted_versioned_archive_bucket() -> None:
     from aws_cdk import Environment
 

@@ -65,6 +65,7 @@ def test_a_secure_connection_has_no_warning_even_with_the_opt_in() -> None:
     assert _instance(insecure_connection_allowed_for_testing=True).connection_warning is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

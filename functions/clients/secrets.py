@@ -32,7 +32,9 @@ def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
     """The secret's credentials, cached; `fresh` reads Secrets Manager again (after a 401: it was rotated)."""
     max_age = int(os.environ.get("SECRET_CACHE_SECONDS", "300"))
     try:
-        raw = _secrets().get(secret_id, max_age=max_age, force_fetch=fresh)
+        # Powertools applies max_age when it stores a value, not when it reads one: with no caching asked for now,
+        # a value stored earlier under a longer max_age must not be served either.
+        raw = _secrets().get(secret_id, max_age=max_age, force_fetch=fresh or max_age <= 0)
     except GetParameterError as error:
         # Powertools wraps the AWS error in its own (without `from`): name the AWS error code, never its text.
         cause = error.__context__

@@ -63,3 +63,12 @@ def test_a_binary_secret_has_no_secret_string(secretsmanager: Any) -> None:
     secretsmanager.create_secret(Name="binary", SecretBinary=b"\x00\x01")
     with pytest.raises(PreflightFailed, match="binary has no SecretString"):
         secrets.credentials("binary")
+
+
+def test_a_value_cached_under_a_longer_max_age_is_not_served_once_caching_is_off(
+    secretsmanager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert secrets.credentials(NAME).password == "first-Passw0rd"  # cached for 300 s
+    _rotate(secretsmanager, "second-Passw0rd")
+    monkeypatch.setenv("SECRET_CACHE_SECONDS", "0")
+    assert secrets.credentials(NAME).password == "second-Passw0rd"

@@ -12,6 +12,7 @@ from aws_cdk.assertions import Match
 
 from functions.models.config import InstanceConfig, parse_project_config
 from functions.models.events import FlowTiming
+from functions.models.steps import BACKUP
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
@@ -20,29 +21,29 @@ from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 
 HAPPY_PATH = [
     "Start",
-    "Validate and prepare",
-    "Prepare hosts",
+    BACKUP.validate.state,
+    BACKUP.prepare.state,
     "Host preparation done?",
     "Zero downtime?",
-    "Warm up the locked phase",
-    "Lock",
-    "Start backup",
-    "Poll drain state",
+    BACKUP.warm_up.state,
+    BACKUP.lock.state,
+    BACKUP.start_backup.state,
+    BACKUP.wait_drained.state,
     "Drained?",
-    "Copy home and database",
+    BACKUP.copy.state,
     "Locked for the copy?",
-    "Report progress 100",
-    "Unlock",
-    "Check snapshots",
+    BACKUP.progress.state,
+    BACKUP.unlock.state,
+    BACKUP.wait_snapshots.state,
     "Snapshots complete?",
-    "Archive",
+    BACKUP.archive.state,
     "Archive done?",
-    "Copy to other regions",
+    BACKUP.copy_regions.state,
     "Copies complete?",
-    "Mark complete and prune",
+    BACKUP.finalize.state,
     "Backup complete",
 ]
-FAILURE_HANDLER = "Handle failure"
+FAILURE_HANDLER = BACKUP.handle_failure.state
 DELETE_ACTIONS = ["ec2:DeleteSnapshot", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"]
 # Error names that would make Step Functions re-run a task that failed with BitbucketUnavailable.
 MATCHES_BITBUCKET_UNAVAILABLE = {"BitbucketUnavailable", "States.ALL", "States.TaskFailed"}
@@ -124,21 +125,19 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
 
         drained = states["Drained?"]
         assert drained["Type"] == "Choice"
-        assert drained["Choices"] == [
-            {"Variable": "$.drain.drained", "BooleanEquals": True, "Next": "Copy home and database"}
-        ]
+        assert drained["Choices"] == [{"Variable": "$.drain.drained", "BooleanEquals": True, "Next": BACKUP.copy.state}]
         assert drained["Default"] == "Wait for drain"
         assert states["Wait for drain"] == {
             "Type": "Wait",
             "SecondsPath": "$.run.flow.timing.poll_interval_seconds",
-            "Next": "Poll drain state",
+            "Next": BACKUP.wait_drained.state,
         }
 
         complete = states["Snapshots complete?"]
         assert complete["Choices"][0]["Variable"] == "$.snapshots.complete"
         assert complete["Default"] == "Wait for snapshots"
         assert states["Wait for snapshots"]["SecondsPath"] == "$.run.flow.timing.snapshot_poll_interval_seconds"
-        assert states["Wait for snapshots"]["Next"] == "Check snapshots"
+        assert states["Wait for snapshots"]["Next"] == BACKUP.wait_snapshots.state
 
         # The paths the Wait states read exist in what the validate step puts into $.run.flow.
         for wait in ("Wait for drain", "Wait for snapshots"):
@@ -167,19 +166,19 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert not [n for n, st in inner.items() if st["Type"] == "Wait"], "no Wait state under the lock"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
-        assert states["Report progress 100"]["Next"] == "Unlock"
+        assert states["Report progress 100"]["Next"] == BACKUP.unlock.state
 
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
 # What a zero-downtime run must never enter: everything that needs (or takes, or releases) the lock.
 NEEDS_THE_LOCK = {
-    "Warm up the locked phase",
-    "Lock",
-    "Start backup",
-    "Poll drain state",
+    BACKUP.warm_up.state,
+    BACKUP.lock.state,
+    BACKUP.start_backup.state,
+    BACKUP.wait_drained.state,
     "Wait for drain",
-    "Report progress 100",
-    "Unlock",
+    BACKUP.progress.state,
+    BACKUP.unlock.state,
 }
 
 
@@ -193,7 +192,7 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         expected = [name for name in HAPPY_PATH if name not in {*NEEDS_THE_LOCK, "Drained?"}]
         expected.insert(expected.index("Locked for the copy?") + 1, "Nothing to unlock")
         assert path == expected, path
-        assert expected[expected.index("Zero downtime?") + 1] == "Copy home and database"
+        assert expected[expected.index("Zero downtime?") + 1] == BACKUP.copy.state
         assert not NEEDS_THE_LOCK & set(path)
         # Every decision is taken on the configuration validate put into $.run, never on a step's result.
         for choice in ("Zero downtime?", "Locked for the copy?"):
@@ -216,15 +215,15 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
         after_validate = _reachable(states, states["Validate and prepare"]["Next"])
         guarded = [n for n in after_validate if states[n]["Type"] in ("Task", "Parallel")]
         assert set(guarded) >= {
-            "Lock",
-            "Start backup",
-            "Poll drain state",
-            "Copy home and database",
-            "Report progress 100",
-            "Unlock",
-            "Check snapshots",
-            "Copy to other regions",
-            "Mark complete and prune",
+            BACKUP.lock.state,
+            BACKUP.start_backup.state,
+            BACKUP.wait_drained.state,
+            BACKUP.copy.state,
+            BACKUP.progress.state,
+            BACKUP.unlock.state,
+            BACKUP.wait_snapshots.state,
+            BACKUP.copy_regions.state,
+            BACKUP.finalize.state,
         }
         for name in guarded:
             catches = states[name].get("Catch", [])
@@ -260,11 +259,11 @@ def test_lock_is_not_retried_but_idempotent_bitbucket_calls_are(state_machines: 
         # A retried lock cannot get the first attempt's unlock token back: Bitbucket would stay locked.
         assert not _retried_errors(tasks["Lock"]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(tasks["Lock"])
         for name in (
-            "Poll drain state",
+            BACKUP.wait_drained.state,
             "Report home progress",
             "Report database progress",
-            "Report progress 100",
-            "Unlock",
+            BACKUP.progress.state,
+            BACKUP.unlock.state,
         ):
             assert "BitbucketUnavailable" in _retried_errors(tasks[name]), f"'{name}' gives up on a blip"
         for name, task in tasks.items():

@@ -115,7 +115,7 @@ def test_copy_step_runs_after_the_archives_and_before_finalize_and_is_guarded(sy
     states = sm.definition["States"]
     path = happy_path(sm.definition)
     assert path.index("Archive done?") < path.index(BACKUP.copy_regions.state) < path.index(BACKUP.finalize.state)
-    copy = states["Copy to other regions"]
+    copy = states[BACKUP.copy_regions.state]
     retried = {e: r for r in copy["Retry"] for e in r["ErrorEquals"]}
     assert retried["AwsRateLimited"]["BackoffRate"] >= 2 and retried["AwsRateLimited"]["MaxAttempts"] >= 3
     assert states[copy["Catch"][-1]["Next"]]["Next"] == BACKUP.handle_failure.state

@@ -26,7 +26,7 @@ def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
     """Every state from the one after Lock to Unlock (inclusive), with the states of Parallel branches; not Catches."""
     found: list[dict[str, Any]] = []
     seen: set[str] = set()
-    todo = [states["Lock"]["Next"]]
+    todo = [states[BACKUP.lock.state]["Next"]]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -58,7 +58,7 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
             assert task["ResultPath"] is None
             warmed.add(function_of(task))
         called = {function_of(s) for s in _locked_phase(states) if s["Type"] == "Task"}
-        failure = function_of(states["Handle failure"])
+        failure = function_of(states[BACKUP.handle_failure.state])
         assert called, "the locked phase calls functions"
         assert warmed == called | {failure}, (warmed, called)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from functions.models.config import parse_project_config
-from functions.models.steps import RESTORE
+from functions.models.steps import FAILED_PREFIX, RESTORE
 from functions.strategies import RESTORE_TARGET_TAG, RESTORING, STATUS_TAG, TOOL_TAG, TOOL_VALUE
 from stacks import nag
 from stacks.backup_stack import network_groups
@@ -172,9 +172,9 @@ def test_every_task_catches_into_the_one_failure_path(machines: dict[str, Machin
                 continue
             step = STEP_OF_TASK[name]
             assert task["Catch"] == [
-                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": f"Failed: {step}"}
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": FAILED_PREFIX + step}
             ]
-            note = states[f"Failed: {step}"]
+            note = states[FAILED_PREFIX + step]
             assert note["Parameters"]["state.$"] == "$", "the failure path sees what was created so far"
             assert note["Parameters"]["failure"]["step"] == step
             assert note["Next"] == HANDLER
@@ -201,7 +201,7 @@ def test_retries_are_narrow(machines: dict[str, Machine]) -> None:
             assert not retried & {"RestoreRefused", "RestoreFailed", "RestoreTimeout", "InvalidInput"}, name
         for name in (RESTORE.restore_database.state, "Create home volumes"):
             assert any("AwsRateLimited" in r["ErrorEquals"] for r in tasks[name]["Retry"])
-        (booting,) = [r for r in tasks["Mount home"]["Retry"] if r["ErrorEquals"] == ["TargetNotReady"]]
+        (booting,) = [r for r in tasks[RESTORE.mount_home.state]["Retry"] if r["ErrorEquals"] == ["TargetNotReady"]]
         total = sum(booting["IntervalSeconds"] * booting["BackoffRate"] ** i for i in range(booting["MaxAttempts"]))
         assert 120 <= total <= 900, f"a fresh instance's SSM agent gets {total:.0f} s to come online"
 

@@ -143,7 +143,7 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
         for wait in ("Wait for drain", "Wait for snapshots"):
             assert states[wait]["SecondsPath"].rsplit(".", 1)[-1] in FlowTiming.model_fields
 
-        parallel = states["Copy home and database"]
+        parallel = states[BACKUP.copy.state]
         assert parallel["Type"] == "Parallel"
         assert [b["StartAt"] for b in parallel["Branches"]] == ["Home configured?", "Database configured?"]
         assert parallel["ResultSelector"] == {"home.$": "$[0].part_result", "database.$": "$[1].part_result"}
@@ -166,7 +166,7 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert not [n for n, st in inner.items() if st["Type"] == "Wait"], "no Wait state under the lock"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
-        assert states["Report progress 100"]["Next"] == BACKUP.unlock.state
+        assert states[BACKUP.progress.state]["Next"] == BACKUP.unlock.state
 
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
@@ -201,7 +201,7 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         assert states["Nothing to unlock"]["ResultPath"] == "$.unlocked"
         assert states["Nothing to unlock"]["Result"] == {"lock_window_s": 0, "drain_s": 0}
         # Inside the copy, no progress report (it needs the lock's token): each branch ends in a Pass.
-        for branch, part in zip(states["Copy home and database"]["Branches"], ("home", "database"), strict=True):
+        for branch, part in zip(states[BACKUP.copy.state]["Branches"], ("home", "database"), strict=True):
             inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.flow.{part}.strategy": "configured"})
             assert f"Copy {part}" in inner and f"Report {part} progress" not in inner, inner
             assert branch["States"][inner[-1]] == {"Type": "Pass", "End": True}, inner
@@ -212,7 +212,7 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
 def test_every_task_after_validate_catches_into_the_failure_path(state_machines: dict[str, StateMachine]) -> None:
     for sm in state_machines.values():
         states = sm.definition["States"]
-        after_validate = _reachable(states, states["Validate and prepare"]["Next"])
+        after_validate = _reachable(states, states[BACKUP.validate.state]["Next"])
         guarded = [n for n in after_validate if states[n]["Type"] in ("Task", "Parallel")]
         assert set(guarded) >= {
             BACKUP.lock.state,
@@ -237,12 +237,12 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
             assert note["Parameters"]["run.$"] == "$.run", f"'{name}': the failure path needs the run context"
             assert "step" in note["Parameters"]["failure"]
         # Inside the Parallel nothing catches: an error in a branch fails the Parallel, whose Catch handles it.
-        for branch in states["Copy home and database"]["Branches"]:
+        for branch in states[BACKUP.copy.state]["Branches"]:
             for name, state in branch["States"].items():
                 assert "Catch" not in state, f"'{name}' would hide a failed copy from the Parallel's Catch"
 
         # Before the lock: a concurrent run is a skip, anything else goes to the pre-lock failure handler.
-        validate = states["Validate and prepare"]
+        validate = states[BACKUP.validate.state]
         assert [c["ErrorEquals"] for c in validate["Catch"]] == [["BackupInProgress"], ["States.ALL"]]
         assert states[states[validate["Catch"][0]["Next"]]["Next"]]["Type"] == "Succeed"
         assert states[validate["Catch"][1]["Next"]]["Next"] == "Handle failure before lock"
@@ -257,7 +257,9 @@ def test_lock_is_not_retried_but_idempotent_bitbucket_calls_are(state_machines: 
     for sm in state_machines.values():
         tasks = _lambda_tasks(sm.definition)
         # A retried lock cannot get the first attempt's unlock token back: Bitbucket would stay locked.
-        assert not _retried_errors(tasks["Lock"]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(tasks["Lock"])
+        assert not _retried_errors(tasks[BACKUP.lock.state]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(
+            tasks[BACKUP.lock.state]
+        )
         for name in (
             BACKUP.wait_drained.state,
             "Report home progress",

@@ -143,7 +143,7 @@ def test_a_copy_refused_for_a_limit_is_retried_with_back_off(dr: World) -> None:
     with fail_backend(EBSBackend, "copy_snapshot", error, times=1):
         result = dr.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
-    refused = [i for i in dr.r.runtime.invocations if i.handler.endswith("copy_regions.handler") and i.error]
+    refused = [i for i in dr.r.runtime.invocations if i.handler == BACKUP.copy_regions.handler and i.error]
     assert [i.error for i in refused] == ["AwsRateLimited"]
     assert len(_ebs_copies()) == 1 and len(_rds_copies()) == 1
 

@@ -98,7 +98,15 @@ class _Steps:
 
 
 def _backup(
-    name: str, state: str, logic: str, timeout_s: int, function_id: str, description: str, **kw: object
+    name: str,
+    state: str,
+    logic: str,
+    timeout_s: int,
+    function_id: str,
+    description: str,
+    *,
+    retry_on: tuple[str, ...] = (),
+    retry_attempts: int = 2,
 ) -> Step:
     return Step(
         name=name,
@@ -108,7 +116,8 @@ def _backup(
         timeout_s=timeout_s,
         function_id=function_id,
         description=description,
-        **kw,  # type: ignore[arg-type]
+        retry_on=retry_on,
+        retry_attempts=retry_attempts,
     )
 
 
@@ -185,7 +194,15 @@ class BackupSteps(_Steps):
 
 
 def _restore(
-    name: str, state: str, logic: str, timeout_s: int, function_id: str, description: str, **kw: object
+    name: str,
+    state: str,
+    logic: str,
+    timeout_s: int,
+    function_id: str,
+    description: str,
+    *,
+    retry_on: tuple[str, ...] = (),
+    retry_attempts: int = 2,
 ) -> Step:
     return Step(
         name=name,
@@ -195,7 +212,8 @@ def _restore(
         timeout_s=timeout_s,
         function_id=function_id,
         description=f"restore: {description}",
-        **kw,  # type: ignore[arg-type]
+        retry_on=retry_on,
+        retry_attempts=retry_attempts,
     )
 
 

@@ -29,7 +29,8 @@ from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
-# The warm-up's state for each step of the locked phase (BACKUP.locked_phase), as they were first named.
+# The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>", but for progress (whose own
+# state is "Report progress 100"): kept as first named, so the definition does not change.
 WARM_STATES = {BACKUP.progress.name: "Warm: report progress"}
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)

@@ -90,5 +90,13 @@ def test_a_failed_state_leads_back_to_its_step() -> None:
     assert failed_label("Failed: wait-drained") == BACKUP.wait_drained.label == "wait-drained"
 
 
+def test_the_fault_matrix_names_steps_of_the_table() -> None:
+    """The step each fault fails at, as tests and docs/fault-matrix.md spell it, is a backup step's label."""
+    from tests.integration import fault_matrix
+
+    labels = {row.label for row in BACKUP.rows}
+    assert {f.step for f in fault_matrix.FAULTS if f.step} <= labels
+
+
 if __name__ == "__main__":
     print(render_markdown())

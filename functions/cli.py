@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from urllib.parse import urlparse
 
+from functions.models import steps
+
 if TYPE_CHECKING:
     from functions.models.config import InstanceConfig
 
@@ -353,10 +355,10 @@ def execution_record(
         except ValueError:
             output = described["output"]
     if machine.kind == BACKUP:
-        backup_id = ((state_output(events, "Validate and prepare") or {}).get("run") or {}).get("backup_id")
+        backup_id = ((state_output(events, steps.BACKUP.validate.state) or {}).get("run") or {}).get("backup_id")
     else:
         backup_id = given.get("backup_id")
-    failed = [s.removeprefix("Failed: ") for s in states if s.startswith("Failed: ")]
+    failed = [label for label in map(steps.failed_label, states) if label]
     status = str(described["status"])
     return {
         "execution": described["executionArn"].rsplit(":", 1)[-1],

@@ -22,7 +22,8 @@ from functions.clients.aws import client
 from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
-from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES, PlanFlow, RestoreInput, RestorePlan
+from functions.models.restore import DRILL_MACHINE_ENV, PlanFlow, RestoreInput, RestorePlan
+from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
 from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
@@ -450,8 +451,8 @@ def _last_state(execution: str) -> dict[str, Any]:
         entered = event.get("stateEnteredEventDetails")
         if not entered:
             continue
-        for part, name in PART_STATE_NAMES.items():
-            if entered.get("name") == name:
+        for part, step in RESTORE.parts.items():  # the states that create each part
+            if entered.get("name") == step.state:
                 started.add(part)
         try:
             value = json.loads(entered.get("input") or "{}")

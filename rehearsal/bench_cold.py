@@ -19,11 +19,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from functions.models.steps import BACKUP, WORKFLOWS
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "functions" / "handlers"
 GOAL_RATIO = 1.5
-# The handlers of the steps between the lock and the unlock, and the failure path (warmed before the lock).
-LOCKED_PHASE = {"start_backup", "poll_drain", "backup_part", "progress", "unlock", "failure"}
+# The handler modules of the steps between the lock and the unlock, and the failure path (warmed before the lock).
+LOCKED_PHASE = {step.module for step in BACKUP.locked_phase}
+# Each handler module's step handlers, which the probe warms.
+STEP_HANDLERS = {
+    f"functions.handlers.{m}": [f.name for w in WORKFLOWS.values() for f in w.functions if f.module == m]
+    for m in {f.module for w in WORKFLOWS.values() for f in w.functions}
+}
 
 # A fresh process: time the import of argv[1] (and the answer to a warm-up, when it is a handler), print JSON.
 _PROBE = """
@@ -31,9 +38,8 @@ import json, sys, time
 started = time.perf_counter()
 module = __import__(sys.argv[1], fromlist=["_"])
 imported = time.perf_counter() - started
-handler = getattr(module, "handler", None)
-if handler is not None:
-    assert handler({"warm": True}, None)["warm"] is True
+for name in sys.argv[2:]:  # each step handler of the module
+    assert getattr(module, name)({"warm": True}, None)["warm"] is True
 print(json.dumps({"s": time.perf_counter() - started, "import_s": imported, "modules": len(sys.modules)}))
 """
 
@@ -42,7 +48,12 @@ def sample(module: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, module], capture_output=True, text=True, check=False, env=env, cwd=ROOT
+        [sys.executable, "-c", _PROBE, module, *STEP_HANDLERS.get(module, [])],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         raise SystemExit(f"bench_cold: importing {module} failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from functions.models.steps import BACKUP, failed_label
 from rehearsal.runtime import Rehearsal, RunResult, local_simulator
 
 
@@ -97,24 +98,24 @@ def _exit_time(result: RunResult, state: str, last: bool = False) -> datetime | 
 
 
 def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
-    validated = _state_output(result, "Validate and prepare") or {}
+    validated = _state_output(result, BACKUP.validate.state) or {}
     backup_id = (validated.get("run") or {}).get("backup_id")
     summary = result.output if result.status == "SUCCEEDED" and result.output else {}
     lock_window, drain = summary.get("lock_window_s"), summary.get("drain_s")
     if lock_window is None:
         # A failed run: measure from the history (lock exited → unlock or the failure path exited).
-        locked = _exit_time(result, "Lock")
-        released = _exit_time(result, "Unlock") or _exit_time(result, "Handle failure")
-        drained = _exit_time(result, "Poll drain state", last=True)
+        locked = _exit_time(result, BACKUP.lock.state)
+        released = _exit_time(result, BACKUP.unlock.state) or _exit_time(result, BACKUP.handle_failure.state)
+        drained = _exit_time(result, BACKUP.wait_drained.state, last=True)
         if locked and released:
             lock_window = round((released - locked).total_seconds(), 3)
         if locked and drained:
             drain = round((drained - locked).total_seconds(), 3)
     error = None
     if result.status != "SUCCEEDED":
-        failed = [s for s in result.states_entered() if s.startswith("Failed: ")]
+        failed = [label for label in map(failed_label, result.states_entered()) if label]
         error = {
-            "step": failed[0].removeprefix("Failed: ") if failed else None,
+            "step": failed[0] if failed else None,
             "error": result.error,
             "message": result.cause,
         }

@@ -15,6 +15,7 @@ from constructs import Construct
 
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
 from functions.models.restore import DRILL_MACHINE_ENV
+from functions.models.steps import OPERATIONS
 from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
 from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
 from stacks import nag, permissions
@@ -127,7 +128,7 @@ class BackupStack(Stack):
                 self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine], key=key
             )
             nets.append(net)
-            fns = {**workflow.functions, "safety_net": net.function}
+            fns = {**workflow.functions, OPERATIONS.safety_net.name: net.function}
             self._grant(fns, instances, runs, notifications, parameters, key)
             CfnOutput(
                 self,
@@ -152,8 +153,7 @@ class BackupStack(Stack):
                 factory=factory,
                 state_machines=restore.state_machines,
                 key=key,
-                function_id="RestoreSafetyNetFn",
-                handler="functions.handlers.restore_safety_net.handler",
+                step=OPERATIONS.restore_safety_net,
                 statuses=("ABORTED", "TIMED_OUT"),
                 description="Restore executions stopped or timed out (no Catch ran): remove what they created",
             )
@@ -163,7 +163,11 @@ class BackupStack(Stack):
                 machine.grant_read(restore_net.function)
             nets.append(restore_net)
             self._grant_restore(
-                {**restore.functions, "safety_net": restore_net.function}, instances, notifications, parameters, key
+                {**restore.functions, OPERATIONS.restore_safety_net.name: restore_net.function},
+                instances,
+                notifications,
+                parameters,
+                key,
             )
             names = [i.name for i in instances]
             machines += [
@@ -293,25 +297,27 @@ class BackupStack(Stack):
         grants = BackupGrants(
             validate=FunctionGrants((*secret, *describe, *archives)),
             lock=FunctionGrants(secret),
-            start=FunctionGrants(secret),
-            poll=FunctionGrants(secret),
-            home=FunctionGrants(
+            start_backup=FunctionGrants(secret),
+            wait_drained=FunctionGrants(secret),
+            copy_home=FunctionGrants(
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")),
                     *hosts("RsyncHome"),
                 )
             ),
-            database=FunctionGrants((*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump"))),
+            copy_database=FunctionGrants(
+                (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump"))
+            ),
             progress=FunctionGrants(secret),
             unlock=FunctionGrants(secret),
-            check=FunctionGrants((*describe, *archives)),
+            wait_snapshots=FunctionGrants((*describe, *archives)),
             finalize=FunctionGrants((*describe, *undo(permissions.PRUNE), *archives), publishes=True),
             prepare=FunctionGrants(hosts("InstallScript", "RsyncHome")),
             check_host=FunctionGrants(hosts()),  # reads the results of what the others started
             archive=FunctionGrants(hosts("ArchiveUpload")),
-            copy=FunctionGrants((*describe, *permissions.copy_to_regions(self, instances, bucket), *archives)),
-            failure=failure,
+            copy_regions=FunctionGrants((*describe, *permissions.copy_to_regions(self, instances, bucket), *archives)),
+            handle_failure=failure,
             safety_net=failure,  # the safety net does what the failure path does, for executions that ran no Catch
         )
         grants_apply(grants, fns, notifications.topic, key)
@@ -365,17 +371,17 @@ class BackupStack(Stack):
             validate=FunctionGrants(
                 (*describe, *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"), *catalog)
             ),
-            database=FunctionGrants(
+            restore_database=FunctionGrants(
                 (*describe, *permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
             ),
-            home=FunctionGrants((*describe, *permissions.restore_home(self, instances), *hosts("RestoreHome"))),
-            check=FunctionGrants((*describe, *hosts())),
-            attach=FunctionGrants((*describe, *permissions.restore_attach(self, instances))),
-            mount=FunctionGrants((*describe, *permissions.restore_mount(self, instances, docs("MountHome")))),
+            restore_home=FunctionGrants((*describe, *permissions.restore_home(self, instances), *hosts("RestoreHome"))),
+            wait_restore=FunctionGrants((*describe, *hosts())),
+            attach_home=FunctionGrants((*describe, *permissions.restore_attach(self, instances))),
+            mount_home=FunctionGrants((*describe, *permissions.restore_mount(self, instances, docs("MountHome")))),
             finish=FunctionGrants((*describe, *permissions.retag_restored(self, instances)), publishes=True),
-            failure=failure,
+            handle_failure=failure,
             # The restore's safety net does what its failure path does, for executions that ran no Catch.
-            safety_net=failure if "safety_net" in fns else None,
+            restore_safety_net=failure if OPERATIONS.restore_safety_net.name in fns else None,
         )
         grants_apply(grants, fns, notifications.topic, key)
 
@@ -412,7 +418,7 @@ class BackupStack(Stack):
         grants = DrillGrants(
             plan=FunctionGrants((*catalog, *permissions.restore_describe(instances))),
             check=FunctionGrants(tuple(checks)),
-            status=FunctionGrants(tuple(permissions.drill_host_commands(self, instances, []))),
+            check_status=FunctionGrants(tuple(permissions.drill_host_commands(self, instances, []))),
             finish=FunctionGrants(tuple(finish), publishes=True),
         )
         grants_apply(grants, fns, notifications.topic, key)

@@ -20,6 +20,7 @@ from typing import Any
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.errors import BackupError
+from functions.models.steps import Function
 from functions.observability import bind, logger, metrics, redact
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -44,8 +45,13 @@ def _ends(context: Any) -> float:
     return time.time() + remaining() / 1000 if callable(remaining) else math.inf
 
 
-def step(name: str) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Handler]:
+def step(row: Function) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Handler]:
+    """The handler of the step `row` (functions/models/steps.py), which must be named as the row."""
+    name = row.label
+
     def wrap(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
+        assert body.__name__ == row.name, f"the handler of step {row.name} is named {body.__name__}"
+
         @functools.wraps(body)
         def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.append_keys(step=name)

@@ -6,27 +6,28 @@ from functions import drill
 from functions.handlers._step import step
 from functions.models.drill import CheckEvent, FinishEvent, PlanEvent, RestoredEvent
 from functions.models.events import parse
+from functions.models.steps import DRILL
 
 
-@step("drill-plan")
+@step(DRILL.plan)
 def plan(event: dict[str, Any]) -> dict[str, Any]:
-    request = parse(PlanEvent, event, "plan")
+    request = parse(PlanEvent, event, DRILL.plan.label)
     return drill.plan(request.input, request.execution).model_dump(mode="json")
 
 
-@step("drill-check")
-def start_checks(event: dict[str, Any]) -> dict[str, Any]:
-    request = parse(RestoredEvent, event, "check")
+@step(DRILL.check)
+def check(event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(RestoredEvent, event, DRILL.check.label)
     return drill.start_checks(request.plan, request.restored)
 
 
-@step("drill-check-status")
+@step(DRILL.check_status)
 def check_status(event: dict[str, Any]) -> dict[str, Any]:
-    request = parse(CheckEvent, event, "check")
+    request = parse(CheckEvent, event, DRILL.check.label)  # part of the checks, as the user sees it
     return drill.check_status(request.plan, request.check)
 
 
-@step("drill-finish")
+@step(DRILL.finish)
 def finish(event: dict[str, Any]) -> dict[str, Any]:
-    request = parse(FinishEvent, event, "finish")
+    request = parse(FinishEvent, event, DRILL.finish.label)
     return drill.finish(request.state, request.failure)

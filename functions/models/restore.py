@@ -18,9 +18,6 @@ DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
 SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
-# The restore state machine's steps that create each part (stacks/constructs/restore_workflow.py names its states
-# with these; the restore's safety net reads them in the execution history).
-PART_STATE_NAMES = {"database": "Restore database", "home": "Create home volumes"}
 # The environment variable naming the drill's own restore state machine: only its executions run as drills.
 DRILL_MACHINE_ENV = "DRILL_RESTORE_STATE_MACHINE"
 

@@ -24,45 +24,43 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from functions.models.steps import BACKUP, OPERATIONS, Caught, Step
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
-# What the locked phase calls, from the lock to the unlock and on the failure path: warmed before the lock.
-LOCKED_PHASE_FUNCTIONS = {
-    "start": "start backup",
-    "poll": "poll drain state",
-    "home": "copy home",
-    "database": "copy database",
-    "progress": "report progress",
-    "unlock": "unlock",
-    "failure": "handle failure",
-}
+# The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>", but for progress (whose own
+# state is "Report progress 100"): kept as first named, so the definition does not change.
+WARM_STATES = {BACKUP.progress.name: "Warm: report progress"}
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 
 
 @dataclass(frozen=True)
 class BackupGrants:
-    """What each of the backup's functions may do (stacks/backup_stack.py builds it; grants.apply applies it);
-    safety_net is the backup's safety net (stacks/constructs/safety_net.py)."""
+    """What each of the backup's functions may do, a field per step of BACKUP (stacks/backup_stack.py builds it;
+    grants.apply applies it); safety_net is the backup's safety net (stacks/constructs/safety_net.py)."""
 
     validate: FunctionGrants
     lock: FunctionGrants
-    start: FunctionGrants
-    poll: FunctionGrants
-    home: FunctionGrants
-    database: FunctionGrants
+    start_backup: FunctionGrants
+    wait_drained: FunctionGrants
+    copy_home: FunctionGrants
+    copy_database: FunctionGrants
     progress: FunctionGrants
     unlock: FunctionGrants
-    check: FunctionGrants
+    wait_snapshots: FunctionGrants
     finalize: FunctionGrants
     prepare: FunctionGrants
     check_host: FunctionGrants
     archive: FunctionGrants
-    copy: FunctionGrants
-    failure: FunctionGrants
+    copy_regions: FunctionGrants
+    handle_failure: FunctionGrants
     safety_net: FunctionGrants
+
+    def __post_init__(self) -> None:
+        names = {*(s.name for s in BACKUP.functions), OPERATIONS.safety_net.name}
+        assert set(self.__dataclass_fields__) == names, "a field per step"
 
 
 @dataclass(frozen=True)
@@ -87,25 +85,9 @@ class BackupWorkflow(Construct):
         self._failed_notes: dict[str, sfn.Pass] = {}
         timing = timing or WorkflowTiming()
         self._timing = timing
-        make = factory.make
-        h = "functions.handlers"
         self.functions: dict[str, lambda_.Function] = {
-            "validate": make("Validate", f"{h}.validate.handler", timeout_s=60, description="validate and prepare"),
-            "lock": make("Lock", f"{h}.lock.handler", timeout_s=60, description="lock"),
-            "start": make("StartBackup", f"{h}.start_backup.handler", timeout_s=60, description="start backup"),
-            "poll": make("PollDrain", f"{h}.poll_drain.handler", timeout_s=90, description="wait for DRAINED"),
-            "home": make("BackupHome", f"{h}.backup_part.handler", timeout_s=600, description="home copy"),
-            "database": make("BackupDatabase", f"{h}.backup_part.handler", timeout_s=300, description="db copy"),
-            "progress": make("Progress", f"{h}.progress.handler", timeout_s=90, description="progress"),
-            "unlock": make("Unlock", f"{h}.unlock.handler", timeout_s=120, description="unlock"),
-            "check": make("CheckSnapshots", f"{h}.check_snapshots.handler", timeout_s=90, description="snapshots"),
-            "finalize": make("Finalize", f"{h}.finalize.handler", timeout_s=300, description="finalize, prune"),
-            "prepare": make("PrepareHost", f"{h}.prepare_host.handler", timeout_s=300, description="prepare on host"),
-            "check_host": make("CheckHost", f"{h}.check_host.handler", timeout_s=60, description="check host command"),
-            "archive": make("Archive", f"{h}.archive.handler", timeout_s=60, description="archive to S3"),
-            # S3 archives are copied server-side inside the invocation (multipart): the longest step.
-            "copy": make("CopyRegions", f"{h}.copy_regions.handler", timeout_s=900, description="DR copies"),
-            "failure": make("HandleFailure", f"{h}.failure.handler", timeout_s=300, description="failure path"),
+            s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
+            for s in BACKUP.functions
         }
         self.state_machine = standard_state_machine(
             self,
@@ -119,37 +101,38 @@ class BackupWorkflow(Construct):
 
     def _task(
         self,
-        id: str,
-        fn: str,
+        step: Step,
         payload: dict[str, Any],
         result_path: str | None,
         *,
-        retry_on: list[str] | None = None,
-        retry_attempts: int = 2,
+        state: str | None = None,
+        own_retries: bool = True,
     ) -> tasks.LambdaInvoke:
+        """The task state `state` (by default the step's own) calling the step's function; `own_retries`: with the
+        step's retries on top of Lambda's (a warm-up has none)."""
         return lambda_task(
             self,
-            id,
-            self.functions[fn],
+            state or step.state,
+            self.functions[step.name],
             payload,
             result_path,
             retry_interval_s=self._timing.retry_interval_s,
-            retry_on=retry_on,
-            retry_attempts=retry_attempts,
+            retry_on=list(step.retry_on) if own_retries else None,
+            retry_attempts=step.retry_attempts,
         )
 
     def _catch(
-        self, state: tasks.LambdaInvoke | sfn.Parallel, step: str, failure: sfn.IChainable, with_run: bool = True
+        self, state: tasks.LambdaInvoke | sfn.Parallel, step: Caught, failure: sfn.IChainable, with_run: bool = True
     ) -> None:
-        note = self._failed_notes.get(step)
+        note = self._failed_notes.get(step.name)
         if note is None:
             params: dict[str, Any] = {
                 "input.$": "$.input",
-                "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+                "failure": {"step": step.label, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
             }
             if with_run:
                 params["run.$"] = "$.run"
-            note = self._failed_notes[step] = sfn.Pass(self, f"Failed: {step}", parameters=params)
+            note = self._failed_notes[step.name] = sfn.Pass(self, step.failed_state, parameters=params)
             note.next(failure)
         state.add_catch(note, errors=["States.ALL"], result_path="$.failure")
 
@@ -158,7 +141,9 @@ class BackupWorkflow(Construct):
     ) -> tuple[tasks.LambdaInvoke, tasks.LambdaInvoke]:
         """start → done? → (then) | wait → check → done? …: SSM Run Commands checked until they end. Snapshot
         strategies answer done at once, so they pass straight through."""
-        check = self._task(f"Check {name}", "check_host", {"run.$": "$.run", "progress.$": result_path}, result_path)
+        check = self._task(
+            BACKUP.check_host, {"run.$": "$.run", "progress.$": result_path}, result_path, state=f"Check {name}"
+        )
         wait = sfn.Wait(
             self, f"Wait for {name}", time=sfn.WaitTime.seconds_path("$.run.flow.timing.host_poll_interval_seconds")
         )
@@ -171,16 +156,17 @@ class BackupWorkflow(Construct):
         start.next(done)
         return start, check
 
-    def _locked_host_loop(self, part: str, start: tasks.LambdaInvoke, then: sfn.IChainable) -> tasks.LambdaInvoke:
+    def _locked_host_loop(
+        self, part: str, copy: Step, start: tasks.LambdaInvoke, then: sfn.IChainable
+    ) -> tasks.LambdaInvoke:
         """start → done? → (then) | continue → done? …: under the lock a host copy is waited for inside the copy's own
         function (short polls), which is called again only if the copy outlives an invocation. No Wait state: the
         unlock follows the end of the copy within a fraction of a second."""
         again = self._task(
-            f"Continue {part} copy",
-            part,
+            copy,
             {"run.$": "$.run", "part": part, "progress.$": "$.part_result"},
             "$.part_result",
-            retry_on=["AwsRateLimited"],
+            state=f"Continue {part} copy",
         )
         done = (
             sfn.Choice(self, f"{part.capitalize()} copy done?")
@@ -194,20 +180,25 @@ class BackupWorkflow(Construct):
     def _warm_up(self) -> sfn.Parallel:
         """Every function the locked phase calls, invoked once with {"warm": true} while Bitbucket is still live: none
         of them starts cold under the lock. A function that cannot even start fails the run here, before the lock."""
-        warm = sfn.Parallel(self, "Warm up the locked phase", result_path=sfn.JsonPath.DISCARD)
-        for fn, label in LOCKED_PHASE_FUNCTIONS.items():
-            warm.branch(self._task(f"Warm: {label}", fn, {"warm": True}, None))
+        warm = sfn.Parallel(self, BACKUP.warm_up.state, result_path=sfn.JsonPath.DISCARD)
+        for step in BACKUP.locked_phase:
+            state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
+            warm.branch(self._task(step, {"warm": True}, None, state=state, own_retries=False))
         return warm
 
     # --- the definition -------------------------------------------------------------------------------------
 
     def _definition(self) -> sfn.IChainable:
         run = {"run.$": "$.run"}
+        b = BACKUP
         handle = self._task(
-            "Handle failure", "failure", {"input.$": "$.input", "run.$": "$.run", "failure.$": "$.failure"}, "$.outcome"
+            b.handle_failure, {"input.$": "$.input", "run.$": "$.run", "failure.$": "$.failure"}, "$.outcome"
         )
         handle_pre = self._task(
-            "Handle failure before lock", "failure", {"input.$": "$.input", "failure.$": "$.failure"}, "$.outcome"
+            b.handle_failure,
+            {"input.$": "$.input", "failure.$": "$.failure"},
+            "$.outcome",
+            state=f"{b.handle_failure.state} before lock",
         )
         failed = sfn.Fail(self, "Backup failed", error_path="$.outcome.error", cause_path="$.outcome.cause")
         cleanup_failed = sfn.Fail(
@@ -217,19 +208,12 @@ class BackupWorkflow(Construct):
             cause="the failure path itself failed: check Bitbucket's maintenance mode by hand",
         )
         for h in (handle, handle_pre):
-            h.add_retry(
-                errors=["BitbucketUnavailable"],
-                interval=Duration.seconds(self._timing.retry_interval_s),
-                max_attempts=3,
-                backoff_rate=2,
-            )
             h.add_catch(cleanup_failed, errors=["States.ALL"], result_path="$.cleanup_error")
             h.next(failed)
 
         start = sfn.Pass(self, "Start", parameters={"input.$": "$"})
         validate = self._task(
-            "Validate and prepare",
-            "validate",
+            b.validate,
             {"input.$": "$.input", "execution.$": "$$.Execution.Id", "start_time.$": "$$.Execution.StartTime"},
             "$.run",
         )
@@ -239,44 +223,36 @@ class BackupWorkflow(Construct):
             errors=["BackupInProgress"],
             result_path="$.skipped",
         )
-        self._catch(validate, "validate", handle_pre, with_run=False)
+        self._catch(validate, b.validate, handle_pre, with_run=False)
 
-        lock = self._task("Lock", "lock", run, "$.lock")
-        self._catch(lock, "lock", handle)
+        lock = self._task(b.lock, run, "$.lock")
+        self._catch(lock, b.lock, handle)
         parts = sfn.Parallel(
             self,
-            "Copy home and database",
+            b.copy.state,
             result_path="$.parts",
             result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"},
         )
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
         # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
-        prepare = self._task("Prepare hosts", "prepare", run, "$.prepared")
+        prepare = self._task(b.prepare, run, "$.prepared")
         warm_up = self._warm_up()
-        self._catch(warm_up, "warm-up", handle)
+        self._catch(warm_up, b.warm_up, handle)
         warm_up.next(lock)
         with_lock = sfn.Choice(self, "Zero downtime?").when(_LOCKED, warm_up).otherwise(parts)
         for state in self._host_loop("host preparation", prepare, "$.prepared", with_lock):
-            self._catch(state, "prepare", handle)
-        start_backup = self._task("Start backup", "start", run, "$.task")
-        self._catch(start_backup, "start-backup", handle)
-        poll = self._task("Poll drain state", "poll", run, "$.drain", retry_on=["BitbucketUnavailable"])
-        self._catch(poll, "wait-drained", handle)
+            self._catch(state, b.prepare, handle)
+        start_backup = self._task(b.start_backup, run, "$.task")
+        self._catch(start_backup, b.start_backup, handle)
+        poll = self._task(b.wait_drained, run, "$.drain")
+        self._catch(poll, b.wait_drained, handle)
         wait_drain = sfn.Wait(
             self, "Wait for drain", time=sfn.WaitTime.seconds_path("$.run.flow.timing.poll_interval_seconds")
         )
 
-        for part, fn in (("home", "home"), ("database", "database")):
-            copy = self._task(
-                f"Copy {part}", fn, {"run.$": "$.run", "part": part}, "$.part_result", retry_on=["AwsRateLimited"]
-            )
-            report = self._task(
-                f"Report {part} progress",
-                "progress",
-                {"run.$": "$.run", "part": part},
-                None,
-                retry_on=["BitbucketUnavailable"],
-            )
+        for part, step in (("home", b.copy_home), ("database", b.copy_database)):
+            copy = self._task(step, {"run.$": "$.run", "part": part}, "$.part_result")
+            report = self._task(b.progress, {"run.$": "$.run", "part": part}, None, state=f"Report {part} progress")
             skip = sfn.Pass(
                 self,
                 f"No {part} to copy",
@@ -292,31 +268,27 @@ class BackupWorkflow(Construct):
             parts.branch(
                 sfn.Choice(self, f"{part.capitalize()} configured?")
                 .when(sfn.Condition.string_equals(f"$.run.flow.{part}.strategy", "none"), skip)
-                .otherwise(self._locked_host_loop(part, copy, reported))
+                .otherwise(self._locked_host_loop(part, step, copy, reported))
             )
-        self._catch(parts, "copy", handle)
+        self._catch(parts, b.copy, handle)
 
-        finish = self._task("Report progress 100", "progress", run, None, retry_on=["BitbucketUnavailable"])
-        self._catch(finish, "progress", handle)
-        unlock = self._task("Unlock", "unlock", run, "$.unlocked", retry_on=["BitbucketUnavailable"])
-        self._catch(unlock, "unlock", handle)
-        check = self._task("Check snapshots", "check", run, "$.snapshots")
-        self._catch(check, "wait-snapshots", handle)
+        finish = self._task(b.progress, run, None)
+        self._catch(finish, b.progress, handle)
+        unlock = self._task(b.unlock, run, "$.unlocked")
+        self._catch(unlock, b.unlock, handle)
+        check = self._task(b.wait_snapshots, run, "$.snapshots")
+        self._catch(check, b.wait_snapshots, handle)
         wait_snapshots = sfn.Wait(
             self,
             "Wait for snapshots",
             time=sfn.WaitTime.seconds_path("$.run.flow.timing.snapshot_poll_interval_seconds"),
         )
-        finalize = self._task(
-            "Mark complete and prune", "finalize", {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary"
-        )
-        self._catch(finalize, "finalize", handle)
+        finalize = self._task(b.finalize, {"run.$": "$.run", "unlocked.$": "$.unlocked"}, "$.summary")
+        self._catch(finalize, b.finalize, handle)
         # Disaster-recovery copies, once every original is complete: started, then checked until complete (a no-op
         # without copy targets). Limits and throttling (AwsRateLimited) are retried with back-off.
-        copies = self._task(
-            "Copy to other regions", "copy", run, "$.copies", retry_on=["AwsRateLimited"], retry_attempts=6
-        )
-        self._catch(copies, "copy-regions", handle)
+        copies = self._task(b.copy_regions, run, "$.copies")
+        self._catch(copies, b.copy_regions, handle)
         wait_copies = sfn.Wait(
             self, "Wait for copies", time=sfn.WaitTime.seconds_path("$.run.flow.timing.copy_poll_interval_seconds")
         )
@@ -326,9 +298,9 @@ class BackupWorkflow(Construct):
             .otherwise(wait_copies.next(copies))
         )
         # After the unlock: the host copies (rsync, pg_dump) are archived and uploaded; nothing for snapshots.
-        archive = self._task("Archive", "archive", run, "$.archived")
+        archive = self._task(b.archive, run, "$.archived")
         for state in self._host_loop("archive", archive, "$.archived", copies):
-            self._catch(state, "archive", handle)
+            self._catch(state, b.archive, handle)
         done = sfn.Succeed(self, "Backup complete", output_path="$.summary")
 
         finalize.next(done)

@@ -19,6 +19,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from functions.models.restore import DRILL_MACHINE_ENV
+from functions.models.steps import DRILL, Caught, Step
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.grants import FunctionGrants
@@ -41,15 +42,9 @@ class DrillWorkflow(Construct):
         self._timing = timing or WorkflowTiming()
         assert restore.drill_state_machine is not None, "the restore workflow is made for_drills"
         self._restore = restore.drill_state_machine
-        h = "functions.handlers.drill"
         self.functions: dict[str, lambda_.Function] = {
-            name: factory.make(f"Drill{name.title()}", f"{h}.{entry}", timeout_s=seconds, description=f"drill: {name}")
-            for name, entry, seconds in (
-                ("plan", "plan", 120),
-                ("check", "start_checks", 240),
-                ("status", "check_status", 60),
-                ("finish", "finish", 900),
-            )
+            s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
+            for s in DRILL.functions
         }
         for fn in self.functions.values():  # the teardown removes only what that state machine's executions made
             fn.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
@@ -61,15 +56,19 @@ class DrillWorkflow(Construct):
             comment="Bitbucket DIY restore drill: restore the newest backup into throw-away resources, check, remove",
         )
 
-    def _task(self, id: str, fn: str, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
+    def _task(self, step: Step, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
         return lambda_task(
-            self, id, self.functions[fn], payload, result_path, retry_interval_s=self._timing.retry_interval_s
+            self,
+            step.state,
+            self.functions[step.name],
+            payload,
+            result_path,
+            retry_interval_s=self._timing.retry_interval_s,
         )
 
     def _definition(self) -> sfn.IChainable:
-        finish = self._task(
-            "Record and tear down", "finish", {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome"
-        )
+        d = DRILL
+        finish = self._task(d.finish, {"state.$": "$.state", "failure.$": "$.failure"}, "$.outcome")
         last_resort(
             self,
             finish,
@@ -90,40 +89,36 @@ class DrillWorkflow(Construct):
 
         notes: dict[str, sfn.Pass] = {}
 
-        def catch(task: sfn.TaskStateBase, step: str) -> None:
-            if step not in notes:
-                notes[step] = sfn.Pass(
+        def catch(task: sfn.TaskStateBase, step: Caught) -> None:
+            if step.name not in notes:
+                notes[step.name] = sfn.Pass(
                     self,
-                    f"Failed: {step}",
+                    step.failed_state,
                     parameters={
                         "state.$": "$",
-                        "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+                        "failure": {"step": step.label, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
                     },
                 )
-                notes[step].next(finish)
-            task.add_catch(notes[step], errors=["States.ALL"], result_path="$.failure")
+                notes[step.name].next(finish)
+            task.add_catch(notes[step.name], errors=["States.ALL"], result_path="$.failure")
 
-        plan = self._task(
-            "Pick the newest backup", "plan", {"input.$": "$.input", "execution.$": "$$.Execution.Id"}, "$.plan"
-        )
-        catch(plan, "plan")
+        plan = self._task(d.plan, {"input.$": "$.input", "execution.$": "$$.Execution.Id"}, "$.plan")
+        catch(plan, d.plan)
         restore = tasks.StepFunctionsStartExecution(
             self,
-            "Restore into throw-away resources",
+            d.restore.state,
             state_machine=self._restore,
             integration_pattern=sfn.IntegrationPattern.RUN_JOB,
             input=sfn.TaskInput.from_json_path_at("$.plan.restore"),
             result_selector={"output.$": "$.Output", "execution.$": "$.ExecutionArn"},
             result_path="$.restored",
         )
-        catch(restore, "restore")
-        start_checks = self._task(
-            "Start the checks", "check", {"plan.$": "$.plan", "restored.$": "$.restored.output"}, "$.check"
-        )
-        catch(start_checks, "check")
+        catch(restore, d.restore)
+        start_checks = self._task(d.check, {"plan.$": "$.plan", "restored.$": "$.restored.output"}, "$.check")
+        catch(start_checks, d.check)
         checking = {"plan.$": "$.plan", "check.$": "$.check"}
-        status = self._task("Check the restored copy", "status", checking, "$.checked")
-        catch(status, "check")
+        status = self._task(d.check_status, checking, "$.checked")
+        catch(status, d.check)  # part of the checks, as users see it
         interval = sfn.WaitTime.seconds_path("$.plan.flow.host_poll_interval_seconds")
         wait = sfn.Wait(self, "Wait for the checks", time=interval)
         passed = sfn.Pass(self, "Checks passed", parameters={"state.$": "$", "failure": {}})
@@ -148,5 +143,8 @@ class DrillGrants:
 
     plan: FunctionGrants
     check: FunctionGrants
-    status: FunctionGrants
+    check_status: FunctionGrants
     finish: FunctionGrants
+
+    def __post_init__(self) -> None:
+        assert set(self.__dataclass_fields__) == {s.name for s in DRILL.functions}, "a field per step"

@@ -33,6 +33,7 @@ from constructs import Construct, IConstruct
 
 from functions.models import metrics as names
 from functions.models.config import InstanceConfig
+from functions.models.steps import OPERATIONS
 from stacks import nag
 from stacks.constructs.functions import FunctionFactory
 
@@ -89,12 +90,9 @@ class Monitoring(Construct):
     ) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
+        step = OPERATIONS.staleness_check
         self.check: lambda_.Function = factory.make(
-            "StalenessCheck",
-            "functions.handlers.staleness.handler",
-            timeout_s=300,
-            description="hours since each instance's newest complete backup",
-            synchronous=False,
+            step.function_id, step.handler, timeout_s=step.timeout_s, description=step.description, synchronous=False
         )
         nag.skip_checkov(self.check, nag.STALENESS_CHECK_ASYNC)
         self.schedule = scheduler.Schedule(

@@ -21,7 +21,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.models.restore import DRILL_MACHINE_ENV, PART_STATE_NAMES
+from functions.models.restore import DRILL_MACHINE_ENV
+from functions.models.steps import OPERATIONS, RESTORE, Step
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.grants import FunctionGrants
@@ -46,29 +47,9 @@ class RestoreWorkflow(Construct):
     ) -> None:
         super().__init__(scope, id)
         self._timing = timing or WorkflowTiming()
-        make = factory.make
-        h = "functions.handlers"
         self.functions: dict[str, lambda_.Function] = {
-            "validate": make(
-                "RestoreValidate", f"{h}.restore_validate.handler", timeout_s=120, description="restore: validate"
-            ),
-            "database": make(
-                "RestoreDatabase", f"{h}.restore_part.handler", timeout_s=120, description="restore: database"
-            ),
-            "home": make(
-                "RestoreHome", f"{h}.restore_part.handler", timeout_s=300, description="restore: home volumes"
-            ),
-            "check": make("RestoreCheck", f"{h}.restore_status.handler", timeout_s=90, description="restore: check"),
-            "attach": make(
-                "RestoreAttach", f"{h}.restore_attach.handler", timeout_s=300, description="restore: attach"
-            ),
-            "mount": make("RestoreMount", f"{h}.restore_mount.handler", timeout_s=240, description="restore: mount"),
-            "finish": make(
-                "RestoreFinish", f"{h}.restore_finish.handler", timeout_s=120, description="restore: finish"
-            ),
-            "failure": make(
-                "RestoreFailure", f"{h}.restore_failure.handler", timeout_s=900, description="restore: failure path"
-            ),
+            s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
+            for s in RESTORE.functions
         }
         self.state_machine = standard_state_machine(
             self,
@@ -97,33 +78,25 @@ class RestoreWorkflow(Construct):
     def state_machines(self) -> list[sfn.IStateMachine]:
         return [self.state_machine, *([self.drill_state_machine] if self.drill_state_machine else [])]
 
-    def _task(
-        self,
-        scope: Construct,
-        id: str,
-        fn: str,
-        payload: dict[str, Any],
-        result_path: str,
-        *,
-        retry_on: list[str] | None = None,
-    ) -> tasks.LambdaInvoke:
+    def _task(self, scope: Construct, step: Step, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
         return lambda_task(
             scope,
-            id,
-            self.functions[fn],
+            step.state,
+            self.functions[step.name],
             payload,
             result_path,
             retry_interval_s=self._timing.retry_interval_s,
-            retry_on=retry_on,
+            retry_on=list(step.retry_on) or None,
+            retry_attempts=step.retry_attempts,
         )
 
-    def _catch(self, scope: Construct, task: tasks.LambdaInvoke, step: str, failure: sfn.IChainable) -> None:
+    def _catch(self, scope: Construct, task: tasks.LambdaInvoke, step: Step, failure: sfn.IChainable) -> None:
         note = sfn.Pass(
             scope,
-            f"Failed: {step}",
+            step.failed_state,
             parameters={
                 "state.$": "$",
-                "failure": {"step": step, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+                "failure": {"step": step.label, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
             },
         )
         note.next(failure)
@@ -133,10 +106,10 @@ class RestoreWorkflow(Construct):
         plan = {"plan.$": "$.plan"}
         created = {"plan.$": "$.plan", "created": {"database.$": "$.database", "home.$": "$.home"}}
 
+        r = RESTORE
         handle = self._task(
             scope,
-            "Handle restore failure",
-            "failure",
+            r.handle_failure,
             {"state.$": "$.state", "failure.$": "$.failure", "execution.$": "$$.Execution.Id"},
             "$.outcome",
         )
@@ -154,8 +127,7 @@ class RestoreWorkflow(Construct):
         start = sfn.Pass(scope, "Start", parameters={"input.$": "$"})
         validate = self._task(
             scope,
-            "Validate restore",
-            "validate",
+            r.validate,
             {
                 "input.$": "$.input",
                 "execution.$": "$$.Execution.Id",
@@ -164,40 +136,31 @@ class RestoreWorkflow(Construct):
             },
             "$.plan",
         )
-        self._catch(scope, validate, "validate", handle)
+        self._catch(scope, validate, r.validate, handle)
 
-        restore_db = self._task(
-            scope,
-            PART_STATE_NAMES["database"],
-            "database",
-            {**plan, "part": "database"},
-            "$.database",
-            retry_on=["AwsRateLimited"],
-        )
-        self._catch(scope, restore_db, "restore-database", handle)
-        restore_home = self._task(
-            scope, PART_STATE_NAMES["home"], "home", {**plan, "part": "home"}, "$.home", retry_on=["AwsRateLimited"]
-        )
-        self._catch(scope, restore_home, "restore-home", handle)
-        check = self._task(scope, "Check restore", "check", created, "$.status")
-        self._catch(scope, check, "wait-restore", handle)
+        restore_db = self._task(scope, r.restore_database, {**plan, "part": "database"}, "$.database")
+        self._catch(scope, restore_db, r.restore_database, handle)
+        restore_home = self._task(scope, r.restore_home, {**plan, "part": "home"}, "$.home")
+        self._catch(scope, restore_home, r.restore_home, handle)
+        check = self._task(scope, r.wait_restore, created, "$.status")
+        self._catch(scope, check, r.wait_restore, handle)
         wait = sfn.Wait(
             scope,
             "Wait for restore",
             time=sfn.WaitTime.seconds_path("$.plan.flow.restore_poll_interval_seconds"),
         )
-        attach = self._task(scope, "Attach home volumes", "attach", created, "$.attach")
-        self._catch(scope, attach, "attach-home", handle)
-        mount = self._task(scope, "Mount home", "mount", {**plan, "attach.$": "$.attach"}, "$.mount")
+        attach = self._task(scope, r.attach_home, created, "$.attach")
+        self._catch(scope, attach, r.attach_home, handle)
+        mount = self._task(scope, r.mount_home, {**plan, "attach.$": "$.attach"}, "$.mount")
         mount.add_retry(
             errors=["TargetNotReady"],
             interval=Duration.seconds(self._timing.retry_interval_s * MOUNT_RETRY_INTERVAL_FACTOR),
             max_attempts=MOUNT_RETRY_ATTEMPTS,
             backoff_rate=1.5,
         )
-        self._catch(scope, mount, "mount-home", handle)
-        finish = self._task(scope, "Hand over and notify", "finish", {"state.$": "$"}, "$.summary")
-        self._catch(scope, finish, "finish", handle)
+        self._catch(scope, mount, r.mount_home, handle)
+        finish = self._task(scope, r.finish, {"state.$": "$"}, "$.summary")
+        self._catch(scope, finish, r.finish, handle)
         finish.next(sfn.Succeed(scope, "Restore complete", output_path="$.summary"))
 
         def skip(part: str) -> sfn.Pass:
@@ -240,15 +203,20 @@ class RestoreWorkflow(Construct):
 
 @dataclass(frozen=True)
 class RestoreGrants:
-    """What each of the restore's functions may do (stacks/backup_stack.py builds it; grants.apply applies it);
-    safety_net is the restore's safety net (stacks/constructs/safety_net.py), when the stack has one."""
+    """What each of the restore's functions may do, a field per step of RESTORE (stacks/backup_stack.py builds it;
+    grants.apply applies it); restore_safety_net is the restore's safety net (stacks/constructs/safety_net.py),
+    when the stack has one."""
 
     validate: FunctionGrants
-    database: FunctionGrants
-    home: FunctionGrants
-    check: FunctionGrants
-    attach: FunctionGrants
-    mount: FunctionGrants
+    restore_database: FunctionGrants
+    restore_home: FunctionGrants
+    wait_restore: FunctionGrants
+    attach_home: FunctionGrants
+    mount_home: FunctionGrants
     finish: FunctionGrants
-    failure: FunctionGrants
-    safety_net: FunctionGrants | None = None
+    handle_failure: FunctionGrants
+    restore_safety_net: FunctionGrants | None = None
+
+    def __post_init__(self) -> None:
+        names = {*(s.name for s in RESTORE.functions), OPERATIONS.restore_safety_net.name}
+        assert set(self.__dataclass_fields__) == names, "a field per step"

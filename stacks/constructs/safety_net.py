@@ -18,6 +18,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from functions.models.steps import OPERATIONS, Function
 from stacks.constructs.functions import FunctionFactory
 
 # How long an event may wait for delivery or a retry: a stuck lock is worth unlocking hours later too.
@@ -36,15 +37,14 @@ class SafetyNet(Construct):
         factory: FunctionFactory,
         state_machines: list[sfn.IStateMachine],
         key: kms.IKey,
-        function_id: str = "SafetyNetFn",
-        handler: str = "functions.handlers.safety_net.handler",
+        step: Function = OPERATIONS.safety_net,
         statuses: tuple[str, ...] = ("ABORTED", "TIMED_OUT", "FAILED"),
         description: str = "Backup executions that ended without their own cleanup: unlock and clean up",
     ) -> None:
         super().__init__(scope, id)
         self.description = description
         self.function: lambda_.Function = factory.make(
-            function_id, handler, timeout_s=300, description=id, synchronous=False
+            step.function_id, step.handler, timeout_s=step.timeout_s, description=id, synchronous=False
         )
         self.dead_letters = sqs.Queue(
             self,

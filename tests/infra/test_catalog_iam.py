@@ -260,9 +260,9 @@ def test_grants_must_name_exactly_the_constructs_functions() -> None:
     from stacks.constructs.grants import FunctionGrants, apply
 
     grants = DrillGrants(
-        plan=FunctionGrants(), check=FunctionGrants(), status=FunctionGrants(), finish=FunctionGrants()
+        plan=FunctionGrants(), check=FunctionGrants(), check_status=FunctionGrants(), finish=FunctionGrants()
     )
-    functions: dict[str, Any] = {"plan": None, "check": None, "status": None, "finish": None, "extra": None}
+    functions: dict[str, Any] = {"plan": None, "check": None, "check_status": None, "finish": None, "extra": None}
     with pytest.raises(ValueError, match=r"without grants \['extra'\]"):
         apply(grants, functions, topic=None, key=None)  # type: ignore[arg-type]
     del functions["extra"], functions["finish"]

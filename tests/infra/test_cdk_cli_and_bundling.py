@@ -55,7 +55,7 @@ def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
     from stacks.bundling import bundle
 
     bundle(tmp_path, with_dependencies=True)
-    assert (tmp_path / "functions" / "handlers" / "lock.py").exists()
+    assert (tmp_path / "functions" / "handlers" / "backup.py").exists()
     assert (tmp_path / "aws_lambda_powertools").is_dir() and (tmp_path / "requests").is_dir()
     cores = list((tmp_path / "pydantic_core").glob("_pydantic_core.cpython-313-x86_64-linux-gnu.so"))
     assert cores, sorted(p.name for p in (tmp_path / "pydantic_core").iterdir())
@@ -63,5 +63,5 @@ def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
     # The asset is what Lambda unzips: the handler module path must resolve from its root.
     archive = tmp_path.parent / "asset.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.write(tmp_path / "functions" / "handlers" / "lock.py", "functions/handlers/lock.py")
-    assert "functions/handlers/lock.py" in zipfile.ZipFile(archive).namelist()
+        z.write(tmp_path / "functions" / "handlers" / "backup.py", "functions/handlers/backup.py")
+    assert "functions/handlers/backup.py" in zipfile.ZipFile(archive).namelist()

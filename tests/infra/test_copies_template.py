@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from functions.models.config import ConfigError, parse_instance_config, parse_project_config
+from functions.models.steps import BACKUP
 from functions.strategies import INSTANCE_TAG, TOOL_TAG, TOOL_VALUE
 from tests.infra.asl import happy_path
 from tests.infra.conftest import PROD, STAGING, placeholder, resolve_join, state_machines_of
@@ -113,17 +114,17 @@ def test_copy_step_runs_after_the_archives_and_before_finalize_and_is_guarded(sy
     (sm,) = state_machines_of(template).values()
     states = sm.definition["States"]
     path = happy_path(sm.definition)
-    assert path.index("Archive done?") < path.index("Copy to other regions") < path.index("Mark complete and prune")
-    copy = states["Copy to other regions"]
+    assert path.index("Archive done?") < path.index(BACKUP.copy_regions.state) < path.index(BACKUP.finalize.state)
+    copy = states[BACKUP.copy_regions.state]
     retried = {e: r for r in copy["Retry"] for e in r["ErrorEquals"]}
     assert retried["AwsRateLimited"]["BackoffRate"] >= 2 and retried["AwsRateLimited"]["MaxAttempts"] >= 3
-    assert states[copy["Catch"][-1]["Next"]]["Next"] == "Handle failure"
+    assert states[copy["Catch"][-1]["Next"]]["Next"] == BACKUP.handle_failure.state
     assert states[copy["Catch"][-1]["Next"]]["Parameters"]["failure"]["step"] == "copy-regions"
     choice = states[copy["Next"]]
-    assert choice["Choices"][0]["Next"] == "Mark complete and prune"
+    assert choice["Choices"][0]["Next"] == BACKUP.finalize.state
     wait = states[choice["Default"]]
     assert wait["SecondsPath"] == "$.run.flow.timing.copy_poll_interval_seconds"
-    assert wait["Next"] == "Copy to other regions"
+    assert wait["Next"] == BACKUP.copy_regions.state
 
 
 def test_cdk_nag_passes_with_copies_and_their_acknowledgment_is_used(synthesized: Any) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from functions.models import metrics as names
 from functions.models.config import ConfigError, parse_project_config
+from functions.models.steps import DRILL, failed_label
 from functions.strategies import RESTORING, STATUS_TAG, TOOL_TAG
 from stacks import nag
 from tests.infra.asl import happy_path
@@ -57,14 +58,14 @@ CONFIG: dict[str, Any] = {
 }
 HAPPY_PATH = [
     "Start",
-    "Pick the newest backup",
-    "Restore into throw-away resources",
-    "Start the checks",
+    DRILL.plan.state,
+    DRILL.restore.state,
+    DRILL.check.state,
     "Anything to check on the host?",
-    "Check the restored copy",
+    DRILL.check_status.state,
     "Checks done?",
     "Checks passed",
-    "Record and tear down",
+    DRILL.finish.state,
     "Verified?",
     "Drill passed",
 ]
@@ -129,20 +130,20 @@ def test_the_drill_restores_with_the_restore_state_machine_and_always_finishes(t
     _, definition = drill_machine(template)
     assert happy_path(definition) == HAPPY_PATH
     states = definition["States"]
-    restore = states["Restore into throw-away resources"]
+    restore = states[DRILL.restore.state]
     assert restore["Resource"].endswith(":states:::states:startExecution.sync:2")
     assert restore["Parameters"]["Input.$"] == "$.plan.restore"
     restore_machines = [k for k in of_type(template, "AWS::StepFunctions::StateMachine") if k.startswith("Restore")]
     assert any(k in restore["Parameters"]["StateMachineArn"] for k in restore_machines)
     # Every task but the finish step is caught into "Failed: <step>", which goes to the same finish step.
     for name, state in states.items():
-        if state["Type"] != "Task" or name == "Record and tear down":
+        if state["Type"] != "Task" or name == DRILL.finish.state:
             continue
         (catch,) = state["Catch"]
-        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"].startswith("Failed: ")
-        assert states[catch["Next"]]["Next"] == "Record and tear down"
+        assert catch["ErrorEquals"] == ["States.ALL"] and failed_label(catch["Next"])
+        assert states[catch["Next"]]["Next"] == DRILL.finish.state
     assert states["Verified?"]["Default"] == "Drill failed" and states["Drill failed"]["Type"] == "Fail"
-    assert states["Record and tear down"]["Catch"][0]["Next"] == "Teardown failed"
+    assert states[DRILL.finish.state]["Catch"][0]["Next"] == "Teardown failed"
 
 
 def test_one_drill_schedule_per_drilled_instance(template: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from functions.models.steps import OPERATIONS
 from tests.infra.conftest import ACCOUNT, REGION
 from tests.infra.test_drill_template import CONFIG
 
@@ -114,7 +115,10 @@ def test_each_function_is_invoked_only_by_its_own_state_machine_or_rule(template
                 assert fn in set(refs(definition)), (fn, machine_of_role[role])
             else:
                 # Outside the state machines only the staleness check's schedule invokes a function, with its role.
-                assert trusted == {"scheduler.amazonaws.com"} and handler.endswith("staleness.handler"), (fn, role)
+                assert trusted == {"scheduler.amazonaws.com"} and handler == OPERATIONS.staleness_check.handler, (
+                    fn,
+                    role,
+                )
 
     # Every state machine's role may invoke every function its definition names, and nothing else.
     for logical, machine in machines.items():

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from functions.models.config import TimingConfig
+from functions.models.steps import BACKUP
 from tests.infra.asl import function_of
 from tests.infra.conftest import StateMachine
 
-WARM_UP = "Warm up the locked phase"
+WARM_UP = BACKUP.warm_up.state
 
 
 def _next(state: dict[str, Any]) -> list[str]:
@@ -25,7 +26,7 @@ def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
     """Every state from the one after Lock to Unlock (inclusive), with the states of Parallel branches; not Catches."""
     found: list[dict[str, Any]] = []
     seen: set[str] = set()
-    todo = [states["Lock"]["Next"]]
+    todo = [states[BACKUP.lock.state]["Next"]]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -35,9 +36,9 @@ def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
         found.append(state)
         for branch in state.get("Branches", []):
             found += branch["States"].values()
-        if name != "Unlock":
+        if name != BACKUP.unlock.state:
             todo += _next(state)
-    assert "Unlock" in seen
+    assert BACKUP.unlock.state in seen
     return found
 
 
@@ -49,7 +50,7 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
         locked_rule = states["Zero downtime?"]["Choices"][0]
         assert locked_rule == {"Variable": "$.run.flow.zero_downtime", "BooleanEquals": False, "Next": WARM_UP}
         warm = states[WARM_UP]
-        assert warm["Type"] == "Parallel" and warm["Next"] == "Lock" and warm["ResultPath"] is None
+        assert warm["Type"] == "Parallel" and warm["Next"] == BACKUP.lock.state and warm["ResultPath"] is None
         warmed = set()
         for branch in warm["Branches"]:
             (task,) = branch["States"].values()
@@ -57,7 +58,7 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
             assert task["ResultPath"] is None
             warmed.add(function_of(task))
         called = {function_of(s) for s in _locked_phase(states) if s["Type"] == "Task"}
-        failure = function_of(states["Handle failure"])
+        failure = function_of(states[BACKUP.handle_failure.state])
         assert called, "the locked phase calls functions"
         assert warmed == called | {failure}, (warmed, called)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from functions.models import metrics as names
 from functions.models.config import parse_project_config
+from functions.models.steps import OPERATIONS
 from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine, resolve_join
 
 
@@ -105,7 +106,7 @@ def test_a_safety_net_that_could_not_run_alarms(resources: Any) -> None:
 def test_the_staleness_check_is_scheduled_and_only_reads(resources: Any, template: dict[str, Any]) -> None:
     functions = {k: v for k, v in resources("AWS::Lambda::Function").items() if k.startswith("StalenessCheck")}
     ((logical, fn),) = functions.items()
-    assert fn["Properties"]["Handler"] == "functions.handlers.staleness.handler"
+    assert fn["Properties"]["Handler"] == OPERATIONS.staleness_check.handler
     assert "VpcConfig" not in fn["Properties"], "it calls only AWS APIs: no VPC, one for every network"
     (schedule,) = [
         s["Properties"]

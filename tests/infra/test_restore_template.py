@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from functions.models.config import parse_project_config
+from functions.models.steps import FAILED_PREFIX, RESTORE
 from functions.strategies import RESTORE_TARGET_TAG, RESTORING, STATUS_TAG, TOOL_TAG, TOOL_VALUE
 from stacks import nag
 from stacks.backup_stack import network_groups
@@ -22,30 +23,30 @@ from tests.infra.conftest import CONFIG, PROD, STAGING, placeholder, resolve_joi
 
 HAPPY_PATH = [
     "Start",
-    "Validate restore",
+    RESTORE.validate.state,
     "Restore database?",
-    "Restore database",
+    RESTORE.restore_database.state,
     "Restore home?",
-    "Create home volumes",
-    "Check restore",
+    RESTORE.restore_home.state,
+    RESTORE.wait_restore.state,
     "Restored?",
     "Attach home?",
-    "Attach home volumes",
+    RESTORE.attach_home.state,
     "Mount home?",
-    "Mount home",
-    "Hand over and notify",
+    RESTORE.mount_home.state,
+    RESTORE.finish.state,
     "Restore complete",
 ]
 STEP_OF_TASK = {
-    "Validate restore": "validate",
-    "Restore database": "restore-database",
-    "Create home volumes": "restore-home",
-    "Check restore": "wait-restore",
-    "Attach home volumes": "attach-home",
-    "Mount home": "mount-home",
-    "Hand over and notify": "finish",
+    RESTORE.validate.state: "validate",
+    RESTORE.restore_database.state: "restore-database",
+    RESTORE.restore_home.state: "restore-home",
+    RESTORE.wait_restore.state: "wait-restore",
+    RESTORE.attach_home.state: "attach-home",
+    RESTORE.mount_home.state: "mount-home",
+    RESTORE.finish.state: "finish",
 }
-HANDLER = "Handle restore failure"
+HANDLER = RESTORE.handle_failure.state
 BROAD_ERRORS = {"States.ALL", "States.TaskFailed"}
 
 
@@ -146,7 +147,7 @@ def test_states_follow_the_designed_order(machines: dict[str, Machine]) -> None:
             assert states[choice]["Choices"][0]["Variable"] == flag
             assert states[choice]["Default"] == skipped
         assert states["No database to restore"]["Next"] == "Restore home?"
-        assert states["No home to restore"]["Next"] == "Check restore"
+        assert states["No home to restore"]["Next"] == RESTORE.wait_restore.state
         assert states["Restore complete"] == {"Type": "Succeed", "OutputPath": "$.summary"}
 
 
@@ -159,7 +160,7 @@ def test_the_wait_is_a_bounded_loop_timed_by_the_instance_config(machines: dict[
         assert wait == {
             "Type": "Wait",
             "SecondsPath": "$.plan.flow.restore_poll_interval_seconds",
-            "Next": "Check restore",
+            "Next": RESTORE.wait_restore.state,
         }
 
 
@@ -171,9 +172,9 @@ def test_every_task_catches_into_the_one_failure_path(machines: dict[str, Machin
                 continue
             step = STEP_OF_TASK[name]
             assert task["Catch"] == [
-                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": f"Failed: {step}"}
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": FAILED_PREFIX + step}
             ]
-            note = states[f"Failed: {step}"]
+            note = states[FAILED_PREFIX + step]
             assert note["Parameters"]["state.$"] == "$", "the failure path sees what was created so far"
             assert note["Parameters"]["failure"]["step"] == step
             assert note["Next"] == HANDLER
@@ -198,9 +199,9 @@ def test_retries_are_narrow(machines: dict[str, Machine]) -> None:
             retried = {e for r in task.get("Retry", []) for e in r["ErrorEquals"]}
             assert not retried & BROAD_ERRORS, name
             assert not retried & {"RestoreRefused", "RestoreFailed", "RestoreTimeout", "InvalidInput"}, name
-        for name in ("Restore database", "Create home volumes"):
+        for name in (RESTORE.restore_database.state, "Create home volumes"):
             assert any("AwsRateLimited" in r["ErrorEquals"] for r in tasks[name]["Retry"])
-        (booting,) = [r for r in tasks["Mount home"]["Retry"] if r["ErrorEquals"] == ["TargetNotReady"]]
+        (booting,) = [r for r in tasks[RESTORE.mount_home.state]["Retry"] if r["ErrorEquals"] == ["TargetNotReady"]]
         total = sum(booting["IntervalSeconds"] * booting["BackoffRate"] ** i for i in range(booting["MaxAttempts"]))
         assert 120 <= total <= 900, f"a fresh instance's SSM agent gets {total:.0f} s to come online"
 
@@ -232,7 +233,7 @@ def test_restore_functions_sit_in_their_groups_network_and_have_their_own_roles(
         network = by_name[machine.instances[0]].get("network")
         for fn in functions:
             props = resources[fn]["Properties"]
-            assert props["Handler"].startswith("functions.handlers.restore_"), fn
+            assert props["Handler"] in {s.handler for s in RESTORE.functions}, fn
             expected = (
                 {"SubnetIds": network["subnet_ids"], "SecurityGroupIds": network["security_group_ids"]}
                 if network

@@ -12,6 +12,7 @@ from aws_cdk.assertions import Match
 
 from functions.models.config import InstanceConfig, parse_project_config
 from functions.models.events import FlowTiming
+from functions.models.steps import BACKUP
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
@@ -20,29 +21,29 @@ from tests.infra.conftest import CONFIG, PROD, STAGING, StateMachine
 
 HAPPY_PATH = [
     "Start",
-    "Validate and prepare",
-    "Prepare hosts",
+    BACKUP.validate.state,
+    BACKUP.prepare.state,
     "Host preparation done?",
     "Zero downtime?",
-    "Warm up the locked phase",
-    "Lock",
-    "Start backup",
-    "Poll drain state",
+    BACKUP.warm_up.state,
+    BACKUP.lock.state,
+    BACKUP.start_backup.state,
+    BACKUP.wait_drained.state,
     "Drained?",
-    "Copy home and database",
+    BACKUP.copy.state,
     "Locked for the copy?",
-    "Report progress 100",
-    "Unlock",
-    "Check snapshots",
+    BACKUP.progress.state,
+    BACKUP.unlock.state,
+    BACKUP.wait_snapshots.state,
     "Snapshots complete?",
-    "Archive",
+    BACKUP.archive.state,
     "Archive done?",
-    "Copy to other regions",
+    BACKUP.copy_regions.state,
     "Copies complete?",
-    "Mark complete and prune",
+    BACKUP.finalize.state,
     "Backup complete",
 ]
-FAILURE_HANDLER = "Handle failure"
+FAILURE_HANDLER = BACKUP.handle_failure.state
 DELETE_ACTIONS = ["ec2:DeleteSnapshot", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"]
 # Error names that would make Step Functions re-run a task that failed with BitbucketUnavailable.
 MATCHES_BITBUCKET_UNAVAILABLE = {"BitbucketUnavailable", "States.ALL", "States.TaskFailed"}
@@ -124,27 +125,25 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
 
         drained = states["Drained?"]
         assert drained["Type"] == "Choice"
-        assert drained["Choices"] == [
-            {"Variable": "$.drain.drained", "BooleanEquals": True, "Next": "Copy home and database"}
-        ]
+        assert drained["Choices"] == [{"Variable": "$.drain.drained", "BooleanEquals": True, "Next": BACKUP.copy.state}]
         assert drained["Default"] == "Wait for drain"
         assert states["Wait for drain"] == {
             "Type": "Wait",
             "SecondsPath": "$.run.flow.timing.poll_interval_seconds",
-            "Next": "Poll drain state",
+            "Next": BACKUP.wait_drained.state,
         }
 
         complete = states["Snapshots complete?"]
         assert complete["Choices"][0]["Variable"] == "$.snapshots.complete"
         assert complete["Default"] == "Wait for snapshots"
         assert states["Wait for snapshots"]["SecondsPath"] == "$.run.flow.timing.snapshot_poll_interval_seconds"
-        assert states["Wait for snapshots"]["Next"] == "Check snapshots"
+        assert states["Wait for snapshots"]["Next"] == BACKUP.wait_snapshots.state
 
         # The paths the Wait states read exist in what the validate step puts into $.run.flow.
         for wait in ("Wait for drain", "Wait for snapshots"):
             assert states[wait]["SecondsPath"].rsplit(".", 1)[-1] in FlowTiming.model_fields
 
-        parallel = states["Copy home and database"]
+        parallel = states[BACKUP.copy.state]
         assert parallel["Type"] == "Parallel"
         assert [b["StartAt"] for b in parallel["Branches"]] == ["Home configured?", "Database configured?"]
         assert parallel["ResultSelector"] == {"home.$": "$[0].part_result", "database.$": "$[1].part_result"}
@@ -167,19 +166,19 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert not [n for n, st in inner.items() if st["Type"] == "Wait"], "no Wait state under the lock"
             assert inner[f"Report {part} progress"].get("End") is True
         # Unlock comes only after progress 100, which comes only after both copies.
-        assert states["Report progress 100"]["Next"] == "Unlock"
+        assert states[BACKUP.progress.state]["Next"] == BACKUP.unlock.state
 
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
 # What a zero-downtime run must never enter: everything that needs (or takes, or releases) the lock.
 NEEDS_THE_LOCK = {
-    "Warm up the locked phase",
-    "Lock",
-    "Start backup",
-    "Poll drain state",
+    BACKUP.warm_up.state,
+    BACKUP.lock.state,
+    BACKUP.start_backup.state,
+    BACKUP.wait_drained.state,
     "Wait for drain",
-    "Report progress 100",
-    "Unlock",
+    BACKUP.progress.state,
+    BACKUP.unlock.state,
 }
 
 
@@ -193,7 +192,7 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         expected = [name for name in HAPPY_PATH if name not in {*NEEDS_THE_LOCK, "Drained?"}]
         expected.insert(expected.index("Locked for the copy?") + 1, "Nothing to unlock")
         assert path == expected, path
-        assert expected[expected.index("Zero downtime?") + 1] == "Copy home and database"
+        assert expected[expected.index("Zero downtime?") + 1] == BACKUP.copy.state
         assert not NEEDS_THE_LOCK & set(path)
         # Every decision is taken on the configuration validate put into $.run, never on a step's result.
         for choice in ("Zero downtime?", "Locked for the copy?"):
@@ -202,7 +201,7 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         assert states["Nothing to unlock"]["ResultPath"] == "$.unlocked"
         assert states["Nothing to unlock"]["Result"] == {"lock_window_s": 0, "drain_s": 0}
         # Inside the copy, no progress report (it needs the lock's token): each branch ends in a Pass.
-        for branch, part in zip(states["Copy home and database"]["Branches"], ("home", "database"), strict=True):
+        for branch, part in zip(states[BACKUP.copy.state]["Branches"], ("home", "database"), strict=True):
             inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.flow.{part}.strategy": "configured"})
             assert f"Copy {part}" in inner and f"Report {part} progress" not in inner, inner
             assert branch["States"][inner[-1]] == {"Type": "Pass", "End": True}, inner
@@ -213,18 +212,18 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
 def test_every_task_after_validate_catches_into_the_failure_path(state_machines: dict[str, StateMachine]) -> None:
     for sm in state_machines.values():
         states = sm.definition["States"]
-        after_validate = _reachable(states, states["Validate and prepare"]["Next"])
+        after_validate = _reachable(states, states[BACKUP.validate.state]["Next"])
         guarded = [n for n in after_validate if states[n]["Type"] in ("Task", "Parallel")]
         assert set(guarded) >= {
-            "Lock",
-            "Start backup",
-            "Poll drain state",
-            "Copy home and database",
-            "Report progress 100",
-            "Unlock",
-            "Check snapshots",
-            "Copy to other regions",
-            "Mark complete and prune",
+            BACKUP.lock.state,
+            BACKUP.start_backup.state,
+            BACKUP.wait_drained.state,
+            BACKUP.copy.state,
+            BACKUP.progress.state,
+            BACKUP.unlock.state,
+            BACKUP.wait_snapshots.state,
+            BACKUP.copy_regions.state,
+            BACKUP.finalize.state,
         }
         for name in guarded:
             catches = states[name].get("Catch", [])
@@ -238,12 +237,12 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
             assert note["Parameters"]["run.$"] == "$.run", f"'{name}': the failure path needs the run context"
             assert "step" in note["Parameters"]["failure"]
         # Inside the Parallel nothing catches: an error in a branch fails the Parallel, whose Catch handles it.
-        for branch in states["Copy home and database"]["Branches"]:
+        for branch in states[BACKUP.copy.state]["Branches"]:
             for name, state in branch["States"].items():
                 assert "Catch" not in state, f"'{name}' would hide a failed copy from the Parallel's Catch"
 
         # Before the lock: a concurrent run is a skip, anything else goes to the pre-lock failure handler.
-        validate = states["Validate and prepare"]
+        validate = states[BACKUP.validate.state]
         assert [c["ErrorEquals"] for c in validate["Catch"]] == [["BackupInProgress"], ["States.ALL"]]
         assert states[states[validate["Catch"][0]["Next"]]["Next"]]["Type"] == "Succeed"
         assert states[validate["Catch"][1]["Next"]]["Next"] == "Handle failure before lock"
@@ -258,13 +257,15 @@ def test_lock_is_not_retried_but_idempotent_bitbucket_calls_are(state_machines: 
     for sm in state_machines.values():
         tasks = _lambda_tasks(sm.definition)
         # A retried lock cannot get the first attempt's unlock token back: Bitbucket would stay locked.
-        assert not _retried_errors(tasks["Lock"]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(tasks["Lock"])
+        assert not _retried_errors(tasks[BACKUP.lock.state]) & MATCHES_BITBUCKET_UNAVAILABLE, _retried_errors(
+            tasks[BACKUP.lock.state]
+        )
         for name in (
-            "Poll drain state",
+            BACKUP.wait_drained.state,
             "Report home progress",
             "Report database progress",
-            "Report progress 100",
-            "Unlock",
+            BACKUP.progress.state,
+            BACKUP.unlock.state,
         ):
             assert "BitbucketUnavailable" in _retried_errors(tasks[name]), f"'{name}' gives up on a blip"
         for name, task in tasks.items():

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 
+from functions.models.steps import BACKUP, FAILED_PREFIX
 from functions.strategies import COMPLETE, catalog_tags
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.runtime import Rehearsal, RunResult
@@ -90,7 +91,7 @@ def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> None:
 def backup_id_of(result: RunResult) -> str | None:
     for event in result.history:
         details = event.get("stateExitedEventDetails")
-        if details and details.get("name") == "Validate and prepare":
+        if details and details.get("name") == BACKUP.validate.state:
             run = json.loads(details["output"]).get("run") or {}
             return str(run["backup_id"]) if "backup_id" in run else None
     return None
@@ -102,7 +103,7 @@ def assert_failed_cleanly(
     """The invariants of every failure: unlocked, no 100 (unless the failure came after the unlock, when the
     copy under the lock had finished), one notification, nothing complete, no leak."""
     assert result.status == "FAILED", result.cause
-    assert f"Failed: {step}" in result.states_entered(), result.states_entered()
+    assert FAILED_PREFIX + step in result.states_entered(), result.states_entered()
     assert not w.sim.locked or w.sim.lock_owner != "admin"
     if not after_unlock:
         assert 100 not in w.sim.progress_history

@@ -11,6 +11,7 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.rds.exceptions import RDSClientError
 from moto.rds.models import RDSBackend
 
+from functions.models.steps import BACKUP
 from functions.strategies import COMPLETE
 from tests.integration.conftest import PASSWORD, World, assert_failed_cleanly, backup_id_of, fail_backend
 
@@ -216,10 +217,10 @@ def test_pending_snapshots_are_waited_for_after_the_unlock(world: World) -> None
     ):
         result = world.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
-    assert result.states_entered().count("Check snapshots") >= 2
+    assert result.states_entered().count(BACKUP.wait_snapshots.state) >= 2
     # Unlocked before the snapshots completed.
     entered = result.states_entered()
-    assert entered.index("Unlock") < entered.index("Wait for snapshots")
+    assert entered.index(BACKUP.unlock.state) < entered.index("Wait for snapshots")
 
 
 def test_bad_execution_input_is_rejected_before_any_lock(world: World) -> None:

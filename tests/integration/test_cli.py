@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from functions.cli import AWS_ERROR, FAILED, NOT_FOUND, OK, USAGE, expected_path, main
+from functions.models.steps import BACKUP
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import REGION, set_fake_credentials
 from rehearsal.runtime import Rehearsal
@@ -253,9 +254,9 @@ def test_aws_errors_exit_4(capsys: pytest.CaptureFixture[str], monkeypatch: pyte
 def test_expected_path_is_the_successful_run(local: Local) -> None:
     backup = next(d for name, d in local.r.definitions.items() if name.startswith("Backup"))
     path = expected_path(backup)
-    assert path[:4] == ["Start", "Validate and prepare", "Prepare hosts", "Host preparation done?"]
+    assert path[:4] == ["Start", BACKUP.validate.state, BACKUP.prepare.state, "Host preparation done?"]
     assert path[-1] == "Backup complete"
-    assert path.index("Lock") < path.index("Copy home and database") < path.index("Unlock")
+    assert path.index(BACKUP.lock.state) < path.index(BACKUP.copy.state) < path.index(BACKUP.unlock.state)
     assert not [s for s in path if s.startswith(("Failed", "Wait", "Skipped", "Handle"))]
 
 

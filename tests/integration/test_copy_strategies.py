@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from functions.models.steps import FAILED_PREFIX
 from functions.strategies import BACKUP_ID_TAG, COMPLETE, PART_TAG, STATUS_TAG
 from rehearsal.hostworld import (
     APP_PASSWORD,
@@ -87,7 +88,7 @@ def assert_failed_cleanly(w: World, result: RunResult, step: str, *needles: str)
     """Failed at `step`, Bitbucket unlocked, exactly one failure notification naming the cause, and nothing of this
     run marked complete (no archive object of it at all)."""
     assert result.status == "FAILED", result.output
-    assert f"Failed: {step}" in result.states_entered()
+    assert FAILED_PREFIX + step in result.states_entered()
     assert not w.sim.locked
     failures = w.failure_notifications()
     assert len(failures) == 1, w.r.notifications()

@@ -13,6 +13,7 @@ import pytest
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.elastic_block_store import EBSBackend
 
+from functions.models.steps import BACKUP
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
@@ -82,7 +83,11 @@ def test_copies_in_the_other_region_carry_the_catalog_tags_and_are_complete(dr: 
     assert result.output is not None
     assert {(c["target"], c["copy_of"]) for c in result.output["copies"]} == {(DR, i) for i in originals}
     entered = result.states_entered()
-    assert entered.index("Unlock") < entered.index("Copy to other regions") < entered.index("Mark complete and prune")
+    assert (
+        entered.index(BACKUP.unlock.state)
+        < entered.index(BACKUP.copy_regions.state)
+        < entered.index(BACKUP.finalize.state)
+    )
     assert not dr.sim.locked
 
 
@@ -138,7 +143,7 @@ def test_a_copy_refused_for_a_limit_is_retried_with_back_off(dr: World) -> None:
     with fail_backend(EBSBackend, "copy_snapshot", error, times=1):
         result = dr.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
-    refused = [i for i in dr.r.runtime.invocations if i.handler.endswith("copy_regions.handler") and i.error]
+    refused = [i for i in dr.r.runtime.invocations if i.handler == BACKUP.copy_regions.handler and i.error]
     assert [i.error for i in refused] == ["AwsRateLimited"]
     assert len(_ebs_copies()) == 1 and len(_rds_copies()) == 1
 

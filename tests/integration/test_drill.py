@@ -14,6 +14,7 @@ import pytest
 
 from functions.drill import VERIFIED_TAG, VERIFY_FAILED_TAG
 from functions.models import metrics as names
+from functions.models.steps import DRILL
 from functions.strategies import STATUS_TAG
 from rehearsal.hostworld import APP_PASSWORD, Postgres
 from rehearsal.runtime import Rehearsal, RunResult
@@ -123,7 +124,7 @@ def test_a_failing_check_tags_verify_failed_tears_down_and_notifies_once(
     result = w.r.run_drill()
     assert result.status == "FAILED"
     assert result.error == "DrillFailed" and "sta_missing_table" in str(result.cause)
-    assert "Failed: check" in result.states_entered() and "Record and tear down" in result.states_entered()
+    assert "Failed: check" in result.states_entered() and DRILL.finish.state in result.states_entered()
     (check,) = drill_checks(w.r)
     assert check.exit_code == 7
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from functions.models.steps import FAILED_PREFIX
 from functions.strategies import COMPLETE
 from rehearsal.runtime import RunResult
 from tests.integration import fault_matrix as fm
@@ -83,7 +84,7 @@ def test_fault(world_factory: Any, fault: fm.Fault) -> None:
         if fault.outcome == fm.SKIPPED:
             assert w.sim.event_names().count("locked") == 1
     elif fault.outcome == fm.NEVER_LOCKED:
-        assert result.status == "FAILED" and f"Failed: {fault.step}" in result.states_entered()
+        assert result.status == "FAILED" and FAILED_PREFIX + fault.step in result.states_entered()
         assert "locked" not in [n for n in w.sim.event_names() if n == "locked"] or w.sim.lock_owner != "admin"
         assert not [r for r in w.sim.requests if r[0] == "DELETE"], "someone else's lock was touched"
         notes = w.failure_notifications()

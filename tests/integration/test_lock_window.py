@@ -10,6 +10,7 @@ from typing import Any
 
 from functions.handlers._step import WARM_EVENT
 from functions.models.config import TimingConfig
+from functions.models.steps import BACKUP
 from rehearsal.runtime import RunResult
 from tests.integration.conftest import World
 
@@ -53,8 +54,8 @@ def test_every_function_of_the_locked_phase_was_warmed_before_the_lock(world: Wo
     _succeeded(world.r.run_backup())
     invocations = world.r.runtime.invocations
     steps = [(i, call.handler) for i, call in enumerate(invocations) if call.event != WARM_EVENT]
-    (lock,) = [i for i, handler in steps if handler == "functions.handlers.lock.handler"]
-    (unlock,) = [i for i, handler in steps if handler == "functions.handlers.unlock.handler"]
+    (lock,) = [i for i, handler in steps if handler == BACKUP.lock.handler]
+    (unlock,) = [i for i, handler in steps if handler == BACKUP.unlock.handler]
     warmed = {call.function for call in invocations[:lock] if call.event == WARM_EVENT}
     locked_phase = {call.function for call in invocations[lock + 1 : unlock + 1]}
     assert locked_phase and locked_phase <= warmed, locked_phase - warmed

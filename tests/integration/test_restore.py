@@ -12,6 +12,7 @@ import pytest
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.elastic_block_store import EBSBackend
 
+from functions.models.steps import RESTORE
 from functions.strategies import (
     BACKUP_ID_TAG,
     INSTANCE_TAG,
@@ -277,7 +278,7 @@ def test_home_is_attached_to_a_stopped_instance_and_mounted(world: World) -> Non
     result = restore(world, backup_id, {"home": {"attach_to_instance_id": target, "mount": True}})
 
     assert result.status == "SUCCEEDED", result.cause
-    assert "Mount home" in result.states_entered()
+    assert RESTORE.mount_home.state in result.states_entered()
     created = [v for v in volumes(world).values() if tags(v).get(RESTORE_TAG) == execution_of(result)]
     assert [(a["InstanceId"], a["Device"]) for v in created for a in v["Attachments"]] == [(target, "/dev/xvdf")]
     assert set(before["attachments"]) <= set(attachments(world)), "existing attachments are untouched"
@@ -293,7 +294,7 @@ def test_attach_without_mount_leaves_the_instance_stopped(world: World) -> None:
     target = stopped_target(world)
     result = restore(world, backup_id, {"home": {"attach_to_instance_id": target}})
     assert result.status == "SUCCEEDED", result.cause
-    assert "Mount home" not in result.states_entered()
+    assert RESTORE.mount_home.state not in result.states_entered()
     assert instance_state(world, target) == "stopped"
     assert world.r.host.commands == [], "no Run Command without mount"
     assert any(s.startswith(f"Start {target} and mount") for s in (result.output or {})["next_steps"])
@@ -473,7 +474,7 @@ def test_failure_mid_restore_deletes_the_database_it_created_and_notifies_once(w
         result.cause or ""
     )
     assert "Failed: restore-home" in result.states_entered()
-    assert "Restore database" in result.states_entered(), "the database had been restored first"
+    assert RESTORE.restore_database.state in result.states_entered(), "the database had been restored first"
     assert inventory(world) == before, "the restored database is deleted again; nothing else touched"
     (notice,) = failure_notices(world)
     assert "at step restore-home" in notice["subject"]

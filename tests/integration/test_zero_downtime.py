@@ -8,12 +8,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from functions.models.steps import BACKUP
 from functions.strategies import COMPLETE
 from tests.integration.conftest import World, backup_id_of
 
 ZERO_DOWNTIME = {"zero_downtime": True}
 PROPERTIES = ("GET", "/rest/api/1.0/application-properties")
-LOCKED_STATES = {"Lock", "Start backup", "Poll drain state", "Report progress 100", "Unlock"}
+LOCKED_STATES = {
+    BACKUP.lock.state,
+    BACKUP.start_backup.state,
+    BACKUP.wait_drained.state,
+    BACKUP.progress.state,
+    BACKUP.unlock.state,
+}
 
 
 def zero_downtime_world(world_factory: Callable[..., World], **kwargs: Any) -> World:
@@ -63,7 +70,7 @@ def test_the_locked_backup_is_unchanged_and_reports_it(world: World) -> None:
     result = world.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
     assert result.output and result.output["zero_downtime"] is False and result.output["lock_window_s"] > 0
-    assert "Unlock" in result.states_entered()
+    assert BACKUP.unlock.state in result.states_entered()
 
 
 def test_bitbucket_older_than_4_8_fails_in_validate_without_a_lock(world_factory: Callable[..., World]) -> None:
@@ -72,7 +79,7 @@ def test_bitbucket_older_than_4_8_fails_in_validate_without_a_lock(world_factory
 
     assert result.status == "FAILED"
     entered = result.states_entered()
-    assert "Failed: validate" in entered and "Prepare hosts" not in entered
+    assert "Failed: validate" in entered and BACKUP.prepare.state not in entered
     only_the_version_was_asked(w)
     notes = w.failure_notifications()
     assert len(notes) == 1, notes

@@ -16,17 +16,18 @@ from moto import mock_aws
 from functions import observability
 from functions.clients import aws
 from functions.errors import BackupInProgress, InvalidInput, LockNotConfirmed, PreflightFailed, UnknownInstance
-from functions.handlers import (
-    backup_part,
-    check_snapshots,
-    failure,
+from functions.handlers.backup import (
+    copy_database,
+    copy_home,
     finalize,
+    handle_failure,
     lock,
-    poll_drain,
     progress,
     start_backup,
     unlock,
     validate,
+    wait_drained,
+    wait_snapshots,
 )
 from functions.models.config import InstanceConfig
 from functions.strategies import (
@@ -176,8 +177,8 @@ def validate_event(
     }
 
 
-def call(module: Any, event: dict[str, Any]) -> dict[str, Any]:
-    result = module.handler(event, Context())
+def call(handler: Any, event: dict[str, Any]) -> dict[str, Any]:
+    result = handler(event, Context())
     json.dumps(result)  # what Step Functions receives must be JSON
     return dict(result)
 
@@ -186,7 +187,7 @@ def drained(run: dict[str, Any], deadline_s: float = 2.0) -> dict[str, Any]:
     """The state machine's poll loop without its Wait state."""
     started = time.monotonic()
     while time.monotonic() - started < deadline_s:
-        result = call(poll_drain, {"run": run})
+        result = call(wait_drained, {"run": run})
         if result["drained"]:
             return result
     raise AssertionError("never DRAINED")
@@ -294,21 +295,21 @@ def test_validate_secret_missing(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "change", "named"),
+    ("handler", "change", "named"),
     [
         (lock, lambda run: run.pop("backup_id"), "run.backup_id"),
         (lock, lambda run: run.update(backup_id="demo-yesterday"), "run.backup_id"),
-        (backup_part, lambda run: None, "part"),
+        (copy_home, lambda run: None, "part"),
         (unlock, lambda run: run.update(config={"keep_backups": 3}), "run.config"),
         (unlock, lambda run: run.update(config_version=0), "run.config_version"),
     ],
     ids=["no backup id", "bad backup id", "bad part", "a config", "bad config version"],
 )
-def test_steps_refuse_malformed_events(world: World, module: Any, change: Any, named: str) -> None:
+def test_steps_refuse_malformed_events(world: World, handler: Any, change: Any, named: str) -> None:
     run = call(validate, validate_event())
     change(run)
     with pytest.raises(InvalidInput) as error:
-        call(module, {"run": run, "part": "logs"})
+        call(handler, {"run": run, "part": "logs"})
     assert names_field(error.value, named)
     assert not world.sim.locked
 
@@ -432,8 +433,8 @@ def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> Non
     assert task["task_id"] == world.sim.task["id"]
     assert drained(run)["drained"] is True
 
-    home = call(backup_part, {"run": run, "part": "home"})
-    database = call(backup_part, {"run": run, "part": "database"})
+    home = call(copy_home, {"run": run, "part": "home"})
+    database = call(copy_database, {"run": run, "part": "database"})
     assert [a["kind"] for a in home["artifacts"]] == ["ebs-snapshot"]
     assert home["artifacts"][0]["volume_id"] == world.volume  # the root volume is not part of the backup
     assert [a["id"] for a in database["artifacts"]] == [BACKUP_ID]
@@ -450,7 +451,7 @@ def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> Non
     assert item is not None and item["phase"]["S"] == "unlocked"
     assert "unlock_token" not in item and "cancel_token" not in item
 
-    assert call(check_snapshots, step) == {"complete": True, "pending": []}
+    assert call(wait_snapshots, step) == {"complete": True, "pending": []}
     summary = call(finalize, {"run": run, "unlocked": unlocked})
     assert summary["status"] == "complete" and summary["backup_id"] == BACKUP_ID
     assert summary["pruned"] == []
@@ -486,7 +487,7 @@ def test_handle_failure_after_lock_unlocks_and_notifies_once(world: World, monke
         "run": run,
         "failure": {"step": "wait-drained", "Error": "BitbucketUnavailable", "Cause": cause},
     }
-    outcome = call(failure, event)
+    outcome = call(handle_failure, event)
 
     assert not world.sim.locked
     assert world.sim.task["state"] == "CANCELLED"
@@ -514,7 +515,7 @@ def test_handle_failure_before_lock_touches_nobody_elses_lock(world: World) -> N
         "run": run,
         "failure": {"step": "lock", "Error": "AlreadyLocked", "Cause": "lock: already locked (HTTP 409)"},
     }
-    outcome = call(failure, event)
+    outcome = call(handle_failure, event)
     assert world.sim.locked and world.sim.lock_owner == "someone-else"
     assert not [r for r in world.sim.requests if r[0] == "DELETE"]
     assert outcome["unlocked"].startswith("yes")
@@ -533,7 +534,7 @@ def test_handle_failure_when_unlock_fails_keeps_the_guard_and_says_so(world: Wor
         "run": run,
         "failure": {"step": "start-backup", "Error": "BitbucketUnavailable", "Cause": "start-backup: HTTP 503"},
     }
-    outcome = call(failure, event)
+    outcome = call(handle_failure, event)
     assert world.sim.locked
     assert outcome["unlocked"].startswith("NO") and "by hand" in outcome["unlocked"]
     item = world.run_item()
@@ -557,7 +558,7 @@ def test_lock_not_confirmed_is_reported_as_still_locked(world: World) -> None:
         "run": run,
         "failure": {"step": "lock", "Error": "LockNotConfirmed", "Cause": "lock: connection failed"},
     }
-    outcome = call(failure, event)
+    outcome = call(handle_failure, event)
     assert not outcome["unlocked"].startswith("yes") and "by hand" in outcome["unlocked"]
     assert world.run_item() is not None  # no new run may lock while this one is unresolved
     [(subject, message)] = world.notifications()
@@ -573,7 +574,7 @@ def test_handle_failure_without_a_run_notifies_about_the_input(world: World) -> 
             "Cause": json.dumps({"errorMessage": "validate: no instance 'nope' is configured in this deployment"}),
         },
     }
-    outcome = call(failure, event)
+    outcome = call(handle_failure, event)
     assert outcome["error"] == "UnknownInstance"
     [(subject, message)] = world.notifications()
     assert "nope" in subject and "validate" in subject
@@ -612,8 +613,8 @@ def test_prune_keeps_the_newest_complete_backups_and_nothing_else_is_touched(wor
     aws.client("rds").create_db_snapshot(DBSnapshotIdentifier="manual-before-upgrade", DBInstanceIdentifier=DB)
 
     run = call(validate, validate_event())
-    for part in ("home", "database"):
-        call(backup_part, {"run": run, "part": part})
+    for part, copy in (("home", copy_home), ("database", copy_database)):
+        call(copy, {"run": run, "part": part})
     summary = call(finalize, {"run": run, "unlocked": None})
 
     # keep_backups=3: this one and the two newest earlier ones stay.

@@ -75,7 +75,7 @@ def test_nothing_else_is_a_warm_up(event: Any) -> None:
 
 
 def test_a_near_miss_is_parsed_as_the_steps_event_and_refused(no_calls: None) -> None:
-    from functions.handlers import unlock
+    from functions.handlers.backup import unlock
 
     class Context:
         function_name = "unlock"
@@ -84,4 +84,4 @@ def test_a_near_miss_is_parsed_as_the_steps_event_and_refused(no_calls: None) ->
         aws_request_id = "1"
 
     with pytest.raises(InvalidInput, match="unlock: invalid input: run"):
-        unlock.handler({"warm": True, "instance": "demo"}, Context())
+        unlock({"warm": True, "instance": "demo"}, Context())

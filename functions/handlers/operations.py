@@ -1,0 +1,32 @@
+"""Functions no state machine calls: the safety nets (EventBridge rules on executions that ended without their own
+cleanup: functions/safety_net.py, functions/restore.py handle_stopped) and the scheduled staleness check."""
+
+from typing import Any
+
+from functions import monitoring, restore
+from functions import safety_net as backup_safety_net
+from functions.handlers._step import step
+from functions.models.steps import OPERATIONS
+
+
+def _detail(event: Any) -> dict[str, Any]:
+    detail = event.get("detail") if isinstance(event, dict) else None
+    return detail if isinstance(detail, dict) else {}
+
+
+@step(OPERATIONS.safety_net)
+def safety_net(event: dict[str, Any]) -> dict[str, Any]:
+    """A backup execution ended ABORTED, TIMED_OUT or FAILED."""
+    return backup_safety_net.handle_status_change(_detail(event))
+
+
+@step(OPERATIONS.restore_safety_net)
+def restore_safety_net(event: dict[str, Any]) -> dict[str, Any]:
+    """A restore execution ended ABORTED or TIMED_OUT."""
+    return restore.handle_stopped(_detail(event))
+
+
+@step(OPERATIONS.staleness_check)
+def staleness_check(event: dict[str, Any]) -> dict[str, Any]:
+    """Scheduled (EventBridge Scheduler): hours since each instance's newest complete backup, as a metric."""
+    return monitoring.check_staleness()

@@ -1,0 +1,66 @@
+"""The restore's steps (functions.restore), one handler each, named as their rows in functions/models/steps.py."""
+
+from typing import Any
+
+from functions import restore
+from functions.handlers._step import step
+from functions.models.events import parse
+from functions.models.restore import MountEvent, PartEvent, StateEvent, StatusEvent, ValidateEvent
+from functions.models.steps import RESTORE, Step
+
+
+@step(RESTORE.validate)
+def validate(event: dict[str, Any]) -> dict[str, Any]:
+    """Parse the input, check the backup and the targets; creates nothing."""
+    request = parse(ValidateEvent, event, RESTORE.validate.label)
+    return restore.validate(request.input, request.execution, request.start_time, request.drill).model_dump(mode="json")
+
+
+def _start_part(row: Step, event: dict[str, Any]) -> dict[str, Any]:
+    request = parse(PartEvent, event, row.label)
+    return restore.start_part(request.plan, request.part)
+
+
+@step(RESTORE.restore_database)
+def restore_database(event: dict[str, Any]) -> dict[str, Any]:
+    return _start_part(RESTORE.restore_database, event)
+
+
+@step(RESTORE.restore_home)
+def restore_home(event: dict[str, Any]) -> dict[str, Any]:
+    """Start creating the home volumes."""
+    return _start_part(RESTORE.restore_home, event)
+
+
+@step(RESTORE.wait_restore)
+def wait_restore(event: dict[str, Any]) -> dict[str, Any]:
+    """Are the restored database and volumes available yet (bounded)?"""
+    request = parse(StatusEvent, event, RESTORE.wait_restore.label)
+    return restore.check(request.plan, request.created)
+
+
+@step(RESTORE.attach_home)
+def attach_home(event: dict[str, Any]) -> dict[str, Any]:
+    """Attach the restored volumes to the stopped target instance."""
+    request = parse(StatusEvent, event, RESTORE.attach_home.label)
+    return restore.attach(request.plan, request.created["home"])
+
+
+@step(RESTORE.mount_home)
+def mount_home(event: dict[str, Any]) -> dict[str, Any]:
+    """Mount the restored home on the target instance through SSM Run Command."""
+    request = parse(MountEvent, event, RESTORE.mount_home.label)
+    return restore.mount(request.plan, request.attach)
+
+
+@step(RESTORE.finish)
+def finish(event: dict[str, Any]) -> dict[str, Any]:
+    """Hand the restored resources over, announce them and the next manual steps."""
+    return restore.finish(parse(StateEvent, event, RESTORE.finish.label).state)
+
+
+@step(RESTORE.handle_failure)
+def handle_failure(event: dict[str, Any]) -> dict[str, Any]:
+    """Remove what this execution created (unless kept), notify once."""
+    request = parse(StateEvent, event, RESTORE.handle_failure.label)
+    return restore.handle_failure(request.state, request.failure, request.execution)

@@ -4,9 +4,11 @@ code runs in-process from the working tree, so it is not part of the key; only t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,18 @@ def _key(config_key: str) -> str:
 def cached_template(config_key: str, synthesize: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if os.environ.get("REHEARSAL_NO_CACHE"):
         return synthesize()
-    path = CACHE / f"{_key(config_key)}.json"
+    key = _key(config_key)
+    path = CACHE / f"{key}.json"
     if path.exists():
         return dict(json.loads(path.read_text()))
-    template = synthesize()
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(template))
-    tmp.replace(path)  # atomic, so parallel test workers never read half a file
+    # Test workers start on the same templates at once: one synthesizes, the others wait for its result.
+    with open(CACHE / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        template = synthesize()
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(template))
+        tmp.replace(path)  # atomic, so a reader without the lock never reads half a file
     return template

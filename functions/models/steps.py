@@ -11,6 +11,7 @@ Parallel's branches as the Parallel (a `Stage`: a state that is not one function
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 FAILED_PREFIX = "Failed: "
@@ -97,28 +98,38 @@ class _Steps:
         return next((r for r in self.rows if isinstance(r, Step | Stage) and r.label == label), None)
 
 
-def _backup(
-    name: str,
-    state: str,
-    logic: str,
-    timeout_s: int,
-    function_id: str,
-    description: str,
-    *,
-    retry_on: tuple[str, ...] = (),
-    retry_attempts: int = 2,
-) -> Step:
-    return Step(
-        name=name,
-        module="backup",
-        state=state,
-        logic=f"functions.backup.{logic}",
-        timeout_s=timeout_s,
-        function_id=function_id,
-        description=description,
-        retry_on=retry_on,
-        retry_attempts=retry_attempts,
-    )
+def _rows_of(workflow: str, described_as: str = "") -> Callable[..., Step]:
+    """The row maker of one workflow: its handler module and logic module are named after it."""
+
+    def row(
+        name: str,
+        state: str,
+        logic: str,
+        timeout_s: int,
+        function_id: str,
+        description: str,
+        *,
+        retry_on: tuple[str, ...] = (),
+        retry_attempts: int = 2,
+    ) -> Step:
+        return Step(
+            name=name,
+            module=workflow,
+            state=state,
+            logic=f"functions.{workflow}.{logic}",
+            timeout_s=timeout_s,
+            function_id=function_id,
+            description=described_as + description,
+            retry_on=retry_on,
+            retry_attempts=retry_attempts,
+        )
+
+    return row
+
+
+_backup = _rows_of("backup")
+_restore = _rows_of("restore", "restore: ")
+_drill = _rows_of("drill", "drill: ")
 
 
 class BackupSteps(_Steps):
@@ -193,30 +204,6 @@ class BackupSteps(_Steps):
         )
 
 
-def _restore(
-    name: str,
-    state: str,
-    logic: str,
-    timeout_s: int,
-    function_id: str,
-    description: str,
-    *,
-    retry_on: tuple[str, ...] = (),
-    retry_attempts: int = 2,
-) -> Step:
-    return Step(
-        name=name,
-        module="restore",
-        state=state,
-        logic=f"functions.restore.{logic}",
-        timeout_s=timeout_s,
-        function_id=function_id,
-        description=f"restore: {description}",
-        retry_on=retry_on,
-        retry_attempts=retry_attempts,
-    )
-
-
 class RestoreSteps(_Steps):
     validate = _restore("validate", "Validate restore", "validate", 120, "RestoreValidate", "validate")
     restore_database = _restore(
@@ -249,18 +236,6 @@ class RestoreSteps(_Steps):
     def parts(self) -> dict[str, Step]:
         """The step that starts each part's restore."""
         return {"database": self.restore_database, "home": self.restore_home}
-
-
-def _drill(name: str, state: str, logic: str, timeout_s: int, function_id: str, description: str) -> Step:
-    return Step(
-        name=name,
-        module="drill",
-        state=state,
-        logic=f"functions.drill.{logic}",
-        timeout_s=timeout_s,
-        function_id=function_id,
-        description=f"drill: {description}",
-    )
 
 
 class DrillSteps(_Steps):

@@ -1,10 +1,11 @@
-"""What the rehearsal deploys: its project config, synthesized by the CDK app into a CloudFormation template (cached
-per process here, and on disk by rehearsal/template_cache.py)."""
+"""What the rehearsal deploys and the template tests read: a project config synthesized by the CDK app (cached per
+process here, and on disk by rehearsal/template_cache.py, so that each synthesis happens once for all workers)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,29 +68,58 @@ def rehearsal_project_config(
     }
 
 
-@lru_cache(maxsize=8)
-def _synth(config_json: str, retry_interval_s: int) -> str:
-    from aws_cdk import Environment
+@dataclass(frozen=True)
+class Synthesized:
+    """What one synthesis of the CDK app says: the template and, with cdk-nag on, what it acknowledged."""
 
+    template: dict[str, Any]
+    acknowledged: dict[str, str]  # the cdk-nag finding ids stacks/nag.py acknowledged, with their reasons
+    violations: list[Any]  # validation-report.json's violations: none, or app.synth() would have raised
+
+
+@lru_cache(maxsize=16)
+def _synthesized(config_json: str, checks: bool, retry_interval_s: int | None) -> str:
     from rehearsal.template_cache import cached_template
-    from stacks.app_builder import STACK_NAME, build_app
-    from stacks.constructs.backup_workflow import WorkflowTiming
 
     def synthesize() -> dict[str, Any]:
+        # Imported here: with the cache warm, a process never starts the jsii runtime.
+        from aws_cdk import Environment
+
+        from stacks import nag
+        from stacks.app_builder import STACK_NAME, build_app
+        from stacks.constructs.backup_workflow import WorkflowTiming
+
+        timing = None if retry_interval_s is None else WorkflowTiming(retry_interval_s=retry_interval_s)
         with tempfile.TemporaryDirectory(prefix="rehearsal-cdk-") as outdir:
-            app, _ = build_app(
+            app, stack = build_app(
                 json.loads(config_json),
                 outdir=outdir,
                 env=Environment(account=ACCOUNT, region=REGION),
-                timing=WorkflowTiming(retry_interval_s=retry_interval_s),
-                checks=False,
+                timing=timing,
+                checks=checks,
             )
-            app.synth()
-            return dict(json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text()))
+            app.synth()  # with checks, raises on any cdk-nag finding stacks/nag.py does not acknowledge
+            report = Path(outdir) / "validation-report.json"
+            plugins = json.loads(report.read_text()).get("pluginReports", []) if report.exists() else []
+            return {
+                "template": json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text()),
+                "acknowledged": nag.acknowledged(stack),
+                "violations": [v for plugin in plugins for v in plugin.get("violations", [])],
+            }
 
-    return json.dumps(cached_template(config_json + f"|retry={retry_interval_s}", synthesize))
+    key = f"{config_json}|checks={checks}|retry={retry_interval_s}|{ACCOUNT}|{REGION}"
+    return json.dumps(cached_template(key, synthesize))
+
+
+def synthesized(config: dict[str, Any], *, checks: bool = True, retry_interval_s: int | None = None) -> Synthesized:
+    """The CDK app synthesized for this config in the rehearsal's account and region (cached per process and on
+    disk). checks=True runs cdk-nag as `cdk synth` does; retry_interval_s shortens the workflow's retry waits."""
+    record = json.loads(_synthesized(json.dumps(config, sort_keys=True), checks, retry_interval_s))
+    return Synthesized(
+        template=record["template"], acknowledged=record["acknowledged"], violations=record["violations"]
+    )
 
 
 def synth_template(config: dict[str, Any], retry_interval_s: int = 1) -> dict[str, Any]:
-    """The CloudFormation template the CDK app synthesizes for this config (cached per process and on disk)."""
-    return dict(json.loads(_synth(json.dumps(config, sort_keys=True), retry_interval_s)))
+    """The CloudFormation template the rehearsal deploys for this config (no cdk-nag: the template tests run it)."""
+    return synthesized(config, checks=False, retry_interval_s=retry_interval_s).template

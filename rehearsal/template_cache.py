@@ -1,33 +1,80 @@
-"""Synthesizing takes seconds (the jsii runtime starts node); the rehearsal and the tests reuse a template
-while nothing that shapes it has changed: the config, the stack code, the config models, the host script. (Handler
-code runs in-process from the working tree, so it is not part of the key; only the unused asset hash goes stale.)"""
+"""Synthesizing takes seconds (the jsii runtime starts node); the rehearsal and the tests reuse a synthesis while
+nothing that shapes it has changed: the config, the CDK libraries, and the project files the stack imports (found
+by following `stacks/`'s imports, so a handler's code is not part of the key: its asset hash is the one thing that
+goes stale, and nothing reads it) plus the host script the install document carries."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".build" / "templates"
+PROJECT_PACKAGES = ("functions", "stacks")
+LIBRARIES = ("aws-cdk-lib", "cdk-nag", "constructs", "jsii")
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(path: Path) -> Iterable[str]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def stack_sources() -> list[Path]:
+    """Every project file `stacks/` imports, directly or through others (packages' __init__ included)."""
+    seen: set[Path] = set()
+    pending = sorted((ROOT / "stacks").rglob("*.py"))
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_names(path):
+            parts = name.split(".")
+            if parts[0] not in PROJECT_PACKAGES:
+                continue
+            found = (_module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1))
+            pending.extend(f for f in found if f is not None)
+    return sorted(seen)
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for library in LIBRARIES:
+        digest.update(f"{library}=={metadata.version(library)}".encode())
+    for path in [*stack_sources(), *sorted((ROOT / "functions" / "host").glob("*.sh"))]:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _key(config_key: str) -> str:
-    digest = hashlib.sha256(config_key.encode())
-    # The host script is part of the template too: the stack's install document carries it.
-    for folder, pattern in (("stacks", "*.py"), ("functions/models", "*.py"), ("functions/host", "*.sh")):
-        for path in sorted((ROOT / folder).rglob(pattern)):
-            digest.update(str(path.relative_to(ROOT)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:32]
+    return hashlib.sha256(f"{_code_digest()}|{config_key}".encode()).hexdigest()[:32]
 
 
 def cached_template(config_key: str, synthesize: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What `synthesize` returns for this key (a template, or any JSON record of a synthesis), made once."""
     if os.environ.get("REHEARSAL_NO_CACHE"):
         return synthesize()
     key = _key(config_key)

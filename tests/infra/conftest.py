@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,11 +64,9 @@ class StateMachine:
 @dataclass(frozen=True)
 class Synth:
     config: dict[str, Any]
-    assembly_dir: Path
-    template_path: Path
     template: dict[str, Any]
-    assertions: Any  # aws_cdk.assertions.Template
-    stack: Any  # stacks.backup_stack.BackupStack, kept for reading its construct metadata
+    acknowledged: dict[str, str]  # the cdk-nag findings stacks/nag.py acknowledged on this stack
+    violations: list[Any]  # cdk-nag's report: none, or the synthesis would have failed
     checks: bool
 
 
@@ -118,27 +115,14 @@ def state_machines_of(template: dict[str, Any]) -> dict[str, StateMachine]:
 
 
 @pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+def synth() -> Synth:
+    """One synthesis for every worker of the run (rehearsal/synth.py caches it on disk, keyed by what shapes it)."""
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    from aws_cdk import Environment
-    from aws_cdk.assertions import Template
+    from rehearsal.synth import synthesized
 
-    from stacks.app_builder import STACK_NAME, build_app
-
-    outdir = tmp_path_factory.mktemp("cdk-out")
-    app, stack = build_app(CONFIG, outdir=str(outdir), env=Environment(account=ACCOUNT, region=REGION), checks=True)
-    assembly = app.synth()  # raises if a cdk-nag finding is not acknowledged in stacks/nag.py
-    assembly_dir = Path(assembly.directory)
-    template_path = assembly_dir / f"{STACK_NAME}.template.json"
-    template = json.loads(template_path.read_text())
+    made = synthesized(CONFIG, checks=True)  # raises if a cdk-nag finding is not acknowledged in stacks/nag.py
     return Synth(
-        config=CONFIG,
-        assembly_dir=assembly_dir,
-        template_path=template_path,
-        template=template,
-        assertions=Template.from_json(template),
-        stack=stack,
-        checks=True,
+        config=CONFIG, template=made.template, acknowledged=made.acknowledged, violations=made.violations, checks=True
     )
 
 
@@ -148,13 +132,10 @@ def template(synth: Synth) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def assertions(synth: Synth) -> Any:
-    return synth.assertions
+def assertions(template: dict[str, Any]) -> Any:
+    from aws_cdk.assertions import Template
 
-
-@pytest.fixture(scope="session")
-def assembly_dir(synth: Synth) -> Path:
-    return synth.assembly_dir
+    return Template.from_json(template)
 
 
 @pytest.fixture(scope="session")

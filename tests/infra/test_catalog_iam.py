@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,16 +75,10 @@ RETAGS = {"ec2:CreateTags", "rds:AddTagsToResource", "s3:PutObjectTagging", "s3:
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    from aws_cdk import Environment
-
-    from stacks.app_builder import STACK_NAME, build_app
+    from rehearsal.synth import synthesized
 
     project = {"bundling": "none", "instances": [IMMUTABLE_PROD, {**STAGING, "network": None}, ARCHIVED]}
-    with tempfile.TemporaryDirectory() as outdir:
-        app, _ = build_app(project, outdir=outdir, env=Environment(account=ACCOUNT, region=REGION), checks=True)
-        app.synth()  # cdk-nag: every finding acknowledged
-        found: dict[str, Any] = json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text())
-    return found
+    return synthesized(project, checks=True).template  # cdk-nag: every finding acknowledged
 
 
 def _text(value: Any, template: dict[str, Any]) -> str:

@@ -175,23 +175,16 @@ def _exclusive(lock: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each configuration synthesized once per run (no cdk-nag here: the other infra tests run it)."""
+    """Each configuration synthesized once per run (rehearsal/synth.py shares it between workers), with cdk-nag as
+    `cdk synth` runs it, written where checkov and cfn-lint read it."""
+    from rehearsal.synth import synthesized
+
     shared = _shared(tmp_path_factory)
     paths = {name: shared / f"{name}.template.json" for name in CONFIGS}
     with _exclusive(shared / "synth.lock"):
-        if all(path.exists() for path in paths.values()):
-            return paths
-        os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-        from aws_cdk import Environment
-
-        from stacks.app_builder import STACK_NAME, build_app
-
         for name, make in CONFIGS.items():
-            outdir = shared / f"cdk-{name}"
-            env = Environment(account=ACCOUNT, region=REGION)
-            app, _ = build_app(make(), outdir=str(outdir), env=env, checks=False)
-            app.synth()
-            paths[name].write_text((outdir / f"{STACK_NAME}.template.json").read_text())
+            if not paths[name].exists():
+                paths[name].write_text(json.dumps(synthesized(make(), checks=True).template, indent=1))
     return paths
 
 

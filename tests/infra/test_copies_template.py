@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,18 +64,12 @@ CROSS = {
 
 @pytest.fixture(scope="module")
 def synthesized() -> tuple[dict[str, Any], set[str | None]]:
-    from aws_cdk import Environment
-
+    from rehearsal.synth import synthesized
     from stacks import nag
-    from stacks.app_builder import STACK_NAME, build_app
 
-    project = {"bundling": "none", "instances": [SNAPSHOTS, ARCHIVES, CROSS]}
-    with tempfile.TemporaryDirectory() as outdir:
-        app, stack = build_app(project, outdir=outdir, env=Environment(account=ACCOUNT, region=REGION), checks=True)
-        app.synth()  # raises on any cdk-nag finding stacks/nag.py does not acknowledge
-        used = {nag.pattern_for(rule) for rule in nag.acknowledged(stack)}
-        template = json.loads((Path(outdir) / f"{STACK_NAME}.template.json").read_text())
-    return template, used
+    # Raises on any cdk-nag finding stacks/nag.py does not acknowledge.
+    made = synthesized({"bundling": "none", "instances": [SNAPSHOTS, ARCHIVES, CROSS]}, checks=True)
+    return made.template, {nag.pattern_for(rule) for rule in made.acknowledged}
 
 
 def _policies_of(template: dict[str, Any], function_prefix: str) -> list[dict[str, Any]]:

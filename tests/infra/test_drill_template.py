@@ -5,7 +5,6 @@ privilege of its functions; and the synth-time refusals of a drill config that c
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,24 +71,22 @@ HAPPY_PATH = [
 
 
 @pytest.fixture(scope="module")
-def synthesized(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Any]:
-    from aws_cdk import Environment
+def synthesized() -> tuple[dict[str, Any], dict[str, str]]:
+    from rehearsal.synth import synthesized
 
-    from stacks.app_builder import STACK_NAME, build_app
-
-    outdir = tmp_path_factory.mktemp("cdk-drill")
-    app, stack = build_app(CONFIG, outdir=str(outdir), env=Environment(account=ACCOUNT, region=REGION), checks=True)
-    assembly = app.synth()  # raises on any cdk-nag finding stacks/nag.py does not acknowledge
-    return dict(json.loads((Path(assembly.directory) / f"{STACK_NAME}.template.json").read_text())), stack
+    made = synthesized(CONFIG, checks=True)  # raises on any cdk-nag finding stacks/nag.py does not acknowledge
+    return made.template, made.acknowledged
 
 
 @pytest.fixture(scope="module")
-def template(synthesized: tuple[dict[str, Any], Any]) -> dict[str, Any]:
+def template(synthesized: tuple[dict[str, Any], dict[str, str]]) -> dict[str, Any]:
     return synthesized[0]
 
 
-def test_cdk_nag_passes_and_the_drill_acknowledgment_is_used(synthesized: tuple[dict[str, Any], Any]) -> None:
-    used = {nag.pattern_for(rule) for rule in nag.acknowledged(synthesized[1])}
+def test_cdk_nag_passes_and_the_drill_acknowledgment_is_used(
+    synthesized: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    used = {nag.pattern_for(rule) for rule in synthesized[1]}
     executions = {pattern for pattern, _ in nag.ACKNOWLEDGMENTS if ":states:" in pattern}
     assert executions and used >= executions
 

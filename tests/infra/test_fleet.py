@@ -18,7 +18,7 @@ import pytest
 from functions.models.config import ConfigError, parse_project_config
 from functions.models.schedule import plain_minute
 from stacks.constructs.schedules import MAX_STARTS_PER_MINUTE, plan
-from tests.infra.conftest import ACCOUNT, PROD, REGION, resolve_join
+from tests.infra.conftest import PROD, resolve_join
 
 FLEET = 50
 SHARED_CRON = "cron(30 2 * * ? *)"
@@ -51,14 +51,10 @@ CONFIG = fleet_config([0] * 48 + [1] * 2)
 
 @pytest.fixture(scope="module")
 def fleet() -> dict[str, Any]:
-    from aws_cdk import Environment
+    from rehearsal.synth import synthesized
 
-    from stacks.app_builder import build_app
-
-    app, stack = build_app(CONFIG, env=Environment(account=ACCOUNT, region=REGION), checks=True)
     # cdk-nag runs on synth: a finding this size of fleet brings and stacks/nag.py does not explain fails here.
-    assembly = app.synth()
-    return dict(assembly.get_stack_by_name(stack.stack_name).template)
+    return synthesized(CONFIG, checks=True).template
 
 
 def _resolved_size(document: Any, template: dict[str, Any]) -> int:

@@ -16,24 +16,16 @@ from typing import Any
 import pytest
 
 from functions.models.steps import OPERATIONS
-from tests.infra.conftest import ACCOUNT, REGION
 from tests.infra.test_drill_template import CONFIG
 
 INVOKE = "lambda:InvokeFunction"
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    import json
+def template() -> dict[str, Any]:
+    from rehearsal.synth import synthesized
 
-    from aws_cdk import Environment
-
-    from stacks.app_builder import STACK_NAME, build_app
-
-    outdir = tmp_path_factory.mktemp("cdk-invokers")
-    app, _ = build_app(CONFIG, outdir=str(outdir), env=Environment(account=ACCOUNT, region=REGION), checks=False)
-    app.synth()
-    return dict(json.loads((outdir / f"{STACK_NAME}.template.json").read_text()))
+    return synthesized(CONFIG, checks=True).template  # the drill template's synthesis, shared
 
 
 def refs(value: Any) -> Iterator[str]:

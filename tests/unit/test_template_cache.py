@@ -37,3 +37,43 @@ def test_concurrent_misses_synthesize_once(tmp_path: Path, monkeypatch: pytest.M
     assert len(calls) == 1
     assert results == [{"Resources": {"Made": 1}}] * 4
     assert [p.name for p in tmp_path.glob("*.tmp")] == []
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_key_follows_what_the_stack_imports_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(
+        tmp_path,
+        {
+            "stacks/__init__.py": "",
+            "stacks/stack.py": "from functions.strategies import DEPLOYMENT_ENV\nimport functions.models.steps\n",
+            "functions/__init__.py": "",
+            "functions/strategies/__init__.py": "DEPLOYMENT_ENV = 'DEPLOYMENT_ID'\n",
+            "functions/models/__init__.py": "",
+            "functions/models/steps.py": "from functions.errors import StepError\n",
+            "functions/errors.py": "class StepError(Exception): ...\n",
+            "functions/handlers/backup.py": "def handler(event, context): ...\n",
+            "functions/host/bitbucket-backup-host.sh": "#!/bin/bash\n",
+        },
+    )
+    monkeypatch.setattr(template_cache, "ROOT", tmp_path)
+    found = {str(p.relative_to(tmp_path)) for p in template_cache.stack_sources()}
+    assert "functions/errors.py" in found and "functions/strategies/__init__.py" in found
+    assert "functions/handlers/backup.py" not in found
+
+    def key_after(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        template_cache._code_digest.cache_clear()
+        return template_cache._key("config")
+
+    before = key_after("functions/errors.py", "class StepError(Exception): ...\n")
+    assert key_after("functions/handlers/backup.py", "def handler(event, context): return 1\n") == before
+    assert key_after("functions/errors.py", "class StepError(RuntimeError): ...\n") != before
+    assert key_after("functions/host/bitbucket-backup-host.sh", "#!/bin/bash\nset -e\n") != before
+    assert template_cache._key("another config") != template_cache._key("config")

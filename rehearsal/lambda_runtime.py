@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from functions.clients.aws import clients_from, credentials_client
 from functions.handlers._step import is_warm_up
 from rehearsal.fake_account import REGION
+from rehearsal.iam import RoleCredentials, lambda_credentials
 
 ROOT_HANDLERS = Path(__file__).resolve().parent.parent / "functions" / "handlers"
 
@@ -83,6 +85,25 @@ class LogCapture(io.TextIOBase):
         return found
 
 
+_role_clients: dict[tuple[RoleCredentials, str, str | None], Any] = {}
+_role_clients_lock = threading.Lock()
+
+
+def role_client(credentials: RoleCredentials, service: str, region: str | None) -> Any:
+    """One client per role, service and region for the whole process (a role's keys are the same in every world)."""
+    key = (credentials, service, region)
+    with _role_clients_lock:
+        if key not in _role_clients:
+            _role_clients[key] = credentials_client(
+                service,
+                region,
+                access_key_id=credentials.access_key_id,
+                secret_access_key=credentials.secret_access_key,
+                session_token=credentials.session_token,
+            )
+        return _role_clients[key]
+
+
 class LambdaRuntime:
     """Replaces moto's Docker-less Lambda backend `invoke` with a call of the configured handler."""
 
@@ -97,6 +118,18 @@ class LambdaRuntime:
         self.invocations: list[Invocation] = []
         self.faults: dict[str, list[Exception]] = faults if faults is not None else {}
         self._env_lock = threading.Lock()
+        self._credentials: dict[str, RoleCredentials] = {}  # per role, for this world's moto
+
+    def _clients_of(self, role_arn: str) -> Callable[[str, str | None], Any]:
+        with self._env_lock:
+            if role_arn not in self._credentials:
+                self._credentials[role_arn] = lambda_credentials(role_arn)
+            credentials = self._credentials[role_arn]
+
+        def client(service: str, region: str | None = None) -> Any:
+            return role_client(credentials, service, region)
+
+        return client
 
     def invoke(
         self,
@@ -123,7 +156,9 @@ class LambdaRuntime:
                 raise injected.pop(0)
             handler = getattr(importlib.import_module(module_name), attr)
             context = LambdaContext(function_name=fn.function_name, invoked_function_arn=fn.function_arn)
-            record.result = handler(event, context)
+            # The function's AWS calls are signed with its own role's credentials, as Lambda hands them over.
+            with clients_from(self._clients_of(fn.role)):
+                record.result = handler(event, context)
             payload = json.dumps(record.result).encode()
         except Exception as error:  # what the Lambda service does with an unhandled exception
             record.error = type(error).__name__

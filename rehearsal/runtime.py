@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rehearsal import moto_fixes, ssm_documents
+from rehearsal import iam, moto_fixes, ssm_documents
 from rehearsal.cfn_resolver import Resolver
-from rehearsal.fake_account import ACCOUNT, REGION, set_fake_credentials
+from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION, set_fake_credentials
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
 from rehearsal.local_host import LocalHost
@@ -63,6 +63,14 @@ class RunResult:
         return [e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e]
 
 
+MOTO_CONFIG: Any = {
+    "stepfunctions": {"execute_state_machine": True},
+    "lambda": {"use_docker": False},
+    # Keep the harness's keys (fake_account): moto's own would belong to no identity of the world.
+    "core": {"mock_credentials": False},
+}
+
+
 class Rehearsal:
     """A moto world with the synthesized stack deployed into it, a demo instance's AWS resources, and a
     Bitbucket to talk to (a simulator or a real staging instance)."""
@@ -85,10 +93,15 @@ class Rehearsal:
         project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
         drill: bool = False,
+        deployed: dict[str, Any] | None = None,
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
         self.project_config = rehearsal_project_config(home, database, drill) | (project_overrides or {})
+        # Instance fields the stack was deployed with (what `cdk deploy` turns into roles and functions), e.g. copies
+        # with placeholder targets that a test replaces with real ones through `configure`.
+        if deployed:
+            self.project_config["instances"] = [{**self.project_config["instances"][0], **deployed}]
         self.timing = {
             "poll_interval_seconds": 0,
             "drain_timeout_seconds": 30,
@@ -118,6 +131,7 @@ class Rehearsal:
         self.resolver = Resolver()
         self.resources: dict[str, Any] = {}
         self.rules: list[tuple[dict[str, Any], list[str]]] = []
+        self.iam = iam.Enforcement()  # each function calls AWS as its own role, moto refusing what it may not do
         self.delivered: list[dict[str, Any]] = []
         self._stack = contextlib.ExitStack()
 
@@ -133,10 +147,10 @@ class Rehearsal:
         instance = self.project_config["instances"][0]
         home, database = instance["home"]["strategy"], instance["database"]["strategy"]
         template = synth_template(self.project_config)
-        self._stack.enter_context(
-            mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
-        )
+        self._stack.enter_context(mock_aws(config=MOTO_CONFIG))
         self._stack.enter_context(moto_fixes.patched(self.runtime, self.host))
+        iam.create_harness_identities()
+        self._stack.enter_context(self.iam.enforced())
         if home in COPY_STRATEGIES or database in COPY_STRATEGIES:
             self._serve_host_endpoint()
         self._redirect_logs()
@@ -164,9 +178,9 @@ class Rehearsal:
         self.host.env.update(
             {
                 "AWS_ENDPOINT_URL": f"http://{address}:{port}",
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_SESSION_TOKEN": "testing",
+                # The hosts sign as the harness's administrator: their instance role is the user's, not the stack's.
+                "AWS_ACCESS_KEY_ID": ADMIN_KEY_ID,
+                "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
                 "AWS_DEFAULT_REGION": REGION,
                 "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
@@ -193,12 +207,15 @@ class Rehearsal:
     def _deploy(self, template: dict[str, Any]) -> None:
         resources: dict[str, dict[str, Any]] = template["Resources"]
         r = self.resolver
-        iam = self.client("iam")
-        role_arn = iam.create_role(
-            RoleName="rehearsal-role",
+        # The state machines' role: moto's interpreter signs as the harness whatever it is (rehearsal/iam.py).
+        role_arn = self.client("iam").create_role(
+            RoleName="rehearsal-state-machines",
             AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
         order = [
+            "AWS::IAM::Role",
+            "AWS::IAM::ManagedPolicy",
+            "AWS::IAM::Policy",
             "AWS::KMS::Key",
             "AWS::SNS::Topic",
             "AWS::DynamoDB::Table",
@@ -228,7 +245,9 @@ class Rehearsal:
 
     def _create(self, logical: str, kind: str, props: dict[str, Any], role_arn: str) -> None:
         r = self.resolver
-        if kind == "AWS::KMS::Key":
+        if kind.startswith("AWS::IAM::"):
+            self._create_iam(logical, kind, props)
+        elif kind == "AWS::KMS::Key":
             key = self.client("kms").create_key(Description=logical)["KeyMetadata"]
             r.refs[logical], r.attrs[(logical, "Arn")] = key["KeyId"], key["Arn"]
         elif kind == "AWS::SNS::Topic":
@@ -267,7 +286,7 @@ class Rehearsal:
             fn = self.client("lambda").create_function(
                 FunctionName=logical,
                 Runtime="python3.13",
-                Role=role_arn,
+                Role=r(props["Role"]),
                 Handler=props["Handler"],
                 Code={"ZipFile": code.getvalue()},
                 Timeout=props.get("Timeout", 60),
@@ -287,6 +306,35 @@ class Rehearsal:
             r.refs[logical], r.attrs[(logical, "Name")] = arn, name
             self.definitions = getattr(self, "definitions", {})
             self.definitions[logical] = json.loads(definition)
+
+    def _create_iam(self, logical: str, kind: str, props: dict[str, Any]) -> None:
+        """The template's roles and their policies, as moto can evaluate them (rehearsal/iam.py)."""
+        client, r = self.client("iam"), self.resolver
+        if kind == "AWS::IAM::Role":
+            made = client.create_role(
+                RoleName=logical[:64], AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"])
+            )["Role"]
+            r.refs[logical], r.attrs[(logical, "Arn")] = made["RoleName"], made["Arn"]
+            for policy in props.get("Policies", []):
+                inline = json.dumps(iam.for_moto(policy["PolicyDocument"]))
+                client.put_role_policy(
+                    RoleName=made["RoleName"], PolicyName=policy["PolicyName"], PolicyDocument=inline
+                )
+            for managed in props.get("ManagedPolicyArns", []):
+                arn = r(managed)
+                if arn.startswith("arn:aws:iam::aws:policy/"):  # AWS's own, e.g. basic execution: logs only
+                    continue
+                client.attach_role_policy(RoleName=made["RoleName"], PolicyArn=arn)
+        elif kind == "AWS::IAM::ManagedPolicy":
+            managed_document = json.dumps(iam.for_moto(props["PolicyDocument"]))
+            arn = client.create_policy(PolicyName=logical[:128], PolicyDocument=managed_document)["Policy"]["Arn"]
+            r.refs[logical] = arn
+            for role in props.get("Roles", []):
+                client.attach_role_policy(RoleName=r(role), PolicyArn=arn)
+        elif kind == "AWS::IAM::Policy":
+            document = json.dumps(iam.for_moto(props["PolicyDocument"]))
+            for role in props.get("Roles", []):
+                client.put_role_policy(RoleName=r(role), PolicyName=props["PolicyName"], PolicyDocument=document)
 
     # --- the demo instance's AWS resources -----------------------------------------------------------------------
 

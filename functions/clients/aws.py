@@ -49,6 +49,17 @@ def client(service: str, region: str | None = None) -> Any:
         return _clients[key]
 
 
+def credentials_client(
+    service: str, region: str | None, *, access_key_id: str, secret_access_key: str, session_token: str
+) -> Any:
+    """A client signing with these credentials (an assumed role's)."""
+    with _lock:
+        session = _session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, aws_session_token=session_token
+        )
+        return session.client(service, region_name=region, config=_CONFIG)
+
+
 _assumed: dict[tuple[str, str, str], tuple[float, Any]] = {}
 ASSUMED_SESSION_SECONDS = 3600
 
@@ -66,13 +77,14 @@ def target_client(service: str, target: Any) -> Any:
     credentials = client("sts").assume_role(
         RoleArn=target.role_arn, RoleSessionName="bitbucket-diy-backup", DurationSeconds=ASSUMED_SESSION_SECONDS
     )["Credentials"]
+    made = credentials_client(
+        service,
+        target.region,
+        access_key_id=credentials["AccessKeyId"],
+        secret_access_key=credentials["SecretAccessKey"],
+        session_token=credentials["SessionToken"],
+    )
     with _lock:
-        session = _session(
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-        )
-        made = session.client(service, region_name=target.region, config=_CONFIG)
         _assumed[key] = (credentials["Expiration"].timestamp(), made)
     return made
 

@@ -14,18 +14,19 @@ from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import Credentials
 from functions.errors import PreflightFailed
 
-_provider: SecretsProvider | None = None
+_providers: dict[int, SecretsProvider] = {}
 _lock = threading.Lock()
 
 
 def _secrets() -> SecretsProvider:
-    """One provider (and its cache) per Secrets Manager client: in Lambda, one per process."""
-    global _provider
+    """One provider (and its cache) per Secrets Manager client: in Lambda, one per process; in the rehearsal, one per
+    function, whose role's client it is."""
     secretsmanager = client("secretsmanager")
     with _lock:
-        if _provider is None or _provider.client is not secretsmanager:
-            _provider = SecretsProvider(boto3_client=secretsmanager)
-        return _provider
+        provider = _providers.get(id(secretsmanager))
+        if provider is None or provider.client is not secretsmanager:
+            provider = _providers[id(secretsmanager)] = SecretsProvider(boto3_client=secretsmanager)
+        return provider
 
 
 def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:

@@ -5,6 +5,7 @@ run visibly while the local backup stays complete; a copy refused for a limit is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -54,8 +55,13 @@ def _rds_copies() -> list[dict[str, Any]]:
     return sorted((s for s in found if _tags(s).get(TOOL_TAG) == TOOL_VALUE), key=lambda s: s["DBSnapshotIdentifier"])
 
 
+# The stack as deployed for copies into DR (its roles' permissions); the test's real key replaces the placeholder.
+DEPLOYED = {"copies": [{"region": DR, "kms_key_id": "arn:aws:kms:eu-central-1:123456789012:key/placeholder"}]}
+
+
 @pytest.fixture
-def dr(world: World) -> World:
+def dr(world_factory: Callable[..., World]) -> World:
+    world = world_factory(deployed=DEPLOYED)
     _with_copies(world)
     return world
 

@@ -75,6 +75,18 @@ def _as_dr_role(service: str) -> Any:
     )
 
 
+def _deployed(**target: Any) -> dict[str, Any]:
+    """The stack as deployed for copies into the destination account (its roles' permissions); the test's real key
+    replaces the placeholder."""
+    key = f"arn:aws:kms:{DR}:{DR_ACCOUNT}:key/placeholder"
+    return {"copies": [{"region": DR, "kms_key_id": key, "account_id": DR_ACCOUNT, "role_arn": ROLE_ARN, **target}]}
+
+
+@pytest.fixture
+def world(world_factory: Callable[..., World]) -> World:
+    return world_factory(deployed=_deployed())
+
+
 def _setup_dr_account(world: World, trust: dict[str, Any] = TRUST, **target: Any) -> dict[str, Any]:
     _admin_of_dr_account("iam", "us-east-1").create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
     key = _admin_of_dr_account("kms", DR).create_key(Description="DR copies")["KeyMetadata"]["Arn"]
@@ -248,7 +260,7 @@ def test_archives_are_copied_into_the_destination_accounts_bucket_by_its_role(
 ) -> None:
     from moto.s3.models import s3_backends
 
-    world = world_factory(home="rsync", database="amazon-rds")
+    world = world_factory(home="rsync", database="amazon-rds", deployed=_deployed(archive_bucket="dr-archives"))
     _admin_of_dr_account("s3", DR).create_bucket(
         Bucket="dr-archives", CreateBucketConfiguration={"LocationConstraint": DR}
     )

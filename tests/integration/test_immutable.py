@@ -5,6 +5,7 @@ later run once the lock has expired; nothing else deletes it meanwhile."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -33,7 +34,10 @@ def _expire_all() -> None:
 
 
 @pytest.fixture
-def immutable(world: World) -> World:
+def immutable(world_factory: Callable[..., World]) -> World:
+    # Deployed as immutable with copies (its roles' permissions); the test's real key replaces the placeholder.
+    placeholder = {"region": DR, "kms_key_id": f"arn:aws:kms:{DR}:123456789012:key/placeholder"}
+    world = world_factory(deployed={"immutable": {"mode": "compliance"}, "keep_backups": 1, "copies": [placeholder]})
     key = boto3.client("kms", region_name=DR).create_key(Description="DR copies")["KeyMetadata"]["Arn"]
     world.r.configure(immutable={"mode": "compliance"}, keep_backups=1, copies=[{"region": DR, "kms_key_id": key}])
     return world

@@ -23,7 +23,7 @@ def secretsmanager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "300")
     saved = dict(aws._clients)
     aws._clients.clear()
-    monkeypatch.setattr(secrets, "_provider", None)
+    monkeypatch.setattr(secrets, "_providers", {})
     with mock_aws():
         client = boto3.client("secretsmanager", region_name=REGION)
         client.create_secret(Name=NAME, SecretString=json.dumps({"username": "admin", "password": "first-Passw0rd"}))

@@ -1,0 +1,188 @@
+"""IAM in the rehearsal: the template's roles and policies created in moto, moto's authorization switched on, each
+Lambda function calling AWS with its own role's credentials, and the harness (the rehearsal itself, the hosts' AWS
+CLI, moto's Step Functions interpreter) signing as administrators.
+
+What moto can evaluate (moto/iam/access_control.py, moto 5.2.5), and so what a rehearsal proves - the one place
+that says so:
+- Actions. A call whose action no statement of its role allows fails with AccessDenied, as in AWS. That is what the
+  rehearsal enforces: a step whose role lacks an action fails here, not after `cdk deploy`.
+- Not resources. moto passes the resource "*" for every service but S3, IAM and STS, so a statement scoped to an ARN
+  would never match: each statement goes to moto with `Resource: "*"`.
+- Not conditions. moto has none of the request's context keys (`aws:ResourceTag/...`, `ec2:CreateAction`,
+  `kms:ViaService`) and denies outright a statement whose condition it cannot check: conditions are dropped from
+  Allow statements, and conditional Deny statements left out (the stack has none).
+- Not resource policies (KMS key policies, bucket and topic policies), nor the state machines' roles (the
+  interpreter signs as the harness), nor the destination accounts' roles of DR copies (the user's, not the stack's:
+  calls in another account are not checked).
+Resources and conditions are asserted against the synthesized template instead: tests/infra/test_catalog_iam.py,
+tests/infra/test_template.py and tests/infra/test_invokers.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION
+
+ADMIN_USER = "rehearsal-harness"
+# moto's Step Functions interpreter signs its Lambda invocations and SDK tasks with these fixed keys.
+INTERPRETER_USER, INTERPRETER_KEY_ID, INTERPRETER_SECRET = "rehearsal-step-functions", "ak", "sk"
+LAMBDA_SERVICE = "lambda.amazonaws.com"
+
+
+class _ServiceCall(threading.local):
+    active = False  # set while an AWS service (Lambda) assumes a role on a function's behalf
+
+
+SERVICE_CALL = _ServiceCall()
+EVERYTHING = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@dataclass(frozen=True)
+class Denied:
+    caller: str  # the role (or user) that asked
+    action: str  # e.g. ec2:CreateSnapshots
+
+    def __str__(self) -> str:
+        return f"{self.caller} may not {self.action}"
+
+
+@dataclass(frozen=True)
+class RoleCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+
+
+class Enforcement:
+    """moto's authorization on for the stack's account while `enforced()` runs; every refusal is recorded."""
+
+    def __init__(self) -> None:
+        self.denied: list[Denied] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def enforced(self) -> Iterator[None]:
+        from unittest import mock
+
+        from moto import settings
+        from moto.core.authorization import ActionAuthenticatorMixin
+        from moto.iam.access_control import IAMRequestBase
+
+        authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
+        check = IAMRequestBase.check_action_permitted
+        enforcement = self
+
+        def authenticate_and_authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
+            # Only the stack's own account: another account's roles are the user's (see the module docstring).
+            if getattr(self, "current_account", ACCOUNT) == ACCOUNT:
+                authorize(self, iam_request_cls, resource)
+
+        def check_action_permitted(self: Any, resource: str) -> None:
+            try:
+                check(self, resource)
+            except Exception:
+                with enforcement._lock:
+                    enforcement.denied.append(Denied(caller=self._access_key.arn, action=self._action))
+                raise
+
+        before = settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+        ActionAuthenticatorMixin.request_count = 0
+        try:
+            with (
+                mock.patch.object(
+                    ActionAuthenticatorMixin, "_authenticate_and_authorize_action", authenticate_and_authorize
+                ),
+                mock.patch.object(IAMRequestBase, "check_action_permitted", check_action_permitted),
+            ):
+                yield
+        finally:
+            settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = before
+
+
+def create_harness_identities() -> None:
+    """The administrators the harness signs as: the rehearsal and the hosts (the keys of fake_account), and moto's
+    interpreter (its fixed keys). Made in the backend directly, before authorization is on."""
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[ACCOUNT]["aws"]
+    for user, key_id, secret in (
+        (ADMIN_USER, ADMIN_KEY_ID, ADMIN_SECRET),
+        (INTERPRETER_USER, INTERPRETER_KEY_ID, INTERPRETER_SECRET),
+    ):
+        iam.create_user(REGION, user, path="/", tags=[])
+        iam.put_user_policy(user, "everything", json.dumps(EVERYTHING))
+        key = iam.create_access_key(user)
+        del iam.access_keys[key.physical_resource_id]
+        key.access_key_id, key.secret_access_key = key_id, secret
+        iam.access_keys[key.physical_resource_id] = key
+
+
+def for_moto(document: dict[str, Any]) -> dict[str, Any]:
+    """A policy document as moto can evaluate it: its actions only (see the module docstring)."""
+    statements = document.get("Statement", [])
+    kept = []
+    for statement in statements if isinstance(statements, list) else [statements]:
+        if statement.get("Condition") and statement.get("Effect") == "Deny":
+            continue
+        projected = {k: v for k, v in statement.items() if k not in ("Condition", "Resource", "NotResource", "Sid")}
+        kept.append({**projected, "Resource": "*"})
+    return {**document, "Statement": kept}
+
+
+def trusts_service(policy: Any, service: str) -> bool:
+    """Whether a role's trust policy lets this service principal assume it."""
+    document = json.loads(policy) if isinstance(policy, str) else policy
+    statements = document.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        actions = statement.get("Action", [])
+        actions = actions if isinstance(actions, list) else [actions]
+        principal = statement.get("Principal", {})
+        services = principal.get("Service", []) if isinstance(principal, dict) else []
+        services = services if isinstance(services, list) else [services]
+        if (
+            statement.get("Effect") == "Allow"
+            and {"sts:AssumeRole", "sts:*", "*"} & set(actions)
+            and service in services
+        ):
+            return True
+    return False
+
+
+def lambda_credentials(role_arn: str) -> RoleCredentials:
+    """What the Lambda service hands a function: its role's temporary credentials, which only a role that trusts
+    Lambda gets. Fixed per role, so that a process's clients outlive one rehearsal's moto."""
+    from moto.iam.models import iam_backends
+    from moto.sts.models import sts_backends
+
+    iam = iam_backends[ACCOUNT]["aws"]
+    role = iam.get_role_by_arn(role_arn)
+    if not trusts_service(role.assume_role_policy_document, LAMBDA_SERVICE):
+        raise PermissionError(f"role {role.name} does not trust {LAMBDA_SERVICE}: Lambda cannot run with it")
+    SERVICE_CALL.active = True
+    try:
+        assumed = sts_backends[ACCOUNT]["aws"].assume_role(
+            region_name=REGION,
+            role_session_name=role.name[:64],
+            role_arn=role_arn,
+            policy="",
+            duration=43200,
+            external_id="",
+        )
+    finally:
+        SERVICE_CALL.active = False
+    digest = hashlib.sha256(role_arn.encode()).hexdigest()
+    key = assumed.access_key
+    iam.access_keys.pop(key.physical_resource_id, None)
+    key.access_key_id = assumed.access_key_id = f"ASIA{digest[:16].upper()}"
+    key.secret_access_key = assumed.secret_access_key = digest[16:56]
+    assumed.session_token = f"rehearsal-{digest[:32]}"
+    iam.access_keys[key.physical_resource_id] = key
+    return RoleCredentials(assumed.access_key_id, assumed.secret_access_key, assumed.session_token)

@@ -134,6 +134,9 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "archive": summary.get("archive") or [],
         "notifications": rehearsal.notifications(),
         "execution_arn": result.execution_arn,
+        # Each function called AWS as its own role, moto refusing what the role does not allow (rehearsal/iam.py).
+        "iam_enforced": rehearsal.iam.active,
+        "denied_calls": [str(denied) for denied in rehearsal.iam.denied],
     }
 
 
@@ -157,6 +160,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     for note in summary["notifications"]:
         print(f"  notification: {note['subject']}")
+    if summary["iam_enforced"]:
+        denied = summary["denied_calls"]
+        print(f"  IAM enforced per function role: {', '.join(denied) if denied else 'no call denied'}")
 
 
 def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namespace) -> dict[str, Any]:

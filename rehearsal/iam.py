@@ -9,7 +9,8 @@ that says so:
 - Not resources. moto passes the resource "*" for every service but S3, IAM and STS, so a statement scoped to an ARN
   would never match: each statement goes to moto with `Resource: "*"`.
 - Not conditions. moto has none of the request's context keys (`aws:ResourceTag/...`, `ec2:CreateAction`,
-  `kms:ViaService`) and denies outright a statement whose condition it cannot check: conditions are dropped from
+  `kms:ViaService`) and applies a statement with such a condition as if it had none (checked for the operators the
+  stack uses: tests/unit/test_rehearsal_iam.py). The reduction makes that explicit: conditions are dropped from
   Allow statements, and conditional Deny statements left out (the stack has none).
 - Not resource policies (KMS key policies, bucket and topic policies), nor the state machines' roles (the
   interpreter signs as the harness), nor the destination accounts' roles of DR copies (the user's, not the stack's:
@@ -65,6 +66,7 @@ class Enforcement:
 
     def __init__(self) -> None:
         self.denied: list[Denied] = []
+        self.active = False
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -102,8 +104,10 @@ class Enforcement:
                 ),
                 mock.patch.object(IAMRequestBase, "check_action_permitted", check_action_permitted),
             ):
+                self.active = True
                 yield
         finally:
+            self.active = False
             settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = before
 
 

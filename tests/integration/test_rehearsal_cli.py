@@ -47,6 +47,8 @@ def test_rehearsal_against_an_external_bitbucket_succeeds(tmp_path: Path) -> Non
     assert summary["backup_id"].startswith("demo-")
     assert summary["lock_window_s"] >= summary["drain_s"] > 0
     assert summary["state_transitions"] > 0 and summary["cost_usd"] > 0
+    # Every function ran as its own role with moto's IAM on, and none was refused a call.
+    assert summary["iam_enforced"] is True and summary["denied_calls"] == []
     assert {s["kind"] for s in summary["snapshots"]} == {"ebs-snapshot", "rds-snapshot"}
     # The backup sent no notification (no failure, and notify_on_success is off).
     assert [n["subject"] for n in summary["notifications"]] == []

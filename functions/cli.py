@@ -99,7 +99,7 @@ class Aws:
 
             core = botocore.session.Session(profile=self.profile)
             if self._local() and core.get_credentials() is None:
-                # The local runtime accepts any signature; it needs none of the operator's credentials.
+                # The local runtime knows these keys (an administrator of the emulated account): never real ones.
                 core.set_credentials("testing", "testing")
             self._session = boto3.session.Session(botocore_session=core, region_name=self.region)
         return self._session

@@ -34,6 +34,8 @@ from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION
 ADMIN_USER = "rehearsal-harness"
 # moto's Step Functions interpreter signs its Lambda invocations and SDK tasks with these fixed keys.
 INTERPRETER_USER, INTERPRETER_KEY_ID, INTERPRETER_SECRET = "rehearsal-step-functions", "ak", "sk"
+# The operator command line signs with these against a local endpoint when no credentials are set (functions/cli.py).
+OPERATOR_USER, OPERATOR_KEY_ID, OPERATOR_SECRET = "rehearsal-operator", "testing", "testing"
 LAMBDA_SERVICE = "lambda.amazonaws.com"
 
 
@@ -112,14 +114,16 @@ class Enforcement:
 
 
 def create_harness_identities() -> None:
-    """The administrators the harness signs as: the rehearsal and the hosts (the keys of fake_account), and moto's
-    interpreter (its fixed keys). Made in the backend directly, before authorization is on."""
+    """The administrators the harness signs as: the rehearsal and the hosts (the keys of fake_account), moto's
+    interpreter (its fixed keys) and the operator command line against `rehearsal serve`. Made in the backend
+    directly, before authorization is on."""
     from moto.iam.models import iam_backends
 
     iam = iam_backends[ACCOUNT]["aws"]
     for user, key_id, secret in (
         (ADMIN_USER, ADMIN_KEY_ID, ADMIN_SECRET),
         (INTERPRETER_USER, INTERPRETER_KEY_ID, INTERPRETER_SECRET),
+        (OPERATOR_USER, OPERATOR_KEY_ID, OPERATOR_SECRET),
     ):
         iam.create_user(REGION, user, path="/", tags=[])
         iam.put_user_policy(user, "everything", json.dumps(EVERYTHING))

@@ -24,7 +24,7 @@ from typing import Any
 from rehearsal.fake_account import REGION
 from rehearsal.runtime import Rehearsal, local_simulator
 
-HOST = "127.0.0.1"  # never anything else: the endpoint accepts any credentials
+HOST = "127.0.0.1"  # never anything else: the endpoint knows fixed local administrator keys (rehearsal/iam.py)
 
 
 class StatusChangeDelivery:

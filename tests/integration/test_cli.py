@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -292,17 +293,20 @@ def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process(
                 break
         assert url, "the server printed no endpoint"
         argv = [sys.executable, "-m", "functions.cli", "--endpoint-url", url, "--region", REGION, "--json"]
+        # An operator's shell without AWS credentials: the local endpoint (IAM enforced) knows the CLI's local ones.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         proc = subprocess.run(
             [*argv, "backup", "--instance", "demo", "--wait", "--poll-interval", "0.1"],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
+            env=env,
         )
         assert proc.returncode == OK, proc.stdout + proc.stderr
         record = json.loads(proc.stdout)
         assert record["status"] == "SUCCEEDED" and record["output"]["status"] == "complete"
-        proc = subprocess.run([*argv, "list"], capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run([*argv, "list"], capture_output=True, text=True, timeout=60, check=False, env=env)
         assert proc.returncode == OK, proc.stderr
         assert [b["status"] for b in json.loads(proc.stdout)["backups"]] == ["complete"]
     finally:

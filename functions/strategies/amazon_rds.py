@@ -33,6 +33,7 @@ from functions.strategies import (
     restore_tags,
     verification,
 )
+from functions.strategies.rds_snapshots import ClusterSnapshots, InstanceSnapshots, SnapshotApi
 
 RATE_LIMITS = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
 _STATES = {
@@ -53,23 +54,9 @@ class RdsStrategy(Strategy):
         {"instance_id", "cluster_id", "writer_instance_id", "instance_class", "subnet_group", "security_group_ids",
          "parameter_group"}
     )  # fmt: skip
-    kind = "rds-snapshot"
-    # Names of the API calls and fields, which differ only by "Cluster" between RDS and Aurora.
-    _describe_source, _source_list, _source_arg = (
-        "describe_db_instances",
-        "DBInstances",
-        "DBInstanceIdentifier",
-    )
-    _status_field = "DBInstanceStatus"
-    _create, _snapshot_arg, _snapshot_key = "create_db_snapshot", "DBSnapshotIdentifier", "DBSnapshot"
-    _describe, _snapshot_list, _arn_field = "describe_db_snapshots", "DBSnapshots", "DBSnapshotArn"
-    _delete = "delete_db_snapshot"
-    _copy, _copy_source_arg, _copy_target_arg = (
-        "copy_db_snapshot",
-        "SourceDBSnapshotIdentifier",
-        "TargetDBSnapshotIdentifier",
-    )
-    _share = "modify_db_snapshot_attribute"
+    # The API calls, which differ only by "Cluster" between RDS and Aurora (functions/strategies/rds_snapshots.py).
+    api: SnapshotApi = InstanceSnapshots()
+    kind = api.kind
 
     @property
     def source_id(self) -> str:
@@ -79,10 +66,10 @@ class RdsStrategy(Strategy):
     def preflight(self) -> dict[str, object]:
         rds = client("rds")
         try:
-            found = getattr(rds, self._describe_source)(**{self._source_arg: self.source_id})[self._source_list]
+            found = self.api.describe_source(rds, self.source_id)
         except ClientError as error:
             raise PreflightFailed(f"database: {self.source_id} cannot be described ({error_code(error)})") from None
-        status = found[0].get(self._status_field) if found else None
+        status = self.api.source_status(found[0]) if found else None
         if status != "available":
             raise PreflightFailed(f"database: {self.source_id} is '{status}', not 'available'")
         return {"database": self.source_id}
@@ -90,9 +77,7 @@ class RdsStrategy(Strategy):
     def backup(self, backup_id: str) -> list[Artifact]:
         tags = [{"Key": k, "Value": v} for k, v in catalog_tags(self.instance.name, backup_id, self.part).items()]
         try:
-            getattr(client("rds"), self._create)(
-                **{self._snapshot_arg: backup_id, self._source_arg: self.source_id, "Tags": tags}
-            )
+            self.api.create(client("rds"), backup_id, self.source_id, tags)
         except ClientError as error:
             code = error_code(error)
             if code in RATE_LIMITS:
@@ -101,16 +86,10 @@ class RdsStrategy(Strategy):
         return self.artifacts(backup_id)
 
     def _snapshots(self) -> list[dict[str, Any]]:
-        paginator = self.aws("rds").get_paginator(self._describe)
         # A copy keeps its source's instance (cluster) identifier, but the API documents that filter as naming an
         # existing instance, which a copy target has not: there the catalog tags alone select (see artifacts()).
-        request: dict[str, str] = {"SnapshotType": "manual"}
-        if self.target is None:
-            request[self._source_arg] = self.source_id
-        found: list[dict[str, Any]] = []
-        for page in paginator.paginate(**request):
-            found.extend(page[self._snapshot_list])
-        return found
+        source = self.source_id if self.target is None else None
+        return [snapshot for page in self.api.pages(self.aws("rds"), source) for snapshot in page]
 
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
         found = []
@@ -121,7 +100,7 @@ class RdsStrategy(Strategy):
             found.append(
                 Artifact(
                     kind=self.kind,
-                    id=snap[self._snapshot_arg],
+                    id=self.api.identifier(snap),
                     part=self.part,
                     backup_id=tags.get(BACKUP_ID_TAG, ""),
                     state=_STATES.get(str(snap.get("Status", "")).lower(), "pending"),
@@ -130,7 +109,7 @@ class RdsStrategy(Strategy):
                     size_gb=snap.get("AllocatedStorage"),
                     created=str(snap.get("SnapshotCreateTime", "")),
                     details={
-                        "arn": snap.get(self._arn_field, ""),
+                        "arn": self.api.arn(snap),
                         "source": self.source_id,
                         **copy_details(tags),
                     },
@@ -142,39 +121,31 @@ class RdsStrategy(Strategy):
         self.aws("rds").add_tags_to_resource(ResourceName=artifact.details["arn"], Tags=_tag_list(tags))
 
     def delete(self, artifact: Artifact) -> None:
-        getattr(self.aws("rds"), self._delete)(**{self._snapshot_arg: artifact.id})
+        self.api.delete(self.aws("rds"), artifact.id)
 
     # --- disaster-recovery copies: the same identifier (the backup id) in the destination region ---------------
 
     def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
-        request: dict[str, Any] = {
-            self._copy_source_arg: original.details["arn"],
-            self._copy_target_arg: original.id,
-            "SourceRegion": source_region,
-            "Tags": _tag_list(tags),
-        }
+        request: dict[str, Any] = {"SourceRegion": source_region, "Tags": _tag_list(tags)}
         # A cross-region copy of an encrypted snapshot needs a key of the destination; an unencrypted one takes none.
         try:
-            source = getattr(client("rds"), self._describe)(**{self._snapshot_arg: original.id})[self._snapshot_list]
+            source = self.api.describe(client("rds"), original.id)
             if source and (source[0].get("Encrypted") or source[0].get("StorageEncrypted")):
                 request["KmsKeyId"] = target.kms_key_id
             if target.account_id:
                 # The target's role copies from the source account (by the original's ARN): share it first.
-                getattr(client("rds"), self._share)(
-                    **{self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToAdd": [target.account_id]}
-                )
-            getattr(self.aws("rds"), self._copy)(**request)
+                self.api.share(client("rds"), original.id, {"ValuesToAdd": [target.account_id]})
+            self.api.copy(self.aws("rds"), original.details["arn"], original.id, request)
         except ClientError as error:
-            raise copy_refused(error, self._copy, original, target) from None
+            raise copy_refused(error, self.api.copy_operation, original, target) from None
         logger.info(f"copying {original.id} to {target.label}")
         return original.id
 
     def unshare(self, original: Artifact, target: CopyTarget) -> bool:
         if not target.account_id:
             return False
-        request = {self._snapshot_arg: original.id, "AttributeName": "restore", "ValuesToRemove": [target.account_id]}
         try:
-            getattr(client("rds"), self._share)(**request)
+            self.api.share(client("rds"), original.id, {"ValuesToRemove": [target.account_id]})
         except ClientError as error:
             # Deleted meanwhile: nothing is shared any more.
             if error_code(error) not in ("DBSnapshotNotFound", "DBClusterSnapshotNotFoundFault"):
@@ -274,26 +245,8 @@ class RdsStrategy(Strategy):
 
 
 class AuroraStrategy(RdsStrategy):
-    kind = "rds-cluster-snapshot"
-    _describe_source, _source_list, _source_arg = "describe_db_clusters", "DBClusters", "DBClusterIdentifier"
-    _status_field = "Status"
-    _create, _snapshot_arg, _snapshot_key = (
-        "create_db_cluster_snapshot",
-        "DBClusterSnapshotIdentifier",
-        "DBClusterSnapshot",
-    )
-    _describe, _snapshot_list, _arn_field = (
-        "describe_db_cluster_snapshots",
-        "DBClusterSnapshots",
-        "DBClusterSnapshotArn",
-    )
-    _delete = "delete_db_cluster_snapshot"
-    _copy, _copy_source_arg, _copy_target_arg = (
-        "copy_db_cluster_snapshot",
-        "SourceDBClusterSnapshotIdentifier",
-        "TargetDBClusterSnapshotIdentifier",
-    )
-    _share = "modify_db_cluster_snapshot_attribute"
+    api: SnapshotApi = ClusterSnapshots()
+    kind = api.kind
 
     @property
     def source_id(self) -> str:

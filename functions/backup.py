@@ -6,7 +6,6 @@ sees the same clock and the same tokens without passing them through the executi
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from functions.errors import (
     SnapshotFailed,
     SnapshotTimeout,
 )
+from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig, RsyncHomeConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.observability import bind, logger, redact, short
@@ -292,7 +292,7 @@ def _all_copies(
 
 
 def source_region() -> str:
-    return os.environ.get("AWS_REGION") or str(client("ec2").meta.region_name)
+    return environment.region() or str(client("ec2").meta.region_name)
 
 
 def copy_regions(run: RunContext) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from botocore.exceptions import ClientError
@@ -11,6 +10,7 @@ from functions import runs
 from functions.clients.aws import error_code
 from functions.clients.bitbucket import BitbucketClient, Lock
 from functions.errors import BackupError
+from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.observability import redact
 from functions.strategies import COMPLETE, FAILED, Artifact, Strategy, strategies_for
@@ -30,7 +30,7 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
     except BackupError as error:
         return (
             f"NO - unlock failed ({redact(str(error))}); the token is kept in the run table "
-            f"'{os.environ.get('RUNS_TABLE', '')}' under instance '{record.instance}': unlock by hand"
+            f"'{environment.runs_table_for_messages()}' under instance '{record.instance}': unlock by hand"
         )
     runs.update(
         record.instance,

@@ -9,7 +9,6 @@ silently stop (schedule disabled, every run skipped) still move a metric: hours 
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from botocore.exceptions import ClientError
 from functions.catalog import backup_time, newest_complete
 from functions.clients.aws import client
 from functions.errors import BackupError
+from functions.models import environment
 from functions.models import metrics as names
 from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
 from functions.observability import logger, metrics, redact
@@ -73,7 +73,7 @@ def backup_size_gb(summary: dict[str, Any]) -> float | None:
 
 def configured_instances() -> list[tuple[InstanceConfig, datetime]]:
     """Every instance of this deployment, from the configuration parameters, with when its parameter was written."""
-    prefix = os.environ["CONFIG_PARAMETER_PREFIX"].rstrip("/")
+    prefix = environment.config_prefix()
     found = []
     for page in client("ssm").get_paginator("get_parameters_by_path").paginate(Path=prefix, Recursive=False):
         for parameter in page["Parameters"]:

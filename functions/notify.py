@@ -4,10 +4,10 @@ subscribers (filter policy) get only their own."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from functions.clients.aws import client
+from functions.models import environment
 from functions.observability import logger, redact
 
 
@@ -15,7 +15,7 @@ def publish(subject: str, instance: str | None, outcome: str, body: dict[str, An
     lines = [f"{key}: {value}" for key, value in body.items() if value not in (None, "", [])]
     message = redact(subject + "\n\n" + "\n".join(lines) + "\n\n" + json.dumps(body, default=str))
     client("sns").publish(
-        TopicArn=os.environ["TOPIC_ARN"],
+        TopicArn=environment.topic_arn(),
         Subject=redact(subject)[:99],
         Message=message,
         MessageAttributes={

@@ -11,7 +11,6 @@ failure path finds exactly its own resources, even those of a step that failed h
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
 import time
@@ -20,9 +19,10 @@ from typing import Any
 from functions import notify, trusted_config
 from functions.clients.aws import client
 from functions.errors import RestoreRefused, RestoreTimeout
+from functions.models import environment
 from functions.models.config import EbsHomeConfig, InstanceConfig
 from functions.models.events import parse
-from functions.models.restore import DRILL_MACHINE_ENV, PlanFlow, RestoreInput, RestorePlan
+from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
 from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
@@ -42,7 +42,7 @@ def _say(plan: RestorePlan, message: str) -> None:
 def started_by_drill(execution: str) -> bool:
     """Whether `execution` (an execution ARN, from the state machine's context) belongs to the drill's restore state
     machine: arn:aws:states:<region>:<account>:execution:<state machine name>:<execution name>."""
-    machine = os.environ.get(DRILL_MACHINE_ENV, "")
+    machine = environment.drill_machine()
     fields = execution.split(":")
     return bool(machine) and len(fields) == 8 and fields[5] == "execution" and fields[6] == machine
 

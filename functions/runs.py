@@ -13,7 +13,6 @@ the token is removed (unlocked), the expiry comes back.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +23,9 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
 from functions.errors import BackupInProgress, PreflightFailed
+from functions.models import environment
 from functions.models.config import InstanceConfig
-from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, RECORD_MARGIN_SECONDS, execution_timeout_seconds
+from functions.models.timeouts import RECORD_MARGIN_SECONDS, execution_timeout_seconds
 from functions.observability import register_secret
 
 # For a record written before expiry_seconds was stored (a run in flight during an upgrade).
@@ -35,7 +35,7 @@ _DEFAULT_EXPIRY_SECONDS = 24 * 3600
 def record_expiry_seconds(config: InstanceConfig) -> int:
     """How long a run's guard outlives its start: the backup state machine's timeout (as deployed, or as this
     instance's config implies, whichever is longer) plus a margin for the safety net."""
-    deployed = os.environ.get(EXECUTION_TIMEOUT_ENV, "")
+    deployed = environment.execution_timeout()
     timeout = max(int(deployed) if deployed.isdigit() else 0, execution_timeout_seconds([config]))
     return timeout + RECORD_MARGIN_SECONDS
 
@@ -64,7 +64,7 @@ class Run:
 
 
 def _table() -> str:
-    return os.environ["RUNS_TABLE"]
+    return environment.runs_table()
 
 
 def acquire(instance: str, backup_id: str, execution: str, ttl_seconds: int) -> None:

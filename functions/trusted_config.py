@@ -9,13 +9,13 @@ that is deleted and made again (an instance removed from cdk.json and added back
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
 from functions.errors import ConfigInvalid, UnknownInstance
+from functions.models import environment
 from functions.models.config import INSTANCE_NAME, ConfigError, InstanceConfig, parse_instance_config
 
 CACHE_SECONDS = 300
@@ -23,7 +23,7 @@ _cache: dict[tuple[str, int], tuple[float, InstanceConfig]] = {}
 
 
 def parameter_name(instance: str) -> str:
-    return os.environ["CONFIG_PARAMETER_PREFIX"].rstrip("/") + "/" + instance
+    return environment.config_prefix() + "/" + instance
 
 
 def load(instance: str, version: int | None = None, *, step: str = "validate") -> tuple[InstanceConfig, int]:

@@ -13,11 +13,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from functions.models import environment as env_names
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
-from functions.models.restore import DRILL_MACHINE_ENV
 from functions.models.steps import OPERATIONS
-from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
-from functions.strategies import DEPLOYMENT_ENV, RESTORE_FAILED
+from functions.models.timeouts import execution_timeout_seconds
+from functions.strategies import RESTORE_FAILED
 from stacks import nag, permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupGrants, BackupWorkflow, WorkflowTiming
@@ -62,12 +62,12 @@ class BackupStack(Stack):
         # What the functions may run on hosts: these documents, by name, never a script of their own.
         self.host_documents = HostDocuments(self, "HostDocuments", instances=config.instances)
         environment = {
-            "HOST_DOCUMENT_PREFIX": self.host_documents.prefix,
-            "RUNS_TABLE": runs.table.table_name,
-            "TOPIC_ARN": notifications.topic.topic_arn,
-            "CONFIG_PARAMETER_PREFIX": prefix,
+            env_names.HOST_DOCUMENT_PREFIX: self.host_documents.prefix,
+            env_names.RUNS_TABLE: runs.table.table_name,
+            env_names.TOPIC_ARN: notifications.topic.topic_arn,
+            env_names.CONFIG_PARAMETER_PREFIX: prefix,
             # Tagged on every artifact and required by every listing, pruning and cleanup (and by IAM).
-            DEPLOYMENT_ENV: permissions.deployment(self),
+            env_names.DEPLOYMENT_ID: permissions.deployment(self),
             "POWERTOOLS_SERVICE_NAME": "bitbucket-diy-backup",
             "POWERTOOLS_METRICS_NAMESPACE": "BitbucketDiyBackup",
             "POWERTOOLS_LOG_LEVEL": config.log_level,
@@ -89,7 +89,7 @@ class BackupStack(Stack):
                 removal_policy=RemovalPolicy.RETAIN,
             )
             nag.skip_checkov(self.archive_bucket, nag.ARCHIVE_ACCESS_LOGS)
-            environment["ARCHIVE_BUCKET"] = self.archive_bucket.bucket_name
+            environment[env_names.ARCHIVE_BUCKET] = self.archive_bucket.bucket_name
             CfnOutput(self, "ArchiveBucket", value=self.archive_bucket.bucket_name)
             # Cross-account copy targets copy the archives as their own role: it may read them (and their key).
             for role_arn in permissions.cross_account_readers(config.instances):
@@ -118,7 +118,7 @@ class BackupStack(Stack):
             scope = self if len(groups) == 1 else Construct(self, f"Functions{suffix}")
             # The execution may run as long as its slowest instance's waits, plus margin; the run records outlive it.
             timeout_s = execution_timeout_seconds(instances)
-            group_environment = {**environment, EXECUTION_TIMEOUT_ENV: str(timeout_s)}
+            group_environment = {**environment, env_names.EXECUTION_TIMEOUT: str(timeout_s)}
             factory = FunctionFactory(
                 scope, FunctionSettings(code=code, environment=group_environment, network=instances[0].network)
             )
@@ -157,7 +157,7 @@ class BackupStack(Stack):
                 statuses=("ABORTED", "TIMED_OUT"),
                 description="Restore executions stopped or timed out (no Catch ran): remove what they created",
             )
-            restore_net.function.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
+            restore_net.function.add_environment(env_names.DRILL_MACHINE, restore.drill_state_machine_name)
             # It reads the stopped execution's history for the plan, then cleans up as the restore's failure path.
             for machine in restore.state_machines:
                 machine.grant_read(restore_net.function)

@@ -10,7 +10,6 @@ archive) are driven by the state machine with `start` and `check`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -18,7 +17,8 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
 from functions.errors import HostCommandFailed
-from functions.models.host_operations import DOCUMENT_PREFIX_VARIABLE, OPERATIONS
+from functions.models import environment
+from functions.models.host_operations import OPERATIONS
 from functions.observability import redact
 
 Parameters = dict[str, str | int]
@@ -81,9 +81,11 @@ _TERMINAL_FAILURES = {
 
 def document(operation: str) -> str:
     """The stack's document for an operation (the prefix is the deployed stack's, from the environment)."""
-    prefix = os.environ.get(DOCUMENT_PREFIX_VARIABLE, "")
+    prefix = environment.host_document_prefix()
     if not prefix:
-        raise HostCommandFailed(f"this deployment names no host documents ({DOCUMENT_PREFIX_VARIABLE} is not set)")
+        raise HostCommandFailed(
+            f"this deployment names no host documents ({environment.HOST_DOCUMENT_PREFIX} is not set)"
+        )
     return prefix + operation
 
 

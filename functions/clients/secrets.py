@@ -4,7 +4,6 @@ parameters utility (its `max_age`; `force_fetch` after a 401, when the password 
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
@@ -13,6 +12,7 @@ from aws_lambda_powertools.utilities.parameters.secrets import SecretsProvider
 from functions.clients.aws import client, error_code
 from functions.clients.bitbucket import Credentials
 from functions.errors import PreflightFailed
+from functions.models import environment
 
 _providers: dict[int, SecretsProvider] = {}
 _lock = threading.Lock()
@@ -31,7 +31,7 @@ def _secrets() -> SecretsProvider:
 
 def credentials(secret_id: str, *, fresh: bool = False) -> Credentials:
     """The secret's credentials, cached; `fresh` reads Secrets Manager again (after a 401: it was rotated)."""
-    max_age = int(os.environ.get("SECRET_CACHE_SECONDS", "300"))
+    max_age = environment.secret_cache_seconds()
     try:
         # Powertools applies max_age when it stores a value, not when it reads one: with no caching asked for now,
         # a value stored earlier under a longer max_age must not be served either.

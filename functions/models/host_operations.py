@@ -28,7 +28,6 @@ INSTALL_DIR = "/opt/bitbucket-diy-backup"
 DIR_VARIABLE = "BITBUCKET_BACKUP_HOST_DIR"
 # Exit codes of the documents' own checks (the host script's codes are listed in its header).
 NOT_INSTALLED, UNSAFE = 11, 12
-DOCUMENT_PREFIX_VARIABLE = "HOST_DOCUMENT_PREFIX"
 
 # Plain characters only: each pattern keeps a value inside its single quotes.
 _PATH = r"/(?!.*/\.{1,2}(?:/|$))[A-Za-z0-9._/-]{0,1023}"

@@ -19,7 +19,6 @@ SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
 # The environment variable naming the drill's own restore state machine: only its executions run as drills.
-DRILL_MACHINE_ENV = "DRILL_RESTORE_STATE_MACHINE"
 
 
 class _Strict(BaseModel):

@@ -7,7 +7,6 @@ and can report, re-tag and delete them. The workflow only talks to this interfac
 from __future__ import annotations
 
 import copy
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code, target_client
 from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreRefused
+from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
 
@@ -31,7 +31,6 @@ STATUS_TAG = "bitbucket-backup:status"
 # Which deployment (stack) made an artifact: two deployments may back up instances of the same name (a second one in
 # the first one's DR region, say); each lists, prunes and cleans up only its own artifacts, and IAM enforces it.
 DEPLOYMENT_TAG = "bitbucket-backup:deployment"
-DEPLOYMENT_ENV = "DEPLOYMENT_ID"
 
 IN_PROGRESS, COMPLETE, FAILED = "in-progress", "complete", "failed"
 
@@ -70,11 +69,11 @@ _deployment: ContextVar[str | None] = ContextVar("deployment_id", default=None)
 def deployment_id() -> str:
     """This deployment's id: the stack passes it in the functions' environment (never in an event); the operator
     command line sets it for its thread with acting_for()."""
-    value = _deployment.get() or os.environ.get(DEPLOYMENT_ENV, "")
+    value = _deployment.get() or environment.deployment_id()
     if not value:
         raise ConfigInvalid(
-            f"this deployment's id ({DEPLOYMENT_ENV}, set by the stack) is missing: without it the catalog cannot tell "
-            "this deployment's backups from another's, so nothing is listed, tagged or deleted"
+            f"this deployment's id ({environment.DEPLOYMENT_ID}, set by the stack) is missing: without it the catalog "
+            "cannot tell this deployment's backups from another's, so nothing is listed, tagged or deleted"
         )
     return value
 

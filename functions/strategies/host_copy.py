@@ -11,7 +11,6 @@ one of the stack's own SSM documents (functions.models.host_operations), sent wi
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -21,6 +20,7 @@ from botocore.exceptions import ClientError
 from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.errors import BackupError, HostCommandFailed, PreflightFailed, RestoreRefused
+from functions.models import environment
 from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import RestoreTarget
 from functions.strategies import (
@@ -43,7 +43,7 @@ KIND = "s3-archive"
 
 
 def archive_bucket() -> str:
-    bucket = os.environ.get("ARCHIVE_BUCKET", "")
+    bucket = environment.archive_bucket()
     if not bucket:
         raise BackupError("archive: this deployment has no archive bucket (ARCHIVE_BUCKET is not set)")
     return bucket
@@ -56,7 +56,7 @@ class HostCopyStrategy(Strategy):
     instance_id: str
 
     def preflight(self) -> dict[str, object]:
-        if not os.environ.get("ARCHIVE_BUCKET"):
+        if not environment.archive_bucket():
             raise PreflightFailed(f"{self.part}: this deployment has no archive bucket (ARCHIVE_BUCKET is not set)")
         return {f"{self.part}_host": self.instance_id}
 
@@ -100,7 +100,7 @@ class HostCopyStrategy(Strategy):
             "bucket": archive_bucket(),
             "key": key,
             "tags": urlencode(catalog_tags(self.instance.name, backup_id, self.part)),
-            "region": os.environ.get("AWS_REGION", ""),
+            "region": environment.region(),
         }
         step = f"archive {self.part}"
         return [
@@ -112,7 +112,7 @@ class HostCopyStrategy(Strategy):
     @property
     def bucket(self) -> str | None:
         """The stack's archive bucket, or the copy target's."""
-        return self.target.archive_bucket if self.target else os.environ.get("ARCHIVE_BUCKET")
+        return self.target.archive_bucket if self.target else (environment.archive_bucket() or None)
 
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
         """One artifact per archive key: the newest version this deployment tagged complete (finalize tags the version
@@ -259,7 +259,7 @@ class HostCopyStrategy(Strategy):
             "key": plan["key"],
             "versionId": plan.get("version_id") or "",
             "workPath": plan["work_path"],
-            "region": os.environ.get("AWS_REGION", ""),
+            "region": environment.region(),
         }
 
     def _start_restore(

@@ -18,7 +18,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.models.restore import DRILL_MACHINE_ENV
+from functions.models import environment
 from functions.models.steps import DRILL, Caught, Step
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
@@ -47,7 +47,7 @@ class DrillWorkflow(Construct):
             for s in DRILL.functions
         }
         for fn in self.functions.values():  # the teardown removes only what that state machine's executions made
-            fn.add_environment(DRILL_MACHINE_ENV, restore.drill_state_machine_name)
+            fn.add_environment(environment.DRILL_MACHINE, restore.drill_state_machine_name)
         self.state_machine = standard_state_machine(
             self,
             self._definition(),

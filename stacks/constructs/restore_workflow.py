@@ -21,7 +21,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from functions.models.restore import DRILL_MACHINE_ENV
+from functions.models import environment
 from functions.models.steps import OPERATIONS, RESTORE, Step
 from stacks.constructs.backup_workflow import WorkflowTiming
 from stacks.constructs.functions import FunctionFactory
@@ -72,7 +72,7 @@ class RestoreWorkflow(Construct):
                 comment="Bitbucket DIY restore drill's restores: as the restore, into throw-away resources, silent",
             )
             for fn in self.functions.values():
-                fn.add_environment(DRILL_MACHINE_ENV, name)
+                fn.add_environment(environment.DRILL_MACHINE, name)
 
     @property
     def state_machines(self) -> list[sfn.IStateMachine]:

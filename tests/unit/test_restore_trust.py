@@ -15,8 +15,9 @@ from functions import restore
 from functions.clients import aws
 from functions.errors import InvalidInput, RestoreRefused
 from functions.models.config import ConfigError, parse_instance_config
+from functions.models.environment import DRILL_MACHINE as DRILL_MACHINE_ENV
 from functions.models.events import parse
-from functions.models.restore import DRILL_MACHINE_ENV, PlanEvent, RestorePlan
+from functions.models.restore import PlanEvent, RestorePlan
 from rehearsal.fake_account import ACCOUNT, REGION
 
 PREFIX = "/bitbucket-backup/instances"

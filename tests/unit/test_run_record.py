@@ -14,7 +14,8 @@ from functions import runs
 from functions.clients import aws
 from functions.errors import BackupInProgress, PreflightFailed
 from functions.models.config import InstanceConfig
-from functions.models.timeouts import EXECUTION_TIMEOUT_ENV, execution_timeout_seconds
+from functions.models.environment import EXECUTION_TIMEOUT as EXECUTION_TIMEOUT_ENV
+from functions.models.timeouts import execution_timeout_seconds
 
 TABLE = "runs"
 FIRST, SECOND = "prod-20261123-020000", "prod-20261124-020000"

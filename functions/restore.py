@@ -185,7 +185,7 @@ def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, f"restore-{part}")
     created = strategy_for(plan.config, part).restore_start(plan.parts[part], plan.execution)
-    _say(plan, f"{part} restore started: {created.get('started') or created}")
+    _say(plan, f"{part} restore started: {notify.plain(created.get('started') or created)}")
     return created
 
 

@@ -127,10 +127,7 @@ def create_harness_identities() -> None:
     ):
         iam.create_user(REGION, user, path="/", tags=[])
         iam.put_user_policy(user, "everything", json.dumps(EVERYTHING))
-        key = iam.create_access_key(user)
-        del iam.access_keys[key.physical_resource_id]
-        key.access_key_id, key.secret_access_key = key_id, secret
-        iam.access_keys[key.physical_resource_id] = key
+        _set_keys(iam, iam.create_access_key(user), key_id, secret)
 
 
 def for_moto(document: dict[str, Any]) -> dict[str, Any]:
@@ -145,23 +142,34 @@ def for_moto(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "Statement": kept}
 
 
-def trusts_service(policy: Any, service: str) -> bool:
-    """Whether a role's trust policy lets this service principal assume it."""
+def assume_role_principals(policy: Any, kind: str) -> list[Any]:
+    """The principals of one kind ("AWS" or "Service") that a role's trust policy allows to assume it (a bare
+    principal such as "*" counts as an "AWS" one)."""
     document = json.loads(policy) if isinstance(policy, str) else policy
     statements = document.get("Statement", [])
+    found: list[Any] = []
     for statement in statements if isinstance(statements, list) else [statements]:
         actions = statement.get("Action", [])
         actions = actions if isinstance(actions, list) else [actions]
+        if statement.get("Effect") != "Allow" or not {"sts:AssumeRole", "sts:*", "*"} & set(actions):
+            continue
         principal = statement.get("Principal", {})
-        services = principal.get("Service", []) if isinstance(principal, dict) else []
-        services = services if isinstance(services, list) else [services]
-        if (
-            statement.get("Effect") == "Allow"
-            and {"sts:AssumeRole", "sts:*", "*"} & set(actions)
-            and service in services
-        ):
-            return True
-    return False
+        bare = [principal] if kind == "AWS" else []
+        named = principal.get(kind, []) if isinstance(principal, dict) else bare
+        found.extend(named if isinstance(named, list) else [named])
+    return found
+
+
+def trusts_service(policy: Any, service: str) -> bool:
+    """Whether a role's trust policy lets this service principal assume it."""
+    return service in assume_role_principals(policy, "Service")
+
+
+def _set_keys(iam: Any, key: Any, key_id: str, secret: str) -> None:
+    """Give an access key moto made fixed keys, re-indexed under its new id (moto finds a request's account by it)."""
+    iam.access_keys.pop(key.physical_resource_id, None)
+    key.access_key_id, key.secret_access_key = key_id, secret
+    iam.access_keys[key.physical_resource_id] = key
 
 
 def lambda_credentials(role_arn: str) -> RoleCredentials:
@@ -187,10 +195,8 @@ def lambda_credentials(role_arn: str) -> RoleCredentials:
     finally:
         SERVICE_CALL.active = False
     digest = hashlib.sha256(role_arn.encode()).hexdigest()
-    key = assumed.access_key
-    iam.access_keys.pop(key.physical_resource_id, None)
-    key.access_key_id = assumed.access_key_id = f"ASIA{digest[:16].upper()}"
-    key.secret_access_key = assumed.secret_access_key = digest[16:56]
+    key_id, secret = f"ASIA{digest[:16].upper()}", digest[16:56]
+    _set_keys(iam, assumed.access_key, key_id, secret)
+    assumed.access_key_id, assumed.secret_access_key = key_id, secret
     assumed.session_token = f"rehearsal-{digest[:32]}"
-    iam.access_keys[key.physical_resource_id] = key
     return RoleCredentials(assumed.access_key_id, assumed.secret_access_key, assumed.session_token)

@@ -9,7 +9,6 @@ Each fix has a test in tests/unit/test_moto_fixes.py that fails once moto behave
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -203,19 +202,8 @@ def _patch_cross_account(stack: contextlib.ExitStack) -> None:
 
 def _trusts(policy: Any, account: str) -> bool:
     """Whether a role's trust policy lets principals of `account` assume it."""
-    document = json.loads(policy) if isinstance(policy, str) else policy
-    statements = document.get("Statement", [])
-    for statement in statements if isinstance(statements, list) else [statements]:
-        actions = statement.get("Action", [])
-        actions = actions if isinstance(actions, list) else [actions]
-        principals = statement.get("Principal", {})
-        principals = principals.get("AWS", []) if isinstance(principals, dict) else [principals]
-        principals = principals if isinstance(principals, list) else [principals]
-        if statement.get("Effect") != "Allow" or not {"sts:AssumeRole", "sts:*", "*"} & set(actions):
-            continue
-        if any(p in (account, "*") or str(p).startswith(f"arn:aws:iam::{account}:") for p in principals):
-            return True
-    return False
+    principals = iam.assume_role_principals(policy, "AWS")
+    return any(p in (account, "*") or str(p).startswith(f"arn:aws:iam::{account}:") for p in principals)
 
 
 def _patch_sfn_integration(stack: contextlib.ExitStack) -> None:

@@ -18,9 +18,6 @@ DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
 SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
-# The environment variable naming the drill's own restore state machine: only its executions run as drills.
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 from functions.models.config import InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
 
-# The stack sets this on the backup functions: the backup state machine's TimeoutSeconds.
 # Lambda work, Step Functions retries and the waits between polls, on top of the bounded waits.
 EXECUTION_MARGIN_SECONDS = 3600
 # After the execution ended: time for the safety net to find the record.

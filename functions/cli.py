@@ -45,6 +45,9 @@ OK, FAILED, USAGE, NOT_FOUND, AWS_ERROR, INTERRUPTED = 0, 1, 2, 3, 4, 130
 DEFAULT_STACK = "BitbucketDiyBackup"
 BACKUP, RESTORE = "backup", "restore"
 OUTPUT_KEYS = {BACKUP: "BackupStateMachine", RESTORE: "RestoreStateMachine"}
+# The stack's output naming its archive bucket, and the bucket's construct id (stacks/backup_stack.py), which
+# CloudFormation puts in the bucket's name after the stack's: "<stack>-archives<hash>-<random>".
+ARCHIVE_OUTPUT, ARCHIVE_CONSTRUCT = "ArchiveBucket", "Archives"
 NOT_FOUND_CODES = {"ExecutionDoesNotExist", "StateMachineDoesNotExist", "ParameterNotFound", "InvalidArn"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -85,6 +88,7 @@ class Aws:
     _session: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _machines: list[StateMachine] | None = None
+    _outputs: list[dict[str, Any]] | None = None
     _definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -131,15 +135,35 @@ class Aws:
             self._machines = found
         return self._machines
 
-    def _from_stack(self) -> list[StateMachine] | None:
+    def _stack_outputs(self) -> list[dict[str, Any]] | None:
+        """The stack's outputs; None when there is no such stack here (or no permission to read it)."""
         from botocore.exceptions import ClientError
 
-        try:
-            stacks = self.client("cloudformation").describe_stacks(StackName=self.stack_name)["Stacks"]
-        except ClientError:
-            return None  # no such stack here (or no permission to read it): look the state machines up by name
+        if self._outputs is None:
+            try:
+                stacks = self.client("cloudformation").describe_stacks(StackName=self.stack_name)["Stacks"]
+            except ClientError:
+                return None
+            self._outputs = list(stacks[0].get("Outputs", [])) if stacks else []
+        return self._outputs
+
+    def archive_bucket(self) -> str | None:
+        """The stack's archive bucket (its output); without the stack's outputs (the local runtime), the one bucket
+        named as CloudFormation names the stack's."""
+        outputs = self._stack_outputs()
+        if outputs is not None:
+            return next((o["OutputValue"] for o in outputs if o.get("OutputKey") == ARCHIVE_OUTPUT), None)
+        prefix = f"{self.stack_name}-{ARCHIVE_CONSTRUCT}".lower()
+        names = [b["Name"] for b in self.client("s3").list_buckets().get("Buckets", [])]
+        found = [n for n in names if n.startswith(prefix)]
+        return found[0] if len(found) == 1 else None
+
+    def _from_stack(self) -> list[StateMachine] | None:
+        outputs = self._stack_outputs()
+        if outputs is None:
+            return None  # look the state machines up by name
         found = []
-        for output in stacks[0].get("Outputs", []) if stacks else []:
+        for output in outputs:
             for kind, key in OUTPUT_KEYS.items():
                 if re.fullmatch(key + r"\d*", output.get("OutputKey", "")):
                     described = output.get("Description", "")
@@ -209,7 +233,7 @@ class Aws:
             raise CliError(FAILED, f"the stored configuration of instance '{name}' is invalid: {first}") from None
 
     @contextmanager
-    def catalog_clients(self) -> Iterator[None]:
+    def catalog_clients(self, config: InstanceConfig) -> Iterator[None]:
         """The catalog code (functions/strategies) asks functions.clients.aws for its clients: give it ours."""
         from functions.clients.aws import clients_from
         from functions.strategies import acting_for, deployment_id_for
@@ -217,7 +241,8 @@ class Aws:
         # The stack's deployment id (its account, region and name): only its artifacts are listed.
         account = str(self.client("sts").get_caller_identity()["Account"])
         deployment = deployment_id_for(account, self.region_name, self.stack_name)
-        with clients_from(lambda service, region: self.client(service)), acting_for(deployment):
+        archives = self.archive_bucket() if config.uses_archive else None
+        with clients_from(lambda service, region: self.client(service)), acting_for(deployment, archives):
             yield
 
 
@@ -228,7 +253,7 @@ def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
     """This instance's backups, newest first, one entry per backup id, from the tagged snapshots."""
     from functions.catalog import backup_status, backup_time, by_backup
 
-    with aws.catalog_clients():
+    with aws.catalog_clients(config):
         grouped = by_backup(config)
     rows = []
     for backup_id, artifacts in sorted(grouped.items(), reverse=True):

@@ -135,6 +135,10 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "notifications": rehearsal.notifications(),
         "execution_arn": result.execution_arn,
         # Each function called AWS as its own role, moto refusing what the role does not allow (rehearsal/iam.py).
+        # Each function ran in its own Lambda worker from the bundled asset, started cold on its first invocation.
+        "lambda_workers": not rehearsal.runtime.inline,
+        "cold_start_s": rehearsal.runtime.cold_starts(),
+        "cold_starts_in_lock_window": rehearsal.cold_starts_while_locked(),
         "iam_enforced": rehearsal.iam.active,
         "denied_calls": [str(denied) for denied in rehearsal.iam.denied],
     }
@@ -160,6 +164,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     for note in summary["notifications"]:
         print(f"  notification: {note['subject']}")
+    if summary["lambda_workers"]:
+        starts = [s for each in summary["cold_start_s"].values() for s in each]
+        locked = summary["cold_starts_in_lock_window"]
+        print(
+            f"  Lambda: {len(starts)} cold starts ({max(starts, default=0):.2f} s at most), "
+            f"{len(locked)} of them while Bitbucket was locked{': ' + ', '.join(locked) if locked else ''}"
+        )
     if summary["iam_enforced"]:
         denied = summary["denied_calls"]
         print(f"  IAM enforced per function role: {', '.join(denied) if denied else 'no call denied'}")

@@ -1,6 +1,7 @@
 """The rehearsal world: the synthesized stack deployed into moto, a demo instance's AWS resources, and the state
-machines run by moto's Step Functions interpreter, with every Lambda task running the project's real handler
-in-process (rehearsal/lambda_runtime.py) and SSM Run Command executed by a local shell (rehearsal/local_host.py).
+machines run by moto's Step Functions interpreter, with every Lambda task running the project's real handler in
+a Lambda worker process from the bundled asset (rehearsal/lambda_runtime.py) and SSM Run Command executed by a
+local shell (rehearsal/local_host.py).
 
 Nothing of the workflow is re-implemented here: the definition comes from the CDK template, the Lambda
 environment from the template, the code from functions/. This module only provides what AWS would: resources
@@ -25,10 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from functions.cli import DEFAULT_STACK
 from rehearsal import iam, moto_fixes, ssm_documents
+from rehearsal.aws_endpoint import moto_endpoint
 from rehearsal.cfn_resolver import Resolver
 from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION, set_fake_credentials
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
+from rehearsal.lambda_asset import built_asset
 from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
 from rehearsal.local_host import LocalHost
 from rehearsal.synth import rehearsal_project_config, synth_template
@@ -153,9 +157,12 @@ class Rehearsal:
         self._stack.enter_context(self.iam.enforced())
         if home in COPY_STRATEGIES or database in COPY_STRATEGIES:
             self._serve_host_endpoint()
+        if not self.runtime.inline:
+            self.runtime.endpoint, self.runtime.asset = moto_endpoint(), built_asset()
         self._redirect_logs()
         self._deploy(template)
-        os.environ["DEPLOYMENT_ID"] = self.resolver(template["Outputs"]["DeploymentId"]["Value"])  # as in Lambda
+        # The harness's own catalog calls (tags it writes, the snapshots it lists) are this deployment's.
+        os.environ["DEPLOYMENT_ID"] = self.resolver(template["Outputs"]["DeploymentId"]["Value"])
         self._create_world()
         return self
 
@@ -166,18 +173,9 @@ class Rehearsal:
 
     def _serve_host_endpoint(self) -> None:
         """The hosts' AWS CLI (S3 upload, Secrets Manager) talks to this process's moto over HTTP on 127.0.0.1."""
-        import logging
-
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        self._stack.callback(server.stop)
-        address, port = server.get_host_and_port()
         self.host.env.update(
             {
-                "AWS_ENDPOINT_URL": f"http://{address}:{port}",
+                "AWS_ENDPOINT_URL": moto_endpoint(),
                 # The hosts sign as the harness's administrator: their instance role is the user's, not the stack's.
                 "AWS_ACCESS_KEY_ID": ADMIN_KEY_ID,
                 "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
@@ -268,7 +266,8 @@ class Rehearsal:
             r.refs[logical] = ssm_documents.create(self.client("ssm"), props, r)
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")
-            name = props.get("BucketName") or f"{logical.lower()[:40]}-{uuid.uuid4().hex[:8]}"
+            # Named as CloudFormation names a bucket: the stack's name, the logical id and a random suffix.
+            name = props.get("BucketName") or f"{DEFAULT_STACK.lower()}-{logical.lower()}-{uuid.uuid4().hex[:12]}"[:63]
             locked = bool(props.get("ObjectLockEnabled"))
             s3.create_bucket(
                 Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}, ObjectLockEnabledForBucket=locked
@@ -282,7 +281,7 @@ class Rehearsal:
         elif kind == "AWS::Lambda::Function":
             code = io.BytesIO()
             with zipfile.ZipFile(code, "w") as archive:
-                archive.writestr("README", "the rehearsal runs functions/ in-process")
+                archive.writestr("README", "the rehearsal's workers run the bundled asset (rehearsal/lambda_asset.py)")
             fn = self.client("lambda").create_function(
                 FunctionName=logical,
                 Runtime="python3.13",
@@ -290,6 +289,7 @@ class Rehearsal:
                 Handler=props["Handler"],
                 Code={"ZipFile": code.getvalue()},
                 Timeout=props.get("Timeout", 60),
+                MemorySize=props.get("MemorySize", 128),
                 Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
             )
             r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
@@ -563,12 +563,29 @@ class Rehearsal:
 
     def snapshots(self, backup_id: str | None = None) -> list[dict[str, Any]]:
         from functions.models.config import parse_instance_config
-        from functions.strategies import strategies_for
+        from functions.strategies import acting_for, strategies_for
 
         config = parse_instance_config(self.instance_config)
-        return [
-            a.summary() | {"backup_id": a.backup_id} for s in strategies_for(config) for a in s.artifacts(backup_id)
-        ]
+        # The harness reads the catalog as the operator's command line does: this deployment's, in its bucket.
+        with acting_for(os.environ["DEPLOYMENT_ID"], getattr(self, "archive_bucket", None)):
+            return [
+                a.summary() | {"backup_id": a.backup_id} for s in strategies_for(config) for a in s.artifacts(backup_id)
+            ]
+
+    def cold_starts_while_locked(self) -> list[str]:
+        """The functions that started cold after the lock step's first invocation and before the end of the unlock's
+        (the goal is none: the warm-up before the lock starts every environment the locked phase needs). The lock
+        step's own start comes before its request, so before Bitbucket is locked."""
+        from functions.handlers._step import is_warm_up
+        from functions.models.steps import BACKUP
+
+        calls = [i for i in list(self.runtime.invocations) if not is_warm_up(i.event)]
+        locks = [i.started for i in calls if i.handler == BACKUP.lock.handler]
+        releases = [i.ended for i in calls if i.handler in (BACKUP.unlock.handler, BACKUP.handle_failure.handler)]
+        if not locks:
+            return []
+        start, end = locks[0], max(releases, default=float("inf"))
+        return [i.function for i in calls if i.cold and start < i.started <= end]
 
     def run_record(self) -> dict[str, Any] | None:
         item = self.client("dynamodb").get_item(TableName=self.table, Key={"instance": {"S": "demo"}}).get("Item")

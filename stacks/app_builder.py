@@ -9,8 +9,8 @@ from aws_cdk import App, CfnResource, Environment
 
 from functions.models.config import ConfigError, parse_project_config
 from stacks import nag
+from stacks.asset import ROOT
 from stacks.backup_stack import BackupStack, StackSettings, network_groups
-from stacks.bundling import ROOT
 from stacks.constructs.backup_workflow import WorkflowTiming
 
 CONTEXT_KEY = "bitbucket-backup"

@@ -78,13 +78,25 @@ def deployment_id() -> str:
     return value
 
 
+_archive_bucket: ContextVar[str | None] = ContextVar("archive_bucket", default=None)
+
+
+def deployment_archive_bucket() -> str:
+    """This deployment's archive bucket, "" when it has none: the stack passes it in the functions' environment; the
+    operator command line sets it for its thread with acting_for() (from the stack's outputs)."""
+    return _archive_bucket.get() or environment.archive_bucket()
+
+
 @contextmanager
-def acting_for(deployment: str) -> Iterator[None]:
-    """Within this block, in this thread, the catalog works on `deployment`'s artifacts."""
+def acting_for(deployment: str, archive_bucket: str | None = None) -> Iterator[None]:
+    """Within this block, in this thread, the catalog works on `deployment`'s artifacts (and its archives are in
+    `archive_bucket`)."""
     token = _deployment.set(deployment)
+    bucket = _archive_bucket.set(archive_bucket)
     try:
         yield
     finally:
+        _archive_bucket.reset(bucket)
         _deployment.reset(token)
 
 

@@ -35,6 +35,7 @@ from functions.strategies import (
     catalog_tags,
     copy_details,
     copy_refused,
+    deployment_archive_bucket,
     is_ours,
     verification,
 )
@@ -43,7 +44,7 @@ KIND = "s3-archive"
 
 
 def archive_bucket() -> str:
-    bucket = environment.archive_bucket()
+    bucket = deployment_archive_bucket()
     if not bucket:
         raise BackupError("archive: this deployment has no archive bucket (ARCHIVE_BUCKET is not set)")
     return bucket
@@ -56,7 +57,7 @@ class HostCopyStrategy(Strategy):
     instance_id: str
 
     def preflight(self) -> dict[str, object]:
-        if not environment.archive_bucket():
+        if not deployment_archive_bucket():
             raise PreflightFailed(f"{self.part}: this deployment has no archive bucket (ARCHIVE_BUCKET is not set)")
         return {f"{self.part}_host": self.instance_id}
 
@@ -112,7 +113,7 @@ class HostCopyStrategy(Strategy):
     @property
     def bucket(self) -> str | None:
         """The stack's archive bucket, or the copy target's."""
-        return self.target.archive_bucket if self.target else (environment.archive_bucket() or None)
+        return self.target.archive_bucket if self.target else (deployment_archive_bucket() or None)
 
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
         """One artifact per archive key: the newest version this deployment tagged complete (finalize tags the version

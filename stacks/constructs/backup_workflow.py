@@ -32,6 +32,9 @@ from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 # The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>", but for progress (whose own
 # state is "Report progress 100"): kept as first named, so the definition does not change.
 WARM_STATES = {BACKUP.progress.name: "Warm: report progress"}
+# How many environments of a function the locked phase may need at once: progress is reported at the end of each
+# part's branch of the copy, and the two can overlap. Invoked together, the warm-ups start that many environments.
+WARM_ENVIRONMENTS = {BACKUP.progress.name: 2}
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 
@@ -183,7 +186,9 @@ class BackupWorkflow(Construct):
         warm = sfn.Parallel(self, BACKUP.warm_up.state, result_path=sfn.JsonPath.DISCARD)
         for step in BACKUP.locked_phase:
             state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
-            warm.branch(self._task(step, {"warm": True}, None, state=state, own_retries=False))
+            for n in range(1, WARM_ENVIRONMENTS.get(step.name, 1) + 1):
+                name = state if n == 1 else f"{state} ({n})"
+                warm.branch(self._task(step, {"warm": True}, None, state=name, own_retries=False))
         return warm
 
     # --- the definition -------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_pinned_cdk_cli_synthesizes_the_example_config_offline(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
-    from stacks.bundling import bundle
+    from stacks.asset import bundle
 
     bundle(tmp_path, with_dependencies=True)
     assert (tmp_path / "functions" / "handlers" / "backup.py").exists()

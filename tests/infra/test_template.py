@@ -473,3 +473,16 @@ def test_ssm_parameters_hold_each_instance_config_without_secrets(resources: Any
         assert InstanceConfig.model_validate(stored) == InstanceConfig.model_validate(raw)
         assert stored["credentials_secret"] == raw["credentials_secret"], "the secret's name, never its value"
     assert "password" not in json.dumps(template).lower()
+
+
+def test_the_command_line_finds_the_archive_bucket_as_the_stack_names_it() -> None:
+    """`bitbucket-backup list` reads the archive bucket from the stack's output, or (no stack outputs: the local
+    runtime) from the bucket's name, which CloudFormation makes from the stack's name and the logical id."""
+    from functions.cli import ARCHIVE_CONSTRUCT, ARCHIVE_OUTPUT, DEFAULT_STACK
+    from rehearsal.synth import rehearsal_project_config, synth_template
+
+    template = synth_template(rehearsal_project_config("rsync", "postgresql"))
+    buckets = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::S3::Bucket"]
+    (archives,) = [k for k in buckets if re.fullmatch(ARCHIVE_CONSTRUCT + "[0-9A-F]{8}", k)]
+    assert template["Outputs"][ARCHIVE_OUTPUT]["Value"] == {"Ref": archives}
+    assert DEFAULT_STACK == STACK_NAME

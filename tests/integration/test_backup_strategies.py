@@ -138,13 +138,14 @@ def test_password_rotated_mid_backup_is_picked_up_from_the_secret(world_factory:
 
     from rehearsal import lambda_runtime
 
-    # Credentials are cached in each Lambda (as in production, one cache per function); the rotation happens while
-    # Bitbucket is locked, after the progress function read the password and before it reports again.
+    # Credentials are cached in each Lambda environment (as in production); the rotation happens while Bitbucket is
+    # locked, after the progress function's environments (one per part, when the two reports overlap) read the
+    # password and before the final report.
     monkeypatch.setitem(lambda_runtime.LAMBDA_OVERRIDES, "SECRET_CACHE_SECONDS", "300")
     w = world_factory(drain_seconds=1.0, timing={"poll_interval_seconds": 0})
     execution = w.r.start()
     deadline = time.monotonic() + 20
-    while not w.sim.progress_history:
+    while len(w.sim.progress_history) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     w.sim._password = "Rotated-Passw0rd!"

@@ -159,7 +159,7 @@ def test_a_drill_whose_restore_fails_reports_once_and_leaves_nothing(
 
 def test_a_drill_without_a_complete_backup_fails(drill_world: Callable[..., World]) -> None:
     w = drill_world(metrics=True)
-    with emf_records() as records:
+    with emf_records(w) as records:
         result = w.r.run_drill()
     assert result.status == "FAILED" and "Failed: plan" in result.states_entered()
     assert "no complete backup" in str(result.cause)
@@ -175,7 +175,7 @@ def test_a_drill_without_a_complete_backup_fails(drill_world: Callable[..., Worl
 def test_an_ebs_and_rds_drill_checks_availability_and_removes_the_copy(world_factory: Callable[..., World]) -> None:
     w = world_factory(drill=True, metrics=True)
     backup_id = backed_up(w)
-    with emf_records() as records:
+    with emf_records(w) as records:
         result: RunResult = w.r.run_drill()
     assert result.status == "SUCCEEDED", result.cause
     record = run_record(records, names.DRILL_SUCCEEDED)

@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from functions.handlers._step import WARM_EVENT
 from functions.models.config import TimingConfig
 from functions.models.steps import BACKUP
+from rehearsal.lambda_runtime import POOL
 from rehearsal.runtime import RunResult
 from tests.integration.conftest import World
 
@@ -51,7 +54,13 @@ def test_the_unlock_follows_the_end_of_the_locked_rsync_pass_at_once(world_facto
 
 
 def test_every_function_of_the_locked_phase_was_warmed_before_the_lock(world: World) -> None:
+    if world.r.runtime.inline:
+        pytest.skip("cold starts are a property of the Lambda workers (REHEARSAL_LAMBDA=inline runs in-process)")
+    POOL.shutdown()  # every environment of this process starts cold, as after a deployment
     _succeeded(world.r.run_backup())
+    # Every environment the locked phase used was started before the lock, both of progress's included.
+    assert world.r.cold_starts_while_locked() == []
+    assert all(len(seconds) <= 2 for seconds in world.r.runtime.cold_starts().values())
     invocations = world.r.runtime.invocations
     steps = [(i, call.handler) for i, call in enumerate(invocations) if call.event != WARM_EVENT]
     (lock,) = [i for i, handler in steps if handler == BACKUP.lock.handler]

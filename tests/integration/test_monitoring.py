@@ -16,12 +16,15 @@ from tests.integration.conftest import EARLIER, World, backup_id_of
 
 
 @contextlib.contextmanager
-def emf_records() -> Iterator[list[dict[str, Any]]]:
-    """The EMF records printed on stdout meanwhile (Powertools prints them; in Lambda, stdout is the log)."""
+def emf_records(world: World) -> Iterator[list[dict[str, Any]]]:
+    """The EMF records the functions printed meanwhile (Powertools prints them on stdout, which in Lambda is the log;
+    the rehearsal's workers' stdout is its log capture, and with REHEARSAL_LAMBDA=inline it is this process's)."""
     records: list[dict[str, Any]] = []
+    before = len(world.r.logs.lines)
     with contextlib.redirect_stdout(io.StringIO()) as out:
         yield records
-    records += [json.loads(line) for line in out.getvalue().splitlines() if line.startswith('{"_aws"')]
+    lines = [*world.r.logs.lines[before:], *out.getvalue().splitlines()]
+    records += [json.loads(line) for line in lines if line.startswith('{"_aws"')]
 
 
 def run_record(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def run_record(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 def test_a_successful_run_emits_its_metrics_and_notifies(world_factory: Callable[..., World]) -> None:
     world = world_factory(metrics=True, instance_overrides={"notify_on_success": True})
-    with emf_records() as records:
+    with emf_records(world) as records:
         result = world.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
     record = run_record(records, names.BACKUP_SUCCEEDED)
@@ -58,7 +61,7 @@ def test_a_failed_run_emits_backup_failed(world_factory: Callable[..., World]) -
     world.r.client("secretsmanager").put_secret_value(
         SecretId="bitbucket/demo/backup-user", SecretString=json.dumps({"username": "admin", "password": "nope!"})
     )
-    with emf_records() as records:
+    with emf_records(world) as records:
         assert world.r.run_backup().status == "FAILED"
     record = run_record(records, names.BACKUP_FAILED)
     assert record["instance"] == "demo" and record["step"] == "validate"
@@ -86,7 +89,7 @@ def test_staleness_check_reads_the_catalog(world_factory: Callable[..., World]) 
 
     result = world.r.run_backup()
     assert result.status == "SUCCEEDED", result.cause
-    with emf_records() as records:
+    with emf_records(world) as records:
         fresh = check_staleness(world)
     assert fresh["newest_complete"] == backup_id_of(result) and fresh["hours_since_complete"] < 1
     assert not fresh["stale"]

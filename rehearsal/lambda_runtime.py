@@ -46,7 +46,7 @@ INIT_LIMIT_S = 10.0
 # developer guide, "Handle Lambda service exceptions").
 TIMEOUT_ERROR = "Lambda.Unknown"
 
-# The environment every in-process Lambda sees on top of its own template environment.
+# The environment every function sees on top of its own template environment.
 LAMBDA_OVERRIDES = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",

@@ -1,7 +1,7 @@
 """Where moto (5.2) does not behave as AWS does and the rehearsal depends on it: `patched` is the one place that
 applies every fix (this module's, the EBS Snapshot Lock of rehearsal/moto_fixes_immutability.py, and the speed-ups
 of rehearsal/moto_speed.py), and routes what moto cannot do itself to the rehearsal: Lambda invocations to the
-in-process runtime, Run Commands to the local host.
+Lambda runtime (rehearsal/lambda_runtime.py), Run Commands to the local host.
 
 Each fix has a test in tests/unit/test_moto_fixes.py that fails once moto behaves like AWS: then drop the fix.
 """

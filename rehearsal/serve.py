@@ -2,7 +2,7 @@
 line (or the AWS CLI) to talk to over HTTP.
 
 It is the same world as `python -m rehearsal` (rehearsal.runtime.Rehearsal: the synthesized stack deployed into moto,
-the Lambda handlers run in-process, SSM Run Command run by a local shell, the Bitbucket simulator), served by moto's
+the functions in Lambda workers, SSM Run Command run by a local shell, the Bitbucket simulator), served by moto's
 ThreadedMotoServer in the same process. Requests to the server reach the same moto backends as the in-process mock,
 so the Rehearsal's class-wide patches (Lambda invoke, SSM send_command, CreateSnapshots) apply to them too: a
 StartExecution sent over HTTP runs the real handlers. What EventBridge would do with an execution's status change
@@ -116,8 +116,8 @@ class LocalEndpoint:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m rehearsal serve",
-        description="Serve the local runtime (the synthesized stack in moto, the handlers in-process, a Bitbucket "
-        "simulator) as an AWS endpoint on 127.0.0.1 for the bitbucket-backup command line, until Ctrl-C.",
+        description="Serve the local runtime (the synthesized stack in moto, the functions in Lambda workers, a "
+        "Bitbucket simulator) as an AWS endpoint on 127.0.0.1 for the bitbucket-backup command line, until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument(

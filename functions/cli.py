@@ -714,6 +714,15 @@ def cmd_restore(aws: Aws, args: argparse.Namespace) -> int:
     from functions.models.restore import RestoreInput
 
     config = aws.instance_config(args.instance)
+    if args.backup_id is None:
+        # As Atlassian's diy-restore script does without an argument: the backups it could restore, and nothing else.
+        restorable = [row for row in catalog(aws, config) if row["status"] == "complete"]
+        if args.json:
+            emit_json({"backups": restorable})
+        else:
+            print(f"Restorable backups of {config.name} (give one as BACKUP_ID):")
+            print_catalog(restorable)
+        return USAGE
     execution_input = {
         "instance": config.name,
         "backup_id": args.backup_id,
@@ -899,7 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
 
     restore = command("restore", "restore a complete backup into NEW resources (never over existing ones)")
-    restore.add_argument("backup_id", metavar="BACKUP_ID", help="e.g. prod-20261123-082818 (see `list`)")
+    restore.add_argument(
+        "backup_id",
+        metavar="BACKUP_ID",
+        nargs="?",
+        help="e.g. prod-20261123-082818; without it, the restorable backups of --instance are listed",
+    )
     restore.add_argument("--instance", required=True, metavar="NAME", help="the instance the backup is of")
     restore.add_argument(
         "--target-db-id",

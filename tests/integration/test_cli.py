@@ -113,6 +113,20 @@ def test_list_shows_the_backup_complete_with_both_parts(local: Local, capsys: py
     assert "complete" in line and "home 100 GB, database 50 GB" in line and f"{REGION}: snap-" in line
 
 
+def test_restore_without_a_backup_id_lists_the_restorable_backups(
+    local: Local, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(capsys, local, "restore", "--instance", "demo")
+    assert code == USAGE  # nothing was restored
+    assert out.startswith("Restorable backups of demo (give one as BACKUP_ID):")
+    line = next(line for line in out.splitlines() if local.backup_id in line)
+    assert "complete" in line and "home 100 GB, database 50 GB" in line
+    code, out, _ = cli(capsys, local, "--json", "restore", "--instance", "demo")
+    rows = json.loads(out)["backups"]
+    assert code == USAGE and local.backup_id in {r["backup_id"] for r in rows}
+    assert {r["status"] for r in rows} == {"complete"}
+
+
 def test_status_of_one_execution_and_of_the_recent_ones(local: Local, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, local, "status", local.execution)
     assert code == OK

@@ -637,6 +637,43 @@ def cmd_backup(aws: Aws, args: argparse.Namespace) -> int:
     return _start(aws, aws.machine_for(BACKUP, config.name), {"instance": config.name}, args)
 
 
+# Each restore option and the target fields it sets (functions/models/restore.py): an option applies when one of its
+# fields is a field the part's strategy takes (its restore_target_fields, which the state machine checks too).
+RESTORE_OPTION_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "target_path": (("home", "path"),),
+    "owner": (("home", "owner"),),
+    "availability_zone": (("home", "availability_zone"),),
+    "attach_to": (("home", "attach_to_instance_id"),),
+    "mount": (("home", "mount"),),
+    "writer_instance_id": (("database", "writer_instance_id"),),
+    "db_instance_class": (("database", "instance_class"),),
+    "target_host": (("home", "instance_id"), ("database", "host_instance_id")),
+}
+
+
+def refuse_inapplicable_options(config: InstanceConfig, wanted: list[str], args: argparse.Namespace) -> None:
+    """An option this restore would not use is refused, never dropped: it names the option the user wrote."""
+    from functions.strategies import strategies_for
+
+    takes = {s.part: s.restore_target_fields for s in strategies_for(config)}
+    for option, places in RESTORE_OPTION_FIELDS.items():
+        if not getattr(args, option, None):
+            continue
+        if any(part in wanted and field in takes.get(part, frozenset()) for part, field in places):
+            continue
+        reasons = []
+        for part in dict.fromkeys(part for part, _ in places):
+            if part not in config.parts:
+                reasons.append(f"instance '{config.name}' backs up no {part}")
+            elif part not in wanted:
+                reasons.append(f"the {part} is not restored (--only {args.only})")
+            else:
+                strategy = config.home.strategy if part == "home" else config.database.strategy
+                reasons.append(f"the {part} of '{config.name}' is backed up by the {strategy} strategy")
+        flag = "--" + option.replace("_", "-")
+        raise CliError(USAGE, f"{flag} does not apply to this restore: {'; '.join(reasons)}")
+
+
 def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -> dict[str, Any]:
     """The restore state machine's `target` (functions/models/restore.py), from the options."""
     from functions.models.config import EbsHomeConfig
@@ -645,6 +682,7 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
     for part in wanted:
         if part not in config.parts:
             raise CliError(USAGE, f"instance '{config.name}' backs up no {part}")
+    refuse_inapplicable_options(config, wanted, args)
     target: dict[str, Any] = {}
     if "database" in wanted:
         if not args.target_db_id:
@@ -662,6 +700,8 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
                 target["database"]["host_instance_id"] = args.target_host
         else:
             target["database"] = {"instance_id": args.target_db_id}
+            if args.writer_instance_id:  # Aurora's: the state machine answers the mix-up with what to give
+                target["database"]["writer_instance_id"] = args.writer_instance_id
         if args.db_instance_class:
             target["database"]["instance_class"] = args.db_instance_class
     elif args.target_db_id:

@@ -58,8 +58,18 @@ def stack_sources() -> list[Path]:
     return sorted(seen)
 
 
-@lru_cache(maxsize=1)
+_digest_lock = threading.Lock()
+
+
 def _code_digest() -> str:
+    # One thread computes it: CPython 3.11's ast.parse is not safe in concurrent threads ("AST constructor recursion
+    # depth mismatch", seen when the test workers' first template requests came from several threads at once).
+    with _digest_lock:
+        return _computed_digest()
+
+
+@lru_cache(maxsize=1)
+def _computed_digest() -> str:
     digest = hashlib.sha256()
     for library in LIBRARIES:
         digest.update(f"{library}=={metadata.version(library)}".encode())

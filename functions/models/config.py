@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem
+from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, timezone_problem
 
 # RDS snapshot identifiers are built from the instance name, so the name must be a valid prefix of one.
 INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -416,6 +416,14 @@ class InstanceConfig(_Strict):
                 "zero downtime needs home 'amazon-ebs' and database 'amazon-rds' or 'amazon-aurora' (or 'none')"
             )
         return zero_downtime
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _schedule_timezone(cls, name: str) -> str:
+        problem = timezone_problem(name)
+        if problem:
+            raise ValueError(f"'{name}' {problem}")
+        return name
 
     @field_validator("schedule")
     @classmethod

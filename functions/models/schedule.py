@@ -9,6 +9,7 @@ short would alarm between two healthy runs.
 from __future__ import annotations
 
 import re
+import zoneinfo
 
 RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 CRON = re.compile(r"^cron\((.+)\)$")
@@ -85,8 +86,25 @@ def longest_gap_hours(expression: str) -> float | None:
     return _largest_circular_gap(times, 24 * 60) / 60
 
 
+_MONTHS = {m: i for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
+                                        "DEC"), start=1)}  # fmt: skip
+# Each cron field: its name, its range, its names; L, W and # (which this does not check) pass through.
+_FIELDS = (
+    ("minutes", 0, 59, None),
+    ("hours", 0, 23, None),
+    ("day-of-month", 1, 31, None),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 1, 7, _WEEKDAYS),
+    ("year", 1970, 2199, None),
+)
+
+
 def schedule_problem(expression: str) -> str | None:
-    """Why EventBridge Scheduler would reject this cron expression's shape, if it can tell."""
+    """Why EventBridge Scheduler would reject this rate(…) or cron(…) expression, if it can tell: caught at synth,
+    not at deploy."""
+    rate = RATE.match(expression)
+    if rate:
+        return "a rate(…) needs a positive value" if int(rate.group(1)) < 1 else None
     fields = cron_fields(expression)
     if fields is None:
         return None
@@ -94,4 +112,25 @@ def schedule_problem(expression: str) -> str | None:
         return "a cron(…) expression has six fields: minutes hours day-of-month month day-of-week year"
     if (fields[2] == "?") == (fields[4] == "?"):
         return "exactly one of day-of-month and day-of-week must be '?'"
+    for field, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
+        if field in _ANY or re.search(r"[LW#]", field.upper()):
+            continue
+        if _values(field, low, high, names) is None:
+            return f"its {name} field '{field}' is not within {low}-{high}"
     return None
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)  # reads one file of the time zone database (cached), not the whole database
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why EventBridge Scheduler would reject this time zone (it takes IANA names such as Europe/Berlin). Checked
+    where the time zone database is (at synth); where it is not, the name passes (it was checked at synth)."""
+    if _known_zone(name) or not _known_zone("UTC"):
+        return None
+    return "is not an IANA time zone name such as UTC or Europe/Berlin"

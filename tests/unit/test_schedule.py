@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from functions.models.config import ConfigError, parse_instance_config
-from functions.models.schedule import longest_gap_hours, plain_minute, with_minute
+from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, with_minute
 from tests.unit.test_config import instance
 
 
@@ -68,3 +68,38 @@ def test_staleness_limit(overrides: dict[str, object], limit: int | None) -> Non
 def test_monitoring_fields_are_checked(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         parse_instance_config(instance(**overrides))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "said"),
+    [
+        ("cron(75 2 * * ? *)", "minutes field '75' is not within 0-59"),
+        ("cron(30 25 * * ? *)", "hours field '25' is not within 0-23"),
+        ("cron(0 2 32 * ? *)", "day-of-month field '32'"),
+        ("cron(0 2 ? 13 MON *)", "month field '13'"),
+        ("cron(0 2 ? * 8 *)", "day-of-week field '8'"),
+        ("cron(0 2 * * ? 1900)", "year field '1900'"),
+        ("rate(0 hours)", "positive value"),
+    ],
+)
+def test_a_schedule_eventbridge_would_reject_is_refused_at_synth(schedule: str, said: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_instance_config(instance(schedule=schedule))
+    assert said in str(refused.value) and schedule in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["cron(0 2 * * ? *)", "cron(0/15 * * * ? *)", "cron(0 2 ? * MON-FRI *)", "cron(0 3 L * ? *)",
+     "cron(0 2 ? * 2#1 *)", "cron(15 10 ? * 6L 2026-2030)", "cron(0 2 1 JAN,JUL ? *)", "rate(1 day)"],
+)  # fmt: skip
+def test_valid_schedules_pass(schedule: str) -> None:
+    assert schedule_problem(schedule) is None
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlinn", "CET+1", "Mars/Olympus"])
+def test_a_time_zone_scheduler_would_reject_is_refused_at_synth(zone: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_instance_config(instance(schedule="cron(0 2 * * ? *)", schedule_timezone=zone))
+    assert zone in str(refused.value) and "IANA time zone" in str(refused.value)
+    assert parse_instance_config(instance(schedule="cron(0 2 * * ? *)", schedule_timezone="Europe/Berlin"))

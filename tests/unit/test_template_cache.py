@@ -69,7 +69,7 @@ def test_the_key_follows_what_the_stack_imports_and_nothing_else(
 
     def key_after(name: str, text: str) -> str:
         (tmp_path / name).write_text(text)
-        template_cache._code_digest.cache_clear()
+        template_cache._computed_digest.cache_clear()
         return template_cache._key("config")
 
     before = key_after("functions/errors.py", "class StepError(Exception): ...\n")

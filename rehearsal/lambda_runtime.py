@@ -35,10 +35,10 @@ from functions.clients.aws import clients_from, credentials_client
 from functions.handlers._step import is_warm_up
 from rehearsal.fake_account import REGION
 from rehearsal.iam import RoleCredentials, lambda_credentials
+from rehearsal.lambda_worker import LOG_END  # what the worker writes after each invocation's log
 
 ROOT_HANDLERS = Path(__file__).resolve().parent.parent / "functions" / "handlers"
 WORKER = Path(__file__).resolve().parent / "lambda_worker.py"
-LOG_END = "\x00rehearsal-invocation-end"  # rehearsal/lambda_worker.py writes it after each invocation's log
 # Lambda's init phase has 10 s; an init that takes longer is retried within the invocation, under the function's
 # timeout, so a function gets at most max(10 s, its timeout) to start.
 INIT_LIMIT_S = 10.0
@@ -137,9 +137,9 @@ def role_client(credentials: RoleCredentials, service: str, region: str | None) 
 class WorkerFailed(Exception):
     """The execution environment did not start (an init error, or no answer within the init limit)."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, init_s: float) -> None:
         super().__init__(message)
-        self.error_type = error_type
+        self.error_type, self.init_s = error_type, init_s
 
 
 class Worker:
@@ -172,8 +172,8 @@ class Worker:
         if ready is None or not ready.get("ready"):
             self.kill()
             if ready is None:
-                raise WorkerFailed("Sandbox.Timedout", f"the function did not start within {limit_s:g} s")
-            raise WorkerFailed(str(ready["errorType"]), str(ready["errorMessage"]))
+                raise WorkerFailed("Sandbox.Timedout", f"the function did not start within {limit_s:g} s", self.init_s)
+            raise WorkerFailed(str(ready["errorType"]), str(ready["errorMessage"]), self.init_s)
 
     def _read_answers(self, fd: int) -> None:
         with os.fdopen(fd) as answers:
@@ -389,7 +389,7 @@ class LambdaRuntime:
             try:
                 worker = Worker(key, self.asset, fn.handler, spawn_env, max(INIT_LIMIT_S, timeout))
             except WorkerFailed as error:
-                record.init_s = INIT_LIMIT_S
+                record.init_s = error.init_s
                 return {"errorType": error.error_type, "errorMessage": str(error)}
             POOL.add(worker)
             record.init_s = worker.init_s

@@ -233,9 +233,10 @@ def archive(run: RunContext) -> dict[str, Any]:
     return {"done": not commands, "commands": commands, "results": {}}
 
 
-def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
+def report_progress(run: RunContext, part: str | None, lock_: Lock | None = None) -> dict[str, Any]:
     """Progress only ever increases: each finished part moves it up, 100 comes once, after every part."""
-    _, lock_ = _lock_of(run)
+    if lock_ is None:
+        _, lock_ = _lock_of(run)
     # The two copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
     with runs.progress_lock(run.instance, run.backup_id) as sent:
         if part is None:
@@ -260,7 +261,10 @@ def report_progress(run: RunContext, part: str | None) -> dict[str, Any]:
 
 
 def unlock(run: RunContext) -> dict[str, Any]:
+    """Progress 100, then the unlock, as Atlassian's script ends its backup: in one invocation, since each Lambda
+    round trip under the lock lengthens the maintenance window."""
     record, lock_ = _lock_of(run)
+    report_progress(run, None, lock_)
     bitbucket(run.config).unlock(lock_)
     now = time.time()
     runs.update(

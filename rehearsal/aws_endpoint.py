@@ -2,15 +2,36 @@
 
 One server per process, moto's ThreadedMotoServer in this process, so that it serves the same backends as the
 in-process mock (and the same patches: rehearsal/moto_fixes.py, IAM enforcement). It outlives the emulated worlds,
-so that warm Lambda workers keep their endpoint, as a Lambda environment keeps its AWS endpoints."""
+so that warm Lambda workers keep their endpoint, as a Lambda environment keeps its AWS endpoints. Each request
+waits for the latency model's round trip first, when one is in force (rehearsal/latency.py)."""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rehearsal import latency
 
 _url: str | None = None
+
+
+def _with_latency(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        model = latency.active()
+        if model is not None:
+            service = latency.service_of(str(environ.get("HTTP_AUTHORIZATION", "")))
+            model.count(service)
+            if model.of(service) > 0:
+                time.sleep(model.of(service))
+        return app(environ, start_response)
+
+    return serve
+
+
 _lock = threading.Lock()
 
 
@@ -25,6 +46,9 @@ def moto_endpoint() -> str:
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             atexit.register(server.stop)
+            wsgi = server._server  # the werkzeug server: each request thread calls its app
+            assert wsgi is not None
+            wsgi.app = _with_latency(wsgi.app)
             address, port = server.get_host_and_port()
             _url = f"http://{address}:{port}"
         return _url

@@ -23,17 +23,22 @@ from typing import Any
 from functions.models.config import TimingConfig
 from rehearsal.cli import summarize
 from rehearsal.lambda_runtime import POOL, ROOT_HANDLERS
+from rehearsal.latency import LatencyModel
 from rehearsal.runtime import Rehearsal, local_simulator
 
-GOAL_SHARE_S = 2.0
+GOAL_SHARE_S = 1.0  # issue 11: with a 1 s drain, the deployed timing, cold workers and the latency model
 
 
-def one_run(drain_s: float, home_gb: int, db_gb: int, timing: dict[str, Any], cold: bool) -> dict[str, Any]:
+def one_run(
+    drain_s: float, home_gb: int, db_gb: int, timing: dict[str, Any], cold: bool, with_latency: bool
+) -> dict[str, Any]:
     if cold:
         POOL.shutdown()  # no execution environment left: every function starts cold, as after a deployment
+    # Each AWS call and Task dispatch waits for its round trip in a region (rehearsal/latency.py).
+    model = LatencyModel() if with_latency else None
     with (
         local_simulator(drain_seconds=drain_s) as sim,
-        Rehearsal(sim.url, timing=timing, sizes=(home_gb, db_gb)) as rehearsal,
+        Rehearsal(sim.url, timing=timing, sizes=(home_gb, db_gb), latency_model=model) as rehearsal,
     ):
         result = rehearsal.run_backup(timeout=drain_s + 120)
         summary = summarize(result, rehearsal)
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fast", action="store_true", help="the rehearsal's zero-second waits instead of the deployed defaults"
     )
+    parser.add_argument(
+        "--no-latency", action="store_true", help="moto's loopback answers, without the latency model of AWS calls"
+    )
     parser.add_argument("--json", default=".build/bench.json", help="where to write the results")
     args = parser.parse_args(argv)
 
@@ -70,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for drain in (float(d) for d in args.drains.split(",")):
         for home_gb, db_gb in ((100, 50), (10_000, 5_000)):
-            runs = [one_run(drain, home_gb, db_gb, timing, cold=i == 0) for i in range(args.repeat)]
+            runs = [
+                one_run(drain, home_gb, db_gb, timing, cold=i == 0, with_latency=not args.no_latency)
+                for i in range(args.repeat)
+            ]
             cases.append(
                 {
                     "drain_configured_s": drain,
@@ -89,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"timing: {'the rehearsal (zero-second waits)' if args.fast else 'as deployed by default'}")
     print(
+        f"AWS latency: {'none (moto on loopback)' if args.no_latency else 'the latency model (rehearsal/latency.py)'}"
+    )
+    print(
         f"{'drain':>6} {'home GB':>8} {'db GB':>6} {'lock s':>7} {'drain s':>8} {'share s':>8} "
         f"{'transitions':>11} {'cost USD':>9} {'cold':>5} {'max cold s':>10} {'cold locked':>11}"
     )
@@ -105,16 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {module:<16} {seconds:.3f}")
     worst = max(c["orchestrator_share_s"] for c in cases)
     spread = max(c["orchestrator_share_s"] for c in cases) - min(c["orchestrator_share_s"] for c in cases)
-    verdict = "met" if worst < GOAL_SHARE_S else "NOT met"
+    verdict = "met" if worst <= GOAL_SHARE_S else "NOT met"
     print(
-        f"\norchestrator share of the lock window: at most {worst:.3f} s (goal < {GOAL_SHARE_S:g} s: {verdict}); "
+        f"\norchestrator share of the lock window: at most {worst:.3f} s (goal <= {GOAL_SHARE_S:g} s: {verdict}); "
         f"spread across home/database sizes {spread:.3f} s"
     )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     locked = sum(c["cold_starts_in_lock_window"] for c in cases)
     print(f"cold starts inside the lock window: {locked} (goal 0)")
-    record = {"cases": cases, "import_s": imports, "goal_met": worst < GOAL_SHARE_S, "fast": args.fast}
+    record = {
+        "cases": cases,
+        "import_s": imports,
+        "goal_met": worst <= GOAL_SHARE_S,
+        "fast": args.fast,
+        "latency_model": not args.no_latency,
+    }
     out.write_text(json.dumps(record, indent=2))
     return 0
 

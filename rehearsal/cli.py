@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.models.steps import BACKUP, failed_label
+from rehearsal.latency import LatencyModel
 from rehearsal.runtime import Rehearsal, RunResult, local_simulator
 
 
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--bitbucket-version", default="8.19.1", metavar="VERSION", help="the local simulator's version (8.19.1)"
+    )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="every AWS call waits for its round trip in a region (rehearsal/latency.py), as `make bench` does",
     )
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -139,6 +145,8 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "lambda_workers": not rehearsal.runtime.inline,
         "cold_start_s": rehearsal.runtime.cold_starts(),
         "cold_starts_in_lock_window": rehearsal.cold_starts_while_locked(),
+        # None, or the AWS calls that waited for the latency model's round trip, per service.
+        "latency_model": dict(rehearsal.latency.calls) if rehearsal.latency else None,
         "iam_enforced": rehearsal.iam.active,
         "denied_calls": [str(denied) for denied in rehearsal.iam.denied],
     }
@@ -171,6 +179,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"  Lambda: {len(starts)} cold starts ({max(starts, default=0):.2f} s at most), "
             f"{len(locked)} of them while Bitbucket was locked{': ' + ', '.join(locked) if locked else ''}"
         )
+    if summary.get("latency_model") is not None:
+        calls = sum(summary["latency_model"].values())
+        print(f"  AWS latency modelled (rehearsal/latency.py): {calls} calls waited for a region's round trip")
     if summary["iam_enforced"]:
         denied = summary["denied_calls"]
         print(f"  IAM enforced per function role: {', '.join(denied) if denied else 'no call denied'}")
@@ -230,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 database=args.db_strategy,
                 timing=timing,
                 instance_overrides={"zero_downtime": True} if args.zero_downtime else None,
+                latency_model=LatencyModel() if args.latency else None,
             )
         )
         if not args.quiet:

@@ -33,6 +33,7 @@ from typing import Any
 
 from functions.clients.aws import clients_from, credentials_client
 from functions.handlers._step import is_warm_up
+from rehearsal import latency
 from rehearsal.fake_account import REGION
 from rehearsal.iam import RoleCredentials, lambda_credentials
 from rehearsal.lambda_worker import LOG_END  # what the worker writes after each invocation's log
@@ -50,7 +51,6 @@ TIMEOUT_ERROR = "Lambda.Unknown"
 LAMBDA_OVERRIDES = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_DISABLED": "true",
-    "SECRET_CACHE_SECONDS": "0",
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
@@ -316,6 +316,9 @@ class LambdaRuntime:
         event = json.loads(body) if body else {}
         record = Invocation(function=fn.function_name, handler=fn.handler, event=event, started=time.time())
         started = time.monotonic()
+        model = latency.active()
+        if model is not None and model.task_dispatch_s > 0:  # the Task dispatch, at loopback speed in moto
+            time.sleep(model.task_dispatch_s)
         injected = self.faults.get(fn.function_name)
         # An injected fault hits the step's work; the warm-up before the lock only loads the code.
         if injected and not is_warm_up(event):

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from functions.cli import DEFAULT_STACK
-from rehearsal import iam, moto_fixes, ssm_documents
+from rehearsal import iam, latency, moto_fixes, ssm_documents
 from rehearsal.aws_endpoint import moto_endpoint
 from rehearsal.cfn_resolver import Resolver
 from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION, set_fake_credentials
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 from rehearsal.lambda_asset import built_asset
 from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
+from rehearsal.latency import LatencyModel
 from rehearsal.local_host import LocalHost
 from rehearsal.synth import rehearsal_project_config, synth_template
 
@@ -96,6 +97,7 @@ class Rehearsal:
         postgres: Postgres | None = None,
         project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
+        latency_model: LatencyModel | None = None,
         drill: bool = False,
         deployed: dict[str, Any] | None = None,
     ) -> None:
@@ -137,6 +139,8 @@ class Rehearsal:
         self.rules: list[tuple[dict[str, Any], list[str]]] = []
         self.iam = iam.Enforcement()  # each function calls AWS as its own role, moto refusing what it may not do
         self.delivered: list[dict[str, Any]] = []
+        # Off by default: moto answers at loopback speed; on, every AWS call and Task dispatch waits as in a region.
+        self.latency = latency_model
         self._stack = contextlib.ExitStack()
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
@@ -159,6 +163,7 @@ class Rehearsal:
             self._serve_host_endpoint()
         if not self.runtime.inline:
             self.runtime.endpoint, self.runtime.asset = moto_endpoint(), built_asset()
+        self._stack.enter_context(latency.applied(self.latency))
         self._redirect_logs()
         self._deploy(template)
         # The harness's own catalog calls (tags it writes, the snapshots it lists) are this deployment's.

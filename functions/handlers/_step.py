@@ -3,9 +3,10 @@
 Exceptions propagate (Step Functions Retry/Catch match their class names); only an unexpected exception whose
 text contains a registered secret is replaced by one with the secret masked.
 
-The event `{"warm": true}`, exactly that, is answered at once, before anything else runs: the state machine sends it
-to every function the locked phase calls, while Bitbucket is still live, so that none of them starts cold under the
-lock. Its only effect is what importing the handler's module does; any other event is parsed as the step's own.
+The event `{"warm": true}`, optionally with the run (`"run": {…}`) and nothing else, is a warm-up, answered before
+anything else runs: the state machine sends it to every function the locked phase calls, while Bitbucket is still
+live, so that none of them starts cold under the lock; with the run, it also reads ahead what the step reads first
+(functions/warm_up.py). Any other event is parsed as the step's own.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def seconds_left() -> float:
 
 
 def is_warm_up(event: Any) -> bool:
-    return isinstance(event, dict) and event.keys() == WARM_EVENT.keys() and event["warm"] is True
+    return isinstance(event, dict) and event.get("warm") is True and event.keys() <= {"warm", "run"}
 
 
 def _ends(context: Any) -> float:
@@ -80,8 +81,12 @@ def step(row: Function) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]]
 
         @functools.wraps(body)
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-            if is_warm_up(event):  # nothing else happens: no log line, no metric, no call
-                return {"warm": True, "step": name}
+            if is_warm_up(event):  # no metric, and no call but the reads ahead
+                if "run" not in event:
+                    return {"warm": True, "step": name}
+                from functions.warm_up import prime  # only the warm-up's reads; a step imports what it needs
+
+                return {"warm": True, "step": name, "primed": prime(row, event["run"])}
             return with_metrics(event, context)
 
         return handler

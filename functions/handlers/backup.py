@@ -18,10 +18,6 @@ class PartProgressEvent(PartEvent):
     progress: dict[str, Any] | None = None
 
 
-class ProgressEvent(StepEvent):
-    part: str | None = None
-
-
 class FinalizeEvent(StepEvent):
     unlocked: dict[str, Any] | None = None
 
@@ -81,8 +77,8 @@ def copy_database(event: dict[str, Any]) -> dict[str, Any]:
 
 @step(BACKUP.progress)
 def progress(event: dict[str, Any]) -> dict[str, Any]:
-    """Report a finished part (or, without a part, 100 %) to Bitbucket."""
-    request = parse(ProgressEvent, event, BACKUP.progress.label)
+    """Report a finished part to Bitbucket (the 100 % is the unlock's)."""
+    request = parse(PartEvent, event, BACKUP.progress.label)
     return backup.report_progress(request.run, request.part)
 
 

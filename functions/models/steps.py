@@ -28,6 +28,8 @@ class Function:
     timeout_s: int
     function_id: str
     description: str = ""
+    # Calls Bitbucket with the instance's credentials (its role reads the secret; its warm-up reads it ahead).
+    bitbucket: bool = False
 
     @property
     def handler(self) -> str:
@@ -111,6 +113,7 @@ def _rows_of(workflow: str, described_as: str = "") -> Callable[..., Step]:
         *,
         retry_on: tuple[str, ...] = (),
         retry_attempts: int = 2,
+        bitbucket: bool = False,
     ) -> Step:
         return Step(
             name=name,
@@ -122,6 +125,7 @@ def _rows_of(workflow: str, described_as: str = "") -> Callable[..., Step]:
             description=described_as + description,
             retry_on=retry_on,
             retry_attempts=retry_attempts,
+            bitbucket=bitbucket,
         )
 
     return row
@@ -133,12 +137,16 @@ _drill = _rows_of("drill", "drill: ")
 
 
 class BackupSteps(_Steps):
-    validate = _backup("validate", "Validate and prepare", "prepare", 60, "Validate", "validate and prepare")
+    validate = _backup(
+        "validate", "Validate and prepare", "prepare", 60, "Validate", "validate and prepare", bitbucket=True
+    )
     prepare = _backup("prepare", "Prepare hosts", "prepare_host", 300, "PrepareHost", "prepare on host")
     check_host = _backup("check_host", "Check host preparation", "check_host", 60, "CheckHost", "check host command")
     warm_up = Stage(name="warm_up", state="Warm up the locked phase")
-    lock = _backup("lock", "Lock", "lock", 60, "Lock", "lock")
-    start_backup = _backup("start_backup", "Start backup", "start_backup", 60, "StartBackup", "start backup")
+    lock = _backup("lock", "Lock", "lock", 60, "Lock", "lock", bitbucket=True)
+    start_backup = _backup(
+        "start_backup", "Start backup", "start_backup", 60, "StartBackup", "start backup", bitbucket=True
+    )
     wait_drained = _backup(
         "wait_drained",
         "Poll drain state",
@@ -147,6 +155,7 @@ class BackupSteps(_Steps):
         "PollDrain",
         "wait for DRAINED",
         retry_on=("BitbucketUnavailable",),
+        bitbucket=True,
     )
     copy = Stage(name="copy", state="Copy home and database")
     copy_home = _backup(
@@ -155,16 +164,27 @@ class BackupSteps(_Steps):
     copy_database = _backup(
         "copy_database", "Copy database", "backup_part", 300, "BackupDatabase", "db copy", retry_on=("AwsRateLimited",)
     )
+    # Each part's report: the states "Report home progress" and "Report database progress" (the 100 is the unlock's).
     progress = _backup(
         "progress",
-        "Report progress 100",
+        "Report progress",
         "report_progress",
         90,
         "Progress",
         "progress",
         retry_on=("BitbucketUnavailable",),
+        bitbucket=True,
     )
-    unlock = _backup("unlock", "Unlock", "unlock", 120, "Unlock", "unlock", retry_on=("BitbucketUnavailable",))
+    unlock = _backup(
+        "unlock",
+        "Unlock",
+        "unlock",
+        120,
+        "Unlock",
+        "progress 100, unlock",
+        retry_on=("BitbucketUnavailable",),
+        bitbucket=True,
+    )
     wait_snapshots = _backup("wait_snapshots", "Check snapshots", "check_snapshots", 90, "CheckSnapshots", "snapshots")
     archive = _backup("archive", "Archive", "archive", 60, "Archive", "archive to S3")
     # S3 archives are copied server-side inside the invocation (multipart): the longest step.
@@ -188,6 +208,7 @@ class BackupSteps(_Steps):
         "failure path",
         retry_on=("BitbucketUnavailable",),
         retry_attempts=3,
+        bitbucket=True,
     )
 
     @property
@@ -256,6 +277,7 @@ class OperationSteps(_Steps):
         logic="functions.safety_net.handle_status_change",
         timeout_s=300,
         function_id="SafetyNetFn",
+        bitbucket=True,
     )
     restore_safety_net = Function(
         name="restore_safety_net",

@@ -2,7 +2,7 @@
 
 validate (live) → prepare home (rsync first pass) → warm up the functions of the locked phase → lock → start backup →
 wait for DRAINED → home and database copies in parallel (a host copy is waited for in its function), each reporting
-progress → progress 100 → unlock → wait for snapshots
+progress → unlock (progress 100 first, as Atlassian's script does before its unlock) → wait for snapshots
 → archive host copies to S3 → disaster-recovery copies to other regions (started, then checked until complete)
 → finalize (mark complete, prune).
 A zero-downtime backup (the instance's `zero_downtime`, Data Center 4.8+, atomic snapshots only) takes the same path
@@ -29,9 +29,8 @@ from stacks.constructs.functions import FunctionFactory
 from stacks.constructs.grants import FunctionGrants
 from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 
-# The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>", but for progress (whose own
-# state is "Report progress 100"): kept as first named, so the definition does not change.
-WARM_STATES = {BACKUP.progress.name: "Warm: report progress"}
+# The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>".
+WARM_STATES: dict[str, str] = {}
 # How many environments of a function the locked phase may need at once: progress is reported at the end of each
 # part's branch of the copy, and the two can overlap. Invoked together, the warm-ups start that many environments.
 WARM_ENVIRONMENTS = {BACKUP.progress.name: 2}
@@ -188,7 +187,9 @@ class BackupWorkflow(Construct):
             state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
             for n in range(1, WARM_ENVIRONMENTS.get(step.name, 1) + 1):
                 name = state if n == 1 else f"{state} ({n})"
-                warm.branch(self._task(step, {"warm": True}, None, state=name, own_retries=False))
+                # With the run, the warm-up also reads ahead what the step reads first (functions/warm_up.py).
+                payload = {"warm": True, "run.$": "$.run"}
+                warm.branch(self._task(step, payload, None, state=name, own_retries=False))
         return warm
 
     # --- the definition -------------------------------------------------------------------------------------
@@ -277,8 +278,7 @@ class BackupWorkflow(Construct):
             )
         self._catch(parts, b.copy, handle)
 
-        finish = self._task(b.progress, run, None)
-        self._catch(finish, b.progress, handle)
+        # The unlock step reports progress 100 first, in the same invocation: one Lambda round trip less under the lock.
         unlock = self._task(b.unlock, run, "$.unlocked")
         self._catch(unlock, b.unlock, handle)
         check = self._task(b.wait_snapshots, run, "$.snapshots")
@@ -317,8 +317,8 @@ class BackupWorkflow(Construct):
             result=sfn.Result.from_object({"lock_window_s": 0, "drain_s": 0}),
             result_path="$.unlocked",
         )
-        parts.next(sfn.Choice(self, "Locked for the copy?").when(_LOCKED, finish).otherwise(not_locked))
-        finish.next(unlock).next(check)
+        parts.next(sfn.Choice(self, "Locked for the copy?").when(_LOCKED, unlock).otherwise(not_locked))
+        unlock.next(check)
         not_locked.next(check)
         check.next(
             sfn.Choice(self, "Snapshots complete?")

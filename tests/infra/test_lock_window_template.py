@@ -54,7 +54,7 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
         warmed = set()
         for branch in warm["Branches"]:
             (task,) = branch["States"].values()
-            assert task["Parameters"] == {"warm": True}, "a warm-up event carries nothing else"
+            assert task["Parameters"] == {"warm": True, "run.$": "$.run"}, "a warm-up carries the run, nothing else"
             assert task["ResultPath"] is None
             warmed.add(function_of(task))
         called = {function_of(s) for s in _locked_phase(states) if s["Type"] == "Task"}

@@ -12,7 +12,7 @@ from aws_cdk.assertions import Match
 
 from functions.models.config import InstanceConfig, parse_project_config
 from functions.models.events import FlowTiming
-from functions.models.steps import BACKUP
+from functions.models.steps import BACKUP, OPERATIONS
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
@@ -32,7 +32,6 @@ HAPPY_PATH = [
     "Drained?",
     BACKUP.copy.state,
     "Locked for the copy?",
-    BACKUP.progress.state,
     BACKUP.unlock.state,
     BACKUP.wait_snapshots.state,
     "Snapshots complete?",
@@ -165,8 +164,10 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
             assert again["Parameters"]["progress.$"] == "$.part_result" and again["Next"] == done_name(inner)
             assert not [n for n, st in inner.items() if st["Type"] == "Wait"], "no Wait state under the lock"
             assert inner[f"Report {part} progress"].get("End") is True
-        # Unlock comes only after progress 100, which comes only after both copies.
-        assert states[BACKUP.progress.state]["Next"] == BACKUP.unlock.state
+        # Unlock (which reports progress 100 first) comes only after both copies.
+        assert states[BACKUP.copy.state]["Next"] == "Locked for the copy?"
+        assert [c["Next"] for c in states["Locked for the copy?"]["Choices"]] == [BACKUP.unlock.state]
+        assert BACKUP.progress.state not in states, "no separate progress-100 invocation under the lock"
 
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
@@ -177,7 +178,6 @@ NEEDS_THE_LOCK = {
     BACKUP.start_backup.state,
     BACKUP.wait_drained.state,
     "Wait for drain",
-    BACKUP.progress.state,
     BACKUP.unlock.state,
 }
 
@@ -219,7 +219,6 @@ def test_every_task_after_validate_catches_into_the_failure_path(state_machines:
             BACKUP.start_backup.state,
             BACKUP.wait_drained.state,
             BACKUP.copy.state,
-            BACKUP.progress.state,
             BACKUP.unlock.state,
             BACKUP.wait_snapshots.state,
             BACKUP.copy_regions.state,
@@ -264,7 +263,6 @@ def test_lock_is_not_retried_but_idempotent_bitbucket_calls_are(state_machines: 
             BACKUP.wait_drained.state,
             "Report home progress",
             "Report database progress",
-            BACKUP.progress.state,
             BACKUP.unlock.state,
         ):
             assert "BitbucketUnavailable" in _retried_errors(tasks[name]), f"'{name}' gives up on a blip"
@@ -358,6 +356,32 @@ def test_one_role_per_lambda(resources: Any) -> None:
     for role in role_of.values():
         trust = roles[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
+
+
+def test_exactly_the_steps_that_call_bitbucket_read_its_secret(resources: Any) -> None:
+    """A step row's `bitbucket` says its warm-up reads the Bitbucket secret ahead: its role must allow that read, and
+    no other backup function's role may."""
+    rows = {row.handler: row for row in (*BACKUP.functions, OPERATIONS.safety_net)}
+    policies = resources("AWS::IAM::Policy").values()
+    checked = set()
+    for fn in resources("AWS::Lambda::Function").values():
+        row = rows.get(fn["Properties"]["Handler"])
+        if row is None:
+            continue
+        role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        statements = [
+            st
+            for policy in policies
+            if {"Ref": role} in policy["Properties"]["Roles"]
+            for st in _as_list(policy["Properties"]["PolicyDocument"]["Statement"])
+        ]
+        reads = any(
+            "secretsmanager:GetSecretValue" in _as_list(st["Action"]) and "backup-user" in json.dumps(st["Resource"])
+            for st in statements
+        )
+        assert reads == row.bitbucket, (row.name, reads)
+        checked.add(row.name)
+    assert {row.name for row in rows.values()} == checked
 
 
 def test_snapshots_are_deleted_only_when_they_carry_the_tool_tag(template: dict[str, Any]) -> None:

@@ -395,7 +395,7 @@ def _operation_faults() -> list[Fault]:
             "operations",
             "Cancel backup pressed in the UI just before 100 %",
             FAILS_UNLOCKED,
-            "progress",
+            "unlock",  # the unlock step reports 100 first
             ui_cancel("progress", 3),
         ),
         Fault(

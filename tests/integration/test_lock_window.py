@@ -4,16 +4,19 @@ warmed before the lock."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from functions.handlers._step import WARM_EVENT
+from functions.handlers._step import is_warm_up
 from functions.models.config import TimingConfig
 from functions.models.steps import BACKUP
+from rehearsal.fake_account import ACCOUNT, REGION
 from rehearsal.lambda_runtime import POOL
+from rehearsal.latency import LatencyModel
 from rehearsal.runtime import RunResult
 from tests.integration.conftest import World
 
@@ -62,12 +65,43 @@ def test_every_function_of_the_locked_phase_was_warmed_before_the_lock(world: Wo
     assert world.r.cold_starts_while_locked() == []
     assert all(len(seconds) <= 2 for seconds in world.r.runtime.cold_starts().values())
     invocations = world.r.runtime.invocations
-    steps = [(i, call.handler) for i, call in enumerate(invocations) if call.event != WARM_EVENT]
+    steps = [(i, call.handler) for i, call in enumerate(invocations) if not is_warm_up(call.event)]
     (lock,) = [i for i, handler in steps if handler == BACKUP.lock.handler]
     (unlock,) = [i for i, handler in steps if handler == BACKUP.unlock.handler]
-    warmed = {call.function for call in invocations[:lock] if call.event == WARM_EVENT}
+    warmed = {call.function for call in invocations[:lock] if is_warm_up(call.event)}
     locked_phase = {call.function for call in invocations[lock + 1 : unlock + 1]}
     assert locked_phase and locked_phase <= warmed, locked_phase - warmed
-    # A warm-up answers at once, with nothing but the step's name.
-    answers = [call.result for call in invocations[:lock] if call.event == WARM_EVENT]
-    assert answers and all(set(answer) == {"warm", "step"} and answer["warm"] is True for answer in answers)
+    # Each warm-up carried the run and read ahead what its step reads first.
+    answers = [call.result for call in invocations[:lock] if is_warm_up(call.event)]
+    assert len(answers) == len(BACKUP.locked_phase) + 1, answers  # progress twice
+    assert all(answer == {"warm": True, "step": answer["step"], "primed": True} for answer in answers), answers
+
+
+def test_nothing_read_ahead_by_the_warm_up_is_read_again_under_the_lock(world_factory: Callable[..., World]) -> None:
+    """The configuration (SSM) and the Bitbucket secret are read during the warm-up, while Bitbucket is live: under
+    the lock the functions call only Bitbucket, the run table and the services of the copy."""
+    recorder = LatencyModel.recorder()
+    w = world_factory(timing=DEPLOYED, latency_model=recorder)
+    if w.r.runtime.inline:
+        pytest.skip("the calls of in-process handlers do not cross the HTTP endpoint")
+    _succeeded(w.r.run_backup())
+    assert recorder.log is not None
+    locked, unlocked = _at(w, "locked"), _at(w, "unlocked")
+    under_lock = {service for t, service in recorder.log if locked < t < unlocked}
+    before = {service for t, service in recorder.log if t < locked}
+    assert {"ssm", "secretsmanager"} <= before, before
+    assert under_lock and not under_lock & {"ssm", "secretsmanager"}, under_lock
+
+
+def test_a_warm_up_that_cannot_read_ahead_is_still_a_warm_up(world: World) -> None:
+    """A warm-up with a run it cannot use answers as a warm-up (the step reads for itself later); it never fails."""
+    from moto.awslambda_simple.models import lambda_simple_backends
+
+    lambda_ = world.r.client("lambda")
+    deployed = lambda_simple_backends[ACCOUNT][REGION].list_functions()
+    (name,) = [f.function_name for f in deployed if f.handler == BACKUP.start_backup.handler]
+    for run in ({"instance": "../etc", "backup_id": "x"}, "not a run", {"instance": "demo", "config_version": 999}):
+        answer = lambda_.invoke(FunctionName=name, Payload=json.dumps({"warm": True, "run": run}).encode())
+        assert "FunctionError" not in answer
+        expected = {"warm": True, "step": BACKUP.start_backup.label, "primed": False}
+        assert json.loads(answer["Payload"].read()) == expected

@@ -18,7 +18,8 @@ LOCKED_STATES = {
     BACKUP.lock.state,
     BACKUP.start_backup.state,
     BACKUP.wait_drained.state,
-    BACKUP.progress.state,
+    "Report home progress",
+    "Report database progress",
     BACKUP.unlock.state,
 }
 

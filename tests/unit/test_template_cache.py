@@ -3,6 +3,7 @@ synthesis between them, and every one of them the same template."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -39,6 +40,9 @@ def test_concurrent_misses_synthesize_once(tmp_path: Path, monkeypatch: pytest.M
     assert [p.name for p in tmp_path.glob("*.tmp")] == []
 
 
+_digest_of_root = template_cache._computed_digest.__wrapped__
+
+
 def _tree(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +67,9 @@ def test_the_key_follows_what_the_stack_imports_and_nothing_else(
         },
     )
     monkeypatch.setattr(template_cache, "ROOT", tmp_path)
+    # The digest of this fake tree must not outlive the test: later worlds of this process would be keyed by it and
+    # read whatever template an earlier run of this test left under that key (a stale state machine).
+    monkeypatch.setattr(template_cache, "_computed_digest", functools.lru_cache(maxsize=1)(_digest_of_root))
     found = {str(p.relative_to(tmp_path)) for p in template_cache.stack_sources()}
     assert "functions/errors.py" in found and "functions/strategies/__init__.py" in found
     assert "functions/handlers/backup.py" not in found

@@ -1,5 +1,6 @@
 """The warm-up event: every handler answers {"warm": true} at once, without a call to AWS or Bitbucket, without a log
-line; and no other event, however close, is taken for it."""
+line; and no other event, however close, is taken for it. (With the run, a warm-up also reads ahead what its step
+reads first: tests/integration/test_lock_window.py.)"""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_each_handler_answers_a_warm_up_at_once(name: str, no_calls: None, capsy
 @pytest.mark.parametrize(
     "event",
     [
-        {"warm": True, "run": {"instance": "demo"}},  # a real event with a warm flag is the step's, not a warm-up
+        {"warm": True, "run": {"instance": "demo"}, "part": "home"},  # a step's event with a warm flag is the step's
         {"warm": "true"},
         {"warm": 1},
         {"warm": False},

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from functions import catalog, notify, polling, preflight, runs, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
-from functions.clients.bitbucket import Lock, MaintenanceState
+from functions.clients.bitbucket import BitbucketClient, Lock, MaintenanceState
 from functions.errors import (
     BackupCancelled,
     BackupError,
@@ -233,28 +233,27 @@ def archive(run: RunContext) -> dict[str, Any]:
     return {"done": not commands, "commands": commands, "results": {}}
 
 
-def report_progress(run: RunContext, part: str | None, lock_: Lock | None = None) -> dict[str, Any]:
-    """Progress only ever increases: each finished part moves it up, 100 comes once, after every part."""
-    if lock_ is None:
-        _, lock_ = _lock_of(run)
+def _send_progress(client_: BitbucketClient, lock_: Lock, percentage: int) -> None:
+    try:
+        client_.progress(lock_, percentage)
+    except (BitbucketRequestFailed, BitbucketUnavailable):
+        # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
+        if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
+            raise
+
+
+def report_progress(run: RunContext, part: str) -> dict[str, Any]:
+    """A finished part moves the progress up; it only ever increases (the 100 is the unlock's)."""
+    _, lock_ = _lock_of(run)
     # The two copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
     with runs.progress_lock(run.instance, run.backup_id) as sent:
-        if part is None:
-            percentage = 100
-        else:
-            # A set, not a counter: a retried invocation must not count its part twice.
-            done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
-            total = max(1, len(run.config.parts))
-            percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
-        if percentage <= sent and percentage != 100:
+        # A set, not a counter: a retried invocation must not count its part twice.
+        done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
+        total = max(1, len(run.config.parts))
+        percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
+        if percentage <= sent:
             return {"percentage": sent}
-        client_ = bitbucket(run.config)
-        try:
-            client_.progress(lock_, percentage)
-        except (BitbucketRequestFailed, BitbucketUnavailable):
-            # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
-            if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
-                raise
+        _send_progress(bitbucket(run.config), lock_, percentage)
         runs.update(run.instance, run.backup_id, progress_sent=percentage)
     say(run.config, f"Backup progress updated to {percentage}")
     return {"percentage": percentage}
@@ -262,16 +261,21 @@ def report_progress(run: RunContext, part: str | None, lock_: Lock | None = None
 
 def unlock(run: RunContext) -> dict[str, Any]:
     """Progress 100, then the unlock, as Atlassian's script ends its backup: in one invocation, since each Lambda
-    round trip under the lock lengthens the maintenance window."""
+    round trip and each call under the lock lengthens the maintenance window. Every part has reported by now (the
+    copy's Parallel is over), so the 100 needs no progress lock."""
     record, lock_ = _lock_of(run)
-    report_progress(run, None, lock_)
-    bitbucket(run.config).unlock(lock_)
+    client_ = bitbucket(run.config)
+    if record.progress_sent < 100:  # a retried invocation may have sent it (then Bitbucket refuses a repeat)
+        _send_progress(client_, lock_, 100)
+        say(run.config, "Backup progress updated to 100")
+    client_.unlock(lock_)
     now = time.time()
     runs.update(
         run.instance,
         run.backup_id,
         phase="unlocked",
         unlocked_at=now,
+        progress_sent=100,
         remove=("unlock_token", "cancel_token"),
     )
     say(run.config, "Bitbucket instance unlocked")

@@ -52,6 +52,7 @@ class Run:
     drained_at: float | None = None
     unlocked_at: float | None = None
     parts_done: int = 0
+    progress_sent: int = 0  # the highest percentage Bitbucket accepted
     # Set when the workflow's own failure path kept the item (Bitbucket possibly still locked): the safety
     # net must not act (and notify) a second time.
     handled: bool = False
@@ -147,6 +148,7 @@ def get(instance: str, backup_id: str | None = None) -> Run | None:
         drained_at=_num(item, "drained_at"),
         unlocked_at=_num(item, "unlocked_at"),
         parts_done=len(item.get("parts_done", {}).get("SS", [])),
+        progress_sent=int(_num(item, "progress_sent") or 0),
         handled="handled_at" in item,
         copies_started_at=_num(item, "copies_started_at"),
     )

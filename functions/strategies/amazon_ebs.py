@@ -57,6 +57,10 @@ _STATES = {"pending": "pending", "completed": "completed", "error": "error", "re
 LOCKED_STATES = {"governance", "compliance", "compliance-cooloff"}
 
 
+def _sorted(artifacts: list[Artifact]) -> list[Artifact]:
+    return sorted(artifacts, key=lambda a: (a.backup_id, a.details.get("device", ""), a.id))
+
+
 class EbsStrategy(Strategy):
     part = "home"
     restore_target_fields = frozenset(
@@ -139,7 +143,21 @@ class EbsStrategy(Strategy):
                 ],
             )
         logger.info(f"EBS snapshots started: {', '.join(s['SnapshotId'] for s in snapshots)}")
-        return self.artifacts(backup_id)
+        # What CreateSnapshots answered and the tags just written: no DescribeSnapshots under the lock.
+        made = catalog_tags(self.instance.name, backup_id, self.part)
+        return _sorted(
+            [
+                self._artifact(
+                    snap,
+                    {
+                        **made,
+                        "Device": device_of.get(snap["VolumeId"], ""),
+                        "Name": f"{backup_id}-home{device_of.get(snap['VolumeId'], '')}",
+                    },
+                )
+                for snap in snapshots
+            ]
+        )
 
     def _create(
         self, backup_id: str, wanted: set[str], devices: dict[str, str], root: str | None
@@ -183,27 +201,23 @@ class EbsStrategy(Strategy):
         for page in paginator.paginate(OwnerIds=["self"], Filters=filters):
             for snap in page["Snapshots"]:
                 tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
-                if not is_ours(tags, self.instance.name):
-                    continue
-                found.append(
-                    Artifact(
-                        kind="ebs-snapshot",
-                        id=snap["SnapshotId"],
-                        part=self.part,
-                        backup_id=tags.get(BACKUP_ID_TAG, ""),
-                        state=_STATES.get(snap.get("State", ""), "pending"),
-                        status=tags.get(STATUS_TAG, ""),
-                        verified=verification(tags),
-                        size_gb=snap.get("VolumeSize"),
-                        created=str(snap.get("StartTime", "")),
-                        details={
-                            "volume_id": snap.get("VolumeId", ""),
-                            "device": tags.get("Device", ""),
-                            **copy_details(tags),
-                        },
-                    )
-                )
-        return sorted(found, key=lambda a: (a.backup_id, a.details.get("device", ""), a.id))
+                if is_ours(tags, self.instance.name):
+                    found.append(self._artifact(snap, tags))
+        return _sorted(found)
+
+    def _artifact(self, snap: dict[str, Any], tags: dict[str, str]) -> Artifact:
+        return Artifact(
+            kind="ebs-snapshot",
+            id=snap["SnapshotId"],
+            part=self.part,
+            backup_id=tags.get(BACKUP_ID_TAG, ""),
+            state=_STATES.get(snap.get("State", ""), "pending"),
+            status=tags.get(STATUS_TAG, ""),
+            verified=verification(tags),
+            size_gb=snap.get("VolumeSize"),
+            created=str(snap.get("StartTime", "")),
+            details={"volume_id": snap.get("VolumeId", ""), "device": tags.get("Device", ""), **copy_details(tags)},
+        )
 
     def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
         self.aws("ec2").create_tags(Resources=[artifact.id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])

@@ -30,6 +30,7 @@ from functions.handlers.backup import (
     wait_snapshots,
 )
 from functions.models.config import InstanceConfig
+from functions.models.events import RunContext
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
@@ -39,6 +40,7 @@ from functions.strategies import (
     TOOL_TAG,
     TOOL_VALUE,
     catalog_tags,
+    strategy_for,
 )
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import ACCOUNT, REGION
@@ -437,6 +439,11 @@ def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> Non
     database = call(copy_database, {"run": run, "part": "database"})
     assert [a["kind"] for a in home["artifacts"]] == ["ebs-snapshot"]
     assert home["artifacts"][0]["volume_id"] == world.volume  # the root volume is not part of the backup
+    # The copy answers from CreateSnapshots (no DescribeSnapshots under the lock): what the catalog lists, exactly.
+    # Only the state may differ: CreateSnapshots answers "pending", and moto completes a snapshot once described.
+    listed = strategy_for(RunContext.model_validate(run).config, "home").artifacts(BACKUP_ID)
+    assert [{**a, "state": "?"} for a in home["artifacts"]] == [{**a.summary(), "state": "?"} for a in listed]
+    assert {a["state"] for a in home["artifacts"]} == {"pending"}
     assert [a["id"] for a in database["artifacts"]] == [BACKUP_ID]
 
     assert call(progress, {"run": run, "part": "home"})["percentage"] == 50

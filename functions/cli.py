@@ -23,6 +23,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -1048,28 +1049,45 @@ def run(args: argparse.Namespace) -> int:
         _fail(AWS_ERROR, f"AWS: {error}")
 
 
+def _error(code: int, message: str, as_json: bool) -> int:
+    """An error as the user asked for output: one JSON object on stdout with --json, else one line on stderr."""
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"bitbucket-backup: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv  # known before parsing, so that a usage error is JSON too
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as ended:  # argparse: --help (0) or a usage error (2, its message already on stderr)
-        return ended.code if isinstance(ended.code, int) else USAGE
+        if as_json:
+            with redirect_stderr(io.StringIO()) as usage:
+                args = parser.parse_args(argv)
+        else:
+            args = parser.parse_args(argv)
+    except SystemExit as ended:  # argparse: --help (0) or a usage error (2, its message on stderr)
+        code = ended.code if isinstance(ended.code, int) else USAGE
+        if as_json and code != OK:
+            said = usage.getvalue().strip().splitlines()
+            return _error(code, said[-1].split("error: ", 1)[-1] if said else "invalid arguments", True)
+        return code
     try:
         return run(args)
     except CliError as error:
-        print(f"bitbucket-backup: error: {error}", file=sys.stderr)
-        return error.code
+        return _error(error.code, str(error), as_json)
     except KeyboardInterrupt:
-        print("bitbucket-backup: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        return _error(INTERRUPTED, "interrupted", as_json)
     except Exception as error:  # a bug: still one line, the traceback only when asked for
         if os.environ.get("BITBUCKET_BACKUP_DEBUG"):
             raise
-        print(
-            f"bitbucket-backup: error: unexpected {type(error).__name__}: {error} (BITBUCKET_BACKUP_DEBUG=1 shows "
-            "the traceback)",
-            file=sys.stderr,
+        return _error(
+            FAILED,
+            f"unexpected {type(error).__name__}: {error} (BITBUCKET_BACKUP_DEBUG=1 shows the traceback)",
+            as_json,
         )
-        return FAILED
 
 
 if __name__ == "__main__":

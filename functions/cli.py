@@ -736,6 +736,40 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
     return target
 
 
+# The restore target's fields as the user gave them: the flags of `restore` (per part of the target).
+RESTORE_FLAGS: dict[tuple[str, str], str] = {
+    ("database", "instance_id"): "--target-db-id",
+    ("database", "cluster_id"): "--target-db-id",
+    ("database", "dbname"): "--target-db-id",
+    ("database", "writer_instance_id"): "--writer-instance-id",
+    ("database", "instance_class"): "--db-instance-class",
+    ("database", "host_instance_id"): "--target-host",
+    ("home", "availability_zone"): "--availability-zone",
+    ("home", "attach_to_instance_id"): "--attach-to",
+    ("home", "mount"): "--mount",
+    ("home", "path"): "--target-path",
+    ("home", "instance_id"): "--target-host",
+    ("home", "owner"): "--owner",
+}
+
+
+def restore_problem(error: Any) -> str:
+    """The first problem of a restore input's ValidationError, in the words of the command line: the flags the
+    user typed, not the fields of the execution input."""
+    problem = error.errors()[0]
+    loc = [str(p) for p in problem["loc"]]
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    part = loc[1] if len(loc) > 1 and loc[0] == "target" else ""
+    flags = {field: flag for (of, field), flag in RESTORE_FLAGS.items() if of == part}
+    if flags:
+        words = re.compile(r"\b(" + "|".join(sorted(flags, key=len, reverse=True)) + r")\b")
+        message = words.sub(lambda m: flags[m.group(1)], message)
+    flag = flags.get(loc[2]) if len(loc) > 2 else None
+    if flag is None and loc[:1] == ["backup_id"]:
+        flag = "BACKUP_ID"
+    return f"{flag}: {message}" if flag else message
+
+
 def _zone_of(aws: Aws, instance_id: str) -> str:
     from botocore.exceptions import ClientError
 
@@ -773,9 +807,7 @@ def cmd_restore(aws: Aws, args: argparse.Namespace) -> int:
     try:
         RestoreInput.model_validate(execution_input)
     except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        raise CliError(USAGE, f"invalid restore input: {where}: {problem['msg']}") from None
+        raise CliError(USAGE, restore_problem(error)) from None
     known = {row["backup_id"]: row for row in catalog(aws, config)}
     if args.backup_id not in known:
         complete = [b for b, row in known.items() if row["status"] == "complete"][:5]

@@ -136,5 +136,8 @@ def parse(model: type[T], event: Any, step: str) -> T:
     try:
         return model.model_validate(event)
     except ValidationError as error:
-        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in error.errors()[:5])
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()[:5]
+        )
         raise InvalidInput(f"{step}: invalid input: {fields}") from None

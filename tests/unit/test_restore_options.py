@@ -71,3 +71,36 @@ def test_every_option_names_fields_a_strategy_takes() -> None:
     taken = {(s.part, f) for c in (SNAPSHOTS, ARCHIVES) for s in strategies_for(c) for f in s.restore_target_fields}
     for places in RESTORE_OPTION_FIELDS.values():
         assert any(place in taken for place in places), places
+
+
+def _problem(target: dict[str, object], backup_id: str = BACKUP_ID) -> str:
+    from pydantic import ValidationError
+
+    from functions.cli import restore_problem
+    from functions.models.restore import RestoreInput
+
+    with pytest.raises(ValidationError) as error:
+        RestoreInput.model_validate({"instance": "demo", "backup_id": backup_id, "target": target})
+    return restore_problem(error.value)
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ({"home": {"availability_zone": "eu-west-1a", "mount": True}}, "--mount needs --attach-to"),
+        (
+            {"home": {}},
+            "--availability-zone is required unless --attach-to is given (volumes), or --target-path (archives)",
+        ),
+        ({"home": {"attach_to_instance_id": "srv-1"}}, "--attach-to: String should match pattern"),
+        ({"database": {"instance_id": "3x"}}, "--target-db-id: String should match pattern"),
+        ({"database": {"dbname": "x", "host_instance_id": "nope"}}, "--target-host: String should match pattern"),
+        ({"home": {"path": "relative/dir"}}, "--target-path: String should match pattern"),
+    ],
+)
+def test_a_restore_problem_names_the_flags_the_user_typed(target: dict[str, object], said: str) -> None:
+    problem = _problem(target)
+    assert problem.startswith(said), problem
+    # Never the execution input's own words: its field paths, its field names, pydantic's prefix.
+    for internal in ("target.", "attach_to_instance_id", "availability_zone", "Value error", "instance_id"):
+        assert internal not in problem, problem

@@ -256,7 +256,7 @@ def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
 
     with aws.catalog_clients(config):
         grouped = by_backup(config)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for backup_id, artifacts in sorted(grouped.items(), reverse=True):
         parts = [p for p in config.parts if any(a.part == p for a in artifacts)]
         missing = [p for p in config.parts if p not in parts]
@@ -276,9 +276,25 @@ def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
                 "verified": max((a.verified for a in artifacts if a.verified), default=None, key=lambda v: v[-10:]),
                 "region": aws.region_name,
                 "artifacts": [a.summary() for a in artifacts],
+                "prune_after_backups": None,
             }
         )
+    # finalize keeps the newest keep_backups complete backups (0: all): one with n newer complete backups goes once
+    # keep_backups - n more complete (later if an immutable lock still holds it).
+    complete = [row for row in rows if row["status"] == "complete"]
+    if config.keep_backups:
+        for newer, row in enumerate(complete):
+            row["prune_after_backups"] = max(1, config.keep_backups - newer)
     return rows
+
+
+def _pruned(row: dict[str, Any]) -> str:
+    after = row.get("prune_after_backups")
+    if row["status"] != "complete":
+        return "-"
+    if after is None:
+        return "never (keep_backups 0)"
+    return f"after {after} more backup{'s' if after != 1 else ''}"
 
 
 # --- executions ----------------------------------------------------------------------------------------------------
@@ -508,8 +524,10 @@ def print_catalog(rows: list[dict[str, Any]]) -> None:
             parts += f" (no {', '.join(row['missing_parts'])})"
         where = f"{row['region']}: " + ", ".join(a["id"] for a in row["artifacts"])
         verified = row.get("verified") or "-"
-        table.append([row["instance"], row["backup_id"], _when(row["time"]), row["status"], verified, parts, where])
-    _table(table, ["INSTANCE", "BACKUP ID", "TIME", "STATUS", "DRILL", "PARTS", "WHERE"])
+        table.append(
+            [row["instance"], row["backup_id"], _when(row["time"]), row["status"], verified, _pruned(row), parts, where]
+        )
+    _table(table, ["INSTANCE", "BACKUP ID", "TIME", "STATUS", "DRILL", "PRUNED", "PARTS", "WHERE"])
 
 
 def print_result(record: dict[str, Any]) -> None:

@@ -119,12 +119,16 @@ def test_restore_without_a_backup_id_lists_the_restorable_backups(
     code, out, _ = cli(capsys, local, "restore", "--instance", "demo")
     assert code == USAGE  # nothing was restored
     assert out.startswith("Restorable backups of demo (give one as BACKUP_ID):")
+    out_text = out
     line = next(line for line in out.splitlines() if local.backup_id in line)
     assert "complete" in line and "home 100 GB, database 50 GB" in line
     code, out, _ = cli(capsys, local, "--json", "restore", "--instance", "demo")
     rows = json.loads(out)["backups"]
     assert code == USAGE and local.backup_id in {r["backup_id"] for r in rows}
     assert {r["status"] for r in rows} == {"complete"}
+    # When each will be pruned: the rehearsal keeps 2, so the newest goes after 2 more backups, the next after 1.
+    assert [r["prune_after_backups"] for r in rows[:2]] == [2, 1][: len(rows[:2])]
+    assert "after 2 more backups" in next(line for line in out_text.splitlines() if rows[0]["backup_id"] in line)
 
 
 def test_status_of_one_execution_and_of_the_recent_ones(local: Local, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,11 +5,12 @@
     bitbucket-backup status [EXECUTION]              one execution, or the recent ones of both state machines
     bitbucket-backup restore BACKUP_ID --instance NAME --target-db-id NEW [--availability-zone AZ] [--wait]
     bitbucket-backup cancel EXECUTION                stop an execution (the safety net unlocks Bitbucket)
+    bitbucket-backup unlock NAME                     end a lock this tool took and could not release
 
 It talks to AWS with the usual credential chain (`--profile`, `--region` or the AWS_* variables), finds the state
 machines from the stack's outputs (`--stack-name`), and the instances from their SSM configuration parameters. With
 `--endpoint-url` it talks to the local runtime (`python -m rehearsal serve`) instead. It never reads the Bitbucket
-credentials secret.
+credentials secret nor an unlock token: `unlock` invokes the backup's safety-net function, which does.
 
 Exit codes:
   0    ok (with --wait: the backup or restore succeeded)
@@ -195,6 +196,34 @@ class Aws:
             return (serving or candidates)[0]
         names = ", ".join(m.name for m in candidates)
         raise CliError(FAILED, f"several {kind} state machines ({names}) and none says it serves '{instance}'")
+
+    def unlock_function(self, instance: str) -> str:
+        """The function that answers `unlock` for `instance` (the backup's safety net): from the stack's outputs
+        (their descriptions end in the instances it serves); without them (the local runtime), the one there is."""
+
+        def serves(described: str) -> bool:
+            if steps.OPERATOR_UNLOCK_FOR not in described:
+                return False
+            served = described.split(steps.OPERATOR_UNLOCK_FOR, 1)[1]
+            return instance in [n.strip() for n in served.split(",")]
+
+        outputs = self._stack_outputs()
+        if outputs is not None:
+            found = [o["OutputValue"] for o in outputs if serves(o.get("Description", ""))]
+        else:  # no outputs to say which serves whom: the one backup safety net there is (its description: its id)
+            found = [
+                f["FunctionName"]
+                for page in self.client("lambda").get_paginator("list_functions").paginate()
+                for f in page["Functions"]
+                if re.search(r": SafetyNet\d*$", f.get("Description", ""))
+            ]
+        if len(found) != 1:
+            raise CliError(
+                NOT_FOUND,
+                f"no safety-net function to unlock '{instance}' (stack {self.stack_name} in {self.region_name}): "
+                "is a stack of this version deployed there? (--stack-name, --region, --endpoint-url)",
+            )
+        return str(found[0])
 
     def definition(self, machine_arn: str) -> dict[str, Any]:
         if machine_arn not in self._definitions:
@@ -925,6 +954,28 @@ def cmd_cancel(aws: Aws, args: argparse.Namespace) -> int:
     return OK if status in ("ABORTED", "RUNNING") else FAILED
 
 
+UNLOCK_EXIT = {"unlocked": OK, "not-locked": OK, "not-ours": FAILED, "running": FAILED, "failed": FAILED}
+
+
+def cmd_unlock(aws: Aws, args: argparse.Namespace) -> int:
+    config = aws.instance_config(args.instance)
+    function = aws.unlock_function(config.name)
+    # The function reads the token and talks to Bitbucket: neither reaches this machine.
+    answer = aws.client("lambda").invoke(FunctionName=function, Payload=json.dumps({"instance": config.name}).encode())
+    payload = json.loads(answer["Payload"].read() or b"{}")
+    if "FunctionError" in answer or not isinstance(payload, dict) or "outcome" not in payload:
+        cause = payload.get("errorMessage", "no answer") if isinstance(payload, dict) else "no answer"
+        raise CliError(FAILED, f"the unlock of '{config.name}' failed: {cause}")
+    outcome = str(payload["outcome"])
+    if args.json:
+        emit_json({"instance": config.name, **payload})
+    else:
+        print(f"{config.name}: {payload.get('message', outcome)}")
+        for action in payload.get("actions") or []:
+            print(f"  {action}")
+    return UNLOCK_EXIT.get(outcome, FAILED)
+
+
 # --- arguments -----------------------------------------------------------------------------------------------------
 
 
@@ -1049,6 +1100,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "stop a running execution (a backup's safety net then unlocks Bitbucket)")
     cancel.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
     cancel.set_defaults(run=cmd_cancel)
+
+    unlock = command(
+        "unlock",
+        "end a maintenance lock this tool took and could not release (with the token it stored; it never guesses)",
+    )
+    unlock.add_argument("instance", metavar="INSTANCE", help="the instance whose Bitbucket to unlock")
+    unlock.set_defaults(run=cmd_unlock)
     return parser
 
 

@@ -28,8 +28,28 @@ def patched(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack:
     _patch_cross_account(stack)
     stack.enter_context(moto_speed.patched())
     _patch_dynamodb_atomicity(stack)
+    _patch_signature_of_empty_bodies(stack)
     stack.enter_context(moto_fixes_immutability.patched())  # EBS Snapshot Lock
     return stack
+
+
+def _patch_signature_of_empty_bodies(stack: contextlib.ExitStack) -> None:
+    """With IAM enforced, moto checks a bodiless request's SigV4 signature against a payload of its own making (the
+    parsed query, e.g. Lambda's ListFunctions: a GET), so a correctly signed GET fails with SignatureDoesNotMatch.
+    AWS hashes the empty body; so does this."""
+    from unittest import mock
+
+    from moto.iam.access_control import IAMRequestBase
+
+    original = IAMRequestBase._create_aws_request
+
+    def create_aws_request(self: Any) -> Any:
+        request = original(self)
+        if self._method in ("GET", "HEAD", "DELETE") and not self._body:  # a POST's form may be in _data only
+            request.data = b""
+        return request
+
+    stack.enter_context(mock.patch.object(IAMRequestBase, "_create_aws_request", create_aws_request))
 
 
 def _run_lambdas_in_process(stack: contextlib.ExitStack, runtime: LambdaRuntime) -> None:

@@ -296,6 +296,7 @@ class Rehearsal:
                 Timeout=props.get("Timeout", 60),
                 MemorySize=props.get("MemorySize", 128),
                 Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
+                Description=r(props.get("Description", "")),
             )
             r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
         elif kind == "AWS::Events::Rule":

@@ -11,11 +11,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from functions.models import environment as env_names
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
-from functions.models.steps import OPERATIONS
+from functions.models.steps import OPERATIONS, OPERATOR_UNLOCK_FOR
 from functions.models.timeouts import execution_timeout_seconds
 from functions.strategies import RESTORE_FAILED
 from stacks import nag, permissions
@@ -129,7 +130,14 @@ class BackupStack(Stack):
             )
             nets.append(net)
             fns = {**workflow.functions, OPERATIONS.safety_net.name: net.function}
-            self._grant(fns, instances, runs, notifications, parameters, key)
+            self._grant(fns, instances, runs, notifications, parameters, key, workflow.state_machine)
+            # `bitbucket-backup unlock` invokes the safety net, which reaches Bitbucket where the backup's functions do.
+            CfnOutput(
+                self,
+                f"OperatorUnlockFunction{suffix}",
+                value=net.function.function_name,
+                description=OPERATOR_UNLOCK_FOR + ", ".join(i.name for i in instances),
+            )
             CfnOutput(
                 self,
                 f"BackupStateMachine{suffix}",
@@ -261,6 +269,7 @@ class BackupStack(Stack):
         notifications: Notifications,
         parameters: InstanceConfigParameters,
         key: kms.IKey,
+        machine: sfn.IStateMachine,
     ) -> None:
         """Each of the backup's functions (and its safety net) gets what its step needs, from BackupGrants."""
         for fn in fns.values():
@@ -318,7 +327,11 @@ class BackupStack(Stack):
             archive=FunctionGrants(hosts("ArchiveUpload")),
             copy_regions=FunctionGrants((*describe, *permissions.copy_to_regions(self, instances, bucket), *archives)),
             handle_failure=failure,
-            safety_net=failure,  # the safety net does what the failure path does, for executions that ran no Catch
+            # The safety net does what the failure path does, for executions that ran no Catch; for the operator's
+            # unlock it also asks whether the run that locked still runs.
+            safety_net=FunctionGrants(
+                (*failure.statements, permissions.describe_executions(self, machine)), publishes=True
+            ),
         )
         grants_apply(grants, fns, notifications.topic, key)
 

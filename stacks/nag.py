@@ -72,6 +72,12 @@ ACKNOWLEDGMENTS: list[tuple[str, str]] = [
         "Archive keys are made at run time under the instance's prefix (instance/backup-id/...): re-tagging and "
         "deleting are limited to that prefix and require this deployment's tags on the object (s3:ExistingObjectTag).",
     ),
+    (
+        rf"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:states:{_REGION}:{_ACCOUNT}:execution:"
+        r"<[A-Za-z0-9]+\.Name>:\*\]",
+        "The operator's unlock asks whether the run that locked is still running (DescribeExecution): execution "
+        "names are made at run time; only the executions of the instance's own backup state machine.",
+    ),
     # --- disaster-recovery copies -------------------------------------------------------------------------------------
     (
         r"AwsSolutions-IAM5\[Resource::arn:<AWS::Partition>:s3:::[a-z0-9][a-z0-9.-]+/[a-z][a-z0-9-]*/\*\]",

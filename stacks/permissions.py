@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_stepfunctions as sfn
 
 from functions.models.config import (
     AuroraDatabaseConfig,
@@ -78,6 +79,21 @@ def read_secrets(stack: Stack, instances: list[InstanceConfig]) -> iam.PolicySta
     return iam.PolicyStatement(
         actions=["secretsmanager:GetSecretValue"],
         resources=sorted({secret_arn(stack, i.credentials_secret) for i in instances}),
+    )
+
+
+def describe_executions(stack: Stack, machine: sfn.IStateMachine) -> iam.PolicyStatement:
+    """Whether an execution of this state machine still runs (its executions only)."""
+    return iam.PolicyStatement(
+        actions=["states:DescribeExecution"],
+        resources=[
+            stack.format_arn(
+                service="states",
+                resource="execution",
+                resource_name=f"{machine.state_machine_name}:*",
+                arn_format=ArnFormat.COLON_RESOURCE_NAME,
+            )
+        ],
     )
 
 

@@ -1,11 +1,14 @@
 """Functions no state machine calls: the safety nets (EventBridge rules on executions that ended without their own
-cleanup: functions/safety_net.py, functions/restore.py handle_stopped) and the scheduled staleness check."""
+cleanup: functions/safety_net.py, functions/restore.py handle_stopped; the backup's also answers the operator's
+`bitbucket-backup unlock`: functions/operator_unlock.py) and the scheduled staleness check."""
 
 from typing import Any
 
 from functions import monitoring, restore
+from functions import operator_unlock as unlocking
 from functions import safety_net as backup_safety_net
 from functions.handlers._step import step
+from functions.models.events import UnlockEvent, parse
 from functions.models.steps import OPERATIONS
 
 
@@ -16,7 +19,10 @@ def _detail(event: Any) -> dict[str, Any]:
 
 @step(OPERATIONS.safety_net)
 def safety_net(event: dict[str, Any]) -> dict[str, Any]:
-    """A backup execution ended ABORTED, TIMED_OUT or FAILED."""
+    """A backup execution ended ABORTED, TIMED_OUT or FAILED (an EventBridge event: it has a detail); or an operator
+    asks to end the lock a run left behind (`bitbucket-backup unlock`: only the instance's name)."""
+    if isinstance(event, dict) and "detail" not in event:
+        return unlocking.unlock(parse(UnlockEvent, event, "unlock").instance)
     return backup_safety_net.handle_status_change(_detail(event))
 
 

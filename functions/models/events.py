@@ -123,6 +123,12 @@ class HostProgressEvent(StepEvent):
     progress: dict[str, Any]
 
 
+class UnlockEvent(_Strict):
+    """What `bitbucket-backup unlock` sends the operator-unlock function: the instance's name, nothing else."""
+
+    instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
+
+
 class FailureEvent(_Strict):
     input: dict[str, Any] = Field(default_factory=dict)
     run: RunContext | None = None

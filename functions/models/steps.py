@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 FAILED_PREFIX = "Failed: "
+# The stack output naming the function that answers `bitbucket-backup unlock` (the backup's safety net): its
+# description is this, followed by the instances it serves (the command line finds an instance's function by it).
+OPERATOR_UNLOCK_FOR = "operator unlock for: "
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,7 +272,8 @@ class DrillSteps(_Steps):
 
 class OperationSteps(_Steps):
     """Functions no state machine calls: the safety nets (EventBridge rules on executions that ended without their
-    own cleanup) and the scheduled staleness check. A safety net's description is its construct's id."""
+    own cleanup; the backup's also answers the operator's `bitbucket-backup unlock`) and the scheduled staleness
+    check. A safety net's description is its construct's id."""
 
     safety_net = Function(
         name="safety_net",

@@ -41,7 +41,8 @@ _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 @dataclass(frozen=True)
 class BackupGrants:
     """What each of the backup's functions may do, a field per step of BACKUP (stacks/backup_stack.py builds it;
-    grants.apply applies it); safety_net is the backup's safety net (stacks/constructs/safety_net.py)."""
+    grants.apply applies it); safety_net is the backup's safety net (stacks/constructs/safety_net.py), which also
+    answers `bitbucket-backup unlock`."""
 
     validate: FunctionGrants
     lock: FunctionGrants

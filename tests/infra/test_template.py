@@ -12,7 +12,7 @@ from aws_cdk.assertions import Match
 
 from functions.models.config import InstanceConfig, parse_project_config
 from functions.models.events import FlowTiming
-from functions.models.steps import BACKUP, OPERATIONS
+from functions.models.steps import BACKUP, OPERATIONS, OPERATOR_UNLOCK_FOR
 from functions.strategies import TOOL_TAG, TOOL_VALUE
 from stacks.app_builder import STACK_NAME
 from stacks.backup_stack import network_groups
@@ -434,7 +434,9 @@ def _functions_watching(state_machine: str, resources: Any) -> set[str]:
     return found
 
 
-def test_lambdas_runtime_network_and_environment(resources: Any, state_machines: dict[str, StateMachine]) -> None:
+def test_lambdas_runtime_network_and_environment(
+    resources: Any, state_machines: dict[str, StateMachine], template: dict[str, Any]
+) -> None:
     functions = resources("AWS::Lambda::Function")
     owner = _by_instance(state_machines)
     covered = set()
@@ -442,7 +444,14 @@ def test_lambdas_runtime_network_and_environment(resources: Any, state_machines:
         sm = owner[instance["name"]]
         steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
         assert len(steps) == 15
-        used = steps | _functions_watching(sm.logical_id, resources)
+        # The operator's unlock (the safety net) reaches Bitbucket from where the steps do (the output names it).
+        (unlock,) = [
+            o["Value"]["Ref"]
+            for key, o in template["Outputs"].items()
+            if key.startswith("OperatorUnlockFunction")
+            and instance["name"] in o["Description"].split(OPERATOR_UNLOCK_FOR, 1)[1].split(", ")
+        ]
+        used = steps | _functions_watching(sm.logical_id, resources) | {unlock}
         covered |= used
         for logical in used:
             vpc = functions[logical]["Properties"].get("VpcConfig")

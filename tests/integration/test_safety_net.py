@@ -47,7 +47,7 @@ def test_stop_while_waiting_for_snapshots_removes_the_unfinished_backup(world: W
     world.r.configure(timing={**world.r.instance_config["timing"], "snapshot_poll_interval_seconds": 1})
     with mock.patch.object(EBSBackend, "create_snapshots", pending):
         execution = world.r.start()
-        wait_for(lambda: waiting_in(world, execution, "Wait for snapshots"))
+        wait_for(lambda: waiting_in(world, execution, "Wait for snapshots"), seconds=60)
         _stop(world, execution)
         result = world.r.wait(execution)
     assert result.status == "ABORTED"

@@ -344,3 +344,33 @@ def test_moto_still_runs_two_dynamodb_requests_at_once() -> None:
 
 def test_dynamodb_requests_run_one_at_a_time(fixed: LocalHost) -> None:
     assert not _second_request_finishes_while_the_first_runs()
+
+
+# --- IAM enforced: the signature of a request without a body -------------------------------------------------------
+
+
+def _signed_list_functions() -> None:
+    """ListFunctions (a GET without a body) signed by a user allowed everything, with moto's IAM checks on."""
+    from moto.core import set_initial_no_auth_action_count
+
+    iam_ = boto3.client("iam", region_name=REGION)
+    iam_.create_user(UserName="operator")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam_.put_user_policy(UserName="operator", PolicyName="all", PolicyDocument=json.dumps(policy))
+    key = iam_.create_access_key(UserName="operator")["AccessKey"]
+    lambda_ = boto3.client(
+        "lambda",
+        region_name=REGION,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+    set_initial_no_auth_action_count(0)(lambda: lambda_.list_functions())()
+
+
+def test_moto_still_refuses_the_signature_of_a_get_without_a_body() -> None:
+    with mock_aws(), pytest.raises(ClientError, match=r"SignatureDoesNotMatch|403"):
+        _signed_list_functions()
+
+
+def test_a_get_without_a_body_is_checked_against_the_empty_payload(fixed: LocalHost) -> None:
+    _signed_list_functions()

@@ -233,7 +233,7 @@ def test_restore_into_new_resources(local: Local, capsys: pytest.CaptureFixture[
         (
             ["restore", "demo-20200101-000000", "--instance", "demo", "--target-db-id", "bad_name"],
             USAGE,
-            "target.database.instance_id",
+            "--target-db-id: String should match pattern",  # the flag typed, not the execution input's field path
         ),
         (["--stack-name", "Other", "list"], NOT_FOUND, "no instances configured under /bitbucket-diy-backup/Other/"),
     ],

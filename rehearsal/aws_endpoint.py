@@ -25,8 +25,8 @@ def _with_latency(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable
         if model is not None:
             service = latency.service_of(str(environ.get("HTTP_AUTHORIZATION", "")))
             model.count(service)
-            if model.of(service) > 0:
-                time.sleep(model.of(service))
+            if (seconds := model.of(service)) > 0:
+                time.sleep(seconds)
         return app(environ, start_response)
 
     return serve

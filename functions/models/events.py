@@ -124,7 +124,7 @@ class HostProgressEvent(StepEvent):
 
 
 class UnlockEvent(_Strict):
-    """What `bitbucket-backup unlock` sends the operator-unlock function: the instance's name, nothing else."""
+    """What `bitbucket-backup unlock` sends the backup's safety-net function: the instance's name, nothing else."""
 
     instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
 

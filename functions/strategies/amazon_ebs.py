@@ -133,31 +133,17 @@ class EbsStrategy(Strategy):
                     timeout=60,
                 )
         ec2 = client("ec2")
+        # Per snapshot, the tags written now: what CreateSnapshots answered plus these (and the catalog's it was
+        # made with) is the answer; no DescribeSnapshots under the lock.
+        made = catalog_tags(self.instance.name, backup_id, self.part)
+        artifacts = []
         for snapshot in snapshots:
             device = device_of.get(snapshot["VolumeId"], "")
-            ec2.create_tags(
-                Resources=[snapshot["SnapshotId"]],
-                Tags=[
-                    {"Key": "Device", "Value": device},
-                    {"Key": "Name", "Value": f"{backup_id}-home{device}"},
-                ],
-            )
+            named = {"Device": device, "Name": f"{backup_id}-home{device}"}
+            ec2.create_tags(Resources=[snapshot["SnapshotId"]], Tags=[{"Key": k, "Value": v} for k, v in named.items()])
+            artifacts.append(self._artifact(snapshot, {**made, **named}))
         logger.info(f"EBS snapshots started: {', '.join(s['SnapshotId'] for s in snapshots)}")
-        # What CreateSnapshots answered and the tags just written: no DescribeSnapshots under the lock.
-        made = catalog_tags(self.instance.name, backup_id, self.part)
-        return _sorted(
-            [
-                self._artifact(
-                    snap,
-                    {
-                        **made,
-                        "Device": device_of.get(snap["VolumeId"], ""),
-                        "Name": f"{backup_id}-home{device_of.get(snap['VolumeId'], '')}",
-                    },
-                )
-                for snap in snapshots
-            ]
-        )
+        return _sorted(artifacts)
 
     def _create(
         self, backup_id: str, wanted: set[str], devices: dict[str, str], root: str | None

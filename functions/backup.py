@@ -35,7 +35,7 @@ from functions.steps import bitbucket, cause_text, say
 # The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
 # drain, progress and unlock handlers start without them (README, "What it measured").
 if TYPE_CHECKING:
-    from functions.strategies import Artifact, Strategy
+    from functions.strategies import Artifact, Catalog
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
 
@@ -165,16 +165,18 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
 def backup_part(
     run: RunContext, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
 ) -> dict[str, Any]:
-    from functions.strategies import strategy_for
-    from functions.strategies.host_copy import HostCopyStrategy
+    from functions.strategies import parts_for
 
-    strategy = strategy_for(run.config, part)
-    if isinstance(strategy, HostCopyStrategy):
-        commands = strategy.copy(run.backup_id)
-        say(run.config, f"{part} copy started on {strategy.instance_id}")
+    parts = parts_for(run.config)
+    on_host = parts.hosts.get(part)
+    if on_host is not None:
+        commands = on_host.copy(run.backup_id)
+        say(run.config, f"{part} copy started on {on_host.instance_id}")
         started = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
         return wait_host(run, started, seconds_left, clock)
-    artifacts = strategy.backup(run.backup_id)
+    if part not in parts.snapshots:
+        raise ValueError(f"instance '{run.config.name}' has no '{part}' part to back up")
+    artifacts = parts.snapshots[part].backup(run.backup_id)
     say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
     return {"part": part, "artifacts": [a.summary() for a in artifacts], "done": True, "commands": [], "results": {}}
 
@@ -198,13 +200,11 @@ def wait_host(
 
 def prepare_host(run: RunContext) -> dict[str, Any]:
     """Before the lock, while Bitbucket is live: install the host script, start the expensive first copy pass."""
-    from functions.strategies import strategies_for
-    from functions.strategies.host_copy import HostCopyStrategy
+    from functions.strategies import parts_for
 
     commands: list[dict[str, Any]] = []
-    for strategy in strategies_for(run.config):
-        if isinstance(strategy, HostCopyStrategy):
-            commands += strategy.prepare(run.backup_id)
+    for on_host in parts_for(run.config).hosts.values():
+        commands += on_host.prepare(run.backup_id)
     return {"done": not commands, "commands": commands, "results": {}}
 
 
@@ -223,13 +223,11 @@ def check_host(run: RunContext, progress: dict[str, Any]) -> dict[str, Any]:
 
 def archive(run: RunContext) -> dict[str, Any]:
     """After the unlock: archive each copy-type part on its host and upload it to the archive bucket."""
-    from functions.strategies import strategies_for
-    from functions.strategies.host_copy import HostCopyStrategy
+    from functions.strategies import parts_for
 
     commands: list[dict[str, Any]] = []
-    for strategy in strategies_for(run.config):
-        if isinstance(strategy, HostCopyStrategy):
-            commands += strategy.archive(run.backup_id, run.bitbucket_version)
+    for on_host in parts_for(run.config).hosts.values():
+        commands += on_host.archive(run.backup_id, run.bitbucket_version)
     return {"done": not commands, "commands": commands, "results": {}}
 
 
@@ -284,7 +282,7 @@ def unlock(run: RunContext) -> dict[str, Any]:
     return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
 
 
-def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Strategy, Artifact]]:
+def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list[tuple[Catalog, Artifact]]:
     from functions.strategies import strategies_for
 
     return [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
@@ -292,7 +290,7 @@ def _all_artifacts(config: InstanceConfig, backup_id: str | None = None) -> list
 
 def _all_copies(
     config: InstanceConfig, target: CopyTarget, backup_id: str | None = None
-) -> list[tuple[Strategy, Artifact]]:
+) -> list[tuple[Catalog, Artifact]]:
     from functions.strategies import strategies_for
 
     bound = [s.at(target) for s in strategies_for(config)]
@@ -346,11 +344,11 @@ def copy_regions(run: RunContext) -> dict[str, Any]:
 
 
 def check_snapshots(run: RunContext) -> dict[str, Any]:
-    from functions.strategies import strategies_for
+    from functions.strategies import parts_for
 
     found = _all_artifacts(run.config, run.backup_id)
     # Copy-type parts have no artifact yet: their archive is made after this wait.
-    snapshot_parts = {s.part for s in strategies_for(run.config) if not s.archives}
+    snapshot_parts = set(parts_for(run.config).snapshots)
     missing = snapshot_parts - {a.part for _, a in found}
     if missing:
         raise SnapshotFailed(f"wait-snapshots: no copy of {', '.join(sorted(missing))} was found for {run.backup_id}")
@@ -380,12 +378,12 @@ def prune_copies(config: InstanceConfig, target: CopyTarget, keep_backup_id: str
     return _prune(_all_copies(config, target), config.keep_copies(target), keep_backup_id, f" in {target.label}")
 
 
-def _prune(found: list[tuple[Strategy, Artifact]], keep: int, keep_backup_id: str, where: str) -> list[str]:
+def _prune(found: list[tuple[Catalog, Artifact]], keep: int, keep_backup_id: str, where: str) -> list[str]:
     from functions.strategies import COMPLETE
 
     if keep == 0:
         return []
-    by_backup: dict[str, list[tuple[Strategy, Artifact]]] = {}
+    by_backup: dict[str, list[tuple[Catalog, Artifact]]] = {}
     for strategy, artifact in found:
         by_backup.setdefault(artifact.backup_id, []).append((strategy, artifact))
     complete = sorted(b for b, items in by_backup.items() if b and all(a.status == COMPLETE for _, a in items))

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import error_code
 from functions.models.config import InstanceConfig
-from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, Artifact, Strategy, strategies_for
+from functions.strategies import COMPLETE, FAILED, IN_PROGRESS, Artifact, Catalog, strategies_for
 
 
 def backup_time(backup_id: str) -> datetime | None:
@@ -49,7 +49,7 @@ def newest_complete(config: InstanceConfig) -> str | None:
     return max(complete, key=lambda b: backup_time(b) or datetime.min.replace(tzinfo=UTC), default=None)
 
 
-def lock(config: InstanceConfig, items: Iterable[tuple[Strategy, Artifact]]) -> tuple[list[str], list[str]]:
+def lock(config: InstanceConfig, items: Iterable[tuple[Catalog, Artifact]]) -> tuple[list[str], list[str]]:
     """Immutable backups: locks each complete artifact (EBS Snapshot Lock, S3 Object Lock retention) for the
     instance's lock_days. Never raises; returns (what was locked, what could not be: one line each, with what to do).
     RDS and Aurora snapshots have no lock and are left out."""

@@ -13,7 +13,7 @@ from functions.errors import BackupError
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.observability import redact
-from functions.strategies import COMPLETE, FAILED, Artifact, Strategy, strategies_for
+from functions.strategies import COMPLETE, FAILED, Artifact, Catalog, strategies_for
 
 
 def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[str]) -> str:
@@ -119,7 +119,7 @@ def unshare(config: InstanceConfig, backup_id: str) -> tuple[list[str], list[str
     return done, failed
 
 
-def _drop(strategy: Strategy, artifact: Artifact, actions: list[str], where: str = "") -> None:
+def _drop(strategy: Catalog, artifact: Artifact, actions: list[str], where: str = "") -> None:
     """Deletes one unfinished artifact of this run; never a locked one (it is kept, and said so)."""
     try:
         held = strategy.held(artifact)

@@ -686,7 +686,7 @@ def cmd_backup(aws: Aws, args: argparse.Namespace) -> int:
 
 
 # Each restore option and the target fields it sets (functions/models/restore.py): an option applies when one of its
-# fields is a field the part's strategy takes (its restore_target_fields, which the state machine checks too).
+# fields is a field the part's strategy takes (its restorer's target_fields, which the state machine checks too).
 RESTORE_OPTION_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "target_path": (("home", "path"),),
     "owner": (("home", "owner"),),
@@ -701,9 +701,9 @@ RESTORE_OPTION_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 
 def refuse_inapplicable_options(config: InstanceConfig, wanted: list[str], args: argparse.Namespace) -> None:
     """An option this restore would not use is refused, never dropped: it names the option the user wrote."""
-    from functions.strategies import strategies_for
+    from functions.strategies import restorers_for
 
-    takes = {s.part: s.restore_target_fields for s in strategies_for(config)}
+    takes = {part: r.target_fields for part, r in restorers_for(config).items()}
     for option, places in RESTORE_OPTION_FIELDS.items():
         if not getattr(args, option, None):
             continue

@@ -3,7 +3,7 @@
 plan (pick the backup, name throw-away targets) → the restore state machine, run with `drill: true` (its copy stays
 `restoring`, it sends no notice of its own) → checks on the drill host through SSM (`drill-check`: git fsck of a
 sample of the repositories, Bitbucket's tables in the database) → finish: tag the backup's artifacts
-`verified=<date>` (or `verify-failed=<date>`), tear the copy down with each strategy's restore_cleanup, one metric
+`verified=<date>` (or `verify-failed=<date>`), tear the copy down with each part's restorer (its cleanup), one metric
 data point, a notice on failure (and on success with notify_on_success).
 
 What is checked per strategy:
@@ -34,7 +34,7 @@ from functions.models.events import ExecutionInput, parse
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
 from functions.steps import cause_text, say
-from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, strategies_for, strategy_for
+from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, restorer_for, strategies_for
 
 
 class DrillFailed(BackupError):
@@ -274,7 +274,7 @@ def _foreign(drill_plan: DrillPlan, output: dict[str, Any], parts: dict[str, Any
 
 
 def teardown(drill_plan: DrillPlan, output: dict[str, Any], keep: bool) -> list[str]:
-    """Removes the drill's copy: each part's restore_cleanup (only what that restore execution created and still
+    """Removes the drill's copy: each part's restorer's cleanup (only what that restore execution created and still
     holds `restoring`), then the drill's extraction directory on the drill host."""
     info = output.get("drill") or {}
     parts, created = info.get("parts", {}), info.get("created", {})
@@ -285,14 +285,12 @@ def teardown(drill_plan: DrillPlan, output: dict[str, Any], keep: bool) -> list[
         return [f"teardown refused: {refused}; remove the drill's copy by hand"]
     for part, part_plan in parts.items():
         try:
-            actions += strategy_for(drill_plan.config, part).restore_cleanup(
-                part_plan, str(output["execution"]), keep, created
-            )
+            actions += restorer_for(drill_plan.config, part).cleanup(part_plan, str(output["execution"]), keep, created)
         except Exception as error:  # one part's teardown must not keep the other's back
             actions.append(f"{part}: teardown failed ({type(error).__name__}: {redact(str(error))}); remove it by hand")
     home = parts.get("home", {})
     if home.get("path") and not keep:
-        # restore_cleanup removed what was extracted; the (now empty) directory is the drill's own.
+        # The restorer's cleanup removed what was extracted; the (now empty) directory is the drill's own.
         host.run(
             home["instance_id"],
             "RemoveRestoredHome",

@@ -26,7 +26,7 @@ from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
 from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
-from functions.strategies import COMPLETE, Artifact, strategies_for, strategy_for
+from functions.strategies import COMPLETE, Artifact, restorer_for, restorers_for, strategies_for, volume_restorer
 
 PARTS = ("database", "home")
 SKIPPED = {"skipped": True}
@@ -74,8 +74,8 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
     if home_target is not None and home_target.path is not None:
         check_restore_root(config, home_target.path, drill)
 
-    strategies = {s.part: s for s in strategies_for(config)}
-    found = [(s, a) for s in strategies.values() for a in s.artifacts(backup_id)]
+    found = [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
+    restorers = restorers_for(config)
     if not found:
         raise RestoreRefused(
             f"validate: no backup {backup_id} of instance '{config.name}' exists; {_available(config)}"
@@ -96,14 +96,14 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
         wanted = request.target.of(part)
         if wanted is None:
             continue
-        foreign = sorted(wanted.model_fields_set - strategies[part].restore_target_fields)
+        foreign = sorted(wanted.model_fields_set - restorers[part].target_fields)
         if foreign:
             raise RestoreRefused(
                 f"validate: target.{part}.{foreign[0]} does not apply: this instance's {part} is backed up by the "
                 f"{config.home.strategy if part == 'home' else config.database.strategy} strategy, which takes "
-                f"{', '.join(sorted(strategies[part].restore_target_fields))}"
+                f"{', '.join(sorted(restorers[part].target_fields))}"
             )
-        parts[part] = strategies[part].restore_check([a for _, a in found if a.part == part], request.target)
+        parts[part] = restorers[part].check([a for _, a in found if a.part == part], request.target)
     home = request.target.home
     plan = RestorePlan(
         instance=config.name,
@@ -184,7 +184,7 @@ def _available(config: InstanceConfig) -> str:
 def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, f"restore-{part}")
-    created = strategy_for(plan.config, part).restore_start(plan.parts[part], plan.execution)
+    created = restorer_for(plan.config, part).start(plan.parts[part], plan.execution)
     _say(plan, f"{part} restore started: {notify.plain(created.get('started') or created)}")
     return created
 
@@ -194,7 +194,7 @@ def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, An
     pending: list[str] = []
     results: dict[str, Any] = {}
     for part in plan.parts:
-        progress = strategy_for(plan.config, part).restore_status(plan.parts[part], created[part])
+        progress = restorer_for(plan.config, part).progress(plan.parts[part], created[part])
         pending += progress.pending
         results[part] = progress.result
     if not pending:
@@ -209,7 +209,7 @@ def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, An
 def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "attach-home")
-    result = strategy_for(plan.config, "home").restore_attach(plan.parts["home"], created, plan.execution)
+    result = volume_restorer(plan.config, "attach-home").attach(plan.parts["home"], created, plan.execution)
     _say(plan, f"home volumes attached to {result['instance_id']}")
     return result
 
@@ -217,7 +217,7 @@ def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
 def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "mount-home")
-    result = strategy_for(plan.config, "home").restore_mount(plan.parts["home"], attached)
+    result = volume_restorer(plan.config, "mount-home").mount(plan.parts["home"], attached)
     _say(plan, f"home mounted at {', '.join(result['mounted'])} on {result['instance_id']}")
     return result
 
@@ -233,7 +233,7 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
         if plan.drill:
             break  # a drill's copy stays `restoring`: the drill checks it and then tears it down
         # From here on the restored resources are the operator's: the tool's IAM cannot delete `restored` ones.
-        strategy_for(plan.config, part).restore_complete(plan.parts[part], created[part])
+        restorer_for(plan.config, part).complete(plan.parts[part], created[part])
     results = dict(state.get("status", {}).get("parts", {}))
     attached = state.get("attach") if plan.attach else None
     mounted = state.get("mount") if plan.mount else None
@@ -255,7 +255,7 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     metrics.add_metric(name="RestoreSucceeded", unit="Count", value=1)
     _say(plan, f"backup {plan.backup_id} restored: {created_text(results)}")
     if plan.drill:
-        # What the drill's teardown needs to remove exactly this copy (restore_cleanup of each part).
+        # What the drill's teardown needs to remove exactly this copy (each part's restorer's cleanup).
         return summary | {"drill": {"parts": plan.parts, "created": created}}
     for number, line in enumerate(summary["next_steps"], 1):
         _say(plan, f"next step {number}: {line}")
@@ -390,11 +390,11 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: st
 
 
 def _cleanup(plan: RestorePlan, state: dict[str, Any]) -> list[str]:
-    """Each part's strategy removes what this execution created (or keeps it, with keep_on_failure)."""
+    """Each part's restorer removes what this execution created (or keeps it, with keep_on_failure)."""
     actions: list[str] = []
     for part in plan.parts:
         try:
-            actions += strategy_for(plan.config, part).restore_cleanup(
+            actions += restorer_for(plan.config, part).cleanup(
                 plan.parts[part], plan.execution, plan.keep_on_failure, state
             )
         except Exception as cleanup_error:  # one part's cleanup must not keep the other's or the notice back

@@ -348,7 +348,7 @@ def restore_describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatemen
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeVolumes"}
     if any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, PostgresDatabaseConfig) for i in instances):
-        # A restore onto another host checks the host's restore-target tag first (host_copy._restore_host).
+        # A restore onto another host checks the host's restore-target tag first (host_copy_restore._restore_host).
         actions |= {"ec2:DescribeInstances"}
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
         actions |= {"rds:DescribeDBInstances", "rds:DescribeDBClusters"}

@@ -144,7 +144,7 @@ class PartEvent(PlanEvent):
 
 
 class StatusEvent(PlanEvent):
-    # Each part's restore_start result, or {"skipped": true} for a part not restored.
+    # Each part's restorer's start() result, or {"skipped": true} for a part not restored.
     created: dict[str, dict[str, Any]]
 
 

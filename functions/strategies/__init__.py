@@ -1,7 +1,10 @@
-"""Storage strategies: one module per way of copying a part (the DIY scripts' disk-*.sh / database-*.sh).
+"""Storage strategies: one module per way of copying a part (the DIY scripts' disk-*.sh / database-*.sh), and one
+beside it per way of restoring it (*_restore.py).
 
-Every strategy creates artifacts (snapshots) that carry the catalog tags, finds them again by those tags,
-and can report, re-tag and delete them. The workflow only talks to this interface.
+Each caller sees the small interface it needs: a Catalog (the part's artifacts, found by the catalog tags, re-tagged,
+locked, pruned, copied to other regions), a SnapshotCopy or a HostCopy (how the backup copies the part, see
+parts_for), a Restorer (how a restore makes new resources from it, see restorers_for) and, for volumes, a
+VolumeRestorer that also attaches and mounts them.
 """
 
 from __future__ import annotations
@@ -200,16 +203,12 @@ def verification(tags: dict[str, str]) -> str | None:
     return f"{verdict} {day}"
 
 
-class Strategy(ABC):
-    """One way of copying one part of a backup."""
+class Catalog(ABC):
+    """One part's artifacts, wherever they are (the originals here, the copies in a copy target, see at()): listed,
+    tagged, locked, deleted and copied to another region. Every strategy is one; what it copies with is its
+    SnapshotCopy or HostCopy side, and what restores it is its Restorer (see parts_for and restorers_for)."""
 
     part: str
-    # Copy-type strategies (rsync, postgresql) copy on a host and archive to S3 after the unlock; snapshot-type
-    # strategies (EBS, RDS) are consistent once backup() returns and only wait for their snapshots.
-    archives: bool = False
-    # The fields of the restore target (target.home / target.database) this strategy understands; validate refuses
-    # the others, so that a volume option given for an archive (or the reverse) is not silently ignored.
-    restore_target_fields: frozenset[str] = frozenset()
 
     def __init__(self, instance: InstanceConfig) -> None:
         self.instance = instance
@@ -231,41 +230,9 @@ class Strategy(ABC):
     def where(self) -> str:
         return self.target.label if self.target else "the source region"
 
-    def copy_to(self, original: Artifact, source_region: str) -> str:
-        """On a strategy bound to a target: start copying `original` there with copy_tags(); a copy already made is
-        found by its tags and not made again. Returns the copy's id. Raises AwsRateLimited (retried) or CopyFailed."""
-        target = self.target
-        assert target is not None, "copy_to works on a strategy bound to a copy target (see at())"
-        made = self.copy_of(original)
-        if made is not None:
-            return made.id  # a retried invocation
-        return self.start_copy(original, target, copy_tags(original, self.instance.name, source_region), source_region)
-
-    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
-        """Starts one copy (sharing the source with the target's account first when that is another one)."""
-        raise CopyFailed(f"copy-regions: {self.part} artifacts of this strategy cannot be copied to other regions")
-
-    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
-        """Removes the share of `original` with a cross-account target's account that start_copy added (least
-        exposure once the copy is complete). Idempotent; an original already gone counts as unshared. Returns whether
-        this kind of artifact is shared at all (archives are not: the target's role reads them through the bucket
-        policy). Raises ClientError."""
-        return False
-
-    def copy_of(self, original: Artifact) -> Artifact | None:
-        """The copy of `original` in this strategy's target, if one was started."""
-        for found in self.artifacts(original.backup_id):
-            if found.details.get("copy_of") == original.id:
-                return found
-        return None
-
     @abstractmethod
     def preflight(self) -> dict[str, object]:
         """Checks made while Bitbucket is live; raises PreflightFailed. Returns facts for the run log."""
-
-    @abstractmethod
-    def backup(self, backup_id: str) -> list[Artifact]:
-        """Under the lock: start the copy; returns as soon as the copy is consistent (snapshot pending)."""
 
     @abstractmethod
     def artifacts(self, backup_id: str | None = None) -> list[Artifact]:
@@ -291,38 +258,112 @@ class Strategy(ABC):
         ClientError."""
         return None
 
-    # --- restore ----------------------------------------------------------------------------------------------------
-    # Not abstract: a strategy that cannot restore yet is refused by the validate step, before anything is created.
-    # `plan` is what restore_check returned (JSON, carried by the state machine); `created` what restore_start did.
+    # --- disaster-recovery copies: the same catalog in a copy target -------------------------------------------------
 
-    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def copy_to(self, original: Artifact, source_region: str) -> str:
+        """On a strategy bound to a target: start copying `original` there with copy_tags(); a copy already made is
+        found by its tags and not made again. Returns the copy's id. Raises AwsRateLimited (retried) or CopyFailed."""
+        target = self.target
+        assert target is not None, "copy_to works on a strategy bound to a copy target (see at())"
+        made = self.copy_of(original)
+        if made is not None:
+            return made.id  # a retried invocation
+        return self.start_copy(original, target, copy_tags(original, self.instance.name, source_region), source_region)
+
+    @abstractmethod
+    def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
+        """Starts one copy (sharing the source with the target's account first when that is another one)."""
+
+    def unshare(self, original: Artifact, target: CopyTarget) -> bool:
+        """Removes the share of `original` with a cross-account target's account that start_copy added (least
+        exposure once the copy is complete). Idempotent; an original already gone counts as unshared. Returns whether
+        this kind of artifact is shared at all (archives are not: the target's role reads them through the bucket
+        policy). Raises ClientError."""
+        return False
+
+    def copy_of(self, original: Artifact) -> Artifact | None:
+        """The copy of `original` in this strategy's target, if one was started."""
+        for found in self.artifacts(original.backup_id):
+            if found.details.get("copy_of") == original.id:
+                return found
+        return None
+
+
+class SnapshotCopy(Catalog):
+    """A part copied by a snapshot (EBS, RDS, Aurora): consistent once backup() returns; waited for after the unlock."""
+
+    @abstractmethod
+    def backup(self, backup_id: str) -> list[Artifact]:
+        """Under the lock: start the copy; returns as soon as the copy is consistent (snapshot pending)."""
+
+
+class HostCopy(Catalog):
+    """A part copied on its host through Run Command (rsync, pg_dump) and archived to S3 after the unlock: each
+    method starts the host commands and returns them, for the state machine to check."""
+
+    @property
+    @abstractmethod
+    def instance_id(self) -> str:
+        """The EC2 instance the copy runs on."""
+
+    @abstractmethod
+    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
+        """While Bitbucket is live (install the host script, a first pass)."""
+
+    @abstractmethod
+    def copy(self, backup_id: str) -> list[dict[str, Any]]:
+        """Under the lock."""
+
+    @abstractmethod
+    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[dict[str, Any]]:
+        """After the unlock: archive the copy on the host and upload it with the catalog tags."""
+
+
+class Restorer(ABC):
+    """Restores one part of a backup as NEW resources (beside its strategy's backup code, in *_restore.py). `plan`
+    is what check() returned (JSON, carried by the state machine); `created` what start() did."""
+
+    part: str
+    # The fields of the restore target (target.home / target.database) this restorer understands; validate refuses
+    # the others, so that a volume option given for an archive (or the reverse) is not silently ignored.
+    target_fields: frozenset[str] = frozenset()
+
+    def __init__(self, instance: InstanceConfig) -> None:
+        self.instance = instance
+
+    @abstractmethod
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
         """Checks the backup's artifacts of this part and the target; raises RestoreRefused, touches nothing.
         Returns the resolved plan of this part (names, classes, volumes), which later steps follow."""
-        raise RestoreRefused(f"validate: the {self.part} of this instance is copied by a strategy that cannot restore")
 
-    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    @abstractmethod
+    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
         """Starts creating the restored resources, each tagged with restore_tags(); idempotent on a retry."""
-        raise NotImplementedError
 
-    def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
-        """Whether what restore_start created is ready; raises RestoreFailed if it can never be."""
-        raise NotImplementedError
+    @abstractmethod
+    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+        """Whether what start() created is ready; raises RestoreFailed if it can never be."""
 
-    def restore_complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    @abstractmethod
+    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
         """Hands the restored resources over: status `restored` (from then on the tool never deletes them)."""
-        raise NotImplementedError
 
-    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    @abstractmethod
+    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         """After a failure: delete what this execution created and still holds `restoring` (or, with keep, tag
         it `restore-failed`). Never raises for a single resource; returns one line per action for the notice."""
-        return []
 
-    def restore_attach(self, plan: dict[str, Any], created: dict[str, Any], execution: str) -> dict[str, Any]:
-        """Puts the restored copy on its target host, when the target asks for it (home strategies)."""
-        raise NotImplementedError
 
-    def restore_mount(self, plan: dict[str, Any], attach: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+class VolumeRestorer(Restorer):
+    """A home restored as volumes, which can also be attached to a host and mounted there (EBS)."""
+
+    @abstractmethod
+    def attach(self, plan: dict[str, Any], created: dict[str, Any], execution: str) -> dict[str, Any]:
+        """Puts the restored volumes on the target host."""
+
+    @abstractmethod
+    def mount(self, plan: dict[str, Any], attach: dict[str, Any]) -> dict[str, Any]:
+        """Mounts what attach() attached at the configured mount points."""
 
 
 @dataclass(frozen=True)
@@ -333,26 +374,82 @@ class RestoreProgress:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def strategies_for(instance: InstanceConfig) -> list[Strategy]:
+@dataclass(frozen=True)
+class Parts:
+    """An instance's parts, each under the interface its callers need; every part is in `catalogs`, and in exactly
+    one of `snapshots` and `hosts` (by part name), as the config's strategy says."""
+
+    catalogs: list[Catalog]
+    snapshots: dict[str, SnapshotCopy]
+    hosts: dict[str, HostCopy]
+
+
+def parts_for(instance: InstanceConfig) -> Parts:
     # Imported here so that a handler pays only for the strategies its instance uses.
     from functions.strategies import amazon_ebs, amazon_rds, host_copy
 
-    found: list[Strategy] = []
+    snapshots: dict[str, SnapshotCopy] = {}
+    hosts: dict[str, HostCopy] = {}
+    catalogs: list[Catalog] = []
     if instance.home.strategy == "amazon-ebs":
-        found.append(amazon_ebs.EbsStrategy(instance))
+        snapshots["home"] = amazon_ebs.EbsStrategy(instance)
+        catalogs.append(snapshots["home"])
     elif instance.home.strategy == "rsync":
-        found.append(host_copy.RsyncStrategy(instance))
+        hosts["home"] = host_copy.RsyncStrategy(instance)
+        catalogs.append(hosts["home"])
     if instance.database.strategy == "postgresql":
-        found.append(host_copy.PostgresStrategy(instance))
+        hosts["database"] = host_copy.PostgresStrategy(instance)
+        catalogs.append(hosts["database"])
     elif instance.database.strategy == "amazon-rds":
-        found.append(amazon_rds.RdsStrategy(instance))
+        snapshots["database"] = amazon_rds.RdsStrategy(instance)
+        catalogs.append(snapshots["database"])
     elif instance.database.strategy == "amazon-aurora":
-        found.append(amazon_rds.AuroraStrategy(instance))
-    return found
+        snapshots["database"] = amazon_rds.AuroraStrategy(instance)
+        catalogs.append(snapshots["database"])
+    return Parts(catalogs, snapshots, hosts)
 
 
-def strategy_for(instance: InstanceConfig, part: str) -> Strategy:
+def strategies_for(instance: InstanceConfig) -> list[Catalog]:
+    """Every part's catalog, the home first."""
+    return parts_for(instance).catalogs
+
+
+def strategy_for(instance: InstanceConfig, part: str) -> Catalog:
     for strategy in strategies_for(instance):
         if strategy.part == part:
             return strategy
     raise ValueError(f"instance '{instance.name}' has no '{part}' part to back up")
+
+
+def restorers_for(instance: InstanceConfig) -> dict[str, Restorer]:
+    """Each part's restorer, by part name (the home first)."""
+    from functions.strategies import amazon_ebs_restore, amazon_rds_restore, host_copy_restore
+
+    found: dict[str, Restorer] = {}
+    if instance.home.strategy == "amazon-ebs":
+        found["home"] = amazon_ebs_restore.EbsRestorer(instance)
+    elif instance.home.strategy == "rsync":
+        found["home"] = host_copy_restore.RsyncRestorer(instance)
+    if instance.database.strategy == "postgresql":
+        found["database"] = host_copy_restore.PostgresRestorer(instance)
+    elif instance.database.strategy == "amazon-rds":
+        found["database"] = amazon_rds_restore.RdsRestorer(instance)
+    elif instance.database.strategy == "amazon-aurora":
+        found["database"] = amazon_rds_restore.AuroraRestorer(instance)
+    return found
+
+
+def restorer_for(instance: InstanceConfig, part: str) -> Restorer:
+    found = restorers_for(instance).get(part)
+    if found is None:
+        raise ValueError(f"instance '{instance.name}' has no '{part}' part to restore")
+    return found
+
+
+def volume_restorer(instance: InstanceConfig, step: str) -> VolumeRestorer:
+    """The home's restorer, when its home is restored as volumes that can be attached (EBS)."""
+    from functions.strategies import amazon_ebs_restore
+
+    if instance.home.strategy != "amazon-ebs":
+        raise RestoreRefused(f"{step}: the home of {instance.name} is not restored as volumes: nothing to attach")
+    return amazon_ebs_restore.EbsRestorer(instance)

@@ -11,6 +11,7 @@ one of the stack's own SSM documents (functions.models.host_operations), sent wi
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -18,20 +19,17 @@ from urllib.parse import urlencode
 from botocore.exceptions import ClientError
 
 from functions.clients import host
-from functions.clients.aws import client, error_code
-from functions.errors import BackupError, HostCommandFailed, PreflightFailed, RestoreRefused
+from functions.clients.aws import error_code
+from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
 from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHomeConfig
-from functions.models.restore import RestoreTarget
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
     PART_TAG,
-    RESTORE_TARGET_TAG,
     STATUS_TAG,
     Artifact,
-    RestoreProgress,
-    Strategy,
+    HostCopy,
     catalog_tags,
     copy_details,
     copy_refused,
@@ -50,11 +48,8 @@ def archive_bucket() -> str:
     return bucket
 
 
-class HostCopyStrategy(Strategy):
+class HostCopyStrategy(HostCopy):
     """What rsync and postgresql share: the host, the archive and its S3 catalog."""
-
-    archives = True
-    instance_id: str
 
     def preflight(self) -> dict[str, object]:
         if not deployment_archive_bucket():
@@ -67,20 +62,9 @@ class HostCopyStrategy(Strategy):
         """Installs the host script into its root-only directory on the host (a no-op when the same copy is there)."""
         host.run(self.instance_id, "InstallScript", {}, step=f"{self.part}: install host script", timeout=120)
 
-    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
-        """While Bitbucket is live; returns the commands started (checked by the state machine)."""
-        return []
-
-    def copy(self, backup_id: str) -> list[dict[str, Any]]:
-        """Under the lock; returns the commands started."""
-        raise NotImplementedError
-
-    def backup(self, backup_id: str) -> list[Artifact]:
-        raise NotImplementedError("copy strategies are started with copy() and checked by the state machine")
-
+    @abstractmethod
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         """What the archive holds (`staging` and/or `dump`) and whether the dump is removed once uploaded."""
-        raise NotImplementedError
 
     def key(self, backup_id: str) -> str:
         ext = ".tar.zst" if self.instance.archive.compressor == "zstd" else ".tar.gz"
@@ -222,66 +206,6 @@ class HostCopyStrategy(Strategy):
                 if version["Key"] == key:
                     s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
 
-    # --- restore: download, verify and extract on a host through SSM -----------------------------------------------
-
-    def _restore_host(self, instance_id: str, purpose: str) -> None:
-        """A host other than the backed-up one must carry the restore-target tag (IAM allows nothing else); the
-        host script is installed there, which also proves that Run Command reaches it."""
-        if instance_id != self.instance_id:
-            reservations = client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
-            tags = {t["Key"]: t["Value"] for r in reservations for i in r["Instances"] for t in i.get("Tags", [])}
-            if tags.get(RESTORE_TARGET_TAG) != self.instance.name:
-                raise RestoreRefused(
-                    f"validate: {purpose} host {instance_id} is not tagged {RESTORE_TARGET_TAG}={self.instance.name}"
-                )
-        try:
-            host.run(instance_id, "InstallScript", {}, step=f"validate: install host script on {instance_id}")
-        except HostCommandFailed as error:
-            raise RestoreRefused(f"validate: {purpose} host {instance_id} cannot run commands: {error}") from None
-
-    def _archive_plan(self, artifacts: list[Artifact]) -> dict[str, Any]:
-        if len(artifacts) != 1 or artifacts[0].kind != KIND:
-            raise RestoreRefused(f"validate: the {self.part} of this backup is not one archive in S3")
-        details = artifacts[0].details
-        return {
-            "backup_id": artifacts[0].backup_id,
-            "bucket": details["bucket"],
-            "key": details["key"],
-            # The version the backup made (see artifacts()), not whatever is newest at that key now.
-            "version_id": details.get("version_id", ""),
-            "sha256": details["sha256"],
-        }
-
-    def _download(self, plan: dict[str, Any]) -> host.Parameters:
-        """Where the archive is and where it is downloaded: a private directory (mktemp -d) in the work path, removed
-        whatever happens."""
-        return {
-            "bucket": plan["bucket"],
-            "key": plan["key"],
-            "versionId": plan.get("version_id") or "",
-            "workPath": plan["work_path"],
-            "region": environment.region(),
-        }
-
-    def _start_restore(
-        self, plan: dict[str, Any], step: str, operation: str, parameters: host.Parameters
-    ) -> dict[str, Any]:
-        timeout = self.instance.archive.command_timeout_seconds
-        command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout)
-        return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
-
-    def restore_status(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
-        summary = host.check(created["command"])
-        if summary is None:
-            return RestoreProgress(False, [f"{self.part} restore on {plan['instance_id']}"])
-        return RestoreProgress(True, [], self._restored(plan, summary))
-
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def restore_complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
-        """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
-
     # --- disaster-recovery copies: a server-side (multipart) copy into the target's bucket ------------------------
 
     def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
@@ -312,73 +236,13 @@ class HostCopyStrategy(Strategy):
 class RsyncStrategy(HostCopyStrategy):
     part = "home"
 
-    restore_target_fields = frozenset({"path", "instance_id", "owner"})
-
-    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
-        wanted = target.home
-        assert wanted is not None
-        if not wanted.path:
-            raise RestoreRefused("validate: target.home.path is required: an empty (or missing) directory for the home")
-        instance_id = wanted.instance_id or self.instance_id
-        self._restore_host(instance_id, "target.home.instance_id")
-        try:
-            host.run(instance_id, "CheckTargetDirectory", {"path": wanted.path}, step="validate: target directory")
-        except HostCommandFailed as error:
-            if "(exit 6)" in str(error):
-                raise RestoreRefused(
-                    f"validate: {wanted.path} on {instance_id} exists and is not an empty directory: refusing to "
-                    "restore over it"
-                ) from None
-            raise
-        return self._archive_plan(artifacts) | {
-            "instance_id": instance_id,
-            "path": wanted.path,
-            "owner": wanted.owner or self.config.owner,
-            "work_path": self.instance.archive.work_path,
-        }
-
-    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
-        return self._start_restore(
-            plan,
-            "restore home: download and extract",
-            "RestoreHome",
-            self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
-        )
-
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        extracted = summary.get("extract", {})
-        return {
-            "instance_id": plan["instance_id"],
-            "path": plan["path"],
-            "owner": plan["owner"],
-            "files": extracted.get("files"),
-            "bytes": extracted.get("content_bytes"),
-            "archive": f"s3://{plan['bucket']}/{plan['key']}",
-        }
-
-    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
-        if not isinstance(state.get("home"), dict):
-            return []
-        where = f"{plan['path']} on {plan['instance_id']}"
-        if keep:
-            return [f"home: whatever was extracted into {where} is kept for inspection"]
-        # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
-        # backup's: never a directory someone filled in the meantime.
-        host.run(
-            plan["instance_id"],
-            "RemoveRestoredHome",
-            {"path": plan["path"], "backupId": plan["backup_id"], "removeDirectory": "false"},
-            step="restore cleanup: home",
-        )
-        return [f"home: removed what this restore extracted into {where}"]
-
     @property
     def config(self) -> RsyncHomeConfig:
         assert isinstance(self.instance.home, RsyncHomeConfig)
         return self.instance.home
 
     @property
-    def instance_id(self) -> str:  # type: ignore[override]
+    def instance_id(self) -> str:
         return self.config.instance_id
 
     def _rsync(self, step: str) -> list[dict[str, Any]]:
@@ -406,88 +270,13 @@ class RsyncStrategy(HostCopyStrategy):
 class PostgresStrategy(HostCopyStrategy):
     part = "database"
 
-    restore_target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
-
-    def _pg_flags(self, plan: dict[str, Any]) -> host.Parameters:
-        cfg = self.config
-        return {
-            "host": plan["host"], "port": plan["port"], "user": cfg.user, "dbname": plan["dbname"],
-            "passwordSecret": cfg.password_secret, "region": cfg.password_secret.split(":")[3],
-        }  # fmt: skip
-
-    def restore_check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
-        wanted = target.database
-        assert wanted is not None
-        if not wanted.dbname:
-            raise RestoreRefused("validate: target.database.dbname is required: the NEW database to restore into")
-        instance_id = wanted.host_instance_id or self.instance_id
-        plan = self._archive_plan(artifacts) | {
-            "instance_id": instance_id,
-            "dbname": wanted.dbname,
-            "host": wanted.host or self.config.host,
-            "port": wanted.port or self.config.port,
-            "work_path": self.instance.archive.work_path,
-        }
-        source = (self.config.dbname, self.config.host, self.config.port)
-        if (plan["dbname"], plan["host"], plan["port"]) == source:
-            raise RestoreRefused(f"validate: {wanted.dbname} is the backed-up database itself: give a NEW dbname")
-        self._restore_host(instance_id, "target.database.host_instance_id")
-        try:
-            host.run(instance_id, "CheckTargetDatabase", self._pg_flags(plan), step="validate: target database")
-        except HostCommandFailed as error:
-            if "(exit 6)" in str(error):
-                raise RestoreRefused(
-                    f"validate: database {wanted.dbname} already exists on {plan['host']}:{plan['port']}: refusing to "
-                    "restore over it"
-                ) from None
-            raise RestoreRefused(f"validate: cannot check the target database: {error}") from None
-        return plan
-
-    @staticmethod
-    def _marker(execution: str) -> str:
-        return f"bitbucket-backup restore {execution}"
-
-    def restore_start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
-        return self._start_restore(
-            plan,
-            "restore database: download and pg_restore",
-            "RestoreDatabase",
-            self._download(plan)
-            | self._pg_flags(plan)
-            | {"jobs": self.config.jobs, "comment": self._marker(execution)},
-        )
-
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "dbname": plan["dbname"],
-            "endpoint": f"{plan['host']}:{plan['port']}",
-            "instance_id": plan["instance_id"],
-            "archive": f"s3://{plan['bucket']}/{plan['key']}",
-            "seconds": summary.get("pg-restore", {}).get("seconds"),
-        }
-
-    def restore_cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
-        if not isinstance(state.get("database"), dict):
-            return []
-        where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"
-        if keep:
-            return [f"database: {where} (if pg_restore got that far) is kept for inspection"]
-        # pg-drop drops only a database whose comment is this execution's marker.
-        host.run(
-            plan["instance_id"],
-            "DropRestoredDatabase",
-            self._pg_flags(plan) | {"comment": self._marker(execution)},
-            step="restore cleanup: database",
-        )
-        return [f"database: dropped {where} if this restore had created it"]
-
     @property
     def config(self) -> PostgresDatabaseConfig:
         assert isinstance(self.instance.database, PostgresDatabaseConfig)
         return self.instance.database
 
     @property
-    def instance_id(self) -> str:  # type: ignore[override]
+    def instance_id(self) -> str:
         return self.config.instance_id
 
     def dump_dir(self, backup_id: str) -> str:

@@ -16,6 +16,7 @@ from functions import catalog
 from functions.models.config import parse_instance_config
 from functions.strategies import COMPLETE, IN_PROGRESS, catalog_tags
 from functions.strategies.host_copy import RsyncStrategy
+from functions.strategies.host_copy_restore import RsyncRestorer
 from tests.infra.test_copies_template import ARCHIVES
 
 REGION = "eu-west-1"
@@ -57,9 +58,10 @@ def test_a_restore_downloads_the_version_the_backup_made_not_a_newer_one(s3: Any
     _upload(s3, strategy, b"something else", IN_PROGRESS)
     (artifact,) = strategy.artifacts(BACKUP)
     assert artifact.details["version_id"] == made and artifact.status == COMPLETE
-    plan = strategy._archive_plan([artifact])
+    restorer = RsyncRestorer(strategy.instance)
+    plan = restorer._archive_plan([artifact])
     assert plan["version_id"] == made
-    download = strategy._download(plan | {"instance_id": "i-0", "work_path": "/var/lib/bitbucket-diy-backup/x"})
+    download = restorer._download(plan | {"instance_id": "i-0", "work_path": "/var/lib/bitbucket-diy-backup/x"})
     assert download["versionId"] == made  # the restore document's parameter (host script: download --version-id)
     # The newer version was never marked complete: finalize tagged the backup's version only.
     versions = s3.list_object_versions(Bucket=BUCKET, Prefix=strategy.key(BACKUP))["Versions"]

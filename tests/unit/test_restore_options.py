@@ -7,7 +7,7 @@ import pytest
 
 from functions.cli import RESTORE_OPTION_FIELDS, USAGE, CliError, build_parser, refuse_inapplicable_options
 from functions.models.config import InstanceConfig, parse_instance_config
-from functions.strategies import strategies_for
+from functions.strategies import restorers_for
 from rehearsal.synth import rehearsal_project_config
 
 BACKUP_ID = "demo-20261123-082818"
@@ -67,8 +67,8 @@ def test_an_archive_restore_takes_path_host_and_owner_but_not_volume_options() -
 
 
 def test_every_option_names_fields_a_strategy_takes() -> None:
-    """The table stays in step with the strategies' restore_target_fields (what the state machine checks)."""
-    taken = {(s.part, f) for c in (SNAPSHOTS, ARCHIVES) for s in strategies_for(c) for f in s.restore_target_fields}
+    """The table stays in step with the restorers' target_fields (what the state machine checks)."""
+    taken = {(p, f) for c in (SNAPSHOTS, ARCHIVES) for p, r in restorers_for(c).items() for f in r.target_fields}
     for places in RESTORE_OPTION_FIELDS.values():
         assert any(place in taken for place in places), places
 

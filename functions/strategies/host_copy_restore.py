@@ -1,0 +1,242 @@
+"""Restoring an archive (rsync home, pg_dump database): download it on a host through SSM, verify its SHA-256 and
+its manifest, and extract it into an empty directory or pg_restore it into a NEW database."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+from functions.clients import host
+from functions.clients.aws import client
+from functions.errors import HostCommandFailed, RestoreRefused
+from functions.models import environment
+from functions.models.config import InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.restore import RestoreTarget
+from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
+from functions.strategies.host_copy import KIND, HostCopyStrategy, PostgresStrategy, RsyncStrategy
+
+
+class ArchiveRestorer(Restorer):
+    """What restoring either archive shares: the host it is restored on, and the download."""
+
+    source: HostCopyStrategy
+
+    def _restore_host(self, instance_id: str, purpose: str) -> None:
+        """A host other than the backed-up one must carry the restore-target tag (IAM allows nothing else); the
+        host script is installed there, which also proves that Run Command reaches it."""
+        if instance_id != self.source.instance_id:
+            reservations = client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+            tags = {t["Key"]: t["Value"] for r in reservations for i in r["Instances"] for t in i.get("Tags", [])}
+            if tags.get(RESTORE_TARGET_TAG) != self.instance.name:
+                raise RestoreRefused(
+                    f"validate: {purpose} host {instance_id} is not tagged {RESTORE_TARGET_TAG}={self.instance.name}"
+                )
+        try:
+            host.run(instance_id, "InstallScript", {}, step=f"validate: install host script on {instance_id}")
+        except HostCommandFailed as error:
+            raise RestoreRefused(f"validate: {purpose} host {instance_id} cannot run commands: {error}") from None
+
+    def _archive_plan(self, artifacts: list[Artifact]) -> dict[str, Any]:
+        if len(artifacts) != 1 or artifacts[0].kind != KIND:
+            raise RestoreRefused(f"validate: the {self.part} of this backup is not one archive in S3")
+        details = artifacts[0].details
+        return {
+            "backup_id": artifacts[0].backup_id,
+            "bucket": details["bucket"],
+            "key": details["key"],
+            # The version the backup made (see artifacts()), not whatever is newest at that key now.
+            "version_id": details.get("version_id", ""),
+            "sha256": details["sha256"],
+        }
+
+    def _download(self, plan: dict[str, Any]) -> host.Parameters:
+        """Where the archive is and where it is downloaded: a private directory (mktemp -d) in the work path, removed
+        whatever happens."""
+        return {
+            "bucket": plan["bucket"],
+            "key": plan["key"],
+            "versionId": plan.get("version_id") or "",
+            "workPath": plan["work_path"],
+            "region": environment.region(),
+        }
+
+    def _start_restore(
+        self, plan: dict[str, Any], step: str, operation: str, parameters: host.Parameters
+    ) -> dict[str, Any]:
+        timeout = self.instance.archive.command_timeout_seconds
+        command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout)
+        return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
+
+    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+        summary = host.check(created["command"])
+        if summary is None:
+            return RestoreProgress(False, [f"{self.part} restore on {plan['instance_id']}"])
+        return RestoreProgress(True, [], self._restored(plan, summary))
+
+    @abstractmethod
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        """What the operator is told about the restored part, from the host command's summary."""
+
+    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+        """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
+
+
+class RsyncRestorer(ArchiveRestorer):
+    part = "home"
+
+    def __init__(self, instance: InstanceConfig) -> None:
+        super().__init__(instance)
+        self.rsync = RsyncStrategy(instance)
+        self.source = self.rsync
+
+    @property
+    def config(self) -> RsyncHomeConfig:
+        return self.rsync.config
+
+    target_fields = frozenset({"path", "instance_id", "owner"})
+
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+        wanted = target.home
+        assert wanted is not None
+        if not wanted.path:
+            raise RestoreRefused("validate: target.home.path is required: an empty (or missing) directory for the home")
+        instance_id = wanted.instance_id or self.source.instance_id
+        self._restore_host(instance_id, "target.home.instance_id")
+        try:
+            host.run(instance_id, "CheckTargetDirectory", {"path": wanted.path}, step="validate: target directory")
+        except HostCommandFailed as error:
+            if "(exit 6)" in str(error):
+                raise RestoreRefused(
+                    f"validate: {wanted.path} on {instance_id} exists and is not an empty directory: refusing to "
+                    "restore over it"
+                ) from None
+            raise
+        return self._archive_plan(artifacts) | {
+            "instance_id": instance_id,
+            "path": wanted.path,
+            "owner": wanted.owner or self.config.owner,
+            "work_path": self.instance.archive.work_path,
+        }
+
+    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+        return self._start_restore(
+            plan,
+            "restore home: download and extract",
+            "RestoreHome",
+            self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
+        )
+
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        extracted = summary.get("extract", {})
+        return {
+            "instance_id": plan["instance_id"],
+            "path": plan["path"],
+            "owner": plan["owner"],
+            "files": extracted.get("files"),
+            "bytes": extracted.get("content_bytes"),
+            "archive": f"s3://{plan['bucket']}/{plan['key']}",
+        }
+
+    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+        if not isinstance(state.get("home"), dict):
+            return []
+        where = f"{plan['path']} on {plan['instance_id']}"
+        if keep:
+            return [f"home: whatever was extracted into {where} is kept for inspection"]
+        # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
+        # backup's: never a directory someone filled in the meantime.
+        host.run(
+            plan["instance_id"],
+            "RemoveRestoredHome",
+            {"path": plan["path"], "backupId": plan["backup_id"], "removeDirectory": "false"},
+            step="restore cleanup: home",
+        )
+        return [f"home: removed what this restore extracted into {where}"]
+
+
+class PostgresRestorer(ArchiveRestorer):
+    part = "database"
+
+    def __init__(self, instance: InstanceConfig) -> None:
+        super().__init__(instance)
+        self.postgres = PostgresStrategy(instance)
+        self.source = self.postgres
+
+    @property
+    def config(self) -> PostgresDatabaseConfig:
+        return self.postgres.config
+
+    target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
+
+    def _pg_flags(self, plan: dict[str, Any]) -> host.Parameters:
+        cfg = self.config
+        return {
+            "host": plan["host"], "port": plan["port"], "user": cfg.user, "dbname": plan["dbname"],
+            "passwordSecret": cfg.password_secret, "region": cfg.password_secret.split(":")[3],
+        }  # fmt: skip
+
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+        wanted = target.database
+        assert wanted is not None
+        if not wanted.dbname:
+            raise RestoreRefused("validate: target.database.dbname is required: the NEW database to restore into")
+        instance_id = wanted.host_instance_id or self.source.instance_id
+        plan = self._archive_plan(artifacts) | {
+            "instance_id": instance_id,
+            "dbname": wanted.dbname,
+            "host": wanted.host or self.config.host,
+            "port": wanted.port or self.config.port,
+            "work_path": self.instance.archive.work_path,
+        }
+        source = (self.config.dbname, self.config.host, self.config.port)
+        if (plan["dbname"], plan["host"], plan["port"]) == source:
+            raise RestoreRefused(f"validate: {wanted.dbname} is the backed-up database itself: give a NEW dbname")
+        self._restore_host(instance_id, "target.database.host_instance_id")
+        try:
+            host.run(instance_id, "CheckTargetDatabase", self._pg_flags(plan), step="validate: target database")
+        except HostCommandFailed as error:
+            if "(exit 6)" in str(error):
+                raise RestoreRefused(
+                    f"validate: database {wanted.dbname} already exists on {plan['host']}:{plan['port']}: refusing to "
+                    "restore over it"
+                ) from None
+            raise RestoreRefused(f"validate: cannot check the target database: {error}") from None
+        return plan
+
+    @staticmethod
+    def _marker(execution: str) -> str:
+        return f"bitbucket-backup restore {execution}"
+
+    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+        return self._start_restore(
+            plan,
+            "restore database: download and pg_restore",
+            "RestoreDatabase",
+            self._download(plan)
+            | self._pg_flags(plan)
+            | {"jobs": self.config.jobs, "comment": self._marker(execution)},
+        )
+
+    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "dbname": plan["dbname"],
+            "endpoint": f"{plan['host']}:{plan['port']}",
+            "instance_id": plan["instance_id"],
+            "archive": f"s3://{plan['bucket']}/{plan['key']}",
+            "seconds": summary.get("pg-restore", {}).get("seconds"),
+        }
+
+    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+        if not isinstance(state.get("database"), dict):
+            return []
+        where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"
+        if keep:
+            return [f"database: {where} (if pg_restore got that far) is kept for inspection"]
+        # pg-drop drops only a database whose comment is this execution's marker.
+        host.run(
+            plan["instance_id"],
+            "DropRestoredDatabase",
+            self._pg_flags(plan) | {"comment": self._marker(execution)},
+            step="restore cleanup: database",
+        )
+        return [f"database: dropped {where} if this restore had created it"]

@@ -51,7 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy functions stacks rehearsal app.py
+	$(VENV)/bin/mypy functions stacks rehearsal bitbucket_backup_cli app.py
 
 # The installs are independent of each other, and lint and type-check need only the venv: side by side they take
 # the time of the longest. --no-compile above: Python compiles what a test imports, not all of aws-cdk-lib (74 s).

@@ -34,7 +34,8 @@ from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION
 ADMIN_USER = "rehearsal-harness"
 # moto's Step Functions interpreter signs its Lambda invocations and SDK tasks with these fixed keys.
 INTERPRETER_USER, INTERPRETER_KEY_ID, INTERPRETER_SECRET = "rehearsal-step-functions", "ak", "sk"
-# The operator command line signs with these against a local endpoint when no credentials are set (functions/cli.py).
+# The operator command line signs with these against a local endpoint when it has no credentials
+# (bitbucket_backup_cli/aws.py).
 OPERATOR_USER, OPERATOR_KEY_ID, OPERATOR_SECRET = "rehearsal-operator", "testing", "testing"
 LAMBDA_SERVICE = "lambda.amazonaws.com"
 

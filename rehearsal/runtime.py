@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from functions.cli import DEFAULT_STACK
+from bitbucket_backup_cli.base import DEFAULT_STACK
 from rehearsal import iam, latency, moto_fixes, ssm_documents
 from rehearsal.aws_endpoint import moto_endpoint
 from rehearsal.cfn_resolver import Resolver

@@ -75,3 +75,15 @@ def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as z:
         z.write(tmp_path / "functions" / "handlers" / "backup.py", "functions/handlers/backup.py")
     assert "functions/handlers/backup.py" in zipfile.ZipFile(archive).namelist()
+
+
+def test_the_lambda_asset_holds_the_functions_and_not_the_command_line(tmp_path: Path) -> None:
+    """The operator command line is its own package: a change to it redeploys no function."""
+    from stacks.asset import bundle
+
+    bundle(tmp_path, with_dependencies=False)
+    modules = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py")}
+    assert "functions/handlers/backup.py" in modules
+    assert not [m for m in modules if m.startswith("bitbucket_backup_cli/") or m.endswith("/cli.py")]
+    # Nor does any function import it (it would fail to start).
+    assert not [m for m in modules if "bitbucket_backup_cli" in (tmp_path / m).read_text()]

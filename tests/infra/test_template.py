@@ -511,7 +511,7 @@ def test_ssm_parameters_hold_each_instance_config_without_secrets(resources: Any
 def test_the_command_line_finds_the_archive_bucket_as_the_stack_names_it() -> None:
     """`bitbucket-backup list` reads the archive bucket from the stack's output, or (no stack outputs: the local
     runtime) from the bucket's name, which CloudFormation makes from the stack's name and the logical id."""
-    from functions.cli import ARCHIVE_CONSTRUCT, ARCHIVE_OUTPUT, DEFAULT_STACK
+    from bitbucket_backup_cli.base import ARCHIVE_CONSTRUCT, ARCHIVE_OUTPUT, DEFAULT_STACK
     from rehearsal.synth import rehearsal_project_config, synth_template
 
     template = synth_template(rehearsal_project_config("rsync", "postgresql"))

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from functions.cli import AWS_ERROR, FAILED, NOT_FOUND, OK, USAGE, expected_path, main
+from bitbucket_backup_cli.base import AWS_ERROR, FAILED, NOT_FOUND, OK, USAGE
+from bitbucket_backup_cli.executions import expected_path
+from bitbucket_backup_cli.main import main
 from functions.models.steps import BACKUP
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import REGION, set_fake_credentials
@@ -281,7 +283,7 @@ def test_expected_path_is_the_successful_run(local: Local) -> None:
 
 @pytest.mark.slow
 def test_help_from_the_console_script_and_the_module() -> None:
-    commands = [[sys.executable, "-m", "functions.cli", "--help"]]
+    commands = [[sys.executable, "-m", "bitbucket_backup_cli", "--help"]]
     script = Path(sys.executable).parent / "bitbucket-backup"  # what `make venv` installs (pip install -e .)
     if script.exists():
         commands.append([str(script), "--help"])
@@ -310,7 +312,7 @@ def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process(
                 url = found.group(1)
                 break
         assert url, "the server printed no endpoint"
-        argv = [sys.executable, "-m", "functions.cli", "--endpoint-url", url, "--region", REGION, "--json"]
+        argv = [sys.executable, "-m", "bitbucket_backup_cli", "--endpoint-url", url, "--region", REGION, "--json"]
         # An operator's shell without AWS credentials: the local endpoint (IAM enforced) knows the CLI's local ones.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         proc = subprocess.run(

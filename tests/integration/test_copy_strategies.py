@@ -400,7 +400,8 @@ def test_command_line_lists_archives_and_restores_them(
 ) -> None:
     """`bitbucket-backup` over HTTP against this world: `list` shows the archive parts with their sizes and where they
     are, `restore --target-path --target-db-id --wait` extracts and pg_restores them."""
-    from functions.cli import OK, USAGE, main
+    from bitbucket_backup_cli.base import OK, USAGE
+    from bitbucket_backup_cli.main import main
     from rehearsal.fake_account import REGION
     from rehearsal.serve import LocalEndpoint
 

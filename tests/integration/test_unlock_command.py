@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from functions.cli import FAILED, OK, main
+from bitbucket_backup_cli.base import FAILED, OK
+from bitbucket_backup_cli.main import main
 from rehearsal.fake_account import REGION
 from rehearsal.serve import LocalEndpoint
 from tests.integration.conftest import World, wait_for

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from functions.cli import USAGE, main
+from bitbucket_backup_cli.base import USAGE
+from bitbucket_backup_cli.main import main
 
 
 def _json_error(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from functions.cli import RESTORE_OPTION_FIELDS, USAGE, CliError, build_parser, refuse_inapplicable_options
+from bitbucket_backup_cli.base import USAGE, CliError
+from bitbucket_backup_cli.main import build_parser
+from bitbucket_backup_cli.restore_options import RESTORE_OPTION_FIELDS, refuse_inapplicable_options
 from functions.models.config import InstanceConfig, parse_instance_config
 from functions.strategies import restorers_for
 from rehearsal.synth import rehearsal_project_config
@@ -76,7 +78,7 @@ def test_every_option_names_fields_a_strategy_takes() -> None:
 def _problem(target: dict[str, object], backup_id: str = BACKUP_ID) -> str:
     from pydantic import ValidationError
 
-    from functions.cli import restore_problem
+    from bitbucket_backup_cli.restore_options import restore_problem
     from functions.models.restore import RestoreInput
 
     with pytest.raises(ValidationError) as error:

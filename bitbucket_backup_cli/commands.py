@@ -1,0 +1,238 @@
+"""The commands: list, backup, restore, status, cancel, unlock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bitbucket_backup_cli.aws import Aws, StateMachine
+from bitbucket_backup_cli.base import BACKUP, FAILED, INTERRUPTED, NOT_FOUND, OK, RESTORE, USAGE, CliError
+from bitbucket_backup_cli.catalog import catalog
+from bitbucket_backup_cli.executions import History, execution_record, find_execution, follow, iso_time
+from bitbucket_backup_cli.render import after_stop, emit_json, print_catalog, print_result, print_table, when_text
+from bitbucket_backup_cli.restore_options import restore_problem, restore_target
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- the commands ------------------------------------------------------------------------------------------------
+
+
+def cmd_list(aws: Aws, args: argparse.Namespace) -> int:
+    names = [args.instance] if args.instance else aws.instance_names()
+    if not names:
+        raise CliError(
+            NOT_FOUND,
+            f"no instances configured under {aws.config_prefix} in {aws.region_name}: is the stack deployed there? "
+            "(--stack-name, --region, --endpoint-url)",
+        )
+    rows = [row for name in names for row in catalog(aws, aws.instance_config(name))]
+    if args.json:
+        emit_json({"backups": rows})
+    else:
+        print_catalog(rows)
+    return OK
+
+
+def _execution_name(kind: str, instance: str) -> str:
+    return f"cli-{kind}-{instance}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"[:80]
+
+
+def _start(aws: Aws, machine: StateMachine, execution_input: dict[str, Any], args: argparse.Namespace) -> int:
+    name = _execution_name(machine.kind, str(execution_input["instance"]))
+    started = aws.client("stepfunctions").start_execution(
+        stateMachineArn=machine.arn, name=name, input=json.dumps(execution_input)
+    )
+    arn = started["executionArn"]
+    if not args.wait:
+        if args.json:
+            emit_json(
+                {
+                    "execution": name,
+                    "execution_arn": arn,
+                    "kind": machine.kind,
+                    "instance": execution_input["instance"],
+                    "started": iso_time(started.get("startDate")),
+                }
+            )
+        else:
+            print(f"Started {machine.kind} of {execution_input['instance']}: execution {name}")
+            print(f"  follow it with: bitbucket-backup status {name}")
+        return OK
+    if not args.json:
+        print(f"Started {machine.kind} of {execution_input['instance']}: execution {name}", file=sys.stderr)
+    try:
+        record = follow(aws, machine, arn, args.poll_interval)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the execution goes on: bitbucket-backup status {name}", file=sys.stderr)
+        return INTERRUPTED
+    if args.json:
+        emit_json(record)
+    else:
+        print_result(record)
+    return OK if record["status"] == "SUCCEEDED" and not record["skipped"] else FAILED
+
+
+def cmd_backup(aws: Aws, args: argparse.Namespace) -> int:
+    config = aws.instance_config(args.instance)  # an unknown instance ends here, before anything starts
+    return _start(aws, aws.machine_for(BACKUP, config.name), {"instance": config.name}, args)
+
+
+def cmd_restore(aws: Aws, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from functions.models.restore import RestoreInput
+
+    config = aws.instance_config(args.instance)
+    if args.backup_id is None:
+        # As Atlassian's diy-restore script does without an argument: the backups it could restore, and nothing else.
+        restorable = [row for row in catalog(aws, config) if row["status"] == "complete"]
+        if args.json:
+            emit_json({"backups": restorable})
+        else:
+            print(f"Restorable backups of {config.name} (give one as BACKUP_ID):")
+            print_catalog(restorable)
+        return USAGE
+    execution_input = {
+        "instance": config.name,
+        "backup_id": args.backup_id,
+        "target": restore_target(aws, config, args),
+        "keep_on_failure": args.keep_on_failure,
+    }
+    try:
+        RestoreInput.model_validate(execution_input)
+    except ValidationError as error:
+        raise CliError(USAGE, restore_problem(error)) from None
+    known = {row["backup_id"]: row for row in catalog(aws, config)}
+    if args.backup_id not in known:
+        complete = [b for b, row in known.items() if row["status"] == "complete"][:5]
+        available = f"available: {', '.join(complete)}" if complete else "there is no complete backup of it"
+        raise CliError(NOT_FOUND, f"no backup '{args.backup_id}' of instance '{config.name}'; {available}")
+    # Everything else (complete, every part present, target names free) the state machine checks before it acts.
+    return _start(aws, aws.machine_for(RESTORE, config.name), execution_input, args)
+
+
+def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
+    if args.execution:
+        machine, described = find_execution(aws, args.execution)
+        record = execution_record(aws, machine, described, History(aws, described["executionArn"]).update())
+        if args.json:
+            emit_json(record)
+            return OK
+        instance = f" of {record['instance']}" if record["instance"] else ""
+        print(f"Execution  {record['execution']}  ({record['kind']}{instance})")
+        print(f"Status     {record['status']}  {record['progress']}%  {record['current_state'] or ''}".rstrip())
+        print(f"Backup id  {record['backup_id'] or '-'}")
+        print(f"Started    {when_text(record['started'])}")
+        print(f"Stopped    {when_text(record['stopped'])}")
+        if record["status"] != "RUNNING":
+            print()
+            print_result(record)
+        return OK
+    machines = aws.machines()
+    if not machines:
+        raise CliError(NOT_FOUND, f"no backup or restore state machine of stack {aws.stack_name} in {aws.region_name}")
+    sfn = aws.client("stepfunctions")
+    listed: list[tuple[StateMachine, dict[str, Any]]] = []
+    for machine in machines:
+        for execution in sfn.list_executions(stateMachineArn=machine.arn, maxResults=args.limit)["executions"]:
+            listed.append((machine, execution))
+    listed.sort(key=lambda item: item[1]["startDate"], reverse=True)
+    records = []
+    for machine, execution in listed[: args.limit]:
+        described = sfn.describe_execution(executionArn=execution["executionArn"])
+        records.append(execution_record(aws, machine, described, History(aws, execution["executionArn"]).update()))
+    if args.json:
+        emit_json({"executions": records})
+        return OK
+    if not records:
+        print("no executions")
+        return OK
+    rows = []
+    for r in records:
+        state = f"{r['progress']}% {r['current_state']}" if r["status"] == "RUNNING" else (r["failed_step"] or "")
+        status = "SKIPPED" if r["skipped"] else r["status"]
+        rows.append(
+            [
+                r["execution"],
+                r["kind"],
+                r["instance"] or "-",
+                r["backup_id"] or "-",
+                status,
+                when_text(r["started"]),
+                state,
+            ]
+        )
+    print_table(rows, ["EXECUTION", "KIND", "INSTANCE", "BACKUP ID", "STATUS", "STARTED", "STEP"])
+    return OK
+
+
+def cmd_cancel(aws: Aws, args: argparse.Namespace) -> int:
+    machine, described = find_execution(aws, args.execution)
+    name = described["executionArn"].rsplit(":", 1)[-1]
+    if described["status"] != "RUNNING":
+        raise CliError(FAILED, f"execution {name} is {described['status']}, not running: nothing to cancel")
+    sfn = aws.client("stepfunctions")
+    sfn.stop_execution(
+        executionArn=described["executionArn"],
+        error="Cancelled",
+        cause="cancelled by the operator with `bitbucket-backup cancel`",
+    )
+    # AWS answers once the execution is ABORTED; an emulator may take a moment, or let a last step finish first.
+    deadline = time.monotonic() + 10
+    while (after := sfn.describe_execution(executionArn=described["executionArn"]))["status"] == "RUNNING":
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    status = str(after["status"])
+    if status == "ABORTED":
+        note = after_stop(machine.kind, described["executionArn"])
+    elif status == "RUNNING":
+        note = f"the stop was requested and the execution is still stopping: bitbucket-backup status {name}"
+    else:
+        note = f"the execution ended {status} before the stop took effect"
+    if args.json:
+        emit_json(
+            {
+                "execution": name,
+                "execution_arn": described["executionArn"],
+                "kind": machine.kind,
+                "status": status,
+                "stopped": iso_time(after.get("stopDate")),
+                "note": note,
+            }
+        )
+    elif status in ("ABORTED", "RUNNING"):
+        print(f"Stopped {machine.kind} execution {name}.")
+        print(f"  {note}")
+    else:
+        print(f"Could not stop {machine.kind} execution {name}: {note}.")
+    return OK if status in ("ABORTED", "RUNNING") else FAILED
+
+
+UNLOCK_EXIT = {"unlocked": OK, "not-locked": OK, "not-ours": FAILED, "running": FAILED, "failed": FAILED}
+
+
+def cmd_unlock(aws: Aws, args: argparse.Namespace) -> int:
+    config = aws.instance_config(args.instance)
+    function = aws.unlock_function(config.name)
+    # The function reads the token and talks to Bitbucket: neither reaches this machine.
+    answer = aws.client("lambda").invoke(FunctionName=function, Payload=json.dumps({"instance": config.name}).encode())
+    payload = json.loads(answer["Payload"].read() or b"{}")
+    if "FunctionError" in answer or not isinstance(payload, dict) or "outcome" not in payload:
+        cause = payload.get("errorMessage", "no answer") if isinstance(payload, dict) else "no answer"
+        raise CliError(FAILED, f"the unlock of '{config.name}' failed: {cause}")
+    outcome = str(payload["outcome"])
+    if args.json:
+        emit_json({"instance": config.name, **payload})
+    else:
+        print(f"{config.name}: {payload.get('message', outcome)}")
+        for action in payload.get("actions") or []:
+            print(f"  {action}")
+    return UNLOCK_EXIT.get(outcome, FAILED)

@@ -1,0 +1,215 @@
+"""Executions: finding one, its history, its progress, and following it to the end."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from bitbucket_backup_cli.aws import Aws, StateMachine
+from bitbucket_backup_cli.base import BACKUP, NOT_FOUND, NOT_FOUND_CODES, USAGE, CliError
+from functions.models import steps
+
+if TYPE_CHECKING:
+    pass
+
+
+# --- executions ----------------------------------------------------------------------------------------------------
+
+
+def expected_path(definition: dict[str, Any]) -> list[str]:
+    """The states a successful execution passes through: the longest path from StartAt to a success, following
+    Next and Choice edges (not Catch), each state once. Parallel branches count as their Parallel state."""
+    states: dict[str, dict[str, Any]] = definition.get("States", {})
+    best: list[str] = []
+
+    def successors(state: dict[str, Any]) -> list[str]:
+        found = [c["Next"] for c in state.get("Choices", []) if "Next" in c]
+        found += [state[k] for k in ("Next", "Default") if k in state]
+        return found
+
+    def walk(name: str, path: list[str]) -> None:
+        nonlocal best
+        state = states.get(name)
+        if state is None or name in path:
+            return
+        path = [*path, name]
+        if state.get("Type") == "Succeed" or state.get("End"):
+            if len(path) > len(best):
+                best = path
+            return
+        for following in successors(state):
+            walk(following, path)
+
+    if "StartAt" in definition:
+        walk(definition["StartAt"], [])
+    return best
+
+
+class History:
+    """An execution's events, read incrementally (newest first, until the events already seen)."""
+
+    def __init__(self, aws: Aws, execution_arn: str) -> None:
+        self.aws, self.arn = aws, execution_arn
+        self.events: dict[int, dict[str, Any]] = {}
+
+    def update(self) -> list[dict[str, Any]]:
+        sfn = self.aws.client("stepfunctions")
+        known = max(self.events, default=0)
+        kwargs: dict[str, Any] = {"executionArn": self.arn, "reverseOrder": True, "maxResults": 200}
+        while True:
+            page = sfn.get_execution_history(**kwargs)
+            for event in page["events"]:
+                self.events[int(event["id"])] = event
+            if not page.get("nextToken") or any(int(e["id"]) <= known for e in page["events"]):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        return self.ordered()
+
+    def ordered(self) -> list[dict[str, Any]]:
+        return [self.events[i] for i in sorted(self.events)]
+
+
+def entered(events: list[dict[str, Any]]) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def state_output(events: list[dict[str, Any]], state: str) -> dict[str, Any] | None:
+    for event in events:
+        details = event.get("stateExitedEventDetails")
+        if details and details.get("name") == state and details.get("output"):
+            try:
+                value = json.loads(details["output"])
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def progress(path: list[str], events: list[dict[str, Any]], status: str) -> int:
+    if status == "SUCCEEDED":
+        return 100
+    seen = set(entered(events))
+    return int(100 * sum(1 for s in path if s in seen) / len(path)) if path else 0
+
+
+def iso_time(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else (str(value) if value else None)
+
+
+def execution_record(
+    aws: Aws, machine: StateMachine, described: dict[str, Any], events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the command line says about one execution (also its --json form)."""
+    try:
+        given = json.loads(described.get("input") or "{}")
+    except ValueError:
+        given = {}
+    given = given if isinstance(given, dict) else {}
+    states = entered(events)
+    output = None
+    if described.get("output"):
+        try:
+            output = json.loads(described["output"])
+        except ValueError:
+            output = described["output"]
+    if machine.kind == BACKUP:
+        backup_id = ((state_output(events, steps.BACKUP.validate.state) or {}).get("run") or {}).get("backup_id")
+    else:
+        backup_id = given.get("backup_id")
+    failed = [label for label in map(steps.failed_label, states) if label]
+    status = str(described["status"])
+    return {
+        "execution": described["executionArn"].rsplit(":", 1)[-1],
+        "execution_arn": described["executionArn"],
+        "kind": machine.kind,
+        "instance": given.get("instance"),
+        "backup_id": backup_id,
+        "status": status,
+        "skipped": any(s.startswith("Skipped") for s in states),
+        "started": iso_time(described.get("startDate")),
+        "stopped": iso_time(described.get("stopDate")),
+        "progress": progress(expected_path(aws.definition(machine.arn)), events, status),
+        "current_state": states[-1] if states else None,
+        "failed_step": failed[0] if failed else None,
+        "error": described.get("error"),
+        "cause": described.get("cause"),
+        "output": output,
+    }
+
+
+def find_execution(aws: Aws, ref: str) -> tuple[StateMachine, dict[str, Any]]:
+    """An execution of this stack's state machines, by ARN or by name."""
+    from botocore.exceptions import ClientError
+
+    from functions.clients.aws import error_code
+
+    sfn = aws.client("stepfunctions")
+    machines = aws.machines()
+    if ref.startswith("arn:"):
+        candidates = [ref]
+    else:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", ref):
+            raise CliError(USAGE, f"'{ref}' is neither an execution ARN nor an execution name")
+        candidates = [m.execution_arn(ref) for m in machines]
+    for arn in candidates:
+        try:
+            described = dict(sfn.describe_execution(executionArn=arn))
+        except ClientError as error:
+            if error_code(error) in NOT_FOUND_CODES:
+                continue
+            raise
+        machine_arn = described.get("stateMachineArn", "")
+        machine = next((m for m in machines if m.arn == machine_arn), None)
+        if machine is None:
+            raise CliError(NOT_FOUND, f"execution {ref} is not one of stack {aws.stack_name}'s state machines")
+        return machine, described
+    raise CliError(NOT_FOUND, f"no execution '{ref}' of the backup or restore state machine in {aws.region_name}")
+
+
+class ProgressBar:
+    """On a terminal: one line redrawn in place. Elsewhere (a log, a pipe): one line per step."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream, self.label = stream, label
+        self.tty = stream.isatty()
+        self.last: tuple[int, str | None] | None = None
+
+    def update(self, percent: int, state: str | None) -> None:
+        if state is None or (percent, state) == self.last:
+            return
+        self.last = (percent, state)
+        if self.tty:
+            done = percent * 30 // 100
+            bar = "#" * done + "." * (30 - done)
+            self.stream.write(f"\r{self.label} [{bar}] {percent:3d}%  {(state or '')[:40]:<40}")
+        else:
+            self.stream.write(f"{self.label} {percent:3d}%  {state or ''}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def follow(aws: Aws, machine: StateMachine, execution_arn: str, poll_seconds: float) -> dict[str, Any]:
+    """Follows an execution to its end with a progress bar on stderr; returns its record."""
+    sfn = aws.client("stepfunctions")
+    path = expected_path(aws.definition(machine.arn))
+    history = History(aws, execution_arn)
+    bar = ProgressBar(sys.stderr, machine.kind)
+    try:
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            events = history.update()
+            states = entered(events)
+            bar.update(progress(path, events, described["status"]), states[-1] if states else None)
+            if described["status"] != "RUNNING":
+                return execution_record(aws, machine, described, events)
+            time.sleep(poll_seconds)
+    finally:
+        bar.close()

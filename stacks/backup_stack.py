@@ -19,7 +19,7 @@ from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConf
 from functions.models.steps import OPERATIONS, OPERATOR_UNLOCK_FOR
 from functions.models.timeouts import execution_timeout_seconds
 from functions.strategies import RESTORE_FAILED
-from stacks import nag, permissions
+from stacks import copy_permissions, nag, permissions, restore_permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupGrants, BackupWorkflow, WorkflowTiming
 from stacks.constructs.drill_workflow import DrillGrants, DrillWorkflow
@@ -93,7 +93,7 @@ class BackupStack(Stack):
             environment[env_names.ARCHIVE_BUCKET] = self.archive_bucket.bucket_name
             CfnOutput(self, "ArchiveBucket", value=self.archive_bucket.bucket_name)
             # Cross-account copy targets copy the archives as their own role: it may read them (and their key).
-            for role_arn in permissions.cross_account_readers(config.instances):
+            for role_arn in copy_permissions.cross_account_readers(config.instances):
                 reader = iam.ArnPrincipal(role_arn)
                 self.archive_bucket.add_to_resource_policy(
                     iam.PolicyStatement(
@@ -296,7 +296,7 @@ class BackupStack(Stack):
             """Deleting backups: PRUNE (complete ones past retention) or FAILURE (only a run's unfinished ones)."""
             own = (
                 *permissions.manage_own_snapshots(self, instances, role),
-                *permissions.manage_own_copies(self, instances, role),
+                *copy_permissions.manage_own_copies(self, instances, role),
             )
             return (*own, *permissions.manage_own_archives(self, arn, instances, role)) if arn is not None else own
 
@@ -325,7 +325,9 @@ class BackupStack(Stack):
             prepare=FunctionGrants(hosts("InstallScript", "RsyncHome")),
             check_host=FunctionGrants(hosts()),  # reads the results of what the others started
             archive=FunctionGrants(hosts("ArchiveUpload")),
-            copy_regions=FunctionGrants((*describe, *permissions.copy_to_regions(self, instances, bucket), *archives)),
+            copy_regions=FunctionGrants(
+                (*describe, *copy_permissions.copy_to_regions(self, instances, bucket), *archives)
+            ),
             handle_failure=failure,
             # The safety net does what the failure path does, for executions that ran no Catch; for the operator's
             # unlock it also asks whether the run that locked still runs.
@@ -362,20 +364,20 @@ class BackupStack(Stack):
         for fn in fns.values():
             for parameter in (parameters.parameters[i.name] for i in instances):
                 parameter.grant_read(fn)
-        describe = permissions.restore_describe(instances)
+        describe = restore_permissions.restore_describe(instances)
         docs = self.host_documents.arns
 
         def hosts(*operations: str) -> list[iam.PolicyStatement]:
             """Run Command with these documents of the stack's own (none: only reading results)."""
-            return permissions.restore_host_commands(self, instances, docs(*operations))
+            return restore_permissions.restore_host_commands(self, instances, docs(*operations))
 
         archives = self._archives_of(instances)
         catalog = permissions.read_archives(archives) if archives is not None else []
         failure = FunctionGrants(
             (
                 *describe,
-                *permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
-                *permissions.remove_failed_restore(self, instances),
+                *restore_permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
+                *restore_permissions.remove_failed_restore(self, instances),
                 *hosts("RemoveRestoredHome", "DropRestoredDatabase"),
             ),
             publishes=True,
@@ -385,13 +387,17 @@ class BackupStack(Stack):
                 (*describe, *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"), *catalog)
             ),
             restore_database=FunctionGrants(
-                (*describe, *permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
+                (*describe, *restore_permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
             ),
-            restore_home=FunctionGrants((*describe, *permissions.restore_home(self, instances), *hosts("RestoreHome"))),
+            restore_home=FunctionGrants(
+                (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
+            ),
             wait_restore=FunctionGrants((*describe, *hosts())),
-            attach_home=FunctionGrants((*describe, *permissions.restore_attach(self, instances))),
-            mount_home=FunctionGrants((*describe, *permissions.restore_mount(self, instances, docs("MountHome")))),
-            finish=FunctionGrants((*describe, *permissions.retag_restored(self, instances)), publishes=True),
+            attach_home=FunctionGrants((*describe, *restore_permissions.restore_attach(self, instances))),
+            mount_home=FunctionGrants(
+                (*describe, *restore_permissions.restore_mount(self, instances, docs("MountHome")))
+            ),
+            finish=FunctionGrants((*describe, *restore_permissions.retag_restored(self, instances)), publishes=True),
             handle_failure=failure,
             # The restore's safety net does what its failure path does, for executions that ran no Catch.
             restore_safety_net=failure if OPERATIONS.restore_safety_net.name in fns else None,
@@ -416,22 +422,22 @@ class BackupStack(Stack):
         if archives is not None:
             catalog = [*catalog, *permissions.read_archives(archives)]
         docs = self.host_documents.arns
-        checks = permissions.drill_host_commands(self, instances, docs("InstallScript", "DrillCheck"))
+        checks = restore_permissions.drill_host_commands(self, instances, docs("InstallScript", "DrillCheck"))
         teardown = docs("RemoveRestoredHome", "DropRestoredDatabase")
         finish = [
             *catalog,
-            *permissions.drill_host_commands(self, instances, teardown),
+            *restore_permissions.drill_host_commands(self, instances, teardown),
             *permissions.manage_own_snapshots(self, instances, permissions.VERIFY),
-            *permissions.restore_describe(instances),
-            *permissions.remove_failed_restore(self, instances),
-            *permissions.restore_host_commands(self, instances, teardown),
+            *restore_permissions.restore_describe(instances),
+            *restore_permissions.remove_failed_restore(self, instances),
+            *restore_permissions.restore_host_commands(self, instances, teardown),
         ]
         if archives is not None:
             finish += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)
         grants = DrillGrants(
-            plan=FunctionGrants((*catalog, *permissions.restore_describe(instances))),
+            plan=FunctionGrants((*catalog, *restore_permissions.restore_describe(instances))),
             check=FunctionGrants(tuple(checks)),
-            check_status=FunctionGrants(tuple(permissions.drill_host_commands(self, instances, []))),
+            check_status=FunctionGrants(tuple(restore_permissions.drill_host_commands(self, instances, []))),
             finish=FunctionGrants(tuple(finish), publishes=True),
         )
         grants_apply(grants, fns, notifications.topic, key)

@@ -52,7 +52,7 @@ def refuse_inapplicable_options(config: InstanceConfig, wanted: list[str], args:
 
 def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -> dict[str, Any]:
     """The restore state machine's `target` (functions/models/restore.py), from the options."""
-    from functions.models.config import EbsHomeConfig
+    from functions.models.part_config import EbsHomeConfig
 
     wanted = [args.only] if args.only else list(config.parts)
     for part in wanted:

@@ -27,8 +27,9 @@ from functions.errors import (
     SnapshotTimeout,
 )
 from functions.models import environment
-from functions.models.config import CopyTarget, InstanceConfig, RsyncHomeConfig
+from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
+from functions.models.part_config import RsyncHomeConfig
 from functions.observability import bind, logger, redact, short
 from functions.steps import bitbucket, cause_text, say
 

@@ -28,9 +28,10 @@ from functions.clients import host
 from functions.clients.aws import client
 from functions.errors import BackupError
 from functions.models import metrics as names
-from functions.models.config import EbsHomeConfig, InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import InstanceConfig
 from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
+from functions.models.part_config import EbsHomeConfig, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
 from functions.steps import cause_text, say

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 
 from functions.errors import BackupError, PreflightFailed
-from functions.models.config import InstanceConfig, RsyncHomeConfig
+from functions.models.config import InstanceConfig
+from functions.models.part_config import RsyncHomeConfig
 from functions.observability import logger, redact
 from functions.steps import bitbucket
 

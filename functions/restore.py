@@ -20,8 +20,9 @@ from functions import notify, trusted_config
 from functions.clients.aws import client
 from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models import environment
-from functions.models.config import EbsHomeConfig, InstanceConfig
+from functions.models.config import InstanceConfig
 from functions.models.events import parse
+from functions.models.part_config import EbsHomeConfig
 from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
 from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact

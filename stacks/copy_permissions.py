@@ -6,13 +6,8 @@ from __future__ import annotations
 from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 
-from functions.models.config import (
-    AuroraDatabaseConfig,
-    CopyTarget,
-    EbsHomeConfig,
-    InstanceConfig,
-    RdsDatabaseConfig,
-)
+from functions.models.config import CopyTarget, InstanceConfig
+from functions.models.part_config import AuroraDatabaseConfig, EbsHomeConfig, RdsDatabaseConfig
 from functions.strategies import (
     COMPLETE,
     DEPLOYMENT_TAG,

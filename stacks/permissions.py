@@ -12,10 +12,10 @@ from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_stepfunctions as sfn
 
-from functions.models.config import (
+from functions.models.config import InstanceConfig
+from functions.models.part_config import (
     AuroraDatabaseConfig,
     EbsHomeConfig,
-    InstanceConfig,
     PostgresDatabaseConfig,
     RdsDatabaseConfig,
     RsyncHomeConfig,

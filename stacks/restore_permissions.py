@@ -6,10 +6,10 @@ from __future__ import annotations
 from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 
-from functions.models.config import (
+from functions.models.config import InstanceConfig
+from functions.models.part_config import (
     AuroraDatabaseConfig,
     EbsHomeConfig,
-    InstanceConfig,
     PostgresDatabaseConfig,
     RdsDatabaseConfig,
     RsyncHomeConfig,

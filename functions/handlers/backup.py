@@ -9,17 +9,18 @@ from typing import Any
 # What the locked phase and the failure path use, imported at cold start: the warm-up before the lock pays for it.
 from functions import backup, cleanup, monitoring  # noqa: F401
 from functions.handlers._step import seconds_left, step
-from functions.models.events import FailureEvent, HostProgressEvent, PartEvent, PrepareEvent, StepEvent, parse
+from functions.models.events import (
+    FailureEvent,
+    FinalizeEvent,
+    HostProgressEvent,
+    PartEvent,
+    PartProgressEvent,
+    PrepareEvent,
+    StepEvent,
+    parse,
+)
 from functions.models.steps import BACKUP, Step
 from functions.strategies import amazon_ebs, amazon_rds, host_copy  # noqa: F401
-
-
-class PartProgressEvent(PartEvent):
-    progress: dict[str, Any] | None = None
-
-
-class FinalizeEvent(StepEvent):
-    unlocked: dict[str, Any] | None = None
 
 
 @step(BACKUP.validate)

@@ -10,162 +10,36 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from functions.models.base import Strict
+from functions.models.part_config import (
+    ABS_PATH,
+    COPY_STRATEGIES,
+    EC2_INSTANCE_ID,
+    ZERO_DOWNTIME_STRATEGIES,
+    DatabaseConfig,
+    HomeConfig,
+    NetworkConfig,
+)
 from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, timezone_problem
 
 # RDS snapshot identifiers are built from the instance name, so the name must be a valid prefix of one.
 INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
-DEVICE_NAME = re.compile(r"^/dev/[a-z0-9]+$")
-EC2_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 SCHEDULE = re.compile(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\)|at\(.+\))$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NetworkConfig(_Strict):
-    """Where the Bitbucket-facing Lambdas run; Bitbucket is usually only reachable inside its VPC."""
-
-    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] = Field(min_length=1)
-    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = Field(min_length=1)
-
-    def key(self) -> str:
-        return ",".join(sorted(self.subnet_ids)) + "|" + ",".join(sorted(self.security_group_ids))
-
-
-class EbsHomeConfig(_Strict):
-    """Home directory on EBS volumes of one EC2 instance (DIY scripts: disk-amazon-ebs.sh)."""
-
-    strategy: Literal["amazon-ebs"]
-    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
-    # Device names (/dev/xvdf) or volume ids (vol-…) of the home and data volumes to snapshot together.
-    volumes: list[str] = Field(min_length=1)
-    # Mount points flushed (and optionally frozen) on the host before the snapshot.
-    mount_points: list[str] = Field(default_factory=list)
-    freeze: bool = False
-    # A host-side watchdog unfreezes after this long even if the orchestrator never comes back.
-    max_freeze_seconds: int = Field(default=60, ge=5, le=900)
-    flush_timeout_seconds: int = Field(default=120, ge=5, le=3600)
-
-    @field_validator("volumes")
-    @classmethod
-    def _volume_names(cls, volumes: list[str]) -> list[str]:
-        for volume in volumes:
-            if not (VOLUME_ID.match(volume) or DEVICE_NAME.match(volume)):
-                raise ValueError(f"'{volume}' is neither a device name (/dev/xvdf) nor a volume id (vol-…)")
-        if len(set(volumes)) != len(volumes):
-            raise ValueError("lists the same volume twice")
-        return volumes
-
-    @field_validator("mount_points")
-    @classmethod
-    def _absolute(cls, mounts: list[str]) -> list[str]:
-        for mount in mounts:
-            if not re.match(r"^/[A-Za-z0-9._/-]*$", mount):
-                raise ValueError(f"mount point '{mount}' must be an absolute path of plain characters")
-        return mounts
-
-    @model_validator(mode="after")
-    def _freeze_needs_mounts(self) -> EbsHomeConfig:
-        if self.freeze and not self.mount_points:
-            raise ValueError("freeze is true but no mount_points are given")
-        return self
-
-
-_ABS_PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$"
-
-
-class RsyncHomeConfig(_Strict):
-    """Home directory on an EC2 host (or NFS it mounts), mirrored by rsync into a staging directory on that host:
-    a first pass while Bitbucket is live, a second one under the lock; then archived and uploaded to S3."""
-
-    strategy: Literal["rsync"]
-    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
-    home_path: str = Field(pattern=_ABS_PATH)
-    staging_path: str = Field(pattern=_ABS_PATH)
-    # rsync patterns on top of the seed's defaults (/caches/, /data/db.*, /export/, /log/, /plugins/.*/, /tmp, /.lock).
-    excludes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\n\r]+$")]] = Field(
-        default_factory=list
-    )
-    # Repositories left out of the backup: ids (shared/data/repositories/ID) or "PROJECT/slug" (personal: "~USER/slug"),
-    # which the validate step turns into ids through Bitbucket's REST API.
-    exclude_repos: list[
-        Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^~?[A-Za-z0-9_-]{1,128}/[A-Za-z0-9._-]{1,128}$")]
-    ] = Field(default_factory=list)
-    # The user Bitbucket runs as: a restored home is chowned to it (Atlassian's installer creates atlbitbucket).
-    owner: str = Field(default="atlbitbucket", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
-
-    @model_validator(mode="after")
-    def _separate(self) -> RsyncHomeConfig:
-        home, staging = self.home_path.rstrip("/"), self.staging_path.rstrip("/")
-        if home == staging or staging.startswith(home + "/") or home.startswith(staging + "/"):
-            raise ValueError("staging_path and home_path must not contain each other")
-        return self
-
-
-class NoHomeConfig(_Strict):
-    strategy: Literal["none"]
-
-
-class RdsDatabaseConfig(_Strict):
-    strategy: Literal["amazon-rds"]
-    instance_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
-
-
-class AuroraDatabaseConfig(_Strict):
-    strategy: Literal["amazon-aurora"]
-    cluster_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
-
-
-class PostgresDatabaseConfig(_Strict):
-    """Self-managed PostgreSQL, dumped with pg_dump -Fd -j N on an EC2 host through SSM Run Command. The password
-    is read on the host from Secrets Manager; it is never on a command line."""
-
-    strategy: Literal["postgresql"]
-    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
-    host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9._:-]+$")
-    port: int = Field(default=5432, ge=1, le=65535)
-    user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
-    dbname: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
-    password_secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
-    jobs: int = Field(default=2, ge=1, le=16)
-    # Where the dumps are written on the host (one directory per backup id inside it).
-    dump_path: str = Field(pattern=_ABS_PATH)
-    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
-
-
-class NoDatabaseConfig(_Strict):
-    strategy: Literal["none"]
-
-
-HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
-DatabaseConfig = Annotated[
-    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | NoDatabaseConfig,
-    Field(discriminator="strategy"),
-]
-# Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
-COPY_STRATEGIES = ("rsync", "postgresql")
-# What a zero-downtime backup (no lock, no drain) may use: copies taken at one moment without Bitbucket's help.
-# A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
-# atomic. rsync copies files while git writes them, and pg_dump's snapshot is not the home snapshot's moment.
-ZERO_DOWNTIME_STRATEGIES = {"home": ("amazon-ebs", "none"), "database": ("amazon-rds", "amazon-aurora", "none")}
-
-
-class ArchiveConfig(_Strict):
+class ArchiveConfig(Strict):
     """Where the copy-type strategies (rsync, postgresql) write the archive on the host before uploading it.
     How many are kept follows keep_backups."""
 
     # A directory on the host with room for one compressed archive (it is removed after the upload).
-    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/archive", pattern=_ABS_PATH)
+    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/archive", pattern=ABS_PATH)
     compressor: Literal["auto", "gzip", "zstd"] = "auto"
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
 
 
-class DrillDatabaseConfig(_Strict):
+class DrillDatabaseConfig(Strict):
     """RDS/Aurora: how the drill logs in to the restored copy (a restore keeps the original's master credentials)."""
 
     secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
@@ -173,7 +47,7 @@ class DrillDatabaseConfig(_Strict):
     dbname: str = Field(default="bitbucket", pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
 
-class DrillConfig(_Strict):
+class DrillConfig(Strict):
     """The scheduled restore drill: restore the newest complete backup into throw-away resources, check them on a
     small drill host through SSM (the database answers and has Bitbucket's tables, a sample of the repositories
     passes git fsck), tag the backup verified (or verify-failed), tear everything down."""
@@ -183,7 +57,7 @@ class DrillConfig(_Strict):
     # anything is checked on a host: a rsync home, a postgresql database, or an RDS/Aurora one with `database`.
     host_instance_id: str | None = Field(default=None, pattern=EC2_INSTANCE_ID.pattern)
     sample_repositories: int = Field(default=5, ge=0, le=1000)
-    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/drill", pattern=_ABS_PATH)
+    work_path: str = Field(default="/var/lib/bitbucket-diy-backup/drill", pattern=ABS_PATH)
     keep_on_failure: bool = False
     database: DrillDatabaseConfig | None = None
     # Tables the restored database must have: Bitbucket's projects, repositories and users (adjust to your version's
@@ -204,11 +78,11 @@ class DrillConfig(_Strict):
         return schedule
 
 
-class RestoreConfig(_Strict):
+class RestoreConfig(Strict):
     """Where a restore may write. An archive (rsync home) is extracted only into a directory strictly below one of
     `allowed_roots` (a drill also below its drill.work_path); none by default: a manual archive restore needs one."""
 
-    allowed_roots: list[Annotated[str, Field(pattern=_ABS_PATH)]] = Field(default_factory=list, max_length=20)
+    allowed_roots: list[Annotated[str, Field(pattern=ABS_PATH)]] = Field(default_factory=list, max_length=20)
 
     @field_validator("allowed_roots")
     @classmethod
@@ -227,7 +101,7 @@ ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(?P<account>\d{12}):role/[A-Za-z0-9
 BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
-class CopyTarget(_Strict):
+class CopyTarget(Strict):
     """A disaster-recovery copy of every backup in another region (and optionally another account).
 
     - kms_key_id: the destination's KMS key (a key ARN in `region`; aliases are refused because IAM grants are on
@@ -288,7 +162,7 @@ def _rounds(timeout: float, interval: float) -> float:
     return timeout / max(interval, 0.25)
 
 
-class TimingConfig(_Strict):
+class TimingConfig(Strict):
     """Intervals and bounds of the workflow. Tests and the rehearsal shrink them; defaults suit production."""
 
     # Under the lock every wait ends within a fraction of a second: the drain state and the locked host copies
@@ -335,7 +209,7 @@ class TimingConfig(_Strict):
         return self.drain_timeout_seconds + self.snapshot_timeout_seconds
 
 
-class ImmutableConfig(_Strict):
+class ImmutableConfig(Strict):
     """Immutable backups: once a backup is complete its EBS snapshots are locked (EBS Snapshot Lock) and its archives
     retained (S3 Object Lock), in the originals' region and in every copy target, for `days` (default: keep_backups
     times the longest gap of the schedule, so a backup stays locked for as long as retention would keep it).
@@ -346,7 +220,7 @@ class ImmutableConfig(_Strict):
     days: int | None = Field(default=None, ge=1, le=36500)
 
 
-class InstanceConfig(_Strict):
+class InstanceConfig(Strict):
     """One Bitbucket instance: where it is, how to log in, how to copy it, when, and how many to keep."""
 
     name: str = Field(min_length=1, max_length=40)
@@ -587,7 +461,7 @@ class InstanceConfig(_Strict):
         return timing.longest_run_seconds + (timing.copy_timeout_seconds if self.copies else 0)
 
 
-class ArchiveObjectLock(_Strict):
+class ArchiveObjectLock(Strict):
     """S3 Object Lock on the archive bucket: every archive version is kept at least `days` (GOVERNANCE: privileged
     users may lift it; COMPLIANCE: nobody can, not even the account root). Pruning skips archives still locked."""
 
@@ -595,7 +469,7 @@ class ArchiveObjectLock(_Strict):
     days: int = Field(ge=1, le=3650)
 
 
-class ProjectConfig(_Strict):
+class ProjectConfig(Strict):
     """The `bitbucket-backup` object in cdk.json's context."""
 
     instances: list[InstanceConfig] = Field(min_length=1)

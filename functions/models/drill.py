@@ -5,23 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from functions import trusted_config
+from functions.models.base import Strict
 from functions.models.config import DrillConfig, InstanceConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DrillFlow(_Strict):
+class DrillFlow(Strict):
     """What the state machine's Wait state reads; no step reads it."""
 
     host_poll_interval_seconds: int
 
 
-class DrillPlan(_Strict):
+class DrillPlan(Strict):
     """What the plan step chose: the backup, and the restore input with throw-away targets."""
 
     instance: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
@@ -45,22 +42,22 @@ class DrillPlan(_Strict):
         return drill
 
 
-class PlanEvent(_Strict):
+class PlanEvent(Strict):
     input: dict[str, Any]
     execution: str
 
 
-class RestoredEvent(_Strict):
+class RestoredEvent(Strict):
     plan: DrillPlan
     # The restore execution's output (its summary, with the drill's part plans and what it created).
     restored: dict[str, Any]
 
 
-class CheckEvent(_Strict):
+class CheckEvent(Strict):
     plan: DrillPlan
     check: dict[str, Any]
 
 
-class FinishEvent(_Strict):
+class FinishEvent(Strict):
     state: dict[str, Any] = Field(default_factory=dict)
     failure: dict[str, Any] = Field(default_factory=dict)

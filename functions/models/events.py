@@ -11,48 +11,42 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from functions import trusted_config
 from functions.errors import InvalidInput
-from functions.models.config import InstanceConfig, RsyncHomeConfig, TimingConfig
+from functions.models.base import Strict
+from functions.models.config import InstanceConfig, TimingConfig
+from functions.models.part_config import RsyncHomeConfig
 
 BACKUP_ID = re.compile(r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$")
 INSTANCE = r"^[a-z][a-z0-9-]*$"
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExecutionInput(_Strict):
+class ExecutionInput(Strict):
     """What a schedule or an operator passes: {"instance": "prod"}."""
 
     instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
 
 
-class PrepareEvent(_Strict):
+class PrepareEvent(Strict):
     input: dict[str, Any]
     execution: str
     start_time: str
 
 
-class FlowTiming(_Strict):
+class FlowTiming(Strict):
     poll_interval_seconds: int
     host_poll_interval_seconds: int
     snapshot_poll_interval_seconds: int
     copy_poll_interval_seconds: int
 
 
-class FlowPart(_Strict):
+class FlowPart(Strict):
     strategy: str
 
 
-class RunFlow(_Strict):
+class RunFlow(Strict):
     """What the state machine's Choice and Wait states read (the validate step's result). No handler reads it: a
     step decides from the deployed configuration."""
 
@@ -77,7 +71,7 @@ class RunFlow(_Strict):
         )
 
 
-class RunContext(_Strict):
+class RunContext(Strict):
     """Carried through the state machine by every step: who and which run, never where or what; nothing secret."""
 
     instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
@@ -109,12 +103,24 @@ class RunContext(_Strict):
         return config.model_copy(update={"home": home.model_copy(update={"exclude_repos": list(ids)})})
 
 
-class StepEvent(_Strict):
+class StepEvent(Strict):
     run: RunContext
 
 
 class PartEvent(StepEvent):
     part: str = Field(pattern=r"^(home|database)$")
+
+
+class PartProgressEvent(PartEvent):
+    """A part's copy, called again with what it returned while its host command still ran (see backup.wait_host)."""
+
+    progress: dict[str, Any] | None = None
+
+
+class FinalizeEvent(StepEvent):
+    """Finalize, with what the unlock recorded (its times, for the summary)."""
+
+    unlocked: dict[str, Any] | None = None
 
 
 class HostProgressEvent(StepEvent):
@@ -123,13 +129,13 @@ class HostProgressEvent(StepEvent):
     progress: dict[str, Any]
 
 
-class UnlockEvent(_Strict):
+class UnlockEvent(Strict):
     """What `bitbucket-backup unlock` sends the backup's safety-net function: the instance's name, nothing else."""
 
     instance: str = Field(min_length=1, max_length=40, pattern=INSTANCE)
 
 
-class FailureEvent(_Strict):
+class FailureEvent(Strict):
     input: dict[str, Any] = Field(default_factory=dict)
     run: RunContext | None = None
     failure: dict[str, Any] = Field(default_factory=dict)

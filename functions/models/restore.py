@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from functions import trusted_config
-from functions.models.config import EC2_INSTANCE_ID, InstanceConfig
+from functions.models.base import Strict
+from functions.models.config import InstanceConfig
+from functions.models.part_config import EC2_INSTANCE_ID
 
 # RDS: a letter, then letters, digits and single hyphens, no trailing hyphen, at most 63 characters.
 DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
 SECURITY_GROUP = r"^sg-[0-9a-f]{8,17}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseTarget(_Strict):
+class DatabaseTarget(Strict):
     """Where the database is restored to: always NEW identifiers. Anything not given is taken from the original
     instance (or cluster) if it still exists."""
 
@@ -42,7 +40,7 @@ class DatabaseTarget(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
 
 
-class HomeTarget(_Strict):
+class HomeTarget(Strict):
     """Where the home volumes are restored to: new volumes in one availability zone, optionally attached to a
     STOPPED instance at the original device names (and then mounted through SSM, which starts the instance)."""
 
@@ -69,7 +67,7 @@ class HomeTarget(_Strict):
         return self
 
 
-class RestoreTarget(_Strict):
+class RestoreTarget(Strict):
     database: DatabaseTarget | None = None
     home: HomeTarget | None = None
 
@@ -83,7 +81,7 @@ class RestoreTarget(_Strict):
         return self.database if part == "database" else self.home if part == "home" else None
 
 
-class RestoreInput(_Strict):
+class RestoreInput(Strict):
     """{"instance": "prod", "backup_id": "prod-20261123-082818", "target": {...}, "keep_on_failure": false}"""
 
     instance: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9-]*$")
@@ -95,13 +93,13 @@ class RestoreInput(_Strict):
     # to the validate step); an execution input cannot.
 
 
-class PlanFlow(_Strict):
+class PlanFlow(Strict):
     """What the state machine's Wait state reads; no step reads it."""
 
     restore_poll_interval_seconds: int
 
 
-class RestorePlan(_Strict):
+class RestorePlan(Strict):
     """What the validate step checked and resolved; later steps work from this and from the deployed configuration
     (by instance name and version), which the plan never carries."""
 
@@ -126,7 +124,7 @@ class RestorePlan(_Strict):
         return trusted_config.load(self.instance, self.config_version, step="configuration")[0]
 
 
-class ValidateEvent(_Strict):
+class ValidateEvent(Strict):
     input: dict[str, Any]
     execution: str
     start_time: str
@@ -135,7 +133,7 @@ class ValidateEvent(_Strict):
     drill: bool = False
 
 
-class PlanEvent(_Strict):
+class PlanEvent(Strict):
     plan: RestorePlan
 
 
@@ -152,7 +150,7 @@ class MountEvent(PlanEvent):
     attach: dict[str, Any]
 
 
-class StateEvent(_Strict):
+class StateEvent(Strict):
     """The whole execution state (finish and failure steps read whatever earlier steps left in it)."""
 
     state: dict[str, Any] = Field(default_factory=dict)

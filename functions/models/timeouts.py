@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from functions.models.config import InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import InstanceConfig
+from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
 
 # Lambda work, Step Functions retries and the waits between polls, on top of the bounded waits.
 EXECUTION_MARGIN_SECONDS = 3600

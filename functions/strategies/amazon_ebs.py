@@ -14,7 +14,8 @@ from functions.errors import (
     PreflightFailed,
     SnapshotFailed,
 )
-from functions.models.config import CopyTarget, EbsHomeConfig
+from functions.models.config import CopyTarget
+from functions.models.part_config import EbsHomeConfig
 from functions.observability import logger
 from functions.strategies import (
     BACKUP_ID_TAG,

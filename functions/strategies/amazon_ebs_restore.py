@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError, WaiterError
 from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, HostCommandFailed, RestoreFailed, RestoreRefused, TargetNotReady
-from functions.models.config import EbsHomeConfig
+from functions.models.part_config import EbsHomeConfig
 from functions.models.restore import HomeTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (

@@ -13,7 +13,8 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, PreflightFailed, SnapshotFailed
-from functions.models.config import AuroraDatabaseConfig, CopyTarget, RdsDatabaseConfig
+from functions.models.config import CopyTarget
+from functions.models.part_config import AuroraDatabaseConfig, RdsDatabaseConfig
 from functions.observability import logger
 from functions.strategies import (
     BACKUP_ID_TAG,

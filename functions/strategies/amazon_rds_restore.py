@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, RestoreFailed, RestoreRefused
-from functions.models.config import AuroraDatabaseConfig, RdsDatabaseConfig
+from functions.models.part_config import AuroraDatabaseConfig, RdsDatabaseConfig
 from functions.models.restore import DatabaseTarget, RestoreTarget
 from functions.observability import logger
 from functions.strategies import (

@@ -22,7 +22,8 @@ from functions.clients import host
 from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
-from functions.models.config import CopyTarget, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import CopyTarget
+from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,

@@ -10,7 +10,8 @@ from functions.clients import host
 from functions.clients.aws import client
 from functions.errors import HostCommandFailed, RestoreRefused
 from functions.models import environment
-from functions.models.config import InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import InstanceConfig
+from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import RestoreTarget
 from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
 from functions.strategies.host_copy import KIND, HostCopyStrategy, PostgresStrategy, RsyncStrategy

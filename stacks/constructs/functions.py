@@ -10,7 +10,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from functions.models.config import NetworkConfig
+from functions.models.part_config import NetworkConfig
 from stacks import nag
 
 

@@ -7,8 +7,9 @@ from aws_cdk import Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from functions.models.config import EbsHomeConfig, InstanceConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.config import InstanceConfig
 from functions.models.host_operations import OPERATIONS, content
+from functions.models.part_config import EbsHomeConfig, PostgresDatabaseConfig, RsyncHomeConfig
 
 # Which operations a kind of instance needs: a stack deploys only those (a fleet of snapshot-only instances carries
 # no copy of the host script, which keeps the template within CloudFormation's size limit).

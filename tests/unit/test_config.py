@@ -10,13 +10,12 @@ import pytest
 
 from functions.models.config import (
     ConfigError,
-    EbsHomeConfig,
     InstanceConfig,
     ProjectConfig,
-    RdsDatabaseConfig,
     parse_instance_config,
     parse_project_config,
 )
+from functions.models.part_config import EbsHomeConfig, RdsDatabaseConfig
 
 
 def instance(name: str = "prod", **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,144 @@
+"""What each part of an instance is copied with: the home's and the database's strategy settings, and the network
+the functions that reach Bitbucket run in (`home` / `database` / `network` of an instance's configuration)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from functions.models.base import Strict
+
+VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8,17}$")
+DEVICE_NAME = re.compile(r"^/dev/[a-z0-9]+$")
+EC2_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+
+
+class NetworkConfig(Strict):
+    """Where the Bitbucket-facing Lambdas run; Bitbucket is usually only reachable inside its VPC."""
+
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")]] = Field(min_length=1)
+    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]+$")]] = Field(min_length=1)
+
+    def key(self) -> str:
+        return ",".join(sorted(self.subnet_ids)) + "|" + ",".join(sorted(self.security_group_ids))
+
+
+class EbsHomeConfig(Strict):
+    """Home directory on EBS volumes of one EC2 instance (DIY scripts: disk-amazon-ebs.sh)."""
+
+    strategy: Literal["amazon-ebs"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    # Device names (/dev/xvdf) or volume ids (vol-…) of the home and data volumes to snapshot together.
+    volumes: list[str] = Field(min_length=1)
+    # Mount points flushed (and optionally frozen) on the host before the snapshot.
+    mount_points: list[str] = Field(default_factory=list)
+    freeze: bool = False
+    # A host-side watchdog unfreezes after this long even if the orchestrator never comes back.
+    max_freeze_seconds: int = Field(default=60, ge=5, le=900)
+    flush_timeout_seconds: int = Field(default=120, ge=5, le=3600)
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names(cls, volumes: list[str]) -> list[str]:
+        for volume in volumes:
+            if not (VOLUME_ID.match(volume) or DEVICE_NAME.match(volume)):
+                raise ValueError(f"'{volume}' is neither a device name (/dev/xvdf) nor a volume id (vol-…)")
+        if len(set(volumes)) != len(volumes):
+            raise ValueError("lists the same volume twice")
+        return volumes
+
+    @field_validator("mount_points")
+    @classmethod
+    def _absolute(cls, mounts: list[str]) -> list[str]:
+        for mount in mounts:
+            if not re.match(r"^/[A-Za-z0-9._/-]*$", mount):
+                raise ValueError(f"mount point '{mount}' must be an absolute path of plain characters")
+        return mounts
+
+    @model_validator(mode="after")
+    def _freeze_needs_mounts(self) -> EbsHomeConfig:
+        if self.freeze and not self.mount_points:
+            raise ValueError("freeze is true but no mount_points are given")
+        return self
+
+
+ABS_PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$"
+
+
+class RsyncHomeConfig(Strict):
+    """Home directory on an EC2 host (or NFS it mounts), mirrored by rsync into a staging directory on that host:
+    a first pass while Bitbucket is live, a second one under the lock; then archived and uploaded to S3."""
+
+    strategy: Literal["rsync"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    home_path: str = Field(pattern=ABS_PATH)
+    staging_path: str = Field(pattern=ABS_PATH)
+    # rsync patterns on top of the seed's defaults (/caches/, /data/db.*, /export/, /log/, /plugins/.*/, /tmp, /.lock).
+    excludes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\n\r]+$")]] = Field(
+        default_factory=list
+    )
+    # Repositories left out of the backup: ids (shared/data/repositories/ID) or "PROJECT/slug" (personal: "~USER/slug"),
+    # which the validate step turns into ids through Bitbucket's REST API.
+    exclude_repos: list[
+        Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^~?[A-Za-z0-9_-]{1,128}/[A-Za-z0-9._-]{1,128}$")]
+    ] = Field(default_factory=list)
+    # The user Bitbucket runs as: a restored home is chowned to it (Atlassian's installer creates atlbitbucket).
+    owner: str = Field(default="atlbitbucket", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+
+    @model_validator(mode="after")
+    def _separate(self) -> RsyncHomeConfig:
+        home, staging = self.home_path.rstrip("/"), self.staging_path.rstrip("/")
+        if home == staging or staging.startswith(home + "/") or home.startswith(staging + "/"):
+            raise ValueError("staging_path and home_path must not contain each other")
+        return self
+
+
+class NoHomeConfig(Strict):
+    strategy: Literal["none"]
+
+
+class RdsDatabaseConfig(Strict):
+    strategy: Literal["amazon-rds"]
+    instance_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+
+
+class AuroraDatabaseConfig(Strict):
+    strategy: Literal["amazon-aurora"]
+    cluster_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+
+
+class PostgresDatabaseConfig(Strict):
+    """Self-managed PostgreSQL, dumped with pg_dump -Fd -j N on an EC2 host through SSM Run Command. The password
+    is read on the host from Secrets Manager; it is never on a command line."""
+
+    strategy: Literal["postgresql"]
+    instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
+    host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9._:-]+$")
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    dbname: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+    password_secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
+    jobs: int = Field(default=2, ge=1, le=16)
+    # Where the dumps are written on the host (one directory per backup id inside it).
+    dump_path: str = Field(pattern=ABS_PATH)
+    command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+
+
+class NoDatabaseConfig(Strict):
+    strategy: Literal["none"]
+
+
+HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
+DatabaseConfig = Annotated[
+    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | NoDatabaseConfig,
+    Field(discriminator="strategy"),
+]
+# Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
+COPY_STRATEGIES = ("rsync", "postgresql")
+# What a zero-downtime backup (no lock, no drain) may use: copies taken at one moment without Bitbucket's help.
+# A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
+# atomic. rsync copies files while git writes them, and pg_dump's snapshot is not the home snapshot's moment.
+ZERO_DOWNTIME_STRATEGIES = {"home": ("amazon-ebs", "none"), "database": ("amazon-rds", "amazon-aurora", "none")}

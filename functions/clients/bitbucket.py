@@ -20,7 +20,6 @@ Error texts name the step and the HTTP status, never a URL with its query (token
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutEr
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
+from functions.clients.bitbucket_answers import Answer, check_success_body, content_type, location, parse_json
 from functions.errors import (
     AlreadyLocked,
     BackupError,
@@ -42,11 +42,10 @@ from functions.errors import (
     BitbucketUnavailable,
     LockNotConfirmed,
 )
-from functions.observability import logger, redact, register_secret
+from functions.observability import logger, register_secret
 
 TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
 MAX_BODY_BYTES = 1024 * 1024
-MAX_JSON_DEPTH = 32
 # Bounds of the waits between attempts (the Lambdas that call Bitbucket run for at most a minute or two).
 MAX_BACKOFF_SECONDS = 8.0
 MAX_RETRY_AFTER_SECONDS = 10.0
@@ -158,15 +157,6 @@ class _NoRedirects(requests.Session):
 
     def get_redirect_target(self, resp: requests.Response) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """Bitbucket's answer, read and bounded: what the client works with after a request."""
-
-    status: int
-    content_type: str
-    body: bytes
 
 
 class BitbucketClient:
@@ -378,7 +368,7 @@ class BitbucketClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         retry: bool = True,
-    ) -> _Answer:
+    ) -> Answer:
         try:
             response = self._sessions[retry].request(
                 method,
@@ -396,7 +386,7 @@ class BitbucketClient:
             attempts = _attempts(response)
             if 300 <= status < 400:
                 raise BitbucketRequestFailed(
-                    f"{step}: Bitbucket answered HTTP {status}, a redirect to {_location(response.headers)}, which "
+                    f"{step}: Bitbucket answered HTTP {status}, a redirect to {location(response.headers)}, which "
                     "is never followed (the maintenance token would go with it): check base_url and the proxy "
                     "in front of Bitbucket",
                     status,
@@ -431,8 +421,8 @@ class BitbucketClient:
                 raise BitbucketUnavailable(f"{step}: HTTP {status} after {_times(attempts)}")
             if status < 200:
                 raise BitbucketBadResponse(f"{step}: Bitbucket answered HTTP {status}, which is not an answer")
-            answer = _Answer(status, _content_type(response.headers), self._read(step, response))
-        _check_success_body(step, answer)
+            answer = Answer(status, content_type(response.headers), self._read(step, response))
+        check_success_body(step, answer)
         return answer
 
     def _read(self, step: str, response: requests.Response) -> bytes:
@@ -476,8 +466,8 @@ class BitbucketClient:
         return what
 
     @staticmethod
-    def _json(step: str, answer: _Answer) -> dict[str, Any]:
-        body = _parse_json(step, answer)
+    def _json(step: str, answer: Answer) -> dict[str, Any]:
+        body = parse_json(step, answer)
         if not isinstance(body, dict):
             raise BitbucketBadResponse(f"{step}: HTTP {answer.status} with JSON that is not an object")
         return body
@@ -490,98 +480,6 @@ def _attempts(response: requests.Response) -> int:
 
 def _times(attempts: int) -> str:
     return f"{attempts} attempt{'s' * (attempts > 1)}"
-
-
-def _content_type(headers: Any) -> str:
-    return str(headers.get("Content-Type", "")).split(";")[0].strip().lower()
-
-
-def _location(headers: Any) -> str:
-    """Where a redirect pointed, for a person to read: scheme, host and path only. The query and any user:password@
-    are dropped (a token may be in them), and so is anything unprintable."""
-    raw = str(headers.get("Location") or "")
-    if not raw:
-        return "nowhere (no Location header)"
-    try:
-        parts = urlsplit(raw.strip())
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "an unreadable Location"
-    shown = (f"{parts.scheme}://{host}{port}" if host else "") + parts.path
-    shown = re.sub(r"[^\x21-\x7e]", "", shown)[:200] or "/"
-    return redact(shown) + (" (query not shown)" if parts.query else "")
-
-
-def _parse_json(step: str, answer: _Answer, invalid: str | None = None) -> Any:
-    """The body's JSON; a body that is not JSON is a bad answer described by `invalid` (default: its type)."""
-
-    def bad() -> BitbucketBadResponse:
-        what = invalid or answer.content_type or "no content type"
-        return BitbucketBadResponse(
-            f"{step}: HTTP {answer.status} with a body that is not JSON ({what})"
-            + ("" if invalid else "; a proxy or load balancer may have answered")
-        )
-
-    try:
-        text = answer.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad() from None
-    depth = _nesting(text)
-    if depth > MAX_JSON_DEPTH:
-        raise BitbucketBadResponse(
-            f"{step}: HTTP {answer.status} with JSON nested {depth if depth <= 1000 else 'over 1000'} levels deep "
-            f"(at most {MAX_JSON_DEPTH} are accepted); this is not Bitbucket's answer"
-        )
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise bad() from None
-
-
-_SPECIAL = re.compile(r'[\[\]{}"\\]')
-
-
-def _nesting(text: str) -> int:
-    """How deep arrays and objects nest, strings skipped: one linear pass over the special characters only (a
-    regular expression for whole strings backtracks quadratically on hostile input). Stops past 1000."""
-    depth = deepest = 0
-    in_string = False
-    escaped_at = -1  # the position a backslash inside a string escapes
-    for found in _SPECIAL.finditer(text):
-        char, at = found.group(), found.start()
-        if in_string:
-            if at == escaped_at:
-                continue
-            if char == "\\":
-                escaped_at = at + 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > 1000:
-                    break
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-def _check_success_body(step: str, answer: _Answer) -> None:
-    """Bitbucket's maintenance API answers JSON or nothing. A 2xx with an HTML page or broken JSON comes from
-    something in between (a proxy, a login page) and means the request did not reach Bitbucket as intended."""
-    text = answer.body.strip()
-    if not text:
-        return
-    if answer.content_type == "text/html" or text.startswith(b"<"):
-        raise BitbucketBadResponse(
-            f"{step}: HTTP {answer.status} with a body that is not JSON (text/html); "
-            "a proxy or load balancer may have answered"
-        )
-    _parse_json(step, answer, invalid="truncated or invalid")
 
 
 def _reason(error: requests.RequestException) -> str:

@@ -13,14 +13,10 @@ Run it by hand with ``python -m rehearsal.bitbucket_simulator --port 7990``.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import contextlib
 import copy
-import hmac
 import json
 import re
-import secrets
 import socket
 import sys
 import threading
@@ -32,9 +28,15 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from rehearsal.bitbucket_maintenance import (
+    Maintenance,
+    Response,
+    error_response,
+)
+from rehearsal.redirect_target import ArrivedRequest, RedirectTarget
+
 __all__ = ["ENDPOINTS", "ArrivedRequest", "BitbucketSimulator", "RedirectTarget", "main"]
 
-MAINTENANCE_TOKEN_HEADER = "X-Atlassian-Maintenance-Token"
 
 # (method, path) -> endpoint name used by inject(); the query string is checked by each action.
 _ROUTES: dict[tuple[str, str], str] = {
@@ -63,24 +65,6 @@ _SUCCESS_STATUS: dict[str, int] = {
     "properties": 200,
     "repository": 200,
 }
-# A strict integer: int() would also accept " 5", "+5" and "5_0", which a real server may not.
-_PERCENTAGE_RE = re.compile(r"^[0-9]{1,3}$")
-
-
-def _hint(token: str | None) -> str | None:
-    """A short, non-secret prefix: events must never carry a whole token."""
-    return None if token is None else token[:6] + "..."
-
-
-def _same(a: str | None, b: str | None) -> bool:
-    # Constant-time like the real thing; None never matches anything.
-    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
-
-
-def _build_number(version: str) -> str:
-    # Bitbucket's scheme: 8.19.1 -> "8019001".
-    parts = [int(p) if p.isdigit() else 0 for p in [*version.split("."), "0", "0"][:3]]
-    return str(parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2])
 
 
 @dataclass
@@ -99,23 +83,6 @@ class _Fault:
     @property
     def replaces_response(self) -> bool:
         return self.drop or self.status is not None or self.body is not None or self.redirect_to is not None
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    content_type: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _json(status: int, payload: Any) -> _Response:
-    return _Response(status, json.dumps(payload).encode(), "application/json")
-
-
-def _error(status: int, message: str, exception: str | None = None) -> _Response:
-    # Bitbucket's REST error shape.
-    return _json(status, {"errors": [{"context": None, "message": message, "exceptionName": exception}]})
 
 
 class _Server(ThreadingHTTPServer):
@@ -173,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.sim._dispatch(self, "PATCH")
 
 
-class BitbucketSimulator:
+class BitbucketSimulator(Maintenance):
     """A Bitbucket maintenance-API server on a real socket; see the module docstring."""
 
     def __init__(
@@ -189,32 +156,19 @@ class BitbucketSimulator:
         non_admin: tuple[str, str] | None = None,
         repositories: dict[str, int] | None = None,
     ) -> None:
-        self._username = username
-        self._password = password
-        self._drain_seconds = drain_seconds
-        self._version = version
+        super().__init__(
+            username,
+            password,
+            drain_seconds=drain_seconds,
+            version=version,
+            tokens=tokens,
+            non_admin=non_admin,
+            repositories=repositories,
+        )
         self._host = host
         self._port = port
-        self._tokens: frozenset[str] = frozenset(tokens or ())
-        self._non_admin = non_admin
-        # "PROJECT/slug" -> repository id, answered by the repository endpoint.
-        self._repositories = dict(repositories or {})
-
-        self._lock = threading.RLock()
-        self._locked = False
-        self._unlock_token: str | None = None
-        self._lock_owner: str | None = None
-        self._task: dict[str, Any] | None = None
-        self._task_started_at = 0.0
-        self._drained_recorded = False
-        # The task belongs to the current maintenance window; after unlock, polls no longer show it.
-        self._task_in_window = False
-        self._progress_history: list[int] = []
-        self._events: list[tuple[float, str, dict[str, Any]]] = []
         self._requests: list[tuple[str, str, int]] = []
         self._faults: dict[str, list[_Fault]] = {}
-        # Every token handed out, so tests can search logs and messages for any of them.
-        self._issued: list[str] = []
 
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -320,11 +274,6 @@ class BitbucketSimulator:
         with self._lock:
             return [*self._issued, self._password]
 
-    def _issue(self) -> str:
-        token = secrets.token_hex(20)
-        self._issued.append(token)
-        return token
-
     def event_names(self) -> list[str]:
         """Just the names from ``events``, in order: what most assertions need."""
         return [name for _, name, _ in self.events]
@@ -425,61 +374,6 @@ class BitbucketSimulator:
         with self._lock:
             self._faults.clear()
 
-    # ------------------------------------------------------------ state changes
-    # All of these run with self._lock held.
-
-    def _event(self, name: str, at: float | None = None, **details: Any) -> None:
-        self._events.append((time.monotonic() if at is None else at, name, details))
-
-    def _drained_at(self) -> float | None:
-        if self._drain_seconds is None:
-            return None
-        return self._task_started_at + self._drain_seconds
-
-    def _advance(self) -> None:
-        """Apply time-based transitions (draining -> DRAINED) lazily, stamped with when they happened."""
-        task = self._task
-        if task is None or task["state"] != "RUNNING" or self._drained_recorded:
-            return
-        drained_at = self._drained_at()
-        if drained_at is not None and time.monotonic() >= drained_at:
-            self._drained_recorded = True
-            if not self._progress_history:
-                task["progress"] = {"message": "Waiting for the external backup to start", "percentage": 10}
-            self._event("drained", at=drained_at, task=_hint(task["id"]))
-
-    def _latch_states(self) -> tuple[str, str]:
-        task = self._task
-        if task is None or not self._task_in_window or task["state"] != "RUNNING":
-            return "AVAILABLE", "AVAILABLE"
-        if self._drained_recorded:
-            return "DRAINED", "DRAINED"
-        return "DRAINING", "DRAINING"
-
-    def _take_lock(self, owner: str) -> str:
-        token = secrets.token_hex(20)
-        self._issued.append(token)
-        self._locked, self._unlock_token, self._lock_owner = True, token, owner
-        self._task_in_window = False  # a task from an earlier window is not part of this one
-        self._event("locked", owner=owner, token=_hint(token))
-        return token
-
-    def _release_lock(self) -> None:
-        if self._task is not None and self._task["state"] == "RUNNING":
-            self._end_task("CANCELLED", "Backup cancelled: maintenance mode ended", by="unlock")
-        owner = self._lock_owner
-        self._locked, self._unlock_token, self._lock_owner = False, None, None
-        self._task_in_window = False
-        self._event("unlocked", owner=owner)
-
-    def _end_task(self, state: str, message: str, *, by: str) -> None:
-        task = self._task
-        assert task is not None
-        task["state"] = state
-        task["progress"] = {"message": message, "percentage": task["progress"]["percentage"]}
-        name = {"CANCELLED": "cancelled", "FAILED": "failed", "COMPLETED": "completed"}[state]
-        self._event(name, task=_hint(task["id"]), by=by)
-
     # ------------------------------------------------------------------- HTTP
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
@@ -519,16 +413,16 @@ class BitbucketSimulator:
         if endpoint is None:
             if path in _KNOWN_PATHS:
                 allowed = ", ".join(sorted(m for m, p in _ROUTES if p == path))
-                resp = _error(405, f"Method {method} is not allowed on {path}")
+                resp = error_response(405, f"Method {method} is not allowed on {path}")
                 resp.headers["Allow"] = allowed
             else:
                 not_found = "com.atlassian.bitbucket.NoSuchResourceException"
-                resp = _error(404, f"No resource at {path}", not_found)
+                resp = error_response(404, f"No resource at {path}", not_found)
             self._send(handler, method, path, resp)
             return
 
         fault = self._take_fault(endpoint)
-        resp = _error(500, "Simulator error: no response produced")
+        resp = error_response(500, "Simulator error: no response produced")
         try:
             if fault is None:
                 resp = self._perform(endpoint, handler, query)
@@ -553,7 +447,7 @@ class BitbucketSimulator:
         except Exception as exc:  # a bug here or in a test's before hook must surface, not hang the client
             with self._lock:
                 self._event("internal-error", endpoint=endpoint, error=repr(exc))
-            resp = _error(500, f"Simulator error: {exc!r}")
+            resp = error_response(500, f"Simulator error: {exc!r}")
         self._send(handler, method, path, resp)
 
     @staticmethod
@@ -570,20 +464,20 @@ class BitbucketSimulator:
         return "+".join(name for name, on in flags.items() if on) or "before"
 
     @staticmethod
-    def _fault_response(endpoint: str, fault: _Fault, request_path: str) -> _Response:
+    def _fault_response(endpoint: str, fault: _Fault, request_path: str) -> Response:
         if fault.redirect_to is not None:
-            resp = _Response(fault.status or 302)
+            resp = Response(fault.status or 302)
             resp.headers["Location"] = fault.redirect_to.rstrip("/") + request_path
             return resp
         status = fault.status if fault.status is not None else _SUCCESS_STATUS[endpoint]
         if fault.body is None:
             if status >= 400:
-                return _error(status, f"Injected fault: HTTP {status}")
-            return _Response(status)
+                return error_response(status, f"Injected fault: HTTP {status}")
+            return Response(status)
         # A raw body: HTML from a proxy, truncated JSON, ... labelled the way a proxy would.
         looks_html = fault.body.lstrip().startswith("<")
         content_type = "text/html; charset=utf-8" if looks_html else "application/json"
-        return _Response(status, fault.body.encode(), content_type)
+        return Response(status, fault.body.encode(), content_type)
 
     def _drop(self, handler: BaseHTTPRequestHandler, method: str, path: str) -> None:
         with self._lock:
@@ -593,7 +487,7 @@ class BitbucketSimulator:
         with contextlib.suppress(OSError):
             handler.connection.shutdown(socket.SHUT_RDWR)
 
-    def _send(self, handler: BaseHTTPRequestHandler, method: str, path: str, resp: _Response) -> None:
+    def _send(self, handler: BaseHTTPRequestHandler, method: str, path: str, resp: Response) -> None:
         with self._lock:
             self._requests.append((method, path, resp.status))
         try:
@@ -607,305 +501,6 @@ class BitbucketSimulator:
             handler.wfile.write(resp.body)
         except OSError:
             handler.close_connection = True  # the client gave up (e.g. timed out during a delay)
-
-    # ------------------------------------------------------------------ actions
-
-    def _authenticate(self, handler: BaseHTTPRequestHandler) -> tuple[str, bool] | None:
-        """(user name, is admin), or None when the credentials are missing or wrong."""
-        header = handler.headers.get("Authorization") or ""
-        scheme, _, value = header.partition(" ")
-        value = value.strip()
-        if scheme.lower() == "bearer":
-            # Personal access tokens belong to the admin user.
-            return (self._username, True) if any(_same(value, t) for t in self._tokens) else None
-        if scheme.lower() != "basic":
-            return None
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user, sep, password = decoded.partition(":")
-        if not sep:
-            return None
-        if _same(user, self._username) and _same(password, self._password):
-            return user, True
-        other = self._non_admin
-        if other is not None and _same(user, other[0]) and _same(password, other[1]):
-            return user, False
-        return None
-
-    def _perform(self, endpoint: str, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> _Response:
-        if endpoint == "status":
-            with self._lock:
-                return _json(200, {"state": "MAINTENANCE" if self._locked else "RUNNING"})
-
-        auth = self._authenticate(handler)
-        if auth is None:
-            with self._lock:
-                self._event("auth-failed", endpoint=endpoint)
-            resp = _error(
-                401,
-                "Authentication failed. Please check your credentials and try again.",
-                "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException",
-            )
-            resp.headers["WWW-Authenticate"] = 'Basic realm="Atlassian Bitbucket"'
-            return resp
-        if endpoint == "properties":
-            return _json(
-                200,
-                {
-                    "version": self._version,
-                    "buildNumber": _build_number(self._version),
-                    "buildDate": "1700000000000",
-                    "displayName": "Bitbucket",
-                },
-            )
-        if endpoint == "repository":
-            name = query["_repository"][0]
-            if name not in self._repositories:
-                return _error(
-                    404,
-                    f"Repository {name} does not exist.",
-                    "com.atlassian.bitbucket.repository.NoSuchRepositoryException",
-                )
-            project, slug = name.split("/", 1)
-            return _json(200, {"id": self._repositories[name], "slug": slug, "project": {"key": project}})
-        user, is_admin = auth
-        if not is_admin:
-            with self._lock:
-                self._event("forbidden", endpoint=endpoint, user=user)
-            return _error(
-                403,
-                "You are not permitted to access this resource",
-                "com.atlassian.bitbucket.AuthorisationException",
-            )
-
-        def param(name: str) -> str | None:
-            values = query.get(name)
-            return values[0] if values else None
-
-        with self._lock:
-            self._advance()
-            if endpoint == "lock":
-                return self._do_lock(user)
-            if endpoint == "unlock":
-                return self._do_unlock(param("token"))
-            if endpoint == "start":
-                return self._do_start(param("external"), handler.headers.get(MAINTENANCE_TOKEN_HEADER))
-            if endpoint == "poll":
-                return self._do_poll()
-            if endpoint == "progress":
-                return self._do_progress(param("token"), param("percentage"))
-            if endpoint == "cancel":
-                return self._do_cancel(param("token"))
-        raise AssertionError(f"unhandled endpoint {endpoint}")
-
-    def _do_lock(self, user: str) -> _Response:
-        if self._locked:
-            self._event("lock-refused", requested_by=user, owner=self._lock_owner)
-            return _error(409, f"Bitbucket is already locked for maintenance by {self._lock_owner}")
-        token = self._take_lock(user)
-        return _json(202, {"unlockToken": token, "owner": {"displayName": user, "name": user}})
-
-    def _do_unlock(self, token: str | None) -> _Response:
-        if not self._locked or not _same(token, self._unlock_token):
-            reason = "not locked" if not self._locked else "wrong token"
-            self._event("unlock-refused", reason=reason)
-            return _error(409, f"Cannot unlock: {reason}")
-        self._release_lock()
-        return _Response(202)
-
-    def _do_start(self, external: str | None, token: str | None) -> _Response:
-        if external != "true":
-            # Only the external (DIY) backup is simulated; the built-in one takes no part here.
-            self._event("start-refused", reason="external=true missing")
-            return _error(400, "Only external backups are supported: add ?external=true")
-        if not self._locked or not _same(token, self._unlock_token):
-            reason = "not locked" if not self._locked else "wrong or missing maintenance token"
-            self._event("start-refused", reason=reason)
-            return _error(409, f"Cannot start a backup: {reason}")
-        if self._task is not None and self._task["state"] == "RUNNING":
-            self._event("start-refused", reason="a backup is already running")
-            return _error(409, "A backup is already running")
-        self._task = {
-            "id": secrets.token_hex(20),
-            "cancelToken": self._issue(),
-            "state": "RUNNING",
-            "progress": {"message": "Closing connections to the current database", "percentage": 5},
-            "type": "BACKUP",
-        }
-        self._task_started_at = time.monotonic()
-        self._drained_recorded = False
-        self._task_in_window = True
-        self._progress_history = []
-        self._event("backup-started", at=self._task_started_at, task=_hint(self._task["id"]))
-        if self._drain_seconds is not None and self._drain_seconds <= 0:
-            self._advance()
-        return _json(202, copy.deepcopy(self._task))
-
-    def _do_poll(self) -> _Response:
-        db_state, scm_state = self._latch_states()
-        payload: dict[str, Any] = {"db-state": db_state, "scm-state": scm_state}
-        if self._task is not None and self._task_in_window:
-            payload = {"task": {k: v for k, v in self._task.items() if k != "cancelToken"}, **payload}
-        return _json(200, payload)
-
-    def _do_progress(self, token: str | None, percentage: str | None) -> _Response:
-        if not self._locked or not _same(token, self._unlock_token):
-            self._event("progress-refused", reason="wrong token" if self._locked else "not locked")
-            return _error(409, "Invalid maintenance token")
-        if percentage is None or not _PERCENTAGE_RE.match(percentage) or int(percentage) > 100:
-            self._event("progress-refused", reason="invalid percentage", percentage=percentage)
-            return _error(400, f"percentage must be an integer between 0 and 100, got {percentage!r}")
-        task = self._task
-        if task is None or not self._task_in_window or task["state"] != "RUNNING":
-            self._event("progress-refused", reason="no running backup")
-            return _error(409, "No backup is running")
-        if self._latch_states() != ("DRAINED", "DRAINED"):
-            self._event("progress-refused", reason="not drained yet")
-            return _error(409, "The database and SCM are not drained yet")
-        value = int(percentage)
-        self._progress_history.append(value)
-        # The UI shows 10 % for Bitbucket's own preparation and 90 % for the external backup.
-        task["progress"] = {"message": "Backing up (external)", "percentage": 10 + value * 90 // 100}
-        self._event("progress", percentage=value)
-        if value == 100:
-            self._end_task("COMPLETED", "Backup complete", by="client")
-        return _Response(202)
-
-    def _do_cancel(self, token: str | None) -> _Response:
-        task = self._task
-        if task is None or not _same(token, task["cancelToken"]):
-            self._event("cancel-refused", reason="wrong cancel token")
-            return _error(409, "Invalid cancel token")
-        if task["state"] != "RUNNING":
-            self._event("cancel-refused", reason=f"task is {task['state']}")
-            return _error(409, f"The backup is not running ({task['state']})")
-        self._end_task("CANCELLED", "Backup cancelled", by="client")
-        return _Response(202)
-
-
-@dataclass(frozen=True)
-class ArrivedRequest:
-    """One request that reached a RedirectTarget, as it arrived."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-    def carries(self, secret: str) -> bool:
-        """Whether the secret arrived anywhere: request line, query or any header (Authorization included)."""
-        texts = [self.path, *(v for values in self.query.values() for v in values), *self.headers.values()]
-        basic = [self.headers.get(k, "") for k in self.headers if k.lower() == "authorization"]
-        for value in basic:
-            scheme, _, encoded = value.partition(" ")
-            if scheme.lower() == "basic":
-                with contextlib.suppress(binascii.Error, UnicodeDecodeError):
-                    texts.append(base64.b64decode(encoded.strip(), validate=True).decode("utf-8"))
-        return any(secret in text for text in texts)
-
-
-class _TargetHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "RedirectTarget/1.0"
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _record(self) -> None:
-        length_header = self.headers.get("Content-Length") or "0"
-        if length_header.isdigit() and int(length_header) > 0:
-            self.rfile.read(int(length_header))
-        parts = urlsplit(self.path)
-        arrived = ArrivedRequest(
-            self.command, parts.path, parse_qs(parts.query, keep_blank_values=True), dict(self.headers.items())
-        )
-        target = cast("_TargetServer", self.server).target
-        with target._lock:
-            target._arrived.append(arrived)
-        # An answer a naive client would take for success: 200 and an empty JSON object.
-        body = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _record
-
-
-class _TargetServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], target: RedirectTarget) -> None:
-        self.target = target
-        super().__init__(address, _TargetHandler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-class RedirectTarget:
-    """Another origin on 127.0.0.1 that a redirect may point at (a rogue proxy's, or an attacker's). It answers
-    every request with 200 ``{}`` and records it, so a test can show that no token or password ever arrived."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        if not host.startswith("127."):
-            raise ValueError("the redirect target listens on 127.0.0.0/8 only")
-        self._host = host
-        self._lock = threading.Lock()
-        self._arrived: list[ArrivedRequest] = []
-        self._server: _TargetServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> RedirectTarget:
-        self._server = _TargetServer((self._host, 0), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="redirect-target", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-    def __enter__(self) -> RedirectTarget:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("redirect target not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
-    def arrived(self) -> list[ArrivedRequest]:
-        with self._lock:
-            return list(self._arrived)
-
-    def received(self, secret: str) -> bool:
-        """Whether any request that arrived here carried the secret."""
-        return any(request.carries(secret) for request in self.arrived)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ like AWS (rehearsal/moto_fixes.py).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pwd
@@ -20,16 +19,15 @@ import shutil
 import tempfile
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitbucket_backup_cli.base import DEFAULT_STACK
-from rehearsal import iam, latency, moto_fixes, ssm_documents
+from rehearsal import iam, latency, moto_fixes
 from rehearsal.aws_endpoint import moto_endpoint
 from rehearsal.cfn_resolver import Resolver
+from rehearsal.deployer import Deployer
 from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION, set_fake_credentials
 from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
 from rehearsal.lambda_asset import built_asset
@@ -165,7 +163,11 @@ class Rehearsal:
             self.runtime.endpoint, self.runtime.asset = moto_endpoint(), built_asset()
         self._stack.enter_context(latency.applied(self.latency))
         self._redirect_logs()
-        self._deploy(template)
+        deployed = Deployer(self.client, self.resolver).deploy(template)
+        self.state_machines, self.topic_arn, self.table = deployed.state_machines, deployed.topic_arn, deployed.table
+        self.parameters, self.definitions, self.rules = deployed.parameters, deployed.definitions, deployed.rules
+        if deployed.archive_bucket is not None:
+            self.archive_bucket = deployed.archive_bucket
         # The harness's own catalog calls (tags it writes, the snapshots it lists) are this deployment's.
         os.environ["DEPLOYMENT_ID"] = self.resolver(template["Outputs"]["DeploymentId"]["Value"])
         self._create_world()
@@ -204,143 +206,6 @@ class Rehearsal:
 
         # The same cached clients the handlers use: creating a boto3 client costs tens of milliseconds.
         return client(service, REGION)
-
-    # --- deploying the template into moto -----------------------------------------------------------------------
-
-    def _deploy(self, template: dict[str, Any]) -> None:
-        resources: dict[str, dict[str, Any]] = template["Resources"]
-        r = self.resolver
-        # The state machines' role: moto's interpreter signs as the harness whatever it is (rehearsal/iam.py).
-        role_arn = self.client("iam").create_role(
-            RoleName="rehearsal-state-machines",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
-        )["Role"]["Arn"]
-        order = [
-            "AWS::IAM::Role",
-            "AWS::IAM::ManagedPolicy",
-            "AWS::IAM::Policy",
-            "AWS::KMS::Key",
-            "AWS::SNS::Topic",
-            "AWS::DynamoDB::Table",
-            "AWS::SSM::Parameter",
-            "AWS::S3::Bucket",
-            "AWS::SSM::Document",
-            "AWS::Lambda::Function",
-            "AWS::StepFunctions::StateMachine",
-            "AWS::Events::Rule",
-        ]
-        for kind in order:
-            for logical, resource in resources.items():
-                if resource["Type"] == kind:
-                    self._create(logical, kind, resource.get("Properties", {}), role_arn)
-        self.state_machines = {
-            logical: r.refs[logical]
-            for logical, res in resources.items()
-            if res["Type"] == "AWS::StepFunctions::StateMachine"
-        }
-        self.topic_arn = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::SNS::Topic")
-        self.table = next(r.refs[k] for k, v in resources.items() if v["Type"] == "AWS::DynamoDB::Table")
-        self.parameters = {
-            v["Properties"]["Name"]: v["Properties"]["Value"]
-            for v in resources.values()
-            if v["Type"] == "AWS::SSM::Parameter"
-        }
-
-    def _create(self, logical: str, kind: str, props: dict[str, Any], role_arn: str) -> None:
-        r = self.resolver
-        if kind.startswith("AWS::IAM::"):
-            self._create_iam(logical, kind, props)
-        elif kind == "AWS::KMS::Key":
-            key = self.client("kms").create_key(Description=logical)["KeyMetadata"]
-            r.refs[logical], r.attrs[(logical, "Arn")] = key["KeyId"], key["Arn"]
-        elif kind == "AWS::SNS::Topic":
-            arn = self.client("sns").create_topic(Name=logical)["TopicArn"]
-            r.refs[logical], r.attrs[(logical, "TopicArn")] = arn, arn
-        elif kind == "AWS::DynamoDB::Table":
-            table = self.client("dynamodb").create_table(
-                TableName=logical,
-                KeySchema=props["KeySchema"],
-                AttributeDefinitions=props["AttributeDefinitions"],
-                BillingMode="PAY_PER_REQUEST",
-            )["TableDescription"]
-            r.refs[logical], r.attrs[(logical, "Arn")] = logical, table["TableArn"]
-        elif kind == "AWS::SSM::Parameter":
-            self.client("ssm").put_parameter(Name=props["Name"], Value=r(props["Value"]), Type="String")
-            r.refs[logical] = props["Name"]
-        elif kind == "AWS::SSM::Document":
-            r.refs[logical] = ssm_documents.create(self.client("ssm"), props, r)
-        elif kind == "AWS::S3::Bucket":
-            s3 = self.client("s3")
-            # Named as CloudFormation names a bucket: the stack's name, the logical id and a random suffix.
-            name = props.get("BucketName") or f"{DEFAULT_STACK.lower()}-{logical.lower()}-{uuid.uuid4().hex[:12]}"[:63]
-            locked = bool(props.get("ObjectLockEnabled"))
-            s3.create_bucket(
-                Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}, ObjectLockEnabledForBucket=locked
-            )
-            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
-                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-            if locked and props.get("ObjectLockConfiguration"):
-                s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration=props["ObjectLockConfiguration"])
-            r.refs[logical], r.attrs[(logical, "Arn")] = name, f"arn:aws:s3:::{name}"
-            self.archive_bucket = name
-        elif kind == "AWS::Lambda::Function":
-            code = io.BytesIO()
-            with zipfile.ZipFile(code, "w") as archive:
-                archive.writestr("README", "the rehearsal's workers run the bundled asset (rehearsal/lambda_asset.py)")
-            fn = self.client("lambda").create_function(
-                FunctionName=logical,
-                Runtime="python3.13",
-                Role=r(props["Role"]),
-                Handler=props["Handler"],
-                Code={"ZipFile": code.getvalue()},
-                Timeout=props.get("Timeout", 60),
-                MemorySize=props.get("MemorySize", 128),
-                Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
-                Description=r(props.get("Description", "")),
-            )
-            r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
-        elif kind == "AWS::Events::Rule":
-            # Kept here and delivered by `wait`: moto's EventBridge does not see Step Functions status changes.
-            self.rules.append((r(props["EventPattern"]), [r(t["Arn"]) for t in props.get("Targets", [])]))
-        elif kind == "AWS::StepFunctions::StateMachine":
-            definition = r(props["DefinitionString"])
-            # A fixed name counts (the functions recognise the drill's restore machine by it); else the logical id.
-            name = props.get("StateMachineName") or logical
-            arn = self.client("stepfunctions").create_state_machine(name=name, definition=definition, roleArn=role_arn)[
-                "stateMachineArn"
-            ]
-            r.refs[logical], r.attrs[(logical, "Name")] = arn, name
-            self.definitions = getattr(self, "definitions", {})
-            self.definitions[logical] = json.loads(definition)
-
-    def _create_iam(self, logical: str, kind: str, props: dict[str, Any]) -> None:
-        """The template's roles and their policies, as moto can evaluate them (rehearsal/iam.py)."""
-        client, r = self.client("iam"), self.resolver
-        if kind == "AWS::IAM::Role":
-            made = client.create_role(
-                RoleName=logical[:64], AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"])
-            )["Role"]
-            r.refs[logical], r.attrs[(logical, "Arn")] = made["RoleName"], made["Arn"]
-            for policy in props.get("Policies", []):
-                inline = json.dumps(iam.for_moto(policy["PolicyDocument"]))
-                client.put_role_policy(
-                    RoleName=made["RoleName"], PolicyName=policy["PolicyName"], PolicyDocument=inline
-                )
-            for managed in props.get("ManagedPolicyArns", []):
-                arn = r(managed)
-                if arn.startswith("arn:aws:iam::aws:policy/"):  # AWS's own, e.g. basic execution: logs only
-                    continue
-                client.attach_role_policy(RoleName=made["RoleName"], PolicyArn=arn)
-        elif kind == "AWS::IAM::ManagedPolicy":
-            managed_document = json.dumps(iam.for_moto(props["PolicyDocument"]))
-            arn = client.create_policy(PolicyName=logical[:128], PolicyDocument=managed_document)["Policy"]["Arn"]
-            r.refs[logical] = arn
-            for role in props.get("Roles", []):
-                client.attach_role_policy(RoleName=r(role), PolicyArn=arn)
-        elif kind == "AWS::IAM::Policy":
-            document = json.dumps(iam.for_moto(props["PolicyDocument"]))
-            for role in props.get("Roles", []):
-                client.put_role_policy(RoleName=r(role), PolicyName=props["PolicyName"], PolicyDocument=document)
 
     # --- the demo instance's AWS resources -----------------------------------------------------------------------
 

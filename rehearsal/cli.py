@@ -20,15 +20,8 @@ from rehearsal.latency import LatencyModel
 from rehearsal.runtime import Rehearsal, RunResult, local_simulator
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m rehearsal",
-        description="Run the synthesized backup state machine locally (moto) against a Bitbucket simulator "
-        "or your staging Bitbucket.",
-    )
-    parser.add_argument("--bitbucket-url", help="use this Bitbucket (e.g. staging) instead of the local simulator")
-    parser.add_argument("--username", default="admin", help="Bitbucket system administrator (default: admin)")
-    parser.add_argument("--password", help="password (default: $BITBUCKET_PASSWORD, or 'admin' for the simulator)")
+def add_world_options(parser: argparse.ArgumentParser) -> None:
+    """The world's options, which `python -m rehearsal` and `python -m rehearsal serve` share."""
     parser.add_argument(
         "--drain-timeout",
         type=int,
@@ -73,6 +66,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="every AWS call waits for its round trip in a region (rehearsal/latency.py), as `make bench` does",
     )
+
+
+def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.home_strategy == "none" and args.db_strategy == "none":
+        parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
+    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy == "postgresql"):
+        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home) or postgresql (database)")
+    if args.drain_timeout < 1 or args.poll_interval < 0:
+        parser.error("--drain-timeout must be at least 1 and --poll-interval at least 0")
+
+
+def world_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Rehearsal's keyword arguments for these options."""
+    return {
+        "home": args.home_strategy,
+        "database": args.db_strategy,
+        "timing": {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval},
+        "instance_overrides": {"zero_downtime": True} if args.zero_downtime else None,
+        "latency_model": LatencyModel() if args.latency else None,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rehearsal",
+        description="Run the synthesized backup state machine locally (moto) against a Bitbucket simulator "
+        "or your staging Bitbucket.",
+        epilog="python -m rehearsal serve: the same world, served as an AWS endpoint on 127.0.0.1 for the "
+        "bitbucket-backup command line until Ctrl-C (python -m rehearsal serve --help).",
+    )
+    parser.add_argument("--bitbucket-url", help="use this Bitbucket (e.g. staging) instead of the local simulator")
+    parser.add_argument("--username", default="admin", help="Bitbucket system administrator (default: admin)")
+    parser.add_argument("--password", help="password (default: $BITBUCKET_PASSWORD, or 'admin' for the simulator)")
+    add_world_options(parser)
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -81,12 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the restore of the new backup into new resources that follows it",
     )
     args = parser.parse_args(argv)
-    if args.home_strategy == "none" and args.db_strategy == "none":
-        parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
-    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy == "postgresql"):
-        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home) or postgresql (database)")
-    if args.drain_timeout < 1 or args.poll_interval < 0:
-        parser.error("--drain-timeout must be at least 1 and --poll-interval at least 0")
+    check_world_options(parser, args)
     return args
 
 
@@ -215,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     if password is None:
         print("error: give --password or set BITBUCKET_PASSWORD for an external Bitbucket", file=sys.stderr)
         return 2
-    timing = {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval}
     with contextlib.ExitStack() as stack:
         url = args.bitbucket_url
         if not url:
@@ -233,16 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print("Synthesizing the CDK app and deploying it into moto …", flush=True)
         rehearsal = stack.enter_context(
-            Rehearsal(
-                url,
-                username=args.username,
-                password=password,
-                home=args.home_strategy,
-                database=args.db_strategy,
-                timing=timing,
-                instance_overrides={"zero_downtime": True} if args.zero_downtime else None,
-                latency_model=LatencyModel() if args.latency else None,
-            )
+            Rehearsal(url, username=args.username, password=password, **world_settings(args))
         )
         if not args.quiet:
             rehearsal.logs.listener = lambda record: print(record["seed"], flush=True) if "seed" in record else None

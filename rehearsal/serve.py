@@ -21,6 +21,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from rehearsal.cli import add_world_options, check_world_options, world_settings
 from rehearsal.fake_account import REGION
 from rehearsal.runtime import Rehearsal, local_simulator
 
@@ -120,29 +121,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Bitbucket simulator) as an AWS endpoint on 127.0.0.1 for the bitbucket-backup command line, until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
-    parser.add_argument(
-        "--drain-seconds", type=float, default=2.0, metavar="SECONDS", help="how long the simulator takes to drain"
-    )
-    parser.add_argument(
-        "--poll-interval", type=int, default=1, metavar="SECONDS", help="seconds between drain polls (default 1)"
-    )
-    parser.add_argument(
-        "--drain-timeout", type=int, default=60, metavar="SECONDS", help="fail if not DRAINED after this long"
-    )
-    parser.add_argument("--home-strategy", choices=["amazon-ebs", "none"], default="amazon-ebs")
-    parser.add_argument("--db-strategy", choices=["amazon-rds", "amazon-aurora", "none"], default="amazon-rds")
+    add_world_options(parser)
     parser.add_argument("--quiet", action="store_true", help="do not print Bitbucket's progress lines")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
-    if args.home_strategy == "none" and args.db_strategy == "none":
-        parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
+    check_world_options(parser, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    timing = {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval}
     if args.port:
         try:  # before the seconds of setting up the world
             with socket.socket() as probe:
@@ -151,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot listen on {HOST}:{args.port}: {error.strerror or error}", file=sys.stderr)
             return 1
     with contextlib.ExitStack() as stack:
-        simulator = stack.enter_context(local_simulator(drain_seconds=args.drain_seconds))
+        simulator = stack.enter_context(
+            local_simulator(drain_seconds=args.drain_seconds, version=args.bitbucket_version)
+        )
         print(f"Bitbucket simulator on {simulator.url} (drains in {args.drain_seconds:g} s)")
         print("Synthesizing the CDK app and deploying it into moto …", flush=True)
-        rehearsal = stack.enter_context(
-            Rehearsal(simulator.url, home=args.home_strategy, database=args.db_strategy, timing=timing)
-        )
+        rehearsal = stack.enter_context(Rehearsal(simulator.url, **world_settings(args)))
         try:
             endpoint = stack.enter_context(LocalEndpoint(rehearsal, args.port))
         except OSError as error:
@@ -170,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cli} backup --instance demo --wait")
         print(f"  {cli} list")
         print(f"  {cli} status")
+        restore = []
+        if args.home_strategy == "rsync":  # extracted on the local host, into a directory that must not exist yet
+            restore.append(f"--target-path {rehearsal.host.root / 'restored-home'}")
+        if args.db_strategy == "postgresql":
+            restore.append("--target-db-id demo_restored")
+        if restore:
+            print(f"  {cli} restore BACKUP_ID --instance demo {' '.join(restore)} --wait")
         print("Ctrl-C stops it; everything lives in memory.", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

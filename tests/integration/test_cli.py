@@ -296,8 +296,12 @@ def test_help_from_the_console_script_and_the_module() -> None:
 
 @pytest.mark.slow
 def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process() -> None:
+    """With the host-copy strategies: an archive backup and its restore, practised with the command line."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "rehearsal", "serve", "--quiet", "--drain-seconds", "0.1"],
+        [
+            *[sys.executable, "-m", "rehearsal", "serve", "--quiet", "--drain-seconds", "0.1"],
+            *["--home-strategy", "rsync", "--db-strategy", "postgresql"],
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -305,13 +309,14 @@ def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process(
     )
     try:
         assert server.stdout is not None
-        url = None
+        url = restore_hint = None
         for line in server.stdout:  # bounded by the server's own start-up; the test's timeout guards the rest
             found = re.search(r"Local AWS endpoint: (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                url = found.group(1)
+            url = found.group(1) if found else url
+            if " restore BACKUP_ID " in line:
+                restore_hint = line.split(" restore BACKUP_ID --instance demo ", 1)[1].split()
                 break
-        assert url, "the server printed no endpoint"
+        assert url and restore_hint, "the server printed no endpoint or no restore hint"
         argv = [sys.executable, "-m", "bitbucket_backup_cli", "--endpoint-url", url, "--region", REGION, "--json"]
         # An operator's shell without AWS credentials: the local endpoint (IAM enforced) knows the CLI's local ones.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -328,7 +333,20 @@ def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process(
         assert record["status"] == "SUCCEEDED" and record["output"]["status"] == "complete"
         proc = subprocess.run([*argv, "list"], capture_output=True, text=True, timeout=60, check=False, env=env)
         assert proc.returncode == OK, proc.stderr
-        assert [b["status"] for b in json.loads(proc.stdout)["backups"]] == ["complete"]
+        (listed,) = json.loads(proc.stdout)["backups"]
+        assert listed["status"] == "complete" and listed["parts"] == ["home", "database"], listed
+        # The restore the server suggests: the home extracted on its host, the dump restored into a new database.
+        restore = [*argv, "restore", listed["backup_id"], "--instance", "demo", *restore_hint]
+        proc = subprocess.run(
+            [*restore, "--poll-interval", "0.1"], capture_output=True, text=True, timeout=180, check=False, env=env
+        )
+        assert proc.returncode == OK, proc.stdout + proc.stderr
+        restored = json.loads(proc.stdout)
+        assert restored["status"] == "SUCCEEDED", restored
+        assert restored["output"]["home"]["files"] > 0, restored
+        assert restored["output"]["database"]["dbname"] == "demo_restored", restored
+        extracted = Path(restore_hint[restore_hint.index("--target-path") + 1], "home")
+        assert (extracted / "shared" / "bitbucket.properties").is_file()
     finally:
         server.terminate()
         try:

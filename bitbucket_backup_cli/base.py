@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-
 OK, FAILED, USAGE, NOT_FOUND, AWS_ERROR, INTERRUPTED = 0, 1, 2, 3, 4, 130
 DEFAULT_STACK = "BitbucketDiyBackup"
-BACKUP, RESTORE = "backup", "restore"
-OUTPUT_KEYS = {BACKUP: "BackupStateMachine", RESTORE: "RestoreStateMachine"}
+BACKUP, RESTORE, DRILL = "backup", "restore", "drill"
+OUTPUT_KEYS = {BACKUP: "BackupStateMachine", RESTORE: "RestoreStateMachine", DRILL: "DrillStateMachine"}
+# What `status --state` takes: the executions' statuses, and SKIPPED (succeeded without doing anything).
+STATES = ("RUNNING", "SUCCEEDED", "SKIPPED", "FAILED", "TIMED_OUT", "ABORTED")
+# A backup id: the instance name, the date and the time (functions/models/events.py).
+BACKUP_ID = r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$"
 # The stack's output naming its archive bucket, and the bucket's construct id (stacks/backup_stack.py), which
 # CloudFormation puts in the bucket's name after the stack's: "<stack>-archives<hash>-<random>".
 ARCHIVE_OUTPUT, ARCHIVE_CONSTRUCT = "ArchiveBucket", "Archives"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import uuid
@@ -11,7 +12,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bitbucket_backup_cli.aws import Aws, StateMachine
-from bitbucket_backup_cli.base import BACKUP, FAILED, INTERRUPTED, NOT_FOUND, OK, RESTORE, USAGE, CliError
+from bitbucket_backup_cli.base import (
+    BACKUP,
+    BACKUP_ID,
+    DRILL,
+    FAILED,
+    INTERRUPTED,
+    NOT_FOUND,
+    OK,
+    RESTORE,
+    USAGE,
+    CliError,
+)
 from bitbucket_backup_cli.catalog import catalog
 from bitbucket_backup_cli.executions import History, execution_record, find_execution, follow, iso_time
 from bitbucket_backup_cli.render import after_stop, emit_json, print_catalog, print_result, print_table, when_text
@@ -79,6 +91,17 @@ def _start(aws: Aws, machine: StateMachine, execution_input: dict[str, Any], arg
     return OK if record["status"] == "SUCCEEDED" and not record["skipped"] else FAILED
 
 
+def cmd_drill(aws: Aws, args: argparse.Namespace) -> int:
+    config = aws.instance_config(args.instance)
+    if config.drill is None:
+        raise CliError(
+            FAILED,
+            f"instance '{config.name}' has no restore drill: add `drill` (schedule, host_instance_id) to its "
+            "configuration in cdk.json and deploy",
+        )
+    return _start(aws, aws.machine_for(DRILL, config.name), {"instance": config.name}, args)
+
+
 def cmd_backup(aws: Aws, args: argparse.Namespace) -> int:
     config = aws.instance_config(args.instance)  # an unknown instance ends here, before anything starts
     return _start(aws, aws.machine_for(BACKUP, config.name), {"instance": config.name}, args)
@@ -119,6 +142,8 @@ def cmd_restore(aws: Aws, args: argparse.Namespace) -> int:
 
 
 def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
+    if args.execution and re.fullmatch(BACKUP_ID, args.execution):
+        args.backup_id, args.execution = args.execution, None  # the executions that made, restored or drilled it
     if args.execution:
         machine, described = find_execution(aws, args.execution)
         record = execution_record(aws, machine, described, History(aws, described["executionArn"]).update())
@@ -135,42 +160,81 @@ def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
             print()
             print_result(record)
         return OK
-    machines = aws.machines()
-    if not machines:
-        raise CliError(NOT_FOUND, f"no backup or restore state machine of stack {aws.stack_name} in {aws.region_name}")
-    sfn = aws.client("stepfunctions")
-    listed: list[tuple[StateMachine, dict[str, Any]]] = []
-    for machine in machines:
-        for execution in sfn.list_executions(stateMachineArn=machine.arn, maxResults=args.limit)["executions"]:
-            listed.append((machine, execution))
-    listed.sort(key=lambda item: item[1]["startDate"], reverse=True)
-    records = []
-    for machine, execution in listed[: args.limit]:
-        described = sfn.describe_execution(executionArn=execution["executionArn"])
-        records.append(execution_record(aws, machine, described, History(aws, execution["executionArn"]).update()))
+    records = _recent(aws, args)
     if args.json:
         emit_json({"executions": records})
         return OK
     if not records:
-        print("no executions")
+        print("no executions" + (" match" if _filtered(args) else ""))
         return OK
     rows = []
     for r in records:
         state = f"{r['progress']}% {r['current_state']}" if r["status"] == "RUNNING" else (r["failed_step"] or "")
-        status = "SKIPPED" if r["skipped"] else r["status"]
+        window = f"{r['lock_window_s']:.1f} s" if r["lock_window_s"] is not None else "-"
+        duration = f"{r['duration_s']:.0f} s" if r["duration_s"] is not None else "-"
         rows.append(
             [
                 r["execution"],
                 r["kind"],
                 r["instance"] or "-",
                 r["backup_id"] or "-",
-                status,
+                _status(r),
                 when_text(r["started"]),
+                duration,
+                window,
                 state,
             ]
         )
-    print_table(rows, ["EXECUTION", "KIND", "INSTANCE", "BACKUP ID", "STATUS", "STARTED", "STEP"])
+    print_table(rows, ["EXECUTION", "KIND", "INSTANCE", "BACKUP ID", "STATUS", "STARTED", "TOOK", "LOCKED", "STEP"])
     return OK
+
+
+def _status(record: dict[str, Any]) -> str:
+    return "SKIPPED" if record["skipped"] else str(record["status"])
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return bool(args.instance or args.state or args.kind or getattr(args, "backup_id", None))
+
+
+# How many executions `status` looks at, per state machine, to find --limit that match its filters.
+SCAN_PER_MACHINE = 200
+
+
+def _recent(aws: Aws, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The newest executions of the stack's state machines that match the filters, newest first, at most --limit."""
+    machines = [m for m in aws.machines() if not args.kind or m.kind == args.kind]
+    if args.instance:
+        aws.instance_config(args.instance)  # an unknown instance is named as such, not "no executions"
+        machines = [m for m in machines if m.instances is None or args.instance in m.instances]
+    if not aws.machines():
+        raise CliError(NOT_FOUND, f"no state machines of stack {aws.stack_name} in {aws.region_name}")
+    sfn = aws.client("stepfunctions")
+    # The API filters by status; SKIPPED runs are SUCCEEDED ones that did nothing.
+    api_status = {"SKIPPED": "SUCCEEDED"}.get(args.state or "", args.state)
+    listed: list[tuple[StateMachine, dict[str, Any]]] = []
+    for machine in machines:
+        request: dict[str, Any] = {"stateMachineArn": machine.arn}
+        if api_status:
+            request["statusFilter"] = api_status
+        scan = args.limit if not _filtered(args) else SCAN_PER_MACHINE
+        for page in sfn.get_paginator("list_executions").paginate(**request, PaginationConfig={"MaxItems": scan}):
+            listed += [(machine, execution) for execution in page["executions"]]
+    listed.sort(key=lambda item: item[1]["startDate"], reverse=True)
+    records: list[dict[str, Any]] = []
+    for machine, execution in listed:
+        if len(records) >= args.limit:
+            break
+        described = sfn.describe_execution(executionArn=execution["executionArn"])
+        record = execution_record(aws, machine, described, History(aws, execution["executionArn"]).update())
+        if args.instance and record["instance"] != args.instance:
+            continue
+        if args.state and _status(record) != args.state:
+            continue
+        if getattr(args, "backup_id", None) and record["backup_id"] != args.backup_id:
+            continue
+        records.append(record)
+    return records
 
 
 def cmd_cancel(aws: Aws, args: argparse.Namespace) -> int:

@@ -6,11 +6,11 @@ import json
 import re
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bitbucket_backup_cli.aws import Aws, StateMachine
-from bitbucket_backup_cli.base import BACKUP, NOT_FOUND, NOT_FOUND_CODES, USAGE, CliError
+from bitbucket_backup_cli.base import BACKUP, DRILL, NOT_FOUND, NOT_FOUND_CODES, USAGE, CliError
 from functions.models import steps
 
 if TYPE_CHECKING:
@@ -118,6 +118,9 @@ def execution_record(
             output = described["output"]
     if machine.kind == BACKUP:
         backup_id = ((state_output(events, steps.BACKUP.validate.state) or {}).get("run") or {}).get("backup_id")
+    elif machine.kind == DRILL:
+        planned = state_output(events, steps.DRILL.plan.state) or {}
+        backup_id = (planned.get("plan") or planned).get("backup_id")
     else:
         backup_id = given.get("backup_id")
     failed = [label for label in map(steps.failed_label, states) if label]
@@ -132,6 +135,8 @@ def execution_record(
         "skipped": any(s.startswith("Skipped") for s in states),
         "started": iso_time(described.get("startDate")),
         "stopped": iso_time(described.get("stopDate")),
+        "duration_s": _duration(described),
+        "lock_window_s": lock_window(events, output) if machine.kind == BACKUP else None,
         "progress": progress(expected_path(aws.definition(machine.arn)), events, status),
         "current_state": states[-1] if states else None,
         "failed_step": failed[0] if failed else None,
@@ -139,6 +144,26 @@ def execution_record(
         "cause": described.get("cause"),
         "output": output,
     }
+
+
+def _duration(described: dict[str, Any]) -> float | None:
+    started, stopped = described.get("startDate"), described.get("stopDate") or datetime.now(UTC)
+    return round((stopped - started).total_seconds(), 1) if isinstance(started, datetime) else None
+
+
+def lock_window(events: list[dict[str, Any]], output: Any) -> float | None:
+    """How long Bitbucket was locked: what the backup measured, or (a failed run) from the lock's end to the end of
+    the unlock or of the failure path; None when it was never locked (or is still)."""
+    if isinstance(output, dict) and isinstance(output.get("lock_window_s"), int | float):
+        return round(float(output["lock_window_s"]), 3)
+    exits = {
+        e["stateExitedEventDetails"]["name"]: e["timestamp"]
+        for e in events
+        if "stateExitedEventDetails" in e and isinstance(e.get("timestamp"), datetime)
+    }
+    locked = exits.get(steps.BACKUP.lock.state)
+    released = exits.get(steps.BACKUP.unlock.state) or exits.get(steps.BACKUP.handle_failure.state)
+    return round((released - locked).total_seconds(), 3) if locked and released else None
 
 
 def find_execution(aws: Aws, ref: str) -> tuple[StateMachine, dict[str, Any]]:

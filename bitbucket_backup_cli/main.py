@@ -2,8 +2,10 @@
 
     bitbucket-backup list [--instance NAME]          the catalog: backups found by their tags
     bitbucket-backup backup --instance NAME [--wait]  start a backup (and follow it to the end)
-    bitbucket-backup status [EXECUTION]              one execution, or the recent ones of both state machines
+    bitbucket-backup status [EXECUTION | BACKUP_ID] [--instance NAME] [--state STATE] [--kind KIND]
+                                                     one execution, or the recent ones (backups, restores, drills)
     bitbucket-backup restore BACKUP_ID --instance NAME --target-db-id NEW [--availability-zone AZ] [--wait]
+    bitbucket-backup drill --instance NAME [--wait]   start a restore drill of the newest complete backup
     bitbucket-backup cancel EXECUTION                stop an execution (the safety net unlocks Bitbucket)
     bitbucket-backup unlock NAME                     end a lock this tool took and could not release
 
@@ -35,16 +37,28 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from bitbucket_backup_cli.aws import Aws
 from bitbucket_backup_cli.base import (
     AWS_ERROR,
+    BACKUP,
     DEFAULT_STACK,
+    DRILL,
     FAILED,
     INTERRUPTED,
     NOT_FOUND,
     NOT_FOUND_CODES,
     OK,
+    RESTORE,
+    STATES,
     USAGE,
     CliError,
 )
-from bitbucket_backup_cli.commands import cmd_backup, cmd_cancel, cmd_list, cmd_restore, cmd_status, cmd_unlock
+from bitbucket_backup_cli.commands import (
+    cmd_backup,
+    cmd_cancel,
+    cmd_drill,
+    cmd_list,
+    cmd_restore,
+    cmd_status,
+    cmd_unlock,
+)
 
 if TYPE_CHECKING:
     pass
@@ -116,11 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     _waiting(backup)
     backup.set_defaults(run=cmd_backup)
 
-    status = command("status", "one execution in detail, or the recent executions of both state machines")
-    status.add_argument("execution", nargs="?", metavar="EXECUTION", help="execution name or ARN")
+    drill = command("drill", "start a restore drill: restore the newest complete backup, check it, remove it")
+    drill.add_argument("--instance", required=True, metavar="NAME", help="the instance to drill (it needs `drill`)")
+    _waiting(drill)
+    drill.set_defaults(run=cmd_drill)
+
+    status = command("status", "one execution in detail, or the recent backups, restores and drills")
+    status.add_argument(
+        "execution",
+        nargs="?",
+        metavar="EXECUTION|BACKUP_ID",
+        help="execution name or ARN; or a backup id: the executions that made, restored or drilled it",
+    )
     status.add_argument(
         "--limit", type=int, default=10, metavar="N", help="how many recent executions to list (default 10)"
     )
+    status.add_argument("--instance", metavar="NAME", help="only this instance's executions")
+    status.add_argument("--state", choices=STATES, type=str.upper, help="only executions in this state")
+    status.add_argument("--kind", choices=(BACKUP, RESTORE, DRILL), help="only backups, restores or drills")
     status.set_defaults(run=cmd_status)
 
     restore = command("restore", "restore a complete backup into NEW resources (never over existing ones)")

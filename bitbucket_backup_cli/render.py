@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bitbucket_backup_cli.base import BACKUP
+from bitbucket_backup_cli.base import BACKUP, DRILL
 from bitbucket_backup_cli.catalog import pruned_text
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def print_catalog(rows: list[dict[str, Any]]) -> None:
 def print_result(record: dict[str, Any]) -> None:
     """The end of an execution, the way `make demo` prints a backup."""
     what = record["backup_id"] or "(no backup id)"
-    title = f"Backup {what}" if record["kind"] == BACKUP else f"Restore of {what}"
+    title = {BACKUP: f"Backup {what}", DRILL: f"Restore drill of {what}"}.get(record["kind"], f"Restore of {what}")
     status = record["status"]
     if status == "SUCCEEDED" and record["skipped"]:
         print(f"{title}: SKIPPED - another backup of {record['instance']} was in progress; nothing was done")
@@ -91,6 +91,12 @@ def print_result(record: dict[str, Any]) -> None:
             print(f"  pruning old backups failed: {output['prune_error']}")
         for line in output.get("unshare_errors") or []:
             print(f"  {line}")
+    elif record["kind"] == DRILL:
+        print(f"  {'verified' if output.get('verified') else 'NOT verified'} on {output.get('date', '?')}")
+        for check in output.get("checks") or []:
+            print(f"  checked: {check}")
+        for action in output.get("teardown") or []:
+            print(f"  teardown: {action}")
     else:
         from functions.restore import created_lines
 
@@ -108,6 +114,11 @@ def after_stop(kind: str, execution_arn: str) -> str:
         return (
             "The safety net unlocks Bitbucket if it is still locked, ends the backup task and removes the unfinished "
             "backup; its notification says what it did."
+        )
+    if kind == DRILL:
+        return (
+            "The drill's throw-away copy is made by its own restore execution: when that one is stopped or fails, "
+            "the restore's safety net removes what it created and notifies (bitbucket-backup status --kind restore)."
         )
     return (
         "The restore's safety net removes what it created so far (unless keep_on_failure) and notifies; if that "

@@ -25,7 +25,7 @@ from bitbucket_backup_cli.base import (
     CliError,
 )
 from bitbucket_backup_cli.catalog import catalog
-from bitbucket_backup_cli.executions import History, execution_record, find_execution, follow, iso_time
+from bitbucket_backup_cli.executions import History, execution_record, find_execution, follow, iso_time, timeline
 from bitbucket_backup_cli.render import after_stop, emit_json, print_catalog, print_result, print_table, when_text
 from bitbucket_backup_cli.restore_options import restore_problem, restore_target
 
@@ -144,6 +144,10 @@ def cmd_restore(aws: Aws, args: argparse.Namespace) -> int:
 def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
     if args.execution and re.fullmatch(BACKUP_ID, args.execution):
         args.backup_id, args.execution = args.execution, None  # the executions that made, restored or drilled it
+    if args.follow and not args.execution:
+        raise CliError(USAGE, "--follow needs an EXECUTION (its name or ARN)")
+    if args.follow:
+        return _follow_lines(aws, args)
     if args.execution:
         machine, described = find_execution(aws, args.execution)
         record = execution_record(aws, machine, described, History(aws, described["executionArn"]).update())
@@ -186,6 +190,33 @@ def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
             ]
         )
     print_table(rows, ["EXECUTION", "KIND", "INSTANCE", "BACKUP ID", "STATUS", "STARTED", "TOOK", "LOCKED", "STEP"])
+    return OK
+
+
+def _follow_lines(aws: Aws, args: argparse.Namespace) -> int:
+    """`status EXECUTION --follow`: the execution's steps as lines, as they finish, then its result."""
+    machine, described = find_execution(aws, args.execution)
+    arn = described["executionArn"]
+    history = History(aws, arn)
+    shown = 0
+    sfn = aws.client("stepfunctions")
+    while True:
+        events = history.update()
+        lines = timeline(events, machine.kind)
+        if not args.json:
+            for line in lines[shown:]:
+                print(line, flush=True)
+        shown = len(lines)
+        if described["status"] != "RUNNING":
+            break
+        time.sleep(args.poll_interval)
+        described = sfn.describe_execution(executionArn=arn)
+    record = execution_record(aws, machine, described, history.update())
+    if args.json:
+        emit_json(record | {"timeline": timeline(history.ordered(), machine.kind)})
+    else:
+        print()
+        print_result(record)
     return OK
 
 

@@ -195,6 +195,50 @@ def find_execution(aws: Aws, ref: str) -> tuple[StateMachine, dict[str, Any]]:
     raise CliError(NOT_FOUND, f"no execution '{ref}' of the backup or restore state machine in {aws.region_name}")
 
 
+_ENDED = {
+    "ExecutionSucceeded": "executionSucceededEventDetails",
+    "ExecutionFailed": "executionFailedEventDetails",
+    "ExecutionAborted": "executionAbortedEventDetails",
+    "ExecutionTimedOut": "executionTimedOutEventDetails",
+}
+
+
+def timeline(events: list[dict[str, Any]], kind: str) -> list[str]:
+    """One line per step the execution finished, with the time since it started, and for a backup the time
+    Bitbucket has been locked; the last line says how it ended (ERROR: the error and its cause)."""
+    lines: list[str] = []
+    started = next((e["timestamp"] for e in events if isinstance(e.get("timestamp"), datetime)), None)
+    locked_at: datetime | None = None
+    for event in events:
+        at = event.get("timestamp")
+        if started is None or not isinstance(at, datetime):
+            continue
+        clock = f"+{(at - started).total_seconds():7.1f} s  "
+        exited = event.get("stateExitedEventDetails")
+        if exited:
+            name, note = exited["name"], ""
+            if kind == BACKUP and name == steps.BACKUP.lock.state:
+                locked_at, note = at, "  (Bitbucket locked)"
+            elif locked_at is not None and name == steps.BACKUP.unlock.state:
+                note = f"  (Bitbucket unlocked after {(at - locked_at).total_seconds():.1f} s locked)"
+                locked_at = None
+            elif locked_at is not None and name == steps.BACKUP.handle_failure.state:
+                note = "  (the failure path ended: its notification says whether Bitbucket is unlocked)"
+                locked_at = None
+            elif locked_at is not None:
+                note = f"  [locked {(at - locked_at).total_seconds():.1f} s]"
+            lines.append(f"{clock}{name}: done{note}")
+        elif event.get("type") in _ENDED:
+            details = event.get(_ENDED[event["type"]]) or {}
+            if event["type"] == "ExecutionSucceeded":
+                lines.append(f"{clock}{kind} succeeded")
+            else:
+                cause = " ".join(str(details.get("cause") or "").split())[:500]
+                error = details.get("error") or event["type"].removeprefix("Execution").upper()
+                lines.append(f"{clock}ERROR: {error}{': ' + cause if cause else ''}")
+    return lines
+
+
 class ProgressBar:
     """On a terminal: one line redrawn in place. Elsewhere (a log, a pipe): one line per step."""
 

@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--instance", metavar="NAME", help="only this instance's executions")
     status.add_argument("--state", choices=STATES, type=str.upper, help="only executions in this state")
     status.add_argument("--kind", choices=(BACKUP, RESTORE, DRILL), help="only backups, restores or drills")
+    status.add_argument(
+        "--follow",
+        action="store_true",
+        help="with EXECUTION: its steps as they finish (time since the start; for a backup, how long Bitbucket has "
+        "been locked), to its end",
+    )
+    status.add_argument(
+        "--poll-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between polls with --follow"
+    )
     status.set_defaults(run=cmd_status)
 
     restore = command("restore", "restore a complete backup into NEW resources (never over existing ones)")

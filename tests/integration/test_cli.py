@@ -156,6 +156,31 @@ def test_status_of_one_execution_and_of_the_recent_ones(local: Local, capsys: py
     assert code == OK and local.execution in out and "SUCCEEDED" in out
 
 
+def test_status_follow_prints_each_step_with_the_lock_clock_then_the_result(
+    local: Local, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(capsys, local, "status", local.execution, "--follow", "--poll-interval", "0.1")
+    assert code == OK
+    lines = out.splitlines()
+    locked = next(i for i, line in enumerate(lines) if line.endswith(f"{BACKUP.lock.state}: done  (Bitbucket locked)"))
+    unlocked = next(
+        i for i, line in enumerate(lines) if f"{BACKUP.unlock.state}: done  (Bitbucket unlocked after" in line
+    )
+    assert locked < unlocked
+    # Every step finished while locked carries the lock clock; none before the lock or after the unlock does.
+    assert all("[locked " in line for line in lines[locked + 1 : unlocked])
+    assert not any("[locked " in line for line in lines[:locked] + lines[unlocked:])
+    assert all(re.match(r"^\+ *\d+\.\d s  ", line) for line in lines[: lines.index("")])
+    assert f"Backup {local.backup_id}: SUCCEEDED" in out and "backup succeeded" in out
+
+    code, out, _ = cli(capsys, local, "status", local.execution, "--follow", "--json")
+    record = json.loads(out)
+    assert code == OK and record["status"] == "SUCCEEDED" and record["timeline"][-1].endswith("backup succeeded")
+
+    code, _, err = cli(capsys, local, "status", "--follow")
+    assert code == USAGE and "--follow needs an EXECUTION" in err
+
+
 def test_cancel_stops_a_running_backup_and_the_safety_net_unlocks(
     local: Local, capsys: pytest.CaptureFixture[str]
 ) -> None:

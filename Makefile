@@ -16,7 +16,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # third worker fills those waits (the fault matrix: 133 s with two, 104 s with three, 98 s with four).
 PYTEST_WORKERS ?= 3
 
-.PHONY: help demo test test-fast test-prerequisites bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
+.PHONY: help demo readme-samples test test-fast test-prerequisites bench bench-rsync lint typecheck synth deploy clean venv cdk-cli fault-matrix host-deps awscli checkov
 
 help:
 	@echo "make demo   - rehearse a full backup locally (simulator + moto), installing what it needs"
@@ -45,6 +45,10 @@ cdk-cli: $(CDK)
 DEMO_ARGS ?=
 demo: venv host-deps awscli
 	$(PY) -m rehearsal $(DEMO_ARGS)
+
+# The README's sample outputs (the demo, a configuration error) from real runs; a test checks that they still match.
+readme-samples: venv host-deps awscli
+	$(PY) -m rehearsal.readme_samples
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -66,9 +66,11 @@ def print_result(record: dict[str, Any]) -> None:
         print(f"{title}: SKIPPED - another backup of {record['instance']} was in progress; nothing was done")
         return
     if status == "FAILED":
-        step = f" at step {record['failed_step']}" if record["failed_step"] else ""
+        cause, failed = str(record["cause"] or "(no cause given)"), record["failed_step"]
+        # The cause names its step already ("lock: …"): the title says it only when the cause does not.
+        step = f" at step {failed}" if failed and not cause.startswith(f"{failed}: ") else ""
         print(f"{title}: FAILED{step}")
-        print(f"  {record['error'] or 'Error'}: {record['cause'] or '(no cause given)'}")
+        print(f"  {record['error'] or 'Error'}: {cause}")
         return
     if status in ("ABORTED", "TIMED_OUT"):
         print(f"{title}: {status}")

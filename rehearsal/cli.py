@@ -178,7 +178,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     print()
     print(f"Backup {summary['backup_id'] or '(none)'}: {summary['status']}")
     if summary["error"]:
-        print(f"  failed at step {summary['error']['step']}: {summary['error']['message']}")
+        step, message = summary["error"]["step"], str(summary["error"]["message"] or "")
+        # The cause names its step already ("validate: …"): say it once.
+        print(
+            f"  failed: {message}"
+            if step and message.startswith(f"{step}: ")
+            else f"  failed at step {step}: {message}"
+        )
     for snap in summary["snapshots"]:
         print(f"  {snap['kind']:<22} {snap['id']:<28} {snap['part']:<9} {snap['state']:<10} {snap['status']}")
     for archive in summary["archive"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -200,6 +201,11 @@ class Rehearsal:
             if hasattr(handler, "setStream"):
                 previous = handler.setStream(self.logs)
                 self._stack.callback(handler.setStream, previous)
+        # moto's interpreter logs every failed execution with its own internals (FailureEventException, objects'
+        # reprs): the run's history and result say what failed, in the user's words.
+        interpreter = logging.getLogger("moto.stepfunctions.parser")
+        self._stack.callback(interpreter.setLevel, interpreter.level)
+        interpreter.setLevel(logging.CRITICAL)
 
     def client(self, service: str) -> Any:
         from functions.clients.aws import client

@@ -238,6 +238,11 @@ def test_restore_into_new_resources(local: Local, capsys: pytest.CaptureFixture[
     record = json.loads(out)
     assert code == FAILED
     assert record["status"] == "FAILED" and record["failed_step"] == "validate" and "already in use" in record["cause"]
+    # Without --json: the cause names the step, so the title does not name it again.
+    code, out, _ = cli(capsys, local, *args, "--poll-interval", "0.05")
+    assert code == FAILED
+    assert f"Restore of {local.backup_id}: FAILED\n" in out and "RestoreRefused: validate: " in out, out
+    assert out.count("validate") == 1, out
 
 
 # --- errors: one line on stderr, a documented exit code ------------------------------------------------------------

@@ -239,6 +239,30 @@ def timeline(events: list[dict[str, Any]], kind: str) -> list[str]:
     return lines
 
 
+def locked_since(events: list[dict[str, Any]], kind: str) -> datetime | None:
+    """When a backup still holding Bitbucket locked took the lock (None before the lock, after the unlock or the
+    failure path, and for other kinds)."""
+    if kind != BACKUP:
+        return None
+    since = None
+    for event in events:
+        name = (event.get("stateExitedEventDetails") or {}).get("name")
+        if name == steps.BACKUP.lock.state and isinstance(event.get("timestamp"), datetime):
+            since = event["timestamp"]
+        elif name in (steps.BACKUP.unlock.state, steps.BACKUP.handle_failure.state):
+            since = None
+    return since
+
+
+def clock(described: dict[str, Any], events: list[dict[str, Any]], kind: str) -> str:
+    """The time since the execution started and, while Bitbucket is locked, since the lock."""
+    now = datetime.now(UTC)
+    started = described.get("startDate")
+    text = f"+{(now - started).total_seconds():.0f} s" if isinstance(started, datetime) else ""
+    since = locked_since(events, kind)
+    return text + (f", Bitbucket locked {(now - since).total_seconds():.1f} s" if since is not None else "")
+
+
 class ProgressBar:
     """On a terminal: one line redrawn in place. Elsewhere (a log, a pipe): one line per step."""
 
@@ -247,16 +271,16 @@ class ProgressBar:
         self.tty = stream.isatty()
         self.last: tuple[int, str | None] | None = None
 
-    def update(self, percent: int, state: str | None) -> None:
-        if state is None or (percent, state) == self.last:
+    def update(self, percent: int, state: str | None, clock: str = "") -> None:
+        if state is None:
             return
-        self.last = (percent, state)
-        if self.tty:
+        if self.tty:  # redrawn on every poll: the clocks run
             done = percent * 30 // 100
             bar = "#" * done + "." * (30 - done)
-            self.stream.write(f"\r{self.label} [{bar}] {percent:3d}%  {(state or '')[:40]:<40}")
-        else:
-            self.stream.write(f"{self.label} {percent:3d}%  {state or ''}\n")
+            self.stream.write(f"\r{self.label} [{bar}] {percent:3d}%  {state[:40]:<40} {clock:<36}")
+        elif (percent, state) != self.last:
+            self.stream.write(f"{self.label} {percent:3d}%  {state}" + (f"  ({clock})" if clock else "") + "\n")
+        self.last = (percent, state)
         self.stream.flush()
 
     def close(self) -> None:
@@ -276,7 +300,11 @@ def follow(aws: Aws, machine: StateMachine, execution_arn: str, poll_seconds: fl
             described = sfn.describe_execution(executionArn=execution_arn)
             events = history.update()
             states = entered(events)
-            bar.update(progress(path, events, described["status"]), states[-1] if states else None)
+            bar.update(
+                progress(path, events, described["status"]),
+                states[-1] if states else None,
+                clock(described, events, machine.kind) if described["status"] == "RUNNING" else "",
+            )
             if described["status"] != "RUNNING":
                 return execution_record(aws, machine, described, events)
             time.sleep(poll_seconds)

@@ -90,7 +90,11 @@ def test_backup_wait_follows_the_execution_and_prints_the_summary(local: Local) 
     # The progress bar (stderr, not a terminal: one line per step) ends at 100 % on the path's last state.
     percentages = [int(p) for p in re.findall(r"^backup\s+(\d+)%  ", err, re.MULTILINE)]
     assert len(percentages) >= 2 and percentages == sorted(percentages) and percentages[-1] == 100, err
-    assert err.rstrip().endswith("backup 100%  Backup complete")
+    assert re.search(r"\nbackup 100%  Backup complete(  \(\+\d+ s\))?$", err.rstrip()), err
+    # While running, each line has the time since the start; while Bitbucket is locked, the lock clock as well.
+    lines = [line for line in err.splitlines() if re.match(r"^backup\s+\d+%  ", line)][:-1]
+    assert all(re.search(r"  \(\+\d+ s(, Bitbucket locked \d+\.\d s)?\)$", line) for line in lines), err
+    assert any("Bitbucket locked" in line for line in lines) and "Bitbucket locked" not in lines[0], err
     assert not local.sim.locked
     assert PASSWORD not in out + err
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -11,10 +13,13 @@ from unittest import mock
 
 import pytest
 
+from bitbucket_backup_cli.main import main
 from functions.models.steps import BACKUP, FAILED_PREFIX
 from functions.strategies import COMPLETE, catalog_tags
 from rehearsal.bitbucket_simulator import BitbucketSimulator
+from rehearsal.fake_account import REGION
 from rehearsal.runtime import Rehearsal, RunResult
+from rehearsal.serve import LocalEndpoint
 
 PASSWORD = "Integration-Passw0rd!"
 EARLIER = "demo-20200101-000000"
@@ -72,6 +77,26 @@ def world_factory() -> Iterator[Callable[..., World]]:
 @pytest.fixture
 def world(world_factory: Callable[..., World]) -> World:
     return world_factory()
+
+
+@pytest.fixture
+def served(world_factory: Callable[..., World]) -> Iterator[Callable[..., tuple[World, LocalEndpoint]]]:
+    """Worlds served over HTTP on 127.0.0.1, for the operator command line (rehearsal/serve.py)."""
+    with contextlib.ExitStack() as stack:
+
+        def make(**kwargs: object) -> tuple[World, LocalEndpoint]:
+            w = world_factory(**kwargs)
+            return w, stack.enter_context(LocalEndpoint(w.r))
+
+        yield make
+
+
+def command_line(endpoint: LocalEndpoint, *args: str) -> tuple[int, str, str]:
+    """`bitbucket-backup` against a served world: its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--endpoint-url", endpoint.url, "--region", REGION, *args])
+    return code, out.getvalue(), err.getvalue()
 
 
 def waiting_in(w: World, execution: str, state: str) -> bool:

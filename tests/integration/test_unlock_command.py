@@ -4,36 +4,16 @@ only with the token this tool stored, never prints it, and says what to do when 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from bitbucket_backup_cli.base import FAILED, OK
-from bitbucket_backup_cli.main import main
-from rehearsal.fake_account import REGION
 from rehearsal.serve import LocalEndpoint
-from tests.integration.conftest import World, wait_for
-
-
-@pytest.fixture
-def served(world_factory: Callable[..., World]) -> Iterator[Callable[..., tuple[World, LocalEndpoint]]]:
-    with contextlib.ExitStack() as stack:
-
-        def make(**kwargs: object) -> tuple[World, LocalEndpoint]:
-            w = world_factory(**kwargs)
-            return w, stack.enter_context(LocalEndpoint(w.r))
-
-        yield make
+from tests.integration.conftest import World, command_line, wait_for
 
 
 def unlock(endpoint: LocalEndpoint, *more: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--endpoint-url", endpoint.url, "--region", REGION, "unlock", "demo", *more])
-    return code, out.getvalue(), err.getvalue()
+    return command_line(endpoint, "unlock", "demo", *more)
 
 
 def stuck(w: World) -> str:

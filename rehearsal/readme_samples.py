@@ -45,9 +45,67 @@ def config_error() -> str:
     return _run([sys.executable, "app.py"], env=env, stderr=True)
 
 
-SAMPLES: dict[str, Callable[[], str]] = {"demo": demo, "config-error": config_error}
+def operator_guide() -> str:
+    """The operator's guide: the command line against the local runtime (as `python -m rehearsal serve` serves it),
+    through a backup, the catalog, a stuck lock and its unlock, a restore and a drill. Progress lines (stderr, one
+    per step polled) are left out: how many there are depends on the polls."""
+    import contextlib
+    import io
+
+    from bitbucket_backup_cli.main import main as command_line
+    from rehearsal.fake_account import REGION
+    from rehearsal.runtime import Rehearsal, local_simulator
+    from rehearsal.serve import LocalEndpoint
+
+    shown: list[str] = []
+    with contextlib.ExitStack() as stack:
+        simulator = stack.enter_context(local_simulator(drain_seconds=0.5))
+        world = stack.enter_context(Rehearsal(simulator.url, drill=True))
+        endpoint = stack.enter_context(LocalEndpoint(world))
+
+        def run(*args: str) -> str:
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = command_line(["--endpoint-url", endpoint.url, "--region", REGION, *args, *_polls(args)])
+            said = [line for line in err.getvalue().splitlines() if not _PROGRESS.match(line)]
+            shown.extend([f"$ bitbucket-backup {' '.join(args)}", *said, *out.getvalue().rstrip().splitlines()])
+            shown.append(f"(exit {code})" if code else "")
+            return out.getvalue()
+
+        made = re.search(r"^Backup (\S+): SUCCEEDED$", run("backup", "--instance", "demo", "--wait"), re.M)
+        assert made, shown
+        run("list")
+        # Bitbucket refuses the unlock (and the failure path's): the run fails with Bitbucket left locked.
+        simulator.inject("unlock", status=500, times=None)
+        world.run_backup()
+        simulator.reset_faults()
+        shown.append("# a backup whose unlock Bitbucket refused: Bitbucket is still in maintenance mode")
+        run("status", "--state", "failed")
+        run("unlock", "demo")
+        run("restore", "--instance", "demo")
+        run("restore", made.group(1), "--instance", "demo", "--target-db-id", "restored-demo", "--wait")
+        run("drill", "--instance", "demo", "--wait")
+    return "\n".join(shown).rstrip()
+
+
+# A progress line of --wait (stderr): how many are printed depends on the polls.
+_PROGRESS = re.compile(r"^(backup|restore|drill)\s+\d+%  ")
+
+
+def _polls(args: tuple[str, ...]) -> list[str]:
+    return ["--poll-interval", "0.2"] if "--wait" in args else []
+
+
+SAMPLES: dict[str, Callable[[], str]] = {
+    "demo": demo,
+    "config-error": config_error,
+    "operator-guide": operator_guide,
+}
 # What differs from one run of the same command to the next.
 _VOLATILE = [
+    (re.compile(r"\bcli-(backup|restore|drill)-[a-z0-9-]+-[0-9a-f]{6}\b"), r"cli-\1-EXECUTION"),
+    (re.compile(r"\brehearsal-[0-9a-f]{12}\b"), "rehearsal-EXECUTION"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "UUID"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:PORT"),
     (re.compile(r"'[0-9a-f]{4}…'"), "'TOKEN…'"),
     (re.compile(r"\b[a-z][a-z0-9-]*-\d{8}-\d{6}\b"), "BACKUP-ID"),

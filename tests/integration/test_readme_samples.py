@@ -28,12 +28,22 @@ def test_the_demo_is_what_make_demo_prints(readme: dict[str, str]) -> None:
     assert samples.masked(readme["demo"]) == samples.masked(printed), "run `make readme-samples`"
 
 
+@pytest.mark.slow
+def test_the_operator_guide_is_what_the_command_line_prints(readme: dict[str, str]) -> None:
+    printed = samples.operator_guide()
+    assert "Bitbucket unlocked with the token" in printed and "Restore drill of " in printed, printed
+    assert samples.masked(readme["operator-guide"]) == samples.masked(printed), "run `make readme-samples`"
+
+
 def test_masking_keeps_the_words_and_hides_what_changes_between_runs() -> None:
     one = "[http://127.0.0.1:40721]  INFO: locked with '1c58…'\n  lock window 2.797 s, of which drain 2.177 s"
     two = "[http://127.0.0.1:35099]  INFO: locked with 'dced…'\n  lock window 2.646 s, of which drain 2.165 s"
     assert samples.masked(one) == samples.masked(two)
     assert samples.masked(one) != samples.masked(two.replace("locked with", "unlocked with"))
     assert samples.masked("home copy taken: snap-184ab15f4031e6d41") == ["home copy taken: snap-ID"]
+    assert samples.masked("rehearsal-32230e27817c cli-drill-demo-20261202-030624-8b6079") == [
+        "rehearsal-EXECUTION cli-drill-EXECUTION"
+    ]
 
 
 def test_rewrite_replaces_only_the_named_blocks() -> None:

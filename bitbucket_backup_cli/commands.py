@@ -234,12 +234,12 @@ SCAN_PER_MACHINE = 200
 
 def _recent(aws: Aws, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The newest executions of the stack's state machines that match the filters, newest first, at most --limit."""
+    if not aws.machines():
+        raise CliError(NOT_FOUND, f"no state machines of stack {aws.stack_name} in {aws.region_name}")
     machines = [m for m in aws.machines() if not args.kind or m.kind == args.kind]
     if args.instance:
         aws.instance_config(args.instance)  # an unknown instance is named as such, not "no executions"
         machines = [m for m in machines if m.instances is None or args.instance in m.instances]
-    if not aws.machines():
-        raise CliError(NOT_FOUND, f"no state machines of stack {aws.stack_name} in {aws.region_name}")
     sfn = aws.client("stepfunctions")
     # The API filters by status; SKIPPED runs are SUCCEEDED ones that did nothing.
     api_status = {"SKIPPED": "SUCCEEDED"}.get(args.state or "", args.state)

@@ -376,12 +376,17 @@ class RestoreProgress:
 
 @dataclass(frozen=True)
 class Parts:
-    """An instance's parts, each under the interface its callers need; every part is in `catalogs`, and in exactly
-    one of `snapshots` and `hosts` (by part name), as the config's strategy says."""
+    """An instance's parts, each under the interface its callers need: in exactly one of `snapshots` and `hosts` (by
+    part name), as the config's strategy says; every one is a Catalog."""
 
-    catalogs: list[Catalog]
     snapshots: dict[str, SnapshotCopy]
     hosts: dict[str, HostCopy]
+
+    @property
+    def catalogs(self) -> list[Catalog]:
+        """Every part's catalog, the home first."""
+        found: dict[str, Catalog] = {**self.snapshots, **self.hosts}
+        return [found[part] for part in ("home", "database") if part in found]
 
 
 def parts_for(instance: InstanceConfig) -> Parts:
@@ -390,23 +395,17 @@ def parts_for(instance: InstanceConfig) -> Parts:
 
     snapshots: dict[str, SnapshotCopy] = {}
     hosts: dict[str, HostCopy] = {}
-    catalogs: list[Catalog] = []
     if instance.home.strategy == "amazon-ebs":
         snapshots["home"] = amazon_ebs.EbsStrategy(instance)
-        catalogs.append(snapshots["home"])
     elif instance.home.strategy == "rsync":
         hosts["home"] = host_copy.RsyncStrategy(instance)
-        catalogs.append(hosts["home"])
     if instance.database.strategy == "postgresql":
         hosts["database"] = host_copy.PostgresStrategy(instance)
-        catalogs.append(hosts["database"])
     elif instance.database.strategy == "amazon-rds":
         snapshots["database"] = amazon_rds.RdsStrategy(instance)
-        catalogs.append(snapshots["database"])
     elif instance.database.strategy == "amazon-aurora":
         snapshots["database"] = amazon_rds.AuroraStrategy(instance)
-        catalogs.append(snapshots["database"])
-    return Parts(catalogs, snapshots, hosts)
+    return Parts(snapshots, hosts)
 
 
 def strategies_for(instance: InstanceConfig) -> list[Catalog]:

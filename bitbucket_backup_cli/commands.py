@@ -25,7 +25,16 @@ from bitbucket_backup_cli.base import (
     CliError,
 )
 from bitbucket_backup_cli.catalog import catalog
-from bitbucket_backup_cli.executions import History, execution_record, find_execution, follow, iso_time, timeline
+from bitbucket_backup_cli.executions import (
+    History,
+    execution_record,
+    find_execution,
+    follow,
+    iso_time,
+    seed_lines,
+    timed_timeline,
+    timeline,
+)
 from bitbucket_backup_cli.render import after_stop, emit_json, print_catalog, print_result, print_table, when_text
 from bitbucket_backup_cli.restore_options import restore_problem, restore_target
 
@@ -193,27 +202,36 @@ def cmd_status(aws: Aws, args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_logs(aws: Aws, args: argparse.Namespace) -> int:
+    return _follow_lines(aws, args)
+
+
 def _follow_lines(aws: Aws, args: argparse.Namespace) -> int:
-    """`status EXECUTION --follow`: the execution's steps as lines, as they finish, then its result."""
+    """`status EXECUTION --follow` (and `logs`): the execution's steps as they finish and its functions' seed
+    lines as they come, in the order they happened, each with the time since the start; then its result."""
     machine, described = find_execution(aws, args.execution)
     arn = described["executionArn"]
     history = History(aws, arn)
-    shown = 0
+    seeds = seed_lines(aws, described)
+    shown, printed = 0, []
     sfn = aws.client("stepfunctions")
     while True:
         events = history.update()
-        lines = timeline(events, machine.kind)
-        if not args.json:
-            for line in lines[shown:]:
+        running = described["status"] == "RUNNING"
+        steps_ = timed_timeline(events, machine.kind)
+        batch = steps_[shown:] + seeds.read_timed(events, time.time(), final=not running)
+        shown = len(steps_)
+        for _, line in sorted(batch, key=lambda b: b[0]):
+            printed.append(line)
+            if not args.json:
                 print(line, flush=True)
-        shown = len(lines)
-        if described["status"] != "RUNNING":
+        if not running:
             break
         time.sleep(args.poll_interval)
         described = sfn.describe_execution(executionArn=arn)
     record = execution_record(aws, machine, described, history.update())
     if args.json:
-        emit_json(record | {"timeline": timeline(history.ordered(), machine.kind)})
+        emit_json(record | {"timeline": timeline(history.ordered(), machine.kind), "lines": printed})
     else:
         print()
         print_result(record)

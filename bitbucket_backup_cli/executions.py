@@ -7,15 +7,12 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from bitbucket_backup_cli.aws import Aws, StateMachine
 from bitbucket_backup_cli.base import BACKUP, DRILL, NOT_FOUND, NOT_FOUND_CODES, USAGE, CliError
+from bitbucket_backup_cli.seed import SeedLines
 from functions.models import steps
-
-if TYPE_CHECKING:
-    pass
-
 
 # --- executions ----------------------------------------------------------------------------------------------------
 
@@ -140,10 +137,21 @@ def execution_record(
         "progress": progress(expected_path(aws.definition(machine.arn)), events, status),
         "current_state": states[-1] if states else None,
         "failed_step": failed[0] if failed else None,
+        "unlocked": failure_unlocked(events) if machine.kind == BACKUP else None,
         "error": described.get("error"),
         "cause": described.get("cause"),
         "output": output,
     }
+
+
+def failure_unlocked(events: list[dict[str, Any]]) -> str | None:
+    """What a failed backup's failure path answered on Bitbucket's lock (`yes (…)`, `NO (…)`, `UNKNOWN - …`);
+    None when it did not run (the backup succeeded, or runs, or was stopped: then the safety net answers)."""
+    for state in (steps.BACKUP.handle_failure.state, f"{steps.BACKUP.handle_failure.state} before lock"):
+        outcome = (state_output(events, state) or {}).get("outcome")
+        if isinstance(outcome, dict) and isinstance(outcome.get("unlocked"), str):
+            return str(outcome["unlocked"])
+    return None
 
 
 def _duration(described: dict[str, Any]) -> float | None:
@@ -204,9 +212,14 @@ _ENDED = {
 
 
 def timeline(events: list[dict[str, Any]], kind: str) -> list[str]:
+    return [line for _, line in timed_timeline(events, kind)]
+
+
+def timed_timeline(events: list[dict[str, Any]], kind: str) -> list[tuple[float, str]]:
     """One line per step the execution finished, with the time since it started, and for a backup the time
-    Bitbucket has been locked; the last line says how it ended (ERROR: the error and its cause)."""
-    lines: list[str] = []
+    Bitbucket has been locked; the last line says how it ended (ERROR: the error and its cause). Each with its time
+    (epoch seconds), to be merged with the functions' own lines."""
+    lines: list[tuple[float, str]] = []
     started = next((e["timestamp"] for e in events if isinstance(e.get("timestamp"), datetime)), None)
     locked_at: datetime | None = None
     for event in events:
@@ -227,15 +240,15 @@ def timeline(events: list[dict[str, Any]], kind: str) -> list[str]:
                 locked_at = None
             elif locked_at is not None:
                 note = f"  [locked {(at - locked_at).total_seconds():.1f} s]"
-            lines.append(f"{clock}{name}: done{note}")
+            lines.append((at.timestamp(), f"{clock}{name}: done{note}"))
         elif event.get("type") in _ENDED:
             details = event.get(_ENDED[event["type"]]) or {}
             if event["type"] == "ExecutionSucceeded":
-                lines.append(f"{clock}{kind} succeeded")
+                lines.append((at.timestamp(), f"{clock}{kind} succeeded"))
             else:
                 cause = " ".join(str(details.get("cause") or "").split())[:500]
                 error = details.get("error") or event["type"].removeprefix("Execution").upper()
-                lines.append(f"{clock}ERROR: {error}{': ' + cause if cause else ''}")
+                lines.append((at.timestamp(), f"{clock}ERROR: {error}{': ' + cause if cause else ''}"))
     return lines
 
 
@@ -271,6 +284,13 @@ class ProgressBar:
         self.tty = stream.isatty()
         self.last: tuple[int, str | None] | None = None
 
+    def line(self, text: str) -> None:
+        """A line of its own (a function's seed line): above the bar on a terminal."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        if self.tty and self.last is not None:
+            self.last = None  # redrawn by the next update
+        self.stream.flush()
+
     def update(self, percent: int, state: str | None, clock: str = "") -> None:
         if state is None:
             return
@@ -289,24 +309,43 @@ class ProgressBar:
             self.stream.flush()
 
 
+def seed_lines(aws: Aws, described: dict[str, Any]) -> SeedLines:
+    try:
+        given = json.loads(described.get("input") or "{}")
+    except ValueError:
+        given = {}
+    instance = given.get("instance") if isinstance(given, dict) else None
+    started = described.get("startDate")
+    return SeedLines(
+        aws, instance if isinstance(instance, str) else None, started.timestamp() if started else time.time()
+    )
+
+
 def follow(aws: Aws, machine: StateMachine, execution_arn: str, poll_seconds: float) -> dict[str, Any]:
-    """Follows an execution to its end with a progress bar on stderr; returns its record."""
+    """Follows an execution to its end on stderr: the functions' seed lines as they come, under them a progress
+    bar (on a terminal; plain lines elsewhere) of the steps, or of the long part's own percentage when it reports
+    one (a snapshot's completion); returns its record."""
     sfn = aws.client("stepfunctions")
     path = expected_path(aws.definition(machine.arn))
     history = History(aws, execution_arn)
     bar = ProgressBar(sys.stderr, machine.kind)
+    described = sfn.describe_execution(executionArn=execution_arn)
+    seeds = seed_lines(aws, described)
     try:
         while True:
-            described = sfn.describe_execution(executionArn=execution_arn)
             events = history.update()
+            running = described["status"] == "RUNNING"
+            for line in seeds.read(events, time.time(), final=not running):
+                bar.line(line)
             states = entered(events)
-            bar.update(
-                progress(path, events, described["status"]),
-                states[-1] if states else None,
-                clock(described, events, machine.kind) if described["status"] == "RUNNING" else "",
-            )
-            if described["status"] != "RUNNING":
+            percent, state = progress(path, events, described["status"]), states[-1] if states else None
+            latest = seeds.latest or {}
+            if running and isinstance(latest.get("percent"), int) and state is not None:
+                percent, state = int(latest["percent"]), f"{latest.get('part', '')} snapshot".strip()
+            bar.update(percent, state, clock(described, events, machine.kind) if running else "")
+            if not running:
                 return execution_record(aws, machine, described, events)
             time.sleep(poll_seconds)
+            described = sfn.describe_execution(executionArn=execution_arn)
     finally:
         bar.close()

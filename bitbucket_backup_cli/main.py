@@ -6,6 +6,7 @@
                                                      one execution, or the recent ones (backups, restores, drills)
     bitbucket-backup restore BACKUP_ID --instance NAME --target-db-id NEW [--availability-zone AZ] [--wait]
     bitbucket-backup drill --instance NAME [--wait]   start a restore drill of the newest complete backup
+    bitbucket-backup logs EXECUTION                  its steps and its functions' seed lines, as they happen
     bitbucket-backup cancel EXECUTION                stop an execution (the safety net unlocks Bitbucket)
     bitbucket-backup unlock NAME                     end a lock this tool took and could not release
 
@@ -55,6 +56,7 @@ from bitbucket_backup_cli.commands import (
     cmd_cancel,
     cmd_drill,
     cmd_list,
+    cmd_logs,
     cmd_restore,
     cmd_status,
     cmd_unlock,
@@ -151,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--follow",
         action="store_true",
-        help="with EXECUTION: its steps as they finish (time since the start; for a backup, how long Bitbucket has "
-        "been locked), to its end",
+        help="with EXECUTION: its steps as they finish and its functions' seed lines (`locked with …`) as they come, "
+        "with the time since the start and, for a backup, how long Bitbucket has been locked; to its end",
     )
     status.add_argument(
         "--poll-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between polls with --follow"
@@ -206,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _waiting(restore)
     restore.set_defaults(run=cmd_restore)
+
+    logs = command(
+        "logs",
+        "an execution's steps and its functions' seed lines (from CloudWatch Logs), with the time since the start "
+        "and the lock clock; a running one is followed to its end (the same as status EXECUTION --follow)",
+    )
+    logs.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")
+    logs.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between polls")
+    logs.set_defaults(run=cmd_logs)
 
     cancel = command("cancel", "stop a running execution (a backup's safety net then unlocks Bitbucket)")
     cancel.add_argument("execution", metavar="EXECUTION", help="execution name or ARN")

@@ -67,13 +67,27 @@ def print_result(record: dict[str, Any]) -> None:
         return
     if status == "FAILED":
         cause, failed = str(record["cause"] or "(no cause given)"), record["failed_step"]
+        unlocked = record.get("unlocked")
+        if unlocked:  # said on a line of its own below
+            cause = cause.removesuffix(f" [unlocked: {unlocked}]")
         # The cause names its step already ("lock: …"): the title says it only when the cause does not.
         step = f" at step {failed}" if failed and not cause.startswith(f"{failed}: ") else ""
         print(f"{title}: FAILED{step}")
-        print(f"  {record['error'] or 'Error'}: {cause}")
+        print(f"ERROR: {record['error'] or 'Error'}: {cause}")
+        if record["kind"] == BACKUP:
+            print(f"Bitbucket unlocked: {unlocked or 'UNKNOWN - the failure path did not say; check Bitbucket'}")
         return
     if status in ("ABORTED", "TIMED_OUT"):
         print(f"{title}: {status}")
+        print(
+            f"ERROR: the {record['kind']} was {'stopped' if status == 'ABORTED' else 'timed out'} at "
+            f"{record.get('current_state') or 'its start'}"
+        )
+        if record["kind"] == BACKUP:
+            print(
+                "Bitbucket unlocked: by the safety net, if this run still held the lock (its notification says; "
+                f"`bitbucket-backup unlock {record['instance']}` checks)"
+            )
         print(f"  {after_stop(record['kind'], record['execution_arn'])}")
         return
     print(f"{title}: {status}")

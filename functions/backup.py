@@ -112,7 +112,7 @@ def lock(run: RunContext) -> dict[str, Any]:
     now = time.time()
     # The token goes to the run table at once: the failure path and the safety net read it there.
     runs.update(run.instance, run.backup_id, phase="locked", unlock_token=lock_.unlock_token, locked_at=now)
-    say(run.config, f"locked with '{short(lock_.unlock_token)}'")
+    say(run.config, f"locked with '{short(lock_.unlock_token)}'", lock="taken")
     return {"locked_at": now}
 
 
@@ -144,6 +144,8 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
                 f"{' (' + state.task_message + ')' if state.task_message else ''}: could not enter DRAINED state"
             )
         seen.append(state)
+        if not state.drained and len(seen) == 1:  # the DIY script's line, once per slice of the wait
+            say(run.config, f"Waiting for DRAINED state… (db '{state.db_state}', scm '{state.scm_state}')")
         return state if state.drained else None
 
     ends = min(timeout_at, polling.slice_end(clock, seconds_left, timing.drain_poll_slice_seconds))
@@ -151,6 +153,7 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
     waited = clock.now() - locked_at
     if state is not None:
         runs.update(run.instance, run.backup_id, drained_at=clock.now())
+        say(run.config, f"Waiting for DRAINED state… done ({waited:.1f} s)")
         say(run.config, f"db state '{state.db_state}'")
         say(run.config, f"scm state '{state.scm_state}'")
         return {"drained": True, "waited_s": round(waited, 3), "checks": len(seen)}
@@ -277,7 +280,7 @@ def unlock(run: RunContext) -> dict[str, Any]:
         progress_sent=100,
         remove=("unlock_token", "cancel_token"),
     )
-    say(run.config, "Bitbucket instance unlocked")
+    say(run.config, "Bitbucket instance unlocked", lock="released")
     window = now - (record.locked_at or now)
     drain = (record.drained_at or now) - (record.locked_at or now)
     return {"unlocked_at": now, "lock_window_s": round(window, 3), "drain_s": round(drain, 3)}
@@ -357,6 +360,14 @@ def check_snapshots(run: RunContext) -> dict[str, Any]:
     if failed:
         raise SnapshotFailed(f"wait-snapshots: snapshot {', '.join(failed)} ended in state 'error'")
     pending = [a.id for _, a in found if a.state != "completed"]
+    for _, artifact in found:
+        if artifact.state != "completed" and artifact.percent is not None:
+            say(
+                run.config,
+                f"{artifact.part} snapshot {artifact.id}: {artifact.percent}%",
+                part=artifact.part,
+                percent=artifact.percent,
+            )
     if not pending:
         return {"complete": True, "pending": []}
     waited = time.time() - run.started_at
@@ -508,7 +519,7 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         assert run is not None
         unlocked = cleanup.cancel_and_unlock(bitbucket(run.config), record, actions)
         if unlocked == "yes":
-            say(run.config, "Bitbucket instance unlocked")
+            say(run.config, "Bitbucket instance unlocked", lock="released")
     if run:
         # Once the copies started, every original was complete (snapshots completed, archives uploaded): a failure
         # of the disaster-recovery copies keeps them as a complete local backup; the run still fails, visibly.

@@ -65,7 +65,7 @@ def unlock(instance: str) -> dict[str, Any]:
         unlocked = cleanup.cancel_and_unlock(bitbucket_, record, actions)
         if unlocked != "yes":
             return {"outcome": "failed", "backup_id": record.backup_id, "message": unlocked, "actions": actions}
-        say(config, "Bitbucket instance unlocked")
+        say(config, "Bitbucket instance unlocked", lock="released")
         # The run is over: its guard goes, so that the next backup is not refused; the notification is the record.
         runs.release(instance, record.backup_id)
         result = {

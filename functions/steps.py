@@ -31,9 +31,11 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
     )
 
 
-def say(config: InstanceConfig, message: str) -> None:
-    """A seed-style progress line: `[base_url]  INFO: message`."""
-    logger.info(message, extra={"seed": f"[{config.base_url}]  INFO: {message}"})
+def say(config: InstanceConfig, message: str, **marks: str | int) -> None:
+    """A seed-style progress line: `[base_url]  INFO: message`. `marks` are keys for the command line that follows
+    these lines (bitbucket_backup_cli/seed.py): lock="taken"|"released" runs its lock clock, part and percent its
+    progress bar."""
+    logger.info(message, extra={"seed": f"[{config.base_url}]  INFO: {message}", **marks})
 
 
 def cause_text(cause: Any) -> str:

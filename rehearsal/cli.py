@@ -10,11 +10,14 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bitbucket_backup_cli.seed import Clock
 from functions.models.steps import BACKUP, failed_label
 from rehearsal.latency import LatencyModel
 from rehearsal.runtime import Rehearsal, RunResult, local_simulator
@@ -142,10 +145,13 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
     error = None
     if result.status != "SUCCEEDED":
         failed = [label for label in map(failed_label, result.states_entered()) if label]
+        # The failure path ends its cause with whether Bitbucket is unlocked; said on a line of its own.
+        said = re.fullmatch(r"(?s)(.*) \[unlocked: (.*)\]", result.cause or "")
         error = {
             "step": failed[0] if failed else None,
             "error": result.error,
-            "message": result.cause,
+            "message": said.group(1) if said else result.cause,
+            "unlocked": said.group(2) if said else None,
         }
     return {
         "status": result.status,
@@ -177,14 +183,6 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     print()
     print(f"Backup {summary['backup_id'] or '(none)'}: {summary['status']}")
-    if summary["error"]:
-        step, message = summary["error"]["step"], str(summary["error"]["message"] or "")
-        # The cause names its step already ("validate: …"): say it once.
-        print(
-            f"  failed: {message}"
-            if step and message.startswith(f"{step}: ")
-            else f"  failed at step {step}: {message}"
-        )
     for snap in summary["snapshots"]:
         print(f"  {snap['kind']:<22} {snap['id']:<28} {snap['part']:<9} {snap['state']:<10} {snap['status']}")
     for archive in summary["archive"]:
@@ -213,6 +211,24 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary["iam_enforced"]:
         denied = summary["denied_calls"]
         print(f"  IAM enforced per function role: {', '.join(denied) if denied else 'no call denied'}")
+    if summary["error"]:  # the end of a failed run, as Atlassian's script ends: the ERROR line, then the lock
+        step, message = summary["error"]["step"], str(summary["error"]["message"] or "")
+        # The cause names its step already ("validate: …"): say it once.
+        print(f"ERROR: {message}" if step and message.startswith(f"{step}: ") else f"ERROR: {step}: {message}")
+        unlocked = summary["error"].get("unlocked")
+        print(f"Bitbucket unlocked: {unlocked or 'UNKNOWN - the failure path did not say; check Bitbucket'}")
+
+
+def print_seed_lines(rehearsal: Rehearsal) -> None:
+    """The functions' seed lines as they come, as `bitbucket-backup logs` prints them: the time since now (the
+    execution's start) and, while Bitbucket is locked, the lock clock."""
+    clock = Clock(time.time())
+
+    def listener(record: dict[str, Any]) -> None:
+        if "seed" in record:
+            print(clock.render(time.time(), record), flush=True)
+
+    rehearsal.logs.listener = listener
 
 
 def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -229,6 +245,8 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
     elif args.home_strategy == "rsync":
         target["home"] = {"path": str(rehearsal.host.root / "restored-home")}
     print(f"\nRestoring {backup_id} into new resources …", flush=True)
+    if rehearsal.logs.listener is not None:
+        print_seed_lines(rehearsal)  # its own clock
     result = rehearsal.run_restore({"instance": "demo", "backup_id": backup_id, "target": target})
     output = result.output or {}
     print(f"Restore of {backup_id}: {result.status}")
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             Rehearsal(url, username=args.username, password=password, **world_settings(args))
         )
         if not args.quiet:
-            rehearsal.logs.listener = lambda record: print(record["seed"], flush=True) if "seed" in record else None
+            print_seed_lines(rehearsal)
         result = rehearsal.run_backup(timeout=args.drain_timeout + 120)
         summary = summarize(result, rehearsal)
         print_summary(summary)

@@ -34,7 +34,7 @@ from typing import Any
 from functions.clients.aws import clients_from, credentials_client
 from functions.handlers._step import is_warm_up
 from rehearsal import latency
-from rehearsal.fake_account import REGION
+from rehearsal.fake_account import ACCOUNT, REGION
 from rehearsal.iam import RoleCredentials, lambda_credentials
 from rehearsal.lambda_worker import LOG_END  # what the worker writes after each invocation's log
 
@@ -115,6 +115,42 @@ class LogCapture(io.TextIOBase):
         return found
 
 
+class FunctionLog(io.TextIOBase):
+    """One invocation's log: every line goes on to the world's capture, and is kept with its time, so that it can
+    be delivered to the function's CloudWatch Logs group afterwards, as Lambda delivers what a function prints."""
+
+    def __init__(self, capture: LogCapture) -> None:
+        self.capture = capture
+        self.events: list[dict[str, Any]] = []
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.capture.write(text)
+        self._partial += text
+        *complete, self._partial = self._partial.split("\n")
+        now = int(time.time() * 1000)
+        self.events.extend({"timestamp": now, "message": line} for line in complete if line)
+        return len(text)
+
+
+def deliver_logs(function_name: str, stream: str, events: list[dict[str, Any]]) -> None:
+    """Into moto's CloudWatch Logs, where a deployment's functions write: group /aws/lambda/NAME (created on first
+    use, as Lambda creates it), one stream per execution environment. Lambda's service does this, not the function's
+    role, so it goes to the backend directly (no IAM, no latency)."""
+    if not events:
+        return
+    from moto.logs.models import logs_backends
+
+    backend = logs_backends[ACCOUNT][REGION]
+    group = f"/aws/lambda/{function_name}"
+    with _delivery_lock:
+        if group not in backend.groups:
+            backend.create_log_group(group, {})
+        backend.ensure_log_stream(group, stream)
+        backend.put_log_events(group, stream, events)
+
+
+_delivery_lock = threading.Lock()
 _role_clients: dict[tuple[RoleCredentials, str, str | None], Any] = {}
 _role_clients_lock = threading.Lock()
 
@@ -149,7 +185,9 @@ class Worker:
         from rehearsal.lambda_asset import runtime_site
 
         self.key = key
-        self.sink: LogCapture | None = None
+        self.sink: io.TextIOBase | None = None
+        # The CloudWatch Logs stream of this execution environment, named as Lambda names it.
+        self.stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         answers_read, answers_write = os.pipe()
         started = time.monotonic()
         self.process = subprocess.Popen(
@@ -396,7 +434,8 @@ class LambdaRuntime:
                 return {"errorType": error.error_type, "errorMessage": str(error)}
             POOL.add(worker)
             record.init_s = worker.init_s
-        worker.sink = self.logs
+        log = FunctionLog(self.logs)
+        worker.sink = log
         request = {
             "event": event,
             "env": env,
@@ -409,6 +448,7 @@ class LambdaRuntime:
         }
         answer = worker.call(request, timeout)
         POOL.give_back(worker)
+        deliver_logs(fn.function_name, worker.stream, log.events)
         if answer is None:
             return {"errorType": TIMEOUT_ERROR, "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
         return answer

@@ -169,6 +169,7 @@ class Artifact:
     details: dict[str, str] = field(default_factory=dict)
     # What the last restore drill found: "verified YYYY-MM-DD" or "drill failed YYYY-MM-DD" (see verification()).
     verified: str | None = None
+    percent: int | None = None  # a snapshot's completion as AWS reports it (progress lines only, not cataloged)
 
     def summary(self) -> dict[str, object]:
         return ({"verified": self.verified} if self.verified else {}) | {
@@ -184,6 +185,12 @@ class Artifact:
 
 VERIFIED_TAG = "bitbucket-backup:verified"
 VERIFY_FAILED_TAG = "bitbucket-backup:verify-failed"
+
+
+def percent_of(value: object) -> int | None:
+    """EC2's Progress ("45%") or RDS's PercentProgress (45) as 0..100, None when absent or not a percentage."""
+    text = str(value).strip().removesuffix("%") if isinstance(value, str | int) else ""
+    return int(text) if text.isdigit() and int(text) <= 100 else None
 
 
 def verification(tags: dict[str, str]) -> str | None:

@@ -32,6 +32,7 @@ from functions.strategies import (
     copy_refused,
     deployment_id,
     is_ours,
+    percent_of,
     verification,
 )
 
@@ -186,6 +187,7 @@ class EbsStrategy(SnapshotCopy):
             state=_STATES.get(snap.get("State", ""), "pending"),
             status=tags.get(STATUS_TAG, ""),
             verified=verification(tags),
+            percent=percent_of(snap.get("Progress")),
             size_gb=snap.get("VolumeSize"),
             created=str(snap.get("StartTime", "")),
             details={"volume_id": snap.get("VolumeId", ""), "device": tags.get("Device", ""), **copy_details(tags)},

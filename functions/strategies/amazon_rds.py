@@ -25,6 +25,7 @@ from functions.strategies import (
     copy_details,
     copy_refused,
     is_ours,
+    percent_of,
     verification,
 )
 from functions.strategies.rds_snapshots import ClusterSnapshots, InstanceSnapshots, SnapshotApi
@@ -95,6 +96,7 @@ class RdsStrategy(SnapshotCopy):
                     state=_STATES.get(str(snap.get("Status", "")).lower(), "pending"),
                     status=tags.get(STATUS_TAG, ""),
                     verified=verification(tags),
+                    percent=percent_of(snap.get("PercentProgress")),
                     size_gb=snap.get("AllocatedStorage"),
                     created=str(snap.get("SnapshotCreateTime", "")),
                     details={

@@ -165,7 +165,8 @@ def test_status_follow_prints_each_step_with_the_lock_clock_then_the_result(
 ) -> None:
     code, out, _ = cli(capsys, local, "status", local.execution, "--follow", "--poll-interval", "0.1")
     assert code == OK
-    lines = out.splitlines()
+    # The steps' lines (the functions' own lines among them are the next test's).
+    lines = [line for line in out.splitlines() if "]  INFO: " not in line]
     locked = next(i for i, line in enumerate(lines) if line.endswith(f"{BACKUP.lock.state}: done  (Bitbucket locked)"))
     unlocked = next(
         i for i, line in enumerate(lines) if f"{BACKUP.unlock.state}: done  (Bitbucket unlocked after" in line
@@ -388,3 +389,35 @@ def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=10)
+
+
+def test_logs_merges_the_functions_seed_lines_with_the_steps_under_the_lock_clock(
+    local: Local, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`logs` (= `status EXECUTION --follow`) reads the functions' lines from CloudWatch Logs, where the local
+    runtime delivers them as Lambda does, and prints them in order among the steps with both clocks."""
+    code, out, _ = cli(capsys, local, "logs", local.execution, "--poll-interval", "0.1")
+    assert code == OK, out
+    lines = out[: out.index("\n\n")].splitlines()
+    seeds = [line for line in lines if "]  INFO: " in line]
+    said = [line.split("]  INFO: ", 1)[1] for line in seeds]
+    assert said[0].startswith(f"prepared backup {local.backup_id}")
+    assert any(s.startswith("locked with '") for s in said) and "Bitbucket instance unlocked" in said
+    assert said.index("Backup progress updated to 100") < said.index("Bitbucket instance unlocked")
+    assert said[-1].startswith(f"backup {local.backup_id} complete")
+    taken = next(i for i, line in enumerate(lines) if "INFO: locked with '" in line)
+    released = next(i for i, line in enumerate(lines) if line.endswith("INFO: Bitbucket instance unlocked"))
+    # The lock clock runs from the lock's own line to the unlock's, on the steps' lines and the functions' alike.
+    assert all("[locked " in line or line.endswith("(Bitbucket locked)") for line in lines[taken : released + 1])
+    assert not any("[locked " in line for line in lines[:taken] + lines[released + 1 :])
+    times = [float(re.match(r"^\+ *(\d+\.\d) s  ", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert times == sorted(times)
+
+    # `backup --wait` printed the same lines as they came, on stderr (plain lines: not a terminal).
+    waited = local.backup[2].splitlines()
+    assert any("[locked " in line and "INFO: locked with '" in line for line in waited), local.backup[2]
+    assert any(line.endswith("INFO: Bitbucket instance unlocked") for line in waited)
+
+    code, out, _ = cli(capsys, local, "logs", local.execution, "--json")
+    record = json.loads(out)
+    assert code == OK and [line for line in record["lines"] if "]  INFO: " in line] == seeds

@@ -71,8 +71,10 @@ def test_rehearsal_with_a_wrong_password_exits_1_and_says_why(tmp_path: Path) ->
     assert "wrong-one" not in output and "wrong-one" not in json.dumps(summary)
     # In the user's words: no interpreter internals, and the step named once.
     assert "FailureEventException" not in output and " object at 0x" not in output and "Traceback" not in output
-    (failed,) = [line for line in output.splitlines() if "failed" in line and "401" in line]
-    assert failed.strip().startswith("failed: validate: ") and failed.count("validate") == 1, failed
+    (failed,) = [line for line in output.splitlines() if line.startswith("ERROR: ")]
+    assert failed.startswith("ERROR: validate: ") and "401" in failed and failed.count("validate") == 1, failed
+    # The last line says whether Bitbucket is unlocked; this run never locked it.
+    assert output.rstrip().splitlines()[-1].startswith("Bitbucket unlocked: yes (this run never locked"), output
 
 
 def test_rehearsal_refuses_nonsense_arguments(tmp_path: Path) -> None:

@@ -84,3 +84,27 @@ def test_a_running_backup_is_stopped_first_not_unlocked_under_it(
     assert "is still running" in out and "bitbucket-backup cancel" in out
     assert w.sim.locked
     w.r.client("stepfunctions").stop_execution(executionArn=execution)
+
+
+def test_a_failed_backup_ends_with_its_error_and_whether_bitbucket_is_unlocked(
+    served: Callable[..., tuple[World, LocalEndpoint]],
+) -> None:
+    """As Atlassian's script ends: one ERROR line naming the step and the cause, then the lock's state; here the
+    unlock is refused, so the operator is told that Bitbucket is still locked and what ends it."""
+    w, endpoint = served()
+    w.sim.inject("unlock", status=500, times=None)
+    code, out, err = command_line(endpoint, "backup", "--instance", "demo", "--wait", "--poll-interval", "0.1")
+    assert code == FAILED, out + err
+    *_, error, lock = out.strip().splitlines()
+    assert error.startswith("ERROR: ") and "unlock" in error and "[unlocked" not in error, out
+    assert lock.startswith("Bitbucket unlocked: NO - unlock failed"), out
+    assert out.count("ERROR: ") == 1
+    w.sim.reset_faults()
+    # The same end, read back later from the execution.
+    execution = (
+        out.split("execution ", 1)[1].split()[0] if "execution " in out else err.split("execution ", 1)[1].split()[0]
+    )
+    code, out, _ = command_line(endpoint, "logs", execution)
+    assert out.strip().splitlines()[-1].startswith("Bitbucket unlocked: NO - unlock failed"), out
+    code, out, _ = unlock(endpoint)
+    assert code == OK and not w.sim.locked, out

@@ -101,9 +101,7 @@ def test_a_failed_backup_ends_with_its_error_and_whether_bitbucket_is_unlocked(
     assert out.count("ERROR: ") == 1
     w.sim.reset_faults()
     # The same end, read back later from the execution.
-    execution = (
-        out.split("execution ", 1)[1].split()[0] if "execution " in out else err.split("execution ", 1)[1].split()[0]
-    )
+    execution = err.split("execution ", 1)[1].split()[0]  # "Started backup of demo: execution NAME"
     code, out, _ = command_line(endpoint, "logs", execution)
     assert out.strip().splitlines()[-1].startswith("Bitbucket unlocked: NO - unlock failed"), out
     code, out, _ = unlock(endpoint)

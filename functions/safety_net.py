@@ -15,13 +15,14 @@ from typing import Any
 from functions import cleanup, notify, runs, trusted_config
 from functions.models.config import InstanceConfig
 from functions.models.events import ExecutionInput
+from functions.models.results import SafetyNetActed
 from functions.observability import bind, logger
 from functions.steps import bitbucket
 
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
 
 
-def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
+def handle_status_change(detail: dict[str, Any]) -> SafetyNetActed:
     status, execution = str(detail.get("status", "")), str(detail.get("executionArn", ""))
     if status not in ACT_ON:
         return {"action": "none", "reason": f"status {status}"}
@@ -70,7 +71,7 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
     return {"action": "cleaned", "unlocked": unlocked, "cleanup": actions}
 
 
-def _without_record(instance: str, execution: str, status: str) -> dict[str, Any]:
+def _without_record(instance: str, execution: str, status: str) -> SafetyNetActed:
     config = _load_config(instance)
     if config.zero_downtime:
         return {"action": "none", "reason": "no run of this execution is open (zero-downtime: never locks)"}

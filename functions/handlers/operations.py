@@ -9,6 +9,7 @@ from functions import operator_unlock as unlocking
 from functions import safety_net as backup_safety_net
 from functions.handlers._step import step
 from functions.models.events import UnlockEvent, parse
+from functions.models.results import OperatorUnlocked, SafetyNetActed, StalenessReport
 from functions.models.steps import OPERATIONS
 
 
@@ -18,7 +19,7 @@ def _detail(event: Any) -> dict[str, Any]:
 
 
 @step(OPERATIONS.safety_net)
-def safety_net(event: dict[str, Any]) -> dict[str, Any]:
+def safety_net(event: dict[str, Any]) -> OperatorUnlocked | SafetyNetActed:
     """A backup execution ended ABORTED, TIMED_OUT or FAILED (an EventBridge event: it has a detail); or an operator
     asks to end the lock a run left behind (`bitbucket-backup unlock`: only the instance's name)."""
     if isinstance(event, dict) and "detail" not in event:
@@ -33,6 +34,6 @@ def restore_safety_net(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @step(OPERATIONS.staleness_check)
-def staleness_check(event: dict[str, Any]) -> dict[str, Any]:
+def staleness_check(event: dict[str, Any]) -> StalenessReport:
     """Scheduled (EventBridge Scheduler): hours since each instance's newest complete backup, as a metric."""
     return monitoring.check_staleness()

@@ -24,6 +24,7 @@ from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreR
 from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
+from functions.models.results import HostCommand
 
 TOOL_TAG = "bitbucket-backup:tool"
 TOOL_VALUE = "bitbucket-diy-backup-aws"
@@ -307,15 +308,15 @@ class HostCopy(Catalog):
         """The EC2 instance the copy runs on."""
 
     @abstractmethod
-    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
+    def prepare(self, backup_id: str) -> list[HostCommand]:
         """While Bitbucket is live (install the host script, a first pass)."""
 
     @abstractmethod
-    def copy(self, backup_id: str) -> list[dict[str, Any]]:
+    def copy(self, backup_id: str) -> list[HostCommand]:
         """Under the lock."""
 
     @abstractmethod
-    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[dict[str, Any]]:
+    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[HostCommand]:
         """After the unlock: archive the copy on the host and upload it with the catalog tags."""
 
 

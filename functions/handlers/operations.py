@@ -28,7 +28,7 @@ def safety_net(event: dict[str, Any]) -> OperatorUnlocked | SafetyNetActed:
 
 
 @step(OPERATIONS.restore_safety_net)
-def restore_safety_net(event: dict[str, Any]) -> dict[str, Any]:
+def restore_safety_net(event: dict[str, Any]) -> SafetyNetActed:
     """A restore execution ended ABORTED or TIMED_OUT."""
     return restore.handle_stopped(_detail(event))
 

@@ -9,6 +9,7 @@ answers carry. What is open (a host command's JSON summary, an artifact's detail
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
 
 # --- every step -------------------------------------------------------------------------------------------------------
@@ -182,3 +183,79 @@ class StalenessUnknown(TypedDict):
 
 # By instance name.
 StalenessReport = dict[str, Staleness | StalenessUnknown]
+
+
+# --- the restore (what a part's restorer creates and reports: functions/models/restore_plans.py) ---------------------
+
+
+class RestoreChecked(TypedDict):
+    """wait-restore: what is still pending; once ready, what each part's restorer reports, by part."""
+
+    ready: bool
+    pending: list[str]
+    parts: NotRequired[dict[str, Mapping[str, Any]]]
+
+
+class PartsRestored(TypedDict, total=False):
+    """What the restored parts are, by part (from wait-restore's answer; the home with where it is attached and
+    mounted): read by the summary's next steps, the notice and the command line."""
+
+    database: dict[str, Any]
+    home: dict[str, Any]
+
+
+class RestoreDrillOutput(TypedDict):
+    """A drill's restore: what its teardown needs to remove exactly this copy."""
+
+    parts: dict[str, dict[str, Any]]
+    created: dict[str, Any]
+
+
+class RestoreSummary(PartsRestored):
+    """finish: the restore execution's output (the restored parts' keys come after `execution`)."""
+
+    instance: str
+    backup_id: str
+    status: str
+    execution: str
+    next_steps: list[str]
+    duration_s: float
+
+
+class DrillRestoreSummary(RestoreSummary):
+    drill: RestoreDrillOutput
+
+
+class RestoreFailureHandled(FailureHandled):
+    cleanup: list[str]
+
+
+# --- the restore drill ------------------------------------------------------------------------------------------------
+
+
+class DrillChecks(TypedDict):
+    """The checks started on the drill host (command None: nothing to check there) and what is checked."""
+
+    command: HostCommand | None
+    checks: list[str]
+
+
+class DrillChecked(TypedDict):
+    done: bool
+    result: NotRequired[Any]  # drill-check's summary, as the host printed it
+
+
+class DrillSummary(TypedDict):
+    """The drill's output and record; a failed drill also says where and why."""
+
+    instance: str | None
+    backup_id: str | None
+    verified: bool
+    date: str
+    checks: list[str]
+    result: Any
+    teardown: list[str]
+    execution: str | None
+    step: NotRequired[str]
+    error: NotRequired[str]
+    cause: NotRequired[str]

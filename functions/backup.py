@@ -31,33 +31,34 @@ from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.models.part_config import RsyncHomeConfig
-from functions.models.results import (
-    ArchiveSummary,
-    BackupFailed,
-    BackupStarted,
-    BackupSummary,
-    CopiesChecked,
-    DrainPolled,
-    HostCommand,
-    HostProgress,
-    Immutability,
-    Locked,
-    PartCopied,
-    ProgressSent,
-    SnapshotsChecked,
-    Unlocked,
-)
 from functions.observability import bind, logger, redact, short
 from functions.steps import bitbucket, cause_text, say
 
 # The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
-# drain, progress and unlock handlers start without them (README, "What it measured").
+# drain, progress and unlock handlers start without them (README, "What it measured"); the results' TypedDicts are
+# types only (creating them costs a few ms; the results are plain dicts at run time).
 if TYPE_CHECKING:
+    from functions.models.results import (
+        ArchiveSummary,
+        BackupFailed,
+        BackupStarted,
+        BackupSummary,
+        CopiesChecked,
+        DrainPolled,
+        HostCommand,
+        HostProgress,
+        Immutability,
+        Locked,
+        PartCopied,
+        ProgressSent,
+        SnapshotsChecked,
+        Unlocked,
+    )
     from functions.strategies import Artifact, Catalog
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
 # What check_host passes on: a copy's progress stays a copy's (its part and artifacts go through unchanged).
-P = TypeVar("P", bound=HostProgress)
+P = TypeVar("P", bound="HostProgress")
 
 
 def backup_id_for(instance: str, start_time: str) -> str:

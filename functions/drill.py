@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import catalog, notify, trusted_config
 from functions.clients import host
@@ -32,11 +32,14 @@ from functions.models.config import InstanceConfig
 from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.models.part_config import EbsHomeConfig, PostgresDatabaseConfig, RsyncHomeConfig
-from functions.models.results import DrillChecked, DrillChecks, DrillSummary, HostCommand
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
 from functions.steps import cause_text, say
 from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, restorer_for, strategies_for
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import DrillChecked, DrillChecks, DrillSummary, HostCommand
 
 
 class DrillFailed(BackupError):
@@ -164,7 +167,7 @@ def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[s
 def check_status(drill_plan: DrillPlan, check: DrillChecks) -> DrillChecked:
     bind(instance=drill_plan.instance, backup_id=drill_plan.backup_id)
     # The state machine checks only a started command ($.check.command is not null).
-    summary = host.check(cast(HostCommand, check["command"]))
+    summary = host.check(cast("HostCommand", check["command"]))
     if summary is None:
         return {"done": False}
     return {"done": True, "result": summary.get("drill-check", {})}

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -22,8 +22,11 @@ from functions.errors import BackupError
 from functions.models import environment
 from functions.models import metrics as names
 from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
-from functions.models.results import BackupSummary, StalenessReport
 from functions.observability import logger, metrics, redact
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import BackupSummary, StalenessReport
 
 
 def _emit(instance: str, values: dict[str, tuple[str, float]], *, flush: bool = False) -> None:

@@ -19,13 +19,17 @@ What it found is one of:
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from functions import cleanup, notify, runs, trusted_config
 from functions.clients.aws import client
 from functions.errors import BackupError
-from functions.models.results import OperatorUnlocked
 from functions.observability import bind, redact
 from functions.steps import bitbucket, say
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import OperatorUnlocked
 
 BY_HAND = "README, Troubleshooting: 'Unlocking Bitbucket by hand'"
 

@@ -15,7 +15,7 @@ import posixpath
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import notify, trusted_config
 from functions.clients.aws import client
@@ -25,19 +25,22 @@ from functions.models.config import InstanceConfig
 from functions.models.events import parse
 from functions.models.part_config import EbsHomeConfig
 from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
-from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted, PartCreated
-from functions.models.results import (
-    DrillRestoreSummary,
-    PartsRestored,
-    RestoreChecked,
-    RestoreFailureHandled,
-    RestoreSummary,
-    SafetyNetActed,
-)
 from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
 from functions.strategies import COMPLETE, Artifact, restorer_for, restorers_for, strategies_for, volume_restorer
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted, PartCreated
+    from functions.models.results import (
+        DrillRestoreSummary,
+        PartsRestored,
+        RestoreChecked,
+        RestoreFailureHandled,
+        RestoreSummary,
+        SafetyNetActed,
+    )
 
 PARTS = ("database", "home")
 SKIPPED = {"skipped": True}
@@ -221,7 +224,7 @@ def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> RestoreCheck
 def attach(plan: RestorePlan, created: EbsCreated) -> Attached:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "attach-home")
-    home = cast(EbsPlan, plan.parts["home"])  # the plan EbsRestorer.check() made (volume_restorer refuses others)
+    home = cast("EbsPlan", plan.parts["home"])  # the plan EbsRestorer.check() made (volume_restorer refuses others)
     result = volume_restorer(plan.config, "attach-home").attach(home, created, plan.execution)
     _say(plan, f"home volumes attached to {result['instance_id']}")
     return result
@@ -230,7 +233,7 @@ def attach(plan: RestorePlan, created: EbsCreated) -> Attached:
 def mount(plan: RestorePlan, attached: Attached) -> Mounted:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "mount-home")
-    home = cast(EbsPlan, plan.parts["home"])  # as in attach()
+    home = cast("EbsPlan", plan.parts["home"])  # as in attach()
     result = volume_restorer(plan.config, "mount-home").mount(home, attached)
     _say(plan, f"home mounted at {', '.join(result['mounted'])} on {result['instance_id']}")
     return result
@@ -248,7 +251,7 @@ def finish(state: dict[str, Any]) -> RestoreSummary | DrillRestoreSummary:
             break  # a drill's copy stays `restoring`: the drill checks it and then tears it down
         # From here on the restored resources are the operator's: the tool's IAM cannot delete `restored` ones.
         restorer_for(plan.config, part).complete(plan.parts[part], created[part])
-    results = cast(PartsRestored, dict(state.get("status", {}).get("parts", {})))  # wait-restore's, by part
+    results = cast("PartsRestored", dict(state.get("status", {}).get("parts", {})))  # wait-restore's, by part
     attached = state.get("attach") if plan.attach else None
     mounted = state.get("mount") if plan.mount else None
     if "home" in results:

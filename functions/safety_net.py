@@ -10,14 +10,17 @@ done, so a second delivery finds nothing.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from functions import cleanup, notify, runs, trusted_config
 from functions.models.config import InstanceConfig
 from functions.models.events import ExecutionInput
-from functions.models.results import SafetyNetActed
 from functions.observability import bind, logger
 from functions.steps import bitbucket
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import SafetyNetActed
 
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -19,8 +19,11 @@ from functions.clients.aws import client, error_code
 from functions.errors import HostCommandFailed
 from functions.models import environment
 from functions.models.host_operations import OPERATIONS
-from functions.models.results import HostCommand, HostSummary
 from functions.observability import redact
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import HostCommand, HostSummary
 
 Parameters = dict[str, str | int]
 

@@ -16,19 +16,22 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.errors import BackupError
-from functions.models.results import WarmUp
 from functions.models.steps import Function
 from functions.observability import bind, logger, metrics, redact
 
-# A step's result (functions/models/results.py): the handler's declared result flows through the decorator.
+# A step's result (functions/models/results.py): the handler's declared result flows through the decorator. Types
+# only: creating the TypedDicts costs a few ms at a cold start, and the results are plain dicts at run time.
 R = TypeVar("R", bound=Mapping[str, Any])
-Handler = Callable[[dict[str, Any], Any], R | WarmUp]
-Body = Callable[[dict[str, Any]], R]
+if TYPE_CHECKING:
+    from functions.models.results import WarmUp
+
+    Handler = Callable[[dict[str, Any], Any], R | WarmUp]
+    Body = Callable[[dict[str, Any]], R]
 
 WARM_EVENT: dict[str, Any] = {"warm": True}
 # When the running invocation must have returned (time.time()), from the Lambda context; for the in-function waits.

@@ -4,7 +4,9 @@ A host copy (rsync's locked pass, pg_dump) is waited for inside the copy's invoc
 invocation, the state machine calls the copy again with what it returned (`progress`), and it goes on waiting.
 """
 
-from typing import Any, cast
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
 
 # What the locked phase and the failure path use, imported at cold start: the warm-up before the lock pays for it.
 from functions import backup, cleanup, monitoring  # noqa: F401
@@ -19,21 +21,24 @@ from functions.models.events import (
     StepEvent,
     parse,
 )
-from functions.models.results import (
-    BackupFailed,
-    BackupStarted,
-    BackupSummary,
-    CopiesChecked,
-    DrainPolled,
-    HostProgress,
-    Locked,
-    PartCopied,
-    ProgressSent,
-    SnapshotsChecked,
-    Unlocked,
-)
 from functions.models.steps import BACKUP, Step
 from functions.strategies import amazon_ebs, amazon_rds, host_copy  # noqa: F401
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import (
+        BackupFailed,
+        BackupStarted,
+        BackupSummary,
+        CopiesChecked,
+        DrainPolled,
+        HostProgress,
+        Locked,
+        PartCopied,
+        ProgressSent,
+        SnapshotsChecked,
+        Unlocked,
+    )
 
 
 @step(BACKUP.validate)
@@ -54,7 +59,7 @@ def check_host(event: dict[str, Any]) -> HostProgress:
     """One check of the SSM Run Commands a host step started."""
     request = parse(HostProgressEvent, event, BACKUP.check_host.label)
     # What the host step that started the commands returned, handed back by the state machine.
-    return backup.check_host(request.run, cast(HostProgress, request.progress))
+    return backup.check_host(request.run, cast("HostProgress", request.progress))
 
 
 @step(BACKUP.lock)
@@ -77,7 +82,7 @@ def _copy(row: Step, event: dict[str, Any]) -> PartCopied:
     request = parse(PartProgressEvent, event, row.label)
     if request.progress is not None:
         # What this copy returned the last time, handed back by the state machine.
-        return backup.wait_host(request.run, cast(PartCopied, request.progress), seconds_left())
+        return backup.wait_host(request.run, cast("PartCopied", request.progress), seconds_left())
     return backup.backup_part(request.run, request.part, seconds_left())
 
 
@@ -124,7 +129,7 @@ def copy_regions(event: dict[str, Any]) -> CopiesChecked:
 def finalize(event: dict[str, Any]) -> BackupSummary:
     """Mark the backup complete, prune old ones, optionally announce success."""
     request = parse(FinalizeEvent, event, BACKUP.finalize.label)
-    return backup.finalize(request.run, cast(Unlocked | None, request.unlocked))
+    return backup.finalize(request.run, cast("Unlocked | None", request.unlocked))
 
 
 @step(BACKUP.handle_failure)

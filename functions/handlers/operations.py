@@ -2,15 +2,20 @@
 cleanup: functions/safety_net.py, functions/restore.py handle_stopped; the backup's also answers the operator's
 `bitbucket-backup unlock`: functions/operator_unlock.py) and the scheduled staleness check."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from functions import monitoring, restore
 from functions import operator_unlock as unlocking
 from functions import safety_net as backup_safety_net
 from functions.handlers._step import step
 from functions.models.events import UnlockEvent, parse
-from functions.models.results import OperatorUnlocked, SafetyNetActed, StalenessReport
 from functions.models.steps import OPERATIONS
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import OperatorUnlocked, SafetyNetActed, StalenessReport
 
 
 def _detail(event: Any) -> dict[str, Any]:

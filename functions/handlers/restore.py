@@ -1,14 +1,19 @@
 """The restore's steps (functions.restore), one handler each, named as their rows in functions/models/steps.py."""
 
-from typing import Any, cast
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import restore
 from functions.handlers._step import step
 from functions.models.events import parse
 from functions.models.restore import MountEvent, PartEvent, StateEvent, StatusEvent, ValidateEvent
-from functions.models.restore_plans import Attached, EbsCreated, Mounted, PartCreated
-from functions.models.results import DrillRestoreSummary, RestoreChecked, RestoreFailureHandled, RestoreSummary
 from functions.models.steps import RESTORE, Step
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, Mounted, PartCreated
+    from functions.models.results import DrillRestoreSummary, RestoreChecked, RestoreFailureHandled, RestoreSummary
 
 
 @step(RESTORE.validate)
@@ -46,14 +51,14 @@ def attach_home(event: dict[str, Any]) -> Attached:
     """Attach the restored volumes to the stopped target instance."""
     request = parse(StatusEvent, event, RESTORE.attach_home.label)
     # What restore-home created (EbsRestorer.start()), handed back by the state machine.
-    return restore.attach(request.plan, cast(EbsCreated, request.created["home"]))
+    return restore.attach(request.plan, cast("EbsCreated", request.created["home"]))
 
 
 @step(RESTORE.mount_home)
 def mount_home(event: dict[str, Any]) -> Mounted:
     """Mount the restored home on the target instance through SSM Run Command."""
     request = parse(MountEvent, event, RESTORE.mount_home.label)
-    return restore.mount(request.plan, cast(Attached, request.attach))  # attach-home's result
+    return restore.mount(request.plan, cast("Attached", request.attach))  # attach-home's result
 
 
 @step(RESTORE.finish)

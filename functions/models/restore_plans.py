@@ -2,7 +2,8 @@
 shape: the part's plan (its check(), carried in RestorePlan.parts), what its start() created (the restore step's
 result, handed to the later steps), and what it tells the operator about the restored part (progress().result).
 
-TypedDicts, as the step results (functions/models/results.py): the state machine carries them as JSON unchanged.
+TypedDicts, as the step results (functions/models/results.py), imported for type checking only: the state machine
+carries them as JSON unchanged.
 """
 
 from __future__ import annotations

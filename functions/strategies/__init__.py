@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -24,8 +24,11 @@ from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreR
 from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
-from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted
-from functions.models.results import HostCommand
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted
+    from functions.models.results import HostCommand
 
 TOOL_TAG = "bitbucket-backup:tool"
 TOOL_VALUE = "bitbucket-diy-backup-aws"

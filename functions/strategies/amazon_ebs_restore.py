@@ -3,7 +3,7 @@ mounted there; existing volumes are never detached or deleted."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
@@ -12,16 +12,6 @@ from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, HostCommandFailed, RestoreFailed, RestoreRefused, TargetNotReady
 from functions.models.part_config import EbsHomeConfig
 from functions.models.restore import HomeTarget, RestoreTarget
-from functions.models.restore_plans import (
-    Attached,
-    AttachedVolume,
-    EbsCreated,
-    EbsPlan,
-    EbsRestored,
-    Mounted,
-    RestoredVolume,
-    VolumePlan,
-)
 from functions.observability import logger
 from functions.strategies import (
     BACKUP_ID_TAG,
@@ -38,8 +28,21 @@ from functions.strategies import (
 )
 from functions.strategies.amazon_ebs import RATE_LIMITS
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        Attached,
+        AttachedVolume,
+        EbsCreated,
+        EbsPlan,
+        EbsRestored,
+        Mounted,
+        RestoredVolume,
+        VolumePlan,
+    )
 
-class EbsRestorer(VolumeRestorer[EbsPlan, EbsCreated]):
+
+class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
     part = "home"
     target_fields = frozenset(
         {"availability_zone", "volume_type", "iops", "kms_key_id", "attach_to_instance_id", "mount"}

@@ -3,7 +3,7 @@ RESTORED_PREFIX; nothing existing is touched."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
@@ -11,15 +11,6 @@ from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, RestoreFailed, RestoreRefused
 from functions.models.part_config import AuroraDatabaseConfig, RdsDatabaseConfig
 from functions.models.restore import DatabaseTarget, RestoreTarget
-from functions.models.restore_plans import (
-    AuroraCreated,
-    AuroraPlan,
-    AuroraRestored,
-    DatabaseNetwork,
-    RdsCreated,
-    RdsPlan,
-    RdsRestored,
-)
 from functions.observability import logger
 from functions.strategies import (
     RESTORE_FAILED,
@@ -34,6 +25,18 @@ from functions.strategies import (
 )
 from functions.strategies.amazon_rds import RATE_LIMITS, _tag_list
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        AuroraCreated,
+        AuroraPlan,
+        AuroraRestored,
+        DatabaseNetwork,
+        RdsCreated,
+        RdsPlan,
+        RdsRestored,
+    )
+
 # Both restorers take the other's fields too: check() answers a mix-up of the two with a message that says which
 # to give.
 DATABASE_FIELDS = frozenset(
@@ -42,7 +45,7 @@ DATABASE_FIELDS = frozenset(
 )  # fmt: skip
 
 
-class RdsRestorer(Restorer[RdsPlan, RdsCreated]):
+class RdsRestorer(Restorer["RdsPlan", "RdsCreated"]):
     part = "database"
     target_fields = DATABASE_FIELDS
 
@@ -137,7 +140,7 @@ class RdsRestorer(Restorer[RdsPlan, RdsCreated]):
         return _cleanup_db([("instance", plan["instance_id"])], self.instance.name, execution, keep)
 
 
-class AuroraRestorer(Restorer[AuroraPlan, AuroraCreated]):
+class AuroraRestorer(Restorer["AuroraPlan", "AuroraCreated"]):
     part = "database"
     target_fields = DATABASE_FIELDS
 

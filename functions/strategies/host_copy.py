@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
@@ -24,7 +24,6 @@ from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
 from functions.models.config import CopyTarget
 from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
-from functions.models.results import HostCommand
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
@@ -39,6 +38,10 @@ from functions.strategies import (
     is_ours,
     verification,
 )
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import HostCommand
 
 KIND = "s3-archive"
 

@@ -4,7 +4,7 @@ its manifest, and extract it into an empty directory or pg_restore it into a NEW
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from functions.clients import host
 from functions.clients.aws import client
@@ -13,23 +13,26 @@ from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import RestoreTarget
-from functions.models.restore_plans import (
-    ArchiveCreated,
-    ArchivePlan,
-    DatabaseLoaded,
-    HomeExtracted,
-    PostgresPlan,
-    RsyncPlan,
-)
-from functions.models.results import HostSummary
 from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
 from functions.strategies.host_copy import KIND, HostCopyStrategy, PostgresStrategy, RsyncStrategy
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        ArchiveCreated,
+        ArchivePlan,
+        DatabaseLoaded,
+        HomeExtracted,
+        PostgresPlan,
+        RsyncPlan,
+    )
+    from functions.models.results import HostSummary
+
 # An archive's plan: where it is, and the host and work path it is restored on (either archive's).
-HostPlan = TypeVar("HostPlan", RsyncPlan, PostgresPlan)
+HostPlan = TypeVar("HostPlan", "RsyncPlan", "PostgresPlan")
 
 
-class ArchiveRestorer(Restorer[HostPlan, ArchiveCreated], Generic[HostPlan]):
+class ArchiveRestorer(Restorer[HostPlan, "ArchiveCreated"], Generic[HostPlan]):
     """What restoring either archive shares: the host it is restored on, and the download."""
 
     source: HostCopyStrategy
@@ -92,7 +95,7 @@ class ArchiveRestorer(Restorer[HostPlan, ArchiveCreated], Generic[HostPlan]):
         """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
 
 
-class RsyncRestorer(ArchiveRestorer[RsyncPlan]):
+class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
     part = "home"
 
     def __init__(self, instance: InstanceConfig) -> None:
@@ -166,7 +169,7 @@ class RsyncRestorer(ArchiveRestorer[RsyncPlan]):
         return [f"home: removed what this restore extracted into {where}"]
 
 
-class PostgresRestorer(ArchiveRestorer[PostgresPlan]):
+class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
     part = "database"
 
     def __init__(self, instance: InstanceConfig) -> None:

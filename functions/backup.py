@@ -6,9 +6,10 @@ sees the same clock and the same tokens without passing them through the executi
 
 from __future__ import annotations
 
+import copy
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -34,11 +35,30 @@ from functions.observability import bind, logger, redact, short
 from functions.steps import bitbucket, cause_text, say
 
 # The strategies (and cleanup, monitoring, which use them) are imported by the steps that need them: the lock, start,
-# drain, progress and unlock handlers start without them (README, "What it measured").
+# drain, progress and unlock handlers start without them (README, "What it measured"); the results' TypedDicts are
+# types only (creating them costs a few ms; the results are plain dicts at run time).
 if TYPE_CHECKING:
+    from functions.models.results import (
+        ArchiveSummary,
+        BackupFailed,
+        BackupStarted,
+        BackupSummary,
+        CopiesChecked,
+        DrainPolled,
+        HostCommand,
+        HostProgress,
+        Immutability,
+        Locked,
+        PartCopied,
+        ProgressSent,
+        SnapshotsChecked,
+        Unlocked,
+    )
     from functions.strategies import Artifact, Catalog
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
+# What check_host passes on: a copy's progress stays a copy's (its part and artifacts go through unchanged).
+P = TypeVar("P", bound="HostProgress")
 
 
 def backup_id_for(instance: str, start_time: str) -> str:
@@ -103,7 +123,7 @@ def _lock_of(run: RunContext) -> tuple[runs.Run, Lock]:
     return record, Lock(unlock_token=record.unlock_token, owner="")
 
 
-def lock(run: RunContext) -> dict[str, Any]:
+def lock(run: RunContext) -> Locked:
     record = runs.get(run.instance, run.backup_id)
     if record and record.unlock_token:
         # A retried invocation: the first one locked and saved the token. Locking again would fail (409).
@@ -116,7 +136,7 @@ def lock(run: RunContext) -> dict[str, Any]:
     return {"locked_at": now}
 
 
-def start_backup(run: RunContext) -> dict[str, Any]:
+def start_backup(run: RunContext) -> BackupStarted:
     record, lock_ = _lock_of(run)
     if record.cancel_token:
         return {"reused": True}  # a retried invocation: the task already runs
@@ -126,7 +146,7 @@ def start_backup(run: RunContext) -> dict[str, Any]:
     return {"task_id": task.id}
 
 
-def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL) -> dict[str, Any]:
+def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL) -> DrainPolled:
     """Checks the drain state every drain_poll_interval_seconds until DRAINED, the drain timeout, or the end of this
     invocation's slice (seconds_left: until its Lambda timeout); the state machine invokes it again only then."""
     record, lock_ = _lock_of(run)
@@ -168,7 +188,7 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
 
 def backup_part(
     run: RunContext, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
-) -> dict[str, Any]:
+) -> PartCopied:
     from functions.strategies import parts_for
 
     parts = parts_for(run.config)
@@ -176,7 +196,7 @@ def backup_part(
     if on_host is not None:
         commands = on_host.copy(run.backup_id)
         say(run.config, f"{part} copy started on {on_host.instance_id}")
-        started = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
+        started: PartCopied = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
         return wait_host(run, started, seconds_left, clock)
     if part not in parts.snapshots:
         raise ValueError(f"instance '{run.config.name}' has no '{part}' part to back up")
@@ -186,13 +206,13 @@ def backup_part(
 
 
 def wait_host(
-    run: RunContext, progress: dict[str, Any], seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
-) -> dict[str, Any]:
+    run: RunContext, progress: PartCopied, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
+) -> PartCopied:
     """Under the lock: checks the host commands every locked_host_poll_interval_seconds until they all ended or this
     invocation's slice ends, so that the unlock follows the end of the locked copy within a fraction of a second."""
     current = progress
 
-    def finished() -> dict[str, Any] | None:
+    def finished() -> PartCopied | None:
         nonlocal current
         current = check_host(run, current)
         return current if current["done"] else None
@@ -202,34 +222,37 @@ def wait_host(
     return current
 
 
-def prepare_host(run: RunContext) -> dict[str, Any]:
+def prepare_host(run: RunContext) -> HostProgress:
     """Before the lock, while Bitbucket is live: install the host script, start the expensive first copy pass."""
     from functions.strategies import parts_for
 
-    commands: list[dict[str, Any]] = []
+    commands: list[HostCommand] = []
     for on_host in parts_for(run.config).hosts.values():
         commands += on_host.prepare(run.backup_id)
     return {"done": not commands, "commands": commands, "results": {}}
 
 
-def check_host(run: RunContext, progress: dict[str, Any]) -> dict[str, Any]:
+def check_host(run: RunContext, progress: P) -> P:
     """One check of the host commands in `progress`; raises HostCommandFailed (naming the step) if one failed."""
-    remaining, results = [], dict(progress.get("results") or {})
-    for command in progress.get("commands") or []:
+    known: HostProgress = progress
+    remaining, results = [], dict(known.get("results") or {})
+    for command in known.get("commands") or []:
         summary = host.check(command)
         if summary is None:
             remaining.append(command)
         else:
             results[command["step"]] = summary
             say(run.config, f"{command['step']} done on {command['instance_id']}")
-    return {**progress, "done": not remaining, "commands": remaining, "results": results}
+    checked = copy.copy(progress)  # the same keys in the same order as {**progress, ...}
+    checked["done"], checked["commands"], checked["results"] = not remaining, remaining, results
+    return checked
 
 
-def archive(run: RunContext) -> dict[str, Any]:
+def archive(run: RunContext) -> HostProgress:
     """After the unlock: archive each copy-type part on its host and upload it to the archive bucket."""
     from functions.strategies import parts_for
 
-    commands: list[dict[str, Any]] = []
+    commands: list[HostCommand] = []
     for on_host in parts_for(run.config).hosts.values():
         commands += on_host.archive(run.backup_id, run.bitbucket_version)
     return {"done": not commands, "commands": commands, "results": {}}
@@ -244,7 +267,7 @@ def _send_progress(client_: BitbucketClient, lock_: Lock, percentage: int) -> No
             raise
 
 
-def report_progress(run: RunContext, part: str) -> dict[str, Any]:
+def report_progress(run: RunContext, part: str) -> ProgressSent:
     """A finished part moves the progress up; it only ever increases (the 100 is the unlock's)."""
     _, lock_ = _lock_of(run)
     # The two copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
@@ -261,7 +284,7 @@ def report_progress(run: RunContext, part: str) -> dict[str, Any]:
     return {"percentage": percentage}
 
 
-def unlock(run: RunContext) -> dict[str, Any]:
+def unlock(run: RunContext) -> Unlocked:
     """Progress 100, then the unlock, as Atlassian's script ends its backup: in one invocation, since each Lambda
     round trip and each call under the lock lengthens the maintenance window. Every part has reported by now (the
     copy's Parallel is over), so the 100 needs no progress lock."""
@@ -305,7 +328,7 @@ def source_region() -> str:
     return environment.region() or str(client("ec2").meta.region_name)
 
 
-def copy_regions(run: RunContext) -> dict[str, Any]:
+def copy_regions(run: RunContext) -> CopiesChecked:
     """After the snapshots completed and the archives were uploaded: start every disaster-recovery copy not yet
     started, then check them all. Done when every copy is complete; a copy in error fails the run (CopyFailed)."""
     if not run.config.copies:
@@ -347,7 +370,7 @@ def copy_regions(run: RunContext) -> dict[str, Any]:
     return {"done": False, "pending": pending}
 
 
-def check_snapshots(run: RunContext) -> dict[str, Any]:
+def check_snapshots(run: RunContext) -> SnapshotsChecked:
     from functions.strategies import parts_for
 
     found = _all_artifacts(run.config, run.backup_id)
@@ -414,7 +437,7 @@ def _prune(found: list[tuple[Catalog, Artifact]], keep: int, keep_backup_id: str
     return pruned
 
 
-def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]:
+def finalize(run: RunContext, unlocked: Unlocked | None) -> BackupSummary:
     from functions import cleanup, monitoring
     from functions.strategies import COMPLETE
     from functions.strategies.host_copy import KIND as ARCHIVE_KIND
@@ -443,28 +466,25 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
         pruned, prune_error = [], redact(f"{type(error).__name__}: {error}")
         logger.warning(f"pruning failed: {prune_error}")
     duration = time.time() - run.started_at
-    summary = {
+    immutable: Immutability = {"locked": locked, "lock_errors": lock_errors} if run.config.immutable else {}
+    summary: BackupSummary = {
         "instance": run.instance,
         "backup_id": run.backup_id,
         "status": "complete",
         "artifacts": [a.summary() | {"status": COMPLETE} for _, a in found],
-        "archive": [
-            {"part": a.part, **{k: a.details[k] for k in ("bucket", "key", "size", "sha256")}}
-            for _, a in found
-            if a.kind == ARCHIVE_KIND
-        ],
+        "archive": [_archive_summary(a.part, a.details) for _, a in found if a.kind == ARCHIVE_KIND],
         "copies": [
             {"target": s.where, "kind": a.kind, "id": a.id, "copy_of": a.details.get("copy_of"), "status": COMPLETE}
             for s, a in copies
         ],
         "unshared": unshared,
         "unshare_errors": unshare_errors,
-        **({"locked": locked, "lock_errors": lock_errors} if run.config.immutable else {}),
+        **immutable,
         "pruned": pruned,
         "prune_error": prune_error,
         "zero_downtime": run.config.zero_downtime,
-        "lock_window_s": (unlocked or {}).get("lock_window_s"),
-        "drain_s": (unlocked or {}).get("drain_s"),
+        "lock_window_s": unlocked.get("lock_window_s") if unlocked else None,
+        "drain_s": unlocked.get("drain_s") if unlocked else None,
         "duration_s": round(duration, 3),
         "security_warning": run.config.connection_warning,
     }
@@ -487,7 +507,12 @@ def finalize(run: RunContext, unlocked: dict[str, Any] | None) -> dict[str, Any]
     return summary
 
 
-def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: dict[str, Any]) -> dict[str, Any]:
+def _archive_summary(part: str, details: dict[str, str]) -> ArchiveSummary:
+    return {"part": part, "bucket": details["bucket"], "key": details["key"], "size": details["size"],
+            "sha256": details["sha256"]}  # fmt: skip
+
+
+def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: dict[str, Any]) -> BackupFailed:
     """The one failure path: cancel the task, unlock if we locked, drop what this run made, notify once."""
     from functions import cleanup, monitoring
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import catalog, notify, trusted_config
 from functions.clients import host
@@ -36,6 +36,10 @@ from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
 from functions.steps import cause_text, say
 from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, restorer_for, strategies_for
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import DrillChecked, DrillChecks, DrillSummary, HostCommand
 
 
 class DrillFailed(BackupError):
@@ -109,7 +113,7 @@ def _zone(instance_id: str) -> str:
 # --- checks on the drill host ----------------------------------------------------------------------------------------
 
 
-def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> dict[str, Any]:
+def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> DrillChecks:
     """Starts `drill-check` on the drill host for what can be checked there; lists what is only checked by the
     restore itself (resources available)."""
     bind(instance=drill_plan.instance, backup_id=drill_plan.backup_id)
@@ -160,9 +164,10 @@ def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[s
             "region": secret.split(":")[3]}  # fmt: skip
 
 
-def check_status(drill_plan: DrillPlan, check: dict[str, Any]) -> dict[str, Any]:
+def check_status(drill_plan: DrillPlan, check: DrillChecks) -> DrillChecked:
     bind(instance=drill_plan.instance, backup_id=drill_plan.backup_id)
-    summary = host.check(check["command"])
+    # The state machine checks only a started command ($.check.command is not null).
+    summary = host.check(cast("HostCommand", check["command"]))
     if summary is None:
         return {"done": False}
     return {"done": True, "result": summary.get("drill-check", {})}
@@ -171,7 +176,7 @@ def check_status(drill_plan: DrillPlan, check: dict[str, Any]) -> dict[str, Any]
 # --- record, tear down, report ---------------------------------------------------------------------------------------
 
 
-def finish(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
+def finish(state: dict[str, Any], failure: dict[str, Any]) -> DrillSummary:
     raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
     drill_plan = parse(DrillPlan, state["plan"], "finish") if isinstance(state.get("plan"), dict) else None
     instance = drill_plan.instance if drill_plan else str((raw_input or {}).get("instance", "")) or None
@@ -195,7 +200,7 @@ def finish(state: dict[str, Any], failure: dict[str, Any]) -> dict[str, Any]:
     cause = _failure_cause(failure) if failure else ""
     checks = state.get("check", {}).get("checks", []) if isinstance(state.get("check"), dict) else []
     result = state.get("checked", {}).get("result") if isinstance(state.get("checked"), dict) else None
-    summary: dict[str, Any] = {
+    summary: DrillSummary = {
         "instance": instance,
         "backup_id": backup_id,
         "verified": verified,

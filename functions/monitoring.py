@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -23,6 +24,10 @@ from functions.models import metrics as names
 from functions.models.config import ConfigError, InstanceConfig, parse_instance_config
 from functions.observability import logger, metrics, redact
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import BackupSummary, StalenessReport
+
 
 def _emit(instance: str, values: dict[str, tuple[str, float]], *, flush: bool = False) -> None:
     metrics.add_dimension(names.INSTANCE_DIMENSION, instance)
@@ -33,7 +38,7 @@ def _emit(instance: str, values: dict[str, tuple[str, float]], *, flush: bool = 
         metrics.clear_metrics()
 
 
-def record_success(instance: str, summary: dict[str, Any]) -> None:
+def record_success(instance: str, summary: BackupSummary) -> None:
     """The run's numbers, from finalize's summary: lock window and drain (known since the unlock), total duration,
     and the size of what was copied where the strategies know it (snapshot volume sizes, archive bytes)."""
     values: dict[str, tuple[str, float]] = {
@@ -41,9 +46,9 @@ def record_success(instance: str, summary: dict[str, Any]) -> None:
         names.BACKUP_FAILED: ("Count", 0),
         names.DURATION: ("Seconds", float(summary["duration_s"])),
     }
-    for name, key in ((names.LOCK_WINDOW, "lock_window_s"), (names.DRAIN, "drain_s")):
-        if summary.get(key) is not None:
-            values[name] = ("Seconds", float(summary[key]))
+    for name, seconds in ((names.LOCK_WINDOW, summary.get("lock_window_s")), (names.DRAIN, summary.get("drain_s"))):
+        if seconds is not None:
+            values[name] = ("Seconds", float(seconds))
     size = backup_size_gb(summary)
     if size is not None:
         values[names.BACKUP_SIZE] = ("Gigabytes", size)
@@ -55,7 +60,7 @@ def record_failure(instance: str | None, step: str) -> None:
     _emit(instance or "unknown", {names.BACKUP_SUCCEEDED: ("Count", 0), names.BACKUP_FAILED: ("Count", 1)})
 
 
-def backup_size_gb(summary: dict[str, Any]) -> float | None:
+def backup_size_gb(summary: Mapping[str, Any]) -> float | None:
     """Snapshots report their volume or allocated size (GB); archives their bytes. None if nothing is known."""
     sizes: list[float] = []
     archived = {a["part"] for a in summary.get("archive") or []}
@@ -94,11 +99,11 @@ def hours_since_complete(config: InstanceConfig, configured_at: datetime, now: d
     return max(0.0, (now - since).total_seconds() / 3600), newest
 
 
-def check_staleness(now: datetime | None = None) -> dict[str, Any]:
+def check_staleness(now: datetime | None = None) -> StalenessReport:
     """One data point per instance. An instance whose catalog cannot be read gets none: its alarm treats the
     missing data as breaching, as it does when this check stops running altogether."""
     now = now or datetime.now(UTC)
-    report: dict[str, Any] = {}
+    report: StalenessReport = {}
     for config, configured_at in configured_instances():
         started = time.monotonic()
         try:

@@ -4,6 +4,7 @@ subscribers (filter policy) get only their own."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from functions.clients.aws import client
@@ -27,13 +28,13 @@ def plain(value: Any) -> str:
     return str(value)
 
 
-def readable(body: dict[str, Any]) -> str:
+def readable(body: Mapping[str, Any]) -> str:
     """The lines of a notification a person reads (the JSON copy for machines follows them)."""
     lines = ((key, plain(value)) for key, value in body.items() if value is not None)
     return "\n".join(f"{key}:{text}" if text.startswith("\n") else f"{key}: {text}" for key, text in lines if text)
 
 
-def publish(subject: str, instance: str | None, outcome: str, body: dict[str, Any]) -> None:
+def publish(subject: str, instance: str | None, outcome: str, body: Mapping[str, Any]) -> None:
     message = redact(subject + "\n\n" + readable(body) + "\n\n" + json.dumps(body, default=str))
     client("sns").publish(
         TopicArn=environment.topic_arn(),

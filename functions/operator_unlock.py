@@ -19,13 +19,17 @@ What it found is one of:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from functions import cleanup, notify, runs, trusted_config
 from functions.clients.aws import client
 from functions.errors import BackupError
 from functions.observability import bind, redact
 from functions.steps import bitbucket, say
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import OperatorUnlocked
 
 BY_HAND = "README, Troubleshooting: 'Unlocking Bitbucket by hand'"
 
@@ -37,7 +41,7 @@ def _execution_running(execution_arn: str) -> bool:
     return bool(status == "RUNNING")
 
 
-def unlock(instance: str) -> dict[str, Any]:
+def unlock(instance: str) -> OperatorUnlocked:
     config, _ = trusted_config.load(instance, step="unlock")
     bind(instance=instance)
     record = runs.get(instance)
@@ -68,7 +72,7 @@ def unlock(instance: str) -> dict[str, Any]:
         say(config, "Bitbucket instance unlocked", lock="released")
         # The run is over: its guard goes, so that the next backup is not refused; the notification is the record.
         runs.release(instance, record.backup_id)
-        result = {
+        result: OperatorUnlocked = {
             "outcome": "unlocked",
             "backup_id": record.backup_id,
             "message": f"Bitbucket unlocked with the token of backup {record.backup_id}",

@@ -14,7 +14,8 @@ import json
 import posixpath
 import re
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import notify, trusted_config
 from functions.clients.aws import client
@@ -28,6 +29,18 @@ from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
 from functions.strategies import COMPLETE, Artifact, restorer_for, restorers_for, strategies_for, volume_restorer
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted, PartCreated
+    from functions.models.results import (
+        DrillRestoreSummary,
+        PartsRestored,
+        RestoreChecked,
+        RestoreFailureHandled,
+        RestoreSummary,
+        SafetyNetActed,
+    )
 
 PARTS = ("database", "home")
 SKIPPED = {"skipped": True}
@@ -182,18 +195,19 @@ def _available(config: InstanceConfig) -> str:
 # --- creating and waiting --------------------------------------------------------------------------------------------
 
 
-def start_part(plan: RestorePlan, part: str) -> dict[str, Any]:
+def start_part(plan: RestorePlan, part: str) -> PartCreated:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, f"restore-{part}")
-    created = restorer_for(plan.config, part).start(plan.parts[part], plan.execution)
+    # Any restorer: each checks its own plan's keys (functions/models/restore_plans.py).
+    created: PartCreated = restorer_for(plan.config, part).start(plan.parts[part], plan.execution)
     _say(plan, f"{part} restore started: {notify.plain(created.get('started') or created)}")
     return created
 
 
-def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> RestoreChecked:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     pending: list[str] = []
-    results: dict[str, Any] = {}
+    results: dict[str, Mapping[str, Any]] = {}
     for part in plan.parts:
         progress = restorer_for(plan.config, part).progress(plan.parts[part], created[part])
         pending += progress.pending
@@ -207,18 +221,20 @@ def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> dict[str, An
     return {"ready": False, "pending": pending}
 
 
-def attach(plan: RestorePlan, created: dict[str, Any]) -> dict[str, Any]:
+def attach(plan: RestorePlan, created: EbsCreated) -> Attached:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "attach-home")
-    result = volume_restorer(plan.config, "attach-home").attach(plan.parts["home"], created, plan.execution)
+    home = cast("EbsPlan", plan.parts["home"])  # the plan EbsRestorer.check() made (volume_restorer refuses others)
+    result = volume_restorer(plan.config, "attach-home").attach(home, created, plan.execution)
     _say(plan, f"home volumes attached to {result['instance_id']}")
     return result
 
 
-def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
+def mount(plan: RestorePlan, attached: Attached) -> Mounted:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, "mount-home")
-    result = volume_restorer(plan.config, "mount-home").mount(plan.parts["home"], attached)
+    home = cast("EbsPlan", plan.parts["home"])  # as in attach()
+    result = volume_restorer(plan.config, "mount-home").mount(home, attached)
     _say(plan, f"home mounted at {', '.join(result['mounted'])} on {result['instance_id']}")
     return result
 
@@ -226,7 +242,7 @@ def mount(plan: RestorePlan, attached: dict[str, Any]) -> dict[str, Any]:
 # --- the end: hand over, or clean up ------------------------------------------------------------------------------
 
 
-def finish(state: dict[str, Any]) -> dict[str, Any]:
+def finish(state: dict[str, Any]) -> RestoreSummary | DrillRestoreSummary:
     plan = checked(parse(RestorePlan, state.get("plan"), "finish"), "finish")
     bind(instance=plan.instance, backup_id=plan.backup_id)
     created = {part: state[part] for part in plan.parts}
@@ -235,7 +251,7 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
             break  # a drill's copy stays `restoring`: the drill checks it and then tears it down
         # From here on the restored resources are the operator's: the tool's IAM cannot delete `restored` ones.
         restorer_for(plan.config, part).complete(plan.parts[part], created[part])
-    results = dict(state.get("status", {}).get("parts", {}))
+    results = cast("PartsRestored", dict(state.get("status", {}).get("parts", {})))  # wait-restore's, by part
     attached = state.get("attach") if plan.attach else None
     mounted = state.get("mount") if plan.mount else None
     if "home" in results:
@@ -244,7 +260,7 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
             "mounted": (mounted or {}).get("mounted", []),
         }
     duration = time.time() - plan.started_at
-    summary: dict[str, Any] = {
+    summary: RestoreSummary = {
         "instance": plan.instance,
         "backup_id": plan.backup_id,
         "status": "restored",
@@ -257,7 +273,8 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     _say(plan, f"backup {plan.backup_id} restored: {created_text(results)}")
     if plan.drill:
         # What the drill's teardown needs to remove exactly this copy (each part's restorer's cleanup).
-        return summary | {"drill": {"parts": plan.parts, "created": created}}
+        drilled: DrillRestoreSummary = {**summary, "drill": {"parts": plan.parts, "created": created}}
+        return drilled
     for number, line in enumerate(summary["next_steps"], 1):
         _say(plan, f"next step {number}: {line}")
     notify.publish(
@@ -275,11 +292,11 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def created_text(results: dict[str, Any]) -> str:
+def created_text(results: Mapping[str, Any]) -> str:
     return "; ".join(text for _, text in created_lines(results))
 
 
-def created_lines(results: dict[str, Any]) -> list[tuple[str, str]]:
+def created_lines(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(part, what was created) for the notice, the execution output and the command line."""
     lines = []
     database = results.get("database")
@@ -308,7 +325,7 @@ def created_lines(results: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
-def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
+def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
     """What the operator still does by hand, like the DIY restore script's closing message."""
     steps = []
     database, home = results.get("database"), results.get("home")
@@ -347,7 +364,7 @@ def next_steps(plan: RestorePlan, results: dict[str, Any]) -> list[str]:
     return steps
 
 
-def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: str = "") -> dict[str, Any]:
+def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: str = "") -> RestoreFailureHandled:
     """The one failure path: remove what this execution created (unless keep_on_failure), notify once."""
     raw_input = state.get("input") if isinstance(state.get("input"), dict) else {}
     plan = parse(RestorePlan, state["plan"], "handle-restore-failure") if isinstance(state.get("plan"), dict) else None
@@ -409,7 +426,7 @@ def _cleanup(plan: RestorePlan, state: dict[str, Any]) -> list[str]:
 STOPPED = {"ABORTED", "TIMED_OUT"}
 
 
-def handle_stopped(detail: dict[str, Any]) -> dict[str, Any]:
+def handle_stopped(detail: dict[str, Any]) -> SafetyNetActed:
     """EventBridge delivered a restore execution's end. StopExecution and the execution timeout skip the failure
     path, so this removes what the execution created, as that path would have, and notifies once per delivery
     (a repeated delivery finds nothing left to remove)."""

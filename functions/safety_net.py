@@ -10,7 +10,7 @@ done, so a second delivery finds nothing.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from functions import cleanup, notify, runs, trusted_config
 from functions.models.config import InstanceConfig
@@ -18,10 +18,14 @@ from functions.models.events import ExecutionInput
 from functions.observability import bind, logger
 from functions.steps import bitbucket
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import SafetyNetActed
+
 ACT_ON = {"ABORTED", "TIMED_OUT", "FAILED"}
 
 
-def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
+def handle_status_change(detail: dict[str, Any]) -> SafetyNetActed:
     status, execution = str(detail.get("status", "")), str(detail.get("executionArn", ""))
     if status not in ACT_ON:
         return {"action": "none", "reason": f"status {status}"}
@@ -70,7 +74,7 @@ def handle_status_change(detail: dict[str, Any]) -> dict[str, Any]:
     return {"action": "cleaned", "unlocked": unlocked, "cleanup": actions}
 
 
-def _without_record(instance: str, execution: str, status: str) -> dict[str, Any]:
+def _without_record(instance: str, execution: str, status: str) -> SafetyNetActed:
     config = _load_config(instance)
     if config.zero_downtime:
         return {"action": "none", "reason": "no run of this execution is open (zero-downtime: never locks)"}

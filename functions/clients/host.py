@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -20,6 +20,10 @@ from functions.errors import HostCommandFailed
 from functions.models import environment
 from functions.models.host_operations import OPERATIONS
 from functions.observability import redact
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import HostCommand, HostSummary
 
 Parameters = dict[str, str | int]
 
@@ -42,7 +46,7 @@ def run(
         time.sleep(poll)
 
 
-def _invocation(command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _invocation(command: HostCommand) -> tuple[str, dict[str, Any]]:
     try:
         invocation = client("ssm").get_command_invocation(
             CommandId=command["command_id"], InstanceId=command["instance_id"]
@@ -55,7 +59,7 @@ def _invocation(command: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return str(invocation.get("Status", "Pending")), dict(invocation)
 
 
-def _failed(command: dict[str, Any], status: str, invocation: dict[str, Any]) -> HostCommandFailed:
+def _failed(command: HostCommand, status: str, invocation: dict[str, Any]) -> HostCommandFailed:
     """The step, the host, how it ended, and the end of its error output (secrets masked)."""
     detail = redact((invocation.get("StandardErrorContent") or "").strip())[-500:]
     code = invocation.get("ResponseCode")
@@ -109,7 +113,7 @@ def _parameters(operation: str, parameters: Parameters, step: str) -> dict[str, 
     return sent
 
 
-def start(instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int) -> dict[str, Any]:
+def start(instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int) -> HostCommand:
     """SendCommand of an operation's document; returns what check() needs (JSON, carried by the state machine)."""
     ssm = client("ssm")
     sent = _parameters(operation, parameters, step) | {"executionTimeout": [str(max(30, min(timeout, 172800)))]}
@@ -134,7 +138,7 @@ def start(instance_id: str, operation: str, parameters: Parameters, *, step: str
     }
 
 
-def check(command: dict[str, Any]) -> dict[str, Any] | None:
+def check(command: HostCommand) -> HostSummary | None:
     """None while the command runs; its parsed JSON summary (the last JSON line on stdout) once it succeeded.
     Raises HostCommandFailed when it failed, timed out or was cancelled, or outlived its timeout."""
     status, invocation = _invocation(command)
@@ -150,8 +154,8 @@ def check(command: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _summary(step: str, stdout: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+def _summary(step: str, stdout: str) -> HostSummary:
+    found: HostSummary = {}
     for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):

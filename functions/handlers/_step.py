@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -24,7 +24,14 @@ from functions.errors import BackupError
 from functions.models.steps import Function
 from functions.observability import bind, logger, metrics, redact
 
-Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+# A step's result (functions/models/results.py): the handler's declared result flows through the decorator. Types
+# only: creating the TypedDicts costs a few ms at a cold start, and the results are plain dicts at run time.
+R = TypeVar("R", bound=Mapping[str, Any])
+if TYPE_CHECKING:
+    from functions.models.results import WarmUp
+
+    Handler = Callable[[dict[str, Any], Any], R | WarmUp]
+    Body = Callable[[dict[str, Any]], R]
 
 WARM_EVENT: dict[str, Any] = {"warm": True}
 # When the running invocation must have returned (time.time()), from the Lambda context; for the in-function waits.
@@ -46,15 +53,15 @@ def _ends(context: Any) -> float:
     return time.time() + remaining() / 1000 if callable(remaining) else math.inf
 
 
-def step(row: Function) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]], Handler]:
+def step(row: Function) -> Callable[[Body[R]], Handler[R]]:
     """The handler of the step `row` (functions/models/steps.py), which must be named as the row."""
     name = row.label
 
-    def wrap(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Handler:
+    def wrap(body: Body[R]) -> Handler[R]:
         assert body.__name__ == row.name, f"the handler of step {row.name} is named {body.__name__}"
 
         @functools.wraps(body)
-        def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        def run(event: dict[str, Any], context: Any) -> R:
             logger.append_keys(step=name)
             run_ = event.get("run") if isinstance(event, dict) else None
             if isinstance(run_, dict):  # instance and backup id on every line, before the event is even parsed
@@ -76,11 +83,11 @@ def step(row: Function) -> Callable[[Callable[[dict[str, Any]], dict[str, Any]]]
                 if is_metrics_disabled():  # Powertools keeps unflushed metrics otherwise, across invocations
                     metrics.clear_metrics()
 
-        with_context: Handler = logger.inject_lambda_context(clear_state=True)(run)
-        with_metrics: Handler = metrics.log_metrics(with_context)
+        with_context: Callable[[dict[str, Any], Any], R] = logger.inject_lambda_context(clear_state=True)(run)
+        with_metrics: Callable[[dict[str, Any], Any], R] = metrics.log_metrics(with_context)
 
         @functools.wraps(body)
-        def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        def handler(event: dict[str, Any], context: Any) -> R | WarmUp:
             if is_warm_up(event):  # no metric, and no call but the reads ahead
                 if "run" not in event:
                     return {"warm": True, "step": name}

@@ -4,7 +4,9 @@ A host copy (rsync's locked pass, pg_dump) is waited for inside the copy's invoc
 invocation, the state machine calls the copy again with what it returned (`progress`), and it goes on waiting.
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
 
 # What the locked phase and the failure path use, imported at cold start: the warm-up before the lock pays for it.
 from functions import backup, cleanup, monitoring  # noqa: F401
@@ -22,6 +24,22 @@ from functions.models.events import (
 from functions.models.steps import BACKUP, Step
 from functions.strategies import amazon_ebs, amazon_rds, host_copy  # noqa: F401
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import (
+        BackupFailed,
+        BackupStarted,
+        BackupSummary,
+        CopiesChecked,
+        DrainPolled,
+        HostProgress,
+        Locked,
+        PartCopied,
+        ProgressSent,
+        SnapshotsChecked,
+        Unlocked,
+    )
+
 
 @step(BACKUP.validate)
 def validate(event: dict[str, Any]) -> dict[str, Any]:
@@ -31,89 +49,91 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @step(BACKUP.prepare)
-def prepare(event: dict[str, Any]) -> dict[str, Any]:
+def prepare(event: dict[str, Any]) -> HostProgress:
     """Before the lock: install the host script and start the first (live) copy pass."""
     return backup.prepare_host(parse(StepEvent, event, BACKUP.prepare.label).run)
 
 
 @step(BACKUP.check_host)
-def check_host(event: dict[str, Any]) -> dict[str, Any]:
+def check_host(event: dict[str, Any]) -> HostProgress:
     """One check of the SSM Run Commands a host step started."""
     request = parse(HostProgressEvent, event, BACKUP.check_host.label)
-    return backup.check_host(request.run, request.progress)
+    # What the host step that started the commands returned, handed back by the state machine.
+    return backup.check_host(request.run, cast("HostProgress", request.progress))
 
 
 @step(BACKUP.lock)
-def lock(event: dict[str, Any]) -> dict[str, Any]:
+def lock(event: dict[str, Any]) -> Locked:
     return backup.lock(parse(StepEvent, event, BACKUP.lock.label).run)
 
 
 @step(BACKUP.start_backup)
-def start_backup(event: dict[str, Any]) -> dict[str, Any]:
+def start_backup(event: dict[str, Any]) -> BackupStarted:
     return backup.start_backup(parse(StepEvent, event, BACKUP.start_backup.label).run)
 
 
 @step(BACKUP.wait_drained)
-def wait_drained(event: dict[str, Any]) -> dict[str, Any]:
+def wait_drained(event: dict[str, Any]) -> DrainPolled:
     """Checks the drain state inside the invocation until DRAINED or its slice ends."""
     return backup.poll_drain(parse(StepEvent, event, BACKUP.wait_drained.label).run, seconds_left())
 
 
-def _copy(row: Step, event: dict[str, Any]) -> dict[str, Any]:
+def _copy(row: Step, event: dict[str, Any]) -> PartCopied:
     request = parse(PartProgressEvent, event, row.label)
     if request.progress is not None:
-        return backup.wait_host(request.run, request.progress, seconds_left())
+        # What this copy returned the last time, handed back by the state machine.
+        return backup.wait_host(request.run, cast("PartCopied", request.progress), seconds_left())
     return backup.backup_part(request.run, request.part, seconds_left())
 
 
 @step(BACKUP.copy_home)
-def copy_home(event: dict[str, Any]) -> dict[str, Any]:
+def copy_home(event: dict[str, Any]) -> PartCopied:
     return _copy(BACKUP.copy_home, event)
 
 
 @step(BACKUP.copy_database)
-def copy_database(event: dict[str, Any]) -> dict[str, Any]:
+def copy_database(event: dict[str, Any]) -> PartCopied:
     return _copy(BACKUP.copy_database, event)
 
 
 @step(BACKUP.progress)
-def progress(event: dict[str, Any]) -> dict[str, Any]:
+def progress(event: dict[str, Any]) -> ProgressSent:
     """Report a finished part to Bitbucket (the 100 % is the unlock's)."""
     request = parse(PartEvent, event, BACKUP.progress.label)
     return backup.report_progress(request.run, request.part)
 
 
 @step(BACKUP.unlock)
-def unlock(event: dict[str, Any]) -> dict[str, Any]:
+def unlock(event: dict[str, Any]) -> Unlocked:
     return backup.unlock(parse(StepEvent, event, BACKUP.unlock.label).run)
 
 
 @step(BACKUP.wait_snapshots)
-def wait_snapshots(event: dict[str, Any]) -> dict[str, Any]:
+def wait_snapshots(event: dict[str, Any]) -> SnapshotsChecked:
     return backup.check_snapshots(parse(StepEvent, event, BACKUP.wait_snapshots.label).run)
 
 
 @step(BACKUP.archive)
-def archive(event: dict[str, Any]) -> dict[str, Any]:
+def archive(event: dict[str, Any]) -> HostProgress:
     """After the unlock: archive the host copies and upload them to S3."""
     return backup.archive(parse(StepEvent, event, BACKUP.archive.label).run)
 
 
 @step(BACKUP.copy_regions)
-def copy_regions(event: dict[str, Any]) -> dict[str, Any]:
+def copy_regions(event: dict[str, Any]) -> CopiesChecked:
     """Start the disaster-recovery copies in other regions (and accounts), check them."""
     return backup.copy_regions(parse(StepEvent, event, BACKUP.copy_regions.label).run)
 
 
 @step(BACKUP.finalize)
-def finalize(event: dict[str, Any]) -> dict[str, Any]:
+def finalize(event: dict[str, Any]) -> BackupSummary:
     """Mark the backup complete, prune old ones, optionally announce success."""
     request = parse(FinalizeEvent, event, BACKUP.finalize.label)
-    return backup.finalize(request.run, request.unlocked)
+    return backup.finalize(request.run, cast("Unlocked | None", request.unlocked))
 
 
 @step(BACKUP.handle_failure)
-def handle_failure(event: dict[str, Any]) -> dict[str, Any]:
+def handle_failure(event: dict[str, Any]) -> BackupFailed:
     """Cancel, unlock if this run locked, remove what it made, notify once."""
     request = parse(FailureEvent, event, BACKUP.handle_failure.label)
     return backup.handle_failure(request.input, request.run, request.failure)

@@ -1,12 +1,19 @@
 """The restore's steps (functions.restore), one handler each, named as their rows in functions/models/steps.py."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
 
 from functions import restore
 from functions.handlers._step import step
 from functions.models.events import parse
 from functions.models.restore import MountEvent, PartEvent, StateEvent, StatusEvent, ValidateEvent
 from functions.models.steps import RESTORE, Step
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, Mounted, PartCreated
+    from functions.models.results import DrillRestoreSummary, RestoreChecked, RestoreFailureHandled, RestoreSummary
 
 
 @step(RESTORE.validate)
@@ -16,51 +23,52 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
     return restore.validate(request.input, request.execution, request.start_time, request.drill).model_dump(mode="json")
 
 
-def _start_part(row: Step, event: dict[str, Any]) -> dict[str, Any]:
+def _start_part(row: Step, event: dict[str, Any]) -> PartCreated:
     request = parse(PartEvent, event, row.label)
     return restore.start_part(request.plan, request.part)
 
 
 @step(RESTORE.restore_database)
-def restore_database(event: dict[str, Any]) -> dict[str, Any]:
+def restore_database(event: dict[str, Any]) -> PartCreated:
     return _start_part(RESTORE.restore_database, event)
 
 
 @step(RESTORE.restore_home)
-def restore_home(event: dict[str, Any]) -> dict[str, Any]:
+def restore_home(event: dict[str, Any]) -> PartCreated:
     """Start creating the home volumes."""
     return _start_part(RESTORE.restore_home, event)
 
 
 @step(RESTORE.wait_restore)
-def wait_restore(event: dict[str, Any]) -> dict[str, Any]:
+def wait_restore(event: dict[str, Any]) -> RestoreChecked:
     """Are the restored database and volumes available yet (bounded)?"""
     request = parse(StatusEvent, event, RESTORE.wait_restore.label)
     return restore.check(request.plan, request.created)
 
 
 @step(RESTORE.attach_home)
-def attach_home(event: dict[str, Any]) -> dict[str, Any]:
+def attach_home(event: dict[str, Any]) -> Attached:
     """Attach the restored volumes to the stopped target instance."""
     request = parse(StatusEvent, event, RESTORE.attach_home.label)
-    return restore.attach(request.plan, request.created["home"])
+    # What restore-home created (EbsRestorer.start()), handed back by the state machine.
+    return restore.attach(request.plan, cast("EbsCreated", request.created["home"]))
 
 
 @step(RESTORE.mount_home)
-def mount_home(event: dict[str, Any]) -> dict[str, Any]:
+def mount_home(event: dict[str, Any]) -> Mounted:
     """Mount the restored home on the target instance through SSM Run Command."""
     request = parse(MountEvent, event, RESTORE.mount_home.label)
-    return restore.mount(request.plan, request.attach)
+    return restore.mount(request.plan, cast("Attached", request.attach))  # attach-home's result
 
 
 @step(RESTORE.finish)
-def finish(event: dict[str, Any]) -> dict[str, Any]:
+def finish(event: dict[str, Any]) -> RestoreSummary | DrillRestoreSummary:
     """Hand the restored resources over, announce them and the next manual steps."""
     return restore.finish(parse(StateEvent, event, RESTORE.finish.label).state)
 
 
 @step(RESTORE.handle_failure)
-def handle_failure(event: dict[str, Any]) -> dict[str, Any]:
+def handle_failure(event: dict[str, Any]) -> RestoreFailureHandled:
     """Remove what this execution created (unless kept), notify once."""
     request = parse(StateEvent, event, RESTORE.handle_failure.label)
     return restore.handle_failure(request.state, request.failure, request.execution)

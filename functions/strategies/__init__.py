@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -24,6 +24,11 @@ from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreR
 from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.restore import RestoreTarget
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted
+    from functions.models.results import HostCommand
 
 TOOL_TAG = "bitbucket-backup:tool"
 TOOL_VALUE = "bitbucket-diy-backup-aws"
@@ -314,19 +319,25 @@ class HostCopy(Catalog):
         """The EC2 instance the copy runs on."""
 
     @abstractmethod
-    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
+    def prepare(self, backup_id: str) -> list[HostCommand]:
         """While Bitbucket is live (install the host script, a first pass)."""
 
     @abstractmethod
-    def copy(self, backup_id: str) -> list[dict[str, Any]]:
+    def copy(self, backup_id: str) -> list[HostCommand]:
         """Under the lock."""
 
     @abstractmethod
-    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[dict[str, Any]]:
+    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[HostCommand]:
         """After the unlock: archive the copy on the host and upload it with the catalog tags."""
 
 
-class Restorer(ABC):
+# A restorer's plan of its part and what its start() created (functions/models/restore_plans.py): each restorer
+# declares its own; a caller that holds any restorer (restorer_for) passes on what the state machine handed it.
+PlanT = TypeVar("PlanT", bound=Mapping[str, Any])
+CreatedT = TypeVar("CreatedT", bound=Mapping[str, Any])
+
+
+class Restorer(ABC, Generic[PlanT, CreatedT]):
     """Restores one part of a backup as NEW resources (beside its strategy's backup code, in *_restore.py). `plan`
     is what check() returned (JSON, carried by the state machine); `created` what start() did."""
 
@@ -339,37 +350,37 @@ class Restorer(ABC):
         self.instance = instance
 
     @abstractmethod
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> PlanT:
         """Checks the backup's artifacts of this part and the target; raises RestoreRefused, touches nothing.
         Returns the resolved plan of this part (names, classes, volumes), which later steps follow."""
 
     @abstractmethod
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: PlanT, execution: str) -> CreatedT:
         """Starts creating the restored resources, each tagged with restore_tags(); idempotent on a retry."""
 
     @abstractmethod
-    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+    def progress(self, plan: PlanT, created: CreatedT) -> RestoreProgress:
         """Whether what start() created is ready; raises RestoreFailed if it can never be."""
 
     @abstractmethod
-    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    def complete(self, plan: PlanT, created: CreatedT) -> None:
         """Hands the restored resources over: status `restored` (from then on the tool never deletes them)."""
 
     @abstractmethod
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: PlanT, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         """After a failure: delete what this execution created and still holds `restoring` (or, with keep, tag
         it `restore-failed`). Never raises for a single resource; returns one line per action for the notice."""
 
 
-class VolumeRestorer(Restorer):
+class VolumeRestorer(Restorer[PlanT, CreatedT]):
     """A home restored as volumes, which can also be attached to a host and mounted there (EBS)."""
 
     @abstractmethod
-    def attach(self, plan: dict[str, Any], created: dict[str, Any], execution: str) -> dict[str, Any]:
+    def attach(self, plan: PlanT, created: CreatedT, execution: str) -> Attached:
         """Puts the restored volumes on the target host."""
 
     @abstractmethod
-    def mount(self, plan: dict[str, Any], attach: dict[str, Any]) -> dict[str, Any]:
+    def mount(self, plan: PlanT, attach: Attached) -> Mounted:
         """Mounts what attach() attached at the configured mount points."""
 
 
@@ -378,7 +389,7 @@ class RestoreProgress:
     ready: bool
     pending: list[str]
     # What the operator needs to know about the restored part (endpoint, volume ids), for output and notice.
-    result: dict[str, Any] = field(default_factory=dict)
+    result: Mapping[str, Any] = field(default_factory=dict)  # restore_plans' *Restored, by strategy
 
 
 @dataclass(frozen=True)
@@ -427,11 +438,11 @@ def strategy_for(instance: InstanceConfig, part: str) -> Catalog:
     raise ValueError(f"instance '{instance.name}' has no '{part}' part to back up")
 
 
-def restorers_for(instance: InstanceConfig) -> dict[str, Restorer]:
+def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
     """Each part's restorer, by part name (the home first)."""
     from functions.strategies import amazon_ebs_restore, amazon_rds_restore, host_copy_restore
 
-    found: dict[str, Restorer] = {}
+    found: dict[str, Restorer[Any, Any]] = {}
     if instance.home.strategy == "amazon-ebs":
         found["home"] = amazon_ebs_restore.EbsRestorer(instance)
     elif instance.home.strategy == "rsync":
@@ -445,14 +456,14 @@ def restorers_for(instance: InstanceConfig) -> dict[str, Restorer]:
     return found
 
 
-def restorer_for(instance: InstanceConfig, part: str) -> Restorer:
+def restorer_for(instance: InstanceConfig, part: str) -> Restorer[Any, Any]:
     found = restorers_for(instance).get(part)
     if found is None:
         raise ValueError(f"instance '{instance.name}' has no '{part}' part to restore")
     return found
 
 
-def volume_restorer(instance: InstanceConfig, step: str) -> VolumeRestorer:
+def volume_restorer(instance: InstanceConfig, step: str) -> VolumeRestorer[EbsPlan, EbsCreated]:
     """The home's restorer, when its home is restored as volumes that can be attached (EBS)."""
     from functions.strategies import amazon_ebs_restore
 

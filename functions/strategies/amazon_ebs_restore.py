@@ -3,7 +3,7 @@ mounted there; existing volumes are never detached or deleted."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
@@ -28,8 +28,21 @@ from functions.strategies import (
 )
 from functions.strategies.amazon_ebs import RATE_LIMITS
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        Attached,
+        AttachedVolume,
+        EbsCreated,
+        EbsPlan,
+        EbsRestored,
+        Mounted,
+        RestoredVolume,
+        VolumePlan,
+    )
 
-class EbsRestorer(VolumeRestorer):
+
+class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
     part = "home"
     target_fields = frozenset(
         {"availability_zone", "volume_type", "iops", "kms_key_id", "attach_to_instance_id", "mount"}
@@ -40,7 +53,7 @@ class EbsRestorer(VolumeRestorer):
         assert isinstance(self.instance.home, EbsHomeConfig)
         return self.instance.home
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> EbsPlan:
         wanted = target.home
         assert wanted is not None
         ec2 = client("ec2")
@@ -90,7 +103,7 @@ class EbsRestorer(VolumeRestorer):
             "volumes": volumes,
         }
 
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: EbsPlan, execution: str) -> EbsCreated:
         ec2 = client("ec2")
         # A retried invocation must not create a second volume from the same snapshot.
         made = {v["SnapshotId"]: v["VolumeId"] for v in _volumes_of(execution)}
@@ -134,7 +147,7 @@ class EbsRestorer(VolumeRestorer):
             ]
         }
 
-    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+    def progress(self, plan: EbsPlan, created: EbsCreated) -> RestoreProgress:
         ids = [v["volume_id"] for v in created["volumes"]]
         found = {v["VolumeId"]: v for v in client("ec2").describe_volumes(VolumeIds=ids)["Volumes"]}
         broken = [i for i in ids if found.get(i, {}).get("State", "error") == "error"]
@@ -143,7 +156,7 @@ class EbsRestorer(VolumeRestorer):
         pending = [f"volume {i} ({found[i]['State']})" for i in ids if found[i]["State"] not in ("available", "in-use")]
         if pending:
             return RestoreProgress(ready=False, pending=pending)
-        volumes = [
+        volumes: list[RestoredVolume] = [
             {
                 "volume_id": v["volume_id"],
                 "snapshot_id": v["snapshot_id"],
@@ -153,20 +166,22 @@ class EbsRestorer(VolumeRestorer):
             }
             for v in created["volumes"]
         ]
-        return RestoreProgress(
-            ready=True,
-            pending=[],
-            result={"kind": "ebs-volumes", "availability_zone": plan["availability_zone"], "volumes": volumes},
-        )
+        restored: EbsRestored = {
+            "kind": "ebs-volumes",
+            "availability_zone": plan["availability_zone"],
+            "volumes": volumes,
+        }
+        return RestoreProgress(ready=True, pending=[], result=restored)
 
-    def attach(self, plan: dict[str, Any], created: dict[str, Any], execution: str) -> dict[str, Any]:
+    def attach(self, plan: EbsPlan, created: EbsCreated, execution: str) -> Attached:
         ec2 = client("ec2")
         instance_id = plan["attach_to"]
+        assert instance_id is not None, "the state machine attaches only a plan with attach_to (RestorePlan.attach)"
         instance = _target_instance(instance_id, self.instance.name, step="attach-home")
         attached_here = {
             m["DeviceName"]: m.get("Ebs", {}).get("VolumeId") for m in instance.get("BlockDeviceMappings", [])
         }
-        attached = []
+        attached: list[AttachedVolume] = []
         for volume in created["volumes"]:
             device, volume_id = volume["device"], volume["volume_id"]
             if attached_here.get(device) == volume_id:  # a retried invocation
@@ -203,7 +218,7 @@ class EbsRestorer(VolumeRestorer):
         logger.info(f"attached {', '.join(ids)} to {instance_id}" + (" and started it" if started else ""))
         return {"instance_id": instance_id, "attached": attached, "started": started}
 
-    def mount(self, plan: dict[str, Any], attach: dict[str, Any]) -> dict[str, Any]:
+    def mount(self, plan: EbsPlan, attach: Attached) -> Mounted:
         instance_id = attach["instance_id"]
         reservations = client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
         state = reservations[0]["Instances"][0]["State"]["Name"]
@@ -225,11 +240,11 @@ class EbsRestorer(VolumeRestorer):
             raise
         return {"instance_id": instance_id, "mounted": plan["mount_points"], "df": output.strip().splitlines()[-10:]}
 
-    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    def complete(self, plan: EbsPlan, created: EbsCreated) -> None:
         ids = [v["volume_id"] for v in created["volumes"]]
         client("ec2").create_tags(Resources=ids, Tags=[{"Key": STATUS_TAG, "Value": RESTORED}])
 
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: EbsPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         """Only volumes this execution created and still `restoring`. An attached one was attached by this restore
         (nobody else knew it); it is detached only from a stopped instance, which this restore stops again only if
         it started it."""
@@ -295,7 +310,7 @@ def _tags(described: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in described.get("Tags", [])}
 
 
-def _backup_id(volume: dict[str, Any]) -> str:
+def _backup_id(volume: VolumePlan) -> str:
     return str(volume["backup_id"])
 
 
@@ -320,7 +335,7 @@ def _original_volume(volume_id: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _volume_plan(snapshot_id: str, device: str, snapshot: dict[str, Any], wanted: HomeTarget) -> dict[str, Any]:
+def _volume_plan(snapshot_id: str, device: str, snapshot: dict[str, Any], wanted: HomeTarget) -> VolumePlan:
     """Type, IOPS, throughput and KMS key: as given, else the original volume's (if it still exists), else gp3
     with its baseline; a volume from an encrypted snapshot is always encrypted."""
     original = _original_volume(str(snapshot.get("VolumeId", "")))

@@ -3,7 +3,7 @@ RESTORED_PREFIX; nothing existing is touched."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, WaiterError
 
@@ -25,6 +25,18 @@ from functions.strategies import (
 )
 from functions.strategies.amazon_rds import RATE_LIMITS, _tag_list
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        AuroraCreated,
+        AuroraPlan,
+        AuroraRestored,
+        DatabaseNetwork,
+        RdsCreated,
+        RdsPlan,
+        RdsRestored,
+    )
+
 # Both restorers take the other's fields too: check() answers a mix-up of the two with a message that says which
 # to give.
 DATABASE_FIELDS = frozenset(
@@ -33,7 +45,7 @@ DATABASE_FIELDS = frozenset(
 )  # fmt: skip
 
 
-class RdsRestorer(Restorer):
+class RdsRestorer(Restorer["RdsPlan", "RdsCreated"]):
     part = "database"
     target_fields = DATABASE_FIELDS
 
@@ -42,7 +54,7 @@ class RdsRestorer(Restorer):
         assert isinstance(self.instance.database, RdsDatabaseConfig)
         return self.instance.database.instance_id
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> RdsPlan:
         wanted = target.database
         assert wanted is not None
         if wanted.cluster_id or wanted.writer_instance_id:
@@ -56,20 +68,19 @@ class RdsRestorer(Restorer):
         _refuse_unprefixed(("instance_id", wanted.instance_id))
         snapshot = _one(artifacts)
         original = _db_instance(self.source_id)
-        plan: dict[str, Any] = {
+        groups = (original or {}).get("DBParameterGroups") or [{}]
+        return {
             "snapshot": snapshot.id,
             "instance_id": wanted.instance_id,
             "original": self.source_id if original else None,
             # Without a class, RDS takes the snapshot's (the original's at the time of the backup).
             "instance_class": wanted.instance_class or (original or {}).get("DBInstanceClass"),
             "publicly_accessible": bool((original or {}).get("PubliclyAccessible", False)),
+            **_network(wanted, original, self.source_id, (original or {}).get("DBSubnetGroup", {})),
+            "parameter_group": wanted.parameter_group or groups[0].get("DBParameterGroupName"),
         }
-        plan |= _network(wanted, original, self.source_id, (original or {}).get("DBSubnetGroup", {}))
-        groups = (original or {}).get("DBParameterGroups") or [{}]
-        plan["parameter_group"] = wanted.parameter_group or groups[0].get("DBParameterGroupName")
-        return plan
 
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: RdsPlan, execution: str) -> RdsCreated:
         new = plan["instance_id"]
         existing = _db_instance(new)
         if existing is not None:
@@ -99,7 +110,7 @@ class RdsRestorer(Restorer):
         logger.info(f"restoring {plan['snapshot']} into DB instance {new}")
         return {"instance_id": new}
 
-    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+    def progress(self, plan: RdsPlan, created: RdsCreated) -> RestoreProgress:
         new = created["instance_id"]
         found = _db_instance(new)
         if found is None:
@@ -110,29 +121,26 @@ class RdsRestorer(Restorer):
         if status != "available":
             return RestoreProgress(ready=False, pending=[f"DB instance {new} ({status})"])
         endpoint = found.get("Endpoint") or {}
-        return RestoreProgress(
-            ready=True,
-            pending=[],
-            result={
-                "kind": "rds-instance",
-                "instance_id": new,
-                "endpoint": f"{endpoint.get('Address', '?')}:{endpoint.get('Port', '?')}",
-                "engine": found.get("Engine"),
-                "instance_class": found.get("DBInstanceClass"),
-                "restored_from": plan["snapshot"],
-            },
-        )
+        restored: RdsRestored = {
+            "kind": "rds-instance",
+            "instance_id": new,
+            "endpoint": f"{endpoint.get('Address', '?')}:{endpoint.get('Port', '?')}",
+            "engine": found.get("Engine"),
+            "instance_class": found.get("DBInstanceClass"),
+            "restored_from": plan["snapshot"],
+        }
+        return RestoreProgress(ready=True, pending=[], result=restored)
 
-    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    def complete(self, plan: RdsPlan, created: RdsCreated) -> None:
         found = _db_instance(created["instance_id"])
         if found is not None:
             _set_restore_status(found["DBInstanceArn"], RESTORED)
 
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: RdsPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         return _cleanup_db([("instance", plan["instance_id"])], self.instance.name, execution, keep)
 
 
-class AuroraRestorer(Restorer):
+class AuroraRestorer(Restorer["AuroraPlan", "AuroraCreated"]):
     part = "database"
     target_fields = DATABASE_FIELDS
 
@@ -141,7 +149,7 @@ class AuroraRestorer(Restorer):
         assert isinstance(self.instance.database, AuroraDatabaseConfig)
         return self.instance.database.cluster_id
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> AuroraPlan:
         wanted = target.database
         assert wanted is not None
         if wanted.instance_id or not wanted.cluster_id or not wanted.writer_instance_id:
@@ -166,7 +174,8 @@ class AuroraRestorer(Restorer):
                 f"validate: the original cluster {self.source_id} has no writer instance to copy the instance class "
                 "from: give target.database.instance_class"
             )
-        plan: dict[str, Any] = {
+        subnet_group = (original or {}).get("DBSubnetGroup")
+        return {
             "snapshot": snapshot.id,
             "cluster_id": wanted.cluster_id,
             "writer_instance_id": wanted.writer_instance_id,
@@ -177,12 +186,10 @@ class AuroraRestorer(Restorer):
             "parameter_group": wanted.parameter_group or (original or {}).get("DBClusterParameterGroup"),
             "writer_parameter_group": ((writer or {}).get("DBParameterGroups") or [{}])[0].get("DBParameterGroupName"),
             "publicly_accessible": bool((writer or {}).get("PubliclyAccessible", False)),
+            **_network(wanted, original, self.source_id, {"DBSubnetGroupName": subnet_group} if subnet_group else {}),
         }
-        subnet_group = (original or {}).get("DBSubnetGroup")
-        plan |= _network(wanted, original, self.source_id, {"DBSubnetGroupName": subnet_group} if subnet_group else {})
-        return plan
 
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: AuroraPlan, execution: str) -> AuroraCreated:
         rds = client("rds")
         cluster_id, writer_id, snapshot = plan["cluster_id"], plan["writer_instance_id"], plan["snapshot"]
         tags = _tag_list(restore_tags(self.instance.name, snapshot, self.part, execution, f"{snapshot}-restored"))
@@ -230,7 +237,7 @@ class AuroraRestorer(Restorer):
         logger.info(f"restoring {snapshot} into cluster {cluster_id} with writer {writer_id}")
         return {"cluster_id": cluster_id, "writer_instance_id": writer_id}
 
-    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+    def progress(self, plan: AuroraPlan, created: AuroraCreated) -> RestoreProgress:
         cluster_id, writer_id = created["cluster_id"], created["writer_instance_id"]
         cluster, writer = _db_cluster(cluster_id), _db_instance(writer_id)
         if cluster is None or writer is None:
@@ -246,29 +253,26 @@ class AuroraRestorer(Restorer):
         pending = [f"{name} ({status})" for name, status in states.items() if status != "available"]
         if pending:
             return RestoreProgress(ready=False, pending=pending)
-        return RestoreProgress(
-            ready=True,
-            pending=[],
-            result={
-                "kind": "aurora-cluster",
-                "cluster_id": cluster_id,
-                "writer_instance_id": writer_id,
-                "endpoint": f"{cluster.get('Endpoint', '?')}:{cluster.get('Port', '?')}",
-                "reader_endpoint": cluster.get("ReaderEndpoint"),
-                "engine": cluster.get("Engine"),
-                "instance_class": writer.get("DBInstanceClass"),
-                "restored_from": plan["snapshot"],
-            },
-        )
+        restored: AuroraRestored = {
+            "kind": "aurora-cluster",
+            "cluster_id": cluster_id,
+            "writer_instance_id": writer_id,
+            "endpoint": f"{cluster.get('Endpoint', '?')}:{cluster.get('Port', '?')}",
+            "reader_endpoint": cluster.get("ReaderEndpoint"),
+            "engine": cluster.get("Engine"),
+            "instance_class": writer.get("DBInstanceClass"),
+            "restored_from": plan["snapshot"],
+        }
+        return RestoreProgress(ready=True, pending=[], result=restored)
 
-    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    def complete(self, plan: AuroraPlan, created: AuroraCreated) -> None:
         cluster, writer = _db_cluster(created["cluster_id"]), _db_instance(created["writer_instance_id"])
         if cluster is not None:
             _set_restore_status(cluster["DBClusterArn"], RESTORED)
         if writer is not None:
             _set_restore_status(writer["DBInstanceArn"], RESTORED)
 
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: AuroraPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         # The writer first: a cluster with members cannot be deleted.
         return _cleanup_db(
             [("instance", plan["writer_instance_id"]), ("cluster", plan["cluster_id"])],
@@ -347,13 +351,13 @@ def _refuse_unprefixed(*identifiers: tuple[str, str]) -> None:
 
 def _network(
     wanted: DatabaseTarget, original: dict[str, Any] | None, source: str, subnet_group: dict[str, Any]
-) -> dict[str, Any]:
+) -> DatabaseNetwork:
     """Subnet group and security groups: as given, else the original's; without an original they must be given
     (RDS's defaults would put the restored database in the default VPC, where Bitbucket cannot reach it)."""
     groups = [
         g["VpcSecurityGroupId"] for g in (original or {}).get("VpcSecurityGroups", []) if "VpcSecurityGroupId" in g
     ]
-    chosen = {
+    chosen: DatabaseNetwork = {
         "subnet_group": wanted.subnet_group or subnet_group.get("DBSubnetGroupName"),
         "security_group_ids": wanted.security_group_ids or groups or None,
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
@@ -38,6 +38,10 @@ from functions.strategies import (
     is_ours,
     verification,
 )
+
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.results import HostCommand
 
 KIND = "s3-archive"
 
@@ -71,7 +75,7 @@ class HostCopyStrategy(HostCopy):
         ext = ".tar.zst" if self.instance.archive.compressor == "zstd" else ".tar.gz"
         return f"{self.instance.name}/{backup_id}/{backup_id}-{self.part}{ext}"
 
-    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[dict[str, Any]]:
+    def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[HostCommand]:
         """After the unlock: archive this part's copy on its host and upload it to S3 with the catalog tags."""
         cfg = self.instance.archive
         key = self.key(backup_id)
@@ -246,7 +250,7 @@ class RsyncStrategy(HostCopyStrategy):
     def instance_id(self) -> str:
         return self.config.instance_id
 
-    def _rsync(self, step: str) -> list[dict[str, Any]]:
+    def _rsync(self, step: str) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
             "home": cfg.home_path,
@@ -257,11 +261,11 @@ class RsyncStrategy(HostCopyStrategy):
         }
         return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=cfg.command_timeout_seconds)]
 
-    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
+    def prepare(self, backup_id: str) -> list[HostCommand]:
         self.install()
         return self._rsync("prepare home: rsync (live)")
 
-    def copy(self, backup_id: str) -> list[dict[str, Any]]:
+    def copy(self, backup_id: str) -> list[HostCommand]:
         return self._rsync("copy home: rsync (locked)")
 
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
@@ -283,11 +287,11 @@ class PostgresStrategy(HostCopyStrategy):
     def dump_dir(self, backup_id: str) -> str:
         return f"{self.config.dump_path.rstrip('/')}/{backup_id}"
 
-    def prepare(self, backup_id: str) -> list[dict[str, Any]]:
+    def prepare(self, backup_id: str) -> list[HostCommand]:
         self.install()
         return []
 
-    def copy(self, backup_id: str) -> list[dict[str, Any]]:
+    def copy(self, backup_id: str) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
             "host": cfg.host, "port": cfg.port, "user": cfg.user, "dbname": cfg.dbname, "jobs": cfg.jobs,

@@ -4,7 +4,7 @@ its manifest, and extract it into an empty directory or pg_restore it into a NEW
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from functions.clients import host
 from functions.clients.aws import client
@@ -16,8 +16,23 @@ from functions.models.restore import RestoreTarget
 from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
 from functions.strategies.host_copy import KIND, HostCopyStrategy, PostgresStrategy, RsyncStrategy
 
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+if TYPE_CHECKING:
+    from functions.models.restore_plans import (
+        ArchiveCreated,
+        ArchivePlan,
+        DatabaseLoaded,
+        HomeExtracted,
+        PostgresPlan,
+        RsyncPlan,
+    )
+    from functions.models.results import HostSummary
 
-class ArchiveRestorer(Restorer):
+# An archive's plan: where it is, and the host and work path it is restored on (either archive's).
+HostPlan = TypeVar("HostPlan", "RsyncPlan", "PostgresPlan")
+
+
+class ArchiveRestorer(Restorer[HostPlan, "ArchiveCreated"], Generic[HostPlan]):
     """What restoring either archive shares: the host it is restored on, and the download."""
 
     source: HostCopyStrategy
@@ -37,7 +52,7 @@ class ArchiveRestorer(Restorer):
         except HostCommandFailed as error:
             raise RestoreRefused(f"validate: {purpose} host {instance_id} cannot run commands: {error}") from None
 
-    def _archive_plan(self, artifacts: list[Artifact]) -> dict[str, Any]:
+    def _archive_plan(self, artifacts: list[Artifact]) -> ArchivePlan:
         if len(artifacts) != 1 or artifacts[0].kind != KIND:
             raise RestoreRefused(f"validate: the {self.part} of this backup is not one archive in S3")
         details = artifacts[0].details
@@ -50,7 +65,7 @@ class ArchiveRestorer(Restorer):
             "sha256": details["sha256"],
         }
 
-    def _download(self, plan: dict[str, Any]) -> host.Parameters:
+    def _download(self, plan: HostPlan) -> host.Parameters:
         """Where the archive is and where it is downloaded: a private directory (mktemp -d) in the work path, removed
         whatever happens."""
         return {
@@ -61,28 +76,26 @@ class ArchiveRestorer(Restorer):
             "region": environment.region(),
         }
 
-    def _start_restore(
-        self, plan: dict[str, Any], step: str, operation: str, parameters: host.Parameters
-    ) -> dict[str, Any]:
+    def _start_restore(self, plan: HostPlan, step: str, operation: str, parameters: host.Parameters) -> ArchiveCreated:
         timeout = self.instance.archive.command_timeout_seconds
         command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout)
         return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
 
-    def progress(self, plan: dict[str, Any], created: dict[str, Any]) -> RestoreProgress:
+    def progress(self, plan: HostPlan, created: ArchiveCreated) -> RestoreProgress:
         summary = host.check(created["command"])
         if summary is None:
             return RestoreProgress(False, [f"{self.part} restore on {plan['instance_id']}"])
         return RestoreProgress(True, [], self._restored(plan, summary))
 
     @abstractmethod
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    def _restored(self, plan: HostPlan, summary: HostSummary) -> HomeExtracted | DatabaseLoaded:
         """What the operator is told about the restored part, from the host command's summary."""
 
-    def complete(self, plan: dict[str, Any], created: dict[str, Any]) -> None:
+    def complete(self, plan: HostPlan, created: ArchiveCreated) -> None:
         """Nothing to hand over: a directory or a database carries no tool tag the tool could later act on."""
 
 
-class RsyncRestorer(ArchiveRestorer):
+class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
     part = "home"
 
     def __init__(self, instance: InstanceConfig) -> None:
@@ -96,7 +109,7 @@ class RsyncRestorer(ArchiveRestorer):
 
     target_fields = frozenset({"path", "instance_id", "owner"})
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> RsyncPlan:
         wanted = target.home
         assert wanted is not None
         if not wanted.path:
@@ -112,14 +125,15 @@ class RsyncRestorer(ArchiveRestorer):
                     "restore over it"
                 ) from None
             raise
-        return self._archive_plan(artifacts) | {
+        return {
+            **self._archive_plan(artifacts),
             "instance_id": instance_id,
             "path": wanted.path,
             "owner": wanted.owner or self.config.owner,
             "work_path": self.instance.archive.work_path,
         }
 
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: RsyncPlan, execution: str) -> ArchiveCreated:
         return self._start_restore(
             plan,
             "restore home: download and extract",
@@ -127,7 +141,7 @@ class RsyncRestorer(ArchiveRestorer):
             self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
         )
 
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    def _restored(self, plan: RsyncPlan, summary: HostSummary) -> HomeExtracted:
         extracted = summary.get("extract", {})
         return {
             "instance_id": plan["instance_id"],
@@ -138,7 +152,7 @@ class RsyncRestorer(ArchiveRestorer):
             "archive": f"s3://{plan['bucket']}/{plan['key']}",
         }
 
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: RsyncPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         if not isinstance(state.get("home"), dict):
             return []
         where = f"{plan['path']} on {plan['instance_id']}"
@@ -155,7 +169,7 @@ class RsyncRestorer(ArchiveRestorer):
         return [f"home: removed what this restore extracted into {where}"]
 
 
-class PostgresRestorer(ArchiveRestorer):
+class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
     part = "database"
 
     def __init__(self, instance: InstanceConfig) -> None:
@@ -169,20 +183,21 @@ class PostgresRestorer(ArchiveRestorer):
 
     target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
 
-    def _pg_flags(self, plan: dict[str, Any]) -> host.Parameters:
+    def _pg_flags(self, plan: PostgresPlan) -> host.Parameters:
         cfg = self.config
         return {
             "host": plan["host"], "port": plan["port"], "user": cfg.user, "dbname": plan["dbname"],
             "passwordSecret": cfg.password_secret, "region": cfg.password_secret.split(":")[3],
         }  # fmt: skip
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> dict[str, Any]:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> PostgresPlan:
         wanted = target.database
         assert wanted is not None
         if not wanted.dbname:
             raise RestoreRefused("validate: target.database.dbname is required: the NEW database to restore into")
         instance_id = wanted.host_instance_id or self.source.instance_id
-        plan = self._archive_plan(artifacts) | {
+        plan: PostgresPlan = {
+            **self._archive_plan(artifacts),
             "instance_id": instance_id,
             "dbname": wanted.dbname,
             "host": wanted.host or self.config.host,
@@ -208,7 +223,7 @@ class PostgresRestorer(ArchiveRestorer):
     def _marker(execution: str) -> str:
         return f"bitbucket-backup restore {execution}"
 
-    def start(self, plan: dict[str, Any], execution: str) -> dict[str, Any]:
+    def start(self, plan: PostgresPlan, execution: str) -> ArchiveCreated:
         return self._start_restore(
             plan,
             "restore database: download and pg_restore",
@@ -218,7 +233,7 @@ class PostgresRestorer(ArchiveRestorer):
             | {"jobs": self.config.jobs, "comment": self._marker(execution)},
         )
 
-    def _restored(self, plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    def _restored(self, plan: PostgresPlan, summary: HostSummary) -> DatabaseLoaded:
         return {
             "dbname": plan["dbname"],
             "endpoint": f"{plan['host']}:{plan['port']}",
@@ -227,7 +242,7 @@ class PostgresRestorer(ArchiveRestorer):
             "seconds": summary.get("pg-restore", {}).get("seconds"),
         }
 
-    def cleanup(self, plan: dict[str, Any], execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: PostgresPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         if not isinstance(state.get("database"), dict):
             return []
         where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"

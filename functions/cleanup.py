@@ -65,7 +65,11 @@ def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, origi
     """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept.
 
     With originals_complete (the failure came during the disaster-recovery copies, which start only once every
-    original is complete) the originals are marked complete and kept; only the unfinished copies are removed."""
+    original is complete) the originals are marked complete and kept; only the unfinished copies are removed.
+
+    First, the run's host commands still running are stopped: an archive still uploading when the other part failed
+    would otherwise land after this cleanup, an orphan no later run removes."""
+    stop_host_commands(config, backup_id, actions)
     for strategy in strategies_for(config):
         for artifact in strategy.artifacts(backup_id):
             if artifact.status == COMPLETE:
@@ -89,6 +93,23 @@ def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, origi
         # The originals stay: they must not stay shared with the copy targets' accounts (deleted ones no longer are).
         unshared, failed = unshare(config, backup_id)
         actions.extend(unshared + failed)
+
+
+# A run's host commands are looked for among those sent this long ago at most (a backup's execution is shorter).
+RUN_HISTORY_S = 2 * 86400
+
+
+def stop_host_commands(config: InstanceConfig, backup_id: str, actions: list[str]) -> None:
+    from functions.clients import host
+    from functions.strategies import parts_for
+
+    hosts = [copy.instance_id for copy in parts_for(config).hosts.values()]
+    try:
+        actions.extend(host.cancel_running(hosts, backup_id, since=time.time() - RUN_HISTORY_S))
+    except ClientError as error:  # the cleanup goes on; the operator is told to look
+        actions.append(
+            f"host commands of {backup_id} not checked ({error_code(error)}): check {', '.join(hosts)} by hand"
+        )
 
 
 def unshare(config: InstanceConfig, backup_id: str) -> tuple[list[str], list[str]]:

@@ -33,7 +33,7 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
 
 def say(config: InstanceConfig, message: str, **marks: str | int) -> None:
     """A seed-style progress line: `[base_url]  INFO: message`. `marks` are keys for the command line that follows
-    these lines (bitbucket_backup_cli/seed.py): lock="taken"|"released" runs its lock clock, part and percent its
+    these lines: lock="taken"|"released" runs its lock clock, part and percent its
     progress bar."""
     logger.info(message, extra={"seed": f"[{config.base_url}]  INFO: {message}", **marks})
 

@@ -3,7 +3,11 @@ stands in for the EC2 hosts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,27 +52,94 @@ class LocalHost:
         self.env: dict[str, str] = {DIR_VARIABLE: str(root / "opt-bitbucket-diy-backup")}
         self.before_run: list[Callable[[str, str], None]] = []
         self.after_run: list[Callable[[HostCommand], None]] = []
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self._threads: list[threading.Thread] = []
+        self._by_key: dict[str, subprocess.Popen[str]] = {}
+        self._cancelled: set[str] = set()
 
-    def run(self, instance_id: str, script: str) -> HostCommand:
-        import subprocess
-
+    def run(self, instance_id: str, script: str, key: str = "") -> HostCommand:
+        """Runs the command to its end (a test's direct call); SSM's own way is `start`. `key` names it for
+        `cancel` (the command id)."""
         for hook in list(self.before_run):
             hook(instance_id, script)
         fault = self.faults.get(instance_id)
         if fault in ("TimedOut", "Cancelled", "InProgress"):
             result = HostCommand(instance_id, script, fault, -1, "", "")
+        elif key and key in self._cancelled:
+            result = HostCommand(instance_id, script, "Cancelled", -1, "", "")
         else:
             path = f"{self.bin}:{AWS_CLI_DIR}:{os.environ.get('PATH', '')}"
             env = {**os.environ, **self.env, "PATH": path}
-            proc = subprocess.run(
-                ["sh", "-c", script], cwd=self.root, env=env, capture_output=True, text=True, timeout=600, check=False
+            proc = subprocess.Popen(
+                ["sh", "-c", script],
+                cwd=self.root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # its own process group: a cancel ends what it started too (tar, aws s3 cp)
             )
+            with self._lock:
+                self._running.add(proc)
+                if key:
+                    self._by_key[key] = proc
+            try:
+                stdout, stderr = proc.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                stdout, stderr = proc.communicate()
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+                    self._by_key.pop(key, None)
             status = "Success" if proc.returncode == 0 else "Failed"
-            result = HostCommand(instance_id, script, status, proc.returncode, proc.stdout, proc.stderr)
+            if key and key in self._cancelled:
+                status = "Cancelled"
+            result = HostCommand(instance_id, script, status, proc.returncode, stdout, stderr)
         self.commands.append(result)
         for after in list(self.after_run):
             after(result)
         return result
 
+    def start(self, instance_id: str, script: str, done: Callable[[HostCommand], None], key: str = "") -> None:
+        """As the SSM agent runs a command: in the background, the caller polling its invocation meanwhile; `done`
+        is called with the result (never, for a command faulted to stay InProgress)."""
+        if self.faults.get(instance_id) == "InProgress":
+            self.commands.append(HostCommand(instance_id, script, "InProgress", -1, "", ""))
+            return
+
+        def run() -> None:
+            done(self.run(instance_id, script, key))
+
+        thread = threading.Thread(target=run, name=f"host-command-{instance_id}", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def cancel(self, key: str) -> None:
+        """As the agent cancels a command: its process is killed (or never started)."""
+        with self._lock:
+            self._cancelled.add(key)
+            proc = self._by_key.get(key)
+        if proc is not None:
+            _kill_group(proc)
+
+    def stop(self) -> None:
+        """The world ends: a command still running (a failed backup's copy, say) is killed, as the host would be
+        torn down, so that nothing of it writes into the next world."""
+        with self._lock:
+            running, threads, self._threads = list(self._running), self._threads, []
+        for proc in running:
+            _kill_group(proc)
+        for thread in threads:
+            thread.join(timeout=10)
+
     def freezes(self) -> list[str]:
         return self.freeze_log.read_text().splitlines() if self.freeze_log.exists() else []
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """As the agent ends a cancelled command: the shell and every process it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

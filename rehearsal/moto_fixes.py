@@ -88,11 +88,20 @@ def _patch_exclude_data_volumes(stack: contextlib.ExitStack) -> None:
     stack.enter_context(mock.patch.object(EBSBackend, "create_snapshots", create_snapshots))
 
 
+_RUNNING = ("Pending", "InProgress", "Delayed")
+
+
+def _key(command: Any, invocation: dict[str, Any]) -> str:
+    return f"{command.command_id}/{invocation['InstanceId']}"
+
+
 def _run_commands_on_host(stack: contextlib.ExitStack, host: LocalHost) -> None:
-    """moto records a Run Command as a success without running it; the rehearsal runs it in the local host."""
+    """moto records a Run Command as a success without running it; the rehearsal runs it in the local host, in the
+    background as the SSM agent does, so that the workflow's waits on it are real."""
     from unittest import mock
 
     from moto.ssm.models import SimpleSystemManagerBackend
+    from moto.ssm.responses import SimpleSystemManagerResponse
 
     original_send = SimpleSystemManagerBackend.send_command
 
@@ -105,18 +114,50 @@ def _run_commands_on_host(stack: contextlib.ExitStack, host: LocalHost) -> None:
             # Without Targets moto also sends the command to every instance in the account; AWS does not.
             command.invocations = [i for i in command.invocations if i["InstanceId"] in requested]
             command.instance_ids = requested
+        command.status = command.status_details = "InProgress"
         for invocation in command.invocations:
-            ran = host.run(invocation["InstanceId"], rendered.script)
+            # As SSM answers while the agent runs it: in progress, no output yet (GetCommandInvocation's content is
+            # empty until the command ends); then its status and the first 24,000 / 8,000 characters.
             invocation.update(
-                Status=ran.status,
-                StatusDetails=ran.status,
-                ResponseCode=ran.exit_code,
-                StandardOutputContent=ran.stdout[-24000:],
-                StandardErrorContent=ran.stderr[-8000:],
+                Status="InProgress",
+                StatusDetails="InProgress",
+                ResponseCode=-1,
+                StandardOutputContent="",
+                StandardErrorContent="",
             )
+
+            def ended(ran: Any, invocation: dict[str, Any] = invocation) -> None:
+                invocation.update(
+                    Status=ran.status,
+                    StatusDetails=ran.status,
+                    ResponseCode=ran.exit_code,
+                    StandardOutputContent=ran.stdout[:24000],
+                    StandardErrorContent=ran.stderr[:8000],
+                )
+                if all(i["Status"] not in _RUNNING for i in command.invocations):
+                    command.status = command.status_details = ran.status
+
+            host.start(invocation["InstanceId"], rendered.script, ended, key=_key(command, invocation))
         return command
 
+    def cancel_command(self: Any) -> Any:
+        """SSM's CancelCommand, which moto lacks: the agent kills the command's process; its invocations end
+        Cancelled (those that already ended keep their status)."""
+        from moto.core.responses import EmptyResult
+
+        backend = self.ssm_backend
+        command = backend.get_command_by_id(self._get_param("CommandId"))
+        wanted = set(self._get_param("InstanceIds") or []) or set(command.instance_ids)
+        for invocation in command.invocations:
+            if invocation["InstanceId"] in wanted and invocation["Status"] in _RUNNING:
+                host.cancel(_key(command, invocation))
+                invocation.update(Status="Cancelled", StatusDetails="Cancelled", ResponseCode=-1)
+        if all(i["Status"] not in _RUNNING for i in command.invocations):
+            command.status = command.status_details = "Cancelled"
+        return EmptyResult()
+
     stack.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+    stack.enter_context(mock.patch.object(SimpleSystemManagerResponse, "cancel_command", cancel_command, create=True))
 
 
 def _patch_dynamodb_atomicity(stack: contextlib.ExitStack) -> None:

@@ -175,6 +175,7 @@ class Rehearsal:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.host.stop()
         self._stack.close()
         if self._own_host_root:
             shutil.rmtree(self.host.root, ignore_errors=True)

@@ -302,7 +302,8 @@ class BackupStack(Stack):
 
         # Only the pruning step (finalize) deletes complete backups; the failure path and the safety net only what
         # is not complete (their own run's unfinished artifacts).
-        failure = FunctionGrants((*secret, *describe, *undo(permissions.FAILURE), *archives), publishes=True)
+        stop = tuple(permissions.cancel_host_commands(instances))
+        failure = FunctionGrants((*secret, *describe, *undo(permissions.FAILURE), *archives, *stop), publishes=True)
         grants = BackupGrants(
             validate=FunctionGrants((*secret, *describe, *archives)),
             lock=FunctionGrants(secret),
@@ -379,6 +380,7 @@ class BackupStack(Stack):
                 *restore_permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
                 *restore_permissions.remove_failed_restore(self, instances),
                 *hosts("RemoveRestoredHome", "DropRestoredDatabase"),
+                *permissions.cancel_host_commands(instances),
             ),
             publishes=True,
         )
@@ -431,6 +433,7 @@ class BackupStack(Stack):
             *restore_permissions.restore_describe(instances),
             *restore_permissions.remove_failed_restore(self, instances),
             *restore_permissions.restore_host_commands(self, instances, teardown),
+            *permissions.cancel_host_commands(instances),  # the teardown stops its restore's commands first
         ]
         if archives is not None:
             finish += permissions.manage_own_archives(self, archives, instances, permissions.VERIFY)

@@ -25,7 +25,8 @@ _ACCOUNT = r"(\d{12}|<AWS::AccountId>)"
 ACKNOWLEDGMENTS: list[tuple[str, str]] = [
     (
         r"AwsSolutions-IAM5\[Resource::\*\]",
-        "EC2/RDS Describe*, ssm:GetCommandInvocation and X-Ray PutTraceSegments support no resource-level "
+        "EC2/RDS Describe*, ssm:GetCommandInvocation, ssm:ListCommands, ssm:CancelCommand and X-Ray "
+        "PutTraceSegments support no resource-level "
         "permissions; every mutating action is scoped to named resources or to this tool's tag.",
     ),
     (

@@ -316,6 +316,21 @@ def host_commands(stack: Stack, instances: list[InstanceConfig], documents: list
     return run_commands_on(stack, hosts, documents)
 
 
+def cancel_host_commands(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """A failure path stops its run's host commands still running before it removes what they write: it lists the
+    host's commands (finding its run's by their comment), cancels them and waits for their end. SSM's ListCommands
+    and CancelCommand take no resource: the code cancels only commands of this stack's documents and this run."""
+    if not any(
+        isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, PostgresDatabaseConfig) for i in instances
+    ):
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=["ssm:CancelCommand", "ssm:GetCommandInvocation", "ssm:ListCommands"], resources=["*"]
+        )
+    ]
+
+
 def run_commands_on(stack: Stack, hosts: list[str], documents: list[str]) -> list[iam.PolicyStatement]:
     """SendCommand names both the instance and the document: both must be allowed. With no document only the
     results may be read (a step that checks a command another one started)."""

@@ -113,8 +113,17 @@ def _parameters(operation: str, parameters: Parameters, step: str) -> dict[str, 
     return sent
 
 
-def start(instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int) -> HostCommand:
-    """SendCommand of an operation's document; returns what check() needs (JSON, carried by the state machine)."""
+def _comment(run: str, step: str) -> str:
+    """The command's Comment: the run it belongs to (a backup id, a restore's execution name) first, so that
+    cancel_running finds the run's own commands and never another's."""
+    return (f"bitbucket-diy-backup {run}: {step}" if run else f"bitbucket-diy-backup {step}")[:100]
+
+
+def start(
+    instance_id: str, operation: str, parameters: Parameters, *, step: str, timeout: int, run: str = ""
+) -> HostCommand:
+    """SendCommand of an operation's document; returns what check() needs (JSON, carried by the state machine).
+    `run` marks a long command as the run's, for cancel_running."""
     ssm = client("ssm")
     sent = _parameters(operation, parameters, step) | {"executionTimeout": [str(max(30, min(timeout, 172800)))]}
     try:
@@ -123,7 +132,7 @@ def start(instance_id: str, operation: str, parameters: Parameters, *, step: str
             DocumentName=document(operation),
             Parameters=sent,
             TimeoutSeconds=max(30, min(timeout, 2592000)),
-            Comment=f"bitbucket-diy-backup {step}"[:100],
+            Comment=_comment(run, step),
         )["Command"]
     except ClientError as error:
         raise HostCommandFailed(
@@ -168,3 +177,61 @@ def _summary(step: str, stdout: str) -> HostSummary:
     if not found:
         raise HostCommandFailed(f"{step}: the host command succeeded but printed no JSON summary")
     return found
+
+
+# --- a failure path: the run's commands still running are cancelled before what they write is removed -------------
+
+_RUNNING = ("Pending", "InProgress", "Delayed")
+
+
+def cancel_running(instance_ids: list[str], run: str, *, since: float, wait_s: float = 60.0) -> list[str]:
+    """Cancels the long commands of `run` still running on these hosts (started after `since`, epoch seconds), and
+    waits until they ended, at most wait_s: a failure path removes what a run made only once none of its commands
+    can still write (an archive still uploading, a home still extracting). What it did, for the notification."""
+    if not run or not instance_ids:
+        return []
+    ssm = client("ssm")
+    marker, prefix = _comment(run, ""), environment.host_document_prefix()
+    after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 60))
+    cancelled: list[tuple[str, str, str]] = []
+    for instance_id in sorted(set(instance_ids)):
+        kwargs: dict[str, Any] = {"InstanceId": instance_id, "Filters": [{"key": "InvokedAfter", "value": after}]}
+        while True:
+            page = ssm.list_commands(**kwargs)
+            for command in page.get("Commands", []):
+                comment = str(command.get("Comment") or "")
+                if (
+                    command.get("Status") in _RUNNING
+                    and comment.startswith(marker)
+                    and str(command.get("DocumentName", "")).startswith(prefix)
+                ):
+                    try:
+                        ssm.cancel_command(CommandId=command["CommandId"], InstanceIds=[instance_id])
+                    except ClientError as error:  # it ended meanwhile
+                        if error_code(error) not in ("InvalidCommandId", "InvalidInstanceId"):
+                            raise
+                    cancelled.append((str(command["CommandId"]), instance_id, comment.removeprefix(marker)))
+            if not page.get("NextToken"):
+                break
+            kwargs["NextToken"] = page["NextToken"]
+    deadline = time.monotonic() + wait_s
+    done: list[str] = []
+    for command_id, instance_id, step in cancelled:
+        status = _status(ssm, command_id, instance_id)
+        while status in _STILL and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = _status(ssm, command_id, instance_id)
+        done.append(f"{'asked to cancel' if status in _STILL else 'cancelled'} {step} on {instance_id}")
+    return done
+
+
+_STILL = (*_RUNNING, "Cancelling")
+
+
+def _status(ssm: Any, command_id: str, instance_id: str) -> str:
+    try:
+        return str(ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id).get("Status", "Pending"))
+    except ClientError as error:
+        if error_code(error) != "InvocationDoesNotExist":
+            raise
+        return "Pending"

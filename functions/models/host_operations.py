@@ -168,6 +168,9 @@ HOST_SCRIPT rsync-home "${args[@]}"
             ),
             """HOST_SCRIPT workdir --path '{{ workPath }}'
 out='{{ workPath }}'/'{{ fileName }}'
+# A cancelled run's archive of this part (its process killed, its EXIT trap never run) goes before a new one.
+part=${out#'{{ workPath }}'/'{{ backupId }}'}
+for old in '{{ workPath }}'/'{{ instance }}'-[0-9]*-[0-9]*"$part"; do [ "$old" = "$out" ] || rm -f -- "$old"; done
 trap 'rm -f -- "$out"' EXIT
 staging='{{ staging }}'
 if [ -z "$staging" ]; then

@@ -94,7 +94,14 @@ class HostCopyStrategy(HostCopy):
         }
         step = f"archive {self.part}"
         return [
-            host.start(self.instance_id, "ArchiveUpload", parameters, step=step, timeout=cfg.command_timeout_seconds)
+            host.start(
+                self.instance_id,
+                "ArchiveUpload",
+                parameters,
+                step=step,
+                timeout=cfg.command_timeout_seconds,
+                run=backup_id,
+            )
         ]
 
     # --- the catalog: archive objects in S3, found by their tags -------------------------------------------------
@@ -250,7 +257,7 @@ class RsyncStrategy(HostCopyStrategy):
     def instance_id(self) -> str:
         return self.config.instance_id
 
-    def _rsync(self, step: str) -> list[HostCommand]:
+    def _rsync(self, step: str, backup_id: str) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
             "home": cfg.home_path,
@@ -259,14 +266,15 @@ class RsyncStrategy(HostCopyStrategy):
             # Ids by now: the validate step resolved PROJECT/slug names.
             "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos),
         }
-        return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=cfg.command_timeout_seconds)]
+        timeout = cfg.command_timeout_seconds
+        return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=timeout, run=backup_id)]
 
     def prepare(self, backup_id: str) -> list[HostCommand]:
         self.install()
-        return self._rsync("prepare home: rsync (live)")
+        return self._rsync("prepare home: rsync (live)", backup_id)
 
     def copy(self, backup_id: str) -> list[HostCommand]:
-        return self._rsync("copy home: rsync (locked)")
+        return self._rsync("copy home: rsync (locked)", backup_id)
 
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         return {"staging": self.config.staging_path, "removeDump": "false"}
@@ -300,7 +308,8 @@ class PostgresStrategy(HostCopyStrategy):
             "region": cfg.password_secret.split(":")[3],
         }  # fmt: skip
         step = "copy database: pg_dump"
-        return [host.start(cfg.instance_id, "PgDump", parameters, step=step, timeout=cfg.command_timeout_seconds)]
+        timeout = cfg.command_timeout_seconds
+        return [host.start(cfg.instance_id, "PgDump", parameters, step=step, timeout=timeout, run=backup_id)]
 
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         # A database-only archive gets an empty home/ part (made by the document). The dump is removed once it is

@@ -3,6 +3,7 @@ its manifest, and extract it into an empty directory or pg_restore it into a NEW
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
 
 # An archive's plan: where it is, and the host and work path it is restored on (either archive's).
 HostPlan = TypeVar("HostPlan", "RsyncPlan", "PostgresPlan")
+
+
+# A restore's commands run at most this long (the archive's command timeout is capped by the restore's own).
+_RESTORE_HISTORY_S = 2 * 86400
+
+
+def run_key(execution: str) -> str:
+    """What marks a restore's host commands as its own: the execution's name (unique per state machine)."""
+    return execution.rsplit(":", 1)[-1]
+
+
+def cancel_own(part: str, instance_id: str, execution: str) -> list[str]:
+    """This restore's host command still running on its host (a stopped restore's), cancelled and waited for."""
+    since = time.time() - _RESTORE_HISTORY_S
+    return [f"{part}: {done}" for done in host.cancel_running([instance_id], run_key(execution), since=since)]
 
 
 class ArchiveRestorer(Restorer[HostPlan, "ArchiveCreated"], Generic[HostPlan]):
@@ -76,9 +92,12 @@ class ArchiveRestorer(Restorer[HostPlan, "ArchiveCreated"], Generic[HostPlan]):
             "region": environment.region(),
         }
 
-    def _start_restore(self, plan: HostPlan, step: str, operation: str, parameters: host.Parameters) -> ArchiveCreated:
+    def _start_restore(
+        self, plan: HostPlan, execution: str, step: str, operation: str, parameters: host.Parameters
+    ) -> ArchiveCreated:
         timeout = self.instance.archive.command_timeout_seconds
-        command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout)
+        run = run_key(execution)
+        command = host.start(plan["instance_id"], operation, parameters, step=step, timeout=timeout, run=run)
         return {"command": command, "started": f"{step.split(': ', 1)[-1]} on {plan['instance_id']}"}
 
     def progress(self, plan: HostPlan, created: ArchiveCreated) -> RestoreProgress:
@@ -136,6 +155,7 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
     def start(self, plan: RsyncPlan, execution: str) -> ArchiveCreated:
         return self._start_restore(
             plan,
+            execution,
             "restore home: download and extract",
             "RestoreHome",
             self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
@@ -156,8 +176,10 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
         if not isinstance(state.get("home"), dict):
             return []
         where = f"{plan['path']} on {plan['instance_id']}"
+        # The extraction may still run (a stopped restore): it ends before its files are kept or removed.
+        cancelled = cancel_own("home", plan["instance_id"], execution)
         if keep:
-            return [f"home: whatever was extracted into {where} is kept for inspection"]
+            return [*cancelled, f"home: whatever was extracted into {where} is kept for inspection"]
         # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
         # backup's: never a directory someone filled in the meantime.
         host.run(
@@ -166,7 +188,7 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
             {"path": plan["path"], "backupId": plan["backup_id"], "removeDirectory": "false"},
             step="restore cleanup: home",
         )
-        return [f"home: removed what this restore extracted into {where}"]
+        return [*cancelled, f"home: removed what this restore extracted into {where}"]
 
 
 class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
@@ -226,6 +248,7 @@ class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
     def start(self, plan: PostgresPlan, execution: str) -> ArchiveCreated:
         return self._start_restore(
             plan,
+            execution,
             "restore database: download and pg_restore",
             "RestoreDatabase",
             self._download(plan)
@@ -246,8 +269,9 @@ class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
         if not isinstance(state.get("database"), dict):
             return []
         where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"
+        cancelled = cancel_own("database", plan["instance_id"], execution)  # pg_restore may still run
         if keep:
-            return [f"database: {where} (if pg_restore got that far) is kept for inspection"]
+            return [*cancelled, f"database: {where} (if pg_restore got that far) is kept for inspection"]
         # pg-drop drops only a database whose comment is this execution's marker.
         host.run(
             plan["instance_id"],
@@ -255,4 +279,4 @@ class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
             self._pg_flags(plan) | {"comment": self._marker(execution)},
             step="restore cleanup: database",
         )
-        return [f"database: dropped {where} if this restore had created it"]
+        return [*cancelled, f"database: dropped {where} if this restore had created it"]

@@ -255,8 +255,52 @@ def test_archive_disk_full_after_the_unlock(copy_world: Callable[..., World], ti
     message = assert_failed_cleanly(w, result, "archive", "no space left")
     assert "exit 4" in message
     assert not w.r.archives()
-    # Nothing half-written keeps a name in the work directory.
-    assert not list(tiny_fs.iterdir())
+    # Nothing half-written keeps a name in the work directory; the stopped upload's archive (killed, as the agent
+    # cancels, its trap never ran) is the only file left, and the next run's archive step removes it.
+    left = [f.name for f in tiny_fs.iterdir()]
+    assert all(not name.startswith(".") and name.endswith(".tar.gz") for name in left), left
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "FAILED"
+    assert not set(left) & {f.name for f in tiny_fs.iterdir()}, "the earlier run's archive was not removed"
+
+
+def test_the_failure_path_stops_the_runs_host_commands_before_it_removes_what_they_write(
+    copy_world: Callable[..., World], tiny_fs: Path
+) -> None:
+    """The database's archive fails while the home's still runs (here: never ends, as a slow upload): the failure
+    path cancels the run's own still-running command and waits for its end before removing the run's archives, so
+    that nothing of the run lands in the bucket after the cleanup. Commands of other runs are never touched."""
+    w = copy_world(instance_overrides={"archive": {"work_path": str(tiny_fs)}})
+    home_host, ssm = w.r.resources["home_host"], w.r.client("ssm")
+    check = next(
+        d["Name"] for d in ssm.list_documents()["DocumentIdentifiers"] if d["Name"].endswith("CheckTargetDirectory")
+    )
+    foreign: list[str] = []
+
+    def hang_the_home_archive(instance_id: str, script: str) -> None:
+        if instance_id == home_host and "ArchiveUpload" in script and not foreign:
+            w.r.host.faults[home_host] = "InProgress"
+            # Another run's command on the same host, running too: not this run's to cancel.
+            sent = ssm.send_command(
+                InstanceIds=[home_host],
+                DocumentName=check,
+                Parameters={"path": [str(tiny_fs / "elsewhere")]},
+                Comment="bitbucket-diy-backup demo-20200101-000000: another run",
+            )
+            foreign.append(sent["Command"]["CommandId"])
+
+    w.r.host.before_run.append(hang_the_home_archive)
+    result = w.r.run_backup(timeout=300)
+    w.r.host.faults.pop(home_host, None)
+    message = assert_failed_cleanly(w, result, "archive", "no space left")
+    assert f"cancelled archive home on {home_host}" in message, message
+    invocations = [
+        ssm.get_command_invocation(CommandId=c["CommandId"], InstanceId=home_host)
+        for c in ssm.list_commands(InstanceId=home_host)["Commands"]
+    ]
+    assert [i["Status"] for i in invocations if "archive home" in i["Comment"]] == ["Cancelled"]
+    assert ssm.get_command_invocation(CommandId=foreign[0], InstanceId=home_host)["Status"] == "InProgress"
+    assert not w.r.archives()
 
 
 # ------------------------------------------------------------------------------------------------ restore
@@ -481,8 +525,8 @@ def test_a_stopped_restore_is_cleaned_up_by_the_restore_safety_net(
         },
         state_machine_arn=w.r.restore_state_machine_arn,
     )
-    wait_for(lambda: waiting_in(w, execution, "Wait for restore"))
-    assert (target / "manifest.json").is_file()  # the home was extracted before the stop
+    # The home extracted (in the background, as the agent runs it), the database restore still running.
+    wait_for(lambda: waiting_in(w, execution, "Wait for restore") and (target / "manifest.json").is_file())
     w.r.client("stepfunctions").stop_execution(executionArn=execution, cause="operator pressed Stop")
     w.r.host.faults.pop(db_host)
     result = w.r.wait(execution)

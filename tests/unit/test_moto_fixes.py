@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,25 @@ def test_moto_still_reports_a_command_it_never_ran_as_a_success() -> None:
     assert ran["Status"] == "Success" and "hi" not in ran["StandardOutputContent"]
 
 
+def test_a_command_runs_in_the_background_and_is_in_progress_until_it_ends(fixed: LocalHost) -> None:
+    ssm, (instance, _) = _ssm_world()
+    gate = fixed.root / "gate"
+    fixed.before_run.append(lambda *_: _wait_for(gate))
+    command = ssm.send_command(DocumentName="Echo", InstanceIds=[instance], Parameters={"word": ["hi"]})["Command"]
+    running = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=instance)
+    assert running["Status"] == "InProgress" and running["StandardOutputContent"] == ""
+    gate.touch()
+    fixed.stop()  # waits for the command's thread
+    ended = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=instance)
+    assert ended["Status"] == "Success" and ended["StandardOutputContent"].strip() == "hi"
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 20
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_command_is_checked_and_runs_on_its_instances_only(fixed: LocalHost) -> None:
     ssm, (instance, other) = _ssm_world()
     for document, parameters in (("NoSuchDocument", {}), ("Echo", {"word": ["NOT; a word"]})):
@@ -144,7 +164,15 @@ def test_a_command_is_checked_and_runs_on_its_instances_only(fixed: LocalHost) -
     assert command["InstanceIds"] == [instance]
     with pytest.raises(ClientError):
         ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=other)
-    ran = ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=instance)
+    # It runs in the background, as the agent runs it: the caller polls until it ended.
+    deadline = time.monotonic() + 20
+    while (ran := ssm.get_command_invocation(CommandId=command["CommandId"], InstanceId=instance))["Status"] in (
+        "Pending",
+        "InProgress",
+    ):
+        assert ran["StandardOutputContent"] == "", "no output before the end, as SSM answers"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert ran["Status"] == "Success" and ran["StandardOutputContent"].strip() == "hi"
     assert [c.instance_id for c in fixed.commands] == [instance]
     assert other not in [c.instance_id for c in fixed.commands]

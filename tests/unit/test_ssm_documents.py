@@ -49,8 +49,10 @@ def test_send_command_runs_only_the_stacks_documents_with_valid_parameters(tmp_p
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "f").write_text("x")
         command = send(name, path=[str(tmp_path / "full")])
+        host.stop()  # the command runs in the background, as the agent runs it: wait for its end
         invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
         assert (invocation["Status"], invocation["ResponseCode"]) == ("Failed", 6)
         command = send(name, path=[str(tmp_path / "empty")])
+        host.stop()
         assert ssm.get_command_invocation(CommandId=command, InstanceId=instance)["Status"] == "Success"
         assert f"p='{tmp_path}/empty'" in host.commands[-1].script

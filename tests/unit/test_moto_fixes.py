@@ -155,6 +155,46 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.01)
 
 
+NAP = {
+    "schemaVersion": "2.2",
+    "description": "a long command: a child process that outlives its shell unless the whole group is killed",
+    "mainSteps": [
+        {"action": "aws:runShellScript", "name": "nap", "inputs": {"runCommand": ["sleep 30 && touch woke"]}}
+    ],
+}
+
+
+def test_moto_still_lacks_cancel_command() -> None:
+    with mock_aws():
+        ssm, (instance, _) = _ssm_world()
+        command = ssm.send_command(DocumentName="Echo", InstanceIds=[instance], Parameters={"word": ["hi"]})["Command"]
+        with pytest.raises(Exception) as lacking:
+            ssm.cancel_command(CommandId=command["CommandId"], InstanceIds=[instance])
+    assert "not" in str(lacking.value).lower() and "implement" in str(lacking.value).lower(), (
+        "moto implements CancelCommand now: drop the fix's own"
+    )
+
+
+def test_a_cancelled_command_ends_cancelled_with_every_process_it_started(fixed: LocalHost) -> None:
+    ssm, (instance, _) = _ssm_world()
+    ssm.create_document(Name="Nap", Content=json.dumps(NAP), DocumentType="Command", DocumentFormat="JSON")
+    command = ssm.send_command(DocumentName="Nap", InstanceIds=[instance])["Command"]["CommandId"]
+    deadline = time.monotonic() + 20
+    while not fixed._by_key and time.monotonic() < deadline:  # its process is running
+        time.sleep(0.01)
+    started = time.monotonic()
+    ssm.cancel_command(CommandId=command, InstanceIds=[instance])
+    while fixed._by_key and time.monotonic() - started < 10:  # the command's process ends with the cancel
+        time.sleep(0.01)
+    assert not fixed._by_key, "the command still runs after the cancel"
+    fixed.stop()
+    assert time.monotonic() - started < 10, "the sleep went on: only the shell was killed"
+    ended = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+    assert ended["Status"] == "Cancelled" and not (fixed.root / "woke").exists()
+    (listed,) = ssm.list_commands(CommandId=command)["Commands"]
+    assert listed["Status"] == "Cancelled"
+
+
 def test_a_command_is_checked_and_runs_on_its_instances_only(fixed: LocalHost) -> None:
     ssm, (instance, other) = _ssm_world()
     for document, parameters in (("NoSuchDocument", {}), ("Echo", {"word": ["NOT; a word"]})):

@@ -23,7 +23,7 @@ SEED_TERM = "seed"
 
 
 def log_group(function: str) -> str:
-    """Where Lambda writes a function's lines (the stack sets no other log group)."""
+    """Where Lambda writes a function's lines when it names no log group of its own."""
     return f"/aws/lambda/{function.rsplit(':function:', 1)[-1].split(':', 1)[0]}"
 
 
@@ -130,6 +130,7 @@ class SeedLines:
     latest: dict[str, Any] | None = None
     _seen: set[str] = field(default_factory=set)
     _read_up_to: dict[str, float] = field(default_factory=dict)  # log group -> epoch seconds read so far
+    _groups: dict[str, str] = field(default_factory=dict)  # function -> its log group
 
     def __post_init__(self) -> None:
         self.clock = Clock(self.started)
@@ -140,7 +141,7 @@ class SeedLines:
             self.clock.started = first
         windows: dict[str, tuple[float, float | None]] = {}
         for task in lambda_tasks(events):
-            group = log_group(task.function)
+            group = self._group_of(task.function)
             first, last = windows.get(group, (task.started, task.ended))
             ends = None if task.ended is None or last is None else max(last, task.ended)
             windows[group] = (min(first, task.started), ends)
@@ -162,6 +163,19 @@ class SeedLines:
     def read(self, events: list[dict[str, Any]], now: float, final: bool = False) -> list[str]:
         return [line for _, line in self.read_timed(events, now, final)]
 
+    def _group_of(self, function: str) -> str:
+        """The function's log group, as Lambda reports it (the stack gives each function its own group)."""
+        if function not in self._groups:
+            from botocore.exceptions import ClientError
+
+            try:
+                configuration = self.aws.client("lambda").get_function_configuration(FunctionName=function)
+                named = (configuration.get("LoggingConfig") or {}).get("LogGroup")
+            except ClientError:  # no permission to ask: the default group, where Lambda writes unless told
+                named = None
+            self._groups[function] = str(named) if named else log_group(function)
+        return self._groups[function]
+
     def _read(self, group: str, since: float, now: float) -> list[tuple[int, str, dict[str, Any]]]:
         from botocore.exceptions import ClientError
 
@@ -179,7 +193,7 @@ class SeedLines:
             while True:
                 page = logs.filter_log_events(**kwargs)
                 for event in page.get("events", []):
-                    record = self._record(event)
+                    record = self._record(group, event)
                     if record is not None:
                         found.append((int(event.get("timestamp") or 0), str(event.get("eventId")), record))
                 if not page.get("nextToken"):
@@ -192,8 +206,9 @@ class SeedLines:
                 raise
         return found
 
-    def _record(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        event_id = str(event.get("eventId"))
+    def _record(self, group: str, event: dict[str, Any]) -> dict[str, Any] | None:
+        # An event id is unique in AWS; an emulator may number each stream's events from 1.
+        event_id = f"{group}/{event.get('logStreamName')}/{event.get('eventId')}"
         if event_id in self._seen:
             return None
         try:

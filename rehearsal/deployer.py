@@ -59,6 +59,7 @@ class Deployer:
             "AWS::SSM::Parameter",
             "AWS::S3::Bucket",
             "AWS::SSM::Document",
+            "AWS::Logs::LogGroup",
             "AWS::Lambda::Function",
             "AWS::StepFunctions::StateMachine",
             "AWS::Events::Rule",
@@ -122,6 +123,11 @@ class Deployer:
                 s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration=props["ObjectLockConfiguration"])
             r.refs[logical], r.attrs[(logical, "Arn")] = name, f"arn:aws:s3:::{name}"
             self.archive_bucket = name
+        elif kind == "AWS::Logs::LogGroup":
+            # As CloudFormation names a group the template does not name: the stack, the logical id, a suffix.
+            name = props.get("LogGroupName") or f"{DEFAULT_STACK}-{logical}-{uuid.uuid4().hex[:12].upper()}"
+            self.client("logs").create_log_group(logGroupName=name)
+            r.refs[logical] = name
         elif kind == "AWS::Lambda::Function":
             code = io.BytesIO()
             with zipfile.ZipFile(code, "w") as archive:
@@ -136,6 +142,7 @@ class Deployer:
                 MemorySize=props.get("MemorySize", 128),
                 Environment={"Variables": r(props.get("Environment", {}).get("Variables", {}))},
                 Description=r(props.get("Description", "")),
+                **({"LoggingConfig": r(props["LoggingConfig"])} if props.get("LoggingConfig") else {}),
             )
             r.refs[logical], r.attrs[(logical, "Arn")] = logical, fn["FunctionArn"]
         elif kind == "AWS::Events::Rule":

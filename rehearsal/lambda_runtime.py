@@ -133,16 +133,17 @@ class FunctionLog(io.TextIOBase):
         return len(text)
 
 
-def deliver_logs(function_name: str, stream: str, events: list[dict[str, Any]]) -> None:
-    """Into moto's CloudWatch Logs, where a deployment's functions write: group /aws/lambda/NAME (created on first
-    use, as Lambda creates it), one stream per execution environment. Lambda's service does this, not the function's
-    role, so it goes to the backend directly (no IAM, no latency)."""
+def deliver_logs(fn: Any, stream: str, events: list[dict[str, Any]]) -> None:
+    """Into moto's CloudWatch Logs, where Lambda writes a function's lines: its LoggingConfig's group (the stack
+    gives each function its own; /aws/lambda/NAME by default, created on first use as Lambda creates it), one stream
+    per execution environment. Lambda's service does this, not the function's role, so it goes to the backend
+    directly (no IAM, no latency)."""
     if not events:
         return
     from moto.logs.models import logs_backends
 
     backend = logs_backends[ACCOUNT][REGION]
-    group = f"/aws/lambda/{function_name}"
+    group = str((getattr(fn, "logging_config", None) or {}).get("LogGroup") or f"/aws/lambda/{fn.function_name}")
     with _delivery_lock:
         if group not in backend.groups:
             backend.create_log_group(group, {})
@@ -448,7 +449,7 @@ class LambdaRuntime:
         }
         answer = worker.call(request, timeout)
         POOL.give_back(worker)
-        deliver_logs(fn.function_name, worker.stream, log.events)
+        deliver_logs(fn, worker.stream, log.events)
         if answer is None:
             return {"errorType": TIMEOUT_ERROR, "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
         return answer

@@ -22,6 +22,7 @@ def patched(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack:
     """Patches that make moto behave like AWS where the rehearsal depends on it."""
     stack = contextlib.ExitStack()
     _run_lambdas_in_process(stack, runtime)
+    _keep_logging_config(stack)
     _patch_exclude_data_volumes(stack)
     _patch_sfn_integration(stack)
     _run_commands_on_host(stack, host)
@@ -31,6 +32,37 @@ def patched(runtime: LambdaRuntime, host: LocalHost) -> contextlib.ExitStack:
     _patch_signature_of_empty_bodies(stack)
     stack.enter_context(moto_fixes_immutability.patched())  # EBS Snapshot Lock
     return stack
+
+
+def default_log_group(function_name: str) -> str:
+    return f"/aws/lambda/{function_name}"
+
+
+def _keep_logging_config(stack: contextlib.ExitStack) -> None:
+    """A function's LoggingConfig (its log group: the stack gives each function its own) is dropped by moto; Lambda
+    keeps it, writes the function's lines there, and answers it in GetFunctionConfiguration (the default group
+    /aws/lambda/NAME when none was given)."""
+    from unittest import mock
+
+    from moto.awslambda.models import LambdaFunction
+
+    original_init, original_configuration = LambdaFunction.__init__, LambdaFunction.get_configuration
+
+    def __init__(self: Any, account_id: str, spec: dict[str, Any], region: str, version: Any = 1) -> None:
+        original_init(self, account_id, spec, region, version)
+        given = spec.get("LoggingConfig") or {}
+        self.logging_config = {
+            "LogFormat": given.get("LogFormat", "Text"),
+            "LogGroup": given.get("LogGroup") or default_log_group(spec["FunctionName"]),
+        }
+
+    def get_configuration(self: Any, on_create: bool = False) -> dict[str, Any]:
+        configuration: dict[str, Any] = original_configuration(self, on_create)
+        configuration["LoggingConfig"] = dict(getattr(self, "logging_config", {}))
+        return configuration
+
+    stack.enter_context(mock.patch.object(LambdaFunction, "__init__", __init__))
+    stack.enter_context(mock.patch.object(LambdaFunction, "get_configuration", get_configuration))
 
 
 def _patch_signature_of_empty_bodies(stack: contextlib.ExitStack) -> None:

@@ -59,6 +59,37 @@ def test_moto_still_answers_an_invocation_without_running_the_handler() -> None:
     assert json.loads(answer) == {"event": 1}, "moto runs a function's code without Docker now: drop the routing"
 
 
+def _function_with_its_own_log_group() -> dict[str, Any]:
+    """A function created with a LoggingConfig naming its log group, as the stack creates each; its configuration."""
+    role = boto3.client("iam", region_name=REGION).create_role(
+        RoleName="fn", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+    )["Role"]["Arn"]
+    boto3.client("logs", region_name=REGION).create_log_group(logGroupName="Stack-FnLogs-ABC")
+    aws_lambda = boto3.client("lambda", region_name=REGION)
+    aws_lambda.create_function(
+        FunctionName="fn",
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18},
+        LoggingConfig={"LogGroup": "Stack-FnLogs-ABC"},
+    )
+    return dict(aws_lambda.get_function_configuration(FunctionName="fn"))
+
+
+def test_moto_still_drops_a_functions_logging_config() -> None:
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        configuration = _function_with_its_own_log_group()
+    assert (configuration.get("LoggingConfig") or {}).get("LogGroup") != "Stack-FnLogs-ABC", (
+        "moto keeps a function's LoggingConfig now: drop the fix's own"
+    )
+
+
+def test_a_function_keeps_its_log_group_where_its_lines_go(fixed: LocalHost) -> None:
+    configuration = _function_with_its_own_log_group()
+    assert configuration["LoggingConfig"] == {"LogFormat": "Text", "LogGroup": "Stack-FnLogs-ABC"}
+
+
 # --- EC2 CreateSnapshots: ExcludeDataVolumeIds ---------------------------------------------------------------------
 
 

@@ -30,7 +30,8 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
     except BackupError as error:
         return (
             f"NO - unlock failed ({redact(str(error))}); the token is kept in the run table "
-            f"'{environment.runs_table_for_messages()}' under instance '{record.instance}': unlock by hand"
+            f"'{environment.runs_table_for_messages()}' under instance '{record.instance}': unlock by hand with "
+            f"`bitbucket-backup unlock {record.instance}` (it uses that token)"
         )
     runs.update(
         record.instance,

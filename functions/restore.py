@@ -192,6 +192,18 @@ def _available(config: InstanceConfig) -> str:
     return f"available: {', '.join(complete[:5])}{more}"
 
 
+def _started_text(created: Mapping[str, Any]) -> str:
+    """One line for the seed: what the restorer says it started, or the volumes it created."""
+    volumes = created.get("volumes")
+    if "started" not in created and isinstance(volumes, list):
+        return "volumes " + ", ".join(
+            f"{v.get('volume_id')} from {v.get('snapshot_id')} ({v.get('device')})"
+            for v in volumes
+            if isinstance(v, dict)
+        )
+    return notify.plain(created.get("started") or created)
+
+
 # --- creating and waiting --------------------------------------------------------------------------------------------
 
 
@@ -200,7 +212,7 @@ def start_part(plan: RestorePlan, part: str) -> PartCreated:
     checked(plan, f"restore-{part}")
     # Any restorer: each checks its own plan's keys (functions/models/restore_plans.py).
     created: PartCreated = restorer_for(plan.config, part).start(plan.parts[part], plan.execution)
-    _say(plan, f"{part} restore started: {notify.plain(created.get('started') or created)}")
+    _say(plan, f"{part} restore started: {_started_text(created)}")
     return created
 
 

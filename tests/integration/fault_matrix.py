@@ -8,6 +8,7 @@ against it by a test, so the table cannot drift from what is tested.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,8 @@ def lambda_error(function_prefix: str, error_type: str) -> Callable[..., Any]:
             pass
 
         Injected.__name__ = error_type
-        name = next(n for n in w.r.resolver.refs if n.startswith(function_prefix) and "Role" not in n)
+        # The function's logical id: the prefix and CDK's 8-digit hash (its role and log group have longer ids).
+        name = next(n for n in w.r.resolver.refs if re.fullmatch(rf"{function_prefix}[0-9A-F]{{8}}", n))
         w.r.lambda_faults[name] = [Injected("Task timed out after 60.00 seconds")]
         yield
 

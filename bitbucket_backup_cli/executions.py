@@ -287,7 +287,7 @@ class ProgressBar:
     def line(self, text: str) -> None:
         """A line of its own (a function's seed line): above the bar on a terminal."""
         self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
-        if self.tty and self.last is not None:
+        if self.tty:
             self.last = None  # redrawn by the next update
         self.stream.flush()
 

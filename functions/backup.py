@@ -383,16 +383,14 @@ def check_snapshots(run: RunContext) -> SnapshotsChecked:
     if failed:
         raise SnapshotFailed(f"wait-snapshots: snapshot {', '.join(failed)} ended in state 'error'")
     pending = [a.id for _, a in found if a.state != "completed"]
+    if not pending:
+        if found:  # said once, when the wait ends (the command line's bar then leaves the snapshots' percentage)
+            say(run.config, f"snapshots completed: {', '.join(f'{a.part} {a.id}' for _, a in found)}")
+        return {"complete": True, "pending": []}
     for _, artifact in found:
         if artifact.state != "completed" and artifact.percent is not None:
-            say(
-                run.config,
-                f"{artifact.part} snapshot {artifact.id}: {artifact.percent}%",
-                part=artifact.part,
-                percent=artifact.percent,
-            )
-    if not pending:
-        return {"complete": True, "pending": []}
+            percent, part = artifact.percent, artifact.part
+            say(run.config, f"{part} snapshot {artifact.id}: {percent}%", part=part, percent=percent)
     waited = time.time() - run.started_at
     if waited > run.config.timing.snapshot_timeout_seconds:
         raise SnapshotTimeout(

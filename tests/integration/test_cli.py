@@ -405,6 +405,7 @@ def test_logs_merges_the_functions_seed_lines_with_the_steps_under_the_lock_cloc
     assert any(s.startswith("locked with '") for s in said) and "Bitbucket instance unlocked" in said
     assert said.index("Backup progress updated to 100") < said.index("Bitbucket instance unlocked")
     assert any(s.startswith("Waiting for DRAINED state… done (") for s in said), said
+    assert any(s.startswith("snapshots completed: home snap-") for s in said), said
     assert said[-1].startswith(f"backup {local.backup_id} complete")
     taken = next(i for i, line in enumerate(lines) if "INFO: locked with '" in line)
     released = next(i for i, line in enumerate(lines) if line.endswith("INFO: Bitbucket instance unlocked"))

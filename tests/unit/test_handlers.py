@@ -422,7 +422,7 @@ def test_an_expired_guard_does_not_block(world: World) -> None:
 # ------------------------------------------------------------------------------------------ the whole sequence
 
 
-def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> None:
+def test_backup_sequence_produces_complete_tagged_snapshots(world: World, caplog: pytest.LogCaptureFixture) -> None:
     run = call(validate, validate_event())
     step = {"run": run}
     locked = call(lock, step)
@@ -460,7 +460,21 @@ def test_backup_sequence_produces_complete_tagged_snapshots(world: World) -> Non
     assert item is not None and item["phase"]["S"] == "unlocked"
     assert "unlock_token" not in item and "cancel_token" not in item
 
+    # A snapshot still being made: its completion as RDS reports it becomes a progress line (the command line's bar).
+    from moto.rds.models import rds_backends
+
+    made = rds_backends[ACCOUNT][REGION].database_snapshots[BACKUP_ID]
+    made.status, made.percent_progress = "creating", 45
+    caplog.clear()
+    assert call(wait_snapshots, step) == {"complete": False, "pending": [BACKUP_ID]}
+    said = [vars(r) for r in caplog.records if hasattr(r, "seed")]
+    assert [(r["part"], r["percent"]) for r in said] == [("database", 45)], said
+    assert said[0]["seed"].endswith(f"INFO: database snapshot {BACKUP_ID}: 45%")
+    made.status, made.percent_progress = "available", 100
+    caplog.clear()
     assert call(wait_snapshots, step) == {"complete": True, "pending": []}
+    lines = [str(vars(r)["seed"]) for r in caplog.records if hasattr(r, "seed")]
+    assert len(lines) == 1 and "snapshots completed: " in lines[0] and f"database {BACKUP_ID}" in lines[0], lines
     summary = call(finalize, {"run": run, "unlocked": unlocked})
     assert summary["status"] == "complete" and summary["backup_id"] == BACKUP_ID
     assert summary["pruned"] == []

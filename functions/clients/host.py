@@ -47,10 +47,12 @@ def run(
 
 
 def _invocation(command: HostCommand) -> tuple[str, dict[str, Any]]:
+    return _invocation_of(command["command_id"], command["instance_id"])
+
+
+def _invocation_of(command_id: str, instance_id: str) -> tuple[str, dict[str, Any]]:
     try:
-        invocation = client("ssm").get_command_invocation(
-            CommandId=command["command_id"], InstanceId=command["instance_id"]
-        )
+        invocation = client("ssm").get_command_invocation(CommandId=command_id, InstanceId=instance_id)
     except ClientError as error:
         # Eventually consistent: right after SendCommand the invocation may not exist yet.
         if error_code(error) != "InvocationDoesNotExist":
@@ -217,21 +219,12 @@ def cancel_running(instance_ids: list[str], run: str, *, since: float, wait_s: f
     deadline = time.monotonic() + wait_s
     done: list[str] = []
     for command_id, instance_id, step in cancelled:
-        status = _status(ssm, command_id, instance_id)
+        status, _ = _invocation_of(command_id, instance_id)
         while status in _STILL and time.monotonic() < deadline:
             time.sleep(0.5)
-            status = _status(ssm, command_id, instance_id)
+            status, _ = _invocation_of(command_id, instance_id)
         done.append(f"{'asked to cancel' if status in _STILL else 'cancelled'} {step} on {instance_id}")
     return done
 
 
 _STILL = (*_RUNNING, "Cancelling")
-
-
-def _status(ssm: Any, command_id: str, instance_id: str) -> str:
-    try:
-        return str(ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id).get("Status", "Pending"))
-    except ClientError as error:
-        if error_code(error) != "InvocationDoesNotExist":
-            raise
-        return "Pending"

@@ -1,10 +1,13 @@
 """`make bench` (cold starts): what each Lambda handler costs to start, against `import boto3` alone.
 
-Each sample is a fresh interpreter that imports one handler module and answers the warm-up event `{"warm": true}`
-(what the warm-up before the lock pays, so that nothing of it is left for the lock window); `import boto3` alone, in
-the same way, is the yardstick, sampled between the handler's samples. The bytecode caches are written by a first,
-unmeasured run. Medians of --runs samples are reported, as a table and as JSON. Goal: every handler within
-GOAL_RATIO x boto3.
+Each sample is a fresh interpreter started as the rehearsal's Lambda workers start (`-I -S -B`, only the bundled
+asset and the runtime's boto3 on the path, nothing written into the asset) that imports one handler module and
+answers the warm-up event `{"warm": true}` for each of its steps (what the warm-up before the lock pays, so that
+nothing of it is left for the lock window). Side by side in one run: the asset as it is deployed (its modules
+compiled to hash-checked bytecode, stacks/asset.py) and the same asset with its sources only, as it was deployed
+before (Lambda's task root is read-only, so each cold start compiled every module again). `import boto3` alone,
+the same way, is the yardstick, sampled between the handler's samples. Medians of --runs samples are reported, as
+a table and as JSON. Goal: every handler within GOAL_RATIO x boto3.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.models.steps import BACKUP, WORKFLOWS
+from rehearsal.lambda_asset import BUILD, built_asset, runtime_site
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "functions" / "handlers"
@@ -32,28 +37,45 @@ STEP_HANDLERS = {
     for m in {f.module for w in WORKFLOWS.values() for f in w.functions}
 }
 
-# A fresh process: time the import of argv[1] (and the answer to a warm-up, when it is a handler), print JSON.
+# A fresh process: time the import of argv[3] (and the answer to a warm-up, when it is a handler), print JSON.
 _PROBE = """
 import json, sys, time
 started = time.perf_counter()
-module = __import__(sys.argv[1], fromlist=["_"])
+sys.path[:0] = sys.argv[1:3]  # the asset, then the runtime's boto3
+module = __import__(sys.argv[3], fromlist=["_"])
 imported = time.perf_counter() - started
-for name in sys.argv[2:]:  # each step handler of the module
+for name in sys.argv[4:]:  # each step handler of the module
     assert getattr(module, name)({"warm": True}, None)["warm"] is True
 print(json.dumps({"s": time.perf_counter() - started, "import_s": imported, "modules": len(sys.modules)}))
 """
 
 
-def sample(module: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+def sources_only(asset: Path) -> Path:
+    """The asset without its bytecode: what a deployment without an interpreter of the runtime's version ships."""
+    target = BUILD / "bench-cold" / f"{asset.name}.sources-only"
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(asset, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (target / ".complete").touch()
+    return target
+
+
+def sample(module: str, asset: Path) -> dict[str, Any]:
+    handlers = STEP_HANDLERS.get(module, [])
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "LAMBDA_TASK_ROOT": str(asset),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, module, *STEP_HANDLERS.get(module, [])],
+        [sys.executable, "-I", "-S", "-B", "-c", _PROBE, str(asset), str(runtime_site()), module, *handlers],
         capture_output=True,
         text=True,
         check=False,
         env=env,
-        cwd=ROOT,
+        cwd=asset,
     )
     if proc.returncode != 0:
         raise SystemExit(f"bench_cold: importing {module} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -61,16 +83,18 @@ def sample(module: str) -> dict[str, Any]:
     return result
 
 
-def measure(module: str, runs: int) -> dict[str, Any]:
-    """Samples of `module` interleaved with samples of `import boto3`, so that a busy machine slows both alike."""
-    sample(module)  # writes the bytecode caches; a deployed asset ships them compiled
-    boto3, samples = [], []
+def measure(module: str, runs: int, asset: Path, plain: Path) -> dict[str, Any]:
+    """Samples of `module` (with and without bytecode) interleaved with samples of `import boto3`, so that a busy
+    machine slows all three alike."""
+    boto3, samples, uncompiled = [], [], []
     for _ in range(runs):
-        boto3.append(sample("boto3")["s"])
-        samples.append(sample(module))
+        boto3.append(sample("boto3", asset)["s"])
+        samples.append(sample(module, asset))
+        uncompiled.append(sample(module, plain)["s"])
     cold = statistics.median(s["s"] for s in samples)
     return {
         "cold_start_s": round(cold, 3),
+        "without_bytecode_s": round(statistics.median(uncompiled), 3),
         "boto3_s": round(statistics.median(boto3), 3),
         "ratio": round(cold / statistics.median(boto3), 2),
         "modules": samples[-1]["modules"],
@@ -82,10 +106,11 @@ def handler_modules() -> list[str]:
 
 
 def run(runs: int, only: list[str] | None = None) -> dict[str, Any]:
-    sample("boto3")
+    asset = built_asset()
+    plain = sources_only(asset)
     handlers = {}
     for name in only or handler_modules():
-        found = measure(f"functions.handlers.{name}", runs)
+        found = measure(f"functions.handlers.{name}", runs, asset, plain)
         found["locked_phase"] = name in LOCKED_PHASE
         handlers[name] = found
     locked = [h for h in handlers.values() if h["locked_phase"]]
@@ -107,16 +132,19 @@ def run(runs: int, only: list[str] | None = None) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"cold start: import of each handler + its warm-up answer, fresh interpreter, median of {result['runs']} "
-        f"(Python {result['python']} {result['machine']}, load {result['load_average'][0]})",
-        f"{'handler':<22}{'cold_start_s':>13}{'x boto3':>9}{'modules':>9}  locked phase",
-        f"{'(import boto3 alone)':<22}{result['boto3_s']:>13.3f}{1:>9.2f}   (median; each ratio is against the "
-        "boto3 samples taken between that handler's)",
+        f"cold start: import of each handler + its warm-up answers, a fresh interpreter as a Lambda worker, median "
+        f"of {result['runs']} (Python {result['python']} {result['machine']}, load {result['load_average'][0]})",
+        f"{'handler':<22}{'cold_start_s':>13}{'x boto3':>9}{'no bytecode':>13}{'modules':>9}  locked phase",
+        f"{'(import boto3 alone)':<22}{result['boto3_s']:>13.3f}{1:>9.2f}{'':>13}   (median; each ratio is against "
+        "the boto3 samples taken between that handler's)",
     ]
     for name, h in result["handlers"].items():
         mark = "yes" if h["locked_phase"] else ""
         flag = "  over goal" if h["ratio"] > result["goal_ratio"] else ""
-        lines.append(f"{name:<22}{h['cold_start_s']:>13.3f}{h['ratio']:>9.2f}{h['modules']:>9}  {mark}{flag}")
+        lines.append(
+            f"{name:<22}{h['cold_start_s']:>13.3f}{h['ratio']:>9.2f}{h['without_bytecode_s']:>13.3f}"
+            f"{h['modules']:>9}  {mark}{flag}"
+        )
     lines.append(f"goal: each handler within {result['goal_ratio']} x boto3; worst {result['worst_ratio']}")
     return "\n".join(lines)
 

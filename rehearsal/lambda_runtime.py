@@ -191,8 +191,11 @@ class Worker:
         self.stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         answers_read, answers_write = os.pipe()
         started = time.monotonic()
+        # -B: Lambda's /var/task is read-only, so a worker runs the asset's bytecode or compiles in memory, and
+        # never writes any (-I ignores PYTHONDONTWRITEBYTECODE).
+        interpreter = [sys.executable, "-I", "-S", "-B"]
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(WORKER), str(asset), str(runtime_site()), handler, str(answers_write)],
+            [*interpreter, str(WORKER), str(asset), str(runtime_site()), handler, str(answers_write)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -420,8 +423,6 @@ class LambdaRuntime:
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
                 "AWS_LAMBDA_FUNCTION_TIMEOUT": str(fn.timeout),
                 "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-                # The asset in Lambda is read-only and ships no bytecode: every cold start compiles what it imports.
-                "PYTHONDONTWRITEBYTECODE": "1",
                 "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
                 "AWS_EC2_METADATA_DISABLED": "true",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -69,7 +71,8 @@ def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
     assert (tmp_path / "aws_lambda_powertools").is_dir() and (tmp_path / "requests").is_dir()
     cores = list((tmp_path / "pydantic_core").glob("_pydantic_core.cpython-313-x86_64-linux-gnu.so"))
     assert cores, sorted(p.name for p in (tmp_path / "pydantic_core").iterdir())
-    assert not list(tmp_path.rglob("__pycache__"))
+    # Bytecode only of the runtime's version (pip's own, of this machine's Python, is left behind).
+    assert {p.name.split(".")[1] for p in tmp_path.rglob("*.pyc")} <= {"cpython-313"}
     # The asset is what Lambda unzips: the handler module path must resolve from its root.
     archive = tmp_path.parent / "asset.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -87,3 +90,42 @@ def test_the_lambda_asset_holds_the_functions_and_not_the_command_line(tmp_path:
     assert not [m for m in modules if m.startswith("bitbucket_backup_cli/") or m.endswith("/cli.py")]
     # Nor does any function import it (it would fail to start).
     assert not [m for m in modules if "bitbucket_backup_cli" in (tmp_path / m).read_text()]
+
+
+def _pyc_flags(pyc: Path) -> int:
+    # PEP 552: after the magic number, bit 0 says hash-based and bit 1 says checked against the source.
+    flags: int = struct.unpack("<I", pyc.read_bytes()[4:8])[0]
+    return flags
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["3.13", f"{sys.version_info[0]}.{sys.version_info[1]}"])
+def test_the_asset_ships_each_module_compiled_for_the_runtime_and_checked_against_its_source(
+    tmp_path: Path, version: str
+) -> None:
+    """Lambda's /var/task is read-only: a module without bytecode there is compiled again at every cold start."""
+    from stacks.asset import bundle, bytecode_python
+
+    if bytecode_python(version) is None:
+        pytest.skip(f"no Python {version} on this machine (the asset then ships its sources only, with a warning)")
+    bundle(tmp_path, with_dependencies=False, python_version=version)
+    tag = "cpython-" + version.replace(".", "")
+    sources = sorted(tmp_path.rglob("*.py"))
+    assert sources
+    for source in sources:
+        pyc = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        assert pyc.exists(), source.relative_to(tmp_path)
+        assert _pyc_flags(pyc) == 0b11, pyc
+    assert {p.name.split(".")[1] for p in tmp_path.rglob("*.pyc")} == {tag}
+
+
+@pytest.mark.slow
+def test_without_an_interpreter_of_the_runtimes_version_the_asset_ships_sources_and_says_so(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from stacks.asset import compile_bytecode
+
+    (tmp_path / "module.py").write_text("X = 1\n")
+    assert compile_bytecode(tmp_path, "3.99") is False
+    assert not list(tmp_path.rglob("*.pyc"))
+    assert "no Python 3.99 on this machine" in capfd.readouterr().err

@@ -103,6 +103,8 @@ def test_a_function_runs_its_asset_as_its_role_cold_once_then_warm(world: World,
     assert 0 < first["remaining_ms"] <= 30_000
     probes = [i for i in world.r.runtime.invocations if i.function == "Probe"]
     assert [i.cold for i in probes] == [True, False] and probes[0].init_s > 0
+    # Lambda's task root is read-only: the worker ran the asset without writing bytecode into it.
+    assert not list(tmp_path.rglob("__pycache__"))
 
 
 def test_a_function_that_overruns_its_timeout_is_stopped(world: World, tmp_path: Path) -> None:

@@ -258,13 +258,16 @@ def archive(run: RunContext) -> HostProgress:
     return {"done": not commands, "commands": commands, "results": {}}
 
 
-def _send_progress(client_: BitbucketClient, lock_: Lock, percentage: int) -> None:
+def _send_progress(client_: BitbucketClient, lock_: Lock, percentage: int) -> bool:
+    """False when Bitbucket already had it (a retried invocation's repeat), so that it is said once."""
     try:
         client_.progress(lock_, percentage)
     except (BitbucketRequestFailed, BitbucketUnavailable):
         # A repeat of a 100 whose answer was lost is refused (the task is already complete): that is success.
         if percentage != 100 or client_.maintenance(lock_, step="progress").task_state != "COMPLETED":
             raise
+        return False
+    return True
 
 
 def report_progress(run: RunContext, part: str) -> ProgressSent:
@@ -290,8 +293,8 @@ def unlock(run: RunContext) -> Unlocked:
     copy's Parallel is over), so the 100 needs no progress lock."""
     record, lock_ = _lock_of(run)
     client_ = bitbucket(run.config)
-    if record.progress_sent < 100:  # a retried invocation may have sent it (then Bitbucket refuses a repeat)
-        _send_progress(client_, lock_, 100)
+    # A retried invocation may have sent it: Bitbucket refuses the repeat, and it is not said again.
+    if record.progress_sent < 100 and _send_progress(client_, lock_, 100):
         say(run.config, "Backup progress updated to 100")
     client_.unlock(lock_)
     now = time.time()

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 from functions import runs
 from functions.clients.aws import error_code
 from functions.clients.bitbucket import BitbucketClient, Lock
-from functions.errors import BackupError
+from functions.errors import BackupError, BitbucketRequestFailed
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.observability import redact
@@ -23,8 +23,13 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
         try:
             client.cancel(record.cancel_token)
             actions.append("backup task cancelled")
-        except BackupError as error:  # a finished or UI-cancelled task refuses; unlock anyway
-            actions.append(f"cancel not needed or refused ({redact(str(error))})")
+        except BitbucketRequestFailed as error:
+            if error.status != 409:
+                actions.append(f"backup task not cancelled ({redact(str(error))}); unlocking anyway")
+            else:  # a conflict: most often the task has ended (complete, or cancelled in Bitbucket's UI)
+                actions.append("backup task not cancelled: Bitbucket refused with HTTP 409 (the task had ended)")
+        except BackupError as error:
+            actions.append(f"backup task not cancelled ({redact(str(error))}); unlocking anyway")
     try:
         client.unlock(Lock(unlock_token=record.unlock_token, owner=""))
     except BackupError as error:

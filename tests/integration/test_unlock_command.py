@@ -35,6 +35,9 @@ def test_our_stuck_lock_is_released_with_the_stored_token(served: Callable[..., 
     code, out, err = unlock(endpoint)
     assert code == OK, out + err
     assert out.startswith(f"demo: Bitbucket unlocked with the token of backup {backup_id}")
+    # Progress 100 ended the backup task before the unlock failed: the cancel is refused, and said so plainly.
+    assert "backup task not cancelled: Bitbucket refused with HTTP 409 (the task had ended)" in out, out
+    assert "locked by someone else" not in out, out
     assert not w.sim.locked
     assert w.r.run_record() is None, "the guard is released: the next backup may run"
     assert any("unlocked by an operator" in (n["subject"] or "") for n in w.r.notifications())

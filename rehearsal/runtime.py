@@ -39,6 +39,25 @@ from rehearsal.synth import rehearsal_project_config, synth_template
 
 COPY_STRATEGIES = ("rsync", "postgresql")
 STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
+# Step Functions fails an execution whose state input or output exceeds 256 KiB of UTF-8 (States.DataLimitExceeded),
+# and so does moto's interpreter (tests/integration/test_payload_limit.py); the summary says how close a run came.
+STATE_PAYLOAD_LIMIT = 256 * 1024
+
+
+def largest_payload(history: list[dict[str, Any]]) -> tuple[int, str]:
+    """The largest input, output or result in an execution's history, in bytes, and the state it belongs to."""
+    largest, where, state = 0, "", "(execution)"
+    for event in history:
+        for key, details in event.items():
+            if not key.endswith("EventDetails") or not isinstance(details, dict):
+                continue
+            state = str(details.get("name") or state)
+            for field in ("input", "output"):
+                value = details.get(field)
+                size = len(value.encode()) if isinstance(value, str) else 0
+                if size > largest:
+                    largest, where = size, f"{field} of {state} ({event['type']})"
+    return largest, where
 
 
 @dataclass
@@ -58,6 +77,10 @@ class RunResult:
         scheduled = sum(1 for e in self.history if e["type"] == "LambdaFunctionScheduled")
         tasks = sum(1 for e in self.history if e["type"] == "TaskStateEntered")
         return entered + max(0, scheduled - tasks)
+
+    @property
+    def largest_payload_bytes(self) -> int:
+        return largest_payload(self.history)[0]
 
     @property
     def cost_usd(self) -> float:

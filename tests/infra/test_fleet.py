@@ -25,6 +25,9 @@ SHARED_CRON = "cron(30 2 * * ? *)"
 # CloudFormation quotas: https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html
 MAX_RESOURCES, MAX_TEMPLATE_BYTES, MAX_PARAMETERS, MAX_OUTPUTS = 500, 1_000_000, 200, 200
 MAX_ROLE_POLICY_CHARS = 10_240  # IAM: inline policies of one role, whitespace not counted
+# Lambda: a function's environment variables, together, at most 4 KB (measured here as JSON with spaces, the larger
+# of the ways to count them); CreateFunction refuses more, and moto does not.
+MAX_ENVIRONMENT_BYTES = 4096
 
 
 def fleet_instance(n: int, network: int = 0) -> dict[str, Any]:
@@ -94,6 +97,17 @@ def test_every_role_policy_stays_within_iam_limits(fleet: dict[str, Any]) -> Non
             for role in resource["Properties"].get("Roles", []):
                 per_role[role["Ref"]] += size
     assert per_role and max(per_role.values()) < MAX_ROLE_POLICY_CHARS, per_role.most_common(3)
+
+
+@pytest.mark.slow
+def test_no_functions_environment_grows_with_the_fleet_past_lambdas_limit(fleet: dict[str, Any]) -> None:
+    sizes = {}
+    for logical, resource in fleet["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+            resolved = {name: resolve_join(value, fleet) for name, value in variables.items()}
+            sizes[logical] = len(json.dumps(resolved).encode())
+    assert sizes and max(sizes.values()) < MAX_ENVIRONMENT_BYTES // 2, max(sizes.items(), key=lambda i: i[1])
 
 
 @pytest.mark.slow

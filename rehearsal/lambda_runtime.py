@@ -87,6 +87,18 @@ class Invocation:
     ended: float = 0.0
 
 
+class _Lines:
+    """Text written in pieces, as whole lines: what a piece completes (empty lines dropped)."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._partial += text
+        *complete, self._partial = self._partial.split("\n")
+        return [line for line in complete if line]
+
+
 class LogCapture(io.TextIOBase):
     """Collects every log line the handlers write (Powertools JSON), and passes seed lines to a listener."""
 
@@ -94,13 +106,12 @@ class LogCapture(io.TextIOBase):
         self.lines: list[str] = []
         self.listener: Callable[[dict[str, Any]], None] | None = None
         self._lock = threading.Lock()
-        self._partial = ""
+        self._split = _Lines()
 
     def write(self, text: str) -> int:
         with self._lock:
-            self._partial += text
-            *complete, self._partial = self._partial.split("\n")
-            self.lines.extend(line for line in complete if line)
+            complete = self._split.feed(text)
+            self.lines.extend(complete)
         for line in complete:
             if self.listener and line.startswith("{"):
                 with contextlib.suppress(ValueError):
@@ -122,14 +133,12 @@ class FunctionLog(io.TextIOBase):
     def __init__(self, capture: LogCapture) -> None:
         self.capture = capture
         self.events: list[dict[str, Any]] = []
-        self._partial = ""
+        self._split = _Lines()
 
     def write(self, text: str) -> int:
         self.capture.write(text)
-        self._partial += text
-        *complete, self._partial = self._partial.split("\n")
         now = int(time.time() * 1000)
-        self.events.extend({"timestamp": now, "message": line} for line in complete if line)
+        self.events.extend({"timestamp": now, "message": line} for line in self._split.feed(text))
         return len(text)
 
 

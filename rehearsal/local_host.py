@@ -53,9 +53,9 @@ class LocalHost:
         self.before_run: list[Callable[[str, str], None]] = []
         self.after_run: list[Callable[[HostCommand], None]] = []
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen[str]] = set()
+        # Every command's process while it runs, by its key (the command id; a direct run without one gets its own).
+        self._running: dict[str, subprocess.Popen[str]] = {}
         self._threads: list[threading.Thread] = []
-        self._by_key: dict[str, subprocess.Popen[str]] = {}
         self._cancelled: set[str] = set()
 
     def run(self, instance_id: str, script: str, key: str = "") -> HostCommand:
@@ -80,10 +80,9 @@ class LocalHost:
                 text=True,
                 start_new_session=True,  # its own process group: a cancel ends what it started too (tar, aws s3 cp)
             )
+            running_as = key or f"direct-{proc.pid}"
             with self._lock:
-                self._running.add(proc)
-                if key:
-                    self._by_key[key] = proc
+                self._running[running_as] = proc
             try:
                 stdout, stderr = proc.communicate(timeout=600)
             except subprocess.TimeoutExpired:
@@ -91,8 +90,7 @@ class LocalHost:
                 stdout, stderr = proc.communicate()
             finally:
                 with self._lock:
-                    self._running.discard(proc)
-                    self._by_key.pop(key, None)
+                    self._running.pop(running_as, None)
             status = "Success" if proc.returncode == 0 else "Failed"
             if key and key in self._cancelled:
                 status = "Cancelled"
@@ -121,7 +119,7 @@ class LocalHost:
         """As the agent cancels a command: its process is killed (or never started)."""
         with self._lock:
             self._cancelled.add(key)
-            proc = self._by_key.get(key)
+            proc = self._running.get(key)
         if proc is not None:
             _kill_group(proc)
 
@@ -129,7 +127,7 @@ class LocalHost:
         """The world ends: a command still running (a failed backup's copy, say) is killed, as the host would be
         torn down, so that nothing of it writes into the next world."""
         with self._lock:
-            running, threads, self._threads = list(self._running), self._threads, []
+            running, threads, self._threads = list(self._running.values()), self._threads, []
         for proc in running:
             _kill_group(proc)
         for thread in threads:

@@ -211,13 +211,13 @@ def test_a_cancelled_command_ends_cancelled_with_every_process_it_started(fixed:
     ssm.create_document(Name="Nap", Content=json.dumps(NAP), DocumentType="Command", DocumentFormat="JSON")
     command = ssm.send_command(DocumentName="Nap", InstanceIds=[instance])["Command"]["CommandId"]
     deadline = time.monotonic() + 20
-    while not fixed._by_key and time.monotonic() < deadline:  # its process is running
+    while not fixed._running and time.monotonic() < deadline:  # its process is running
         time.sleep(0.01)
     started = time.monotonic()
     ssm.cancel_command(CommandId=command, InstanceIds=[instance])
-    while fixed._by_key and time.monotonic() - started < 10:  # the command's process ends with the cancel
+    while fixed._running and time.monotonic() - started < 10:  # the command's process ends with the cancel
         time.sleep(0.01)
-    assert not fixed._by_key, "the command still runs after the cancel"
+    assert not fixed._running, "the command still runs after the cancel"
     fixed.stop()
     assert time.monotonic() - started < 10, "the sleep went on: only the shell was killed"
     ended = ssm.get_command_invocation(CommandId=command, InstanceId=instance)

@@ -61,7 +61,7 @@ typecheck: venv
 # the time of the longest. --no-compile above: Python compiles what a test imports, not all of aws-cdk-lib (74 s).
 test:
 	@$(MAKE) --no-print-directory -j4 test-prerequisites
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider --durations=15
 
 test-prerequisites: venv cdk-cli host-deps awscli checkov lint typecheck
 

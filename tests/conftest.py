@@ -72,5 +72,11 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The longest first: xdist hands tests out in this order, and one of them started last would keep the run going
+    # while the other workers sit idle.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")

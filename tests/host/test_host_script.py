@@ -656,6 +656,7 @@ def test_script_is_executable_and_versioned() -> None:
 # ------------------------------------------------------------------------------------------------ benchmark helper
 
 
+@pytest.mark.long
 def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The rsync benchmark (not a timed test) still runs end to end and writes every field of its report."""
     from rehearsal import bench_rsync

@@ -232,6 +232,7 @@ def test_checkov_does_fail_what_is_wrong(reports: dict[str, Report]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_cfn_lint_finds_no_errors_in_the_full_template(templates: dict[str, Path]) -> None:
     """tests/infra/test_lint.py lints the shared synthesis; this one has every feature (and the skips' metadata)."""
     from tests.infra.test_lint import BIN, CFN_LINT_IGNORED

@@ -25,6 +25,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_cfn_lint_finds_no_errors(synth: Synth, tmp_path: Path) -> None:
     path = tmp_path / "template.json"
     path.write_text(json.dumps(synth.template, indent=1))

@@ -330,6 +330,7 @@ def test_help_from_the_console_script_and_the_module() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rehearsal_serve_is_an_endpoint_for_the_command_line_in_another_process() -> None:
     """With the host-copy strategies: an archive backup and its restore, practised with the command line."""
     server = subprocess.Popen(

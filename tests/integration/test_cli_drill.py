@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from bitbucket_backup_cli.base import FAILED, NOT_FOUND, OK
 from rehearsal.serve import LocalEndpoint
 from tests.integration.conftest import World, command_line
 
 
+@pytest.mark.long
 def test_a_drill_from_the_command_line_and_status_by_kind_backup_id_and_state(
     served: Callable[..., tuple[World, LocalEndpoint]],
 ) -> None:

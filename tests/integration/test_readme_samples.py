@@ -22,6 +22,7 @@ def test_the_configuration_error_is_what_synth_prints(readme: dict[str, str]) ->
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_demo_is_what_make_demo_prints(readme: dict[str, str]) -> None:
     printed = samples.demo()
     assert "Restore of " in printed and ": SUCCEEDED" in printed, printed
@@ -29,6 +30,7 @@ def test_the_demo_is_what_make_demo_prints(readme: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_operator_guide_is_what_the_command_line_prints(readme: dict[str, str]) -> None:
     printed = samples.operator_guide()
     assert "Bitbucket unlocked with the token" in printed and "Restore drill of " in printed, printed

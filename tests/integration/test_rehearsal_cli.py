@@ -31,6 +31,7 @@ def _run(args: list[str], password: str, tmp_path: Path) -> tuple[int, str, dict
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rehearsal_against_an_external_bitbucket_succeeds(tmp_path: Path) -> None:
     with BitbucketSimulator(username="backup", password="Staging-Pw-1", drain_seconds=0.2) as staging:
         url = staging.url
@@ -83,6 +84,7 @@ def test_rehearsal_refuses_nonsense_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS="--home-strategy rsync --db-strategy postgresql"`: the host script copies a real git home
     and dumps a PostgreSQL the rehearsal starts; the summary lists the archives; the restore extracts them."""

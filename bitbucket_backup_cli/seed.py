@@ -152,7 +152,10 @@ class SeedLines:
             # From its first invocation (a tenth of a second for the two services' clocks), then again from SETTLE_S
             # before the last read: a line may arrive late, but carries the time it was written.
             since = max(first - 0.1, self._read_up_to.get(group, first) - SETTLE_S)
-            found += self._read(group, since, now)
+            # Up to its last invocation's end (a second for the clocks): a later run of the same function, for the
+            # same instance, writes to the same group, and none of its lines is this execution's.
+            until = now + 1 if ended is None else min(now + 1, ended + 1)
+            found += self._read(group, since, until)
             self._read_up_to[group] = now
         lines = []
         for timestamp, _, record in sorted(found, key=lambda f: (f[0], f[1])):
@@ -176,7 +179,7 @@ class SeedLines:
             self._groups[function] = str(named) if named else log_group(function)
         return self._groups[function]
 
-    def _read(self, group: str, since: float, now: float) -> list[tuple[int, str, dict[str, Any]]]:
+    def _read(self, group: str, since: float, until: float) -> list[tuple[int, str, dict[str, Any]]]:
         from botocore.exceptions import ClientError
 
         from functions.clients.aws import error_code
@@ -185,7 +188,7 @@ class SeedLines:
         kwargs: dict[str, Any] = {
             "logGroupName": group,
             "startTime": int(since * 1000),  # lines already seen are skipped by their id
-            "endTime": int((now + 1) * 1000),
+            "endTime": int(until * 1000),
             "filterPattern": SEED_TERM,
         }
         found = []

@@ -15,6 +15,7 @@ a handler with a debugger, never for a figure.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import importlib
 import io
@@ -43,6 +44,9 @@ WORKER = Path(__file__).resolve().parent / "lambda_worker.py"
 # Lambda's init phase has 10 s; an init that takes longer is retried within the invocation, under the function's
 # timeout, so a function gets at most max(10 s, its timeout) to start.
 INIT_LIMIT_S = 10.0
+# How long an answered invocation waits for the rest of its log lines (read by another thread): bounded, and long
+# enough for a reader starved of CPU on a loaded machine.
+LOG_END_WAIT_S = 30.0
 # Step Functions reports an unhandled Lambda error, a timeout included, as Lambda.Unknown (AWS Step Functions
 # developer guide, "Handle Lambda service exceptions").
 TIMEOUT_ERROR = "Lambda.Unknown"
@@ -195,7 +199,11 @@ class Worker:
         from rehearsal.lambda_asset import runtime_site
 
         self.key = key
-        self.sink: io.TextIOBase | None = None
+        # Where each invocation's log lines go, in the order of the invocations: a line belongs to the first one
+        # whose end the worker has not written yet (a reader that lags never puts a line in a later invocation's log).
+        self._sinks: collections.deque[tuple[str, io.TextIOBase]] = collections.deque()
+        self._ended: set[str] = set()
+        self._log_lock = threading.Condition()
         # The CloudWatch Logs stream of this execution environment, named as Lambda names it.
         self.stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         answers_read, answers_write = os.pipe()
@@ -215,7 +223,6 @@ class Worker:
         )
         os.close(answers_write)
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._log_end = threading.Event()
         threading.Thread(target=self._read_answers, args=(answers_read,), daemon=True).start()
         threading.Thread(target=self._read_log, daemon=True).start()
         ready = self._answer(limit_s)
@@ -235,10 +242,16 @@ class Worker:
     def _read_log(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            if line.rstrip("\n") == LOG_END:
-                self._log_end.set()
+            if line.startswith(LOG_END):
+                ended = line[len(LOG_END) :].strip()
+                with self._log_lock:
+                    while self._sinks and self._sinks.popleft()[0] != ended:
+                        pass
+                    self._ended.add(ended)
+                    self._log_lock.notify_all()
                 continue
-            sink = self.sink
+            with self._log_lock:
+                sink = self._sinks[0][1] if self._sinks else None
             if sink is not None:
                 sink.write(line)
 
@@ -248,10 +261,13 @@ class Worker:
         except queue.Empty:
             return None
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """The answer, or None when the function did not answer within its timeout (the worker is then killed)."""
+    def call(self, request: dict[str, Any], timeout: float, log: io.TextIOBase) -> dict[str, Any] | None:
+        """The answer, or None when the function did not answer within its timeout (the worker is then killed);
+        the invocation's log lines are written to `log`."""
         assert self.process.stdin is not None
-        self._log_end.clear()
+        request_id = str(request["request_id"])
+        with self._log_lock:
+            self._sinks.append((request_id, log))
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -264,7 +280,11 @@ class Worker:
             if exited:
                 return {"errorType": "Runtime.ExitError", "errorMessage": "the execution environment exited"}
             return None
-        self._log_end.wait(5)  # the invocation's log lines are all in the sink before its answer is returned
+        # The invocation's log lines are all in its log before its answer is returned (the worker wrote its end
+        # before the answer; only a reader starved of CPU makes this wait).
+        with self._log_lock:
+            self._log_lock.wait_for(lambda: request_id in self._ended, timeout=LOG_END_WAIT_S)
+            self._ended.discard(request_id)
         return answer
 
     def alive(self) -> bool:
@@ -299,7 +319,6 @@ class _Pool:
             self._all.append(worker)
 
     def give_back(self, worker: Worker) -> None:
-        worker.sink = None
         if worker.alive():
             with self._lock:
                 self._idle.setdefault(worker.key, []).append(worker)
@@ -446,7 +465,6 @@ class LambdaRuntime:
             POOL.add(worker)
             record.init_s = worker.init_s
         log = FunctionLog(self.logs)
-        worker.sink = log
         request = {
             "event": event,
             "env": env,
@@ -457,7 +475,7 @@ class LambdaRuntime:
             "function_arn": fn.function_arn,
             "memory": fn.memory_size,
         }
-        answer = worker.call(request, timeout)
+        answer = worker.call(request, timeout, log)
         POOL.give_back(worker)
         deliver_logs(fn, worker.stream, log.events)
         if answer is None:

@@ -88,7 +88,7 @@ def main() -> None:
             text = json.dumps({"errorType": type(error).__name__, "errorMessage": str(error)})
         sys.stderr.flush()
         # The end of this invocation's log: the runtime answers once it has read every line before it.
-        sys.stdout.write(LOG_END + "\n")
+        sys.stdout.write(f"{LOG_END} {request['request_id']}\n")
         sys.stdout.flush()
         answers.write(text + "\n")
 

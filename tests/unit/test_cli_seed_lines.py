@@ -147,6 +147,22 @@ def test_only_this_instances_seed_lines_in_its_invocations_windows_each_once(log
     assert seeds.latest is not None and seeds.latest["lock"] == "released"
 
 
+def test_a_later_run_of_the_same_function_and_instance_is_not_this_executions(logs: Aws) -> None:
+    """The same function's group holds the next backup's lines too (same instance): read after both, the first
+    execution's lines end with its own last invocation."""
+    _put(
+        logs,
+        "PollDrain",
+        (1.5, {"seed": "[u]  INFO: Waiting for DRAINED state… done (0.5 s)", "instance": "prod"}),
+        (30, {"seed": "[u]  INFO: Waiting for DRAINED state… (db 'DRAINING')", "instance": "prod"}),
+    )
+    seeds = SeedLines(logs, "prod", started=T0.timestamp())
+    finished = _history(("PollDrain", 1, 2, {"run": {}}))
+    assert seeds.read(finished, now=_at(40).timestamp(), final=True) == [
+        "+    1.5 s  [u]  INFO: Waiting for DRAINED state… done (0.5 s)"
+    ]
+
+
 def test_a_function_that_never_wrote_is_no_error(logs: Aws) -> None:
     seeds = SeedLines(logs, "prod", started=T0.timestamp())
     assert seeds.read(_history(("Validate", 1, 2, {})), now=_at(3).timestamp(), final=True) == []

@@ -64,15 +64,19 @@ def test_pinned_cdk_cli_synthesizes_the_example_config_offline(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_local_bundling_installs_linux_python313_wheels(tmp_path: Path) -> None:
-    from stacks.asset import bundle
+    from stacks.asset import bundle, bytecode_python
 
     bundle(tmp_path, with_dependencies=True)
     assert (tmp_path / "functions" / "handlers" / "backup.py").exists()
     assert (tmp_path / "aws_lambda_powertools").is_dir() and (tmp_path / "requests").is_dir()
     cores = list((tmp_path / "pydantic_core").glob("_pydantic_core.cpython-313-x86_64-linux-gnu.so"))
     assert cores, sorted(p.name for p in (tmp_path / "pydantic_core").iterdir())
-    # Bytecode only of the runtime's version (pip's own, of this machine's Python, is left behind).
+    # Bytecode only of the runtime's version (pip's own, of this machine's Python, is left behind), and of every
+    # module when this machine has a Python 3.13 to compile it with.
     assert {p.name.split(".")[1] for p in tmp_path.rglob("*.pyc")} <= {"cpython-313"}
+    if bytecode_python("3.13"):
+        assert (tmp_path / "pydantic" / "__pycache__" / "main.cpython-313.pyc").exists()
+        assert (tmp_path / "functions" / "handlers" / "__pycache__" / "backup.cpython-313.pyc").exists()
     # The asset is what Lambda unzips: the handler module path must resolve from its root.
     archive = tmp_path.parent / "asset.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -129,3 +133,17 @@ def test_without_an_interpreter_of_the_runtimes_version_the_asset_ships_sources_
     assert compile_bytecode(tmp_path, "3.99") is False
     assert not list(tmp_path.rglob("*.pyc"))
     assert "no Python 3.99 on this machine" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_file_that_does_not_compile_is_left_as_it_is_and_said(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from stacks.asset import compile_bytecode
+
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (tmp_path / "module.py").write_text("X = 1\n")
+    (tmp_path / "example.py").write_text("print 'a file for Python 2'\n")
+    assert compile_bytecode(tmp_path, version) is True
+    assert [p.name.split(".")[0] for p in tmp_path.rglob("*.pyc")] == ["module"]
+    assert "1 file(s) of the Lambda asset did not compile" in capfd.readouterr().err

@@ -163,7 +163,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         "orchestrator_share_s": round(lock_window - drain, 3) if lock_window is not None and drain else None,
         "state_transitions": result.state_transitions,
         "cost_usd": round(result.cost_usd, 6),
-        # Step Functions refuses more than 256 KiB (the rehearsal fails such a run: rehearsal/runtime.py).
+        # How close the run came to Step Functions' 256 KiB per state (moto fails a run past it, as AWS does).
         "largest_state_payload_bytes": result.largest_payload_bytes,
         "execution_seconds": round(result.seconds, 3),
         "snapshots": rehearsal.snapshots(backup_id) if backup_id else [],

@@ -125,11 +125,12 @@ def test_the_asset_ships_each_module_compiled_for_the_runtime_and_checked_agains
 
 @pytest.mark.slow
 def test_without_an_interpreter_of_the_runtimes_version_the_asset_ships_sources_and_says_so(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stacks.asset import compile_bytecode
 
     (tmp_path / "module.py").write_text("X = 1\n")
+    monkeypatch.setenv("LAMBDA_BYTECODE_PYTHON", str(tmp_path / "no-such-python"))  # named, but not there
     assert compile_bytecode(tmp_path, "3.99") is False
     assert not list(tmp_path.rglob("*.pyc"))
     assert "no Python 3.99 on this machine" in capfd.readouterr().err

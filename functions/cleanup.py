@@ -23,13 +23,12 @@ def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[s
         try:
             client.cancel(record.cancel_token)
             actions.append("backup task cancelled")
-        except BitbucketRequestFailed as error:
-            if error.status != 409:
-                actions.append(f"backup task not cancelled ({redact(str(error))}); unlocking anyway")
-            else:  # a conflict: most often the task has ended (complete, or cancelled in Bitbucket's UI)
-                actions.append("backup task not cancelled: Bitbucket refused with HTTP 409 (the task had ended)")
         except BackupError as error:
-            actions.append(f"backup task not cancelled ({redact(str(error))}); unlocking anyway")
+            if isinstance(error, BitbucketRequestFailed) and error.status == 409:
+                # A conflict: most often the task has ended (complete, or cancelled in Bitbucket's UI).
+                actions.append("backup task not cancelled: Bitbucket refused with HTTP 409 (the task had ended)")
+            else:
+                actions.append(f"backup task not cancelled ({redact(str(error))}); unlocking anyway")
     try:
         client.unlock(Lock(unlock_token=record.unlock_token, owner=""))
     except BackupError as error:

@@ -19,12 +19,12 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from functions.models.steps import BACKUP, WORKFLOWS
 from rehearsal.lambda_asset import BUILD, built_asset, runtime_site
+from rehearsal.lambda_runtime import INTERPRETER
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "functions" / "handlers"
@@ -70,7 +70,7 @@ def sample(module: str, asset: Path) -> dict[str, Any]:
         "LAMBDA_TASK_ROOT": str(asset),
     }
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-B", "-c", _PROBE, str(asset), str(runtime_site()), module, *handlers],
+        [*INTERPRETER, "-c", _PROBE, str(asset), str(runtime_site()), module, *handlers],
         capture_output=True,
         text=True,
         check=False,

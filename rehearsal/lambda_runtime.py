@@ -47,6 +47,9 @@ INIT_LIMIT_S = 10.0
 # How long an answered invocation waits for the rest of its log lines (read by another thread): bounded, and long
 # enough for a reader starved of CPU on a loaded machine.
 LOG_END_WAIT_S = 30.0
+# How a worker's interpreter starts: isolated, without site-packages, and -B, since Lambda's /var/task is read-only:
+# it runs the asset's bytecode or compiles in memory, and never writes any (-I ignores PYTHONDONTWRITEBYTECODE).
+INTERPRETER = (sys.executable, "-I", "-S", "-B")
 # Step Functions reports an unhandled Lambda error, a timeout included, as Lambda.Unknown (AWS Step Functions
 # developer guide, "Handle Lambda service exceptions").
 TIMEOUT_ERROR = "Lambda.Unknown"
@@ -202,17 +205,13 @@ class Worker:
         # Where each invocation's log lines go, in the order of the invocations: a line belongs to the first one
         # whose end the worker has not written yet (a reader that lags never puts a line in a later invocation's log).
         self._sinks: collections.deque[tuple[str, io.TextIOBase]] = collections.deque()
-        self._ended: set[str] = set()
         self._log_lock = threading.Condition()
         # The CloudWatch Logs stream of this execution environment, named as Lambda names it.
         self.stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]{uuid.uuid4().hex}"
         answers_read, answers_write = os.pipe()
         started = time.monotonic()
-        # -B: Lambda's /var/task is read-only, so a worker runs the asset's bytecode or compiles in memory, and
-        # never writes any (-I ignores PYTHONDONTWRITEBYTECODE).
-        interpreter = [sys.executable, "-I", "-S", "-B"]
         self.process = subprocess.Popen(
-            [*interpreter, str(WORKER), str(asset), str(runtime_site()), handler, str(answers_write)],
+            [*INTERPRETER, str(WORKER), str(asset), str(runtime_site()), handler, str(answers_write)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -247,7 +246,6 @@ class Worker:
                 with self._log_lock:
                     while self._sinks and self._sinks.popleft()[0] != ended:
                         pass
-                    self._ended.add(ended)
                     self._log_lock.notify_all()
                 continue
             with self._log_lock:
@@ -283,8 +281,8 @@ class Worker:
         # The invocation's log lines are all in its log before its answer is returned (the worker wrote its end
         # before the answer; only a reader starved of CPU makes this wait).
         with self._log_lock:
-            self._log_lock.wait_for(lambda: request_id in self._ended, timeout=LOG_END_WAIT_S)
-            self._ended.discard(request_id)
+            # Its end was read once its log is no longer among those waiting for lines.
+            self._log_lock.wait_for(lambda: all(r != request_id for r, _ in self._sinks), timeout=LOG_END_WAIT_S)
         return answer
 
     def alive(self) -> bool:

@@ -8,6 +8,10 @@ compiled to hash-checked bytecode, stacks/asset.py) and the same asset with its 
 before (Lambda's task root is read-only, so each cold start compiled every module again). `import boto3` alone,
 the same way, is the yardstick, sampled between the handler's samples. Medians of --runs samples are reported, as
 a table and as JSON. Goal: every handler within GOAL_RATIO x boto3.
+
+A third yardstick, LIBRARIES: the libraries the handlers are built on (design.md: Powertools, pydantic models for
+the inputs, requests for Bitbucket), imported the same way with nothing of ours. What a handler costs beyond them is
+ours to shrink; what they cost together bounds the ratio any handler on them can reach.
 """
 
 from __future__ import annotations
@@ -37,12 +41,20 @@ STEP_HANDLERS = {
     for m in {f.module for w in WORKFLOWS.values() for f in w.functions}
 }
 
-# A fresh process: time the import of argv[3] (and the answer to a warm-up, when it is a handler), print JSON.
+# The libraries alone, as the handlers import them (Powertools' logger, metrics and secrets provider).
+LIBRARIES = (
+    "boto3,pydantic,requests,aws_lambda_powertools.logging,aws_lambda_powertools.metrics,"
+    "aws_lambda_powertools.utilities.parameters.secrets"
+)
+
+# A fresh process: time the import of argv[3] (modules separated by commas; the last is answered a warm-up for each
+# of argv[4:], when it is a handler), print JSON.
 _PROBE = """
 import json, sys, time
 started = time.perf_counter()
 sys.path[:0] = sys.argv[1:3]  # the asset, then the runtime's boto3
-module = __import__(sys.argv[3], fromlist=["_"])
+for name in sys.argv[3].split(","):
+    module = __import__(name, fromlist=["_"])
 imported = time.perf_counter() - started
 for name in sys.argv[4:]:  # each step handler of the module
     assert getattr(module, name)({"warm": True}, None)["warm"] is True
@@ -86,9 +98,10 @@ def sample(module: str, asset: Path) -> dict[str, Any]:
 def measure(module: str, runs: int, asset: Path, plain: Path) -> dict[str, Any]:
     """Samples of `module` (with and without bytecode) interleaved with samples of `import boto3`, so that a busy
     machine slows all three alike."""
-    boto3, samples, uncompiled = [], [], []
+    boto3, libraries, samples, uncompiled = [], [], [], []
     for _ in range(runs):
         boto3.append(sample("boto3", asset)["s"])
+        libraries.append(sample(LIBRARIES, asset)["s"])
         samples.append(sample(module, asset))
         uncompiled.append(sample(module, plain)["s"])
     cold = statistics.median(s["s"] for s in samples)
@@ -96,7 +109,9 @@ def measure(module: str, runs: int, asset: Path, plain: Path) -> dict[str, Any]:
         "cold_start_s": round(cold, 3),
         "without_bytecode_s": round(statistics.median(uncompiled), 3),
         "boto3_s": round(statistics.median(boto3), 3),
+        "libraries_s": round(statistics.median(libraries), 3),
         "ratio": round(cold / statistics.median(boto3), 2),
+        "libraries_ratio": round(statistics.median(libraries) / statistics.median(boto3), 2),
         "modules": samples[-1]["modules"],
     }
 
@@ -120,6 +135,8 @@ def run(runs: int, only: list[str] | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "boto3_s": round(statistics.median(h["boto3_s"] for h in handlers.values()), 3),
+        "libraries_s": round(statistics.median(h["libraries_s"] for h in handlers.values()), 3),
+        "libraries_ratio": round(statistics.median(h["libraries_ratio"] for h in handlers.values()), 2),
         "goal_ratio": GOAL_RATIO,
         "cold_start_s": {name: h["cold_start_s"] for name, h in handlers.items()},
         "handlers": handlers,
@@ -137,6 +154,8 @@ def table(result: dict[str, Any]) -> str:
         f"{'handler':<22}{'cold_start_s':>13}{'x boto3':>9}{'no bytecode':>13}{'modules':>9}  locked phase",
         f"{'(import boto3 alone)':<22}{result['boto3_s']:>13.3f}{1:>9.2f}{'':>13}   (median; each ratio is against "
         "the boto3 samples taken between that handler's)",
+        f"{'(the libraries alone)':<22}{result['libraries_s']:>13.3f}{result['libraries_ratio']:>9.2f}{'':>13}   "
+        "(boto3, pydantic, requests, Powertools: nothing of ours)",
     ]
     for name, h in result["handlers"].items():
         mark = "yes" if h["locked_phase"] else ""

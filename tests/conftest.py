@@ -6,10 +6,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from functions import trusted_config
+from functions.clients import aws
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import ACCOUNT, REGION, set_fake_credentials
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
@@ -26,6 +28,23 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     trusted_config.clear_cache()
     # What the stack passes to the functions (the rehearsal's stack is in this account and region).
     monkeypatch.setenv("DEPLOYMENT_ID", f"{ACCOUNT}/{REGION}/BitbucketDiyBackup")
+
+
+@pytest.fixture(scope="module")
+def moto_clients() -> Iterator[None]:
+    """The functions' AWS clients, passed in (`functions.clients.aws.clients_from`): one per service and region for
+    the tests of a module, made against moto's in-process mock (moto stubs every client made after it is imported,
+    so the module's tests can share them; loading the service models costs seconds). The process's own cache, which
+    a deployed function uses, is never touched."""
+    made: dict[tuple[str, str | None], Any] = {}
+
+    def client(service: str, region: str | None = None) -> Any:
+        if (service, region) not in made:
+            made[service, region] = aws.new_client(service, region)
+        return made[service, region]
+
+    with aws.clients_from(client):
+        yield
 
 
 @pytest.fixture

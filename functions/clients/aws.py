@@ -18,7 +18,8 @@ from botocore.loaders import Loader, create_loader
 _clients: dict[tuple[str, str | None], Any] = {}
 _lock = threading.Lock()
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
-# Set by `clients_from` (the operator command line): this thread's code gets its clients from there instead.
+# Set by `clients_from` (the rehearsal's in-process workers, each as its role; the unit tests, over moto): this
+# context's code gets its clients from there instead of the process's cache.
 _factory: ContextVar[Callable[[str, str | None], Any] | None] = ContextVar("aws_client_factory", default=None)
 
 
@@ -36,6 +37,13 @@ def _session(**credentials: str) -> boto3.session.Session:
     session = boto3.session.Session(botocore_session=core, **credentials)
     _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))  # boto3 appends its own path each time
     return session
+
+
+def new_client(service: str, region: str | None = None) -> Any:
+    """A client of its own (not the process's cache), configured as the functions' are: for a `clients_from`
+    factory that keeps its own."""
+    with _lock:
+        return _session().client(service, region_name=region, config=_CONFIG)
 
 
 def client(service: str, region: str | None = None) -> Any:
@@ -97,8 +105,8 @@ def forget_assumed() -> None:
 
 @contextmanager
 def clients_from(factory: Callable[[str, str | None], Any]) -> Iterator[None]:
-    """Within this block, and in this thread only, `client()` returns `factory(service, region)`: the command line
-    reuses the catalog code with its own session (profile, region, endpoint) without touching the Lambdas' cache."""
+    """Within this block, and in this context only, `client()` returns `factory(service, region)`: the caller
+    passes the clients in (a role's, or the tests' over moto) without touching the process's cache."""
     token = _factory.set(factory)
     try:
         yield

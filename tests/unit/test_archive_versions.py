@@ -25,11 +25,8 @@ BACKUP = "archived-20260101-020000"
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(monkeypatch: pytest.MonkeyPatch, moto_clients: None) -> Iterator[Any]:
     with mock_aws():
-        from functions.clients import aws
-
-        monkeypatch.setattr(aws, "_clients", {})
         monkeypatch.setenv("ARCHIVE_BUCKET", BUCKET)
         client = boto3.client("s3", region_name=REGION)
         client.create_bucket(

@@ -22,11 +22,8 @@ BACKUP = "archived-20260101-020000"
 
 
 @pytest.fixture
-def strategy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RsyncStrategy]:
+def strategy(monkeypatch: pytest.MonkeyPatch, moto_clients: None) -> Iterator[RsyncStrategy]:
     with mock_aws():
-        from functions.clients import aws
-
-        monkeypatch.setattr(aws, "_clients", {})
         monkeypatch.setenv("ARCHIVE_BUCKET", "source-archives")
         boto3.client("s3", region_name=SOURCE).create_bucket(
             Bucket="source-archives", CreateBucketConfiguration={"LocationConstraint": SOURCE}

@@ -106,16 +106,8 @@ class World:
         return {s["DBSnapshotIdentifier"]: {t["Key"]: t["Value"] for t in s.get("TagList", [])} for s in snaps}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def moto_aware_clients() -> Iterator[None]:
-    """The functions cache their boto3 clients per process. Clients made after moto is imported go through its
-    stubber, so they can be shared by every test of this module (loading the service models costs seconds);
-    clients made by anything before this module are dropped, and so are this module's afterwards."""
-    saved = dict(aws._clients)
-    aws._clients.clear()
-    yield
-    aws._clients.clear()
-    aws._clients.update(saved)
+# The functions' clients are passed in, made against moto once for the module's tests (tests/conftest.py).
+pytestmark = [pytestmark, pytest.mark.usefixtures("moto_clients")]
 
 
 @pytest.fixture

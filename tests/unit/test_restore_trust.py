@@ -38,13 +38,8 @@ CONFIG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def moto_aware_clients() -> Iterator[None]:
-    saved = dict(aws._clients)
-    aws._clients.clear()
-    yield
-    aws._clients.clear()
-    aws._clients.update(saved)
+# The functions' clients are passed in, made against moto once for the module's tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("moto_clients")
 
 
 @pytest.fixture

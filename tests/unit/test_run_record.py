@@ -58,11 +58,9 @@ RSYNC_AND_PG = {
 
 
 @pytest.fixture
-def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def table(monkeypatch: pytest.MonkeyPatch, moto_clients: None) -> Iterator[None]:
     monkeypatch.setenv("RUNS_TABLE", TABLE)
     monkeypatch.delenv(EXECUTION_TIMEOUT_ENV, raising=False)
-    saved = dict(aws._clients)
-    aws._clients.clear()
     with mock_aws():
         aws.client("dynamodb").create_table(
             TableName=TABLE,
@@ -71,8 +69,6 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             BillingMode="PAY_PER_REQUEST",
         )
         yield
-    aws._clients.clear()
-    aws._clients.update(saved)
 
 
 def item() -> dict[str, Any]:

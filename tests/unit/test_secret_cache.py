@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from functions.clients import aws, secrets
+from functions.clients import secrets
 from functions.errors import PreflightFailed
 from rehearsal.runtime import REGION
 
@@ -19,17 +19,13 @@ NAME = "bitbucket/demo/backup-user"
 
 
 @pytest.fixture
-def secretsmanager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def secretsmanager(monkeypatch: pytest.MonkeyPatch, moto_clients: None) -> Iterator[Any]:
     monkeypatch.setenv("SECRET_CACHE_SECONDS", "300")
-    saved = dict(aws._clients)
-    aws._clients.clear()
     monkeypatch.setattr(secrets, "_providers", {})
     with mock_aws():
         client = boto3.client("secretsmanager", region_name=REGION)
         client.create_secret(Name=NAME, SecretString=json.dumps({"username": "admin", "password": "first-Passw0rd"}))
         yield client
-    aws._clients.clear()
-    aws._clients.update(saved)
 
 
 def _rotate(client: Any, password: str) -> None:

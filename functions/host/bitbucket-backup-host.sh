@@ -64,6 +64,15 @@
 #       same way.
 #   version     The script version and which tools the host has (for the workflow's validation step).
 #
+# Progress: rsync-home, pg-dump, archive and upload take --progress-group G --progress-stream S [--progress-region R].
+# With them, every $BITBUCKET_BACKUP_PROGRESS_SECONDS seconds (default 10) a background reporter puts one line into
+# that CloudWatch Logs stream (creating it on its first report): {"progress": PHASE, "done": BYTES, "total": BYTES or
+# null, "percent": N or null}, PHASE one of rsync, pg_dump, archive, upload; and one at 100 when the phase ends, if it
+# reported before. `bitbucket-backup backup --wait` draws its progress bar from them. Best effort and off the
+# critical path: nothing is sent before the first interval (a short locked pass sends nothing), a host whose role may
+# not write there (logs:CreateLogStream, logs:PutLogEvents) gets one warning, and the copy goes on. Numbers only:
+# no path, name or output of a tool is ever sent.
+#
 # On success every subcommand prints exactly one line of JSON on stdout (its summary) and nothing else; warnings
 # and errors go to stderr. An error is one line: "<subcommand>: <message>". Exit codes:
 #    0  ok
@@ -109,6 +118,13 @@ JOB_PASSWORD=""  # exported as PGPASSWORD to the next job only
 CLEANUP=()       # paths removed on exit (temporary names only)
 DROP_DB=""       # a database this run created and must drop if it fails
 PRIVATE_DIR=""   # rsync gives the staging directory the home's mode: made private again whatever happens
+PROGRESS_PID=""  # the background progress reporter of the running phase
+PROGRESS_SECONDS=${BITBUCKET_BACKUP_PROGRESS_SECONDS:-10}
+PROGRESS_FLAGS="progress-group progress-stream progress-region"
+PROGRESS_GROUP=""   # the CloudWatch Logs group and stream progress is reported to; no stream: not reported
+PROGRESS_STREAM=""
+PROGRESS_PATH=""    # what a measure looks at (the dump being written, the file being uploaded)
+declare -a PROGRESS_REGION=()
 declare -a PGCONN=()
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -161,6 +177,7 @@ on_error() {
 cleanup() {
     local rc=$?
     trap - ERR
+    progress_kill
     if [[ -n $JOB_PID ]]; then
         kill -TERM "$JOB_PID" 2>/dev/null || true
         wait "$JOB_PID" 2>/dev/null || true
@@ -185,6 +202,7 @@ cleanup() {
 
 on_signal() {  # on_signal NAME EXIT_CODE
     trap - INT TERM
+    progress_kill
     if [[ -n $JOB_PID ]]; then
         kill -TERM "$JOB_PID" 2>/dev/null || true
         wait "$JOB_PID" 2>/dev/null || true
@@ -267,9 +285,120 @@ run_job() {  # run_job OUT ERR CMD...: run one tool as a stoppable child; return
         exec "$@"
     ) >"$out" 2>"$err" &
     JOB_PID=$!
+    [[ -z $WORK ]] || printf '%s\n' "$JOB_PID" >"$WORK/job.pid"  # for the progress reporter's measures
     wait "$JOB_PID" || rc=$?
     JOB_PID=""
     return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------------- progress
+
+progress_init() {  # after parse_flags: report progress if --progress-group and --progress-stream were given
+    PROGRESS_GROUP=${FLAG[progress-group]:-}
+    PROGRESS_STREAM=${FLAG[progress-stream]:-}
+    PROGRESS_REGION=()
+    [[ -n $PROGRESS_GROUP || -n $PROGRESS_STREAM ]] || return 0
+    [[ $PROGRESS_GROUP =~ ^[A-Za-z0-9._/#-]{1,512}$ ]] || die 2 "--progress-group must be a log group name"
+    [[ $PROGRESS_STREAM =~ ^[A-Za-z0-9._/-]{1,512}$ ]] || die 2 "--progress-stream must be a log stream name"
+    [[ $PROGRESS_SECONDS =~ ^[0-9]*\.?[0-9]+$ && $PROGRESS_SECONDS =~ [1-9] ]] ||
+        die 2 "BITBUCKET_BACKUP_PROGRESS_SECONDS must be a positive number of seconds"
+    [[ -z ${FLAG[progress-region]:-} ]] || PROGRESS_REGION=(--region "${FLAG[progress-region]}")
+    if ! command -v aws >/dev/null 2>&1; then
+        warn "progress not reported: the AWS CLI is not installed"
+        PROGRESS_STREAM=""
+    fi
+}
+
+progress_aws() {  # progress_aws OPERATION [ARGS...]: the AWS CLI on the progress stream
+    aws "${PROGRESS_REGION[@]}" logs "$1" --log-group-name "$PROGRESS_GROUP" --log-stream-name "$PROGRESS_STREAM" "${@:2}"
+}
+
+progress_put() {  # progress_put PHASE DONE TOTAL PERCENT (empty TOTAL/PERCENT: unknown): one line
+    json_escape "$(printf '{"progress": "%s", "done": %s, "total": %s, "percent": %s}' "$1" "$2" "${3:-null}" "${4:-null}")"
+    progress_aws put-log-events --log-events "[{\"timestamp\": $(($(now_ns) / 1000000)), \"message\": \"$REPLY\"}]"
+}
+
+progress_start() {  # progress_start PHASE TOTAL MEASURE: while the phase runs, report what MEASURE prints (DONE [PERCENT])
+    [[ -n $PROGRESS_STREAM ]] || return 0
+    progress_kill
+    rm -f -- "$WORK/progress.on" "$WORK/progress.denied"
+    local phase=$1 total=$2 measure=$3
+    (
+        trap - ERR INT TERM EXIT
+        set +e
+        started="" bytes="" percent=""
+        while sleep "$PROGRESS_SECONDS"; do
+            if [[ -z $started ]]; then  # the stream, at the first report only: a short phase costs nothing
+                if ! progress_aws create-log-stream >/dev/null 2>"$WORK/progress.err" &&
+                    ! grep -q ResourceAlreadyExists "$WORK/progress.err"; then
+                    mv -f -- "$WORK/progress.err" "$WORK/progress.denied"
+                    exit 0
+                fi
+                started=1
+                : >"$WORK/progress.on"
+            fi
+            read -r bytes percent < <("$measure" 2>/dev/null) || continue
+            is_uint "$bytes" || continue
+            if [[ -n $total ]] && ((total > 0)); then
+                percent=$((bytes >= total ? 100 : bytes * 100 / total))
+            fi
+            is_uint "${percent:-}" || percent=""
+            progress_put "$phase" "$bytes" "$total" "$percent"
+        done
+    ) </dev/null >/dev/null 2>&1 &
+    PROGRESS_PID=$!
+}
+
+progress_kill() {  # stop the reporter (it may be between two reports)
+    if [[ -n $PROGRESS_PID ]]; then
+        kill -TERM "$PROGRESS_PID" 2>/dev/null || true
+        wait "$PROGRESS_PID" 2>/dev/null || true
+        PROGRESS_PID=""
+    fi
+}
+
+progress_end() {  # progress_end PHASE BYTES: the phase ended; 100 % is reported (in the background) if it reported
+    [[ -n $PROGRESS_PID ]] || return 0
+    progress_kill
+    if [[ -f $WORK/progress.denied ]]; then
+        tail_of "$WORK/progress.denied"
+        warn "progress not reported (cannot write to the log group $PROGRESS_GROUP): $REPLY"
+    elif [[ -f $WORK/progress.on ]]; then
+        (progress_put "$1" "$2" "$2" 100 </dev/null >/dev/null 2>&1 &)
+    fi
+    return 0
+}
+
+# The measures: bytes done so far (and a percentage when the tool says it), from the running job.
+measure_rsync() {  # rsync --info=progress2 prints "  1,234,567  37%  12.34MB/s  0:00:12 (xfr#...)" lines ending in \r
+    local last
+    last=$(tail -c 400 -- "$WORK/rsync.out" | tr '\r' '\n' | grep -E '^ *[0-9,]+ +[0-9]+% ' | tail -n 1)
+    [[ $last =~ ^\ *([0-9,]+)\ +([0-9]+)% ]] || return 1
+    echo "${BASH_REMATCH[1]//,/} ${BASH_REMATCH[2]}"
+}
+measure_pg_dump() {  # what pg_dump has written (compressed: no total is known)
+    local bytes
+    bytes=$(du -s -b -- "$PROGRESS_PATH" 2>/dev/null) || return 1
+    echo "${bytes%%[[:space:]]*}"
+}
+measure_read() {  # what the job (tar) has read so far
+    local pid line
+    read -r pid <"$WORK/job.pid" || return 1
+    while read -r line; do
+        [[ $line == "rchar: "* ]] && { echo "${line#rchar: }"; return 0; }
+    done <"/proc/$pid/io"
+    return 1
+}
+measure_file_offset() {  # where the job (the AWS CLI) is in reading $PROGRESS_PATH
+    local pid fd line
+    read -r pid <"$WORK/job.pid" || return 1
+    for fd in /proc/"$pid"/fd/*; do
+        [[ $(readlink -- "$fd" 2>/dev/null) == "$PROGRESS_PATH" ]] || continue
+        while read -r line; do
+            [[ $line == "pos:"* ]] && { echo "${line//[!0-9]/}"; return 0; }
+        done <"/proc/$pid/fdinfo/${fd##*/}"
+    done
+    return 1
 }
 
 json_escape() {  # $1 -> REPLY: the JSON string body (without quotes)
@@ -635,10 +764,11 @@ cmd_version() {
 }
 
 cmd_rsync_home() {
-    parse_flags "home staging exclude exclude-repo" "" "$@"
+    parse_flags "home staging exclude exclude-repo $PROGRESS_FLAGS" "" "$@"
     require home staging
     need rsync
     make_work
+    progress_init
     local home staging
     [[ -d ${FLAG[home]} ]] || die 3 "home directory not found: ${FLAG[home]}"
     home=$(realpath -e -- "${FLAG[home]}")
@@ -673,10 +803,12 @@ cmd_rsync_home() {
     local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
     local pattern
     for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
+    [[ -z $PROGRESS_STREAM ]] || args+=(--info=progress2)  # its overall progress, lines ending in \r
 
     local start rc=0
     start=$(now_ns)
     PRIVATE_DIR=$staging
+    progress_start rsync "" measure_rsync
     run_job "$WORK/rsync.out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
     chmod 0700 -- "$staging"
     seconds_since "$start"
@@ -711,7 +843,8 @@ cmd_rsync_home() {
             "Literal data: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[literal]=${BASH_REMATCH[1]//,/} ;;
             "Total bytes sent: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[sent]=${BASH_REMATCH[1]//,/} ;;
         esac
-    done <"$WORK/rsync.out"
+    done < <(tr '\r' '\n' <"$WORK/rsync.out" | grep -E '^(Number of|Total|Literal)' || true)  # progress lines left out
+    progress_end rsync "${st[total]}"
     local jhome jstaging jexcl
     jstr "$home"
     jhome=$REPLY
@@ -729,10 +862,11 @@ cmd_rsync_home() {
 }
 
 cmd_pg_dump() {
-    parse_flags "host port user dbname out jobs password-secret password-secret-key region" "" "$@"
+    parse_flags "host port user dbname out jobs password-secret password-secret-key region $PROGRESS_FLAGS" "" "$@"
     require host user dbname out
     need pg_dump
     make_work
+    progress_init
     check_dbname "${FLAG[dbname]}"
     pg_conn_flags
     local jobs=${FLAG[jobs]:-}
@@ -754,6 +888,8 @@ cmd_pg_dump() {
 
     local start rc=0
     start=$(now_ns)
+    PROGRESS_PATH=$partial
+    progress_start pg_dump "" measure_pg_dump
     run_job "$WORK/pg_dump.out" "$err" pg_dump "${PGCONN[@]}" --dbname="${FLAG[dbname]}" --format=directory \
         --jobs="$jobs" --file="$partial" || rc=$?
     if ((rc != 0)); then
@@ -772,6 +908,7 @@ cmd_pg_dump() {
     bytes=${bytes%%$'\t'*}
     local -a entries=("$out"/*)
     files=${#entries[@]}
+    progress_end pg_dump "$bytes"
     local jout jdb
     jstr "$out"
     jout=$REPLY
@@ -890,7 +1027,7 @@ cmd_pg_drop() {
 }
 
 cmd_archive() {
-    parse_flags "staging dump out backup-id instance bitbucket-version compressor" "overwrite" "$@"
+    parse_flags "staging dump out backup-id instance bitbucket-version compressor $PROGRESS_FLAGS" "overwrite" "$@"
     require staging out backup-id instance
     need tar sha256sum
     local staging dump="" out outdir outbase
@@ -935,6 +1072,7 @@ cmd_archive() {
     esac
     need "$compressor"
     make_work
+    progress_init
 
     # The archive and its manifest are written beside the final name (same file system: the rename is atomic), under
     # hidden names; stale ones of an interrupted run are removed first. File lists and error output go to $WORK.
@@ -1028,12 +1166,14 @@ cmd_archive() {
         targs+=(-C "$dparent" "$dbase")
     fi
     local rc=0
+    progress_start archive "$total" measure_read
     run_job "$WORK/tar.out" "$err" tar "${targs[@]}" || rc=$?
     if ((rc != 0)); then
         tail_of "$err"
         is_no_space "$err" && die 4 "no space left in $outdir writing the archive: $REPLY"
         die 5 "tar failed (exit $rc): $REPLY"
     fi
+    progress_end archive "$total"
     if ! sync -- "$tmp" 2>"$err"; then
         tail_of "$err"
         is_no_space "$err" && die 4 "no space left in $outdir flushing the archive: $REPLY"
@@ -1162,10 +1302,11 @@ aws_fail() {  # aws_fail WHAT ERRFILE
 }
 
 cmd_upload() {
-    parse_flags "file bucket key tags sha256 region multipart-above" "" "$@"
+    parse_flags "file bucket key tags sha256 region multipart-above $PROGRESS_FLAGS" "" "$@"
     require file bucket key
     need aws
     make_work
+    progress_init
     local file=${FLAG[file]} bucket=${FLAG[bucket]} key=${FLAG[key]} tags=${FLAG[tags]:-} sha=${FLAG[sha256]:-}
     local limit=${FLAG[multipart-above]:-$SINGLE_PUT_MAX}
     [[ -f $file ]] || die 3 "file not found: $file"
@@ -1179,6 +1320,8 @@ cmd_upload() {
     bytes=$(stat -c %s -- "$file")
     local -a meta=()
     [[ -n $sha ]] && meta=(--metadata "sha256=$sha")
+    PROGRESS_PATH=$(realpath -e -- "$file")
+    progress_start upload "$bytes" measure_file_offset
     if ((bytes <= limit)); then
         method=put-object
         local -a args=(s3api put-object --bucket "$bucket" --key "$key" --body "$file" "${meta[@]}")
@@ -1212,6 +1355,7 @@ cmd_upload() {
         run_job "$WORK/aws.out" "$err" aws "${AWS_ARGS[@]}" s3api head-object --bucket "$bucket" --key "$key" \
             --query '[ETag, VersionId]' --output text || aws_fail "head-object s3://$bucket/$key" "$err"
     fi
+    progress_end upload "$bytes"
     result=$(<"$WORK/aws.out")
     local etag=${result%%$'\t'*} version=""
     [[ $result == *$'\t'* ]] && version=${result#*$'\t'}

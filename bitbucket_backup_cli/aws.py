@@ -15,6 +15,8 @@ from bitbucket_backup_cli.base import (
     ARCHIVE_CONSTRUCT,
     ARCHIVE_OUTPUT,
     FAILED,
+    HOST_PROGRESS_CONSTRUCT,
+    HOST_PROGRESS_OUTPUT,
     LOOPBACK,
     NOT_FOUND,
     OUTPUT_KEYS,
@@ -122,6 +124,17 @@ class Aws:
         prefix = f"{self.stack_name}-{ARCHIVE_CONSTRUCT}".lower()
         names = [b["Name"] for b in self.client("s3").list_buckets().get("Buckets", [])]
         found = [n for n in names if n.startswith(prefix)]
+        return found[0] if len(found) == 1 else None
+
+    def host_progress_group(self) -> str | None:
+        """The log group of the hosts' progress reports (its output); without the stack's outputs (the local
+        runtime), the one group named as CloudFormation names the stack's. None: the stack has none (no archives)."""
+        outputs = self._stack_outputs()
+        if outputs is not None:
+            return next((o["OutputValue"] for o in outputs if o.get("OutputKey") == HOST_PROGRESS_OUTPUT), None)
+        prefix = f"{self.stack_name}-{HOST_PROGRESS_CONSTRUCT}"
+        groups = self.client("logs").describe_log_groups(logGroupNamePrefix=prefix).get("logGroups", [])
+        found = [str(g["logGroupName"]) for g in groups if str(g.get("logGroupName", "")).startswith(prefix)]
         return found[0] if len(found) == 1 else None
 
     def _from_stack(self) -> list[StateMachine] | None:

@@ -13,6 +13,8 @@ BACKUP_ID = r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$"
 # The stack's output naming its archive bucket, and the bucket's construct id (stacks/backup_stack.py), which
 # CloudFormation puts in the bucket's name after the stack's: "<stack>-archives<hash>-<random>".
 ARCHIVE_OUTPUT, ARCHIVE_CONSTRUCT = "ArchiveBucket", "Archives"
+# The log group the hosts report their long copies' progress to, named the same way: "<stack>-HostProgress<hash>-…".
+HOST_PROGRESS_OUTPUT, HOST_PROGRESS_CONSTRUCT = "HostProgressLogGroup", "HostProgress"
 NOT_FOUND_CODES = {"ExecutionDoesNotExist", "StateMachineDoesNotExist", "ParameterNotFound", "InvalidArn"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from bitbucket_backup_cli.aws import Aws, StateMachine
 from bitbucket_backup_cli.base import BACKUP, DRILL, NOT_FOUND, NOT_FOUND_CODES, USAGE, CliError
+from bitbucket_backup_cli.host_progress import HostProgress, Report
 from bitbucket_backup_cli.seed import SeedLines
 from functions.models import steps
 
@@ -72,6 +73,28 @@ class History:
 
 def entered(events: list[dict[str, Any]]) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def last_entered_at(events: list[dict[str, Any]]) -> float | None:
+    """When the newest state was entered (epoch seconds)."""
+    for event in reversed(events):
+        if "stateEnteredEventDetails" in event and isinstance(event.get("timestamp"), datetime):
+            return float(event["timestamp"].timestamp())
+    return None
+
+
+def long_part(
+    percent: int, state: str, seed: dict[str, Any] | None, report: Report | None, since: float | None
+) -> tuple[int, str]:
+    """What the bar shows while a step runs: the steps' own percentage and the state's name, unless a long part
+    reports its own: a snapshot's completion (the newest seed line's), or a host's report made since the newest
+    state was entered (an older one is of a step that has ended). pg_dump's report has no percentage (its size is
+    unknown ahead): the bar keeps the steps' and says what was written."""
+    if seed is not None and isinstance(seed.get("percent"), int):
+        percent, state = int(seed["percent"]), f"{seed.get('part', '')} snapshot".strip()
+    if report is not None and since is not None and report.at >= since:
+        percent, state = report.percent if report.percent is not None else percent, report.text()
+    return percent, state
 
 
 def state_output(events: list[dict[str, Any]], state: str) -> dict[str, Any] | None:
@@ -323,14 +346,15 @@ def seed_lines(aws: Aws, described: dict[str, Any]) -> SeedLines:
 
 def follow(aws: Aws, machine: StateMachine, execution_arn: str, poll_seconds: float) -> dict[str, Any]:
     """Follows an execution to its end on stderr: the functions' seed lines as they come, under them a progress
-    bar (on a terminal; plain lines elsewhere) of the steps, or of the long part's own percentage when it reports
-    one (a snapshot's completion); returns its record."""
+    bar (on a terminal; plain lines elsewhere) of the steps, or of the long part's own progress when it reports it
+    (a snapshot's completion; a host's rsync, pg_dump, archive or upload); returns its record."""
     sfn = aws.client("stepfunctions")
     path = expected_path(aws.definition(machine.arn))
     history = History(aws, execution_arn)
     bar = ProgressBar(sys.stderr, machine.kind)
     described = sfn.describe_execution(executionArn=execution_arn)
     seeds = seed_lines(aws, described)
+    hosts = HostProgress(aws, seeds.instance, seeds.started) if machine.kind == BACKUP else None
     try:
         while True:
             events = history.update()
@@ -339,9 +363,9 @@ def follow(aws: Aws, machine: StateMachine, execution_arn: str, poll_seconds: fl
                 bar.line(line)
             states = entered(events)
             percent, state = progress(path, events, described["status"]), states[-1] if states else None
-            latest = seeds.latest or {}
-            if running and isinstance(latest.get("percent"), int) and state is not None:
-                percent, state = int(latest["percent"]), f"{latest.get('part', '')} snapshot".strip()
+            if running and state is not None:
+                report = hosts.read(time.time()) if hosts is not None else None
+                percent, state = long_part(percent, state, seeds.latest, report, last_entered_at(events))
             bar.update(percent, state, clock(described, events, machine.kind) if running else "")
             if not running:
                 return execution_record(aws, machine, described, events)

@@ -10,6 +10,7 @@ from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
@@ -108,6 +109,18 @@ class BackupStack(Stack):
                 "ArchiveKey",
                 value=key.key_arn,
                 description="The hosts' instance roles need kms:GenerateDataKey on this key to upload archives",
+            )
+            # The hosts' long copies report their progress here (numbers only), for `bitbucket-backup backup --wait`.
+            progress = logs.LogGroup(
+                self, "HostProgress", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.RETAIN
+            )
+            environment[env_names.HOST_PROGRESS_LOG_GROUP] = progress.log_group_name
+            CfnOutput(
+                self,
+                "HostProgressLogGroup",
+                value=progress.log_group_name,
+                description="Optional: the hosts' instance roles need logs:CreateLogStream and logs:PutLogEvents on "
+                "this group for the progress of rsync, pg_dump and the archive upload",
             )
         groups = network_groups(config.instances)
         slots = plan(config.instances)  # over the whole fleet: instances of different networks share rate limits

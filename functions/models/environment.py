@@ -14,6 +14,7 @@ DEPLOYMENT_ID = "DEPLOYMENT_ID"  # this deployment's id, on every artifact it ma
 EXECUTION_TIMEOUT = "BACKUP_EXECUTION_TIMEOUT_SECONDS"  # the backup state machine's timeout
 DRILL_MACHINE = "DRILL_RESTORE_STATE_MACHINE"  # the restore state machine's name when the drill runs it
 HOST_DOCUMENT_PREFIX = "HOST_DOCUMENT_PREFIX"  # the stack's SSM documents
+HOST_PROGRESS_LOG_GROUP = "HOST_PROGRESS_LOG_GROUP"  # where the hosts' long copies report progress (with archives)
 SECRET_CACHE_SECONDS = "SECRET_CACHE_SECONDS"  # how long a Bitbucket secret is cached (default 300)
 REGION = "AWS_REGION"  # set by Lambda
 
@@ -53,6 +54,10 @@ def drill_machine() -> str:
 
 def host_document_prefix() -> str:
     return os.environ.get(HOST_DOCUMENT_PREFIX, "")
+
+
+def host_progress_log_group() -> str:
+    return os.environ.get(HOST_PROGRESS_LOG_GROUP, "")
 
 
 def secret_cache_seconds() -> int:

@@ -93,6 +93,18 @@ _PG_FLAGS = (
     "--host '{{ host }}' --port '{{ port }}' --user '{{ user }}' --dbname '{{ dbname }}' "
     "--password-secret '{{ passwordSecret }}' --region '{{ region }}'"
 )
+# Where the long copies report their progress (the host script's --progress-*: a CloudWatch Logs stream of the
+# stack's group, which `bitbucket-backup backup --wait` reads for its bar). Empty: not reported.
+_PROGRESS = (
+    _p("progressGroup", r"[A-Za-z0-9._/#-]{1,512}", "Log group the progress is reported to", optional_=True),
+    _p("progressStream", r"[A-Za-z0-9._/-]{1,512}", "Log stream of this part's progress", optional_=True),
+    _p("progressRegion", _REGION, "Region of the log group", optional_=True),
+)
+_PROGRESS_LINES = """progress=()
+[ -z '{{ progressGroup }}' ] || progress=(--progress-group '{{ progressGroup }}' \\
+  --progress-stream '{{ progressStream }}')
+[ -z '{{ progressGroup }}' ] || [ -z '{{ progressRegion }}' ] || progress+=(--progress-region '{{ progressRegion }}')
+"""
 _DOWNLOAD = (
     _p("bucket", _BUCKET, "Bucket of the archive"),
     _p("key", _KEY, "Key of the archive"),
@@ -127,13 +139,15 @@ OPERATIONS: dict[str, Operation] = {
                 _p("staging", _PATH, "The staging directory (created 0700)"),
                 _p("excludes", rf"{_EXCLUDE}(?:\|{_EXCLUDE})*", "Extra rsync excludes, separated by |", optional_=True),
                 _p("excludeRepos", r"[0-9]{1,12}(?:,[0-9]{1,12})*", "Repository ids left out", optional_=True),
+                *_PROGRESS,
             ),
-            """args=(--home '{{ home }}' --staging '{{ staging }}')
+            _PROGRESS_LINES
+            + """args=(--home '{{ home }}' --staging '{{ staging }}')
 IFS='|' read -r -a list <<< '{{ excludes }}'
 for e in "${list[@]}"; do args+=(--exclude "$e"); done
 IFS=',' read -r -a list <<< '{{ excludeRepos }}'
 for e in "${list[@]}"; do args+=(--exclude-repo "$e"); done
-HOST_SCRIPT rsync-home "${args[@]}"
+HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"
 """,
         ),
         Operation(
@@ -144,8 +158,11 @@ HOST_SCRIPT rsync-home "${args[@]}"
                 _p("jobs", r"[1-9][0-9]?", "Parallel jobs"),
                 _p("dumpPath", _PATH, "Directory of the dumps (created 0700)"),
                 _p("backupId", _NAME, "The backup id (the dump's directory name)"),
+                *_PROGRESS,
             ),
-            f"""HOST_SCRIPT pg-dump {_PG_FLAGS} --jobs '{{{{ jobs }}}}' --out '{{{{ dumpPath }}}}'/'{{{{ backupId }}}}'
+            _PROGRESS_LINES
+            + f"""HOST_SCRIPT pg-dump {_PG_FLAGS} --jobs '{{{{ jobs }}}}' \\
+  --out '{{{{ dumpPath }}}}'/'{{{{ backupId }}}}' "${{progress[@]}}"
 """,
         ),
         Operation(
@@ -165,8 +182,10 @@ HOST_SCRIPT rsync-home "${args[@]}"
                 _p("tags", r"[A-Za-z0-9%._~+=&-]{1,2048}", "The catalog tags, URL-encoded"),
                 _p("region", _REGION, "Region of the bucket", optional_=True),
                 _p("removeDump", r"true|false", "Remove the dump once it is uploaded"),
+                *_PROGRESS,
             ),
-            """HOST_SCRIPT workdir --path '{{ workPath }}'
+            _PROGRESS_LINES
+            + """HOST_SCRIPT workdir --path '{{ workPath }}'
 out='{{ workPath }}'/'{{ fileName }}'
 # A cancelled run's archive of this part (its process killed, its EXIT trap never run) goes before a new one.
 part=${out#'{{ workPath }}'/'{{ backupId }}'}
@@ -182,10 +201,10 @@ args=(--staging "$staging" --out "$out" --backup-id '{{ backupId }}' --instance 
 args+=(--compressor '{{ compressor }}' --overwrite)
 [ -z '{{ dump }}' ] || args+=(--dump '{{ dump }}')
 [ -z '{{ bitbucketVersion }}' ] || args+=(--bitbucket-version '{{ bitbucketVersion }}')
-HOST_SCRIPT archive "${args[@]}"
+HOST_SCRIPT archive "${args[@]}" "${progress[@]}"
 up=(--file "$out" --bucket '{{ bucket }}' --key '{{ key }}' --tags '{{ tags }}')
 [ -z '{{ region }}' ] || up+=(--region '{{ region }}')
-HOST_SCRIPT upload "${up[@]}" --sha256 "$(sha256sum < "$out" | cut -c1-64)"
+HOST_SCRIPT upload "${up[@]}" --sha256 "$(sha256sum < "$out" | cut -c1-64)" "${progress[@]}"
 if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump }}'; fi
 """,
         ),

@@ -71,6 +71,15 @@ class HostCopyStrategy(HostCopy):
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         """What the archive holds (`staging` and/or `dump`) and whether the dump is removed once uploaded."""
 
+    def progress(self, backup_id: str) -> dict[str, str]:
+        """Where the host reports a long copy's progress: the stack's group, one stream per run and part (read by
+        `bitbucket-backup backup --wait`); nothing when the stack made no group."""
+        group = environment.host_progress_log_group()
+        if not group:
+            return {}
+        stream = f"{self.instance.name}/{backup_id}/{self.part}"
+        return {"progressGroup": group, "progressStream": stream, "progressRegion": environment.region()}
+
     def key(self, backup_id: str) -> str:
         ext = ".tar.zst" if self.instance.archive.compressor == "zstd" else ".tar.gz"
         return f"{self.instance.name}/{backup_id}/{backup_id}-{self.part}{ext}"
@@ -91,6 +100,7 @@ class HostCopyStrategy(HostCopy):
             "key": key,
             "tags": urlencode(catalog_tags(self.instance.name, backup_id, self.part)),
             "region": environment.region(),
+            **self.progress(backup_id),
         }
         step = f"archive {self.part}"
         return [
@@ -265,6 +275,7 @@ class RsyncStrategy(HostCopyStrategy):
             "excludes": "|".join(cfg.excludes),
             # Ids by now: the validate step resolved PROJECT/slug names.
             "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos),
+            **self.progress(backup_id),
         }
         timeout = cfg.command_timeout_seconds
         return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=timeout, run=backup_id)]
@@ -306,6 +317,7 @@ class PostgresStrategy(HostCopyStrategy):
             "dumpPath": cfg.dump_path, "backupId": backup_id, "passwordSecret": cfg.password_secret,
             # The secret's own region: the host's AWS CLI has no default region of its own on EC2.
             "region": cfg.password_secret.split(":")[3],
+            **self.progress(backup_id),
         }  # fmt: skip
         step = "copy database: pg_dump"
         timeout = cfg.command_timeout_seconds

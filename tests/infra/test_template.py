@@ -519,3 +519,27 @@ def test_the_command_line_finds_the_archive_bucket_as_the_stack_names_it() -> No
     (archives,) = [k for k in buckets if re.fullmatch(ARCHIVE_CONSTRUCT + "[0-9A-F]{8}", k)]
     assert template["Outputs"][ARCHIVE_OUTPUT]["Value"] == {"Ref": archives}
     assert DEFAULT_STACK == STACK_NAME
+
+
+def test_the_hosts_report_progress_to_a_log_group_the_command_line_finds() -> None:
+    """The stack's HostProgress group (encrypted, kept, its retention) is in every function's environment and an
+    output; the command line finds it by that output, or by its name, which CloudFormation makes as the bucket's."""
+    from bitbucket_backup_cli.base import HOST_PROGRESS_CONSTRUCT, HOST_PROGRESS_OUTPUT
+    from functions.models.environment import HOST_PROGRESS_LOG_GROUP
+    from rehearsal.synth import rehearsal_project_config, synth_template
+
+    template = synth_template(rehearsal_project_config("rsync", "postgresql"))
+    groups = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Logs::LogGroup"}
+    (name,) = [k for k in groups if re.fullmatch(HOST_PROGRESS_CONSTRUCT + "[0-9A-F]{8}", k)]
+    group = groups[name]
+    assert group["DeletionPolicy"] == "Retain" and group["Properties"]["RetentionInDays"] == 30
+    assert "KmsKeyId" in group["Properties"]
+    assert template["Outputs"][HOST_PROGRESS_OUTPUT]["Value"] == {"Ref": name}
+    functions = [v for v in template["Resources"].values() if v["Type"] == "AWS::Lambda::Function"]
+    assert functions and all(
+        f["Properties"]["Environment"]["Variables"][HOST_PROGRESS_LOG_GROUP] == {"Ref": name} for f in functions
+    )
+    # Nothing of the stack writes there: only the hosts' own roles may (README, "instance role").
+    assert name not in json.dumps([_statements(template)])
+    snapshots_only = synth_template(rehearsal_project_config())
+    assert HOST_PROGRESS_OUTPUT not in snapshots_only["Outputs"]

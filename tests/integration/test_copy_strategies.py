@@ -174,6 +174,38 @@ def test_rsync_and_pg_dump_move_real_bytes_and_the_archives_restore(
     assert not list((w.r.host.root / "archive-work").iterdir())
 
 
+def test_the_hosts_report_the_long_parts_progress_to_the_stacks_log_group(copy_world: Callable[..., World]) -> None:
+    """The whole path of a progress report: the stack's group in the functions' environment, the documents'
+    parameters, the host script's reporter and the AWS CLI, into the stream `demo/<backup id>/<part>` that
+    `bitbucket-backup backup --wait` reads (bitbucket_backup_cli/host_progress.py)."""
+    from bitbucket_backup_cli.host_progress import parse
+
+    w = copy_world()
+    assert w.r.bitbucket_home is not None
+    (w.r.bitbucket_home.root / "shared" / "big.bin").write_bytes(os.urandom(80 << 20))  # gzip takes seconds
+    w.r.host.env["BITBUCKET_BACKUP_PROGRESS_SECONDS"] = "0.2"
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    assert result.output is not None
+    logs = w.r.client("logs")
+    (group,) = [
+        g["logGroupName"] for g in logs.describe_log_groups()["logGroups"] if "-HostProgress" in g["logGroupName"]
+    ]
+    stream = f"demo/{result.output['backup_id']}/home"
+    deadline = time.monotonic() + 30
+    while True:  # the 100 % line is put in the background once the archive is written
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+        reports = [parse(stream, e["message"], e["timestamp"], "demo") for e in events]
+        archived = [r for r in reports if r is not None and r.phase == "archive"]
+        if any(r.percent == 100 for r in archived) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert None not in reports, [e["message"] for e in events]
+    assert archived[-1].percent == 100 and archived[-1].done == archived[-1].total
+    assert any(r.percent is not None and r.percent < 100 for r in archived[:-1]), "no report while tar ran"
+    assert archived[-1].total is not None and archived[-1].total >= 80 << 20  # what tar reads: the whole home
+
+
 @pytest.mark.parametrize(("home", "database"), [("rsync", "amazon-rds"), ("amazon-ebs", "postgresql")])
 def test_mixed_strategies(copy_world: Callable[..., World], home: str, database: str) -> None:
     w = copy_world(home=home, database=database)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitbucket_backup_cli.aws import Aws
+from bitbucket_backup_cli.seed import filter_events
 
 PHASES = ("rsync", "pg_dump", "archive", "upload")
 PARTS = ("home", "database")
@@ -93,32 +94,19 @@ class HostProgress:
         group = self.group()
         if group is None or self.instance is None:
             return self.latest
-        from botocore.exceptions import ClientError
-
-        from functions.clients.aws import error_code
-
-        kwargs: dict[str, Any] = {
-            "logGroupName": group,
-            "logStreamNamePrefix": f"{self.instance}/",  # checked again on each event: moto ignores the prefix
-            "startTime": self._since_ms,
-            "endTime": int(now * 1000) + 1000,
-        }
-        try:
-            while True:
-                page = self.aws.client("logs").filter_log_events(**kwargs)
-                for event in page.get("events", []):
-                    report = parse(
-                        str(event.get("logStreamName", "")), str(event.get("message", "")), event.get("timestamp"),
-                        self.instance,
-                    )  # fmt: skip
-                    if report is not None and (self.latest is None or report.at >= self.latest.at):
-                        self.latest = report
-                if not page.get("nextToken"):
-                    break
-                kwargs["nextToken"] = page["nextToken"]
-        except ClientError as error:
-            if error_code(error) not in ("ResourceNotFoundException", "ThrottlingException", "AccessDeniedException"):
-                raise
+        for event in filter_events(
+            self.aws,
+            logGroupName=group,
+            logStreamNamePrefix=f"{self.instance}/",  # checked again on each event: moto ignores the prefix
+            startTime=self._since_ms,
+            endTime=int(now * 1000) + 1000,
+        ):
+            report = parse(
+                str(event.get("logStreamName", "")), str(event.get("message", "")), event.get("timestamp"),
+                self.instance,
+            )  # fmt: skip
+            if report is not None and (self.latest is None or report.at >= self.latest.at):
+                self.latest = report
         if self.latest is not None:  # the next read starts at the newest report (it is read again, and kept)
             self._since_ms = int(self.latest.at * 1000)
         return self.latest

@@ -27,6 +27,28 @@ def log_group(function: str) -> str:
     return f"/aws/lambda/{function.rsplit(':function:', 1)[-1].split(':', 1)[0]}"
 
 
+def filter_events(aws: Aws, **query: Any) -> list[dict[str, Any]]:
+    """Every event FilterLogEvents finds for `query`, page after page. None when the group does not exist yet
+    (nothing was written), a quota is hit or the caller may not read it: the progress goes on without them; the
+    result and the notification do not depend on them."""
+    from botocore.exceptions import ClientError
+
+    from functions.clients.aws import error_code
+
+    found: list[dict[str, Any]] = []
+    try:
+        while True:
+            page = aws.client("logs").filter_log_events(**query)
+            found += page.get("events", [])
+            if not page.get("nextToken"):
+                return found
+            query["nextToken"] = page["nextToken"]
+    except ClientError as error:
+        if error_code(error) not in ("ResourceNotFoundException", "ThrottlingException", "AccessDeniedException"):
+            raise
+        return found
+
+
 @dataclass
 class _Task:
     function: str
@@ -180,33 +202,17 @@ class SeedLines:
         return self._groups[function]
 
     def _read(self, group: str, since: float, until: float) -> list[tuple[int, str, dict[str, Any]]]:
-        from botocore.exceptions import ClientError
-
-        from functions.clients.aws import error_code
-
-        logs = self.aws.client("logs")
-        kwargs: dict[str, Any] = {
-            "logGroupName": group,
-            "startTime": int(since * 1000),  # lines already seen are skipped by their id
-            "endTime": int(until * 1000),
-            "filterPattern": SEED_TERM,
-        }
         found = []
-        try:
-            while True:
-                page = logs.filter_log_events(**kwargs)
-                for event in page.get("events", []):
-                    record = self._record(group, event)
-                    if record is not None:
-                        found.append((int(event.get("timestamp") or 0), str(event.get("eventId")), record))
-                if not page.get("nextToken"):
-                    break
-                kwargs["nextToken"] = page["nextToken"]
-        except ClientError as error:
-            # No group yet (the function has not written), a quota hit, no permission: the progress goes on
-            # without these lines; the result and the notification do not depend on them.
-            if error_code(error) not in ("ResourceNotFoundException", "ThrottlingException", "AccessDeniedException"):
-                raise
+        for event in filter_events(
+            self.aws,
+            logGroupName=group,
+            startTime=int(since * 1000),  # lines already seen are skipped by their id
+            endTime=int(until * 1000),
+            filterPattern=SEED_TERM,
+        ):
+            record = self._record(group, event)
+            if record is not None:
+                found.append((int(event.get("timestamp") or 0), str(event.get("eventId")), record))
         return found
 
     def _record(self, group: str, event: dict[str, Any]) -> dict[str, Any] | None:

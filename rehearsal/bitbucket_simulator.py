@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -33,6 +32,7 @@ from rehearsal.bitbucket_maintenance import (
     Response,
     error_response,
 )
+from rehearsal.loopback_server import LoopbackServer
 from rehearsal.redirect_target import ArrivedRequest, RedirectTarget
 
 __all__ = ["ENDPOINTS", "ArrivedRequest", "BitbucketSimulator", "RedirectTarget", "main"]
@@ -140,8 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.sim._dispatch(self, "PATCH")
 
 
-class BitbucketSimulator(Maintenance):
+class BitbucketSimulator(Maintenance, LoopbackServer):
     """A Bitbucket maintenance-API server on a real socket; see the module docstring."""
+
+    name = "simulator"
 
     def __init__(
         self,
@@ -165,67 +167,32 @@ class BitbucketSimulator(Maintenance):
             non_admin=non_admin,
             repositories=repositories,
         )
+        LoopbackServer.__init__(self)
         self._host = host
         self._port = port
         self._requests: list[tuple[str, str, int]] = []
         self._faults: dict[str, list[_Fault]] = {}
 
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> BitbucketSimulator:
-        if self._server is not None:
-            raise RuntimeError("simulator already started")
+    def _make_server(self) -> _Server:
         self._stopping.clear()
-        self._server = _Server((self._host, self._port), self)
-        # A short poll interval keeps stop() fast: shutdown() waits for one select() round.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name=f"bitbucket-simulator-{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+        return _Server((self._host, self._port), self)
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
         self._stopping.set()  # wakes handlers sleeping in an injected delay
-        server.shutdown()
+        super().stop()
+
+    def _after_shutdown(self) -> None:
         # Keep-alive connections would otherwise hold their handler threads until the client hangs up.
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-    def __enter__(self) -> BitbucketSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("simulator not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # ----------------------------------------------------------- observable state
 

@@ -9,9 +9,10 @@ import contextlib
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
+
+from rehearsal.loopback_server import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -78,54 +79,22 @@ class _TargetServer(ThreadingHTTPServer):
         pass
 
 
-class RedirectTarget:
+class RedirectTarget(LoopbackServer):
     """Another origin on 127.0.0.1 that a redirect may point at (a rogue proxy's, or an attacker's). It answers
     every request with 200 ``{}`` and records it, so a test can show that no token or password ever arrived."""
+
+    name = "redirect target"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         if not host.startswith("127."):
             raise ValueError("the redirect target listens on 127.0.0.0/8 only")
+        super().__init__()
         self._host = host
         self._lock = threading.Lock()
         self._arrived: list[ArrivedRequest] = []
-        self._server: _TargetServer | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> RedirectTarget:
-        self._server = _TargetServer((self._host, 0), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="redirect-target", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-    def __enter__(self) -> RedirectTarget:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("redirect target not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _make_server(self) -> _TargetServer:
+        return _TargetServer((self._host, 0), self)
 
     @property
     def arrived(self) -> list[ArrivedRequest]:

@@ -112,7 +112,7 @@ class BackupStack(Stack):
             )
             # The hosts' long copies report their progress here (numbers only), for `bitbucket-backup backup --wait`.
             progress = logs.LogGroup(
-                self, "HostProgress", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.RETAIN
+                self, "HostProgress", retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.RETAIN
             )
             environment[env_names.HOST_PROGRESS_LOG_GROUP] = progress.log_group_name
             CfnOutput(

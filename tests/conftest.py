@@ -47,6 +47,16 @@ def moto_clients() -> Iterator[None]:
         yield
 
 
+def create_runs_table(name: str) -> None:
+    """The run table as the stack makes it (stacks/constructs/run_table.py): one item per instance."""
+    aws.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "instance", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "instance", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 @pytest.fixture
 def simulator() -> Iterator[BitbucketSimulator]:
     sim = BitbucketSimulator(username="admin", password="s3cret-Passw0rd", drain_seconds=0.05).start()

@@ -25,35 +25,20 @@ from functions.strategies import (
     STATUS_TAG,
 )
 from tests.infra.conftest import PROD, STAGING, placeholder, resolve_join
+from tests.infra.test_copies_template import ARCHIVES
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 DEPLOYMENT = f"{ACCOUNT}/{REGION}/BitbucketDiyBackup"
 DR_KEY = "arn:aws:kms:eu-central-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:bitbucket-db-AbCdEf"
 IMMUTABLE_PROD = {
     **PROD,
     "network": None,
     "immutable": {"mode": "compliance"},
     "copies": [{"region": "eu-central-1", "kms_key_id": DR_KEY}],
 }
+# The copies template's archiving instance (rsync and pg_dump on one host), immutable, with one DR copy.
 ARCHIVED = {
-    "name": "archived",
-    "base_url": "https://bitbucket-archived.example.com",
-    "credentials_secret": "bitbucket/archived",
-    "home": {
-        "strategy": "rsync",
-        "instance_id": "i-0123456789abcdef1",
-        "home_path": "/var/atlassian/application-data/bitbucket",
-        "staging_path": "/backup/staging",
-    },
-    "database": {
-        "strategy": "postgresql",
-        "instance_id": "i-0123456789abcdef1",
-        "user": "bitbucket",
-        "dbname": "bitbucket",
-        "password_secret": SECRET,
-        "dump_path": "/backup/dumps",
-    },
+    **ARCHIVES,
     "schedule": "rate(1 day)",
     "immutable": {"mode": "compliance"},
     "copies": [{"region": "eu-central-1", "archive_bucket": "dr-archives-eu-central-1"}],

@@ -532,7 +532,7 @@ def test_the_hosts_report_progress_to_a_log_group_the_command_line_finds() -> No
     groups = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Logs::LogGroup"}
     (name,) = [k for k in groups if re.fullmatch(HOST_PROGRESS_CONSTRUCT + "[0-9A-F]{8}", k)]
     group = groups[name]
-    assert group["DeletionPolicy"] == "Retain" and group["Properties"]["RetentionInDays"] == 30
+    assert group["DeletionPolicy"] == "Retain" and group["Properties"]["RetentionInDays"] == 90
     assert "KmsKeyId" in group["Properties"]
     assert template["Outputs"][HOST_PROGRESS_OUTPUT]["Value"] == {"Ref": name}
     functions = [v for v in template["Resources"].values() if v["Type"] == "AWS::Lambda::Function"]

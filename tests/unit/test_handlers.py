@@ -44,6 +44,7 @@ from functions.strategies import (
 )
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import ACCOUNT, REGION
+from tests.conftest import create_runs_table
 
 # Powertools warns when a handler published no metric; most steps publish none.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
@@ -114,12 +115,7 @@ pytestmark = [pytestmark, pytest.mark.usefixtures("moto_clients")]
 def world(simulator: BitbucketSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # seconds per test, and public snapshots we don't need
     with mock_aws():
-        aws.client("dynamodb").create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "instance", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "instance", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_runs_table(TABLE)
         topic_arn = aws.client("sns").create_topic(Name="bitbucket-backup")["TopicArn"]
         aws.client("secretsmanager").create_secret(
             Name=SECRET, SecretString=json.dumps({"username": "admin", "password": PASSWORD})

@@ -16,6 +16,7 @@ from functions.errors import BackupInProgress, PreflightFailed
 from functions.models.config import InstanceConfig
 from functions.models.environment import EXECUTION_TIMEOUT as EXECUTION_TIMEOUT_ENV
 from functions.models.timeouts import execution_timeout_seconds
+from tests.conftest import create_runs_table
 
 TABLE = "runs"
 FIRST, SECOND = "prod-20261123-020000", "prod-20261124-020000"
@@ -62,12 +63,7 @@ def table(monkeypatch: pytest.MonkeyPatch, moto_clients: None) -> Iterator[None]
     monkeypatch.setenv("RUNS_TABLE", TABLE)
     monkeypatch.delenv(EXECUTION_TIMEOUT_ENV, raising=False)
     with mock_aws():
-        aws.client("dynamodb").create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "instance", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "instance", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_runs_table(TABLE)
         yield
 
 

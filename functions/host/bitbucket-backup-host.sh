@@ -114,6 +114,8 @@ SUB=""           # the subcommand, prefix of every message
 REDACT=""        # a secret that must never be printed
 WORK=""          # private temporary directory of this run
 JOB_PID=""       # the long-running tool, stopped on SIGTERM/SIGINT
+declare -a JOB_PIDS=()  # the parallel rsync shards, stopped likewise
+HOME_DIR="" STAGING_DIR=""  # rsync-home's, for its shards
 JOB_PASSWORD=""  # exported as PGPASSWORD to the next job only
 CLEANUP=()       # paths removed on exit (temporary names only)
 DROP_DB=""       # a database this run created and must drop if it fails
@@ -174,14 +176,22 @@ on_error() {
     die 1 "unexpected error: '$cmd' failed with status $rc (line $line)"
 }
 
+stop_jobs() {  # the running tool and the shards, if any
+    local pid
+    for pid in "$JOB_PID" "${JOB_PIDS[@]}"; do
+        [[ -n $pid ]] || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    JOB_PID=""
+    JOB_PIDS=()
+}
+
 cleanup() {
     local rc=$?
     trap - ERR
     progress_kill
-    if [[ -n $JOB_PID ]]; then
-        kill -TERM "$JOB_PID" 2>/dev/null || true
-        wait "$JOB_PID" 2>/dev/null || true
-    fi
+    stop_jobs
     if [[ -n $DROP_DB ]]; then
         local name=$DROP_DB
         DROP_DB=""
@@ -203,11 +213,7 @@ cleanup() {
 on_signal() {  # on_signal NAME EXIT_CODE
     trap - INT TERM
     progress_kill
-    if [[ -n $JOB_PID ]]; then
-        kill -TERM "$JOB_PID" 2>/dev/null || true
-        wait "$JOB_PID" 2>/dev/null || true
-        JOB_PID=""
-    fi
+    stop_jobs
     die "$2" "interrupted by SIG$1; temporary files removed"
 }
 
@@ -763,13 +769,57 @@ cmd_version() {
     printf '{"subcommand": "version", "version": "%s", "tools": {%s}}\n' "$VERSION" "$tools"
 }
 
+REPOS_REL="shared/data/repositories"
+SHARD_CHUNK=2000  # repositories per rsync of a shard (its command line stays far below ARG_MAX)
+
+add_stats() {  # add_stats FILE: add rsync --stats of FILE into the associative array st
+    local line n
+    while IFS= read -r line; do
+        [[ $line =~ :\ ([0-9,]+) ]] || continue
+        n=${BASH_REMATCH[1]//,/}
+        case $line in
+            "Number of files: "*)
+                st[files]=$((st[files] + n))
+                [[ $line =~ reg:\ ([0-9,]+) ]] && st[regular]=$((st[regular] + ${BASH_REMATCH[1]//,/}))
+                ;;
+            "Number of created files: "*) st[created]=$((st[created] + n)) ;;
+            "Number of deleted files: "*) st[deleted]=$((st[deleted] + n)) ;;
+            "Number of regular files transferred: "*) st[transferred]=$((st[transferred] + n)) ;;
+            "Total file size: "*) st[total]=$((st[total] + n)) ;;
+            "Total transferred file size: "*) st[transferred_bytes]=$((st[transferred_bytes] + n)) ;;
+            "Literal data: "*) st[literal]=$((st[literal] + n)) ;;
+            "Total bytes sent: "*) st[sent]=$((st[sent] + n)) ;;
+        esac
+    done < <(tr '\r' '\n' <"$1" | grep -E '^(Number of|Total|Literal)' || true)  # progress lines left out
+}
+
+rsync_shard() {  # rsync_shard N ARGS...: copy the repositories listed in $WORK/shard.N (one per line), in chunks
+    local n=$1 child="" rc=0 chunk
+    shift
+    trap - ERR EXIT
+    trap '[[ -z $child ]] || kill -TERM "$child" 2>/dev/null; exit 143' TERM INT
+    split -l "$SHARD_CHUNK" -d -a 4 -- "$WORK/shard.$n" "$WORK/shard.$n.chunk."
+    for chunk in "$WORK/shard.$n.chunk."*; do
+        local -a sources=()
+        mapfile -t sources <"$chunk"
+        rsync "$@" -- "${sources[@]/#/$HOME_DIR/$REPOS_REL/}" "$STAGING_DIR/$REPOS_REL/" >>"$WORK/shard.$n.out" \
+            2>>"$WORK/shard.$n.err" </dev/null &
+        child=$!
+        wait "$child" || rc=$?
+        child=""
+        ((rc == 0 || rc == 24)) || break
+    done
+    echo "$rc" >"$WORK/shard.$n.rc"
+}
+
 cmd_rsync_home() {
-    parse_flags "home staging exclude exclude-repo $PROGRESS_FLAGS" "" "$@"
+    parse_flags "home staging exclude exclude-repo parallel $PROGRESS_FLAGS" "" "$@"
     require home staging
     need rsync
     make_work
     progress_init
-    local home staging
+    local home staging parallel=${FLAG[parallel]:-1}
+    is_uint "$parallel" && ((parallel >= 1 && parallel <= 32)) || die 2 "--parallel must be a number from 1 to 32"
     [[ -d ${FLAG[home]} ]] || die 3 "home directory not found: ${FLAG[home]}"
     home=$(realpath -e -- "${FLAG[home]}")
     staging=$(realpath -m -- "${FLAG[staging]}")
@@ -791,25 +841,72 @@ cmd_rsync_home() {
         die 5 "cannot create the staging directory: $REPLY"
     fi
 
-    local -a excludes=("${DEFAULT_EXCLUDES[@]}")
+    local -a excludes=("${DEFAULT_EXCLUDES[@]}") user_excludes=() excluded_repos=()
     collect exclude
-    excludes+=("${REPLY_LIST[@]}")
+    user_excludes=("${REPLY_LIST[@]}")
+    excludes+=("${user_excludes[@]}")
     collect exclude-repo
     local id
     for id in "${REPLY_LIST[@]}"; do
         is_uint "$id" || die 2 "--exclude-repo takes a repository id (a number), got: $id"
-        excludes+=("/shared/data/repositories/$id")
+        excludes+=("/$REPOS_REL/$id")
+        excluded_repos+=("$id")
     done
     local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
     local pattern
+    # Sharded: the repositories are copied by `parallel` rsyncs of their own (below), this one copies the rest.
+    ((parallel == 1)) || [[ ! -d $home/$REPOS_REL ]] || args+=(--filter="P /$REPOS_REL/*/" --exclude="/$REPOS_REL/*/")
     for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
-    [[ -z $PROGRESS_STREAM ]] || args+=(--info=progress2)  # its overall progress, lines ending in \r
+    [[ -z $PROGRESS_STREAM ]] || ((parallel > 1)) || args+=(--info=progress2)  # its overall progress, lines ending in \r
 
     local start rc=0
     start=$(now_ns)
     PRIVATE_DIR=$staging
-    progress_start rsync "" measure_rsync
+    local -a shards=() repos=()
+    local d name i=0 n
+    if ((parallel > 1)) && [[ -d $home/$REPOS_REL ]]; then
+        # A repository's patterns: the extra excludes that are not anchored at the home (those apply anywhere).
+        local -a shard_args=(-a --numeric-ids --delete --delete-excluded --stats)
+        for pattern in "${user_excludes[@]}"; do
+            [[ $pattern == /* ]] || shard_args+=(--exclude="$pattern")
+        done
+        local -A skip=()
+        for id in "${excluded_repos[@]}"; do skip[$id]=1; done
+        local -a dirs=("$home/$REPOS_REL"/*/)
+        for d in "${dirs[@]}"; do
+            d=${d%/}
+            name=${d##*/}
+            [[ -L $d || -n ${skip[$name]:-} ]] && continue
+            repos+=("$name")
+        done
+        for ((n = 0; n < parallel; n++)); do : >"$WORK/shard.$n"; done
+        for name in "${repos[@]}"; do  # round robin: neighbouring ids, often of similar age and size, spread out
+            printf '%s\n' "$name" >>"$WORK/shard.$((i % parallel))"
+            i=$((i + 1))
+        done
+        mkdir -p -m 0700 -- "$staging/$REPOS_REL"
+        HOME_DIR=$home STAGING_DIR=$staging
+        for ((n = 0; n < parallel && n < ${#repos[@]}; n++)); do
+            rsync_shard "$n" "${shard_args[@]}" &
+            shards+=($!)
+        done
+        JOB_PIDS=("${shards[@]}")
+    else
+        progress_start rsync "" measure_rsync
+    fi
     run_job "$WORK/rsync.out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
+    local shard_rc
+    for ((n = 0; n < ${#shards[@]}; n++)); do
+        wait "${shards[n]}" || true
+        shard_rc=$(cat -- "$WORK/shard.$n.rc" 2>/dev/null || echo 1)
+        if ((shard_rc != 0 && shard_rc != 24 && (rc == 0 || rc == 24))); then
+            rc=$shard_rc
+            cp -f -- "$WORK/shard.$n.err" "$err"
+        elif ((shard_rc == 24 && rc == 0)); then
+            rc=24
+        fi
+    done
+    JOB_PIDS=()
     chmod 0700 -- "$staging"
     seconds_since "$start"
     local seconds=$REPLY vanished=false
@@ -828,22 +925,21 @@ cmd_rsync_home() {
 
     local -A st=([files]=0 [regular]=0 [created]=0 [deleted]=0 [transferred]=0 [total]=0 [transferred_bytes]=0
         [literal]=0 [sent]=0)
-    local line
-    while IFS= read -r line; do
-        case $line in
-            "Number of files: "*)
-                [[ $line =~ ^Number\ of\ files:\ ([0-9,]+) ]] && st[files]=${BASH_REMATCH[1]//,/}
-                [[ $line =~ reg:\ ([0-9,]+) ]] && st[regular]=${BASH_REMATCH[1]//,/}
-                ;;
-            "Number of created files: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[created]=${BASH_REMATCH[1]//,/} ;;
-            "Number of deleted files: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[deleted]=${BASH_REMATCH[1]//,/} ;;
-            "Number of regular files transferred: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[transferred]=${BASH_REMATCH[1]//,/} ;;
-            "Total file size: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[total]=${BASH_REMATCH[1]//,/} ;;
-            "Total transferred file size: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[transferred_bytes]=${BASH_REMATCH[1]//,/} ;;
-            "Literal data: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[literal]=${BASH_REMATCH[1]//,/} ;;
-            "Total bytes sent: "*) [[ $line =~ :\ ([0-9,]+) ]] && st[sent]=${BASH_REMATCH[1]//,/} ;;
-        esac
-    done < <(tr '\r' '\n' <"$WORK/rsync.out" | grep -E '^(Number of|Total|Literal)' || true)  # progress lines left out
+    add_stats "$WORK/rsync.out"
+    if ((parallel > 1)) && [[ -d $home/$REPOS_REL ]]; then
+        for ((n = 0; n < ${#shards[@]}; n++)); do add_stats "$WORK/shard.$n.out"; done
+        # What no shard copied (a repository deleted from the home, or now excluded) goes, as --delete would.
+        local -A copied=()
+        for name in "${repos[@]}"; do copied[$name]=1; done
+        for d in "$staging/$REPOS_REL"/*/; do
+            d=${d%/}
+            [[ -n ${copied[${d##*/}]:-} ]] && continue
+            st[deleted]=$((st[deleted] + $(find "$d" | wc -l)))
+            rm -rf -- "$d"
+        done
+        # The shards and the removals changed the directory after the other rsync gave it the home's time.
+        touch -h -r "$home/$REPOS_REL" -- "$staging/$REPOS_REL"
+    fi
     progress_end rsync "${st[total]}"
     local jhome jstaging jexcl
     jstr "$home"
@@ -858,7 +954,7 @@ cmd_rsync_home() {
         "${st[files]}" "${st[regular]}" "${st[created]}" "${st[deleted]}" "${st[transferred]}"
     printf '"bytes_total": %s, "bytes_transferred": %s, "bytes_literal": %s, "bytes_sent": %s, ' \
         "${st[total]}" "${st[transferred_bytes]}" "${st[literal]}" "${st[sent]}"
-    printf '"vanished": %s, "rsync_exit": %s, "excludes": %s}\n' "$vanished" "$rc" "$jexcl"
+    printf '"vanished": %s, "rsync_exit": %s, "parallel": %s, "excludes": %s}\n' "$vanished" "$rc" "$parallel" "$jexcl"
 }
 
 cmd_pg_dump() {

@@ -738,3 +738,78 @@ def test_drill_check_finds_bitbucket_tables_with_the_secret_free_password(postgr
     assert "not-the-password" not in wrong.stderr
     run("drill-check", *conn, "--dbname", "bitbucket", "--password", "x").assert_error(EXIT_USAGE, "drill-check")
     run("drill-check", *conn, "--dbname", "bitbucket", env=pg_env()).assert_error(EXIT_USAGE, "drill-check")
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path below root with its mode, size and mtime (what rsync -a keeps)."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        if path.name == MARKER:  # written by each run
+            continue
+        st = path.lstat()
+        found[str(path.relative_to(root))] = (st.st_mode, st.st_size if path.is_file() else 0, int(st.st_mtime))
+    return found
+
+
+@pytest.mark.parametrize("parallel", ["2", "3", "8"])
+def test_the_parallel_pass_leaves_the_tree_a_single_pass_leaves(
+    home: BitbucketHome, tmp_path: Path, parallel: str
+) -> None:
+    """Sharded over the repositories (and one rsync for the rest), with the changes of a locked pass: new commits,
+    a deleted repository, a new one, one excluded since the first pass, an extra exclude inside repositories."""
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    extra = ("--exclude", "/shared/config/", "--exclude", "*.keep")
+    (home.repo(4) / "hooks" / "x.keep").write_text("left out anywhere\n")
+    for staging, flags in ((single, ()), (sharded, ("--parallel", parallel))):
+        run("rsync-home", "--home", home.root, "--staging", staging, *extra, *flags).ok()
+    home.push_commits(1, "feature/x", 3)
+    home.delete_repo(2)
+    home.add_repo(6)
+    summaries = {}
+    for staging, flags in ((single, ()), (sharded, ("--parallel", parallel))):
+        summaries[staging.name] = run(
+            "rsync-home", "--home", home.root, "--staging", staging, *extra, "--exclude-repo", "5", *flags
+        ).ok()
+    assert _tree(sharded) == _tree(single)
+    assert not (sharded / REPOS / "2").exists() and not (sharded / REPOS / "5").exists()
+    assert (sharded / REPOS / "6").is_dir() and not (sharded / REPOS / "4" / "hooks" / "x.keep").exists()
+    one, many = summaries["single"], summaries["sharded"]
+    assert many["parallel"] == int(parallel) and one["parallel"] == 1
+    for key in ("files", "regular_files", "bytes_total", "files_transferred", "bytes_transferred"):
+        assert many[key] == one[key], key
+    assert many["files_deleted"] >= one["files_deleted"] > 0
+
+
+def test_parallel_is_bounded() -> None:
+    for bad in ("0", "33", "x"):
+        run("rsync-home", "--home", "/nonexistent", "--staging", "/tmp/x", "--parallel", bad).assert_error(
+            EXIT_USAGE, "rsync-home"
+        )
+
+
+def test_a_terminated_parallel_pass_stops_every_shard(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for repo in range(40):  # enough small files that the shards run for seconds
+        (home / REPOS / str(repo)).mkdir(parents=True)
+        for i in range(250):
+            (home / REPOS / str(repo) / str(i)).write_bytes(b"x" * 1024)
+    staging = tmp_path / "staging"
+    proc = subprocess.Popen(
+        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging), "--parallel", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = str(staging).encode()
+
+    def shards() -> list[int]:
+        return [
+            p for p, argv in command_lines().items() if argv[0].endswith(b"rsync") and any(marker in a for a in argv)
+        ]
+
+    assert len(wait_for(lambda: shards() if len(shards()) >= 4 else None)) >= 4  # the shards and the rest's rsync
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stdout == "" and stderr.startswith("rsync-home: interrupted by SIGTERM")
+    assert wait_for(lambda: not shards(), timeout=10)

@@ -12,6 +12,10 @@ absolute churn: the lock window should follow the changed data, not the size of 
 The no-op and second passes are repeated (--rounds, each time with new churn) and their medians reported; the disks
 are synced before each timed pass. All passes read a warm page cache (the data was just written), which flatters the
 first pass; on a real host the first pass reads cold disks or NFS and the ratio is smaller still.
+
+Side by side on the same data (--parallel N, default 4): a second staging copy is kept by the host script's
+`--parallel N` passes (the repositories sharded over N rsyncs), and each round times both second passes on the same
+churned home, in alternating order. Goal for the sharded locked pass: GOAL_PARALLEL_RATIO of the single first pass.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "functions" / "host" / "bitbucket-backup-host.sh"
 DEFAULT_OUT = ROOT / ".build" / "bench-rsync.json"
 GOAL_RATIO = 0.15
+GOAL_PARALLEL_RATIO = 0.08
 MB = 1024 * 1024
 REPO_MB = 5  # average repository size
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
@@ -59,6 +64,11 @@ class Run:
     ratio: float
     meets_goal: bool
     workflow: dict[str, Any]
+    parallel: int = 1
+    noop_pass_parallel: PassResult | None = None
+    second_pass_parallel: PassResult | None = None
+    ratio_parallel: float = 0.0
+    meets_parallel_goal: bool = False
 
 
 def _git(*args: str | Path, stdin: bytes | None = None) -> None:
@@ -141,10 +151,10 @@ def churn(repos: list[Path], churn_mb: float, seed: int = 2) -> int:
     return len(chosen)
 
 
-def rsync_pass(home: Path, staging: Path) -> PassResult:
+def rsync_pass(home: Path, staging: Path, parallel: int = 1) -> PassResult:
     start = time.perf_counter()
     proc = subprocess.run(
-        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging)],
+        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging), "--parallel", str(parallel)],
         capture_output=True,
         text=True,
         check=False,
@@ -162,27 +172,49 @@ def median_pass(samples: list[PassResult]) -> PassResult:
     return sorted(samples, key=lambda p: p.wall_s)[len(samples) // 2]
 
 
-def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int) -> Run:
-    """First pass; then, `rounds` times, a no-op pass and a churn + second pass; medians of those."""
+def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int, parallel: int = 1) -> Run:
+    """First pass; then, `rounds` times, a no-op pass and a churn + second pass; medians of those. With parallel > 1,
+    the same into a second staging copy with `--parallel`, on the same data, in alternating order."""
     with tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-") as tmp:
-        home, staging = Path(tmp) / "home", Path(tmp) / "staging"
+        home, staging, sharded = Path(tmp) / "home", Path(tmp) / "staging", Path(tmp) / "staging-sharded"
         repos = generate_home(home, size_mb)
         files = sum(len(names) for _dir, _subdirs, names in os.walk(home))
         os.sync()
         first = rsync_pass(home, staging)
-        noops, seconds = [], []
+        if parallel > 1:
+            rsync_pass(home, sharded, parallel)
+        noops: list[PassResult] = []
+        seconds: list[PassResult] = []
+        noops_p: list[PassResult] = []
+        seconds_p: list[PassResult] = []
         churned = 0
         for i in range(rounds):
-            # In production the first pass ends long before the lock: let its writes reach the disk first, so the
-            # timed pass does not compete with their writeback.
-            os.sync()
-            noops.append(rsync_pass(home, staging))  # nothing changed: comparing every file, the lock's floor
+            order = [(1, staging, noops, seconds), (parallel, sharded, noops_p, seconds_p)][: 2 if parallel > 1 else 1]
+            if i % 2:
+                order.reverse()
+            for n, target, noop_list, _ in order:
+                # In production the first pass ends long before the lock: let its writes reach the disk first, so the
+                # timed pass does not compete with their writeback.
+                os.sync()
+                noop_list.append(rsync_pass(home, target, n))  # nothing changed: comparing every file, the floor
             churned = churn(repos, churn_mb, seed=100 + i)
-            os.sync()
-            seconds.append(rsync_pass(home, staging))
+            for n, target, _, second_list in order:
+                os.sync()
+                second_list.append(rsync_pass(home, target, n))
         workflow = workflow_run(home, repos, churn_mb)
     noop, second = median_pass(noops), median_pass(seconds)
     ratio = second.wall_s / first.wall_s if first.wall_s else 0.0
+    extra: dict[str, Any] = {}
+    if parallel > 1:
+        second_p = median_pass(seconds_p)
+        ratio_p = second_p.wall_s / first.wall_s if first.wall_s else 0.0
+        extra = {
+            "parallel": parallel,
+            "noop_pass_parallel": median_pass(noops_p),
+            "second_pass_parallel": second_p,
+            "ratio_parallel": round(ratio_p, 4),
+            "meets_parallel_goal": ratio_p <= GOAL_PARALLEL_RATIO,
+        }
     return Run(
         home_mb=size_mb,
         repositories=len(repos),
@@ -196,6 +228,7 @@ def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int) -> Run:
         ratio=round(ratio, 4),
         meets_goal=ratio <= GOAL_RATIO,
         workflow=workflow,
+        **extra,
     )
 
 
@@ -236,6 +269,7 @@ def table(runs: list[Run]) -> str:
     lines = [
         f"{'home':>9} {'repos':>6} {'files':>7} {'churn':>8} {'first pass':>11} {'no-op pass':>11} "
         f"{'second pass':>12} {'moved':>9} {'ratio':>7} {'lock window':>12}  goal <= {GOAL_RATIO:.0%}"
+        f"  | sharded: no-op, second pass, ratio (goal <= {GOAL_PARALLEL_RATIO:.0%})"
     ]
     for r in runs:
         moved = r.second_pass.bytes_transferred / MB
@@ -244,6 +278,12 @@ def table(runs: list[Run]) -> str:
             f"{r.home_mb:>6.0f} MB {r.repositories:>6} {r.files:>7} {r.churn_mb:>5.1f} MB {r.first_pass.wall_s:>9.2f} s"
             f" {r.noop_pass.wall_s:>9.2f} s {r.second_pass.wall_s:>10.2f} s {moved:>6.1f} MB {r.ratio:>7.1%}"
             f" {r.workflow.get('lock_window_s') or 0:>10.2f} s  {verdict}"
+            + (
+                f"  | x{r.parallel}: {r.noop_pass_parallel.wall_s:.2f} s, {r.second_pass_parallel.wall_s:.2f} s,"
+                f" {r.ratio_parallel:.1%} {'ok' if r.meets_parallel_goal else 'MISSED'}"
+                if r.noop_pass_parallel and r.second_pass_parallel
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -255,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT})")
     parser.add_argument("--rounds", type=int, default=3, help="churn + second pass rounds, median reported")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where homes are generated")
+    parser.add_argument("--parallel", type=int, default=4, help="shards of the sharded passes (1: single passes only)")
     args = parser.parse_args(argv)
 
     churn_mb = args.size_mb * args.churn_percent / 100
-    runs = [one_run(args.workdir, size, churn_mb, args.rounds) for size in (args.size_mb, 2 * args.size_mb)]
+    sizes = (args.size_mb, 2 * args.size_mb)
+    runs = [one_run(args.workdir, size, churn_mb, args.rounds, args.parallel) for size in sizes]
     growth = runs[1].second_pass.wall_s / runs[0].second_pass.wall_s if runs[0].second_pass.wall_s else 0.0
     report = {
         "goal_ratio": GOAL_RATIO,
+        "goal_parallel_ratio": GOAL_PARALLEL_RATIO,
         "churn_mb": churn_mb,
         "runs": [asdict(r) for r in runs],
         "second_pass_growth_for_double_home": round(growth, 3),

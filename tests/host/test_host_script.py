@@ -665,7 +665,9 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     # Small homes: what matters here is that every field is measured, not the figures (make bench-rsync).
     assert bench_rsync.main(["--size-mb", "8", "--rounds", "1", "--out", str(out), "--workdir", str(tmp_path)]) == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"goal_ratio", "churn_mb", "runs", "second_pass_growth_for_double_home", "meets_goal"}
+    assert set(report) == {
+        "goal_ratio", "goal_parallel_ratio", "churn_mb", "runs", "second_pass_growth_for_double_home", "meets_goal"
+    }  # fmt: skip
     small, large = report["runs"]
     assert (small["home_mb"], large["home_mb"]) == (8, 16) and small["churn_mb"] == large["churn_mb"] == 0.08
     for run_ in (small, large):
@@ -678,6 +680,11 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         # the second pass moves the churn (about 0.2 MB of new objects), not the home
         assert second["bytes_transferred"] < first["bytes_transferred"] / 20
         assert run_["ratio"] == pytest.approx(second["wall_s"] / first["wall_s"], abs=1e-3)
+        # side by side on the same churned data: the sharded passes (4 rsyncs over the repositories) move the same
+        sharded = run_["second_pass_parallel"]
+        assert run_["parallel"] == 4 and run_["noop_pass_parallel"]["files_transferred"] == 0
+        assert sharded["bytes_transferred"] == second["bytes_transferred"]
+        assert run_["ratio_parallel"] == pytest.approx(sharded["wall_s"] / first["wall_s"], abs=1e-3)
         # the whole workflow on the same home: live pass, churn, locked pass, archive of the whole home
         workflow = run_["workflow"]
         assert workflow["status"] == "SUCCEEDED" and 0 < workflow["lock_window_s"] < workflow["duration_s"]

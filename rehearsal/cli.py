@@ -65,6 +65,20 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
         "--bitbucket-version", default="8.19.1", metavar="VERSION", help="the local simulator's version (8.19.1)"
     )
     parser.add_argument(
+        "--home-path",
+        type=Path,
+        metavar="DIR",
+        help="with --home-strategy rsync: back up this directory (a copy of your Bitbucket home, to measure the "
+        "locked pass on real data) instead of a generated one; it is only read",
+    )
+    parser.add_argument(
+        "--locked-pass-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --home-strategy rsync: rsyncs of the locked pass over shards of the repositories (default 1)",
+    )
+    parser.add_argument(
         "--latency",
         action="store_true",
         help="every AWS call waits for its round trip in a region (rehearsal/latency.py), as `make bench` does",
@@ -76,6 +90,12 @@ def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
     if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy == "postgresql"):
         parser.error("--zero-downtime needs atomic snapshots: not with rsync (home) or postgresql (database)")
+    if args.home_strategy != "rsync" and (args.home_path is not None or args.locked_pass_parallel != 1):
+        parser.error("--home-path and --locked-pass-parallel need --home-strategy rsync")
+    if args.home_path is not None and not args.home_path.is_dir():
+        parser.error(f"--home-path {args.home_path}: no such directory")
+    if not 1 <= args.locked_pass_parallel <= 32:
+        parser.error("--locked-pass-parallel must be from 1 to 32")
     if args.drain_timeout < 1 or args.poll_interval < 0:
         parser.error("--drain-timeout must be at least 1 and --poll-interval at least 0")
 
@@ -88,6 +108,10 @@ def world_settings(args: argparse.Namespace) -> dict[str, Any]:
         "timing": {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval},
         "instance_overrides": {"zero_downtime": True} if args.zero_downtime else None,
         "latency_model": LatencyModel() if args.latency else None,
+        "home_path": args.home_path.resolve() if args.home_path is not None else None,
+        "home_settings": {"locked_pass_parallel": args.locked_pass_parallel}
+        if args.locked_pass_parallel != 1
+        else None,
     }
 
 

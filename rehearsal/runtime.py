@@ -116,6 +116,7 @@ class Rehearsal:
         sizes: tuple[int, int] = (100, 50),
         home_repos: int = 4,
         home_path: Path | None = None,
+        home_settings: dict[str, Any] | None = None,
         postgres: Postgres | None = None,
         project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
@@ -147,6 +148,7 @@ class Rehearsal:
         self.home_gb, self.db_gb = sizes
         self.home_repos = home_repos
         self.home_path = home_path  # an existing home for the rsync strategy (the benchmark's); else one is built
+        self.home_settings = home_settings or {}  # more of the rsync home's settings (locked_pass_parallel)
         self.postgres = postgres
         self.bitbucket_home: BitbucketHome | None = None
         self.logs = LogCapture()
@@ -272,6 +274,7 @@ class Rehearsal:
                 owner=pwd.getpwuid(os.getuid()).pw_name,  # Bitbucket's user on a real host
                 home_path=str(self.home_path),
                 staging_path=str(self.host.root / "staging"),
+                **self.home_settings,
             )
         if database["strategy"] == "postgresql":
             if self.postgres is None:

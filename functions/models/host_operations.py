@@ -139,10 +139,12 @@ OPERATIONS: dict[str, Operation] = {
                 _p("staging", _PATH, "The staging directory (created 0700)"),
                 _p("excludes", rf"{_EXCLUDE}(?:\|{_EXCLUDE})*", "Extra rsync excludes, separated by |", optional_=True),
                 _p("excludeRepos", r"[0-9]{1,12}(?:,[0-9]{1,12})*", "Repository ids left out", optional_=True),
+                _p("parallel", r"[1-9][0-9]?", "rsyncs over shards of the repositories", optional_=True),
                 *_PROGRESS,
             ),
             _PROGRESS_LINES
             + """args=(--home '{{ home }}' --staging '{{ staging }}')
+[ -z '{{ parallel }}' ] || args+=(--parallel '{{ parallel }}')
 IFS='|' read -r -a list <<< '{{ excludes }}'
 for e in "${list[@]}"; do args+=(--exclude "$e"); done
 IFS=',' read -r -a list <<< '{{ excludeRepos }}'

@@ -87,6 +87,9 @@ class RsyncHomeConfig(Strict):
     # The user Bitbucket runs as: a restored home is chowned to it (Atlassian's installer creates atlbitbucket).
     owner: str = Field(default="atlbitbucket", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+    # The locked pass: rsyncs over shards of the repositories, beside one for the rest of the home (1: one rsync).
+    # The live pass stays one rsync, so as not to load a host Bitbucket is serving from.
+    locked_pass_parallel: int = Field(default=1, ge=1, le=32)
 
     @model_validator(mode="after")
     def _separate(self) -> RsyncHomeConfig:

@@ -267,9 +267,10 @@ class RsyncStrategy(HostCopyStrategy):
     def instance_id(self) -> str:
         return self.config.instance_id
 
-    def _rsync(self, step: str, backup_id: str) -> list[HostCommand]:
+    def _rsync(self, step: str, backup_id: str, parallel: int = 1) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
+            "parallel": str(parallel),
             "home": cfg.home_path,
             "staging": cfg.staging_path,
             "excludes": "|".join(cfg.excludes),
@@ -285,7 +286,7 @@ class RsyncStrategy(HostCopyStrategy):
         return self._rsync("prepare home: rsync (live)", backup_id)
 
     def copy(self, backup_id: str) -> list[HostCommand]:
-        return self._rsync("copy home: rsync (locked)", backup_id)
+        return self._rsync("copy home: rsync (locked)", backup_id, self.config.locked_pass_parallel)
 
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         return {"staging": self.config.staging_path, "removeDump": "false"}

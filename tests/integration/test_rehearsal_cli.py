@@ -85,15 +85,28 @@ def test_rehearsal_refuses_nonsense_arguments(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.long
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    return {
+        str(p.relative_to(root)): (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")
+    }
+
+
 def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) -> None:
     """`make demo DEMO_ARGS="--home-strategy rsync --db-strategy postgresql"`: the host script copies a real git home
-    and dumps a PostgreSQL the rehearsal starts; the summary lists the archives; the restore extracts them."""
+    (here one the user names, with the locked pass sharded) and dumps a PostgreSQL the rehearsal starts; the summary
+    lists the archives; the restore extracts them; the user's home is only read."""
+    from rehearsal.hostworld import build_home
+
+    home = build_home(tmp_path / "their-home", range(1, 7)).root
+    before = _tree(home)
     code, output, summary = _run(
-        ["--home-strategy", "rsync", "--db-strategy", "postgresql", "--drain-seconds", "0.1", "--poll-interval", "0"],
+        ["--home-strategy", "rsync", "--db-strategy", "postgresql", "--drain-seconds", "0.1", "--poll-interval", "0",
+         "--home-path", str(home), "--locked-pass-parallel", "3"],
         "admin",
         tmp_path,
-    )
+    )  # fmt: skip
     assert code == 0, output
+    assert _tree(home) == before
     assert summary["status"] == "SUCCEEDED" and summary["lock_window_s"] > 0
     archives = {a["part"]: a for a in summary["archive"]}
     assert set(archives) == {"home", "database"}
@@ -111,3 +124,18 @@ def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) 
 def test_zero_downtime_with_a_host_copy_strategy_is_a_usage_error(tmp_path: Path) -> None:
     code, output, _ = _run(["--zero-downtime", "--home-strategy", "rsync"], "x", tmp_path)
     assert code == 2 and "atomic snapshots" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--home-path", "/"], "need --home-strategy rsync"),
+        (["--home-strategy", "rsync", "--home-path", "/nonexistent/home"], "no such directory"),
+        (["--home-strategy", "rsync", "--locked-pass-parallel", "0"], "from 1 to 32"),
+    ],
+)
+def test_a_home_path_or_a_parallel_locked_pass_outside_rsync_is_a_usage_error(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    code, output, _ = _run(args, "x", tmp_path)
+    assert code == 2 and said in output and "Traceback" not in output

@@ -12,6 +12,7 @@ import pytest
 
 from functions import trusted_config
 from functions.clients import aws
+from functions.models.config import InstanceConfig
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import ACCOUNT, REGION, set_fake_credentials
 from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
@@ -45,6 +46,20 @@ def moto_clients() -> Iterator[None]:
 
     with aws.clients_from(client):
         yield
+
+
+def instance_config(**extra: Any) -> InstanceConfig:
+    """A minimal valid instance (no home, an RDS database), with `extra` fields on top."""
+    return InstanceConfig.model_validate(
+        {
+            "name": "prod",
+            "base_url": "https://bitbucket.example.com",
+            "credentials_secret": "s",
+            "home": {"strategy": "none"},
+            "database": {"strategy": "amazon-rds", "instance_id": "db"},
+            **extra,
+        }
+    )
 
 
 def create_runs_table(name: str) -> None:

@@ -97,7 +97,7 @@ def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) 
     lists the archives; the restore extracts them; the user's home is only read."""
     from rehearsal.hostworld import build_home
 
-    home = build_home(tmp_path / "their-home", range(1, 7)).root
+    home = build_home(tmp_path, range(1, 7)).root
     before = _tree(home)
     code, output, summary = _run(
         ["--home-strategy", "rsync", "--db-strategy", "postgresql", "--drain-seconds", "0.1", "--poll-interval", "0",

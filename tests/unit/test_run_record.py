@@ -13,28 +13,14 @@ from moto import mock_aws
 from functions import runs
 from functions.clients import aws
 from functions.errors import BackupInProgress, PreflightFailed
-from functions.models.config import InstanceConfig
 from functions.models.environment import EXECUTION_TIMEOUT as EXECUTION_TIMEOUT_ENV
 from functions.models.timeouts import execution_timeout_seconds
-from tests.conftest import create_runs_table
+from tests.conftest import create_runs_table, instance_config
 
 TABLE = "runs"
 FIRST, SECOND = "prod-20261123-020000", "prod-20261124-020000"
 EXEC_1 = "arn:aws:states:eu-west-1:123456789012:execution:backup:first"
 EXEC_2 = "arn:aws:states:eu-west-1:123456789012:execution:backup:second"
-
-
-def instance(**extra: Any) -> InstanceConfig:
-    return InstanceConfig.model_validate(
-        {
-            "name": "prod",
-            "base_url": "https://bitbucket.example.com",
-            "credentials_secret": "s",
-            "home": {"strategy": "none"},
-            "database": {"strategy": "amazon-rds", "instance_id": "db"},
-            **extra,
-        }
-    )
 
 
 RSYNC_AND_PG = {
@@ -82,7 +68,7 @@ def locked_first_run(ttl: int = 3600) -> None:
 
 
 def test_the_record_outlives_the_state_machine_timeout() -> None:
-    config = instance()
+    config = instance_config()
     timeout = execution_timeout_seconds([config])
     assert runs.record_expiry_seconds(config) > timeout
     # The deployed timeout (a fleet's slowest instance may set it) counts when it is longer.
@@ -94,12 +80,12 @@ def test_the_record_outlives_the_state_machine_timeout() -> None:
 def test_the_timeout_counts_the_waits_on_hosts() -> None:
     # rsync's live pass (6 h) + the copy under the lock (rsync 6 h, pg_dump 2 h in parallel) + the archive (3 h),
     # on top of the drain and snapshot waits: the old expiry (drain + snapshot + 1 h) ignored all of it.
-    config = instance(**RSYNC_AND_PG)
+    config = instance_config(**RSYNC_AND_PG)
     host_waits = 6 * 3600 + 6 * 3600 + 3 * 3600
     assert execution_timeout_seconds([config]) >= config.longest_run_seconds + host_waits
     assert runs.record_expiry_seconds(config) > config.longest_run_seconds + host_waits
     # A fleet's state machine waits for its slowest instance.
-    assert execution_timeout_seconds([instance(), config]) == execution_timeout_seconds([config])
+    assert execution_timeout_seconds([instance_config(), config]) == execution_timeout_seconds([config])
 
 
 # ------------------------------------------------------------------------------------------- take-over refused

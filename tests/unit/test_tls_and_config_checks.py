@@ -12,22 +12,10 @@ from pydantic import ValidationError
 
 from functions import steps
 from functions.clients.bitbucket import Credentials
-from functions.models.config import ConfigError, InstanceConfig
+from functions.models.config import ConfigError
+from tests.conftest import instance_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _instance(**extra: Any) -> InstanceConfig:
-    return InstanceConfig.model_validate(
-        {
-            "name": "prod",
-            "base_url": "https://bitbucket.example.com",
-            "credentials_secret": "s",
-            "home": {"strategy": "none"},
-            "database": {"strategy": "amazon-rds", "instance_id": "db"},
-            **extra,
-        }
-    )
 
 
 @pytest.fixture
@@ -36,18 +24,18 @@ def no_secret_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tls_is_verified_by_default(no_secret_lookup: None) -> None:
-    assert steps.bitbucket(_instance())._session.verify is True
+    assert steps.bitbucket(instance_config())._session.verify is True
 
 
 def test_a_configured_ca_bundle_is_used(no_secret_lookup: None) -> None:
-    client = steps.bitbucket(_instance(ca_bundle="functions/certs/corp-ca.pem"))
+    client = steps.bitbucket(instance_config(ca_bundle="functions/certs/corp-ca.pem"))
     assert client._session.verify == str(ROOT / "functions" / "certs" / "corp-ca.pem")
 
 
 def test_verification_can_be_turned_off_only_with_the_loud_opt_in(no_secret_lookup: None) -> None:
     with pytest.raises(ValidationError, match=r"verify_tls is false.*insecure_connection_allowed_for_testing: true"):
-        _instance(verify_tls=False)
-    config = _instance(verify_tls=False, insecure_connection_allowed_for_testing=True)
+        instance_config(verify_tls=False)
+    config = instance_config(verify_tls=False, insecure_connection_allowed_for_testing=True)
     assert steps.bitbucket(config)._session.verify is False
     assert config.connection_warning is not None
     assert config.connection_warning.startswith("INSECURE connection to Bitbucket (TLS certificates not verified)")
@@ -55,14 +43,14 @@ def test_verification_can_be_turned_off_only_with_the_loud_opt_in(no_secret_look
 
 def test_plain_http_is_refused_without_the_opt_in() -> None:
     with pytest.raises(ValidationError, match=r"base_url 'http://bitbucket\.example\.com' is plain http"):
-        _instance(base_url="http://bitbucket.example.com")
-    allowed = _instance(base_url="http://bitbucket.example.com", insecure_connection_allowed_for_testing=True)
+        instance_config(base_url="http://bitbucket.example.com")
+    allowed = instance_config(base_url="http://bitbucket.example.com", insecure_connection_allowed_for_testing=True)
     assert allowed.connection_warning is not None and "plain http (unencrypted)" in allowed.connection_warning
 
 
 def test_a_secure_connection_has_no_warning_even_with_the_opt_in() -> None:
-    assert _instance().connection_warning is None
-    assert _instance(insecure_connection_allowed_for_testing=True).connection_warning is None
+    assert instance_config().connection_warning is None
+    assert instance_config(insecure_connection_allowed_for_testing=True).connection_warning is None
 
 
 @pytest.mark.slow

@@ -376,9 +376,9 @@ progress_end() {  # progress_end PHASE BYTES: the phase ended; 100 % is reported
 }
 
 # The measures: bytes done so far (and a percentage when the tool says it), from the running job.
-measure_rsync() {  # rsync --info=progress2 prints "  1,234,567  37%  12.34MB/s  0:00:12 (xfr#...)" lines ending in \r
+measure_rsync() {  # the newest "  1,234,567  37%  12.34MB/s  0:00:12 (xfr#...)" line of rsync --info=progress2
     local last
-    last=$(tail -c 400 -- "$WORK/rsync.out" | tr '\r' '\n' | grep -E '^ *[0-9,]+ +[0-9]+% ' | tail -n 1)
+    read -r last <"$WORK/rsync.progress" || return 1
     [[ $last =~ ^\ *([0-9,]+)\ +([0-9]+)% ]] || return 1
     echo "${BASH_REMATCH[1]//,/} ${BASH_REMATCH[2]}"
 }
@@ -853,18 +853,19 @@ cmd_rsync_home() {
         excluded_repos+=("$id")
     done
     local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
-    local pattern
+    local pattern sharded=""
+    ((parallel > 1)) && [[ -d $home/$REPOS_REL ]] && sharded=1
     # Sharded: the repositories are copied by `parallel` rsyncs of their own (below), this one copies the rest.
-    ((parallel == 1)) || [[ ! -d $home/$REPOS_REL ]] || args+=(--filter="P /$REPOS_REL/*/" --exclude="/$REPOS_REL/*/")
+    [[ -z $sharded ]] || args+=(--filter="P /$REPOS_REL/*/" --exclude="/$REPOS_REL/*/")
     for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
-    [[ -z $PROGRESS_STREAM ]] || ((parallel > 1)) || args+=(--info=progress2)  # its overall progress, lines ending in \r
+    [[ -z $PROGRESS_STREAM || -n $sharded ]] || args+=(--info=progress2)  # its overall progress, lines ending in \r
 
     local start rc=0
     start=$(now_ns)
     PRIVATE_DIR=$staging
     local -a shards=() repos=()
-    local d name i=0 n
-    if ((parallel > 1)) && [[ -d $home/$REPOS_REL ]]; then
+    local d name i=0 n progress_filter="" rsync_out="$WORK/rsync.out"
+    if [[ -n $sharded ]]; then
         # A repository's patterns: the extra excludes that are not anchored at the home (those apply anywhere).
         local -a shard_args=(-a --numeric-ids --delete --delete-excluded --stats)
         for pattern in "${user_excludes[@]}"; do
@@ -891,10 +892,22 @@ cmd_rsync_home() {
             shards+=($!)
         done
         JOB_PIDS=("${shards[@]}")
-    else
+    elif [[ -n $PROGRESS_STREAM ]]; then
+        rsync_out="$WORK/rsync.fifo"
+        # rsync writes a progress line (ended by \r) per file it moves: only the newest is kept (a million files of a
+        # first pass would otherwise leave ~75 MB here); the other lines (--stats) go on to rsync.out.
+        mkfifo -m 0600 -- "$WORK/rsync.fifo"
+        awk -v progress="$WORK/rsync.progress" -v out="$WORK/rsync.out" 'BEGIN { RS = "\r|\n" }
+            /^ *[0-9,]+ +[0-9]+% / { print > progress; close(progress); next }
+            { print > out }' <"$WORK/rsync.fifo" &
+        progress_filter=$!
         progress_start rsync "" measure_rsync
     fi
-    run_job "$WORK/rsync.out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
+    run_job "$rsync_out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
+    if [[ -n $progress_filter ]]; then
+        wait "$progress_filter" || true
+        : >>"$WORK/rsync.out"  # no line at all when rsync failed at once
+    fi
     local shard_rc
     for ((n = 0; n < ${#shards[@]}; n++)); do
         wait "${shards[n]}" || true
@@ -926,7 +939,7 @@ cmd_rsync_home() {
     local -A st=([files]=0 [regular]=0 [created]=0 [deleted]=0 [transferred]=0 [total]=0 [transferred_bytes]=0
         [literal]=0 [sent]=0)
     add_stats "$WORK/rsync.out"
-    if ((parallel > 1)) && [[ -d $home/$REPOS_REL ]]; then
+    if [[ -n $sharded ]]; then
         for ((n = 0; n < ${#shards[@]}; n++)); do add_stats "$WORK/shard.$n.out"; done
         # What no shard copied (a repository deleted from the home, or now excluded) goes, as --delete would.
         local -A copied=()

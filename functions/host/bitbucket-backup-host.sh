@@ -332,24 +332,27 @@ progress_start() {  # progress_start PHASE TOTAL MEASURE: while the phase runs, 
     (
         trap - ERR INT TERM EXIT
         set +e
-        started="" bytes="" percent=""
+        bytes="" percent=""
         while sleep "$PROGRESS_SECONDS"; do
-            if [[ -z $started ]]; then  # the stream, at the first report only: a short phase costs nothing
-                if ! progress_aws create-log-stream >/dev/null 2>"$WORK/progress.err" &&
-                    ! grep -q ResourceAlreadyExists "$WORK/progress.err"; then
-                    mv -f -- "$WORK/progress.err" "$WORK/progress.denied"
-                    exit 0
-                fi
-                started=1
-                : >"$WORK/progress.on"
-            fi
             read -r bytes percent < <("$measure" 2>/dev/null) || continue
             is_uint "$bytes" || continue
             if [[ -n $total ]] && ((total > 0)); then
                 percent=$((bytes >= total ? 100 : bytes * 100 / total))
             fi
             is_uint "${percent:-}" || percent=""
-            progress_put "$phase" "$bytes" "$total" "$percent"
+            [[ -f $WORK/progress.on ]] && { progress_put "$phase" "$bytes" "$total" "$percent"; continue; }
+            # The first report: the stream is made only when there is none (an earlier phase of the run made it),
+            # so that a phase after the first waits for one AWS CLI start, not two.
+            if progress_put "$phase" "$bytes" "$total" "$percent" 2>"$WORK/progress.err" ||
+                { grep -q ResourceNotFoundException "$WORK/progress.err" &&
+                    { progress_aws create-log-stream 2>"$WORK/progress.err" ||
+                        grep -q ResourceAlreadyExists "$WORK/progress.err"; } &&
+                    progress_put "$phase" "$bytes" "$total" "$percent" 2>"$WORK/progress.err"; }; then
+                : >"$WORK/progress.on"
+            else
+                mv -f -- "$WORK/progress.err" "$WORK/progress.denied"
+                exit 0
+            fi
         done
     ) </dev/null >/dev/null 2>&1 &
     PROGRESS_PID=$!

@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -174,36 +175,55 @@ def test_rsync_and_pg_dump_move_real_bytes_and_the_archives_restore(
     assert not list((w.r.host.root / "archive-work").iterdir())
 
 
-def test_the_hosts_report_the_long_parts_progress_to_the_stacks_log_group(copy_world: Callable[..., World]) -> None:
+def test_the_hosts_report_the_long_parts_progress_to_the_stacks_log_group(
+    copy_world: Callable[..., World], postgres: Postgres
+) -> None:
     """The whole path of a progress report: the stack's group in the functions' environment, the documents'
     parameters, the host script's reporter and the AWS CLI, into the stream `demo/<backup id>/<part>` that
-    `bitbucket-backup backup --wait` reads (bitbucket_backup_cli/host_progress.py)."""
+    `bitbucket-backup backup --wait` reads (bitbucket_backup_cli/host_progress.py). pg_dump waits for a table lock
+    held for a few seconds, so that its phase outlasts the reporter's first interval however busy the machine."""
     from bitbucket_backup_cli.host_progress import parse
+    from tests.host.test_host_script import table_locked
 
     w = copy_world()
-    assert w.r.bitbucket_home is not None
-    (w.r.bitbucket_home.root / "shared" / "big.bin").write_bytes(os.urandom(80 << 20))  # gzip takes seconds
     w.r.host.env["BITBUCKET_BACKUP_PROGRESS_SECONDS"] = "0.2"
+    held: list[threading.Thread] = []
+
+    def hold_a_table(instance_id: str, script: str) -> None:
+        if ".sh pg-dump " in script and not held:
+            locked = threading.Event()
+
+            def hold() -> None:
+                with table_locked(postgres, "repository"):
+                    locked.set()
+                    time.sleep(5)
+
+            held.append(threading.Thread(target=hold, daemon=True))
+            held[0].start()
+            assert locked.wait(30)
+
+    w.r.host.before_run.append(hold_a_table)
     result = w.r.run_backup(timeout=300)
     assert result.status == "SUCCEEDED", result.cause
-    assert result.output is not None
+    assert result.output is not None and held
     logs = w.r.client("logs")
     (group,) = [
         g["logGroupName"] for g in logs.describe_log_groups()["logGroups"] if "-HostProgress" in g["logGroupName"]
     ]
-    stream = f"demo/{result.output['backup_id']}/home"
+    stream = f"demo/{result.output['backup_id']}/database"
     deadline = time.monotonic() + 30
-    while True:  # the 100 % line is put in the background once the archive is written
+    while True:  # the 100 % line is put in the background once the dump is written
         events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
         reports = [parse(stream, e["message"], e["timestamp"], "demo") for e in events]
-        archived = [r for r in reports if r is not None and r.phase == "archive"]
-        if any(r.percent == 100 for r in archived) or time.monotonic() > deadline:
+        dumped = [r for r in reports if r is not None and r.phase == "pg_dump"]
+        if any(r.percent == 100 for r in dumped) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert None not in reports, [e["message"] for e in events]
-    assert archived[-1].percent == 100 and archived[-1].done == archived[-1].total
-    assert any(r.percent is not None and r.percent < 100 for r in archived[:-1]), "no report while tar ran"
-    assert archived[-1].total is not None and archived[-1].total >= 80 << 20  # what tar reads: the whole home
+    assert dumped and dumped[-1].percent == 100 and dumped[-1].done == dumped[-1].total
+    during = dumped[:-1]
+    assert during and all(r.percent is None and r.total is None for r in during), "no report while pg_dump ran"
+    assert all(r.done <= dumped[-1].done for r in during)
 
 
 @pytest.mark.parametrize(("home", "database"), [("rsync", "amazon-rds"), ("amazon-ebs", "postgresql")])

@@ -324,11 +324,13 @@ progress_put() {  # progress_put PHASE DONE TOTAL PERCENT (empty TOTAL/PERCENT: 
     progress_aws put-log-events --log-events "[{\"timestamp\": $(($(now_ns) / 1000000)), \"message\": \"$REPLY\"}]"
 }
 
-progress_start() {  # progress_start PHASE TOTAL MEASURE: while the phase runs, report what MEASURE prints (DONE [PERCENT])
+progress_start() {  # progress_start PHASE TOTAL MEASURE [first]: while the phase runs, report what MEASURE prints
+    # (DONE [PERCENT]). `first`: the part's first phase (rsync, pg_dump), which makes the stream before its first
+    # report; a later one (archive, upload) puts at once and makes the stream only if there is none.
     [[ -n $PROGRESS_STREAM ]] || return 0
     progress_kill
     rm -f -- "$WORK/progress.on" "$WORK/progress.denied"
-    local phase=$1 total=$2 measure=$3
+    local phase=$1 total=$2 measure=$3 first=${4:-}
     (
         trap - ERR INT TERM EXIT
         set +e
@@ -341,8 +343,10 @@ progress_start() {  # progress_start PHASE TOTAL MEASURE: while the phase runs, 
             fi
             is_uint "${percent:-}" || percent=""
             [[ -f $WORK/progress.on ]] && { progress_put "$phase" "$bytes" "$total" "$percent"; continue; }
-            # The first report: the stream is made only when there is none (an earlier phase of the run made it),
-            # so that a phase after the first waits for one AWS CLI start, not two.
+            if [[ -n $first ]]; then  # each AWS CLI start takes a second or more: the fewest before the first report
+                progress_aws create-log-stream 2>"$WORK/progress.err" || grep -q ResourceAlreadyExists "$WORK/progress.err" ||
+                    { mv -f -- "$WORK/progress.err" "$WORK/progress.denied"; exit 0; }
+            fi
             if progress_put "$phase" "$bytes" "$total" "$percent" 2>"$WORK/progress.err" ||
                 { grep -q ResourceNotFoundException "$WORK/progress.err" &&
                     { progress_aws create-log-stream 2>"$WORK/progress.err" ||
@@ -904,7 +908,7 @@ cmd_rsync_home() {
             /^ *[0-9,]+ +[0-9]+% / { print > progress; close(progress); next }
             { print > out }' <"$WORK/rsync.fifo" &
         progress_filter=$!
-        progress_start rsync "" measure_rsync
+        progress_start rsync "" measure_rsync first
     fi
     run_job "$rsync_out" "$err" rsync "${args[@]}" -- "$home/" "$staging/" || rc=$?
     if [[ -n $progress_filter ]]; then
@@ -1001,7 +1005,7 @@ cmd_pg_dump() {
     local start rc=0
     start=$(now_ns)
     PROGRESS_PATH=$partial
-    progress_start pg_dump "" measure_pg_dump
+    progress_start pg_dump "" measure_pg_dump first
     run_job "$WORK/pg_dump.out" "$err" pg_dump "${PGCONN[@]}" --dbname="${FLAG[dbname]}" --format=directory \
         --jobs="$jobs" --file="$partial" || rc=$?
     if ((rc != 0)); then

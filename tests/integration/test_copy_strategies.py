@@ -181,7 +181,7 @@ def test_the_hosts_report_the_long_parts_progress_to_the_stacks_log_group(
     """The whole path of a progress report: the stack's group in the functions' environment, the documents'
     parameters, the host script's reporter and the AWS CLI, into the stream `demo/<backup id>/<part>` that
     `bitbucket-backup backup --wait` reads (bitbucket_backup_cli/host_progress.py). pg_dump waits for a table lock
-    held for a few seconds, so that its phase outlasts the reporter's first interval however busy the machine."""
+    held for 8 s, so that its phase outlasts the reporter's first interval however busy the machine."""
     from bitbucket_backup_cli.host_progress import parse
     from tests.host.test_host_script import table_locked
 
@@ -196,7 +196,7 @@ def test_the_hosts_report_the_long_parts_progress_to_the_stacks_log_group(
             def hold() -> None:
                 with table_locked(postgres, "repository"):
                     locked.set()
-                    time.sleep(5)
+                    time.sleep(8)  # two AWS CLI starts (the stream, the first report) on a busy machine
 
             held.append(threading.Thread(target=hold, daemon=True))
             held[0].start()

@@ -797,7 +797,7 @@ add_stats() {  # add_stats FILE: add rsync --stats of FILE into the associative 
             "Literal data: "*) st[literal]=$((st[literal] + n)) ;;
             "Total bytes sent: "*) st[sent]=$((st[sent] + n)) ;;
         esac
-    done <"$1"  # rsync's progress lines never reach it (awk keeps them apart)
+    done < <(tr '\r' '\n' <"$1" | grep -E '^(Number of|Total|Literal)' || true)  # progress lines left out
 }
 
 rsync_shard() {  # rsync_shard N ARGS...: copy the repositories listed in $WORK/shard.N (one per line), in chunks

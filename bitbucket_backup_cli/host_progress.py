@@ -16,7 +16,7 @@ from typing import Any
 from bitbucket_backup_cli.aws import Aws
 from bitbucket_backup_cli.seed import filter_events
 
-PHASES = ("rsync", "pg_dump", "archive", "upload")
+PHASES = ("rsync", "pg_dump", "mysqldump", "archive", "upload")
 PARTS = ("home", "database")
 _MAX = 2**63
 
@@ -31,7 +31,7 @@ class Report:
     at: float  # epoch seconds
 
     def text(self) -> str:
-        if self.percent is None:  # pg_dump: compressed as it is written, no total is known ahead
+        if self.percent is None:  # a dump: no total is known ahead (pg_dump compresses as it writes)
             return f"{self.part}: {self.phase}, {size(self.done)} written"
         of = f" of {size(self.total)}" if self.total is not None else ""
         return f"{self.part}: {self.phase} {self.percent}% ({size(self.done)}{of})"

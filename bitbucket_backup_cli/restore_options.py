@@ -69,8 +69,8 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
         if config.database.strategy == "amazon-aurora":
             writer = args.writer_instance_id or f"{args.target_db_id}-writer"
             target["database"] = {"cluster_id": args.target_db_id, "writer_instance_id": writer}
-        elif config.database.strategy == "postgresql":
-            # An archive: the NEW database on the backed-up server, created by pg_restore on a host.
+        elif config.database.strategy in ("postgresql", "mysql"):
+            # An archive: the NEW database on the backed-up server, created from the dump on a host.
             target["database"] = {"dbname": args.target_db_id}
             if args.target_host:
                 target["database"]["host_instance_id"] = args.target_host

@@ -9,8 +9,8 @@ data point, a notice on failure (and on success with notify_on_success).
 What is checked per strategy:
 - rsync home: extracted onto the drill host (checked against the manifest by the restore), then `git fsck --full`
   on `sample_repositories` random repositories;
-- postgresql database: pg_restore'd into a new database on the backed-up server (from the drill host), which must
-  have the configured tables;
+- postgresql / mysql database: the dump restored into a new database on the backed-up server (from the drill host),
+  which must have the configured tables;
 - amazon-ebs home: new volumes from the snapshots reach `available` (they are not attached, so not fsck'ed);
 - amazon-rds / amazon-aurora: the new instance (cluster) reaches `available`; with `drill.database` the drill host
   also connects to it with those credentials and checks the tables.
@@ -31,7 +31,7 @@ from functions.models import metrics as names
 from functions.models.config import InstanceConfig
 from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
-from functions.models.part_config import EbsHomeConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import DumpedDatabaseConfig, EbsHomeConfig, MysqlDatabaseConfig, RsyncHomeConfig
 from functions.observability import bind, metrics, redact
 from functions.restore import started_by_drill
 from functions.steps import cause_text, say
@@ -93,7 +93,7 @@ def targets(config: InstanceConfig, backup_id: str) -> dict[str, Any]:
     elif database == "amazon-aurora":
         cluster = throwaway
         found["database"] = {"cluster_id": cluster, "writer_instance_id": f"{cluster[:61]}-w"}
-    elif database == "postgresql":
+    elif database in ("postgresql", "mysql"):
         found["database"] = {
             "dbname": f"drill_{config.name.replace('-', '_')}_{stamp.replace('-', '_')}",
             "host_instance_id": drill.host_instance_id,
@@ -150,10 +150,13 @@ def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> DrillChecks
 
 def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[str, Any]) -> dict[str, str | int]:
     """drill-check's connection flags for the restored database (the password stays in Secrets Manager)."""
-    if isinstance(config.database, PostgresDatabaseConfig):
+    engine: dict[str, str] = {}
+    if isinstance(config.database, DumpedDatabaseConfig):
         cfg = config.database
         secret = cfg.password_secret
         host_, port, user, dbname = part["host"], part["port"], cfg.user, part["dbname"]
+        if isinstance(cfg, MysqlDatabaseConfig):
+            engine = {"engine": "mysql"}
     elif config.drill and config.drill.database and result.get("endpoint"):
         login = config.drill.database
         secret, user, dbname = login.secret, login.user, login.dbname
@@ -161,7 +164,7 @@ def _database_login(config: InstanceConfig, part: dict[str, Any], result: dict[s
     else:
         return {}
     return {"host": host_, "port": port, "user": user, "dbname": dbname, "passwordSecret": secret,
-            "region": secret.split(":")[3]}  # fmt: skip
+            "region": secret.split(":")[3], **engine}  # fmt: skip
 
 
 def check_status(drill_plan: DrillPlan, check: DrillChecks) -> DrillChecked:

@@ -313,7 +313,8 @@ def created_lines(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     lines = []
     database = results.get("database")
     if isinstance(database, dict) and database.get("dbname"):
-        lines.append(("database", f"PostgreSQL database {database['dbname']} on {database['endpoint']}"))
+        engine = database.get("engine") or "PostgreSQL"  # a restore run before MySQL existed names none
+        lines.append(("database", f"{engine} database {database['dbname']} on {database['endpoint']}"))
     elif isinstance(database, dict):
         name = database.get("cluster_id") or database.get("instance_id")
         kind = "Aurora cluster" if database.get("cluster_id") else "RDS instance"

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,5 +310,172 @@ def table_fingerprint(pg: Postgres, dbname: str) -> dict[str, tuple[int, str]]:
     for name in names:
         row = pg.psql(f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM {name} t", dbname=dbname)
         count, digest = row.split("|")
+        result[name] = (int(count), digest)
+    return result
+
+
+# --- MySQL / MariaDB ---------------------------------------------------------------------------------------------
+
+MARIADB_SERVER = Path("/usr/sbin/mariadbd")
+MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
+MYSQL_ROOT_PASSWORD = "Ma-root-pw"
+
+MYSQL_SCHEMA = """
+SET SESSION max_recursive_iterations = 10000;
+CREATE TABLE project (
+    id int AUTO_INCREMENT PRIMARY KEY, project_key varchar(128) NOT NULL UNIQUE, name varchar(255) NOT NULL,
+    description text, project_type int NOT NULL) ENGINE=InnoDB;
+CREATE TABLE repository (
+    id int AUTO_INCREMENT PRIMARY KEY, project_id int NOT NULL, slug varchar(128) NOT NULL, name varchar(128) NOT NULL,
+    state int NOT NULL, hierarchy_id varchar(20) NOT NULL, is_forkable boolean NOT NULL, is_public boolean NOT NULL,
+    UNIQUE (project_id, slug), FOREIGN KEY (project_id) REFERENCES project(id)) ENGINE=InnoDB;
+CREATE TABLE sta_normal_user (
+    id int AUTO_INCREMENT PRIMARY KEY, name varchar(255) NOT NULL UNIQUE, email_address varchar(255),
+    locale varchar(32)) ENGINE=InnoDB;
+CREATE TABLE sta_pull_request (
+    id bigint AUTO_INCREMENT PRIMARY KEY, repository_id int NOT NULL, author_id int, title varchar(255) NOT NULL,
+    description text, from_hash char(40) NOT NULL, to_hash char(40) NOT NULL, pr_state int NOT NULL,
+    created_timestamp datetime(3) NOT NULL, payload varbinary(64),
+    FOREIGN KEY (repository_id) REFERENCES repository(id), FOREIGN KEY (author_id) REFERENCES sta_normal_user(id),
+    INDEX idx_pr_repo (repository_id)) ENGINE=InnoDB;
+CREATE VIEW sta_open_pull_requests AS SELECT * FROM sta_pull_request WHERE pr_state = 0;
+
+INSERT INTO project (project_key, name, description, project_type)
+    WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 60)
+    SELECT CONCAT('PRJ', n), CONCAT('Project ', n), IF(n % 3 = 0, NULL, CONCAT('Déscription ünïcode ', n)), n % 2
+    FROM g;
+INSERT INTO repository (project_id, slug, name, state, hierarchy_id, is_forkable, is_public)
+    WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 2500)
+    SELECT 1 + n % 60, CONCAT('repo-', n), CONCAT('Repository ', n), n % 3, LEFT(MD5(n), 20), n % 2 = 0, n % 5 = 0
+    FROM g;
+INSERT INTO sta_normal_user (name, email_address, locale)
+    WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 400)
+    SELECT CONCAT('user', n), CONCAT('user', n, '@example.com'), IF(n % 4 = 0, 'de_DE', NULL) FROM g;
+INSERT INTO sta_pull_request (repository_id, author_id, title, description, from_hash, to_hash, pr_state,
+                              created_timestamp, payload)
+    WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 6000)
+    SELECT 1 + n % 2500, 1 + n % 400, CONCAT('PR ', n, ' with \\t tab ''quoted'''), REPEAT('lorem ipsum ', n % 20),
+           CONCAT(MD5(CONCAT('f', n)), LEFT(MD5(CONCAT('x', n)), 8)), CONCAT(MD5(CONCAT('t', n)), LEFT(MD5(n), 8)),
+           n % 3, TIMESTAMP('2020-01-01 00:00:00') + INTERVAL n * 17 MINUTE, UNHEX(MD5(n))
+    FROM g;
+"""
+
+
+class MysqlUnavailable(RuntimeError):
+    """This machine cannot run the local MariaDB server (binaries missing, or it did not start)."""
+
+
+@dataclass
+class Mysql:
+    host: str
+    port: int
+    data: Path
+
+    def conn_args(self, user: str = "bitbucket") -> list[str]:
+        return ["--host", self.host, "--port", str(self.port), "--user", user]
+
+    def sql(self, sql: str, dbname: str = "", user: str = "bitbucket", password: str = APP_PASSWORD) -> str:
+        """Runs SQL with the MariaDB client (the password in its environment, as a test may); tab-separated rows."""
+        proc = subprocess.run(
+            ["mariadb", "--no-defaults", "--protocol=TCP", "-h", self.host, "-P", str(self.port), "-u", user,
+             "--batch", "--skip-column-names", "--default-character-set=utf8mb4", *([dbname] if dbname else [])],
+            input=sql,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MYSQL_PWD": password},
+            timeout=120,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"mariadb failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def root(self, sql: str) -> str:
+        return self.sql(sql, user="root", password=MYSQL_ROOT_PASSWORD)
+
+
+@contextlib.contextmanager
+def local_mysql() -> Iterator[Mysql]:
+    """A real MariaDB server on 127.0.0.1 with a Bitbucket-ish database `bitbucket` (utf8mb4_bin, as Atlassian asks)
+    that the user `bitbucket` (password APP_PASSWORD) owns, and may create `bb_%` databases (restores); stopped and
+    removed on exit."""
+    if not MARIADB_SERVER.exists() or not MARIADB_INSTALL_DB.exists():
+        raise MysqlUnavailable(f"MariaDB server not found at {MARIADB_SERVER} (make host-deps installs mariadb-server)")
+    base = Path(tempfile.mkdtemp(prefix="bbbackup-mysql-"))
+    base.chmod(0o755)
+    data, log, socket_path = base / "data", base / "server.log", base / "mysqld.sock"
+    user = ["--user=mysql"] if os.geteuid() == 0 else []
+    if user:
+        shutil.chown(base, user="mysql")
+    port = _free_port()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        init = subprocess.run(
+            [str(MARIADB_INSTALL_DB), "--no-defaults", *user, f"--datadir={data}", "--skip-test-db",
+             "--auth-root-authentication-method=normal"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise MysqlUnavailable(f"mariadb-install-db failed: {(init.stdout + init.stderr).strip()[-500:]}")
+        server = subprocess.Popen(
+            [str(MARIADB_SERVER), "--no-defaults", *user, f"--datadir={data}", f"--port={port}",
+             "--bind-address=127.0.0.1", f"--socket={socket_path}", f"--pid-file={base / 'mysqld.pid'}",
+             f"--log-error={log}", "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
+             "--innodb-flush-log-at-trx-commit=0", "--skip-name-resolve", "--max-connections=40"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            ping = subprocess.run(
+                ["mariadb-admin", "--no-defaults", f"--socket={socket_path}", "-uroot", "ping"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if ping.returncode == 0:
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise MysqlUnavailable("mariadbd did not start: " + (log.read_text()[-800:] if log.exists() else ""))
+            time.sleep(0.2)
+        setup = (
+            f"CREATE OR REPLACE USER 'root'@'127.0.0.1' IDENTIFIED BY '{MYSQL_ROOT_PASSWORD}';"
+            "GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;"
+            f"CREATE USER 'bitbucket'@'%' IDENTIFIED BY '{APP_PASSWORD.replace(chr(92), chr(92) * 2)}';"
+            "CREATE DATABASE bitbucket CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
+            "GRANT ALL ON bitbucket.* TO 'bitbucket'@'%';"
+            "GRANT ALL ON `bb\\_%`.* TO 'bitbucket'@'%';"
+        )
+        made = subprocess.run(
+            ["mariadb", "--no-defaults", f"--socket={socket_path}", "-uroot"],
+            input=setup, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise MysqlUnavailable(f"cannot set up MariaDB's users: {made.stderr.strip()}")
+        db = Mysql("127.0.0.1", port, data)
+        db.sql(MYSQL_SCHEMA, dbname="bitbucket")
+        yield db
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def mysql_fingerprint(db: Mysql, dbname: str) -> dict[str, tuple[int, str]]:
+    """Row count and an md5 of the ordered rows of every base table of the database."""
+    names = db.sql(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA = "
+        f"'{dbname}' AND TABLE_NAME <> 'bitbucket_backup_restore' ORDER BY 1"
+    ).split()
+    result = {}
+    for name in names:
+        columns = db.sql(
+            "SELECT GROUP_CONCAT(CONCAT('IFNULL(HEX(`', COLUMN_NAME, '`), ''~'')') ORDER BY ORDINAL_POSITION) FROM "
+            f"information_schema.COLUMNS WHERE TABLE_SCHEMA = '{dbname}' AND TABLE_NAME = '{name}'"
+        )
+        row = db.sql(
+            "SET SESSION group_concat_max_len = 1073741824;"  # the default 1 MB would cut the rows short
+            f"SELECT COUNT(*), MD5(GROUP_CONCAT(CONCAT_WS(',', {columns}) ORDER BY id SEPARATOR '|')) FROM `{name}`",
+            dbname=dbname,
+        )
+        count, digest = row.split("\t")
         result[name] = (int(count), digest)
     return result

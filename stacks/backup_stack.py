@@ -330,7 +330,7 @@ class BackupStack(Stack):
                 )
             ),
             copy_database=FunctionGrants(
-                (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump"))
+                (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump", "MysqlDump"))
             ),
             progress=FunctionGrants(secret),
             unlock=FunctionGrants(secret),

@@ -15,8 +15,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from functions.models.config import InstanceConfig
 from functions.models.part_config import (
     AuroraDatabaseConfig,
+    DumpedDatabaseConfig,
     EbsHomeConfig,
-    PostgresDatabaseConfig,
     RdsDatabaseConfig,
     RsyncHomeConfig,
 )
@@ -303,14 +303,14 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig], role: st
 
 
 def host_commands(stack: Stack, instances: list[InstanceConfig], documents: list[str]) -> list[iam.PolicyStatement]:
-    """Run Command on the hosts the copy-type strategies (rsync, postgresql) name, with the given documents of the
-    stack's own (never AWS-RunShellScript), and reading its results."""
+    """Run Command on the hosts the copy-type strategies (rsync, postgresql, mysql) name, with the given documents of
+    the stack's own (never AWS-RunShellScript), and reading its results."""
     hosts = sorted(
         {
             stack.format_arn(service="ec2", resource="instance", resource_name=part.instance_id)
             for i in instances
             for part in (i.home, i.database)
-            if isinstance(part, RsyncHomeConfig | PostgresDatabaseConfig)
+            if isinstance(part, RsyncHomeConfig | DumpedDatabaseConfig)
         }
     )
     return run_commands_on(stack, hosts, documents)
@@ -320,9 +320,7 @@ def cancel_host_commands(instances: list[InstanceConfig]) -> list[iam.PolicyStat
     """A failure path stops its run's host commands still running before it removes what they write: it lists the
     host's commands (finding its run's by their comment), cancels them and waits for their end. SSM's ListCommands
     and CancelCommand take no resource: the code cancels only commands of this stack's documents and this run."""
-    if not any(
-        isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, PostgresDatabaseConfig) for i in instances
-    ):
+    if not any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, DumpedDatabaseConfig) for i in instances):
         return []
     return [
         iam.PolicyStatement(

@@ -9,8 +9,8 @@ from aws_cdk import aws_iam as iam
 from functions.models.config import InstanceConfig
 from functions.models.part_config import (
     AuroraDatabaseConfig,
+    DumpedDatabaseConfig,
     EbsHomeConfig,
-    PostgresDatabaseConfig,
     RdsDatabaseConfig,
     RsyncHomeConfig,
 )
@@ -68,7 +68,7 @@ def restore_describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatemen
     actions = set()
     if any(isinstance(i.home, EbsHomeConfig) for i in instances):
         actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeVolumes"}
-    if any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, PostgresDatabaseConfig) for i in instances):
+    if any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, DumpedDatabaseConfig) for i in instances):
         # A restore onto another host checks the host's restore-target tag first (host_copy_restore._restore_host).
         actions |= {"ec2:DescribeInstances"}
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):

@@ -15,7 +15,7 @@ from functions.clients import aws
 from functions.models.config import InstanceConfig
 from rehearsal.bitbucket_simulator import BitbucketSimulator
 from rehearsal.fake_account import ACCOUNT, REGION, set_fake_credentials
-from rehearsal.hostworld import Postgres, PostgresUnavailable, local_postgres
+from rehearsal.hostworld import Mysql, MysqlUnavailable, Postgres, PostgresUnavailable, local_mysql, local_postgres
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +91,20 @@ def postgres() -> Iterator[Postgres]:
         pytest.skip(str(error))
     try:
         yield pg
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def mysql() -> Iterator[Mysql]:
+    """A real MariaDB server on 127.0.0.1 with a Bitbucket-ish database (utf8mb4_bin)."""
+    try:
+        server = local_mysql()
+        db = server.__enter__()
+    except MysqlUnavailable as error:
+        pytest.skip(str(error))
+    try:
+        yield db
     finally:
         server.__exit__(None, None, None)
 

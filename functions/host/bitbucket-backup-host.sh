@@ -29,6 +29,19 @@
 #               [--password-secret ARN [--password-secret-key K]] [--region R]
 #       Drops NAME only if its comment is exactly TEXT (a database a restore created and marked); refuses any other
 #       database. A missing database is not an error (the cleanup may run twice).
+#   mysql-dump  --host H [--port 3306] --user U --dbname D --out DIR [--password-secret ARN
+#               [--password-secret-key password]] [--region R]
+#       mysqldump --single-transaction (a consistent InnoDB snapshot, no table locks) of D into DIR/dump.sql, with
+#       D's character set and collation in DIR/charset; DIR is written under a hidden temporary name and renamed when
+#       complete. The password comes from MYSQL_PWD or the secret, as for pg-dump, and reaches the client only in a
+#       private option file (--defaults-file, mode 0600 in a 0700 directory, removed on exit): never a flag.
+#   mysql-restore --dump DIR --host H [--port 3306] --user U --dbname NEW [--comment TEXT] [--check-only]
+#               [--password-secret ARN [--password-secret-key K]] [--region R]
+#       As pg-restore: refuses an existing database; creates NEW with the dump's character set and collation, marks
+#       it with TEXT (a table bitbucket_backup_restore that mysql-drop checks; drop it once the restore is
+#       accepted), loads DIR/dump.sql (refused unless mysqldump finished it), drops NEW again if that fails.
+#   mysql-drop  --host H [--port 3306] --user U --dbname NAME --comment TEXT [--password-secret ARN ...]
+#       Drops NAME only if its bitbucket_backup_restore marker is exactly TEXT; a missing database is not an error.
 #   archive     --staging DIR [--dump DIR] --out FILE --backup-id ID --instance NAME [--bitbucket-version V]
 #               [--compressor auto|gzip|zstd] [--overwrite]
 #       One compressed tar: manifest.json at the root (format, backup id, instance, Bitbucket version, created time,
@@ -50,7 +63,7 @@
 #       aws s3api get-object into a temporary name, checked against the object's sha256 metadata if present, renamed
 #       to F when complete. An existing F is refused.
 #   drill-check [--home DIR [--sample N]] [--host H [--port 5432] --user U --dbname D --tables T1,T2,...
-#               [--password-secret ARN [--password-secret-key K]] [--region R]]
+#               [--engine postgresql|mysql] [--password-secret ARN [--password-secret-key K]] [--region R]]
 #       The restore drill's checks of a restored copy. Home: `git fsck --full` on a random sample of N (default 5)
 #       repositories of DIR/shared/data/repositories (DIR: the restored Bitbucket home); a home without repositories
 #       passes with 0 checked. Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
@@ -64,10 +77,10 @@
 #       same way.
 #   version     The script version and which tools the host has (for the workflow's validation step).
 #
-# Progress: rsync-home, pg-dump, archive and upload take --progress-group G --progress-stream S [--progress-region R].
+# Progress: rsync-home, pg-dump, mysql-dump, archive and upload take --progress-group G --progress-stream S [--progress-region R].
 # With them, every $BITBUCKET_BACKUP_PROGRESS_SECONDS seconds (default 10) a background reporter puts one line into
 # that CloudWatch Logs stream (creating it on its first report): {"progress": PHASE, "done": BYTES, "total": BYTES or
-# null, "percent": N or null}, PHASE one of rsync, pg_dump, archive, upload; and one at 100 when the phase ends, if it
+# null, "percent": N or null}, PHASE one of rsync, pg_dump, mysqldump, archive, upload; and one at 100 when the phase ends, if it
 # reported before. `bitbucket-backup backup --wait` draws its progress bar from them. Best effort and off the
 # critical path: nothing is sent before the first interval (a short locked pass sends nothing), a host whose role may
 # not write there (logs:CreateLogStream, logs:PutLogEvents) gets one warning, and the copy goes on. Numbers only:
@@ -84,7 +97,7 @@
 #    6  refused: target not empty, output exists, database exists, staging directory not created by this tool
 #    7  verification failed: checksum or size mismatch, missing/extra file, bad manifest, corrupt archive
 #    8  authentication failed: the database rejected the password, or the password secret could not be read
-#    9  restore failed: CREATE DATABASE or pg_restore failed
+#    9  restore failed: CREATE DATABASE, pg_restore or loading the MySQL dump failed
 #   10  AWS call failed (S3 upload or download)
 #   11  a required command is not installed
 #   12  unsafe: a work directory (or the installed script) belongs to another user, other users may write to it or
@@ -93,7 +106,8 @@
 # Nothing half-written ever carries a final name: dumps, archives and downloads are renamed into place only when
 # complete, and the temporary names are hidden (leading dot) and removed on failure.
 #
-# Needs: bash >= 4.4, coreutils, rsync, tar (GNU), gzip or zstd, sha256sum, pg_dump/pg_restore/psql, the AWS CLI.
+# Needs: bash >= 4.4, coreutils, rsync, tar (GNU), gzip or zstd, sha256sum, pg_dump/pg_restore/psql (PostgreSQL)
+# or mysqldump/mysql (MySQL, MariaDB: mariadb-dump/mariadb when installed), the AWS CLI.
 
 set -euo pipefail
 if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
@@ -119,6 +133,10 @@ HOME_DIR="" STAGING_DIR=""  # rsync-home's, for its shards
 JOB_PASSWORD=""  # exported as PGPASSWORD to the next job only
 CLEANUP=()       # paths removed on exit (temporary names only)
 DROP_DB=""       # a database this run created and must drop if it fails
+DROP_ENGINE=""   # postgresql or mysql: how DROP_DB is dropped
+MYSQL_CNF=""     # the private option file that carries the MySQL connection and password
+MYSQL_CLIENT="" MYSQL_DUMP=""  # mysql/mysqldump, or MariaDB's mariadb/mariadb-dump
+JOB_STDIN=""     # a file the next job reads as its standard input
 PRIVATE_DIR=""   # rsync gives the staging directory the home's mode: made private again whatever happens
 PROGRESS_PID=""  # the background progress reporter of the running phase
 PROGRESS_SECONDS=${BITBUCKET_BACKUP_PROGRESS_SECONDS:-10}
@@ -195,7 +213,13 @@ cleanup() {
     if [[ -n $DROP_DB ]]; then
         local name=$DROP_DB
         DROP_DB=""
-        if printf 'DROP DATABASE IF EXISTS :"dbname";\n' | psql_maint -v dbname="$name" >/dev/null 2>&1; then
+        local dropped=0
+        if [[ $DROP_ENGINE == mysql ]]; then
+            printf 'DROP DATABASE IF EXISTS `%s`;\n' "$name" | mysql_query >/dev/null 2>&1 && dropped=1
+        else
+            printf 'DROP DATABASE IF EXISTS :"dbname";\n' | psql_maint -v dbname="$name" >/dev/null 2>&1 && dropped=1
+        fi
+        if ((dropped)); then
             warn "dropped the partially restored database $name"
         else
             warn "could not drop the partially restored database $name"
@@ -288,7 +312,7 @@ run_job() {  # run_job OUT ERR CMD...: run one tool as a stoppable child; return
             # shellcheck disable=SC2030  # exported to this job's subshell only, on purpose
             export PGPASSWORD=$JOB_PASSWORD
         fi
-        exec "$@"
+        exec "$@" <"${JOB_STDIN:-/dev/null}"
     ) >"$out" 2>"$err" &
     JOB_PID=$!
     [[ -z $WORK ]] || printf '%s\n' "$JOB_PID" >"$WORK/job.pid"  # for the progress reporter's measures
@@ -389,7 +413,7 @@ measure_rsync() {  # the newest "  1,234,567  37%  12.34MB/s  0:00:12 (xfr#...)"
     [[ $last =~ ^\ *([0-9,]+)\ +([0-9]+)% ]] || return 1
     echo "${BASH_REMATCH[1]//,/} ${BASH_REMATCH[2]}"
 }
-measure_pg_dump() {  # what pg_dump has written (compressed: no total is known)
+measure_written() {  # what the dump has written so far (pg_dump compresses as it writes: no total is known)
     local bytes
     bytes=$(du -s -b -- "$PROGRESS_PATH" 2>/dev/null) || return 1
     echo "${bytes%%[[:space:]]*}"
@@ -535,7 +559,7 @@ parse_flags() {  # parse_flags "allowed flags" "boolean flags" ARGS...
         fi
         case $name in
             password | pgpassword | secret)
-                die 2 "passwords are never accepted on the command line: use PGPASSWORD or --password-secret ARN" ;;
+                die 2 "passwords are never accepted on the command line: use PGPASSWORD, MYSQL_PWD or --password-secret ARN" ;;
             help) usage ;;
         esac
         [[ $allowed == *" $name "* || $bools == *" $name "* ]] || die 2 "unknown flag --$name for $SUB"
@@ -709,10 +733,11 @@ compress_program() {  # $1 = gzip|zstd -> REPLY: for tar --use-compress-program
 
 # ---------------------------------------------------------------------------------------------------- postgres
 
-load_password() {  # PGPASSWORD from the environment, or the secret of --password-secret -> JOB_PASSWORD
-    # shellcheck disable=SC2031  # the caller's PGPASSWORD, moved out of our own environment
-    JOB_PASSWORD=${PGPASSWORD:-}
-    unset PGPASSWORD
+load_password() {  # [VARIABLE]: $VARIABLE (default PGPASSWORD) or the secret of --password-secret -> JOB_PASSWORD
+    local variable=${1:-PGPASSWORD}
+    # shellcheck disable=SC2031  # the caller's password, moved out of our own environment
+    JOB_PASSWORD=${!variable:-}
+    unset "$variable"
     local arn=${FLAG[password-secret]:-}
     [[ -z $arn ]] && { REDACT=$JOB_PASSWORD; return 0; }
     need aws
@@ -765,12 +790,85 @@ check_dbname() {
         die 2 "--dbname must be a database name, not a connection string (passwords go through PGPASSWORD or --password-secret)"
 }
 
+# MySQL and MariaDB: the connection and the password travel in a private option file, never as flags.
+mysql_tools() {  # [dump] -> MYSQL_CLIENT (and MYSQL_DUMP): MariaDB's own names where installed, else MySQL's
+    MYSQL_CLIENT=mysql MYSQL_DUMP=mysqldump
+    command -v mariadb >/dev/null 2>&1 && MYSQL_CLIENT=mariadb
+    command -v mariadb-dump >/dev/null 2>&1 && MYSQL_DUMP=mariadb-dump
+    need "$MYSQL_CLIENT"
+    [[ ${1:-} != dump ]] || need "$MYSQL_DUMP"
+}
+
+check_mysql_name() {  # database names are interpolated into SQL: plain characters only
+    [[ $1 =~ ^[A-Za-z0-9_$-]{1,64}$ ]] || die 2 "--dbname must be a plain MySQL database name (letters, digits, _ \$ -)"
+}
+
+mycnf_value() {  # $1 -> REPLY: a double-quoted option-file value (\\ \" \n \r \t escaped)
+    local v=${1//\\/\\\\}
+    v=${v//\"/\\\"}
+    v=${v//$'\n'/\\n}
+    v=${v//$'\r'/\\r}
+    v=${v//$'\t'/\\t}
+    REPLY="\"$v\""
+}
+
+mysql_conn() {  # after load_password MYSQL_PWD: write the option file, forget the password but for redaction
+    local port=${FLAG[port]:-3306}
+    is_uint "$port" || die 2 "--port must be a number"
+    MYSQL_CNF="$WORK/client.cnf"
+    {
+        printf '[client]\nprotocol=TCP\nport=%s\n' "$port"
+        mycnf_value "${FLAG[host]}"
+        printf 'host=%s\n' "$REPLY"
+        mycnf_value "${FLAG[user]}"
+        printf 'user=%s\n' "$REPLY"
+        if [[ -n $JOB_PASSWORD ]]; then
+            mycnf_value "$JOB_PASSWORD"
+            printf 'password=%s\n' "$REPLY"
+        fi
+    } >"$MYSQL_CNF"
+    JOB_PASSWORD=""  # not exported to any job: the option file carries it
+}
+
+mysql_query() {  # the MySQL client on the option file's server, SQL on stdin, tab-separated rows out
+    "$MYSQL_CLIENT" --defaults-file="$MYSQL_CNF" --batch --skip-column-names --default-character-set=utf8mb4 "$@"
+}
+
+mysql_auth_failed() {  # does the file (mysql/mysqldump stderr) say the password was wrong or missing?
+    local text=""
+    [[ -f $1 ]] && text=$(<"$1")
+    [[ $text == *"ERROR 1045"* || $text == *"Error: 1045"* || $text == *"(using password: "* ]]
+}
+
+mysql_error() {  # $1 = the client's stderr -> REPLY: its last ERROR line (it echoes the statement around it)
+    local -a lines=()
+    local i
+    [[ -f $1 ]] && mapfile -t lines <"$1"
+    for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
+        if [[ ${lines[i]} == ERROR* || ${lines[i]} == *": Got error"* || ${lines[i]} == *"Couldn't execute"* ]]; then
+            oneline "${lines[i]}"
+            return 0
+        fi
+    done
+    tail_of "$1"
+}
+
+mysql_exists() {  # $1 = database -> REPLY: 1 if it exists, empty if not; dies 8 or 5 when the server says no
+    local err="$WORK/exists.err"
+    if ! REPLY=$(printf "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '%s';\n" "$1" |
+        mysql_query 2>"$err"); then
+        mysql_error "$err"
+        mysql_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} on ${FLAG[host]}:${FLAG[port]:-3306} (wrong or missing password): $REPLY"
+        die 5 "cannot query the server ${FLAG[host]}:${FLAG[port]:-3306}: $REPLY"
+    fi
+}
+
 # ---------------------------------------------------------------------------------------------------- subcommands
 
 cmd_version() {
     parse_flags "" "" "$@"
     local tools="" t
-    for t in bash rsync tar gzip zstd sha256sum pg_dump pg_restore psql aws; do
+    for t in bash rsync tar gzip zstd sha256sum pg_dump pg_restore psql mysqldump mysql aws; do
         if command -v "$t" >/dev/null 2>&1; then tools+="${tools:+, }\"$t\": true"; else tools+="${tools:+, }\"$t\": false"; fi
     done
     printf '{"subcommand": "version", "version": "%s", "tools": {%s}}\n' "$VERSION" "$tools"
@@ -1005,7 +1103,7 @@ cmd_pg_dump() {
     local start rc=0
     start=$(now_ns)
     PROGRESS_PATH=$partial
-    progress_start pg_dump "" measure_pg_dump first
+    progress_start pg_dump "" measure_written first
     run_job "$WORK/pg_dump.out" "$err" pg_dump "${PGCONN[@]}" --dbname="${FLAG[dbname]}" --format=directory \
         --jobs="$jobs" --file="$partial" || rc=$?
     if ((rc != 0)); then
@@ -1140,6 +1238,161 @@ cmd_pg_drop() {
     jstr "$name"
     jname=$REPLY
     printf '{"subcommand": "pg-drop", "version": "%s", "database": %s, "dropped": %s}\n' "$VERSION" "$jname" "$dropped"
+}
+
+cmd_mysql_dump() {
+    parse_flags "host port user dbname out password-secret password-secret-key region $PROGRESS_FLAGS" "" "$@"
+    require host user dbname out
+    mysql_tools dump
+    make_work
+    progress_init
+    local db=${FLAG[dbname]}
+    check_mysql_name "$db"
+    local out parent partial err="$WORK/mysqldump.err"
+    out=$(realpath -m -- "${FLAG[out]}")
+    [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
+    parent=${out%/*}
+    parent=${parent:-/}
+    safe_dir "$parent" "dump directory"
+    partial="$parent/.${out##*/}.partial.$$"
+    rm -rf -- "$partial"
+    CLEANUP+=("$partial")
+    load_password MYSQL_PWD
+    mysql_conn
+    mysql_exists "$db"
+    [[ -n $REPLY ]] || die 3 "database $db does not exist on ${FLAG[host]}:${FLAG[port]:-3306}"
+    local charset
+    if ! charset=$(printf "SELECT CONCAT(DEFAULT_CHARACTER_SET_NAME, ' ', DEFAULT_COLLATION_NAME) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '%s';\n" "$db" |
+        mysql_query 2>"$err"); then
+        mysql_error "$err"
+        die 5 "cannot read the character set of $db: $REPLY"
+    fi
+    mkdir -m 0700 -- "$partial"
+    printf '%s\n' "$charset" >"$partial/charset"
+
+    local start rc=0
+    start=$(now_ns)
+    PROGRESS_PATH=$partial
+    progress_start mysqldump "" measure_written first
+    # --single-transaction: one consistent InnoDB snapshot without locking the tables (Bitbucket's are InnoDB);
+    # no --routines/--events: Bitbucket's schema has none, and they need privileges its user need not have.
+    run_job "$WORK/mysqldump.out" "$err" "$MYSQL_DUMP" --defaults-file="$MYSQL_CNF" --single-transaction --quick \
+        --hex-blob --triggers --no-tablespaces --default-character-set=utf8mb4 --result-file="$partial/dump.sql" \
+        "$db" || rc=$?
+    if ((rc != 0)); then
+        mysql_error "$err"
+        mysql_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} on ${FLAG[host]}:${FLAG[port]:-3306} (wrong or missing password): $REPLY"
+        is_no_space "$err" && die 4 "no space left writing the dump: $REPLY"
+        die 5 "mysqldump failed (exit $rc): $REPLY"
+    fi
+    if ! sync -f -- "$partial" 2>"$err"; then
+        is_no_space "$err" && die 4 "no space left flushing the dump"
+    fi
+    mv -T -- "$partial" "$out"
+    seconds_since "$start"
+    local seconds=$REPLY bytes
+    bytes=$(du -s -b -- "$out")
+    bytes=${bytes%%$'\t'*}
+    progress_end mysqldump "$bytes"
+    local jout jdb
+    jstr "$out"
+    jout=$REPLY
+    jstr "$db"
+    jdb=$REPLY
+    printf '{"subcommand": "mysql-dump", "version": "%s", "dump": %s, "database": %s, "seconds": %s, "bytes": %s, "files": 2}\n' \
+        "$VERSION" "$jout" "$jdb" "$seconds" "$bytes"
+}
+
+MYSQL_MARKER="bitbucket_backup_restore"  # the table that marks a database a restore created
+
+cmd_mysql_restore() {
+    parse_flags "dump host port user dbname password-secret password-secret-key region comment" "check-only" "$@"
+    local check_only=${FLAG[check-only]:-}
+    if [[ -n $check_only ]]; then require host user dbname; else require dump host user dbname; fi
+    mysql_tools
+    make_work
+    local dump=${FLAG[dump]:-} name=${FLAG[dbname]} comment=${FLAG[comment]:-} err="$WORK/restore.err"
+    check_mysql_name "$name"
+    [[ -z $comment || $comment =~ ^[A-Za-z0-9\ :._/-]{1,300}$ ]] || die 2 "--comment must be plain text"
+    [[ -n $check_only || ( -d $dump && -f $dump/dump.sql ) ]] || die 3 "not a mysqldump directory (no dump.sql): $dump"
+    load_password MYSQL_PWD
+    mysql_conn
+    mysql_exists "$name"
+    [[ -z $REPLY ]] || die 6 "refusing to restore: database $name already exists"
+    if [[ -n $check_only ]]; then
+        jstr "$name"
+        printf '{"subcommand": "mysql-restore", "version": "%s", "database": %s, "check_only": true, "exists": false}\n' \
+            "$VERSION" "$REPLY"
+        return 0
+    fi
+
+    # mysqldump ends a dump it finished with this comment: a cut-off dump would restore a partial database.
+    local last=""
+    last=$(tail -c 200 -- "$dump/dump.sql" | tr -d '\r') || true
+    [[ $last == *"-- Dump completed"* ]] || die 7 "the dump is incomplete: mysqldump did not finish it"
+    local charset="utf8mb4" collation="utf8mb4_bin" line=""
+    [[ ! -f $dump/charset ]] || read -r line <"$dump/charset" || true
+    if [[ $line =~ ^([A-Za-z0-9_]{1,64})\ ([A-Za-z0-9_]{1,64})$ ]]; then
+        charset=${BASH_REMATCH[1]} collation=${BASH_REMATCH[2]}
+    fi
+    if ! printf 'CREATE DATABASE `%s` CHARACTER SET %s COLLATE %s;\n' "$name" "$charset" "$collation" |
+        mysql_query >/dev/null 2>"$err"; then
+        mysql_error "$err"
+        [[ $REPLY == *"database exists"* ]] && die 6 "refusing to restore: database $name already exists"
+        die 9 "CREATE DATABASE $name failed: $REPLY"
+    fi
+    DROP_DB=$name DROP_ENGINE=mysql
+    if [[ -n $comment ]] &&
+        ! printf "CREATE TABLE \`%s\`.\`%s\` (marker varchar(300) NOT NULL);\nINSERT INTO \`%s\`.\`%s\` VALUES ('%s');\n" \
+            "$name" "$MYSQL_MARKER" "$name" "$MYSQL_MARKER" "$comment" | mysql_query >/dev/null 2>"$err"; then
+        mysql_error "$err"
+        die 9 "cannot mark the new database $name: $REPLY"
+    fi
+
+    local start rc=0
+    start=$(now_ns)
+    JOB_STDIN="$dump/dump.sql"
+    run_job "$WORK/restore.out" "$err" "$MYSQL_CLIENT" --defaults-file="$MYSQL_CNF" --batch \
+        --default-character-set=utf8mb4 --database="$name" || rc=$?
+    JOB_STDIN=""
+    if ((rc != 0)); then
+        mysql_error "$err"
+        mysql_auth_failed "$err" && die 8 "authentication failed while loading the dump: $REPLY"
+        die 9 "loading the dump into $name failed (exit $rc): $REPLY"
+    fi
+    DROP_DB=""
+    seconds_since "$start"
+    local seconds=$REPLY jname
+    jstr "$name"
+    jname=$REPLY
+    printf '{"subcommand": "mysql-restore", "version": "%s", "database": %s, "charset": "%s", "collation": "%s", "seconds": %s}\n' \
+        "$VERSION" "$jname" "$charset" "$collation" "$seconds"
+}
+
+cmd_mysql_drop() {
+    parse_flags "host port user dbname comment password-secret password-secret-key region" "" "$@"
+    require host user dbname comment
+    mysql_tools
+    make_work
+    local name=${FLAG[dbname]} err="$WORK/drop.err" marker
+    check_mysql_name "$name"
+    load_password MYSQL_PWD
+    mysql_conn
+    mysql_exists "$name"
+    local dropped=false jname
+    if [[ -n $REPLY ]]; then
+        marker=$(printf 'SELECT marker FROM `%s`.`%s`;\n' "$name" "$MYSQL_MARKER" | mysql_query 2>"$err") ||
+            die 6 "refusing to drop $name: it was not created by this restore"
+        [[ $marker == "${FLAG[comment]}" ]] || die 6 "refusing to drop $name: it was not created by this restore"
+        if ! printf 'DROP DATABASE `%s`;\n' "$name" | mysql_query >/dev/null 2>"$err"; then
+            mysql_error "$err"
+            die 9 "DROP DATABASE $name failed: $REPLY"
+        fi
+        dropped=true
+    fi
+    jstr "$name"
+    jname=$REPLY
+    printf '{"subcommand": "mysql-drop", "version": "%s", "database": %s, "dropped": %s}\n' "$VERSION" "$jname" "$dropped"
 }
 
 cmd_archive() {
@@ -1534,7 +1787,7 @@ cmd_download() {
 }
 
 cmd_drill_check() {
-    parse_flags "home sample host port user dbname tables password-secret password-secret-key region" "" "$@"
+    parse_flags "home sample host port user dbname tables engine password-secret password-secret-key region" "" "$@"
     local home=${FLAG[home]:-} sample=${FLAG[sample]:-5}
     [[ -n $home || -n ${FLAG[dbname]:-} ]] || die 2 "nothing to check: give --home and/or --dbname"
     is_uint "$sample" || die 2 "--sample must be a number"
@@ -1565,21 +1818,47 @@ cmd_drill_check() {
     fi
     if [[ -n ${FLAG[dbname]:-} ]]; then
         require host user tables
-        need psql
-        check_dbname "${FLAG[dbname]}"
-        pg_conn_flags
-        local tables=${FLAG[tables]} err="$WORK/psql.err" found total
+        local tables=${FLAG[tables]} err="$WORK/query.err" found total engine=${FLAG[engine]:-postgresql}
         [[ $tables =~ ^[a-z_][a-z0-9_]*(,[a-z_][a-z0-9_]*)*$ ]] || die 2 "--tables must be table names separated by commas"
-        load_password
-        FLAG[maintenance-db]=${FLAG[dbname]} # psql_maint connects to it: the restored database itself
-        if ! found=$(printf "SELECT string_agg(table_name::text, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') AND table_name = ANY (string_to_array(:'wanted', ','));\n" |
-            psql_maint -v wanted="$tables" 2>"$err"); then
-            tail_of "$err"
-            pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
-            die 5 "cannot query database ${FLAG[dbname]} on ${FLAG[host]}:${FLAG[port]:-5432}: $REPLY"
+        if [[ $engine == mysql ]]; then
+            mysql_tools
+            check_mysql_name "${FLAG[dbname]}"
+            load_password MYSQL_PWD
+            mysql_conn
+            local -a all=()
+            local rows
+            if ! rows=$(printf "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA = '%s' ORDER BY 1;\n" "${FLAG[dbname]}" |
+                mysql_query 2>"$err"); then
+                mysql_error "$err"
+                mysql_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
+                die 5 "cannot query database ${FLAG[dbname]} on ${FLAG[host]}:${FLAG[port]:-3306}: $REPLY"
+            fi
+            [[ -z $rows ]] || mapfile -t all <<<"$rows"
+            local t
+            found=""
+            total=0
+            for t in "${all[@]}"; do
+                [[ $t == "$MYSQL_MARKER" ]] && continue  # the restore's marker is not Bitbucket's
+                total=$((total + 1))
+                [[ ",$tables," == *",$t,"* ]] && found+="${found:+,}$t"
+            done
+        elif [[ $engine == postgresql ]]; then
+            need psql
+            check_dbname "${FLAG[dbname]}"
+            pg_conn_flags
+            load_password
+            FLAG[maintenance-db]=${FLAG[dbname]} # psql_maint connects to it: the restored database itself
+            if ! found=$(printf "SELECT string_agg(table_name::text, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') AND table_name = ANY (string_to_array(:'wanted', ','));\n" |
+                psql_maint -v wanted="$tables" 2>"$err"); then
+                tail_of "$err"
+                pg_auth_failed "$err" && die 8 "authentication failed for user ${FLAG[user]} (wrong or missing password): $REPLY"
+                die 5 "cannot query database ${FLAG[dbname]} on ${FLAG[host]}:${FLAG[port]:-5432}: $REPLY"
+            fi
+            total=$(printf "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema');\n" |
+                psql_maint 2>"$err") || total=0
+        else
+            die 2 "--engine must be postgresql or mysql"
         fi
-        total=$(printf "SELECT count(*) FROM information_schema.tables WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema');\n" |
-            psql_maint 2>"$err") || total=0
         local -a want=() have=() missing=()
         IFS=, read -r -a want <<<"$tables"
         IFS=, read -r -a have <<<"$found"
@@ -1611,7 +1890,7 @@ cmd_workdir() {
 main() {
     (($#)) || {
         SUB=""
-        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, archive, verify, extract, upload, download, drill-check, workdir, version); see --help"
+        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, mysql-dump, mysql-restore, mysql-drop, archive, verify, extract, upload, download, drill-check, workdir, version); see --help"
     }
     SUB=$1
     shift
@@ -1620,6 +1899,9 @@ main() {
         pg-dump) cmd_pg_dump "$@" ;;
         pg-restore) cmd_pg_restore "$@" ;;
         pg-drop) cmd_pg_drop "$@" ;;
+        mysql-dump) cmd_mysql_dump "$@" ;;
+        mysql-restore) cmd_mysql_restore "$@" ;;
+        mysql-drop) cmd_mysql_drop "$@" ;;
         archive) cmd_archive "$@" ;;
         verify) cmd_verify "$@" ;;
         extract) cmd_extract "$@" ;;

@@ -419,7 +419,7 @@ class InstanceConfig(Strict):
             what
             for what, needed in (
                 ("the rsync home (git fsck)", self.home.strategy == "rsync"),
-                ("the postgresql database (tables)", self.database.strategy == "postgresql"),
+                ("the dumped database (tables)", self.database.strategy in COPY_STRATEGIES),
                 ("the restored database (drill.database)", drill.database is not None),
             )
             if needed
@@ -507,7 +507,7 @@ def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
         parts = parts[2:]
     # Discriminated unions add the chosen strategy to the location; it is noise to a reader.
     field = ".".join(
-        str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", "rsync", "postgresql", "none")
+        str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", *COPY_STRATEGIES, "none")
     )
     return f"{prefix}: {field}" if prefix and field else prefix or field or "config"
 

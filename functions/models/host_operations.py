@@ -82,9 +82,9 @@ class Operation:
 
 
 _PG = (
-    _p("host", _HOST, "PostgreSQL server address"),
-    _p("port", _PORT, "PostgreSQL server port"),
-    _p("user", _PG_NAME, "PostgreSQL user"),
+    _p("host", _HOST, "Database server address"),
+    _p("port", _PORT, "Database server port"),
+    _p("user", _PG_NAME, "Database user"),
     _p("dbname", _PG_NAME, "Database name"),
     _p("passwordSecret", _SECRET, "ARN of the Secrets Manager secret with the password (read on the host)"),
     _p("region", _REGION, "Region of the secret"),
@@ -93,6 +93,8 @@ _PG_FLAGS = (
     "--host '{{ host }}' --port '{{ port }}' --user '{{ user }}' --dbname '{{ dbname }}' "
     "--password-secret '{{ passwordSecret }}' --region '{{ region }}'"
 )
+# The dump's engine in the restore, drill and cleanup documents: PostgreSQL (the default, empty) or MySQL/MariaDB.
+_ENGINE = _p("engine", r"postgresql|mysql", "The database engine (default postgresql)", optional_=True)
 # Where the long copies report their progress (the host script's --progress-*: a CloudWatch Logs stream of the
 # stack's group, which `bitbucket-backup backup --wait` reads for its bar). Empty: not reported.
 _PROGRESS = (
@@ -168,6 +170,20 @@ HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"
 """,
         ),
         Operation(
+            "MysqlDump",
+            "mysqldump --single-transaction the Bitbucket database into the dump directory",
+            (
+                *_PG,
+                _p("dumpPath", _PATH, "Directory of the dumps (created 0700)"),
+                _p("backupId", _NAME, "The backup id (the dump's directory name)"),
+                *_PROGRESS,
+            ),
+            _PROGRESS_LINES
+            + f"""HOST_SCRIPT mysql-dump {_PG_FLAGS} \\
+  --out '{{{{ dumpPath }}}}'/'{{{{ backupId }}}}' "${{progress[@]}}"
+""",
+        ),
+        Operation(
             "ArchiveUpload",
             "Archive a part's copy (manifest of SHA-256 sums), upload it to the stack's bucket with its tags",
             (
@@ -233,30 +249,37 @@ if [ -e "$p" ] || [ -L "$p" ]; then [ -d "$p" ] && [ ! -L "$p" ] && [ -z "$(ls -
         ),
         Operation(
             "RestoreDatabase",
-            "Download a database archive into a private directory and pg_restore it into a NEW database",
+            "Download a database archive into a private directory and restore it into a NEW database",
             (
                 *_DOWNLOAD,
                 *_PG,
-                _p("jobs", r"[1-9][0-9]?", "Parallel jobs"),
+                _p("jobs", r"[1-9][0-9]?", "Parallel jobs (pg_restore)"),
                 _p("comment", r"[A-Za-z0-9 :._/-]{1,300}", "The new database's comment (the restore's marker)"),
+                _ENGINE,
             ),
             _DOWNLOAD_LINES.replace("PART", "db")
             + f"""HOST_SCRIPT extract --archive "$work/archive.tar" --target "$work/extracted"
-HOST_SCRIPT pg-restore --dump "$work/extracted/db" {_PG_FLAGS} --jobs '{{{{ jobs }}}}' --comment '{{{{ comment }}}}'
+if [ '{{{{ engine }}}}' = mysql ]; then
+  HOST_SCRIPT mysql-restore --dump "$work/extracted/db" {_PG_FLAGS} --comment '{{{{ comment }}}}'
+else
+  HOST_SCRIPT pg-restore --dump "$work/extracted/db" {_PG_FLAGS} --jobs '{{{{ jobs }}}}' --comment '{{{{ comment }}}}'
+fi
 """,
         ),
         Operation(
             "CheckTargetDatabase",
             "Check that a restore's NEW database does not exist and the credentials work (exit 6 if it exists)",
-            _PG,
-            f"""HOST_SCRIPT pg-restore --check-only {_PG_FLAGS}
+            (*_PG, _ENGINE),
+            f"""if [ '{{{{ engine }}}}' = mysql ]; then sub=mysql-restore; else sub=pg-restore; fi
+HOST_SCRIPT "$sub" --check-only {_PG_FLAGS}
 """,
         ),
         Operation(
             "DropRestoredDatabase",
-            "Drop a database only if its comment is this restore's marker",
-            (*_PG, _p("comment", r"[A-Za-z0-9 :._/-]{1,300}", "The restore's marker")),
-            f"""HOST_SCRIPT pg-drop {_PG_FLAGS} --comment '{{{{ comment }}}}'
+            "Drop a database only if it carries this restore's marker",
+            (*_PG, _p("comment", r"[A-Za-z0-9 :._/-]{1,300}", "The restore's marker"), _ENGINE),
+            f"""if [ '{{{{ engine }}}}' = mysql ]; then sub=mysql-drop; else sub=pg-drop; fi
+HOST_SCRIPT "$sub" {_PG_FLAGS} --comment '{{{{ comment }}}}'
 """,
         ),
         Operation(
@@ -284,19 +307,21 @@ if [ '{{ removeDirectory }}' = true ]; then rmdir -- '{{ path }}' 2>/dev/null ||
             (
                 _p("home", _PATH, "The restored home", optional_=True),
                 _p("sample", r"[0-9]{1,4}", "Repositories to fsck"),
-                _p("host", _HOST, "PostgreSQL server address", optional_=True),
-                _p("port", _PORT, "PostgreSQL server port", optional_=True),
-                _p("user", _PG_NAME, "PostgreSQL user", optional_=True),
+                _p("host", _HOST, "Database server address", optional_=True),
+                _p("port", _PORT, "Database server port", optional_=True),
+                _p("user", _PG_NAME, "Database user", optional_=True),
                 _p("dbname", _PG_NAME, "Database name", optional_=True),
                 _p("passwordSecret", _SECRET, "ARN of the password's secret", optional_=True),
                 _p("region", _REGION, "Region of the secret", optional_=True),
                 _p("tables", r"[a-z_][a-z0-9_]{0,62}(?:,[a-z_][a-z0-9_]{0,62})*", "Tables", optional_=True),
+                _ENGINE,
             ),
             """args=()
 [ -z '{{ home }}' ] || args+=(--home '{{ home }}' --sample '{{ sample }}')
 if [ -n '{{ dbname }}' ]; then
   args+=(--host '{{ host }}' --port '{{ port }}' --user '{{ user }}' --dbname '{{ dbname }}')
   args+=(--password-secret '{{ passwordSecret }}' --region '{{ region }}' --tables '{{ tables }}')
+  [ -z '{{ engine }}' ] || args+=(--engine '{{ engine }}')
 fi
 HOST_SCRIPT drill-check "${args[@]}"
 """,

@@ -113,21 +113,34 @@ class AuroraDatabaseConfig(Strict):
     cluster_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 
 
-class PostgresDatabaseConfig(Strict):
-    """Self-managed PostgreSQL, dumped with pg_dump -Fd -j N on an EC2 host through SSM Run Command. The password
-    is read on the host from Secrets Manager; it is never on a command line."""
+class DumpedDatabaseConfig(Strict):
+    """A self-managed database dumped on an EC2 host through SSM Run Command (postgresql, mysql). The password is
+    read on the host from Secrets Manager; it is never on a command line."""
 
-    strategy: Literal["postgresql"]
     instance_id: str = Field(pattern=EC2_INSTANCE_ID.pattern)
     host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9._:-]+$")
-    port: int = Field(default=5432, ge=1, le=65535)
+    port: int = Field(ge=1, le=65535)  # each engine's default port
     user: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
     dbname: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
     password_secret: str = Field(pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$")
-    jobs: int = Field(default=2, ge=1, le=16)
     # Where the dumps are written on the host (one directory per backup id inside it).
     dump_path: str = Field(pattern=ABS_PATH)
     command_timeout_seconds: int = Field(default=4 * 3600, ge=30, le=48 * 3600)
+
+
+class PostgresDatabaseConfig(DumpedDatabaseConfig):
+    """Self-managed PostgreSQL, dumped with pg_dump -Fd -j N."""
+
+    strategy: Literal["postgresql"]
+    port: int = Field(default=5432, ge=1, le=65535)
+    jobs: int = Field(default=2, ge=1, le=16)
+
+
+class MysqlDatabaseConfig(DumpedDatabaseConfig):
+    """Self-managed MySQL or MariaDB, dumped with mysqldump --single-transaction (one consistent InnoDB snapshot)."""
+
+    strategy: Literal["mysql"]
+    port: int = Field(default=3306, ge=1, le=65535)
 
 
 class NoDatabaseConfig(Strict):
@@ -136,12 +149,12 @@ class NoDatabaseConfig(Strict):
 
 HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
 DatabaseConfig = Annotated[
-    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | NoDatabaseConfig,
+    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | MysqlDatabaseConfig | NoDatabaseConfig,
     Field(discriminator="strategy"),
 ]
 # Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
-COPY_STRATEGIES = ("rsync", "postgresql")
+COPY_STRATEGIES = ("rsync", "postgresql", "mysql")
 # What a zero-downtime backup (no lock, no drain) may use: copies taken at one moment without Bitbucket's help.
 # A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
-# atomic. rsync copies files while git writes them, and pg_dump's snapshot is not the home snapshot's moment.
+# atomic. rsync copies files while git writes them, and a dump's snapshot is not the home snapshot's moment.
 ZERO_DOWNTIME_STRATEGIES = {"home": ("amazon-ebs", "none"), "database": ("amazon-rds", "amazon-aurora", "none")}

@@ -162,7 +162,7 @@ class RsyncPlan(ArchivePlan):
     work_path: str
 
 
-class PostgresPlan(ArchivePlan):
+class DumpPlan(ArchivePlan):
     instance_id: str
     dbname: str
     host: str
@@ -185,6 +185,7 @@ class HomeExtracted(TypedDict):
 
 
 class DatabaseLoaded(TypedDict):
+    engine: str  # PostgreSQL or MySQL, for the reader
     dbname: str
     endpoint: str
     instance_id: str

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 
 from functions.models.config import InstanceConfig
-from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import DumpedDatabaseConfig, RsyncHomeConfig
 
 # Lambda work, Step Functions retries and the waits between polls, on top of the bounded waits.
 EXECUTION_MARGIN_SECONDS = 3600
@@ -16,10 +16,10 @@ RECORD_MARGIN_SECONDS = 3600
 
 
 def longest_host_wait_seconds(config: InstanceConfig) -> int:
-    """The commands on hosts: the live rsync pass before the lock, the copy under it (rsync and pg_dump run in
+    """The commands on hosts: the live rsync pass before the lock, the copy under it (rsync and the dump run in
     parallel) and the archive after the unlock."""
     home = config.home if isinstance(config.home, RsyncHomeConfig) else None
-    database = config.database if isinstance(config.database, PostgresDatabaseConfig) else None
+    database = config.database if isinstance(config.database, DumpedDatabaseConfig) else None
     copies = [p.command_timeout_seconds for p in (home, database) if p is not None]
     if not copies:
         return 0

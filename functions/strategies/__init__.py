@@ -310,8 +310,8 @@ class SnapshotCopy(Catalog):
 
 
 class HostCopy(Catalog):
-    """A part copied on its host through Run Command (rsync, pg_dump) and archived to S3 after the unlock: each
-    method starts the host commands and returns them, for the state machine to check."""
+    """A part copied on its host through Run Command (rsync, pg_dump, mysqldump) and archived to S3 after the unlock:
+    each method starts the host commands and returns them, for the state machine to check."""
 
     @property
     @abstractmethod
@@ -419,6 +419,8 @@ def parts_for(instance: InstanceConfig) -> Parts:
         hosts["home"] = host_copy.RsyncStrategy(instance)
     if instance.database.strategy == "postgresql":
         hosts["database"] = host_copy.PostgresStrategy(instance)
+    elif instance.database.strategy == "mysql":
+        hosts["database"] = host_copy.MysqlStrategy(instance)
     elif instance.database.strategy == "amazon-rds":
         snapshots["database"] = amazon_rds.RdsStrategy(instance)
     elif instance.database.strategy == "amazon-aurora":
@@ -449,6 +451,8 @@ def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
         found["home"] = host_copy_restore.RsyncRestorer(instance)
     if instance.database.strategy == "postgresql":
         found["database"] = host_copy_restore.PostgresRestorer(instance)
+    elif instance.database.strategy == "mysql":
+        found["database"] = host_copy_restore.MysqlRestorer(instance)
     elif instance.database.strategy == "amazon-rds":
         found["database"] = amazon_rds_restore.RdsRestorer(instance)
     elif instance.database.strategy == "amazon-aurora":

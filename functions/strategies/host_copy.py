@@ -2,6 +2,7 @@
 
 - `rsync` (home): a first rsync pass while Bitbucket is live, a second one under the lock (only what changed).
 - `postgresql` (database): pg_dump -Fd -j N under the lock; the password is read on the host from Secrets Manager.
+- `mysql` (database): mysqldump --single-transaction under the lock (MySQL or MariaDB), the password likewise.
 After the unlock each part's copy is archived on its host (tar, compressed, with a manifest of SHA-256 sums) and
 uploaded to S3 with the catalog tags. The archive object is the part's artifact (kind `s3-archive`): listed,
 re-tagged, pruned and deleted by those tags like the snapshots of the other strategies.
@@ -23,7 +24,12 @@ from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
 from functions.models.config import CopyTarget
-from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import (
+    DumpedDatabaseConfig,
+    MysqlDatabaseConfig,
+    PostgresDatabaseConfig,
+    RsyncHomeConfig,
+)
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
@@ -292,12 +298,17 @@ class RsyncStrategy(HostCopyStrategy):
         return {"staging": self.config.staging_path, "removeDump": "false"}
 
 
-class PostgresStrategy(HostCopyStrategy):
+class DumpStrategy(HostCopyStrategy):
+    """A self-managed database dumped on its host under the lock (postgresql, mysql): the engines differ only by
+    their document, the tool the step names, and pg_dump's parallel jobs."""
+
     part = "database"
+    document: str  # the stack's SSM document that dumps
+    tool: str  # what the step says runs (and the host's progress phase)
 
     @property
-    def config(self) -> PostgresDatabaseConfig:
-        assert isinstance(self.instance.database, PostgresDatabaseConfig)
+    def config(self) -> DumpedDatabaseConfig:
+        assert isinstance(self.instance.database, DumpedDatabaseConfig)
         return self.instance.database
 
     @property
@@ -311,23 +322,44 @@ class PostgresStrategy(HostCopyStrategy):
         self.install()
         return []
 
+    def _engine_parameters(self) -> host.Parameters:
+        return {}
+
     def copy(self, backup_id: str) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
-            "host": cfg.host, "port": cfg.port, "user": cfg.user, "dbname": cfg.dbname, "jobs": cfg.jobs,
+            "host": cfg.host, "port": cfg.port, "user": cfg.user, "dbname": cfg.dbname,
             "dumpPath": cfg.dump_path, "backupId": backup_id, "passwordSecret": cfg.password_secret,
             # The secret's own region: the host's AWS CLI has no default region of its own on EC2.
             "region": cfg.password_secret.split(":")[3],
+            **self._engine_parameters(),
             **self.progress(backup_id),
         }  # fmt: skip
-        step = "copy database: pg_dump"
+        step = f"copy database: {self.tool}"
         timeout = cfg.command_timeout_seconds
-        return [host.start(cfg.instance_id, "PgDump", parameters, step=step, timeout=timeout, run=backup_id)]
+        return [host.start(cfg.instance_id, self.document, parameters, step=step, timeout=timeout, run=backup_id)]
 
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         # A database-only archive gets an empty home/ part (made by the document). The dump is removed once it is
         # safely in S3 (the next run dumps into a new directory anyway).
         return {"dump": self.dump_dir(backup_id), "removeDump": "true"}
+
+
+class PostgresStrategy(DumpStrategy):
+    document, tool = "PgDump", "pg_dump"
+
+    def _engine_parameters(self) -> host.Parameters:
+        assert isinstance(self.config, PostgresDatabaseConfig)
+        return {"jobs": self.config.jobs}
+
+
+class MysqlStrategy(DumpStrategy):
+    document, tool = "MysqlDump", "mysqldump"
+
+    @property
+    def config(self) -> MysqlDatabaseConfig:
+        assert isinstance(self.instance.database, MysqlDatabaseConfig)
+        return self.instance.database
 
 
 def _version(version_id: str | None) -> dict[str, str]:

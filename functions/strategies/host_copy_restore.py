@@ -1,5 +1,5 @@
-"""Restoring an archive (rsync home, pg_dump database): download it on a host through SSM, verify its SHA-256 and
-its manifest, and extract it into an empty directory or pg_restore it into a NEW database."""
+"""Restoring an archive (rsync home, pg_dump or mysqldump database): download it on a host through SSM, verify its
+SHA-256 and its manifest, and extract it into an empty directory or restore the dump into a NEW database."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from functions.clients.aws import client
 from functions.errors import HostCommandFailed, RestoreRefused
 from functions.models import environment
 from functions.models.config import InstanceConfig
-from functions.models.part_config import PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import DumpedDatabaseConfig, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import RestoreTarget
 from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
-from functions.strategies.host_copy import KIND, HostCopyStrategy, PostgresStrategy, RsyncStrategy
+from functions.strategies.host_copy import (
+    KIND,
+    DumpStrategy,
+    HostCopyStrategy,
+    MysqlStrategy,
+    PostgresStrategy,
+    RsyncStrategy,
+)
 
 # Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
 if TYPE_CHECKING:
@@ -23,14 +30,14 @@ if TYPE_CHECKING:
         ArchiveCreated,
         ArchivePlan,
         DatabaseLoaded,
+        DumpPlan,
         HomeExtracted,
-        PostgresPlan,
         RsyncPlan,
     )
     from functions.models.results import HostSummary
 
 # An archive's plan: where it is, and the host and work path it is restored on (either archive's).
-HostPlan = TypeVar("HostPlan", "RsyncPlan", "PostgresPlan")
+HostPlan = TypeVar("HostPlan", "RsyncPlan", "DumpPlan")
 
 
 # A restore's commands run at most this long (the archive's command timeout is capped by the restore's own).
@@ -191,34 +198,41 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
         return [*cancelled, f"home: removed what this restore extracted into {where}"]
 
 
-class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
+class DumpRestorer(ArchiveRestorer["DumpPlan"]):
+    """A dump (pg_dump, mysqldump) restored into a NEW database on a host through SSM; the engines differ by the
+    host script's subcommand (the documents' `engine`) and pg_restore's jobs."""
+
     part = "database"
+    engine: str  # the documents' `engine`
+    engine_name: str  # what a person reads
+    loader: str  # the host script's subcommand that restores (its summary's key)
+    dump: DumpStrategy
 
     def __init__(self, instance: InstanceConfig) -> None:
         super().__init__(instance)
-        self.postgres = PostgresStrategy(instance)
-        self.source = self.postgres
+        self.source = self.dump
 
     @property
-    def config(self) -> PostgresDatabaseConfig:
-        return self.postgres.config
+    def config(self) -> DumpedDatabaseConfig:
+        return self.dump.config
 
     target_fields = frozenset({"dbname", "host_instance_id", "host", "port"})
 
-    def _pg_flags(self, plan: PostgresPlan) -> host.Parameters:
+    def _pg_flags(self, plan: DumpPlan) -> host.Parameters:
         cfg = self.config
         return {
             "host": plan["host"], "port": plan["port"], "user": cfg.user, "dbname": plan["dbname"],
             "passwordSecret": cfg.password_secret, "region": cfg.password_secret.split(":")[3],
+            **({"engine": self.engine} if self.engine != "postgresql" else {}),
         }  # fmt: skip
 
-    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> PostgresPlan:
+    def check(self, artifacts: list[Artifact], target: RestoreTarget) -> DumpPlan:
         wanted = target.database
         assert wanted is not None
         if not wanted.dbname:
             raise RestoreRefused("validate: target.database.dbname is required: the NEW database to restore into")
         instance_id = wanted.host_instance_id or self.source.instance_id
-        plan: PostgresPlan = {
+        plan: DumpPlan = {
             **self._archive_plan(artifacts),
             "instance_id": instance_id,
             "dbname": wanted.dbname,
@@ -245,34 +259,36 @@ class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
     def _marker(execution: str) -> str:
         return f"bitbucket-backup restore {execution}"
 
-    def start(self, plan: PostgresPlan, execution: str) -> ArchiveCreated:
+    def start(self, plan: DumpPlan, execution: str) -> ArchiveCreated:
         return self._start_restore(
             plan,
             execution,
-            "restore database: download and pg_restore",
+            f"restore database: download and {self.loader}",
             "RestoreDatabase",
-            self._download(plan)
-            | self._pg_flags(plan)
-            | {"jobs": self.config.jobs, "comment": self._marker(execution)},
+            self._download(plan) | self._pg_flags(plan) | {"jobs": self._jobs(), "comment": self._marker(execution)},
         )
 
-    def _restored(self, plan: PostgresPlan, summary: HostSummary) -> DatabaseLoaded:
+    def _jobs(self) -> int:
+        return 1
+
+    def _restored(self, plan: DumpPlan, summary: HostSummary) -> DatabaseLoaded:
         return {
+            "engine": self.engine_name,
             "dbname": plan["dbname"],
             "endpoint": f"{plan['host']}:{plan['port']}",
             "instance_id": plan["instance_id"],
             "archive": f"s3://{plan['bucket']}/{plan['key']}",
-            "seconds": summary.get("pg-restore", {}).get("seconds"),
+            "seconds": summary.get(self.loader, {}).get("seconds"),
         }
 
-    def cleanup(self, plan: PostgresPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
+    def cleanup(self, plan: DumpPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
         if not isinstance(state.get("database"), dict):
             return []
         where = f"{plan['dbname']} on {plan['host']}:{plan['port']}"
-        cancelled = cancel_own("database", plan["instance_id"], execution)  # pg_restore may still run
+        cancelled = cancel_own("database", plan["instance_id"], execution)  # the load may still run
         if keep:
-            return [*cancelled, f"database: {where} (if pg_restore got that far) is kept for inspection"]
-        # pg-drop drops only a database whose comment is this execution's marker.
+            return [*cancelled, f"database: {where} (if {self.loader} got that far) is kept for inspection"]
+        # pg-drop / mysql-drop drop only a database that carries this execution's marker.
         host.run(
             plan["instance_id"],
             "DropRestoredDatabase",
@@ -280,3 +296,23 @@ class PostgresRestorer(ArchiveRestorer["PostgresPlan"]):
             step="restore cleanup: database",
         )
         return [*cancelled, f"database: dropped {where} if this restore had created it"]
+
+
+class PostgresRestorer(DumpRestorer):
+    engine, engine_name, loader = "postgresql", "PostgreSQL", "pg-restore"
+
+    def __init__(self, instance: InstanceConfig) -> None:
+        self.dump = PostgresStrategy(instance)
+        super().__init__(instance)
+
+    def _jobs(self) -> int:
+        config = self.dump.config
+        return config.jobs if isinstance(config, PostgresDatabaseConfig) else 1
+
+
+class MysqlRestorer(DumpRestorer):
+    engine, engine_name, loader = "mysql", "MySQL", "mysql-restore"
+
+    def __init__(self, instance: InstanceConfig) -> None:
+        self.dump = MysqlStrategy(instance)
+        super().__init__(instance)

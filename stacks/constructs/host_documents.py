@@ -9,7 +9,7 @@ from constructs import Construct
 
 from functions.models.config import InstanceConfig
 from functions.models.host_operations import OPERATIONS, content
-from functions.models.part_config import EbsHomeConfig, PostgresDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import DumpedDatabaseConfig, EbsHomeConfig, MysqlDatabaseConfig, RsyncHomeConfig
 
 # Which operations a kind of instance needs: a stack deploys only those (a fleet of snapshot-only instances carries
 # no copy of the host script, which keeps the template within CloudFormation's size limit).
@@ -32,8 +32,10 @@ _DRILL_HOST = ("InstallScript", "DrillCheck", "RemoveRestoredHome", "DropRestore
 def needed_operations(instances: list[InstanceConfig]) -> set[str]:
     needed: set[str] = set()
     for instance in instances:
-        if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, PostgresDatabaseConfig):
+        if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_HOST_COPY)
+        if isinstance(instance.database, MysqlDatabaseConfig):
+            needed.add("MysqlDump")
         if isinstance(instance.home, EbsHomeConfig):
             needed.update(_EBS_HOME)
         if instance.drill and instance.drill.host_instance_id:

@@ -348,6 +348,11 @@ def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
             f"Point bitbucket.properties (jdbc.url, in the shared home) at the restored {name}"
             f"{database['endpoint']}; user and password are those of the original database."
         )
+        if database.get("engine") == "MySQL":
+            steps.append(
+                f"Once the restore is accepted, drop the table bitbucket_backup_restore from {database['dbname']}: it "
+                "only marks the database as this restore's (so that a failed restore or a drill drops nothing else)."
+            )
     if home and home.get("path"):
         steps.append(
             f"Use {home['path']} on {home['instance_id']} as Bitbucket's home directory: the backup's copy is in "

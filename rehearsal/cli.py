@@ -51,10 +51,10 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--db-strategy",
-        choices=["amazon-rds", "amazon-aurora", "postgresql", "none"],
+        choices=["amazon-rds", "amazon-aurora", "postgresql", "mysql", "none"],
         default="amazon-rds",
-        help="amazon-rds / amazon-aurora (snapshots in moto) or postgresql (pg_dump of a local PostgreSQL 15 "
-        "the rehearsal starts, archived to S3)",
+        help="amazon-rds / amazon-aurora (snapshots in moto), postgresql (pg_dump of a local PostgreSQL 15 the "
+        "rehearsal starts) or mysql (mysqldump of a local MariaDB), the dumps archived to S3",
     )
     parser.add_argument(
         "--zero-downtime",
@@ -88,8 +88,8 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
 def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.home_strategy == "none" and args.db_strategy == "none":
         parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
-    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy == "postgresql"):
-        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home) or postgresql (database)")
+    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy in ("postgresql", "mysql")):
+        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home), postgresql or mysql (database)")
     if args.home_strategy != "rsync" and (args.home_path is not None or args.locked_pass_parallel != 1):
         parser.error("--home-path and --locked-pass-parallel need --home-strategy rsync")
     if args.home_path is not None and not args.home_path.is_dir():
@@ -266,6 +266,8 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
         target["database"] = {"cluster_id": "restored-demo", "writer_instance_id": "restored-demo-writer"}
     elif args.db_strategy == "postgresql":
         target["database"] = {"dbname": f"{backup_id.replace('-', '_')}_restored"}
+    elif args.db_strategy == "mysql":  # the local server lets the user create bb_* databases
+        target["database"] = {"dbname": f"bb_{backup_id.replace('-', '_')}_restored"}
     if args.home_strategy == "amazon-ebs":
         target["home"] = {"availability_zone": rehearsal.resources["zone"]}
     elif args.home_strategy == "rsync":

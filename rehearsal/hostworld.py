@@ -397,8 +397,8 @@ class Mysql:
 @contextlib.contextmanager
 def local_mysql() -> Iterator[Mysql]:
     """A real MariaDB server on 127.0.0.1 with a Bitbucket-ish database `bitbucket` (utf8mb4_bin, as Atlassian asks)
-    that the user `bitbucket` (password APP_PASSWORD) owns, and may create `bb_%` databases (restores); stopped and
-    removed on exit."""
+    that the user `bitbucket` (password APP_PASSWORD) owns, and may create `bb_%` (restores) and `drill_%` databases;
+    stopped and removed on exit."""
     if not MARIADB_SERVER.exists() or not MARIADB_INSTALL_DB.exists():
         raise MysqlUnavailable(f"MariaDB server not found at {MARIADB_SERVER} (make host-deps installs mariadb-server)")
     base = Path(tempfile.mkdtemp(prefix="bbbackup-mysql-"))
@@ -411,8 +411,9 @@ def local_mysql() -> Iterator[Mysql]:
     server: subprocess.Popen[bytes] | None = None
     try:
         init = subprocess.run(
+            # Its own --tmpdir: servers bootstrapping side by side (test workers) collide on /tmp's temporary tables.
             [str(MARIADB_INSTALL_DB), "--no-defaults", *user, f"--datadir={data}", "--skip-test-db",
-             "--auth-root-authentication-method=normal"],
+             "--auth-root-authentication-method=normal", f"--tmpdir={base}"],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if init.returncode != 0:
@@ -420,7 +421,8 @@ def local_mysql() -> Iterator[Mysql]:
         server = subprocess.Popen(
             [str(MARIADB_SERVER), "--no-defaults", *user, f"--datadir={data}", f"--port={port}",
              "--bind-address=127.0.0.1", f"--socket={socket_path}", f"--pid-file={base / 'mysqld.pid'}",
-             f"--log-error={log}", "--skip-log-bin", "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
+             f"--log-error={log}", f"--tmpdir={base}", "--skip-log-bin",
+             "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
              "--innodb-flush-log-at-trx-commit=0", "--skip-name-resolve", "--max-connections=40"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -442,6 +444,7 @@ def local_mysql() -> Iterator[Mysql]:
             "CREATE DATABASE bitbucket CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
             "GRANT ALL ON bitbucket.* TO 'bitbucket'@'%';"
             "GRANT ALL ON `bb\\_%`.* TO 'bitbucket'@'%';"
+            "GRANT ALL ON `drill\\_%`.* TO 'bitbucket'@'%';"
         )
         made = subprocess.run(
             ["mariadb", "--no-defaults", f"--socket={socket_path}", "-uroot"],

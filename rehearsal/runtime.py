@@ -30,14 +30,14 @@ from rehearsal.aws_endpoint import moto_endpoint
 from rehearsal.cfn_resolver import Resolver
 from rehearsal.deployer import Deployer
 from rehearsal.fake_account import ACCOUNT, ADMIN_KEY_ID, ADMIN_SECRET, REGION, set_fake_credentials
-from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Postgres, build_home, local_postgres
+from rehearsal.hostworld import APP_PASSWORD, BitbucketHome, Mysql, Postgres, build_home, local_mysql, local_postgres
 from rehearsal.lambda_asset import built_asset
 from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
 from rehearsal.latency import LatencyModel
 from rehearsal.local_host import LocalHost
 from rehearsal.synth import rehearsal_project_config, synth_template
 
-COPY_STRATEGIES = ("rsync", "postgresql")
+COPY_STRATEGIES = ("rsync", "postgresql", "mysql")
 STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
 # Step Functions fails an execution whose state input or output exceeds 256 KiB of UTF-8 (States.DataLimitExceeded),
 # and so does moto's interpreter (tests/integration/test_payload_limit.py); the summary says how close a run came.
@@ -118,6 +118,7 @@ class Rehearsal:
         home_path: Path | None = None,
         home_settings: dict[str, Any] | None = None,
         postgres: Postgres | None = None,
+        mysql: Mysql | None = None,
         project_overrides: dict[str, Any] | None = None,
         metrics: bool = False,
         latency_model: LatencyModel | None = None,
@@ -150,6 +151,7 @@ class Rehearsal:
         self.home_path = home_path  # an existing home for the rsync strategy (the benchmark's); else one is built
         self.home_settings = home_settings or {}  # more of the rsync home's settings (locked_pass_parallel)
         self.postgres = postgres
+        self.mysql = mysql
         self.bitbucket_home: BitbucketHome | None = None
         self.logs = LogCapture()
         self.lambda_faults: dict[str, list[Exception]] = {}
@@ -276,21 +278,28 @@ class Rehearsal:
                 staging_path=str(self.host.root / "staging"),
                 **self.home_settings,
             )
-        if database["strategy"] == "postgresql":
-            if self.postgres is None:
-                self.postgres = self._stack.enter_context(local_postgres())
+        if database["strategy"] in ("postgresql", "mysql"):
+            server: Postgres | Mysql
+            if database["strategy"] == "mysql":
+                if self.mysql is None:
+                    self.mysql = self._stack.enter_context(local_mysql())
+                server = self.mysql
+            else:
+                if self.postgres is None:
+                    self.postgres = self._stack.enter_context(local_postgres())
+                server = self.postgres
             secret = sm.create_secret(
                 Name="bitbucket/demo/db",
                 SecretString=json.dumps({"username": "bitbucket", "password": APP_PASSWORD}),
             )["ARN"]
             database.update(
                 instance_id=self._host_instance("database"),
-                host=self.postgres.host,
-                port=self.postgres.port,
+                host=server.host,
+                port=server.port,
                 password_secret=secret,
                 dump_path=str(self.host.root / "dumps"),
             )
-            self.resources["postgres"] = f"{self.postgres.host}:{self.postgres.port}"
+            self.resources[database["strategy"]] = f"{server.host}:{server.port}"
         if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
             self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
         if home["strategy"] in COPY_STRATEGIES:

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             restore.append(f"--target-path {rehearsal.host.root / 'restored-home'}")
         if args.db_strategy == "postgresql":
             restore.append("--target-db-id demo_restored")
+        elif args.db_strategy == "mysql":
+            restore.append("--target-db-id bb_demo_restored")
         if restore:
             print(f"  {cli} restore BACKUP_ID --instance demo {' '.join(restore)} --wait")
         print("Ctrl-C stops it; everything lives in memory.", flush=True)

@@ -35,9 +35,9 @@ def rehearsal_project_config(
             "staging_path": "/var/tmp/bitbucket-staging",
         }
     db_cfg: dict[str, Any] = {"strategy": "none"}
-    if database == "postgresql":
+    if database in ("postgresql", "mysql"):
         db_cfg = {
-            "strategy": "postgresql",
+            "strategy": database,
             "instance_id": "i-00000000000000000",
             "user": "bitbucket",
             "dbname": "bitbucket",

@@ -9,14 +9,19 @@ from constructs import Construct
 
 from functions.models.config import InstanceConfig
 from functions.models.host_operations import OPERATIONS, content
-from functions.models.part_config import DumpedDatabaseConfig, EbsHomeConfig, MysqlDatabaseConfig, RsyncHomeConfig
+from functions.models.part_config import (
+    DumpedDatabaseConfig,
+    EbsHomeConfig,
+    MysqlDatabaseConfig,
+    PostgresDatabaseConfig,
+    RsyncHomeConfig,
+)
 
 # Which operations a kind of instance needs: a stack deploys only those (a fleet of snapshot-only instances carries
 # no copy of the host script, which keeps the template within CloudFormation's size limit).
 _HOST_COPY = (
     "InstallScript",
     "RsyncHome",
-    "PgDump",
     "ArchiveUpload",
     "CheckTargetDirectory",
     "CheckTargetDatabase",
@@ -34,6 +39,8 @@ def needed_operations(instances: list[InstanceConfig]) -> set[str]:
     for instance in instances:
         if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_HOST_COPY)
+        if isinstance(instance.database, PostgresDatabaseConfig):
+            needed.add("PgDump")  # each engine's dump only where an instance uses it
         if isinstance(instance.database, MysqlDatabaseConfig):
             needed.add("MysqlDump")
         if isinstance(instance.home, EbsHomeConfig):

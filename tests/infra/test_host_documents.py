@@ -24,6 +24,13 @@ def copy_template() -> dict[str, Any]:
     return synth_template(rehearsal_project_config("rsync", "postgresql", drill=True))
 
 
+@pytest.fixture(scope="module")
+def mysql_template() -> dict[str, Any]:
+    """A MySQL database (mysqldump on its host) and no home."""
+    set_fake_credentials()
+    return synth_template(rehearsal_project_config("none", "mysql"))
+
+
 def documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         r["Properties"]["Name"]: r["Properties"]
@@ -62,7 +69,7 @@ def test_each_operation_has_a_document_whose_parameters_are_all_restricted(
 ) -> None:
     found = documents(copy_template if which == "copy" else template)
     # A stack deploys the operations its instances need: the host copies and the drill host, or the EBS home's.
-    expected = set(OPERATIONS) - EBS_HOME if which == "copy" else EBS_HOME
+    expected = set(OPERATIONS) - EBS_HOME - {"MysqlDump"} if which == "copy" else EBS_HOME
     assert sorted(found) == sorted(PREFIX + name for name in expected)
     for name, props in found.items():
         assert props["DocumentType"] == "Command" and props["UpdateMethod"] == "NewVersion"
@@ -133,5 +140,31 @@ def test_functions_find_the_documents_by_the_prefix_in_their_environment(copy_te
 def test_every_operation_is_deployed_where_it_is_needed_and_a_snapshot_stack_carries_no_host_script(
     copy_template: dict[str, Any], template: dict[str, Any]
 ) -> None:
-    assert {*documents(copy_template), *documents(template)} == {PREFIX + name for name in OPERATIONS}
+    assert {*documents(copy_template), *documents(template), PREFIX + "MysqlDump"} == {
+        PREFIX + name for name in OPERATIONS
+    }
     assert PREFIX + "InstallScript" not in documents(template)
+
+
+def test_a_mysql_stack_dumps_with_its_own_document_and_may_send_no_other_engines(
+    mysql_template: dict[str, Any],
+) -> None:
+    """Each engine's dump is deployed only where an instance uses it, and the copy step may send only that one; the
+    restore and drill documents pick the engine by a restricted parameter."""
+    found = documents(mysql_template)
+    assert PREFIX + "MysqlDump" in found and PREFIX + "PgDump" not in found and PREFIX + "RsyncHome" in found
+    granted = {
+        policy: sorted(r.split(":document/", 1)[1].removeprefix(PREFIX) for r in resources if ":document/" in r)
+        for policy, resources in send_command_resources(mysql_template).items()
+    }
+    (backup_database,) = [v for k, v in granted.items() if k.startswith("BackupDatabaseRole")]
+    assert backup_database == ["MysqlDump"]
+    body = "\n".join(found[PREFIX + "MysqlDump"]["Content"]["mainSteps"][0]["inputs"]["runCommand"])
+    # The password is read on the host from its secret: never a parameter, a flag or an environment variable here.
+    assert "mysql-dump --host '{{ host }}'" in body and "--password-secret '{{ passwordSecret }}'" in body
+    assert "--password " not in body and "MYSQL_PWD" not in body
+    assert [p for p in found[PREFIX + "MysqlDump"]["Content"]["parameters"] if "password" in p.lower()] == [
+        "passwordSecret"
+    ]
+    engine = OPERATIONS["RestoreDatabase"].parameter("engine")
+    assert engine.accepts("mysql") and engine.accepts("") and not engine.accepts("oracle")

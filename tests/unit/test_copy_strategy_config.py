@@ -105,3 +105,32 @@ def test_stack_creates_a_private_encrypted_versioned_archive_bucket() -> None:
         if r["Type"] == "AWS::Lambda::Function"
     ]
     assert all("ARCHIVE_BUCKET" in e for e in envs if "RUNS_TABLE" in e)
+
+
+def mysql_database(**overrides: Any) -> dict[str, Any]:
+    return {
+        "strategy": "mysql",
+        "instance_id": "i-0123456789abcdef0",
+        "user": "bitbucket",
+        "dbname": "bitbucket",
+        "password_secret": SECRET,
+        "dump_path": "/backup/dumps",
+        **overrides,
+    }
+
+
+def test_mysql_parses_with_its_own_port_and_refuses_what_only_postgresql_has() -> None:
+    config = parse_instance_config(instance(database=mysql_database()))
+    assert config.database.strategy == "mysql" and config.uses_archive
+    assert config.database.model_dump()["port"] == 3306
+    with pytest.raises(ConfigError, match=r"instance 'prod': database\.jobs"):
+        parse_project_config({"instances": [instance(database=mysql_database(jobs=2))]})
+    with pytest.raises(ConfigError, match=r"instance 'prod': database\.dbname"):
+        parse_project_config({"instances": [instance(database=mysql_database(dbname="x`; DROP"))]})
+    # A dump is not taken at the home's moment: no zero-downtime backup with it.
+    with pytest.raises(ConfigError, match="zero"):
+        parse_project_config({"instances": [instance(home={"strategy": "none"}, database=mysql_database(),
+                                                     zero_downtime=True)]})  # fmt: skip
+    # The drill checks the restored tables from a host.
+    with pytest.raises(ConfigError, match=r"drill\.host_instance_id is required to check .*the dumped database"):
+        parse_project_config({"instances": [instance(database=mysql_database(), drill={"schedule": "rate(7 days)"})]})

@@ -115,7 +115,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.4.0"
+VERSION="1.5.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1

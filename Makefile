@@ -69,7 +69,8 @@ test-prerequisites: venv cdk-cli host-deps awscli checkov lint typecheck
 test-fast: venv
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not slow" tests/unit tests/infra
 
-# What the host-script tests run for real: rsync, git, a PostgreSQL 15 and a MariaDB server (sudo only when not root).
+# What the host-script tests run for real: rsync, git, a PostgreSQL 15 and a MariaDB server, btrfs-progs (the home
+# snapshots, on a loop device); sudo only when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 host-deps:
@@ -77,6 +78,7 @@ host-deps:
 	@command -v git >/dev/null || ($(APT_INSTALL) git)
 	@test -x /usr/lib/postgresql/15/bin/initdb || ($(APT_INSTALL) postgresql-15)
 	@test -x /usr/sbin/mariadbd || ($(APT_INSTALL) mariadb-server)
+	@command -v mkfs.btrfs >/dev/null || ($(APT_INSTALL) btrfs-progs)
 
 # The AWS CLI the host script calls (S3 upload, Secrets Manager), pinned, in its own environment: its botocore pin
 # differs from boto3's. The rehearsal's hosts find it first on PATH and point it at moto on 127.0.0.1.

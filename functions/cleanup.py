@@ -75,6 +75,7 @@ def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, origi
     First, the run's host commands still running are stopped: an archive still uploading when the other part failed
     would otherwise land after this cleanup, an orphan no later run removes."""
     stop_host_commands(config, backup_id, actions)
+    discard_on_hosts(config, backup_id, actions)
     for strategy in strategies_for(config):
         for artifact in strategy.artifacts(backup_id):
             if artifact.status == COMPLETE:
@@ -115,6 +116,19 @@ def stop_host_commands(config: InstanceConfig, backup_id: str, actions: list[str
         actions.append(
             f"host commands of {backup_id} not checked ({error_code(error)}): check {', '.join(hosts)} by hand"
         )
+
+
+def discard_on_hosts(config: InstanceConfig, backup_id: str, actions: list[str]) -> None:
+    """What the run's host commands leave on a host that no later run removes (a home snapshot), once they are
+    stopped; a failure is said, and the cleanup goes on."""
+    from functions.errors import HostCommandFailed
+    from functions.strategies import parts_for
+
+    for part, copy in parts_for(config).hosts.items():
+        try:
+            actions.extend(copy.discard_on_host(backup_id))
+        except (HostCommandFailed, ClientError) as error:
+            actions.append(f"{part}: could not remove what the run left on {copy.instance_id} ({error}): check by hand")
 
 
 def unshare(config: InstanceConfig, backup_id: str) -> tuple[list[str], list[str]]:

@@ -44,10 +44,11 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--home-strategy",
-        choices=["amazon-ebs", "rsync", "none"],
+        choices=["amazon-ebs", "rsync", "btrfs", "none"],
         default="amazon-ebs",
-        help="amazon-ebs (snapshots in moto) or rsync (the host script copies a generated home of real git "
-        "repositories, then archives it to S3)",
+        help="amazon-ebs (snapshots in moto), rsync (the host script copies a generated home of real git "
+        "repositories, then archives it to S3) or btrfs (the same home on a btrfs loop device: only a snapshot "
+        "under the lock, rsync'ed after the unlock; needs root)",
     )
     parser.add_argument(
         "--db-strategy",
@@ -88,8 +89,10 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
 def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.home_strategy == "none" and args.db_strategy == "none":
         parser.error("--home-strategy and --db-strategy cannot both be none: there would be nothing to back up")
-    if args.zero_downtime and (args.home_strategy == "rsync" or args.db_strategy in ("postgresql", "mysql")):
-        parser.error("--zero-downtime needs atomic snapshots: not with rsync (home), postgresql or mysql (database)")
+    if args.zero_downtime and (args.home_strategy in ("rsync", "btrfs") or args.db_strategy in ("postgresql", "mysql")):
+        parser.error(
+            "--zero-downtime needs atomic snapshots: not with rsync or btrfs (home), postgresql or mysql (database)"
+        )
     if args.home_strategy != "rsync" and (args.home_path is not None or args.locked_pass_parallel != 1):
         parser.error("--home-path and --locked-pass-parallel need --home-strategy rsync")
     if args.home_path is not None and not args.home_path.is_dir():
@@ -270,7 +273,7 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
         target["database"] = {"dbname": f"bb_{backup_id.replace('-', '_')}_restored"}
     if args.home_strategy == "amazon-ebs":
         target["home"] = {"availability_zone": rehearsal.resources["zone"]}
-    elif args.home_strategy == "rsync":
+    elif args.home_strategy in ("rsync", "btrfs"):
         target["home"] = {"path": str(rehearsal.host.root / "restored-home")}
     print(f"\nRestoring {backup_id} into new resources …", flush=True)
     if rehearsal.logs.listener is not None:

@@ -123,7 +123,7 @@ INCLUDED = ["shared/bitbucket.properties", "plugins/installed-plugins/plugin.jar
 
 def build_home(tmp_path: Path, repo_ids: range, big_blob_repo: int | None = None) -> BitbucketHome:
     home = BitbucketHome(tmp_path / "bitbucket-home", tmp_path / "work-repos")
-    home.root.mkdir()
+    home.root.mkdir(exist_ok=True)  # a btrfs subvolume made beforehand, say
     for repo_id in repo_ids:
         home.add_repo(repo_id, big_blob=400_000 if repo_id == big_blob_repo else 0)
     for rel in EXCLUDED + INCLUDED:
@@ -482,3 +482,50 @@ def mysql_fingerprint(db: Mysql, dbname: str) -> dict[str, tuple[int, str]]:
         count, digest = row.split("\t")
         result[name] = (int(count), digest)
     return result
+
+
+# --- a btrfs file system on a loop device ----------------------------------------------------------------------
+
+
+class BtrfsUnavailable(RuntimeError):
+    """This machine cannot make a btrfs file system on a loop device (not root, no btrfs-progs, no loop device)."""
+
+
+def _root_command(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@contextlib.contextmanager
+def btrfs_volume(where: Path, size_mb: int = 1024) -> Iterator[Path]:
+    """A fresh btrfs file system in a sparse image file, mounted through a loop device at `where`/btrfs; unmounted
+    and removed on exit. Needs root (CI runs as root), btrfs-progs and the kernel's btrfs and loop support."""
+    if os.geteuid() != 0:
+        raise BtrfsUnavailable("mounting a btrfs image needs root")
+    if shutil.which("mkfs.btrfs") is None:
+        raise BtrfsUnavailable("mkfs.btrfs not found (make host-deps installs btrfs-progs)")
+    image, mount = where / "btrfs.img", where / "btrfs"
+    with image.open("wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    mount.mkdir()
+    mounted = False
+    try:
+        steps: list[list[str | Path]] = [["mkfs.btrfs", "-q", image], ["mount", "-o", "loop", image, mount]]
+        for step in steps:
+            done = _root_command(*step)
+            if done.returncode != 0:
+                raise BtrfsUnavailable(f"{step[0]} failed: {done.stderr.strip()[-300:]}")
+        mounted = True
+        yield mount
+    finally:
+        if mounted and _root_command("umount", mount).returncode != 0:
+            _root_command("umount", "-l", mount)  # a process still in it: detach now, freed when it leaves
+        image.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            mount.rmdir()
+
+
+def btrfs_subvolume(path: Path) -> Path:
+    done = _root_command("btrfs", "subvolume", "create", path)
+    if done.returncode != 0:
+        raise BtrfsUnavailable(f"btrfs subvolume create failed: {done.stderr.strip()}")
+    return path

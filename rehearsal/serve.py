@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cli} list")
         print(f"  {cli} status")
         restore = []
-        if args.home_strategy == "rsync":  # extracted on the local host, into a directory that must not exist yet
+        if args.home_strategy in (
+            "rsync",
+            "btrfs",
+        ):  # extracted on the local host, into a directory that must not exist yet
             restore.append(f"--target-path {rehearsal.host.root / 'restored-home'}")
         if args.db_strategy == "postgresql":
             restore.append("--target-db-id demo_restored")

@@ -27,13 +27,15 @@ def rehearsal_project_config(
             "volumes": ["/dev/xvdf"],
             "mount_points": [],
         }
-    elif home == "rsync":
+    elif home in ("rsync", "btrfs"):
         home_cfg = {
             "strategy": "rsync",
             "instance_id": "i-00000000000000000",
             "home_path": "/var/atlassian/application-data/bitbucket",
             "staging_path": "/var/tmp/bitbucket-staging",
         }
+        if home == "btrfs":  # rsync from a btrfs snapshot taken under the lock
+            home_cfg |= {"snapshot": "btrfs", "snapshot_path": "/var/atlassian/application-data/snapshots"}
     db_cfg: dict[str, Any] = {"strategy": "none"}
     if database in ("postgresql", "mysql"):
         db_cfg = {

@@ -316,7 +316,11 @@ class BackupStack(Stack):
         # Only the pruning step (finalize) deletes complete backups; the failure path and the safety net only what
         # is not complete (their own run's unfinished artifacts).
         stop = tuple(permissions.cancel_host_commands(instances))
-        failure = FunctionGrants((*secret, *describe, *undo(permissions.FAILURE), *archives, *stop), publishes=True)
+        # A failed run's home snapshot is removed by its failure path (only stacks with snapshots deploy the document).
+        snapshots = hosts("RemoveHomeSnapshot") if docs("RemoveHomeSnapshot") else ()
+        failure = FunctionGrants(
+            (*secret, *describe, *undo(permissions.FAILURE), *archives, *stop, *snapshots), publishes=True
+        )
         grants = BackupGrants(
             validate=FunctionGrants((*secret, *describe, *archives)),
             lock=FunctionGrants(secret),
@@ -326,7 +330,7 @@ class BackupStack(Stack):
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")),
-                    *hosts("RsyncHome"),
+                    *hosts("RsyncHome", "SnapshotHome"),
                 )
             ),
             copy_database=FunctionGrants(
@@ -336,9 +340,9 @@ class BackupStack(Stack):
             unlock=FunctionGrants(secret),
             wait_snapshots=FunctionGrants((*describe, *archives)),
             finalize=FunctionGrants((*describe, *undo(permissions.PRUNE), *archives), publishes=True),
-            prepare=FunctionGrants(hosts("InstallScript", "RsyncHome")),
+            prepare=FunctionGrants(hosts("InstallScript", "RsyncHome", "SnapshotHome")),
             check_host=FunctionGrants(hosts()),  # reads the results of what the others started
-            archive=FunctionGrants(hosts("ArchiveUpload")),
+            archive=FunctionGrants(hosts("ArchiveUpload", "ArchiveHomeSnapshot")),
             copy_regions=FunctionGrants(
                 (*describe, *copy_permissions.copy_to_regions(self, instances, bucket), *archives)
             ),

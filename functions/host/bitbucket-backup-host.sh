@@ -13,6 +13,11 @@
 #       expensive pass), once under the maintenance lock (moves only what changed). The staging directory gets a
 #       marker file (.bitbucket-backup-staging); a non-empty directory without it is refused, so a wrong path is
 #       never wiped by --delete. rsync's "some files vanished" (24) is a warning (live pass), not an error.
+#   fs-snapshot --home DIR --snapshots DIR --name NAME [--kind btrfs] [--check-only | --remove]
+#       A read-only btrfs snapshot of the home (which must be a btrfs subvolume) as DIR/NAME, on the same file system:
+#       taken in milliseconds under the lock, then copied with rsync-home --home DIR/NAME after the unlock.
+#       --check-only: only check that the home is a subvolume and the snapshots directory is usable. --remove: delete
+#       DIR/NAME if it is there (a read-only subvolume; anything else is refused). lvm and zfs are not supported.
 #   pg-dump     --host H [--port 5432] --user U --dbname D --out DIR [--jobs N] [--password-secret ARN
 #               [--password-secret-key password]] [--region R]
 #       pg_dump -Fd -j N into DIR (written as a hidden temporary directory, renamed to DIR when complete; DIR must
@@ -868,7 +873,7 @@ mysql_exists() {  # $1 = database -> REPLY: 1 if it exists, empty if not; dies 8
 cmd_version() {
     parse_flags "" "" "$@"
     local tools="" t
-    for t in bash rsync tar gzip zstd sha256sum pg_dump pg_restore psql mysqldump mysql aws; do
+    for t in bash rsync tar gzip zstd sha256sum btrfs pg_dump pg_restore psql mysqldump mysql aws; do
         if command -v "$t" >/dev/null 2>&1; then tools+="${tools:+, }\"$t\": true"; else tools+="${tools:+, }\"$t\": false"; fi
     done
     printf '{"subcommand": "version", "version": "%s", "tools": {%s}}\n' "$VERSION" "$tools"
@@ -1073,6 +1078,65 @@ cmd_rsync_home() {
     printf '"bytes_total": %s, "bytes_transferred": %s, "bytes_literal": %s, "bytes_sent": %s, ' \
         "${st[total]}" "${st[transferred_bytes]}" "${st[literal]}" "${st[sent]}"
     printf '"vanished": %s, "rsync_exit": %s, "parallel": %s, "excludes": %s}\n' "$vanished" "$rc" "$parallel" "$jexcl"
+}
+
+cmd_fs_snapshot() {
+    parse_flags "home snapshots name kind" "check-only remove" "$@"
+    require snapshots name
+    [[ -n ${FLAG[remove]:-} ]] || require home
+    local kind=${FLAG[kind]:-btrfs} name=${FLAG[name]} home snapshots target err
+    [[ $kind == btrfs ]] || die 2 "--kind must be btrfs (lvm and zfs snapshots are not supported)"
+    [[ $name =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$ ]] || die 2 "--name must be a plain name"
+    need btrfs
+    make_work
+    err="$WORK/btrfs.err"
+    snapshots=$(realpath -m -- "${FLAG[snapshots]}")
+    target="$snapshots/$name"
+    if [[ -n ${FLAG[remove]:-} ]]; then
+        local removed=false
+        if [[ -e $target || -L $target ]]; then
+            # Only a read-only subvolume (what this subcommand makes) is deleted: never a directory of someone's.
+            [[ ! -L $target ]] && btrfs subvolume show -- "$target" >/dev/null 2>&1 &&
+                [[ $(btrfs property get -ts -- "$target" ro 2>/dev/null) == "ro=true" ]] ||
+                die 6 "refusing to remove $target: not a read-only snapshot"
+            if ! btrfs subvolume delete -- "$target" >/dev/null 2>"$err"; then
+                tail_of "$err"
+                die 5 "cannot delete the snapshot $target: $REPLY"
+            fi
+            removed=true
+        fi
+        jstr "$target"
+        printf '{"subcommand": "fs-snapshot", "version": "%s", "snapshot": %s, "removed": %s}\n' "$VERSION" "$REPLY" "$removed"
+        return 0
+    fi
+    home=$(realpath -e -- "${FLAG[home]}" 2>/dev/null) || die 3 "the home does not exist: ${FLAG[home]}"
+    if ! btrfs subvolume show -- "$home" >/dev/null 2>"$err"; then
+        tail_of "$err"
+        die 6 "the home $home is not the root of a btrfs subvolume: $REPLY"
+    fi
+    safe_dir "$snapshots" "snapshots directory"
+    if [[ -n ${FLAG[check-only]:-} ]]; then
+        jstr "$home"
+        printf '{"subcommand": "fs-snapshot", "version": "%s", "home": %s, "check_only": true}\n' "$VERSION" "$REPLY"
+        return 0
+    fi
+    [[ ! -e $target && ! -L $target ]] || die 6 "the snapshot already exists: $target"
+    local start
+    start=$(now_ns)
+    if ! btrfs subvolume snapshot -r -- "$home" "$target" >/dev/null 2>"$err"; then
+        tail_of "$err"
+        [[ $REPLY == *"cross-device"* || $REPLY == *"not a btrfs filesystem"* ]] && die 6 "the snapshots directory $snapshots is not on the home's btrfs file system"
+        is_no_space "$err" && die 4 "no space left for the snapshot: $REPLY"
+        die 5 "btrfs subvolume snapshot failed: $REPLY"
+    fi
+    seconds_since "$start"
+    local seconds=$REPLY jhome jtarget
+    jstr "$home"
+    jhome=$REPLY
+    jstr "$target"
+    jtarget=$REPLY
+    printf '{"subcommand": "fs-snapshot", "version": "%s", "home": %s, "snapshot": %s, "seconds": %s}\n' \
+        "$VERSION" "$jhome" "$jtarget" "$seconds"
 }
 
 cmd_pg_dump() {
@@ -1890,12 +1954,13 @@ cmd_workdir() {
 main() {
     (($#)) || {
         SUB=""
-        die 2 "missing subcommand (rsync-home, pg-dump, pg-restore, pg-drop, mysql-dump, mysql-restore, mysql-drop, archive, verify, extract, upload, download, drill-check, workdir, version); see --help"
+        die 2 "missing subcommand (rsync-home, fs-snapshot, pg-dump, pg-restore, pg-drop, mysql-dump, mysql-restore, mysql-drop, archive, verify, extract, upload, download, drill-check, workdir, version); see --help"
     }
     SUB=$1
     shift
     case $SUB in
         rsync-home) cmd_rsync_home "$@" ;;
+        fs-snapshot) cmd_fs_snapshot "$@" ;;
         pg-dump) cmd_pg_dump "$@" ;;
         pg-restore) cmd_pg_restore "$@" ;;
         pg-drop) cmd_pg_drop "$@" ;;

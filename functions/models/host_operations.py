@@ -123,6 +123,53 @@ args=(--bucket '{{ bucket }}' --key '{{ key }}' --file "$work/archive.tar")
 HOST_SCRIPT download "${args[@]}"
 """
 
+# What an archive takes and does (ArchiveUpload; ArchiveHomeSnapshot first makes the copy from a snapshot).
+_ARCHIVE = (
+    _p("staging", _PATH, "The home's staging copy", optional_=True),
+    _p("dump", _PATH, "The database dump directory", optional_=True),
+    _p("workPath", _PATH, "Work directory for the archive (created 0700)"),
+    _p("fileName", _NAME, "The archive's file name"),
+    _p("backupId", _NAME, "The backup id"),
+    _p("instance", r"[a-z][a-z0-9-]{0,62}", "The instance name"),
+    _p("compressor", r"auto|gzip|zstd", "Compressor"),
+    _p("bitbucketVersion", r"[A-Za-z0-9._-]{1,64}", "Bitbucket's version", optional_=True),
+    _p("bucket", _BUCKET, "The archive bucket"),
+    _p("key", _KEY, "The archive's key"),
+    _p("tags", r"[A-Za-z0-9%._~+=&-]{1,2048}", "The catalog tags, URL-encoded"),
+    _p("region", _REGION, "Region of the bucket", optional_=True),
+    _p("removeDump", r"true|false", "Remove the dump once it is uploaded"),
+    *_PROGRESS,
+)
+_ARCHIVE_LINES = """HOST_SCRIPT workdir --path '{{ workPath }}'
+out='{{ workPath }}'/'{{ fileName }}'
+# A cancelled run's archive of this part (its process killed, its EXIT trap never run) goes before a new one.
+part=${out#'{{ workPath }}'/'{{ backupId }}'}
+for old in '{{ workPath }}'/'{{ instance }}'-[0-9]*-[0-9]*"$part"; do [ "$old" = "$out" ] || rm -f -- "$old"; done
+trap 'rm -f -- "$out"' EXIT
+staging='{{ staging }}'
+if [ -z "$staging" ]; then
+  # The archive format always has a home/ part: a database-only archive gets an empty one.
+  staging=$(mktemp -d '{{ workPath }}'/.empty-home.XXXXXX)
+  trap 'rm -f -- "$out"; rm -rf -- "$staging"' EXIT
+fi
+args=(--staging "$staging" --out "$out" --backup-id '{{ backupId }}' --instance '{{ instance }}')
+args+=(--compressor '{{ compressor }}' --overwrite)
+[ -z '{{ dump }}' ] || args+=(--dump '{{ dump }}')
+[ -z '{{ bitbucketVersion }}' ] || args+=(--bitbucket-version '{{ bitbucketVersion }}')
+HOST_SCRIPT archive "${args[@]}" "${progress[@]}"
+up=(--file "$out" --bucket '{{ bucket }}' --key '{{ key }}' --tags '{{ tags }}')
+[ -z '{{ region }}' ] || up+=(--region '{{ region }}')
+HOST_SCRIPT upload "${up[@]}" --sha256 "$(sha256sum < "$out" | cut -c1-64)" "${progress[@]}"
+if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump }}'; fi
+"""
+_DUMP_LINE = "[ -z '{{ dump }}' ] || args+=(--dump '{{ dump }}')\n"
+_REMOVE_DUMP_LINE = "if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump }}'; fi\n"
+assert _DUMP_LINE in _ARCHIVE_LINES and _REMOVE_DUMP_LINE in _ARCHIVE_LINES
+_EXCLUDES = (
+    _p("excludes", rf"{_EXCLUDE}(?:\|{_EXCLUDE})*", "Extra rsync excludes, separated by |", optional_=True),
+    _p("excludeRepos", r"[0-9]{1,12}(?:,[0-9]{1,12})*", "Repository ids left out", optional_=True),
+)
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
@@ -139,8 +186,7 @@ OPERATIONS: dict[str, Operation] = {
             (
                 _p("home", _PATH, "The Bitbucket home directory"),
                 _p("staging", _PATH, "The staging directory (created 0700)"),
-                _p("excludes", rf"{_EXCLUDE}(?:\|{_EXCLUDE})*", "Extra rsync excludes, separated by |", optional_=True),
-                _p("excludeRepos", r"[0-9]{1,12}(?:,[0-9]{1,12})*", "Repository ids left out", optional_=True),
+                *_EXCLUDES,
                 _p("parallel", r"[1-9][0-9]?", "rsyncs over shards of the repositories", optional_=True),
                 *_PROGRESS,
             ),
@@ -186,44 +232,55 @@ HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"
         Operation(
             "ArchiveUpload",
             "Archive a part's copy (manifest of SHA-256 sums), upload it to the stack's bucket with its tags",
+            _ARCHIVE,
+            _PROGRESS_LINES + _ARCHIVE_LINES,
+        ),
+        Operation(
+            "SnapshotHome",
+            "Take a read-only btrfs snapshot of the home (or only check that one can be taken)",
             (
-                _p("staging", _PATH, "The home's staging copy", optional_=True),
-                _p("dump", _PATH, "The database dump directory", optional_=True),
-                _p("workPath", _PATH, "Work directory for the archive (created 0700)"),
-                _p("fileName", _NAME, "The archive's file name"),
-                _p("backupId", _NAME, "The backup id"),
-                _p("instance", r"[a-z][a-z0-9-]{0,62}", "The instance name"),
-                _p("compressor", r"auto|gzip|zstd", "Compressor"),
-                _p("bitbucketVersion", r"[A-Za-z0-9._-]{1,64}", "Bitbucket's version", optional_=True),
-                _p("bucket", _BUCKET, "The archive bucket"),
-                _p("key", _KEY, "The archive's key"),
-                _p("tags", r"[A-Za-z0-9%._~+=&-]{1,2048}", "The catalog tags, URL-encoded"),
-                _p("region", _REGION, "Region of the bucket", optional_=True),
-                _p("removeDump", r"true|false", "Remove the dump once it is uploaded"),
-                *_PROGRESS,
+                _p("home", _PATH, "The Bitbucket home directory (a btrfs subvolume)"),
+                _p("snapshotPath", _PATH, "Directory of the snapshots, on the home's file system"),
+                _p("backupId", _NAME, "The backup id (the snapshot's name)"),
+                _p("checkOnly", r"true|false", "Only check"),
+            ),
+            """args=(--home '{{ home }}' --snapshots '{{ snapshotPath }}' --name '{{ backupId }}')
+[ '{{ checkOnly }}' != true ] || args+=(--check-only)
+HOST_SCRIPT fs-snapshot "${args[@]}"
+""",
+        ),
+        Operation(
+            "ArchiveHomeSnapshot",
+            "rsync the home's snapshot into the staging directory, remove the snapshot, archive and upload the copy",
+            (
+                *(p for p in _ARCHIVE if p.name not in ("dump", "removeDump", "staging")),
+                _p("staging", _PATH, "The staging directory (created 0700)"),
+                _p("snapshotPath", _PATH, "Directory of the snapshots"),
+                *_EXCLUDES,
             ),
             _PROGRESS_LINES
-            + """HOST_SCRIPT workdir --path '{{ workPath }}'
-out='{{ workPath }}'/'{{ fileName }}'
-# A cancelled run's archive of this part (its process killed, its EXIT trap never run) goes before a new one.
-part=${out#'{{ workPath }}'/'{{ backupId }}'}
-for old in '{{ workPath }}'/'{{ instance }}'-[0-9]*-[0-9]*"$part"; do [ "$old" = "$out" ] || rm -f -- "$old"; done
-trap 'rm -f -- "$out"' EXIT
-staging='{{ staging }}'
-if [ -z "$staging" ]; then
-  # The archive format always has a home/ part: a database-only archive gets an empty one.
-  staging=$(mktemp -d '{{ workPath }}'/.empty-home.XXXXXX)
-  trap 'rm -f -- "$out"; rm -rf -- "$staging"' EXIT
-fi
-args=(--staging "$staging" --out "$out" --backup-id '{{ backupId }}' --instance '{{ instance }}')
-args+=(--compressor '{{ compressor }}' --overwrite)
-[ -z '{{ dump }}' ] || args+=(--dump '{{ dump }}')
-[ -z '{{ bitbucketVersion }}' ] || args+=(--bitbucket-version '{{ bitbucketVersion }}')
-HOST_SCRIPT archive "${args[@]}" "${progress[@]}"
-up=(--file "$out" --bucket '{{ bucket }}' --key '{{ key }}' --tags '{{ tags }}')
-[ -z '{{ region }}' ] || up+=(--region '{{ region }}')
-HOST_SCRIPT upload "${up[@]}" --sha256 "$(sha256sum < "$out" | cut -c1-64)" "${progress[@]}"
-if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump }}'; fi
+            + """args=(--home '{{ snapshotPath }}'/'{{ backupId }}' --staging '{{ staging }}')
+IFS='|' read -r -a list <<< '{{ excludes }}'
+for e in "${list[@]}"; do args+=(--exclude "$e"); done
+IFS=',' read -r -a list <<< '{{ excludeRepos }}'
+for e in "${list[@]}"; do args+=(--exclude-repo "$e"); done
+# The snapshot goes as soon as it is copied, whatever the copy's outcome (a cancelled command's snapshot is removed
+# by the run's failure path).
+rc=0
+HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}" || rc=$?
+HOST_SCRIPT fs-snapshot --remove --snapshots '{{ snapshotPath }}' --name '{{ backupId }}'
+[ "$rc" = 0 ] || exit "$rc"
+"""
+            + _ARCHIVE_LINES.replace(_DUMP_LINE, "").replace(_REMOVE_DUMP_LINE, ""),
+        ),
+        Operation(
+            "RemoveHomeSnapshot",
+            "Remove a run's read-only snapshot of the home, if it is there",
+            (
+                _p("snapshotPath", _PATH, "Directory of the snapshots"),
+                _p("backupId", _NAME, "The backup id (the snapshot's name)"),
+            ),
+            """HOST_SCRIPT fs-snapshot --remove --snapshots '{{ snapshotPath }}' --name '{{ backupId }}'
 """,
         ),
         Operation(

@@ -90,12 +90,26 @@ class RsyncHomeConfig(Strict):
     # The locked pass: rsyncs over shards of the repositories, beside one for the rest of the home (1: one rsync).
     # The live pass stays one rsync, so as not to load a host Bitbucket is serving from.
     locked_pass_parallel: int = Field(default=1, ge=1, le=32)
+    # A file-system snapshot instead of the locked pass: under the lock only a read-only snapshot of the home is taken
+    # (milliseconds, whatever the number of files), in snapshot_path on the same file system; after the unlock it is
+    # rsync'ed into the staging directory and removed. btrfs only: the home must be a btrfs subvolume.
+    snapshot: Literal["btrfs"] | None = None
+    snapshot_path: str | None = Field(default=None, pattern=ABS_PATH)
 
     @model_validator(mode="after")
     def _separate(self) -> RsyncHomeConfig:
         home, staging = self.home_path.rstrip("/"), self.staging_path.rstrip("/")
         if home == staging or staging.startswith(home + "/") or home.startswith(staging + "/"):
             raise ValueError("staging_path and home_path must not contain each other")
+        if (self.snapshot is None) != (self.snapshot_path is None):
+            raise ValueError("snapshot and snapshot_path go together: the kind of snapshot and where it is made")
+        if self.snapshot_path is not None:
+            snapshots = self.snapshot_path.rstrip("/")
+            if any(p == snapshots or p.startswith(snapshots + "/") or snapshots.startswith(p + "/")
+                   for p in (home, staging)):  # fmt: skip
+                raise ValueError("snapshot_path must be outside home_path and staging_path")
+            if self.locked_pass_parallel != 1:
+                raise ValueError("locked_pass_parallel applies to the locked rsync pass, which a snapshot replaces")
         return self
 
 

@@ -330,6 +330,11 @@ class HostCopy(Catalog):
     def archive(self, backup_id: str, bitbucket_version: str | None = None) -> list[HostCommand]:
         """After the unlock: archive the copy on the host and upload it with the catalog tags."""
 
+    def discard_on_host(self, backup_id: str) -> list[str]:
+        """The failure path: removes what this run left on the host that no later run would (a snapshot); one line
+        per action. Nothing by default."""
+        return []
+
 
 # A restorer's plan of its part and what its start() created (functions/models/restore_plans.py): each restorer
 # declares its own; a caller that holds any restorer (restorer_for) passes on what the state machine handed it.

@@ -77,6 +77,9 @@ class HostCopyStrategy(HostCopy):
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
         """What the archive holds (`staging` and/or `dump`) and whether the dump is removed once uploaded."""
 
+    def _archive_document(self) -> str:
+        return "ArchiveUpload"
+
     def progress(self, backup_id: str) -> dict[str, str]:
         """Where the host reports a long copy's progress: the stack's group, one stream per run and part (read by
         `bitbucket-backup backup --wait`); nothing when the stack made no group."""
@@ -112,7 +115,7 @@ class HostCopyStrategy(HostCopy):
         return [
             host.start(
                 self.instance_id,
-                "ArchiveUpload",
+                self._archive_document(),
                 parameters,
                 step=step,
                 timeout=cfg.command_timeout_seconds,
@@ -273,29 +276,61 @@ class RsyncStrategy(HostCopyStrategy):
     def instance_id(self) -> str:
         return self.config.instance_id
 
+    def _excludes(self) -> dict[str, str]:
+        cfg = self.config
+        # Ids by now: the validate step resolved PROJECT/slug names.
+        return {"excludes": "|".join(cfg.excludes), "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos)}
+
     def _rsync(self, step: str, backup_id: str, parallel: int = 1) -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
             "parallel": str(parallel),
             "home": cfg.home_path,
             "staging": cfg.staging_path,
-            "excludes": "|".join(cfg.excludes),
-            # Ids by now: the validate step resolved PROJECT/slug names.
-            "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos),
+            **self._excludes(),
             **self.progress(backup_id),
         }
         timeout = cfg.command_timeout_seconds
         return [host.start(cfg.instance_id, "RsyncHome", parameters, step=step, timeout=timeout, run=backup_id)]
 
+    def _snapshot(self, step: str, backup_id: str, check_only: bool) -> list[HostCommand]:
+        cfg = self.config
+        assert cfg.snapshot_path is not None
+        parameters: host.Parameters = {
+            "home": cfg.home_path, "snapshotPath": cfg.snapshot_path, "backupId": backup_id,
+            "checkOnly": "true" if check_only else "false",
+        }  # fmt: skip
+        timeout = min(cfg.command_timeout_seconds, 600)  # a snapshot takes milliseconds
+        return [host.start(cfg.instance_id, "SnapshotHome", parameters, step=step, timeout=timeout, run=backup_id)]
+
     def prepare(self, backup_id: str) -> list[HostCommand]:
         self.install()
-        return self._rsync("prepare home: rsync (live)", backup_id)
+        live = self._rsync("prepare home: rsync (live)", backup_id)
+        if self.config.snapshot:  # a home that cannot be snapshotted fails here, before the lock
+            return [*live, *self._snapshot("prepare home: check the btrfs snapshot", backup_id, check_only=True)]
+        return live
 
     def copy(self, backup_id: str) -> list[HostCommand]:
+        if self.config.snapshot:
+            return self._snapshot("copy home: btrfs snapshot", backup_id, check_only=False)
         return self._rsync("copy home: rsync (locked)", backup_id, self.config.locked_pass_parallel)
 
+    def _archive_document(self) -> str:
+        return "ArchiveHomeSnapshot" if self.config.snapshot else "ArchiveUpload"
+
     def _archive_sources(self, backup_id: str) -> dict[str, str]:
+        if self.config.snapshot:
+            assert self.config.snapshot_path is not None
+            return {"staging": self.config.staging_path, "snapshotPath": self.config.snapshot_path, **self._excludes()}
         return {"staging": self.config.staging_path, "removeDump": "false"}
+
+    def discard_on_host(self, backup_id: str) -> list[str]:
+        cfg = self.config
+        if not cfg.snapshot_path:
+            return []
+        parameters: host.Parameters = {"snapshotPath": cfg.snapshot_path, "backupId": backup_id}
+        host.run(cfg.instance_id, "RemoveHomeSnapshot", parameters, step="cleanup: home snapshot", timeout=120)
+        return [f"removed the home's snapshot {cfg.snapshot_path}/{backup_id} on {cfg.instance_id} (if it was there)"]
 
 
 class DumpStrategy(HostCopyStrategy):

@@ -31,6 +31,7 @@ _HOST_COPY = (
     "DropRestoredDatabase",
 )
 _EBS_HOME = ("FlushHome", "UnfreezeHome", "MountHome")
+_HOME_SNAPSHOT = ("SnapshotHome", "ArchiveHomeSnapshot", "RemoveHomeSnapshot")
 _DRILL_HOST = ("InstallScript", "DrillCheck", "RemoveRestoredHome", "DropRestoredDatabase")
 
 
@@ -39,6 +40,8 @@ def needed_operations(instances: list[InstanceConfig]) -> set[str]:
     for instance in instances:
         if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_HOST_COPY)
+        if isinstance(instance.home, RsyncHomeConfig) and instance.home.snapshot:
+            needed.update(_HOME_SNAPSHOT)
         if isinstance(instance.database, PostgresDatabaseConfig):
             needed.add("PgDump")  # each engine's dump only where an instance uses it
         if isinstance(instance.database, MysqlDatabaseConfig):

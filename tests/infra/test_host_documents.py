@@ -15,6 +15,7 @@ from tests.infra.conftest import resolve_join
 
 PREFIX = "BitbucketDiyBackup-host-"
 EBS_HOME = {"FlushHome", "UnfreezeHome", "MountHome"}
+HOME_SNAPSHOT = {"SnapshotHome", "ArchiveHomeSnapshot", "RemoveHomeSnapshot"}
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,13 @@ def mysql_template() -> dict[str, Any]:
     """A MySQL database (mysqldump on its host) and no home."""
     set_fake_credentials()
     return synth_template(rehearsal_project_config("none", "mysql"))
+
+
+@pytest.fixture(scope="module")
+def snapshot_template() -> dict[str, Any]:
+    """A home on btrfs: rsync from a snapshot taken under the lock."""
+    set_fake_credentials()
+    return synth_template(rehearsal_project_config("btrfs", "none"))
 
 
 def documents(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -69,7 +77,7 @@ def test_each_operation_has_a_document_whose_parameters_are_all_restricted(
 ) -> None:
     found = documents(copy_template if which == "copy" else template)
     # A stack deploys the operations its instances need: the host copies and the drill host, or the EBS home's.
-    expected = set(OPERATIONS) - EBS_HOME - {"MysqlDump"} if which == "copy" else EBS_HOME
+    expected = set(OPERATIONS) - EBS_HOME - HOME_SNAPSHOT - {"MysqlDump"} if which == "copy" else EBS_HOME
     assert sorted(found) == sorted(PREFIX + name for name in expected)
     for name, props in found.items():
         assert props["DocumentType"] == "Command" and props["UpdateMethod"] == "NewVersion"
@@ -140,9 +148,9 @@ def test_functions_find_the_documents_by_the_prefix_in_their_environment(copy_te
 def test_every_operation_is_deployed_where_it_is_needed_and_a_snapshot_stack_carries_no_host_script(
     copy_template: dict[str, Any], template: dict[str, Any]
 ) -> None:
-    assert {*documents(copy_template), *documents(template), PREFIX + "MysqlDump"} == {
-        PREFIX + name for name in OPERATIONS
-    }
+    assert {*documents(copy_template), *documents(template), PREFIX + "MysqlDump"} | {
+        PREFIX + name for name in HOME_SNAPSHOT
+    } == {PREFIX + name for name in OPERATIONS}
     assert PREFIX + "InstallScript" not in documents(template)
 
 
@@ -168,3 +176,29 @@ def test_a_mysql_stack_dumps_with_its_own_document_and_may_send_no_other_engines
     ]
     engine = OPERATIONS["RestoreDatabase"].parameter("engine")
     assert engine.accepts("mysql") and engine.accepts("") and not engine.accepts("oracle")
+
+
+def test_a_btrfs_home_deploys_the_snapshot_documents_and_each_step_may_send_its_own(
+    snapshot_template: dict[str, Any], copy_template: dict[str, Any]
+) -> None:
+    assert {n.removeprefix(PREFIX) for n in documents(snapshot_template)} >= HOME_SNAPSHOT
+    assert not HOME_SNAPSHOT & {n.removeprefix(PREFIX) for n in documents(copy_template)}
+    granted = {
+        policy: sorted(r.split(":document/", 1)[1].removeprefix(PREFIX) for r in resources if ":document/" in r)
+        for policy, resources in send_command_resources(snapshot_template).items()
+    }
+
+    def of(prefix: str) -> list[str]:
+        (found,) = [v for k, v in granted.items() if k.startswith(prefix)]
+        return found
+
+    assert of("BackupHomeRole") == ["RsyncHome", "SnapshotHome"]
+    assert of("PrepareHostRole") == ["InstallScript", "RsyncHome", "SnapshotHome"]
+    assert of("ArchiveRole") == ["ArchiveHomeSnapshot", "ArchiveUpload"]
+    # The failure path and the safety net remove a failed run's snapshot; nothing else may.
+    assert of("HandleFailureRole") == ["RemoveHomeSnapshot"] and of("SafetyNetFnRole") == ["RemoveHomeSnapshot"]
+    assert [k for k, v in granted.items() if "RemoveHomeSnapshot" in v] == [
+        k for k in granted if k.startswith(("HandleFailureRole", "SafetyNetFnRole"))
+    ]
+    home = OPERATIONS["SnapshotHome"]
+    assert home.parameter("checkOnly").accepts("true") and not home.parameter("checkOnly").accepts("yes")

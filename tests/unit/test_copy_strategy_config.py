@@ -134,3 +134,20 @@ def test_mysql_parses_with_its_own_port_and_refuses_what_only_postgresql_has() -
     # The drill checks the restored tables from a host.
     with pytest.raises(ConfigError, match=r"drill\.host_instance_id is required to check .*the dumped database"):
         parse_project_config({"instances": [instance(database=mysql_database(), drill={"schedule": "rate(7 days)"})]})
+
+
+def test_a_btrfs_snapshot_needs_its_directory_outside_the_home_and_replaces_the_locked_pass() -> None:
+    home = instance()["home"] | {"snapshot": "btrfs", "snapshot_path": "/var/atlassian/snapshots"}
+    config = parse_instance_config(instance(home=home))
+    assert config.home.model_dump()["snapshot"] == "btrfs"
+    cases = [
+        ({"snapshot_path": None}, "snapshot and snapshot_path go together"),
+        ({"snapshot": None}, "snapshot and snapshot_path go together"),
+        ({"snapshot_path": "/var/atlassian/application-data/bitbucket/snaps"}, "outside home_path and staging_path"),
+        ({"snapshot_path": "/backup"}, "outside home_path and staging_path"),  # contains the staging directory
+        ({"locked_pass_parallel": 4}, "which a snapshot replaces"),
+        ({"snapshot": "zfs"}, r"home\.snapshot"),
+    ]
+    for change, expected in cases:
+        with pytest.raises(ConfigError, match=expected):
+            parse_project_config({"instances": [instance(home={**home, **change})]})

@@ -16,14 +16,20 @@ first pass; on a real host the first pass reads cold disks or NFS and the ratio 
 Side by side on the same data (--parallel N, default 4): a second staging copy is kept by the host script's
 `--parallel N` passes (the repositories sharded over N rsyncs), and each round times both second passes on the same
 churned home, in alternating order. Goal for the sharded locked pass: GOAL_PARALLEL_RATIO of the single first pass.
+
+And with a btrfs snapshot instead of the locked pass (--snapshot, the default as root): the homes are generated on a
+btrfs file system on a loop device, in a subvolume, and each round also times the host script's `fs-snapshot` of
+the same churned home: what the lock holds with `home.snapshot: btrfs`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from rehearsal.hostworld import btrfs_subvolume, btrfs_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "functions" / "host" / "bitbucket-backup-host.sh"
@@ -69,6 +77,8 @@ class Run:
     second_pass_parallel: PassResult | None = None
     ratio_parallel: float = 0.0
     meets_parallel_goal: bool = False
+    snapshot_s: float | None = None  # median wall time of the btrfs snapshot (the locked step with snapshots)
+    snapshot_ratio: float | None = None
 
 
 def _git(*args: str | Path, stdin: bytes | None = None) -> None:
@@ -172,11 +182,37 @@ def median_pass(samples: list[PassResult]) -> PassResult:
     return sorted(samples, key=lambda p: p.wall_s)[len(samples) // 2]
 
 
-def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int, parallel: int = 1) -> Run:
+def snapshot_pass(home: Path, snapshots: Path, name: str) -> float:
+    """The btrfs snapshot the lock would hold (timed), then its removal (after the unlock, not timed)."""
+    os.sync()
+    start = time.monotonic()
+    taken = subprocess.run(
+        [str(SCRIPT), "fs-snapshot", "--home", str(home), "--snapshots", str(snapshots), "--name", name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    if taken.returncode != 0:
+        raise RuntimeError(f"fs-snapshot failed: {taken.stderr.strip()}")
+    subprocess.run(
+        [str(SCRIPT), "fs-snapshot", "--snapshots", str(snapshots), "--name", name, "--remove"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return seconds
+
+
+def one_run(
+    workdir: Path, size_mb: float, churn_mb: float, rounds: int, parallel: int = 1, snapshot: bool = False
+) -> Run:
     """First pass; then, `rounds` times, a no-op pass and a churn + second pass; medians of those. With parallel > 1,
-    the same into a second staging copy with `--parallel`, on the same data, in alternating order."""
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-") as tmp:
-        home, staging, sharded = Path(tmp) / "home", Path(tmp) / "staging", Path(tmp) / "staging-sharded"
+    the same into a second staging copy with `--parallel`, on the same data, in alternating order. With snapshot,
+    all of it on a btrfs file system, and each round also times a snapshot of the churned home."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-"))
+        data = Path(tmp)
+        if snapshot:  # the home, its staging copies and the snapshots on one btrfs file system
+            data = stack.enter_context(btrfs_volume(Path(tmp), size_mb=int(size_mb * 4) + 512))
+            btrfs_subvolume(data / "home")
+        home, staging, sharded = data / "home", data / "staging", data / "staging-sharded"
         repos = generate_home(home, size_mb)
         files = sum(len(names) for _dir, _subdirs, names in os.walk(home))
         os.sync()
@@ -188,6 +224,7 @@ def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int, paralle
         noops_p: list[PassResult] = []
         seconds_p: list[PassResult] = []
         churned = 0
+        snapshots: list[float] = []
         for i in range(rounds):
             order = [(1, staging, noops, seconds), (parallel, sharded, noops_p, seconds_p)][: 2 if parallel > 1 else 1]
             if i % 2:
@@ -201,14 +238,22 @@ def one_run(workdir: Path, size_mb: float, churn_mb: float, rounds: int, paralle
             for n, target, _, second_list in order:
                 os.sync()
                 second_list.append(rsync_pass(home, target, n))
+            if snapshot:
+                snapshots.append(snapshot_pass(home, data / "snapshots", f"bench-{i}"))
         workflow = workflow_run(home, repos, churn_mb)
     noop, second = median_pass(noops), median_pass(seconds)
     ratio = second.wall_s / first.wall_s if first.wall_s else 0.0
     extra: dict[str, Any] = {}
+    if snapshots:
+        taken = sorted(snapshots)[len(snapshots) // 2]
+        extra |= {
+            "snapshot_s": round(taken, 4),
+            "snapshot_ratio": round(taken / first.wall_s, 4) if first.wall_s else 0,
+        }
     if parallel > 1:
         second_p = median_pass(seconds_p)
         ratio_p = second_p.wall_s / first.wall_s if first.wall_s else 0.0
-        extra = {
+        extra |= {
             "parallel": parallel,
             "noop_pass_parallel": median_pass(noops_p),
             "second_pass_parallel": second_p,
@@ -284,6 +329,7 @@ def table(runs: list[Run]) -> str:
                 if r.noop_pass_parallel and r.second_pass_parallel
                 else ""
             )
+            + (f"  | btrfs snapshot: {r.snapshot_s:.3f} s, {r.snapshot_ratio:.2%}" if r.snapshot_s is not None else "")
         )
     return "\n".join(lines)
 
@@ -296,11 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="churn + second pass rounds, median reported")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where homes are generated")
     parser.add_argument("--parallel", type=int, default=4, help="shards of the sharded passes (1: single passes only)")
+    parser.add_argument(
+        "--snapshot",
+        action=argparse.BooleanOptionalAction,
+        default=os.geteuid() == 0 and shutil.which("mkfs.btrfs") is not None,
+        help="also time a btrfs snapshot of the churned home, everything on a btrfs loop device (default: as root)",
+    )
     args = parser.parse_args(argv)
 
     churn_mb = args.size_mb * args.churn_percent / 100
     sizes = (args.size_mb, 2 * args.size_mb)
-    runs = [one_run(args.workdir, size, churn_mb, args.rounds, args.parallel) for size in sizes]
+    runs = [one_run(args.workdir, size, churn_mb, args.rounds, args.parallel, args.snapshot) for size in sizes]
     growth = runs[1].second_pass.wall_s / runs[0].second_pass.wall_s if runs[0].second_pass.wall_s else 0.0
     report = {
         "goal_ratio": GOAL_RATIO,

@@ -329,8 +329,10 @@ class RsyncStrategy(HostCopyStrategy):
         if not cfg.snapshot_path:
             return []
         parameters: host.Parameters = {"snapshotPath": cfg.snapshot_path, "backupId": backup_id}
-        host.run(cfg.instance_id, "RemoveHomeSnapshot", parameters, step="cleanup: home snapshot", timeout=120)
-        return [f"removed the home's snapshot {cfg.snapshot_path}/{backup_id} on {cfg.instance_id} (if it was there)"]
+        out = host.run(cfg.instance_id, "RemoveHomeSnapshot", parameters, step="cleanup: home snapshot", timeout=120)
+        if '"removed": true' not in out:  # none was taken (the run failed before), or the archive removed it
+            return []
+        return [f"removed the home's snapshot {cfg.snapshot_path}/{backup_id} on {cfg.instance_id}"]
 
 
 class DumpStrategy(HostCopyStrategy):

@@ -689,6 +689,11 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         workflow = run_["workflow"]
         assert workflow["status"] == "SUCCEEDED" and 0 < workflow["lock_window_s"] < workflow["duration_s"]
         assert workflow["archive_bytes"] > 0
+        # with a btrfs snapshot instead of the locked pass (as root, as CI runs), on the same churned home
+        if os.geteuid() == 0:
+            assert 0 < run_["snapshot_s"] < 5 and run_["snapshot_ratio"] == pytest.approx(
+                run_["snapshot_s"] / first["wall_s"], abs=1e-3
+            )
     assert "second pass" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["bench-rsync.json"]  # generated homes are removed
 

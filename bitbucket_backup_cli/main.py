@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--target-db-id",
         metavar="NEW",
-        help="the NEW DB instance identifier (Aurora: the new cluster; postgresql: the new database name) to "
+        help="the NEW DB instance identifier (Aurora: the new cluster; postgresql, mysql: the new database name) to "
         "restore the database into",
     )
     restore.add_argument(
@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--target-host",
         metavar="INSTANCE_ID",
-        help="rsync / postgresql: the host (i-…) that extracts or runs pg_restore (default: the backed-up one; "
-        "another one must be tagged bitbucket-backup:restore-target=<instance>)",
+        help="rsync / postgresql / mysql: the host (i-…) that extracts or restores the dump (default: the backed-up "
+        "one; another one must be tagged bitbucket-backup:restore-target=<instance>)",
     )
     restore.add_argument("--owner", metavar="USER", help="rsync: owner of the restored home (default: home.owner)")
     restore.add_argument(

@@ -1080,6 +1080,29 @@ cmd_rsync_home() {
     printf '"vanished": %s, "rsync_exit": %s, "parallel": %s, "excludes": %s}\n' "$vanished" "$rc" "$parallel" "$jexcl"
 }
 
+dump_dir_start() {  # --out -> REPLY: the dump directory (must not exist), REPLY_PARTIAL: its hidden partial name
+    local out parent
+    out=$(realpath -m -- "${FLAG[out]}")
+    [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
+    parent=${out%/*}
+    parent=${parent:-/}
+    safe_dir "$parent" "dump directory"
+    REPLY_PARTIAL="$parent/.${out##*/}.partial.$$"
+    rm -rf -- "$REPLY_PARTIAL"
+    CLEANUP+=("$REPLY_PARTIAL")
+    REPLY=$out
+}
+
+dump_dir_finish() {  # PARTIAL OUT ERRFILE: flush the complete dump and rename it into place -> REPLY: its bytes
+    if ! sync -f -- "$1" 2>"$3"; then
+        is_no_space "$3" && die 4 "no space left flushing the dump"
+    fi
+    mv -T -- "$1" "$2"
+    local bytes
+    bytes=$(du -s -b -- "$2")
+    REPLY=${bytes%%$'\t'*}
+}
+
 cmd_fs_snapshot() {
     parse_flags "home snapshots name kind" "check-only remove" "$@"
     require snapshots name
@@ -1153,15 +1176,9 @@ cmd_pg_dump() {
         jobs=$REPLY
     fi
     if ! is_uint "$jobs" || ((jobs < 1)); then die 2 "--jobs must be a positive number"; fi
-    local out parent partial err="$WORK/pg_dump.err"
-    out=$(realpath -m -- "${FLAG[out]}")
-    [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
-    parent=${out%/*}
-    parent=${parent:-/}
-    safe_dir "$parent" "dump directory"
-    partial="$parent/.${out##*/}.partial.$$"
-    rm -rf -- "$partial"
-    CLEANUP+=("$partial")
+    local out partial err="$WORK/pg_dump.err"
+    dump_dir_start
+    out=$REPLY partial=$REPLY_PARTIAL
     load_password
 
     local start rc=0
@@ -1176,14 +1193,10 @@ cmd_pg_dump() {
         is_no_space "$err" && die 4 "no space left writing the dump: $REPLY"
         die 5 "pg_dump failed (exit $rc): $REPLY"
     fi
-    if ! sync -f -- "$partial" 2>"$err"; then
-        is_no_space "$err" && die 4 "no space left flushing the dump"
-    fi
-    mv -T -- "$partial" "$out"
+    dump_dir_finish "$partial" "$out" "$err"
+    local bytes=$REPLY seconds files
     seconds_since "$start"
-    local seconds=$REPLY bytes files
-    bytes=$(du -s -b -- "$out")
-    bytes=${bytes%%$'\t'*}
+    seconds=$REPLY
     local -a entries=("$out"/*)
     files=${#entries[@]}
     progress_end pg_dump "$bytes"
@@ -1312,15 +1325,9 @@ cmd_mysql_dump() {
     progress_init
     local db=${FLAG[dbname]}
     check_mysql_name "$db"
-    local out parent partial err="$WORK/mysqldump.err"
-    out=$(realpath -m -- "${FLAG[out]}")
-    [[ ! -e $out ]] || die 6 "the dump directory already exists: $out"
-    parent=${out%/*}
-    parent=${parent:-/}
-    safe_dir "$parent" "dump directory"
-    partial="$parent/.${out##*/}.partial.$$"
-    rm -rf -- "$partial"
-    CLEANUP+=("$partial")
+    local out partial err="$WORK/mysqldump.err"
+    dump_dir_start
+    out=$REPLY partial=$REPLY_PARTIAL
     load_password MYSQL_PWD
     mysql_conn
     mysql_exists "$db"
@@ -1349,14 +1356,10 @@ cmd_mysql_dump() {
         is_no_space "$err" && die 4 "no space left writing the dump: $REPLY"
         die 5 "mysqldump failed (exit $rc): $REPLY"
     fi
-    if ! sync -f -- "$partial" 2>"$err"; then
-        is_no_space "$err" && die 4 "no space left flushing the dump"
-    fi
-    mv -T -- "$partial" "$out"
+    dump_dir_finish "$partial" "$out" "$err"
+    local bytes=$REPLY seconds
     seconds_since "$start"
-    local seconds=$REPLY bytes
-    bytes=$(du -s -b -- "$out")
-    bytes=${bytes%%$'\t'*}
+    seconds=$REPLY
     progress_end mysqldump "$bytes"
     local jout jdb
     jstr "$out"

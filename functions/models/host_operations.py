@@ -165,6 +165,11 @@ if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump
 _DUMP_LINE = "[ -z '{{ dump }}' ] || args+=(--dump '{{ dump }}')\n"
 _REMOVE_DUMP_LINE = "if [ '{{ removeDump }}' = true ] && [ -n '{{ dump }}' ]; then rm -rf -- '{{ dump }}'; fi\n"
 assert _DUMP_LINE in _ARCHIVE_LINES and _REMOVE_DUMP_LINE in _ARCHIVE_LINES
+_EXCLUDE_LINES = """IFS='|' read -r -a list <<< '{{ excludes }}'
+for e in "${list[@]}"; do args+=(--exclude "$e"); done
+IFS=',' read -r -a list <<< '{{ excludeRepos }}'
+for e in "${list[@]}"; do args+=(--exclude-repo "$e"); done
+"""
 _EXCLUDES = (
     _p("excludes", rf"{_EXCLUDE}(?:\|{_EXCLUDE})*", "Extra rsync excludes, separated by |", optional_=True),
     _p("excludeRepos", r"[0-9]{1,12}(?:,[0-9]{1,12})*", "Repository ids left out", optional_=True),
@@ -193,11 +198,9 @@ OPERATIONS: dict[str, Operation] = {
             _PROGRESS_LINES
             + """args=(--home '{{ home }}' --staging '{{ staging }}')
 [ -z '{{ parallel }}' ] || args+=(--parallel '{{ parallel }}')
-IFS='|' read -r -a list <<< '{{ excludes }}'
-for e in "${list[@]}"; do args+=(--exclude "$e"); done
-IFS=',' read -r -a list <<< '{{ excludeRepos }}'
-for e in "${list[@]}"; do args+=(--exclude-repo "$e"); done
-HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"
+"""
+            + _EXCLUDE_LINES
+            + """HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"
 """,
         ),
         Operation(
@@ -260,12 +263,10 @@ HOST_SCRIPT fs-snapshot "${args[@]}"
             ),
             _PROGRESS_LINES
             + """args=(--home '{{ snapshotPath }}'/'{{ backupId }}' --staging '{{ staging }}')
-IFS='|' read -r -a list <<< '{{ excludes }}'
-for e in "${list[@]}"; do args+=(--exclude "$e"); done
-IFS=',' read -r -a list <<< '{{ excludeRepos }}'
-for e in "${list[@]}"; do args+=(--exclude-repo "$e"); done
-# The snapshot goes as soon as it is copied, whatever the copy's outcome (a cancelled command's snapshot is removed
-# by the run's failure path).
+"""
+            + _EXCLUDE_LINES
+            + """# The snapshot goes as soon as it is copied, whatever the copy's outcome (a cancelled command's
+# snapshot is removed by the run's failure path).
 rc=0
 HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}" || rc=$?
 HOST_SCRIPT fs-snapshot --remove --snapshots '{{ snapshotPath }}' --name '{{ backupId }}'

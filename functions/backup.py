@@ -86,13 +86,13 @@ def prepare(raw_input: dict[str, Any], execution: str, start_time: str) -> RunCo
     if config.zero_downtime:
         say(
             config,
-            f"prepared zero-downtime backup {backup_id} ({', '.join(config.parts)}): "
+            f"prepared zero-downtime backup {backup_id} ({config.parts_text}): "
             f"Bitbucket {facts['bitbucket_version']}, no lock needed",
         )
     else:
         say(
             config,
-            f"prepared backup {backup_id} ({', '.join(config.parts)}): Bitbucket reachable, credentials accepted",
+            f"prepared backup {backup_id} ({config.parts_text}): Bitbucket reachable, credentials accepted",
         )
     logger.info("preflight passed", extra=facts)
     bitbucket_version = facts.get("bitbucket_version")

@@ -23,7 +23,7 @@ from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.models.events import parse
-from functions.models.part_config import EbsHomeConfig
+from functions.models.part_config import EbsHomeConfig, FsLevelDatabaseConfig, RsyncHomeConfig
 from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
 from functions.models.steps import RESTORE
 from functions.observability import bind, logger, metrics, redact
@@ -338,6 +338,25 @@ def created_lines(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+def database_in_home_step(config: InstanceConfig, home: Mapping[str, Any]) -> str:
+    """postgresql-fslevel: the database came back with the home; where its data directory is now, and how to start
+    PostgreSQL on it."""
+    database = config.database
+    assert isinstance(database, FsLevelDatabaseConfig)
+    where = database.data_directory
+    if home.get("path") and isinstance(config.home, RsyncHomeConfig):
+        relative = posixpath.relpath(database.data_directory, config.home.home_path)
+        where = f"{home['path']}/home/{relative} on {home['instance_id']}"
+    elif not home.get("mounted"):
+        where += " (once the restored volumes are mounted where the originals were)"
+    return (
+        f"PostgreSQL's data directory is in the restored home: {where}. Remove the postmaster.pid the running server "
+        "left in the snapshot, then start PostgreSQL of the same major version on it as its owner (pg_ctl -D DIR "
+        "start; the directory must be 0700 and the server's own): it recovers from its write-ahead log as after a "
+        "power cut. Then point bitbucket.properties (jdbc.url) at that server."
+    )
+
+
 def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
     """What the operator still does by hand, like the DIY restore script's closing message."""
     steps = []
@@ -374,6 +393,8 @@ def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
                 f"Attach {ids} to the (stopped) Bitbucket host in {home['availability_zone']} and mount the restored "
                 f"home {where}."
             )
+    if home and isinstance(plan.config.database, FsLevelDatabaseConfig):
+        steps.append(database_in_home_step(plan.config, home))
     steps.append("Start Bitbucket and check that it comes up with the restored data.")
     steps.append(
         "If the restored copy replaces the original, point this instance's configuration (cdk.json) at the new "

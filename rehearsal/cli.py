@@ -52,10 +52,11 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--db-strategy",
-        choices=["amazon-rds", "amazon-aurora", "postgresql", "mysql", "none"],
+        choices=["amazon-rds", "amazon-aurora", "postgresql", "mysql", "postgresql-fslevel", "none"],
         default="amazon-rds",
         help="amazon-rds / amazon-aurora (snapshots in moto), postgresql (pg_dump of a local PostgreSQL 15 the "
-        "rehearsal starts) or mysql (mysqldump of a local MariaDB), the dumps archived to S3",
+        "rehearsal starts) or mysql (mysqldump of a local MariaDB), the dumps archived to S3; postgresql-fslevel "
+        "(a data directory inside a btrfs home, copied by the home's snapshot)",
     )
     parser.add_argument(
         "--zero-downtime",
@@ -93,6 +94,8 @@ def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(
             "--zero-downtime needs atomic snapshots: not with rsync or btrfs (home), postgresql or mysql (database)"
         )
+    if args.db_strategy == "postgresql-fslevel" and args.home_strategy != "btrfs":
+        parser.error("--db-strategy postgresql-fslevel needs --home-strategy btrfs: the home's snapshot copies it")
     if args.home_strategy != "rsync" and (args.home_path is not None or args.locked_pass_parallel != 1):
         parser.error("--home-path and --locked-pass-parallel need --home-strategy rsync")
     if args.home_path is not None and not args.home_path.is_dir():

@@ -176,7 +176,7 @@ def _free_port() -> int:
         return port
 
 
-def _server_user() -> list[str]:
+def server_user() -> list[str]:
     """The command prefix that runs PostgreSQL's server binaries: initdb and postgres refuse to run as root."""
     if os.geteuid() != 0:
         return []
@@ -239,7 +239,7 @@ def local_postgres() -> Iterator[Postgres]:
         raise PostgresUnavailable(
             f"PostgreSQL 15 server binaries not found in {PG_BIN} (make host-deps installs postgresql-15)"
         )
-    prefix = _server_user()
+    prefix = server_user()
     base = Path(tempfile.mkdtemp(prefix="bbbackup-pg-"))
     base.chmod(0o755)
     data, pwfile, log = base / "data", base / "pwfile", base / "server.log"

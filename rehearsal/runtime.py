@@ -297,6 +297,14 @@ class Rehearsal:
                 staging_path=str(self.host.root / "staging"),
                 **self.home_settings,
             )
+        if database["strategy"] == "postgresql-fslevel":
+            # A data directory inside the generated home (its files only: the host tests run PostgreSQL on one).
+            if self.home_path is None or home.get("snapshot") != "btrfs":
+                raise ValueError("postgresql-fslevel is rehearsed with a btrfs home (--home-strategy btrfs)")
+            data = Path(self.home_path) / "pgdata"
+            (data / "base").mkdir(parents=True, exist_ok=True)
+            (data / "PG_VERSION").write_text("15\n")
+            database["data_directory"] = str(data)
         if database["strategy"] in ("postgresql", "mysql"):
             server: Postgres | Mysql
             if database["strategy"] == "mysql":

@@ -46,6 +46,8 @@ def rehearsal_project_config(
             "password_secret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:bitbucket/demo/db-AbCdEf",
             "dump_path": "/var/tmp/bitbucket-dumps",
         }
+    elif database == "postgresql-fslevel":  # in the (btrfs) home: its snapshot is the database's copy
+        db_cfg = {"strategy": database, "data_directory": "/var/atlassian/application-data/bitbucket/pgdata"}
     elif database == "amazon-rds":
         db_cfg = {"strategy": "amazon-rds", "instance_id": "bitbucket-demo"}
     elif database == "amazon-aurora":

@@ -17,10 +17,14 @@ from functions.models.part_config import (
     ABS_PATH,
     COPY_STRATEGIES,
     EC2_INSTANCE_ID,
+    IN_HOME_STRATEGIES,
     ZERO_DOWNTIME_STRATEGIES,
     DatabaseConfig,
+    EbsHomeConfig,
+    FsLevelDatabaseConfig,
     HomeConfig,
     NetworkConfig,
+    RsyncHomeConfig,
 )
 from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, timezone_problem
 
@@ -349,7 +353,38 @@ class InstanceConfig(Strict):
     @property
     def parts(self) -> list[str]:
         """The parts a backup of this instance consists of, in a stable order."""
-        return [p for p, s in (("home", self.home), ("database", self.database)) if s.strategy != "none"]
+        copied = (("home", self.home), ("database", self.database))
+        return [p for p, s in copied if s.strategy != "none" and s.strategy not in IN_HOME_STRATEGIES]
+
+    @property
+    def parts_text(self) -> str:
+        """The parts as a person reads them: `home, database`, or `home (with the database: ...)`."""
+        if isinstance(self.database, FsLevelDatabaseConfig):
+            return f"home, with PostgreSQL's data directory {self.database.data_directory} in its snapshot"
+        return ", ".join(self.parts)
+
+    @model_validator(mode="after")
+    def _database_in_the_home(self) -> InstanceConfig:
+        """postgresql-fslevel: one snapshot must hold the data directory and the home at the same moment."""
+        database = self.database
+        if not isinstance(database, FsLevelDatabaseConfig):
+            return self
+        data = database.data_directory.rstrip("/")
+
+        def under(root: str) -> bool:
+            root = root.rstrip("/")
+            return data == root or data.startswith(root + "/")
+
+        home = self.home
+        if isinstance(home, EbsHomeConfig) and any(under(m) for m in home.mount_points):
+            return self
+        if isinstance(home, RsyncHomeConfig) and home.snapshot and under(home.home_path):
+            return self
+        raise ValueError(
+            f"database.strategy postgresql-fslevel: the data directory {database.data_directory} must lie under a "
+            "mount point of an amazon-ebs home (home.mount_points) or in the home_path of an rsync home with "
+            "snapshot btrfs: only then does one snapshot hold the database and the home at the same moment"
+        )
 
     @model_validator(mode="after")
     def _something_to_copy(self) -> InstanceConfig:
@@ -507,7 +542,9 @@ def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
         parts = parts[2:]
     # Discriminated unions add the chosen strategy to the location; it is noise to a reader.
     field = ".".join(
-        str(p) for p in parts if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", *COPY_STRATEGIES, "none")
+        str(p)
+        for p in parts
+        if p not in ("amazon-ebs", "amazon-rds", "amazon-aurora", *COPY_STRATEGIES, *IN_HOME_STRATEGIES, "none")
     )
     return f"{prefix}: {field}" if prefix and field else prefix or field or "config"
 

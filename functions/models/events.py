@@ -61,7 +61,8 @@ class RunFlow(Strict):
         return cls(
             zero_downtime=config.zero_downtime,
             home=FlowPart(strategy=config.home.strategy),
-            database=FlowPart(strategy=config.database.strategy),
+            # A database inside the home's snapshot (postgresql-fslevel) has nothing to copy: its branch is skipped.
+            database=FlowPart(strategy=config.database.strategy if "database" in config.parts else "none"),
             timing=FlowTiming(
                 poll_interval_seconds=timing.poll_interval_seconds,
                 host_poll_interval_seconds=timing.host_poll_interval_seconds,

@@ -157,17 +157,33 @@ class MysqlDatabaseConfig(DumpedDatabaseConfig):
     port: int = Field(default=3306, ge=1, le=65535)
 
 
+class FsLevelDatabaseConfig(Strict):
+    """PostgreSQL whose data directory lies on the home's snapshotted file system (Atlassian's `postgresql-fslevel`):
+    no copy of its own. The home's snapshot, taken under the lock, holds the data directory at the same moment as the
+    repositories; PostgreSQL started on a restored copy recovers from its write-ahead log as after a power cut."""
+
+    strategy: Literal["postgresql-fslevel"]
+    data_directory: str = Field(pattern=ABS_PATH)
+
+
 class NoDatabaseConfig(Strict):
     strategy: Literal["none"]
 
 
 HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
 DatabaseConfig = Annotated[
-    RdsDatabaseConfig | AuroraDatabaseConfig | PostgresDatabaseConfig | MysqlDatabaseConfig | NoDatabaseConfig,
+    RdsDatabaseConfig
+    | AuroraDatabaseConfig
+    | PostgresDatabaseConfig
+    | MysqlDatabaseConfig
+    | FsLevelDatabaseConfig
+    | NoDatabaseConfig,
     Field(discriminator="strategy"),
 ]
 # Strategies that copy on a host through SSM Run Command and then archive the copy to the stack's S3 bucket.
 COPY_STRATEGIES = ("rsync", "postgresql", "mysql")
+# Parts with no copy of their own: inside another part's snapshot (the database in the home's).
+IN_HOME_STRATEGIES = ("postgresql-fslevel",)
 # What a zero-downtime backup (no lock, no drain) may use: copies taken at one moment without Bitbucket's help.
 # A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
 # atomic. rsync copies files while git writes them, and a dump's snapshot is not the home snapshot's moment.

@@ -101,3 +101,30 @@ def test_a_failed_run_removes_its_snapshot(snapshot_world: Callable[..., World])
     assert snapshots_left(w) == []
     assert "removed the home's snapshot" in message
     assert APP_PASSWORD not in message
+
+
+def test_postgresql_fslevel_is_copied_by_the_homes_snapshot_and_the_restore_says_where_it_is(
+    world_factory: Callable[..., World], tmp_path: Path
+) -> None:
+    """No copy of its own: one part (the home) in the catalog, the data directory in its archive, and the restore's
+    next steps name where it now is and how to start PostgreSQL on it. (A real server on a restored snapshot:
+    tests/host/test_host_snapshot.py.)"""
+    w = world_factory(
+        home="btrfs", database="postgresql-fslevel", instance_overrides={"restore": {"allowed_roots": [str(tmp_path)]}}
+    )
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    backup_id = str((result.output or {})["backup_id"])
+    assert "No database to copy" in result.states_entered()
+    assert not [c for c in w.r.host.commands if ".sh pg-dump " in c.script or ".sh mysql-dump " in c.script]
+    assert {s["part"] for s in w.r.snapshots(backup_id)} == {"home"}
+    prepared = [n for n in w.r.logs.records() if "prepared backup" in str(n.get("seed", ""))]
+    assert prepared and "PostgreSQL's data directory" in str(prepared[0]["seed"])
+    with tarfile.open(download(w.r, archive_of(result, "home"), tmp_path / "home.tar.gz"), "r:gz") as tar:
+        assert "home/pgdata/PG_VERSION" in tar.getnames()
+
+    restored = restore(w, backup_id, {"home": {"path": str(tmp_path / "restored")}})
+    assert restored.status == "SUCCEEDED", restored.cause
+    steps = " ".join((restored.output or {}).get("next_steps", []))
+    assert f"{tmp_path}/restored/home/pgdata" in steps and "Remove the postmaster.pid" in steps
+    assert (tmp_path / "restored" / "home" / "pgdata" / "PG_VERSION").read_text() == "15\n"

@@ -151,3 +151,29 @@ def test_a_btrfs_snapshot_needs_its_directory_outside_the_home_and_replaces_the_
     for change, expected in cases:
         with pytest.raises(ConfigError, match=expected):
             parse_project_config({"instances": [instance(home={**home, **change})]})
+
+
+def test_postgresql_fslevel_needs_its_data_directory_inside_a_snapshotted_home() -> None:
+    """One snapshot must hold the database and the home at the same moment: an EBS home's mount point, or a btrfs
+    home; the database is then no part of its own, and the state machine skips its copy."""
+    from functions.models.events import RunFlow
+
+    fslevel = {"strategy": "postgresql-fslevel", "data_directory": "/var/atlassian/application-data/bitbucket/pgdata"}
+    btrfs = instance()["home"] | {"snapshot": "btrfs", "snapshot_path": "/var/atlassian/snapshots"}
+    config = parse_instance_config(instance(home=btrfs, database=fslevel))
+    assert config.parts == ["home"] and config.database.strategy == "postgresql-fslevel"
+    assert RunFlow.of(config).database.strategy == "none"
+    assert "PostgreSQL's data directory /var/atlassian/application-data/bitbucket/pgdata" in config.parts_text
+    ebs = {"strategy": "amazon-ebs", "instance_id": "i-0123456789abcdef0", "volumes": ["/dev/xvdf"],
+           "mount_points": ["/var/atlassian/application-data"]}  # fmt: skip
+    assert parse_instance_config(instance(home=ebs, database=fslevel)).parts == ["home"]
+    refused = [
+        instance(database=fslevel),  # an rsync home without a snapshot: files copied one by one, not one moment
+        instance(home=btrfs, database={**fslevel, "data_directory": "/var/lib/postgresql/15/main"}),
+        instance(home={**ebs, "mount_points": ["/data"]}, database=fslevel),
+        instance(home={**ebs, "mount_points": []}, database=fslevel),
+        instance(home={"strategy": "none"}, database=fslevel),
+    ]
+    for raw in refused:
+        with pytest.raises(ConfigError, match="must lie under a mount point of an amazon-ebs home"):
+            parse_project_config({"instances": [raw]})

@@ -3,7 +3,9 @@ allowedPattern before anything runs, `{{ name }}` substituted, the commands run 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -48,11 +50,21 @@ def test_send_command_runs_only_the_stacks_documents_with_valid_parameters(tmp_p
 
         (tmp_path / "full").mkdir()
         (tmp_path / "full" / "f").write_text("x")
+
+        def ended(command: str) -> dict[str, Any]:
+            """The command runs in the background, as the agent runs it: its invocation once it has ended. (Not
+            host.stop(): that kills what still runs, as a torn-down host would, which a busy machine showed as -9.)"""
+            deadline = time.monotonic() + 60
+            while True:
+                invocation: dict[str, Any] = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+                if invocation["Status"] not in ("Pending", "InProgress", "Delayed") or time.monotonic() > deadline:
+                    return invocation
+                time.sleep(0.05)
+
         command = send(name, path=[str(tmp_path / "full")])
-        host.stop()  # the command runs in the background, as the agent runs it: wait for its end
-        invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+        invocation = ended(command)
         assert (invocation["Status"], invocation["ResponseCode"]) == ("Failed", 6)
         command = send(name, path=[str(tmp_path / "empty")])
+        assert ended(command)["Status"] == "Success"
         host.stop()
-        assert ssm.get_command_invocation(CommandId=command, InstanceId=instance)["Status"] == "Success"
         assert f"p='{tmp_path}/empty'" in host.commands[-1].script

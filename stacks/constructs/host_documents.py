@@ -19,17 +19,10 @@ from functions.models.part_config import (
 
 # Which operations a kind of instance needs: a stack deploys only those (a fleet of snapshot-only instances carries
 # no copy of the host script, which keeps the template within CloudFormation's size limit).
-_HOST_COPY = (
-    "InstallScript",
-    "RsyncHome",
-    "ArchiveUpload",
-    "CheckTargetDirectory",
-    "CheckTargetDatabase",
-    "RestoreHome",
-    "RestoreDatabase",
-    "RemoveRestoredHome",
-    "DropRestoredDatabase",
-)
+_HOST_COPY = ("InstallScript", "ArchiveUpload")
+# Each archived part's own: backing up and restoring a home, or a dumped database (a role may send only these).
+_ARCHIVED_HOME = ("RsyncHome", "CheckTargetDirectory", "RestoreHome", "RemoveRestoredHome")
+_DUMPED_DATABASE = ("CheckTargetDatabase", "RestoreDatabase", "DropRestoredDatabase")
 _EBS_HOME = ("FlushHome", "UnfreezeHome", "MountHome")
 _HOME_SNAPSHOT = ("SnapshotHome", "ArchiveHomeSnapshot", "RemoveHomeSnapshot")
 _DRILL_HOST = ("InstallScript", "DrillCheck", "RemoveRestoredHome", "DropRestoredDatabase")
@@ -40,6 +33,10 @@ def needed_operations(instances: list[InstanceConfig]) -> set[str]:
     for instance in instances:
         if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_HOST_COPY)
+        if isinstance(instance.home, RsyncHomeConfig):
+            needed.update(_ARCHIVED_HOME)
+        if isinstance(instance.database, DumpedDatabaseConfig):
+            needed.update(_DUMPED_DATABASE)
         if isinstance(instance.home, RsyncHomeConfig) and instance.home.snapshot:
             needed.update(_HOME_SNAPSHOT)
         if isinstance(instance.database, PostgresDatabaseConfig):

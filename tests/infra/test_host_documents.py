@@ -160,7 +160,9 @@ def test_a_mysql_stack_dumps_with_its_own_document_and_may_send_no_other_engines
     """Each engine's dump is deployed only where an instance uses it, and the copy step may send only that one; the
     restore and drill documents pick the engine by a restricted parameter."""
     found = documents(mysql_template)
-    assert PREFIX + "MysqlDump" in found and PREFIX + "PgDump" not in found and PREFIX + "RsyncHome" in found
+    assert PREFIX + "MysqlDump" in found and PREFIX + "PgDump" not in found
+    # No home archive here: none of its documents either (nor the database's in a home-only stack, below).
+    assert not {PREFIX + n for n in ("RsyncHome", "CheckTargetDirectory", "RestoreHome")} & set(found)
     granted = {
         policy: sorted(r.split(":document/", 1)[1].removeprefix(PREFIX) for r in resources if ":document/" in r)
         for policy, resources in send_command_resources(mysql_template).items()
@@ -182,6 +184,9 @@ def test_a_btrfs_home_deploys_the_snapshot_documents_and_each_step_may_send_its_
     snapshot_template: dict[str, Any], copy_template: dict[str, Any]
 ) -> None:
     assert {n.removeprefix(PREFIX) for n in documents(snapshot_template)} >= HOME_SNAPSHOT
+    assert not {"CheckTargetDatabase", "RestoreDatabase", "PgDump"} & {
+        n.removeprefix(PREFIX) for n in documents(snapshot_template)
+    }
     assert not HOME_SNAPSHOT & {n.removeprefix(PREFIX) for n in documents(copy_template)}
     granted = {
         policy: sorted(r.split(":document/", 1)[1].removeprefix(PREFIX) for r in resources if ":document/" in r)

@@ -24,12 +24,7 @@ from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
 from functions.models.config import CopyTarget
-from functions.models.part_config import (
-    DumpedDatabaseConfig,
-    MysqlDatabaseConfig,
-    PostgresDatabaseConfig,
-    RsyncHomeConfig,
-)
+from functions.models.part_config import DumpedDatabaseConfig, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.strategies import (
     BACKUP_ID_TAG,
     COMPLETE,
@@ -392,11 +387,6 @@ class PostgresStrategy(DumpStrategy):
 
 class MysqlStrategy(DumpStrategy):
     document, tool = "MysqlDump", "mysqldump"
-
-    @property
-    def config(self) -> MysqlDatabaseConfig:
-        assert isinstance(self.instance.database, MysqlDatabaseConfig)
-        return self.instance.database
 
 
 def _version(version_id: str | None) -> dict[str, str]:

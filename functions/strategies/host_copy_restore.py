@@ -307,7 +307,8 @@ class PostgresRestorer(DumpRestorer):
 
     def _jobs(self) -> int:
         config = self.dump.config
-        return config.jobs if isinstance(config, PostgresDatabaseConfig) else 1
+        assert isinstance(config, PostgresDatabaseConfig)
+        return config.jobs
 
 
 class MysqlRestorer(DumpRestorer):

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from functions import catalog, notify, polling, preflight, runs, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
-from functions.clients.bitbucket import BitbucketClient, Lock, MaintenanceState
+from functions.clients.bitbucket_answers import Lock, MaintenanceState
 from functions.errors import (
     BackupCancelled,
     BackupError,
@@ -38,6 +38,7 @@ from functions.steps import bitbucket, cause_text, say
 # drain, progress and unlock handlers start without them (README, "What it measured"); the results' TypedDicts are
 # types only (creating them costs a few ms; the results are plain dicts at run time).
 if TYPE_CHECKING:
+    from functions.clients.bitbucket import BitbucketClient
     from functions.models.results import (
         ArchiveSummary,
         BackupFailed,

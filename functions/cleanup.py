@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
 from functions import runs
 from functions.clients.aws import error_code
-from functions.clients.bitbucket import BitbucketClient, Lock
+from functions.clients.bitbucket_answers import Lock
 from functions.errors import BackupError, BitbucketRequestFailed
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.observability import redact
 from functions.strategies import COMPLETE, FAILED, Artifact, Catalog, strategies_for
+
+if TYPE_CHECKING:  # the client is made by functions.steps, which imports requests only then
+    from functions.clients.bitbucket import BitbucketClient
 
 
 def cancel_and_unlock(client: BitbucketClient, record: runs.Run, actions: list[str]) -> str:

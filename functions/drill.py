@@ -27,13 +27,13 @@ from functions import catalog, notify, trusted_config
 from functions.clients import host
 from functions.clients.aws import client
 from functions.errors import BackupError
+from functions.models import environment
 from functions.models import metrics as names
 from functions.models.config import InstanceConfig
 from functions.models.drill import DrillFlow, DrillPlan
 from functions.models.events import ExecutionInput, parse
 from functions.models.part_config import DumpedDatabaseConfig, EbsHomeConfig, MysqlDatabaseConfig, RsyncHomeConfig
 from functions.observability import bind, metrics, redact
-from functions.restore import started_by_drill
 from functions.steps import cause_text, say
 from functions.strategies import RESTORED_PREFIX, VERIFIED_TAG, VERIFY_FAILED_TAG, restorer_for, strategies_for
 
@@ -270,7 +270,7 @@ def _foreign(drill_plan: DrillPlan, output: dict[str, Any], parts: dict[str, Any
     """Why the restore's output is not this drill's to tear down (None if it is): an execution of the drill's own
     restore state machine, parts the instance backs up, a home only below the drill's work_path on its host."""
     config, drill = drill_plan.config, drill_plan.drill
-    if not started_by_drill(str(output.get("execution", ""))):
+    if not environment.started_by_drill(str(output.get("execution", ""))):
         return "the restore execution is not one of the drill's restore state machine"
     if not isinstance(parts, dict) or any(part not in config.parts for part in parts):
         return "the restore's parts are not this instance's"

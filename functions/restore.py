@@ -53,21 +53,13 @@ def _say(plan: RestorePlan, message: str) -> None:
 # --- validate: everything is checked before anything is created ---------------------------------------------------
 
 
-def started_by_drill(execution: str) -> bool:
-    """Whether `execution` (an execution ARN, from the state machine's context) belongs to the drill's restore state
-    machine: arn:aws:states:<region>:<account>:execution:<state machine name>:<execution name>."""
-    machine = environment.drill_machine()
-    fields = execution.split(":")
-    return bool(machine) and len(fields) == 8 and fields[5] == "execution" and fields[6] == machine
-
-
 def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: bool = False) -> RestorePlan:
     if isinstance(raw_input, dict) and "drill" in raw_input:
         raise RestoreRefused(
             "validate: 'drill' is not an input of a restore: only the restore drill's own state machine runs a "
             "restore as a drill (remove the field to restore for real)"
         )
-    if drill and not started_by_drill(execution):
+    if drill and not environment.started_by_drill(execution):
         raise RestoreRefused("validate: a drill restore runs only in the drill's own restore state machine")
     request = parse(RestoreInput, raw_input, "validate")
     bind(instance=request.instance, backup_id=request.backup_id)
@@ -162,7 +154,7 @@ def checked(plan: RestorePlan, step: str) -> RestorePlan:
     config = plan.config
     if not re.fullmatch(re.escape(config.name) + r"-\d{8}-\d{6}", plan.backup_id):
         raise RestoreRefused(f"{step}: backup {plan.backup_id} is not a backup of instance '{config.name}'")
-    if plan.drill and not started_by_drill(plan.execution):
+    if plan.drill and not environment.started_by_drill(plan.execution):
         raise RestoreRefused(f"{step}: a drill restore runs only in the drill's own restore state machine")
     for part, part_plan in plan.parts.items():
         if part not in config.parts:
@@ -425,7 +417,7 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: st
         actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
-    if (plan.drill and not refused) if plan is not None else started_by_drill(execution):
+    if (plan.drill and not refused) if plan is not None else environment.started_by_drill(execution):
         # The drill reports this failure (once); its message carries what was cleaned up.
         return {"error": error, "cause": f"{message} (cleanup: {'; '.join(actions)})", "cleanup": actions}
     notify.publish(

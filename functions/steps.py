@@ -5,17 +5,23 @@ Kept apart from the backup's logic so that restore, drill and the safety net imp
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from functions.clients.bitbucket import BitbucketClient
-from functions.clients.secrets import credentials
 from functions.models.config import InstanceConfig
 from functions.observability import logger, redact
 
+if TYPE_CHECKING:
+    from functions.clients.bitbucket import BitbucketClient
+
 
 def bitbucket(config: InstanceConfig) -> BitbucketClient:
+    # requests and the secrets provider: imported only by the steps that call Bitbucket
+    from functions.clients.bitbucket import BitbucketClient
+    from functions.clients.secrets import credentials
+
     timing = config.timing
     verify: bool | str = config.verify_tls
     if config.verify_tls and config.ca_bundle:
@@ -29,6 +35,13 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
         verify=verify,
         refresh=lambda: credentials(config.credentials_secret, fresh=True),
     )
+
+
+def ready_bitbucket() -> None:
+    """Import the Bitbucket client ahead of a step's first call (the warm-up of a step that calls Bitbucket), so
+    that the import is not paid under the lock."""
+    for module in ("functions.clients.bitbucket", "functions.clients.secrets"):
+        importlib.import_module(module)
 
 
 def say(config: InstanceConfig, message: str, **marks: str | int) -> None:

@@ -80,6 +80,7 @@ def sample(module: str, asset: Path) -> dict[str, Any]:
         "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_EC2_METADATA_DISABLED": "true",
         "LAMBDA_TASK_ROOT": str(asset),
+        "AWS_LAMBDA_FUNCTION_NAME": "bench-cold",  # as Lambda sets it (functions/handlers/__init__.py reads it)
     }
     proc = subprocess.run(
         [*INTERPRETER, "-c", _PROBE, str(asset), str(runtime_site()), module, *handlers],

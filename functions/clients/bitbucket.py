@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -33,7 +32,17 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutEr
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
-from functions.clients.bitbucket_answers import Answer, check_success_body, content_type, location, parse_json
+from functions.clients.bitbucket_answers import (
+    Answer,
+    BackupTask,
+    Credentials,
+    Lock,
+    MaintenanceState,
+    check_success_body,
+    content_type,
+    location,
+    parse_json,
+)
 from functions.errors import (
     AlreadyLocked,
     BackupError,
@@ -53,46 +62,6 @@ MAX_RETRY_AFTER_SECONDS = 10.0
 # the lock and the start of the backup (POST too) use a policy that retries none.
 RETRIED_METHODS = frozenset({"GET", "HEAD", "DELETE", "POST"})
 TOO_MANY_REQUESTS = 429
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-
-    def __post_init__(self) -> None:
-        register_secret(self.password)
-        register_secret(self.token)
-
-    def __repr__(self) -> str:  # never print the secret, even in a debugger or a traceback
-        return f"Credentials(username={self.username!r}, password=***, token=***)"
-
-
-@dataclass(frozen=True)
-class Lock:
-    unlock_token: str
-    owner: str
-
-
-@dataclass(frozen=True)
-class BackupTask:
-    id: str
-    cancel_token: str
-    state: str
-
-
-@dataclass(frozen=True)
-class MaintenanceState:
-    db_state: str
-    scm_state: str
-    task_state: str | None
-    task_message: str | None
-    percentage: int | None
-
-    @property
-    def drained(self) -> bool:
-        return self.db_state == "DRAINED" and self.scm_state == "DRAINED"
 
 
 class _Retry(Retry):

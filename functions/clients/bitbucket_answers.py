@@ -1,5 +1,8 @@
 """Bitbucket's answers, untrusted: read and bounded (functions.clients.bitbucket), then checked here before anything
-is taken from them: the content type, where a redirect pointed (told without its query), and JSON that must be
+is taken from them, and what they become (a lock, a backup task, the maintenance state; and the credentials sent).
+Apart from the client so that a step that only names these types does not import requests at its cold start.
+
+Checked: the content type, where a redirect pointed (told without its query), and JSON that must be
 JSON and no deeper than MAX_JSON_DEPTH (Bitbucket's maintenance answers are a few hundred bytes, four levels deep).
 """
 
@@ -12,9 +15,49 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from functions.errors import BitbucketBadResponse
-from functions.observability import redact
+from functions.observability import redact, register_secret
 
 MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        register_secret(self.password)
+        register_secret(self.token)
+
+    def __repr__(self) -> str:  # never print the secret, even in a debugger or a traceback
+        return f"Credentials(username={self.username!r}, password=***, token=***)"
+
+
+@dataclass(frozen=True)
+class Lock:
+    unlock_token: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class BackupTask:
+    id: str
+    cancel_token: str
+    state: str
+
+
+@dataclass(frozen=True)
+class MaintenanceState:
+    db_state: str
+    scm_state: str
+    task_state: str | None
+    task_message: str | None
+    percentage: int | None
+
+    @property
+    def drained(self) -> bool:
+        return self.db_state == "DRAINED" and self.scm_state == "DRAINED"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from aws_lambda_powertools.utilities.parameters.secrets import SecretsProvider
 
 from functions.clients.aws import client, error_code
-from functions.clients.bitbucket import Credentials
+from functions.clients.bitbucket_answers import Credentials
 from functions.errors import PreflightFailed
 from functions.models import environment
 

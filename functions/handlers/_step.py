@@ -5,8 +5,8 @@ text contains a registered secret is replaced by one with the secret masked.
 
 The event `{"warm": true}`, optionally with the run (`"run": {…}`) and nothing else, is a warm-up, answered before
 anything else runs: the state machine sends it to every function the locked phase calls, while Bitbucket is still
-live, so that none of them starts cold under the lock; with the run, it also reads ahead what the step reads first
-(functions/warm_up.py). Any other event is parsed as the step's own.
+live, so that none of them starts cold under the lock; a step that calls Bitbucket imports its client then; with the
+run, it also reads ahead what the step reads first (functions/warm_up.py). Any other event is parsed as the step's own.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from functions.errors import BackupError
+from functions.handlers import resume_collector
 from functions.models.steps import Function
 from functions.observability import bind, logger, metrics, redact
+from functions.steps import ready_bitbucket
 
 # A step's result (functions/models/results.py): the handler's declared result flows through the decorator. Types
 # only: creating the TypedDicts costs a few ms at a cold start, and the results are plain dicts at run time.
@@ -88,7 +90,10 @@ def step(row: Function) -> Callable[[Body[R]], Handler[R]]:
 
         @functools.wraps(body)
         def handler(event: dict[str, Any], context: Any) -> R | WarmUp:
+            resume_collector()
             if is_warm_up(event):  # no metric, and no call but the reads ahead
+                if row.bitbucket:
+                    ready_bitbucket()
                 if "run" not in event:
                     return {"warm": True, "step": name}
                 from functions.warm_up import prime  # only the warm-up's reads; a step imports what it needs

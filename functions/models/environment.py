@@ -52,6 +52,14 @@ def drill_machine() -> str:
     return os.environ.get(DRILL_MACHINE, "")
 
 
+def started_by_drill(execution: str) -> bool:
+    """Whether `execution` (an execution ARN, from the state machine's context) belongs to the drill's restore state
+    machine: arn:aws:states:<region>:<account>:execution:<state machine name>:<execution name>."""
+    machine = drill_machine()
+    fields = execution.split(":")
+    return bool(machine) and len(fields) == 8 and fields[5] == "execution" and fields[6] == machine
+
+
 def host_document_prefix() -> str:
     return os.environ.get(HOST_DOCUMENT_PREFIX, "")
 

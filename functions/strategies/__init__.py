@@ -23,10 +23,11 @@ from functions.clients.aws import client, error_code, target_client
 from functions.errors import AwsRateLimited, ConfigInvalid, CopyFailed, RestoreRefused
 from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
-from functions.models.restore import RestoreTarget
 
-# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time).
+# Types only (TypedDicts cost a few ms to create; the results are plain dicts at run time; the restore's models are
+# built only by the restore's functions).
 if TYPE_CHECKING:
+    from functions.models.restore import RestoreTarget
     from functions.models.restore_plans import Attached, EbsCreated, EbsPlan, Mounted
     from functions.models.results import HostCommand
 

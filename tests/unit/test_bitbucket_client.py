@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from functions.clients.bitbucket import BitbucketClient, Credentials, Lock
+from functions.clients.bitbucket import BitbucketClient
+from functions.clients.bitbucket_answers import Credentials, Lock
 from functions.errors import (
     AlreadyLocked,
     BackupError,

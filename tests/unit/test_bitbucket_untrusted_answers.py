@@ -10,7 +10,8 @@ from email.utils import formatdate
 
 import pytest
 
-from functions.clients.bitbucket import BitbucketClient, Credentials
+from functions.clients.bitbucket import BitbucketClient
+from functions.clients.bitbucket_answers import Credentials
 from functions.errors import BitbucketBadResponse, BitbucketRequestFailed, BitbucketUnavailable, LockNotConfirmed
 from rehearsal.bitbucket_simulator import BitbucketSimulator, RedirectTarget
 
@@ -114,7 +115,7 @@ def test_a_redirected_progress_report_fails_and_the_token_stays_here(
     token = simulator.unlock_token
     assert token is not None
     simulator.inject("progress", redirect_to=elsewhere.url)
-    from functions.clients.bitbucket import Lock
+    from functions.clients.bitbucket_answers import Lock
 
     with pytest.raises(BitbucketRequestFailed, match=r"^progress: .*HTTP 302"):
         client.progress(Lock(unlock_token=token, owner=""), 50)

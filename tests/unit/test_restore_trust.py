@@ -14,6 +14,7 @@ from moto import mock_aws
 from functions import restore
 from functions.clients import aws
 from functions.errors import InvalidInput, RestoreRefused
+from functions.models import environment
 from functions.models.config import ConfigError, parse_instance_config
 from functions.models.environment import DRILL_MACHINE as DRILL_MACHINE_ENV
 from functions.models.events import parse
@@ -177,7 +178,7 @@ def test_a_drill_plan_from_the_drill_machine_is_accepted(deployed: str) -> None:
         )
     )
     assert restore.checked(drill_plan, "finish") is drill_plan
-    assert restore.started_by_drill(DRILL_EXECUTION) and not restore.started_by_drill(RESTORE_EXECUTION)
+    assert environment.started_by_drill(DRILL_EXECUTION) and not environment.started_by_drill(RESTORE_EXECUTION)
 
 
 # --- the drill's teardown removes only what its own restore machine made, below its work_path ---------------------

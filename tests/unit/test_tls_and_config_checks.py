@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from functions import steps
-from functions.clients.bitbucket import Credentials
+from functions.clients import secrets
+from functions.clients.bitbucket_answers import Credentials
 from functions.models.config import ConfigError
 from tests.conftest import instance_config
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def no_secret_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(steps, "credentials", lambda _secret: Credentials(username="u", password="p4ssw0rd"))
+    monkeypatch.setattr(secrets, "credentials", lambda _secret: Credentials(username="u", password="p4ssw0rd"))
 
 
 def test_tls_is_verified_by_default(no_secret_lookup: None) -> None:

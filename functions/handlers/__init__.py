@@ -2,8 +2,9 @@
 
 In Lambda (AWS_LAMBDA_FUNCTION_NAME is set), the cyclic garbage collector is paused while a handler module and its
 libraries import: every collection then scans all the objects built so far and frees next to nothing (26 ms of the
-backup handler's cold start on Python 3.11, 8 ms on 3.13; README, "What it measured"). The first invocation freezes what the import built (module-level objects that live
-as long as the process) out of later collections and resumes the collector (functions.handlers._step).
+backup handler's cold start on Python 3.11, 8 ms on 3.13; README, "What it measured"). The first invocation freezes
+what the import built (module-level objects that live as long as the process) out of later collections and resumes
+the collector (functions.handlers._step).
 """
 
 from __future__ import annotations

@@ -243,7 +243,10 @@ def check_host(run: RunContext, progress: P) -> P:
             remaining.append(command)
         else:
             results[command["step"]] = summary
-            say(run.config, f"{command['step']} done on {command['instance_id']}")
+            rsync = summary.get("rsync-home")
+            scan = rsync.get("scan") if isinstance(rsync, dict) else None
+            how = {"changed": " (scanned what changed)", "full": " (scanned every file)"}.get(str(scan), "")
+            say(run.config, f"{command['step']} done on {command['instance_id']}{how}")
     checked = copy.copy(progress)  # the same keys in the same order as {**progress, ...}
     checked["done"], checked["commands"], checked["results"] = not remaining, remaining, results
     return checked

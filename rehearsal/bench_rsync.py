@@ -17,6 +17,10 @@ Side by side on the same data (--parallel N, default 4): a second staging copy i
 `--parallel N` passes (the repositories sharded over N rsyncs), and each round times both second passes on the same
 churned home, in alternating order. Goal for the sharded locked pass: GOAL_PARALLEL_RATIO of the single first pass.
 
+And the locked pass that lists only what changed (`--scan changed`, `home.locked_pass_scan: changed`): a third
+staging copy, its no-op and second passes timed in the same rounds on the same churned home. Goal for it as well:
+GOAL_PARALLEL_RATIO of the single first pass.
+
 And with a btrfs snapshot instead of the locked pass (--snapshot, the default as root): the homes are generated on a
 btrfs file system on a loop device, in a subvolume, and each round also times the host script's `fs-snapshot` of
 the same churned home: what the lock holds with `home.snapshot: btrfs`.
@@ -77,6 +81,10 @@ class Run:
     second_pass_parallel: PassResult | None = None
     ratio_parallel: float = 0.0
     meets_parallel_goal: bool = False
+    noop_pass_changed: PassResult | None = None
+    second_pass_changed: PassResult | None = None
+    ratio_changed: float = 0.0
+    meets_changed_goal: bool = False
     snapshot_s: float | None = None  # median wall time of the btrfs snapshot (the locked step with snapshots)
     snapshot_ratio: float | None = None
 
@@ -161,10 +169,11 @@ def churn(repos: list[Path], churn_mb: float, seed: int = 2) -> int:
     return len(chosen)
 
 
-def rsync_pass(home: Path, staging: Path, parallel: int = 1) -> PassResult:
+def rsync_pass(home: Path, staging: Path, parallel: int = 1, scan: str = "full") -> PassResult:
     start = time.perf_counter()
+    flags = ["--parallel", str(parallel), "--scan", scan]
     proc = subprocess.run(
-        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging), "--parallel", str(parallel)],
+        [str(SCRIPT), "rsync-home", "--home", str(home), "--staging", str(staging), *flags],
         capture_output=True,
         text=True,
         check=False,
@@ -173,6 +182,8 @@ def rsync_pass(home: Path, staging: Path, parallel: int = 1) -> PassResult:
     if proc.returncode != 0:
         raise SystemExit(f"rsync-home failed (exit {proc.returncode}): {proc.stderr.strip()}")
     summary: dict[str, Any] = json.loads(proc.stdout)
+    if summary["scan"] != scan:  # the changed scan fell back to a full one: it would not measure what it says
+        raise SystemExit(f"rsync-home scanned {summary['scan']} instead of {scan}: {proc.stderr.strip()}")
     return PassResult(
         round(wall, 3), float(summary["seconds"]), summary["files_transferred"], summary["bytes_transferred"]
     )
@@ -204,7 +215,8 @@ def one_run(
     workdir: Path, size_mb: float, churn_mb: float, rounds: int, parallel: int = 1, snapshot: bool = False
 ) -> Run:
     """First pass; then, `rounds` times, a no-op pass and a churn + second pass; medians of those. With parallel > 1,
-    the same into a second staging copy with `--parallel`, on the same data, in alternating order. With snapshot,
+    the same into a second staging copy with `--parallel`, on the same data, in alternating order; and into a third
+    with `--scan changed`. With snapshot,
     all of it on a btrfs file system, and each round also times a snapshot of the churned home."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-"))
@@ -213,31 +225,37 @@ def one_run(
             data = stack.enter_context(btrfs_volume(Path(tmp), size_mb=int(size_mb * 4) + 512))
             btrfs_subvolume(data / "home")
         home, staging, sharded = data / "home", data / "staging", data / "staging-sharded"
+        changed = data / "staging-changed"
         repos = generate_home(home, size_mb)
         files = sum(len(names) for _dir, _subdirs, names in os.walk(home))
         os.sync()
         first = rsync_pass(home, staging)
         if parallel > 1:
             rsync_pass(home, sharded, parallel)
+        rsync_pass(home, changed)  # the live pass is always a full one
         noops: list[PassResult] = []
         seconds: list[PassResult] = []
         noops_p: list[PassResult] = []
         seconds_p: list[PassResult] = []
+        noops_c: list[PassResult] = []
+        seconds_c: list[PassResult] = []
         churned = 0
         snapshots: list[float] = []
         for i in range(rounds):
-            order = [(1, staging, noops, seconds), (parallel, sharded, noops_p, seconds_p)][: 2 if parallel > 1 else 1]
+            order = [(1, "full", staging, noops, seconds), (1, "changed", changed, noops_c, seconds_c)]
+            if parallel > 1:
+                order.insert(1, (parallel, "full", sharded, noops_p, seconds_p))
             if i % 2:
                 order.reverse()
-            for n, target, noop_list, _ in order:
+            for n, scan, target, noop_list, _ in order:
                 # In production the first pass ends long before the lock: let its writes reach the disk first, so the
                 # timed pass does not compete with their writeback.
                 os.sync()
-                noop_list.append(rsync_pass(home, target, n))  # nothing changed: comparing every file, the floor
+                noop_list.append(rsync_pass(home, target, n, scan))  # nothing changed: the floor of the scan
             churned = churn(repos, churn_mb, seed=100 + i)
-            for n, target, _, second_list in order:
+            for n, scan, target, _, second_list in order:
                 os.sync()
-                second_list.append(rsync_pass(home, target, n))
+                second_list.append(rsync_pass(home, target, n, scan))
             if snapshot:
                 snapshots.append(snapshot_pass(home, data / "snapshots", f"bench-{i}"))
         workflow = workflow_run(home, repos, churn_mb)
@@ -250,6 +268,14 @@ def one_run(
             "snapshot_s": round(taken, 4),
             "snapshot_ratio": round(taken / first.wall_s, 4) if first.wall_s else 0,
         }
+    second_c = median_pass(seconds_c)
+    ratio_c = second_c.wall_s / first.wall_s if first.wall_s else 0.0
+    extra |= {
+        "noop_pass_changed": median_pass(noops_c),
+        "second_pass_changed": second_c,
+        "ratio_changed": round(ratio_c, 4),
+        "meets_changed_goal": ratio_c <= GOAL_PARALLEL_RATIO,
+    }
     if parallel > 1:
         second_p = median_pass(seconds_p)
         ratio_p = second_p.wall_s / first.wall_s if first.wall_s else 0.0
@@ -315,6 +341,7 @@ def table(runs: list[Run]) -> str:
         f"{'home':>9} {'repos':>6} {'files':>7} {'churn':>8} {'first pass':>11} {'no-op pass':>11} "
         f"{'second pass':>12} {'moved':>9} {'ratio':>7} {'lock window':>12}  goal <= {GOAL_RATIO:.0%}"
         f"  | sharded: no-op, second pass, ratio (goal <= {GOAL_PARALLEL_RATIO:.0%})"
+        f"  | changed scan: no-op, second pass, ratio (goal <= {GOAL_PARALLEL_RATIO:.0%})"
     ]
     for r in runs:
         moved = r.second_pass.bytes_transferred / MB
@@ -327,6 +354,12 @@ def table(runs: list[Run]) -> str:
                 f"  | x{r.parallel}: {r.noop_pass_parallel.wall_s:.2f} s, {r.second_pass_parallel.wall_s:.2f} s,"
                 f" {r.ratio_parallel:.1%} {'ok' if r.meets_parallel_goal else 'MISSED'}"
                 if r.noop_pass_parallel and r.second_pass_parallel
+                else ""
+            )
+            + (
+                f"  | changed: {r.noop_pass_changed.wall_s:.2f} s, {r.second_pass_changed.wall_s:.2f} s,"
+                f" {r.ratio_changed:.1%} {'ok' if r.meets_changed_goal else 'MISSED'}"
+                if r.noop_pass_changed and r.second_pass_changed
                 else ""
             )
             + (f"  | btrfs snapshot: {r.snapshot_s:.3f} s, {r.snapshot_ratio:.2%}" if r.snapshot_s is not None else "")

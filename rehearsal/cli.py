@@ -81,6 +81,13 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
         help="with --home-strategy rsync: rsyncs of the locked pass over shards of the repositories (default 1)",
     )
     parser.add_argument(
+        "--locked-pass-scan",
+        choices=("full", "changed"),
+        default="full",
+        help="with --home-strategy rsync: the locked pass compares every file (full, the default) or copies what "
+        "changed since the live pass began (changed)",
+    )
+    parser.add_argument(
         "--latency",
         action="store_true",
         help="every AWS call waits for its round trip in a region (rehearsal/latency.py), as `make bench` does",
@@ -96,8 +103,9 @@ def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         )
     if args.db_strategy == "postgresql-fslevel" and args.home_strategy != "btrfs":
         parser.error("--db-strategy postgresql-fslevel needs --home-strategy btrfs: the home's snapshot copies it")
-    if args.home_strategy != "rsync" and (args.home_path is not None or args.locked_pass_parallel != 1):
-        parser.error("--home-path and --locked-pass-parallel need --home-strategy rsync")
+    locked_pass = args.locked_pass_parallel != 1 or args.locked_pass_scan != "full"
+    if args.home_strategy != "rsync" and (args.home_path is not None or locked_pass):
+        parser.error("--home-path, --locked-pass-parallel and --locked-pass-scan need --home-strategy rsync")
     if args.home_path is not None and not args.home_path.is_dir():
         parser.error(f"--home-path {args.home_path}: no such directory")
     if not 1 <= args.locked_pass_parallel <= 32:
@@ -115,9 +123,11 @@ def world_settings(args: argparse.Namespace) -> dict[str, Any]:
         "instance_overrides": {"zero_downtime": True} if args.zero_downtime else None,
         "latency_model": LatencyModel() if args.latency else None,
         "home_path": args.home_path.resolve() if args.home_path is not None else None,
-        "home_settings": {"locked_pass_parallel": args.locked_pass_parallel}
-        if args.locked_pass_parallel != 1
-        else None,
+        "home_settings": {
+            **({"locked_pass_parallel": args.locked_pass_parallel} if args.locked_pass_parallel != 1 else {}),
+            **({"locked_pass_scan": args.locked_pass_scan} if args.locked_pass_scan != "full" else {}),
+        }
+        or None,
     }
 
 

@@ -6,13 +6,20 @@
 #
 # Usage: bitbucket-backup-host.sh SUBCOMMAND [--flag VALUE]...       (--flag=VALUE works too)
 #
-#   rsync-home  --home DIR --staging DIR [--exclude PATTERN]... [--exclude-repo ID]...
+#   rsync-home  --home DIR --staging DIR [--exclude PATTERN]... [--exclude-repo ID]... [--parallel N]
+#               [--scan full|changed]
 #       Mirror the home into the staging directory: rsync -a --delete --delete-excluded with the default excludes
 #       (home-relative /caches/ /data/db.* /export/ /log/ /plugins/.*/ /tmp /.lock), the extra excludes, and
 #       /shared/data/repositories/ID for each excluded repository. Run it twice: once while Bitbucket is live (the
 #       expensive pass), once under the maintenance lock (moves only what changed). The staging directory gets a
 #       marker file (.bitbucket-backup-staging); a non-empty directory without it is refused, so a wrong path is
 #       never wiped by --delete. rsync's "some files vanished" (24) is a warning (live pass), not an error.
+#       --parallel N: the repositories sharded over N rsyncs. --scan changed: instead of rsync comparing every file,
+#       find lists what changed since the last complete pass into this staging directory began (change times, 2 s of
+#       margin) and rsync copies only that, deleting within the directories that changed; the same tree, in a
+#       fraction of the time. It scans every file instead (and says why) when there was no such pass, when the home
+#       or the excludes differ from that pass's, or when the home is not on a local file system (an NFS server's
+#       clock is not this host's).
 #   fs-snapshot --home DIR --snapshots DIR --name NAME [--kind btrfs] [--check-only | --remove]
 #       A read-only btrfs snapshot of the home (which must be a btrfs subvolume) as DIR/NAME, on the same file system:
 #       taken in milliseconds under the lock, then copied with rsync-home --home DIR/NAME after the unlock.
@@ -120,7 +127,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.5.0"
+VERSION="1.6.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -922,14 +929,38 @@ rsync_shard() {  # rsync_shard N ARGS...: copy the repositories listed in $WORK/
     echo "$rc" >"$WORK/shard.$n.rc"
 }
 
+# changed_since HOME KEY PREVIOUS: what changed in HOME (change time) since the earlier pass PREVIOUS ("START KEY")
+# began, into $WORK/changed (NUL-separated, a directory as DIR/.); returns 1 with REPLY saying why not.
+# Local file systems only: a file's change time is set by the clock of whoever stores it.
+LOCAL_FILE_SYSTEMS=" ext2/ext3 xfs btrfs tmpfs overlayfs zfs f2fs jfs reiserfs "
+changed_since() {
+    local home=$1 key=$2 previous=$3 fstype
+    fstype=$(stat -f -c %T -- "$home" 2>/dev/null) || fstype="unknown"
+    if [[ -z $previous ]]; then
+        REPLY="no complete earlier pass into this staging directory"
+    elif [[ ${previous#* } != "$key" ]]; then
+        REPLY="the home or the excludes are not the earlier pass's"
+    elif [[ $LOCAL_FILE_SYSTEMS != *" $fstype "* ]]; then
+        REPLY="the home is on $fstype, whose change times need not follow this host's clock"
+    elif ! (cd -- "$home" && find . -newerct "@${previous%% *}" \( -type d -printf '%p/.\0' -o -printf '%p\0' \)) \
+        >"$WORK/changed" 2>"$WORK/find.err"; then
+        tail_of "$WORK/find.err"
+        REPLY="listing what changed failed: $REPLY"
+    else
+        return 0
+    fi
+    return 1
+}
+
 cmd_rsync_home() {
-    parse_flags "home staging exclude exclude-repo parallel $PROGRESS_FLAGS" "" "$@"
+    parse_flags "home staging exclude exclude-repo parallel scan $PROGRESS_FLAGS" "" "$@"
     require home staging
     need rsync
     make_work
     progress_init
-    local home staging parallel=${FLAG[parallel]:-1}
+    local home staging parallel=${FLAG[parallel]:-1} scan=${FLAG[scan]:-full}
     is_uint "$parallel" && ((parallel >= 1 && parallel <= 32)) || die 2 "--parallel must be a number from 1 to 32"
+    [[ $scan == full || $scan == changed ]] || die 2 "--scan must be full or changed"
     [[ -d ${FLAG[home]} ]] || die 3 "home directory not found: ${FLAG[home]}"
     home=$(realpath -e -- "${FLAG[home]}")
     staging=$(realpath -m -- "${FLAG[staging]}")
@@ -943,8 +974,11 @@ cmd_rsync_home() {
             die 6 "refusing to rsync --delete into $staging: it is not empty and has no $MARKER marker (not a staging directory of this tool)"
         fi
     fi
-    local err="$WORK/rsync.err"
+    local err="$WORK/rsync.err" previous=""
     safe_dir "$staging" "staging directory"
+    # The last complete pass ("pass START KEY", appended when it ends): rewriting the marker forgets it until this
+    # pass is complete in turn.
+    [[ -f $staging/$MARKER ]] && previous=$(sed -n 's/^pass \([0-9]\{1,12\}\) \([0-9a-f]\{64\}\)$/\1 \2/p' -- "$staging/$MARKER" | tail -n 1)
     if ! printf 'staging copy of %s, made by %s\n' "$home" "$PROG" >"$staging/$MARKER" 2>>"$err"; then
         is_no_space "$err" && die 4 "no space left creating $staging"
         tail_of "$err"
@@ -963,8 +997,22 @@ cmd_rsync_home() {
         excluded_repos+=("$id")
     done
     local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
-    local pattern sharded=""
-    ((parallel > 1)) && [[ -d $home/$REPOS_REL ]] && sharded=1
+    local pattern sharded="" key pass_start scanned=full
+    key=$(printf '%s\0' "$home" "${excludes[@]}" | sha256sum)
+    key=${key%% *}
+    pass_start=$(($(date +%s) - 2))  # file times are kept at the kernel's tick: a margin, never a gap
+    if [[ $scan == changed ]]; then
+        changed_since "$home" "$key" "$previous" && scanned=changed || warn "scanning every file: $REPLY"
+    fi
+    if [[ $scanned == changed ]]; then
+        # -a implies no recursion with --files-from: -d copies each listed directory's entries (DIR/.), and
+        # --delete deletes within those only. A directory's exclude does not reach the names listed below it: each
+        # pattern also excludes everything below what it matches (PATTERN/***).
+        args+=(-d --from0 --files-from="$WORK/changed")
+        for pattern in "${excludes[@]}"; do args+=(--exclude="${pattern%/}/***"); done
+    elif ((parallel > 1)) && [[ -d $home/$REPOS_REL ]]; then
+        sharded=1
+    fi
     # Sharded: the repositories are copied by `parallel` rsyncs of their own (below), this one copies the rest.
     [[ -z $sharded ]] || args+=(--filter="P /$REPOS_REL/*/" --exclude="/$REPOS_REL/*/")
     for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
@@ -1045,6 +1093,7 @@ cmd_rsync_home() {
             die 5 "rsync failed (exit $rc): $REPLY"
             ;;
     esac
+    printf 'pass %s %s\n' "$pass_start" "$key" >>"$staging/$MARKER"
 
     local -A st=([files]=0 [regular]=0 [created]=0 [deleted]=0 [transferred]=0 [total]=0 [transferred_bytes]=0
         [literal]=0 [sent]=0)
@@ -1077,7 +1126,8 @@ cmd_rsync_home() {
         "${st[files]}" "${st[regular]}" "${st[created]}" "${st[deleted]}" "${st[transferred]}"
     printf '"bytes_total": %s, "bytes_transferred": %s, "bytes_literal": %s, "bytes_sent": %s, ' \
         "${st[total]}" "${st[transferred_bytes]}" "${st[literal]}" "${st[sent]}"
-    printf '"vanished": %s, "rsync_exit": %s, "parallel": %s, "excludes": %s}\n' "$vanished" "$rc" "$parallel" "$jexcl"
+    printf '"vanished": %s, "rsync_exit": %s, "parallel": %s, "scan": "%s", "excludes": %s}\n' "$vanished" "$rc" \
+        "$parallel" "$scanned" "$jexcl"
 }
 
 dump_dir_start() {  # --out -> REPLY: the dump directory (must not exist), REPLY_PARTIAL: its hidden partial name

@@ -193,11 +193,18 @@ OPERATIONS: dict[str, Operation] = {
                 _p("staging", _PATH, "The staging directory (created 0700)"),
                 *_EXCLUDES,
                 _p("parallel", r"[1-9][0-9]?", "rsyncs over shards of the repositories", optional_=True),
+                _p(
+                    "scan",
+                    r"full|changed",
+                    "full: rsync compares every file; changed: only what changed",
+                    optional_=True,
+                ),
                 *_PROGRESS,
             ),
             _PROGRESS_LINES
             + """args=(--home '{{ home }}' --staging '{{ staging }}')
 [ -z '{{ parallel }}' ] || args+=(--parallel '{{ parallel }}')
+[ -z '{{ scan }}' ] || args+=(--scan '{{ scan }}')
 """
             + _EXCLUDE_LINES
             + """HOST_SCRIPT rsync-home "${args[@]}" "${progress[@]}"

@@ -276,10 +276,11 @@ class RsyncStrategy(HostCopyStrategy):
         # Ids by now: the validate step resolved PROJECT/slug names.
         return {"excludes": "|".join(cfg.excludes), "excludeRepos": ",".join(str(r) for r in cfg.exclude_repos)}
 
-    def _rsync(self, step: str, backup_id: str, parallel: int = 1) -> list[HostCommand]:
+    def _rsync(self, step: str, backup_id: str, parallel: int = 1, scan: str = "full") -> list[HostCommand]:
         cfg = self.config
         parameters: host.Parameters = {
             "parallel": str(parallel),
+            "scan": scan,
             "home": cfg.home_path,
             "staging": cfg.staging_path,
             **self._excludes(),
@@ -308,7 +309,8 @@ class RsyncStrategy(HostCopyStrategy):
     def copy(self, backup_id: str) -> list[HostCommand]:
         if self.config.snapshot:
             return self._snapshot("copy home: btrfs snapshot", backup_id, check_only=False)
-        return self._rsync("copy home: rsync (locked)", backup_id, self.config.locked_pass_parallel)
+        cfg = self.config
+        return self._rsync("copy home: rsync (locked)", backup_id, cfg.locked_pass_parallel, cfg.locked_pass_scan)
 
     def _archive_document(self) -> str:
         return "ArchiveHomeSnapshot" if self.config.snapshot else "ArchiveUpload"

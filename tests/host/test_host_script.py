@@ -685,6 +685,11 @@ def test_bench_rsync_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert run_["parallel"] == 4 and run_["noop_pass_parallel"]["files_transferred"] == 0
         assert sharded["bytes_transferred"] == second["bytes_transferred"]
         assert run_["ratio_parallel"] == pytest.approx(sharded["wall_s"] / first["wall_s"], abs=1e-3)
+        # and the pass that lists only what changed (rsync_pass refuses a scan that fell back to a full one)
+        changed = run_["second_pass_changed"]
+        assert run_["noop_pass_changed"]["files_transferred"] == 0
+        assert changed["bytes_transferred"] == second["bytes_transferred"]
+        assert run_["ratio_changed"] == pytest.approx(changed["wall_s"] / first["wall_s"], abs=1e-3)
         # the whole workflow on the same home: live pass, churn, locked pass, archive of the whole home
         workflow = run_["workflow"]
         assert workflow["status"] == "SUCCEEDED" and 0 < workflow["lock_window_s"] < workflow["duration_s"]
@@ -790,6 +795,59 @@ def test_the_parallel_pass_leaves_the_tree_a_single_pass_leaves(
     for key in ("files", "regular_files", "bytes_total", "files_transferred", "bytes_transferred"):
         assert many[key] == one[key], key
     assert many["files_deleted"] >= one["files_deleted"] > 0
+
+
+def test_the_changed_scan_leaves_the_tree_a_full_pass_leaves(home: BitbucketHome, tmp_path: Path) -> None:
+    """A locked pass that copies only what changed since the live pass began: new commits, a deleted repository and
+    a new one, a file rewritten in place, a mode changed, a file replaced by a directory, and writes under excluded
+    paths (a directory's and an unanchored pattern's), which must stay out."""
+    full, changed = tmp_path / "full", tmp_path / "changed"
+    extra = ("--exclude", "/shared/config/", "--exclude", "*.keep", "--exclude-repo", "5")
+    (home.root / "shared" / "config").mkdir(parents=True, exist_ok=True)
+    (home.root / "shared" / "notes.txt").write_text("before\n")
+    (home.root / "shared" / "swap").write_text("a file first\n")
+    for staging in (full, changed):
+        assert run("rsync-home", "--home", home.root, "--staging", staging, *extra).ok()["scan"] == "full"
+    home.push_commits(1, "feature/x", 3)
+    home.delete_repo(2)
+    home.add_repo(6)
+    (home.root / "shared" / "notes.txt").write_text("after, in place\n")
+    (home.repo(3) / "config").chmod(0o600)
+    (home.root / "shared" / "swap").unlink()
+    (home.root / "shared" / "swap").mkdir()
+    (home.root / "shared" / "swap" / "inside").write_text("now a directory\n")
+    (home.root / "shared" / "config" / "secret.properties").write_text("excluded directory\n")
+    (home.repo(4) / "hooks" / "x.keep").write_text("excluded anywhere\n")
+    (home.repo(5) / "new-file").write_text("an excluded repository\n")
+    one = run("rsync-home", "--home", home.root, "--staging", full, *extra).ok()
+    few = run("rsync-home", "--home", home.root, "--staging", changed, *extra, "--scan", "changed").ok()
+    assert few["scan"] == "changed" and one["scan"] == "full"
+    assert _tree(changed) == _tree(full)
+    assert not (changed / REPOS / "2").exists() and (changed / REPOS / "6").is_dir()
+    assert (changed / "shared" / "notes.txt").read_text() == "after, in place\n"
+    assert not (changed / "shared" / "config").exists() and not (changed / REPOS / "5").exists()
+    assert not (changed / REPOS / "4" / "hooks" / "x.keep").exists()
+    assert few["files_transferred"] == one["files_transferred"] and few["files_deleted"] == one["files_deleted"]
+
+
+def test_the_changed_scan_scans_every_file_when_it_cannot_trust_the_earlier_pass(
+    home: BitbucketHome, tmp_path: Path
+) -> None:
+    staging = tmp_path / "staging"
+    first = run("rsync-home", "--home", home.root, "--staging", staging, "--scan", "changed")
+    assert first.ok()["scan"] == "full" and "no complete earlier pass" in first.stderr
+    other = run("rsync-home", "--home", home.root, "--staging", staging, "--exclude-repo", "3", "--scan", "changed")
+    assert other.ok()["scan"] == "full" and "excludes are not the earlier pass's" in other.stderr
+    assert not (staging / REPOS / "3").exists()  # the newly excluded repository is deleted, as a full pass does
+    # A pass that did not complete leaves no earlier pass to trust.
+    (staging / MARKER).write_text((staging / MARKER).read_text().replace("pass ", "pass x"))
+    broken = run("rsync-home", "--home", home.root, "--staging", staging, "--exclude-repo", "3", "--scan", "changed")
+    assert broken.ok()["scan"] == "full" and "no complete earlier pass" in broken.stderr
+    again = run("rsync-home", "--home", home.root, "--staging", staging, "--exclude-repo", "3", "--scan", "changed")
+    assert again.ok()["scan"] == "changed" and again.stderr == ""
+    run("rsync-home", "--home", home.root, "--staging", staging, "--scan", "some").assert_error(
+        EXIT_USAGE, "rsync-home"
+    )
 
 
 def test_parallel_is_bounded() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) 
     before = _tree(home)
     code, output, summary = _run(
         ["--home-strategy", "rsync", "--db-strategy", "postgresql", "--drain-seconds", "0.1", "--poll-interval", "0",
-         "--home-path", str(home), "--locked-pass-parallel", "3"],
+         "--home-path", str(home), "--locked-pass-parallel", "3", "--locked-pass-scan", "changed"],
         "admin",
         tmp_path,
     )  # fmt: skip
@@ -113,7 +114,10 @@ def test_rehearsal_of_the_host_copy_strategies_moves_real_bytes(tmp_path: Path) 
     for archive in archives.values():
         assert archive["bucket"] and archive["key"].startswith(f"demo/{summary['backup_id']}/")
         assert int(archive["size"]) > 0 and len(archive["sha256"]) == 64
-    assert "rsync (locked) done" in output and "pg_dump done" in output
+    assert "rsync (live) done" in output and "pg_dump done" in output
+    # The live pass compared every file; the locked one listed only what changed since the live pass began.
+    assert re.search(r"rsync \(live\) done on i-[0-9a-f]+ \(scanned every file\)", output), output
+    assert re.search(r"rsync \(locked\) done on i-[0-9a-f]+ \(scanned what changed\)", output), output
     restore = summary["restore"]
     assert restore["status"] == "SUCCEEDED", restore
     assert restore["output"]["home"]["files"] > 0
@@ -132,6 +136,7 @@ def test_zero_downtime_with_a_host_copy_strategy_is_a_usage_error(tmp_path: Path
         (["--home-path", "/"], "need --home-strategy rsync"),
         (["--home-strategy", "rsync", "--home-path", "/nonexistent/home"], "no such directory"),
         (["--home-strategy", "rsync", "--locked-pass-parallel", "0"], "from 1 to 32"),
+        (["--locked-pass-scan", "changed"], "need --home-strategy rsync"),
     ],
 )
 def test_a_home_path_or_a_parallel_locked_pass_outside_rsync_is_a_usage_error(

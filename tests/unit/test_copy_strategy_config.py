@@ -146,6 +146,7 @@ def test_a_btrfs_snapshot_needs_its_directory_outside_the_home_and_replaces_the_
         ({"snapshot_path": "/var/atlassian/application-data/bitbucket/snaps"}, "outside home_path and staging_path"),
         ({"snapshot_path": "/backup"}, "outside home_path and staging_path"),  # contains the staging directory
         ({"locked_pass_parallel": 4}, "which a snapshot replaces"),
+        ({"locked_pass_scan": "changed"}, "which a snapshot replaces"),
         ({"snapshot": "zfs"}, r"home\.snapshot"),
     ]
     for change, expected in cases:

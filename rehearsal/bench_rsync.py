@@ -221,8 +221,8 @@ def one_run(
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-"))
         data = Path(tmp)
-        if snapshot:  # the home, its staging copies and the snapshots on one btrfs file system
-            data = stack.enter_context(btrfs_volume(Path(tmp), size_mb=int(size_mb * 4) + 512))
+        if snapshot:  # the home, its three staging copies and the snapshots on one btrfs file system
+            data = stack.enter_context(btrfs_volume(Path(tmp), size_mb=int(size_mb * 5) + 512))
             btrfs_subvolume(data / "home")
         home, staging, sharded = data / "home", data / "staging", data / "staging-sharded"
         changed = data / "staging-changed"

@@ -929,12 +929,24 @@ rsync_shard() {  # rsync_shard N ARGS...: copy the repositories listed in $WORK/
     echo "$rc" >"$WORK/shard.$n.rc"
 }
 
-# changed_since HOME KEY PREVIOUS: what changed in HOME (change time) since the earlier pass PREVIOUS ("START KEY")
-# began, into $WORK/changed (NUL-separated, a directory as DIR/.); returns 1 with REPLY saying why not.
-# Local file systems only: a file's change time is set by the clock of whoever stores it.
+# changed_since HOME KEY PREVIOUS [EXCLUDE]...: what changed in HOME (change time) since the earlier pass PREVIOUS
+# ("START KEY") began, into $WORK/changed (NUL-separated, a directory as DIR/.); returns 1 with REPLY saying why not.
+# Local file systems only: a file's change time is set by the clock of whoever stores it. The excludes that name one
+# path from the home (anchored, no wildcard) are not even walked (an excluded repository, the logs); rsync's filter
+# leaves out what the others match.
 LOCAL_FILE_SYSTEMS=" ext2/ext3 xfs btrfs tmpfs overlayfs zfs f2fs jfs reiserfs "
 changed_since() {
-    local home=$1 key=$2 previous=$3 fstype
+    local home=$1 key=$2 previous=$3 fstype pattern
+    shift 3
+    local -a prune=()
+    for pattern; do
+        [[ $pattern == /* && $pattern != *[][*?\\]* ]] || continue
+        if [[ $pattern == */ ]]; then  # a directory only, as rsync reads a trailing slash
+            [[ $pattern != / ]] && prune+=(-path ".${pattern%/}" -type d -prune -o)
+        else
+            prune+=(-path ".$pattern" -prune -o)
+        fi
+    done
     fstype=$(stat -f -c %T -- "$home" 2>/dev/null) || fstype="unknown"
     if [[ -z $previous ]]; then
         REPLY="no complete earlier pass into this staging directory"
@@ -942,7 +954,7 @@ changed_since() {
         REPLY="the home or the excludes are not the earlier pass's"
     elif [[ $LOCAL_FILE_SYSTEMS != *" $fstype "* ]]; then
         REPLY="the home is on $fstype, whose change times need not follow this host's clock"
-    elif ! (cd -- "$home" && find . -newerct "@${previous%% *}" \( -type d -printf '%p/.\0' -o -printf '%p\0' \)) \
+    elif ! (cd -- "$home" && find . "${prune[@]}" -newerct "@${previous%% *}" \( -type d -printf '%p/.\0' -o -printf '%p\0' \)) \
         >"$WORK/changed" 2>"$WORK/find.err"; then
         tail_of "$WORK/find.err"
         REPLY="listing what changed failed: $REPLY"
@@ -1002,7 +1014,7 @@ cmd_rsync_home() {
     key=${key%% *}
     pass_start=$(($(date +%s) - 2))  # file times are kept at the kernel's tick: a margin, never a gap
     if [[ $scan == changed ]]; then
-        changed_since "$home" "$key" "$previous" && scanned=changed || warn "scanning every file: $REPLY"
+        changed_since "$home" "$key" "$previous" "${excludes[@]}" && scanned=changed || warn "scanning every file: $REPLY"
     fi
     if [[ $scanned == changed ]]; then
         # -a implies no recursion with --files-from: -d copies each listed directory's entries (DIR/.), and

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -802,16 +803,22 @@ def test_the_changed_scan_leaves_the_tree_a_full_pass_leaves(home: BitbucketHome
     a new one, a file rewritten in place, a mode changed, a file replaced by a directory, and writes under excluded
     paths (a directory's and an unanchored pattern's), which must stay out."""
     full, changed = tmp_path / "full", tmp_path / "changed"
+    # A directory's exclude that names a file (rsync: a trailing slash matches directories only) leaves it in.
     extra = ("--exclude", "/shared/config/", "--exclude", "*.keep", "--exclude-repo", "5")
+    extra += ("--exclude", "/shared/docs/notes.txt/")
     (home.root / "shared" / "config").mkdir(parents=True, exist_ok=True)
-    (home.root / "shared" / "notes.txt").write_text("before\n")
+    (home.root / "shared" / "docs").mkdir(parents=True, exist_ok=True)
+    (home.root / "shared" / "docs" / "notes.txt").write_text("before\n")
     (home.root / "shared" / "swap").write_text("a file first\n")
+    # Older than the scan's 2 s margin when the live pass begins, so that what is listed is the changes alone, not
+    # the whole home, made just now (a change missed would show).
+    time.sleep(2.5)
     for staging in (full, changed):
         assert run("rsync-home", "--home", home.root, "--staging", staging, *extra).ok()["scan"] == "full"
     home.push_commits(1, "feature/x", 3)
     home.delete_repo(2)
     home.add_repo(6)
-    (home.root / "shared" / "notes.txt").write_text("after, in place\n")
+    (home.root / "shared" / "docs" / "notes.txt").write_text("after, in place\n")
     (home.repo(3) / "config").chmod(0o600)
     (home.root / "shared" / "swap").unlink()
     (home.root / "shared" / "swap").mkdir()
@@ -824,7 +831,7 @@ def test_the_changed_scan_leaves_the_tree_a_full_pass_leaves(home: BitbucketHome
     assert few["scan"] == "changed" and one["scan"] == "full"
     assert _tree(changed) == _tree(full)
     assert not (changed / REPOS / "2").exists() and (changed / REPOS / "6").is_dir()
-    assert (changed / "shared" / "notes.txt").read_text() == "after, in place\n"
+    assert (changed / "shared" / "docs" / "notes.txt").read_text() == "after, in place\n"
     assert not (changed / "shared" / "config").exists() and not (changed / REPOS / "5").exists()
     assert not (changed / REPOS / "4" / "hooks" / "x.keep").exists()
     assert few["files_transferred"] == one["files_transferred"] and few["files_deleted"] == one["files_deleted"]

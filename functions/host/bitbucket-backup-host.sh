@@ -1009,7 +1009,8 @@ cmd_rsync_home() {
         excluded_repos+=("$id")
     done
     local -a args=(-a --numeric-ids --delete --delete-excluded --stats --filter="P /$MARKER")
-    local pattern sharded="" key pass_start scanned=full
+    local pattern sharded="" key pass_start scanned=full start rc=0
+    start=$(now_ns)  # the pass's seconds include listing what changed
     key=$(printf '%s\0' "$home" "${excludes[@]}" | sha256sum)
     key=${key%% *}
     pass_start=$(($(date +%s) - 2))  # file times are kept at the kernel's tick: a margin, never a gap
@@ -1030,8 +1031,6 @@ cmd_rsync_home() {
     for pattern in "${excludes[@]}"; do args+=(--exclude="$pattern"); done
     [[ -z $PROGRESS_STREAM || -n $sharded ]] || args+=(--info=progress2)  # its overall progress, lines ending in \r
 
-    local start rc=0
-    start=$(now_ns)
     PRIVATE_DIR=$staging
     local -a shards=() repos=()
     local d name i=0 n progress_filter="" rsync_out="$WORK/rsync.out"
@@ -1105,7 +1104,8 @@ cmd_rsync_home() {
             die 5 "rsync failed (exit $rc): $REPLY"
             ;;
     esac
-    printf 'pass %s %s\n' "$pass_start" "$key" >>"$staging/$MARKER"
+    # Not written (a full disk): the next changed scan finds no complete pass and scans every file.
+    printf 'pass %s %s\n' "$pass_start" "$key" >>"$staging/$MARKER" 2>/dev/null || true
 
     local -A st=([files]=0 [regular]=0 [created]=0 [deleted]=0 [transferred]=0 [total]=0 [transferred_bytes]=0
         [literal]=0 [sent]=0)

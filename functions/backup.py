@@ -554,7 +554,8 @@ def handle_failure(raw_input: dict[str, Any], run: RunContext | None, failure: d
         # Once the copies started, every original was complete (snapshots completed, archives uploaded): a failure
         # of the disaster-recovery copies keeps them as a complete local backup; the run still fails, visibly.
         originals_complete = record is not None and record.copies_started_at is not None
-        cleanup.discard(run.config, run.backup_id, actions, originals_complete=originals_complete)
+        locked = record is None or record.ever_locked  # no record: it may have locked
+        cleanup.discard(run.config, run.backup_id, actions, originals_complete=originals_complete, locked=locked)
         if unlocked.startswith("yes"):
             runs.release(run.instance, run.backup_id)
         elif record is not None:

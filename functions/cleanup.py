@@ -70,16 +70,26 @@ def unlocked_without_record(client: BitbucketClient, base_url: str) -> str:
     return f"yes (this run's record was gone; Bitbucket says it is {state}, not in maintenance mode)"
 
 
-def discard(config: InstanceConfig, backup_id: str, actions: list[str], *, originals_complete: bool = False) -> None:
+def discard(
+    config: InstanceConfig,
+    backup_id: str,
+    actions: list[str],
+    *,
+    originals_complete: bool = False,
+    locked: bool = True,
+) -> None:
     """Mark this run's unfinished artifacts failed and delete them; complete ones (finalized) are kept.
 
     With originals_complete (the failure came during the disaster-recovery copies, which start only once every
     original is complete) the originals are marked complete and kept; only the unfinished copies are removed.
 
     First, the run's host commands still running are stopped: an archive still uploading when the other part failed
-    would otherwise land after this cleanup, an orphan no later run removes."""
+    would otherwise land after this cleanup, an orphan no later run removes. What the run made on its hosts under
+    the lock (a home snapshot) is removed only if it ever locked (`locked`): asking a host that is down costs the
+    notification minutes."""
     stop_host_commands(config, backup_id, actions)
-    discard_on_hosts(config, backup_id, actions)
+    if locked:
+        discard_on_hosts(config, backup_id, actions)
     for strategy in strategies_for(config):
         for artifact in strategy.artifacts(backup_id):
             if artifact.status == COMPLETE:

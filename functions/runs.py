@@ -60,6 +60,11 @@ class Run:
     # a failure keeps the originals (as complete backups) and removes only the unfinished copies.
     copies_started_at: float | None = None
 
+    @property
+    def ever_locked(self) -> bool:
+        """Whether this run took Bitbucket's lock at some point (what it makes under the lock can exist)."""
+        return self.phase != "preparing" or self.unlock_token is not None or self.locked_at is not None
+
     def __repr__(self) -> str:
         return f"Run({self.instance}, {self.backup_id}, {self.phase})"
 

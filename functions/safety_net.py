@@ -53,7 +53,13 @@ def handle_status_change(detail: dict[str, Any]) -> SafetyNetActed:
     elif record.unlock_token:
         unlocked = cleanup.cancel_and_unlock(bitbucket(config), record, actions)
         unlocked = "yes (by the safety net)" if unlocked == "yes" else unlocked
-    cleanup.discard(config, record.backup_id, actions, originals_complete=record.copies_started_at is not None)
+    cleanup.discard(
+        config,
+        record.backup_id,
+        actions,
+        originals_complete=record.copies_started_at is not None,
+        locked=record.ever_locked,
+    )
     if unlocked.startswith("yes"):
         runs.release(instance, record.backup_id)
     logger.warning(f"safety net acted on {status} execution", extra={"unlocked": unlocked})

@@ -103,6 +103,23 @@ def test_a_failed_run_removes_its_snapshot(snapshot_world: Callable[..., World])
     assert APP_PASSWORD not in message
 
 
+def test_a_run_that_never_locked_does_not_ask_its_host_for_a_snapshot(snapshot_world: Callable[..., World]) -> None:
+    """Refused the lock, the run made no snapshot: its failure path sends the host no RemoveHomeSnapshot (which a
+    host that is down would answer only when the command times out, minutes before the notification)."""
+    w = snapshot_world()
+    removals: list[str] = []
+
+    def note_a_removal(instance_id: str, script: str) -> None:
+        if ".sh fs-snapshot --remove " in script and ".sh rsync-home " not in script:  # RemoveHomeSnapshot alone
+            removals.append(script)
+
+    w.r.host.before_run.append(note_a_removal)
+    w.sim.inject("lock", status=409)
+    result = w.r.run_backup(timeout=300)
+    assert_failed_cleanly(w, result, "lock", "409")
+    assert removals == [] and snapshots_left(w) == []
+
+
 def test_postgresql_fslevel_is_copied_by_the_homes_snapshot_and_the_restore_says_where_it_is(
     world_factory: Callable[..., World], tmp_path: Path
 ) -> None:

@@ -92,7 +92,8 @@ class RsyncHomeConfig(Strict):
     locked_pass_parallel: int = Field(default=1, ge=1, le=32)
     # The locked pass's scan. full: rsync compares every file of the home. changed: only what changed since the live
     # pass began is listed (find, by change time) and copied; the same tree in a fraction of the time, on a home on
-    # a local file system (on NFS and other network file systems the host script scans every file, and says so).
+    # a local file system (on NFS and other network file systems the host script scans every file, and says so; such a
+    # full scan is sharded by locked_pass_parallel).
     locked_pass_scan: Literal["full", "changed"] = "full"
     # A file-system snapshot instead of the locked pass: under the lock only a read-only snapshot of the home is taken
     # (milliseconds, whatever the number of files), in snapshot_path on the same file system; after the unlock it is

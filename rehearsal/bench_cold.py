@@ -38,7 +38,7 @@ from typing import Any
 from functions.models.steps import BACKUP, WORKFLOWS
 from rehearsal.lambda_asset import BUILD, LOCAL_PYTHON, RUNTIME_DISTRIBUTIONS, built_asset, runtime_site
 from rehearsal.lambda_runtime import INTERPRETER
-from stacks.asset import PLATFORM, PYTHON_VERSION, asset_hash, bundle, bytecode_python, compile_bytecode
+from stacks.asset import PLATFORM, PYTHON_VERSION, bytecode_python, compile_bytecode
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "functions" / "handlers"
@@ -93,11 +93,7 @@ def deployed_runtime() -> Runtime | None:
     python = bytecode_python(PYTHON_VERSION)
     if python is None or PYTHON_VERSION == LOCAL_PYTHON:
         return None
-    asset = BUILD / "bench-cold" / f"asset.{asset_hash(True, PYTHON_VERSION)}"
-    if not (asset / ".complete").exists():
-        shutil.rmtree(asset, ignore_errors=True)
-        bundle(asset, with_dependencies=True, python_version=PYTHON_VERSION)
-        (asset / ".complete").touch()
+    asset = built_asset(python_version=PYTHON_VERSION)
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_DISTRIBUTIONS]
     site = BUILD / "bench-cold" / f"runtime-boto3-{importlib.metadata.version('boto3')}-py{PYTHON_VERSION}"
     if not (site / ".complete").exists():
@@ -195,11 +191,12 @@ def measure_runtime(runtime: Runtime, runs: int, only: list[str] | None) -> dict
 
 def run(runs: int, only: list[str] | None = None, deployed: bool = True) -> dict[str, Any]:
     runtimes = [rehearsal_runtime()]
-    lambda_runtime = deployed_runtime() if deployed else None
-    if lambda_runtime is not None:
-        runtimes.append(lambda_runtime)
-    else:
-        print(f"bench_cold: no Python {PYTHON_VERSION} here: only this machine's Python {LOCAL_PYTHON} is measured")
+    if deployed:
+        lambda_runtime = deployed_runtime()
+        if lambda_runtime is not None:
+            runtimes.append(lambda_runtime)
+        else:
+            print(f"bench_cold: no Python {PYTHON_VERSION} here: only this machine's Python {LOCAL_PYTHON} is measured")
     measured = [measure_runtime(r, runs, only) for r in runtimes]
     return {
         "runs": runs,

@@ -189,6 +189,18 @@ def rsync_pass(home: Path, staging: Path, parallel: int = 1, scan: str = "full")
     )
 
 
+def _beside(name: str, noops: list[PassResult], seconds: list[PassResult], first: PassResult) -> dict[str, Any]:
+    """The medians of a locked pass measured beside the single one (sharded, changed scan), against its goal."""
+    second = median_pass(seconds)
+    ratio = second.wall_s / first.wall_s if first.wall_s else 0.0
+    return {
+        f"noop_pass_{name}": median_pass(noops),
+        f"second_pass_{name}": second,
+        f"ratio_{name}": round(ratio, 4),
+        f"meets_{name}_goal": ratio <= GOAL_PARALLEL_RATIO,
+    }
+
+
 def median_pass(samples: list[PassResult]) -> PassResult:
     return sorted(samples, key=lambda p: p.wall_s)[len(samples) // 2]
 
@@ -216,8 +228,8 @@ def one_run(
 ) -> Run:
     """First pass; then, `rounds` times, a no-op pass and a churn + second pass; medians of those. With parallel > 1,
     the same into a second staging copy with `--parallel`, on the same data, in alternating order; and into a third
-    with `--scan changed`. With snapshot,
-    all of it on a btrfs file system, and each round also times a snapshot of the churned home."""
+    with `--scan changed`. With snapshot, all of it on a btrfs file system, and each round also times a snapshot of
+    the churned home."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="bench-rsync-"))
         data = Path(tmp)
@@ -268,24 +280,9 @@ def one_run(
             "snapshot_s": round(taken, 4),
             "snapshot_ratio": round(taken / first.wall_s, 4) if first.wall_s else 0,
         }
-    second_c = median_pass(seconds_c)
-    ratio_c = second_c.wall_s / first.wall_s if first.wall_s else 0.0
-    extra |= {
-        "noop_pass_changed": median_pass(noops_c),
-        "second_pass_changed": second_c,
-        "ratio_changed": round(ratio_c, 4),
-        "meets_changed_goal": ratio_c <= GOAL_PARALLEL_RATIO,
-    }
+    extra |= _beside("changed", noops_c, seconds_c, first)
     if parallel > 1:
-        second_p = median_pass(seconds_p)
-        ratio_p = second_p.wall_s / first.wall_s if first.wall_s else 0.0
-        extra |= {
-            "parallel": parallel,
-            "noop_pass_parallel": median_pass(noops_p),
-            "second_pass_parallel": second_p,
-            "ratio_parallel": round(ratio_p, 4),
-            "meets_parallel_goal": ratio_p <= GOAL_PARALLEL_RATIO,
-        }
+        extra |= {"parallel": parallel, **_beside("parallel", noops_p, seconds_p, first)}
     return Run(
         home_mb=size_mb,
         repositories=len(repos),

@@ -22,10 +22,11 @@ BUILD = ROOT / ".build"
 RUNTIME_DISTRIBUTIONS = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
 
 
-def built_asset(cache_root: Path = BUILD) -> Path:
-    """The bundled asset for the functions' current sources (built once per sources and requirements, shared by the
-    test workers: one builds while the others wait)."""
-    target = cache_root / "rehearsal-assets" / f"asset.{asset_hash(True, LOCAL_PYTHON)}"
+def built_asset(cache_root: Path = BUILD, python_version: str = LOCAL_PYTHON) -> Path:
+    """The bundled asset for the functions' current sources (built once per sources, requirements and Python version,
+    shared by the test workers: one builds while the others wait). This machine's Python by default (the workers'),
+    or another version (the runtime's, as synth bundles it for deployment: rehearsal/bench_cold.py)."""
+    target = cache_root / "rehearsal-assets" / f"asset.{asset_hash(True, python_version)}"
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,7 @@ def built_asset(cache_root: Path = BUILD) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / ".complete").exists():
             shutil.rmtree(target, ignore_errors=True)
-            bundle(target, with_dependencies=True, python_version=LOCAL_PYTHON)
+            bundle(target, with_dependencies=True, python_version=python_version)
             (target / ".complete").touch()
     return target
 

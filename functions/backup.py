@@ -24,6 +24,7 @@ from functions.errors import (
     BitbucketUnavailable,
     CopyFailed,
     DrainTimeout,
+    InvalidInput,
     SnapshotFailed,
     SnapshotTimeout,
 )
@@ -31,6 +32,7 @@ from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.events import ExecutionInput, RunContext, RunFlow, parse
 from functions.models.part_config import RsyncHomeConfig
+from functions.models.steps import BACKUP, Step
 from functions.observability import bind, logger, redact, short
 from functions.steps import bitbucket, cause_text, say
 
@@ -187,6 +189,15 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
     return {"drained": False, "waited_s": round(waited, 3), "checks": len(seen)}
 
 
+def check_part(run: RunContext, row: Step, part: str) -> None:
+    """A copy step copies its own part only: the home's the home, the database's the database, the Mesh node copy a
+    node of this instance."""
+    own = {BACKUP.copy_home.name: ["home"], BACKUP.copy_database.name: ["database"]}
+    allowed = own.get(row.name, run.config.mesh_parts)
+    if part not in allowed or part not in run.config.parts:
+        raise InvalidInput(f"{row.label}: '{part}' is not a part this step copies for instance '{run.instance}'")
+
+
 def backup_part(
     run: RunContext, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
 ) -> PartCopied:
@@ -276,11 +287,15 @@ def _send_progress(client_: BitbucketClient, lock_: Lock, percentage: int) -> bo
 
 def report_progress(run: RunContext, part: str) -> ProgressSent:
     """A finished part moves the progress up; it only ever increases (the 100 is the unlock's)."""
+    parts: str | list[str] = run.config.mesh_parts if part == "mesh" else part
+    if part not in run.config.parts and not (part == "mesh" and parts):
+        raise InvalidInput(f"progress: instance '{run.instance}' has no part '{part}'")
     _, lock_ = _lock_of(run)
-    # The two copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
+    # The copy branches may finish at the same moment: one at a time, and never a lower number after a higher.
     with runs.progress_lock(run.instance, run.backup_id) as sent:
-        # A set, not a counter: a retried invocation must not count its part twice.
-        done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", part))["parts_done"]["SS"])
+        # A set, not a counter: a retried invocation must not count its part twice. `mesh`: every node's (their Map
+        # state reports once, when all of them are done).
+        done = len(runs.update(run.instance, run.backup_id, add_to_set=("parts_done", parts))["parts_done"]["SS"])
         total = max(1, len(run.config.parts))
         percentage = FIRST_PROGRESS + (LAST_PART_PROGRESS - FIRST_PROGRESS) * min(done, total) // total
         if percentage <= sent:

@@ -171,7 +171,7 @@ def update(
     backup_id: str,
     *,
     remove: tuple[str, ...] = (),
-    add_to_set: tuple[str, str] | None = None,
+    add_to_set: tuple[str, str | list[str]] | None = None,
     **values: str | float,
 ) -> dict[str, Any]:
     """Set (and remove) attributes of this run's item; refuses to touch another run's item.
@@ -194,7 +194,8 @@ def update(
     expression = "SET " + ", ".join(sets) if sets else ""
     if add_to_set:
         names["#add"] = add_to_set[0]
-        attr[":member"] = {"SS": [add_to_set[1]]}
+        members = add_to_set[1]
+        attr[":member"] = {"SS": [members] if isinstance(members, str) else members}
         expression += " ADD #add :member"
     if remove:
         for i, key in enumerate(remove):

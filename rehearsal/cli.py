@@ -59,6 +59,21 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
         "(a data directory inside a btrfs home, copied by the home's snapshot)",
     )
     parser.add_argument(
+        "--mesh-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Data Center with N Bitbucket Mesh nodes, each copied under the same lock as the home and the database "
+        "(default 0)",
+    )
+    parser.add_argument(
+        "--mesh-strategy",
+        choices=["amazon-ebs", "rsync"],
+        default="amazon-ebs",
+        help="how the Mesh nodes' homes are copied: amazon-ebs (snapshots in moto, the default) or rsync (the host "
+        "script copies a generated home of real git repositories per node)",
+    )
+    parser.add_argument(
         "--zero-downtime",
         action="store_true",
         help="back up without a lock (Data Center 4.8+; atomic snapshots only): only the version is asked",
@@ -101,6 +116,10 @@ def check_world_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(
             "--zero-downtime needs atomic snapshots: not with rsync or btrfs (home), postgresql or mysql (database)"
         )
+    if not 0 <= args.mesh_nodes <= 20:
+        parser.error("--mesh-nodes must be from 0 to 20")
+    if args.zero_downtime and args.mesh_nodes and args.mesh_strategy == "rsync":
+        parser.error("--zero-downtime needs atomic snapshots: not with --mesh-strategy rsync")
     if args.db_strategy == "postgresql-fslevel" and args.home_strategy != "btrfs":
         parser.error("--db-strategy postgresql-fslevel needs --home-strategy btrfs: the home's snapshot copies it")
     locked_pass = args.locked_pass_parallel != 1 or args.locked_pass_scan != "full"
@@ -119,6 +138,8 @@ def world_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "home": args.home_strategy,
         "database": args.db_strategy,
+        "mesh_nodes": args.mesh_nodes,
+        "mesh_strategy": args.mesh_strategy,
         "timing": {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval},
         "instance_overrides": {"zero_downtime": True} if args.zero_downtime else None,
         "latency_model": LatencyModel() if args.latency else None,
@@ -206,6 +227,7 @@ def summarize(result: RunResult, rehearsal: Rehearsal) -> dict[str, Any]:
         # How close the run came to Step Functions' 256 KiB per state (moto fails a run past it, as AWS does).
         "largest_state_payload_bytes": result.largest_payload_bytes,
         "execution_seconds": round(result.seconds, 3),
+        "parts": rehearsal.parts(),
         "snapshots": rehearsal.snapshots(backup_id) if backup_id else [],
         "archive": summary.get("archive") or [],
         "notifications": rehearsal.notifications(),

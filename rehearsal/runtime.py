@@ -134,10 +134,14 @@ class Rehearsal:
         latency_model: LatencyModel | None = None,
         drill: bool = False,
         deployed: dict[str, Any] | None = None,
+        mesh_nodes: int = 0,
+        mesh_strategy: str = "amazon-ebs",
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
-        self.project_config = rehearsal_project_config(home, database, drill) | (project_overrides or {})
+        self.project_config = rehearsal_project_config(home, database, drill, mesh_nodes, mesh_strategy) | (
+            project_overrides or {}
+        )
         # Instance fields the stack was deployed with (what `cdk deploy` turns into roles and functions), e.g. copies
         # with placeholder targets that a test replaces with real ones through `configure`.
         if deployed:
@@ -190,12 +194,13 @@ class Rehearsal:
         forget_assumed()  # an assumed role's keys belong to the previous world's moto
         instance = self.project_config["instances"][0]
         home, database = instance["home"]["strategy"], instance["database"]["strategy"]
+        nodes = [node["home"]["strategy"] for node in instance.get("mesh_nodes", [])]
         template = synth_template(self.project_config)
         self._stack.enter_context(mock_aws(config=MOTO_CONFIG))
         self._stack.enter_context(moto_fixes.patched(self.runtime, self.host))
         iam.create_harness_identities()
         self._stack.enter_context(self.iam.enforced())
-        if home in COPY_STRATEGIES or database in COPY_STRATEGIES:
+        if home in COPY_STRATEGIES or database in COPY_STRATEGIES or "rsync" in nodes:
             self._serve_host_endpoint()
         if not self.runtime.inline:
             self.runtime.endpoint, self.runtime.asset = moto_endpoint(), built_asset()
@@ -262,21 +267,13 @@ class Rehearsal:
         )
         home, database = dict(instance["home"]), dict(instance["database"])
         if home["strategy"] == "amazon-ebs":
-            ec2 = self.client("ec2")
-            # moto's own example AMI: listing all of moto's images would take seconds.
-            ec2_instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large")[
-                "Instances"
-            ][0]
-            zone = ec2_instance["Placement"]["AvailabilityZone"]
-            self.resources["zone"] = zone
-            volumes = {}
-            for device, size in (("/dev/xvdf", self.home_gb), ("/dev/xvdg", 20)):
-                volume = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3")["VolumeId"]
-                ec2.attach_volume(VolumeId=volume, InstanceId=ec2_instance["InstanceId"], Device=device)
-                volumes[device] = volume
+            instance_id, volumes = self._ebs_instance(self.home_gb)
             # /dev/xvdg is attached but not configured: it must not be snapshotted.
-            self.resources.update(ec2_instance=ec2_instance["InstanceId"], volumes=volumes)
-            home["instance_id"] = ec2_instance["InstanceId"]
+            self.resources.update(ec2_instance=instance_id, volumes=volumes)
+            home["instance_id"] = instance_id
+        mesh_nodes = [self._mesh_node(dict(node)) for node in instance.get("mesh_nodes", [])]
+        if mesh_nodes:
+            self.instance_overrides.setdefault("mesh_nodes", mesh_nodes)
         if home["strategy"] == "rsync" and home.get("snapshot") == "btrfs":
             # The home is a subvolume of a real btrfs file system (a loop device), snapshotted beside it.
             volume = self._stack.enter_context(btrfs_volume(self.host.root))
@@ -327,9 +324,10 @@ class Rehearsal:
                 dump_path=str(self.host.root / "dumps"),
             )
             self.resources[database["strategy"]] = f"{server.host}:{server.port}"
-        if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES:
+        rsync_nodes = any(node["home"]["strategy"] == "rsync" for node in mesh_nodes)
+        if home["strategy"] in COPY_STRATEGIES or database["strategy"] in COPY_STRATEGIES or rsync_nodes:
             self.instance_overrides.setdefault("archive", {"work_path": str(self.host.root / "archive-work")})
-        if home["strategy"] in COPY_STRATEGIES:
+        if home["strategy"] in COPY_STRATEGIES or rsync_nodes:
             # An archive restore extracts only below a configured root: the rehearsal's own directory.
             self.instance_overrides.setdefault("restore", {"allowed_roots": [str(self.host.root)]})
         if "drill" in instance:
@@ -367,6 +365,45 @@ class Rehearsal:
         self.configure(
             home=home, database=database, base_url=self.bitbucket_url, timing=self.timing, **self.instance_overrides
         )
+
+    def _ebs_instance(self, home_gb: int) -> tuple[str, dict[str, str]]:
+        """An EC2 instance in moto with a home volume (/dev/xvdf) and a second one that is not configured."""
+        ec2 = self.client("ec2")
+        # moto's own example AMI: listing all of moto's images would take seconds.
+        ec2_instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large")[
+            "Instances"
+        ][0]
+        zone = ec2_instance["Placement"]["AvailabilityZone"]
+        self.resources["zone"] = zone
+        volumes = {}
+        for device, size in (("/dev/xvdf", home_gb), ("/dev/xvdg", 20)):
+            volume = ec2.create_volume(AvailabilityZone=zone, Size=size, VolumeType="gp3")["VolumeId"]
+            ec2.attach_volume(VolumeId=volume, InstanceId=ec2_instance["InstanceId"], Device=device)
+            volumes[device] = volume
+        return str(ec2_instance["InstanceId"]), volumes
+
+    def _mesh_node(self, node: dict[str, Any]) -> dict[str, Any]:
+        """A Mesh node's host: an EC2 instance with volumes in moto (amazon-ebs), or a host whose Run Commands run
+        locally, with a generated home of real git repositories (rsync). Its id is resources["mesh-<name>_host"]."""
+        part, home = f"mesh-{node['name']}", dict(node["home"])
+        if home["strategy"] == "amazon-ebs":
+            home["instance_id"], self.resources[f"{part}_volumes"] = self._ebs_instance(self.home_gb)
+            self.resources[f"{part}_host"] = home["instance_id"]
+        else:
+            built = build_home(self._mesh_root(part), range(1, self.home_repos + 1))
+            self.resources[f"{part}_home"] = built
+            home.update(
+                instance_id=self._host_instance(part),
+                owner=pwd.getpwuid(os.getuid()).pw_name,
+                home_path=str(built.root),
+                staging_path=str(self.host.root / f"{part}-staging"),
+            )
+        return {**node, "home": home}
+
+    def _mesh_root(self, part: str) -> Path:
+        root = self.host.root / part
+        root.mkdir(exist_ok=True)
+        return root
 
     def _host_instance(self, role: str) -> str:
         """An EC2 instance in moto standing for the host of one part (its Run Commands run in the local host)."""
@@ -500,6 +537,12 @@ class Rehearsal:
 
         topic = sns_backends[ACCOUNT][REGION].topics[self.topic_arn]
         return [{"message": n[1], "subject": n[2], "attributes": n[3]} for n in topic.sent_notifications]
+
+    def parts(self) -> list[str]:
+        """The parts a backup of the demo instance consists of (the home, the database, each Mesh node)."""
+        from functions.models.config import parse_instance_config
+
+        return parse_instance_config(self.instance_config).parts
 
     def snapshots(self, backup_id: str | None = None) -> list[dict[str, Any]]:
         from functions.models.config import parse_instance_config

@@ -14,11 +14,16 @@ from rehearsal.fake_account import ACCOUNT, REGION
 
 
 def rehearsal_project_config(
-    home: str = "amazon-ebs", database: str = "amazon-rds", drill: bool = False
+    home: str = "amazon-ebs",
+    database: str = "amazon-rds",
+    drill: bool = False,
+    mesh_nodes: int = 0,
+    mesh_strategy: str = "amazon-ebs",
 ) -> dict[str, Any]:
     """What the rehearsal synthesizes: one instance 'demo' with placeholder ids, replaced at run time by the
     ids of the resources created in moto (the definition does not depend on them). With drill, a weekly restore
-    drill (its drill host is created in moto, its Run Commands run in the local host)."""
+    drill (its drill host is created in moto, its Run Commands run in the local host). With mesh_nodes, that many
+    Mesh nodes `node1`… whose homes are copied by mesh_strategy (amazon-ebs or rsync)."""
     home_cfg: dict[str, Any] = {"strategy": "none"}
     if home == "amazon-ebs":
         home_cfg = {
@@ -64,12 +69,32 @@ def rehearsal_project_config(
                 "credentials_secret": "bitbucket/demo/backup-user",
                 "home": home_cfg,
                 "database": db_cfg,
+                **(
+                    {"mesh_nodes": [mesh_node(n, mesh_strategy) for n in range(1, mesh_nodes + 1)]}
+                    if mesh_nodes
+                    else {}
+                ),
                 "keep_backups": 2,
                 "schedule": "rate(1 day)",
                 **({"drill": {"schedule": "rate(7 days)", "host_instance_id": "i-00000000000000000"}} if drill else {}),
             }
         ],
     }
+
+
+def mesh_node(n: int, strategy: str) -> dict[str, Any]:
+    """Mesh node `node<n>` with placeholder ids (each its own host)."""
+    instance_id = f"i-{0xA0 + n:017x}"
+    if strategy == "amazon-ebs":
+        home = {"strategy": "amazon-ebs", "instance_id": instance_id, "volumes": ["/dev/xvdf"]}
+    else:
+        home = {
+            "strategy": "rsync",
+            "instance_id": instance_id,
+            "home_path": f"/var/atlassian/application-data/mesh{n}",
+            "staging_path": f"/var/tmp/mesh{n}-staging",
+        }
+    return {"name": f"node{n}", "home": home}
 
 
 @dataclass(frozen=True)

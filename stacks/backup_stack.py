@@ -297,9 +297,10 @@ class BackupStack(Stack):
         describe = tuple(permissions.describe(instances))
         docs = self.host_documents.arns
 
-        def hosts(*operations: str) -> tuple[iam.PolicyStatement, ...]:
-            """Run Command with these documents of the stack's own (none: only reading results)."""
-            return tuple(permissions.host_commands(self, instances, docs(*operations)))
+        def hosts(*operations: str, only: permissions.Homes = "all") -> tuple[iam.PolicyStatement, ...]:
+            """Run Command with these documents of the stack's own (none: only reading results), on the hosts of
+            `only` these homes (and the database's)."""
+            return tuple(permissions.host_commands(self, instances, docs(*operations), only))
 
         bucket = self.archive_bucket.bucket_arn if self.archive_bucket is not None else None
         arn = self._archives_of(instances)
@@ -330,7 +331,15 @@ class BackupStack(Stack):
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")),
-                    *hosts("RsyncHome", "SnapshotHome"),
+                    *hosts("RsyncHome", "SnapshotHome", only="shared"),
+                )
+            ),
+            # The Mesh nodes' homes, and nothing of the shared home's or the database's.
+            copy_mesh=FunctionGrants(
+                (
+                    *describe,
+                    *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome"), "mesh"),
+                    *hosts("RsyncHome", "SnapshotHome", only="mesh"),
                 )
             ),
             copy_database=FunctionGrants(

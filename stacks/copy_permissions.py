@@ -68,13 +68,13 @@ def copy_to_regions(
     if not copying:
         return []
     statements: list[iam.PolicyStatement] = []
-    ebs = [i for i in copying if isinstance(i.home, EbsHomeConfig)]
+    ebs = [i for i in copying if _on_ebs(i)]
     cross = _cross_account(copying)
     local = _local_targets(copying)
     regions = sorted({t.region for _, t in local})
     if ebs:
         statements.append(iam.PolicyStatement(actions=["ec2:DescribeSnapshots"], resources=["*"]))
-        if any(isinstance(i.home, EbsHomeConfig) for i, _ in local):
+        if any(_on_ebs(i) for i, _ in local):
             statements += [
                 # The source: only this tool's snapshots of these instances.
                 iam.PolicyStatement(
@@ -183,7 +183,7 @@ def _share_originals(stack: Stack, cross: list[InstanceConfig]) -> list[iam.Poli
     copies them) and removing that share again (finalize once the copies are complete; the failure path and the
     safety net when they keep the originals)."""
     statements: list[iam.PolicyStatement] = []
-    ebs = [i for i in cross if isinstance(i.home, EbsHomeConfig)]
+    ebs = [i for i in cross if _on_ebs(i)]
     if ebs:
         statements.append(
             iam.PolicyStatement(
@@ -226,7 +226,7 @@ def manage_own_copies(stack: Stack, instances: list[InstanceConfig], role: str) 
     regions = sorted({t.region for _, t in local})
     retag = retag_own(stack, copying, keys=rule.keys, was=rule.was, to=rule.to)
     deletes = rule.deletable if rule.deletable is not None else None
-    if any(isinstance(i.home, EbsHomeConfig) for i, _ in local):
+    if any(_on_ebs(i) for i, _ in local):
         snapshots = [a for r in regions for a in _snapshot_arns(stack, r)]
         statements += [
             iam.PolicyStatement(actions=["ec2:DescribeSnapshots"], resources=["*"]),
@@ -282,3 +282,8 @@ def manage_own_copies(stack: Stack, instances: list[InstanceConfig], role: str) 
 def cross_account_readers(instances: list[InstanceConfig]) -> list[str]:
     """Roles of cross-account targets that read the archive bucket (and its key) to copy archives."""
     return sorted({t.role_arn for i in instances if i.uses_archive for t in i.copies if t.role_arn})
+
+
+def _on_ebs(instance: InstanceConfig) -> bool:
+    """Whether a home of the instance (the shared one or a Mesh node's) is copied as EBS snapshots."""
+    return any(isinstance(home, EbsHomeConfig) for home in instance.homes.values())

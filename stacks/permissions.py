@@ -7,6 +7,7 @@ wrong config) cannot delete or relabel anybody else's snapshots.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
@@ -15,6 +16,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from functions.models.config import InstanceConfig
 from functions.models.part_config import (
     AuroraDatabaseConfig,
+    CopiedHomeConfig,
     DumpedDatabaseConfig,
     EbsHomeConfig,
     RdsDatabaseConfig,
@@ -38,6 +40,9 @@ from functions.strategies import (
     VERIFY_FAILED_TAG,
     deployment_id_for,
 )
+
+# Which homes a statement covers: the instances' own ("shared"), their Mesh nodes' ("mesh"), or both.
+Homes = Literal["all", "shared", "mesh"]
 
 # The tag keys each kind of request may set (aws:TagKeys): a role can write no other key, so it cannot, for example,
 # give somebody else's resource the tool's marker or a restore execution's tag.
@@ -95,7 +100,7 @@ def describe_executions(stack: Stack, machine: sfn.IStateMachine) -> iam.PolicyS
 def describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     """Describe calls: EC2 and RDS describe actions do not support resource-level restrictions."""
     actions = set()
-    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    if any(isinstance(h, EbsHomeConfig) for h in homes(instances)):
         actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots"}
         if any(i.immutable for i in instances):
             actions |= {"ec2:DescribeLockedSnapshots"}
@@ -114,10 +119,21 @@ def read_config_path(stack: Stack, prefix: str) -> iam.PolicyStatement:
     )
 
 
+def homes(instances: list[InstanceConfig], only: Homes = "all") -> list[CopiedHomeConfig]:
+    """The homes these instances copy: `shared` (each instance's home), `mesh` (its Mesh nodes') or `all`."""
+    return [
+        home
+        for i in instances
+        for part, home in i.homes.items()
+        if only == "all" or (part == "home") == (only == "shared")
+    ]
+
+
 def create_home_snapshots(
-    stack: Stack, instances: list[InstanceConfig], documents: list[str]
+    stack: Stack, instances: list[InstanceConfig], documents: list[str], only: Homes = "shared"
 ) -> list[iam.PolicyStatement]:
-    ebs = [i.home for i in instances if isinstance(i.home, EbsHomeConfig)]
+    """Snapshots of the `only` homes on EBS (the shared home's copy step, or the Mesh nodes')."""
+    ebs = [h for h in homes(instances, only) if isinstance(h, EbsHomeConfig)]
     if not ebs:
         return []
     ec2_instances = sorted(
@@ -260,7 +276,7 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig], role: st
     rule = RULES[role]
     retag = retag_own(stack, instances, keys=rule.keys, was=rule.was, to=rule.to)
     statements = []
-    ebs = any(isinstance(i.home, EbsHomeConfig) for i in instances)
+    ebs = any(isinstance(h, EbsHomeConfig) for h in homes(instances))
     databases = any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances)
     snapshots = [f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"]
     db_snapshots = [rds_arn(stack, "snapshot", "*"), rds_arn(stack, "cluster-snapshot", "*")]
@@ -302,14 +318,17 @@ def manage_own_snapshots(stack: Stack, instances: list[InstanceConfig], role: st
     return statements
 
 
-def host_commands(stack: Stack, instances: list[InstanceConfig], documents: list[str]) -> list[iam.PolicyStatement]:
+def host_commands(
+    stack: Stack, instances: list[InstanceConfig], documents: list[str], only: Homes = "all"
+) -> list[iam.PolicyStatement]:
     """Run Command on the hosts the copy-type strategies (rsync, postgresql, mysql) name, with the given documents of
-    the stack's own (never AWS-RunShellScript), and reading its results."""
+    the stack's own (never AWS-RunShellScript), and reading its results. `only`: the homes' hosts among them (the
+    database's host counts as shared)."""
+    parts: list[object] = [*homes(instances, only), *([i.database for i in instances] if only != "mesh" else [])]
     hosts = sorted(
         {
             stack.format_arn(service="ec2", resource="instance", resource_name=part.instance_id)
-            for i in instances
-            for part in (i.home, i.database)
+            for part in parts
             if isinstance(part, RsyncHomeConfig | DumpedDatabaseConfig)
         }
     )
@@ -320,7 +339,8 @@ def cancel_host_commands(instances: list[InstanceConfig]) -> list[iam.PolicyStat
     """A failure path stops its run's host commands still running before it removes what they write: it lists the
     host's commands (finding its run's by their comment), cancels them and waits for their end. SSM's ListCommands
     and CancelCommand take no resource: the code cancels only commands of this stack's documents and this run."""
-    if not any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, DumpedDatabaseConfig) for i in instances):
+    copied = [*homes(instances), *(i.database for i in instances)]
+    if not any(isinstance(part, RsyncHomeConfig | DumpedDatabaseConfig) for part in copied):
         return []
     return [
         iam.PolicyStatement(

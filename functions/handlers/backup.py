@@ -80,6 +80,7 @@ def wait_drained(event: dict[str, Any]) -> DrainPolled:
 
 def _copy(row: Step, event: dict[str, Any]) -> PartCopied:
     request = parse(PartProgressEvent, event, row.label)
+    backup.check_part(request.run, row, request.part)
     if request.progress is not None:
         # What this copy returned the last time, handed back by the state machine.
         return backup.wait_host(request.run, cast("PartCopied", request.progress), seconds_left())
@@ -94,6 +95,11 @@ def copy_home(event: dict[str, Any]) -> PartCopied:
 @step(BACKUP.copy_database)
 def copy_database(event: dict[str, Any]) -> PartCopied:
     return _copy(BACKUP.copy_database, event)
+
+
+@step(BACKUP.copy_mesh)
+def copy_mesh(event: dict[str, Any]) -> PartCopied:
+    return _copy(BACKUP.copy_mesh, event)
 
 
 @step(BACKUP.progress)

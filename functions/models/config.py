@@ -19,11 +19,14 @@ from functions.models.part_config import (
     EC2_INSTANCE_ID,
     IN_HOME_STRATEGIES,
     ZERO_DOWNTIME_STRATEGIES,
+    CopiedHomeConfig,
     DatabaseConfig,
     EbsHomeConfig,
     FsLevelDatabaseConfig,
     HomeConfig,
+    MeshNodeConfig,
     NetworkConfig,
+    NoHomeConfig,
     RsyncHomeConfig,
 )
 from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, timezone_problem
@@ -234,6 +237,8 @@ class InstanceConfig(Strict):
     network: NetworkConfig | None = None
     home: HomeConfig
     database: DatabaseConfig
+    # Data Center 8+: the Mesh nodes whose homes are copied under the same lock (see MeshNodeConfig).
+    mesh_nodes: list[MeshNodeConfig] = Field(default_factory=list, max_length=20)
     # Data Center 4.8+: no lock and no drain; only atomic snapshot strategies (checked below and at run time).
     zero_downtime: bool = False
     schedule: str | None = None
@@ -352,9 +357,50 @@ class InstanceConfig(Strict):
 
     @property
     def parts(self) -> list[str]:
-        """The parts a backup of this instance consists of, in a stable order."""
+        """The parts a backup of this instance consists of, in a stable order: the home, the database, the nodes."""
         copied = (("home", self.home), ("database", self.database))
-        return [p for p, s in copied if s.strategy != "none" and s.strategy not in IN_HOME_STRATEGIES]
+        own = [p for p, s in copied if s.strategy != "none" and s.strategy not in IN_HOME_STRATEGIES]
+        return own + [node.part for node in self.mesh_nodes]
+
+    @property
+    def mesh_parts(self) -> list[str]:
+        return [node.part for node in self.mesh_nodes]
+
+    @property
+    def homes(self) -> dict[str, CopiedHomeConfig]:
+        """Every home that is copied, by part: the shared home (unless none) and each Mesh node's."""
+        shared: dict[str, CopiedHomeConfig] = {}
+        if not isinstance(self.home, NoHomeConfig):
+            shared["home"] = self.home
+        return shared | {node.part: node.home for node in self.mesh_nodes}
+
+    def home_of(self, part: str) -> CopiedHomeConfig:
+        """The home configuration of `part` ("home" or a Mesh node's `mesh-<name>`)."""
+        found = self.homes.get(part)
+        if found is None:
+            raise ValueError(f"instance '{self.name}' has no home part '{part}'")
+        return found
+
+    @model_validator(mode="after")
+    def _mesh_nodes(self) -> InstanceConfig:
+        names = [node.name for node in self.mesh_nodes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"mesh_nodes: {', '.join(dupes)} is listed twice")
+        hosts = [h.instance_id for h in self.homes.values()]
+        shared = sorted({h for h in hosts if hosts.count(h) > 1})
+        if shared:
+            raise ValueError(
+                f"mesh_nodes: EC2 instance {', '.join(shared)} holds more than one home: each Mesh node is a host of "
+                "its own"
+            )
+        if self.zero_downtime:
+            copied = [n.name for n in self.mesh_nodes if not isinstance(n.home, EbsHomeConfig)]
+            if copied:
+                raise ValueError(
+                    f"zero_downtime is true but Mesh node {', '.join(copied)} is copied by rsync, which needs the lock"
+                )
+        return self
 
     @property
     def parts_text(self) -> str:
@@ -419,7 +465,10 @@ class InstanceConfig(Strict):
 
     @property
     def uses_archive(self) -> bool:
-        return self.home.strategy in COPY_STRATEGIES or self.database.strategy in COPY_STRATEGIES
+        return (
+            any(isinstance(h, RsyncHomeConfig) for h in self.homes.values())
+            or self.database.strategy in COPY_STRATEGIES
+        )
 
     @model_validator(mode="after")
     def _copies(self) -> InstanceConfig:

@@ -53,6 +53,8 @@ class RunFlow(Strict):
     zero_downtime: bool
     home: FlowPart
     database: FlowPart
+    # The Mesh nodes' parts (mesh-<name>), copied by a Map state: one item each.
+    mesh: list[str] = Field(default_factory=list)
     timing: FlowTiming
 
     @classmethod
@@ -63,6 +65,7 @@ class RunFlow(Strict):
             home=FlowPart(strategy=config.home.strategy),
             # A database inside the home's snapshot (postgresql-fslevel) has nothing to copy: its branch is skipped.
             database=FlowPart(strategy=config.database.strategy if "database" in config.parts else "none"),
+            mesh=config.mesh_parts,
             timing=FlowTiming(
                 poll_interval_seconds=timing.poll_interval_seconds,
                 host_poll_interval_seconds=timing.host_poll_interval_seconds,
@@ -109,7 +112,8 @@ class StepEvent(Strict):
 
 
 class PartEvent(StepEvent):
-    part: str = Field(pattern=r"^(home|database)$")
+    # A Mesh node's part, or `mesh` for all of them at once (their progress report, after the Map state).
+    part: str = Field(pattern=r"^(home|database|mesh|mesh-[a-z][a-z0-9-]{0,23})$")
 
 
 class PartProgressEvent(PartEvent):

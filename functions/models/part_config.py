@@ -179,6 +179,31 @@ class NoDatabaseConfig(Strict):
 
 
 HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
+CopiedHomeConfig = EbsHomeConfig | RsyncHomeConfig
+# A Mesh node's home is part `mesh-<name>` of a backup: its snapshots and archives carry that part tag.
+MESH_PART_PREFIX = "mesh-"
+
+
+class MeshNodeConfig(Strict):
+    """A Bitbucket Mesh node (Data Center 8+): a host with its own home that holds repositories. It is copied under
+    the same lock and drain as the shared home and the database, in parallel with them and with the other nodes, as
+    the part `mesh-<name>`: EBS snapshots of its volumes, or rsync on the node."""
+
+    name: str = Field(min_length=1, max_length=24, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+    home: Annotated[CopiedHomeConfig, Field(discriminator="strategy")]
+
+    @model_validator(mode="after")
+    def _no_repository_ids(self) -> MeshNodeConfig:
+        # exclude_repos names the shared home's layout (shared/data/repositories/ID); a node's differs.
+        if isinstance(self.home, RsyncHomeConfig) and self.home.exclude_repos:
+            raise ValueError("home.exclude_repos applies to the shared home only: use excludes on a Mesh node")
+        return self
+
+    @property
+    def part(self) -> str:
+        return MESH_PART_PREFIX + self.name
+
+
 DatabaseConfig = Annotated[
     RdsDatabaseConfig
     | AuroraDatabaseConfig

@@ -160,12 +160,22 @@ class BackupSteps(_Steps):
         retry_on=("BitbucketUnavailable",),
         bitbucket=True,
     )
-    copy = Stage(name="copy", state="Copy home and database")
+    copy = Stage(name="copy", state="Copy home and database")  # and the Mesh nodes
     copy_home = _backup(
         "copy_home", "Copy home", "backup_part", 600, "BackupHome", "home copy", retry_on=("AwsRateLimited",)
     )
     copy_database = _backup(
         "copy_database", "Copy database", "backup_part", 300, "BackupDatabase", "db copy", retry_on=("AwsRateLimited",)
+    )
+    # Each Mesh node's copy, one invocation per node at once (a Map state), beside the home and the database.
+    copy_mesh = _backup(
+        "copy_mesh",
+        "Copy Mesh node",
+        "backup_part",
+        600,
+        "BackupMeshNode",
+        "Mesh node copy",
+        retry_on=("AwsRateLimited",),
     )
     # Each part's report: the states "Report home progress" and "Report database progress" (the 100 is the unlock's).
     progress = _backup(
@@ -222,6 +232,7 @@ class BackupSteps(_Steps):
             self.wait_drained,
             self.copy_home,
             self.copy_database,
+            self.copy_mesh,
             self.progress,
             self.unlock,
             self.handle_failure,

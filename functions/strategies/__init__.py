@@ -408,9 +408,10 @@ class Parts:
 
     @property
     def catalogs(self) -> list[Catalog]:
-        """Every part's catalog, the home first."""
+        """Every part's catalog: the home, the database, then the Mesh nodes by name."""
         found: dict[str, Catalog] = {**self.snapshots, **self.hosts}
-        return [found[part] for part in ("home", "database") if part in found]
+        first = {"home": 0, "database": 1}
+        return [found[part] for part in sorted(found, key=lambda p: (first.get(p, 2), p))]
 
 
 def parts_for(instance: InstanceConfig) -> Parts:
@@ -419,10 +420,12 @@ def parts_for(instance: InstanceConfig) -> Parts:
 
     snapshots: dict[str, SnapshotCopy] = {}
     hosts: dict[str, HostCopy] = {}
-    if instance.home.strategy == "amazon-ebs":
-        snapshots["home"] = amazon_ebs.EbsStrategy(instance)
-    elif instance.home.strategy == "rsync":
-        hosts["home"] = host_copy.RsyncStrategy(instance)
+    # The shared home and each Mesh node's home: the same strategies, one part each.
+    for part, home in instance.homes.items():
+        if home.strategy == "amazon-ebs":
+            snapshots[part] = amazon_ebs.EbsStrategy(instance, part)
+        else:
+            hosts[part] = host_copy.RsyncStrategy(instance, part)
     if instance.database.strategy == "postgresql":
         hosts["database"] = host_copy.PostgresStrategy(instance)
     elif instance.database.strategy == "mysql":

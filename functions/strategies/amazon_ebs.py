@@ -14,7 +14,7 @@ from functions.errors import (
     PreflightFailed,
     SnapshotFailed,
 )
-from functions.models.config import CopyTarget
+from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.part_config import EbsHomeConfig
 from functions.observability import logger
 from functions.strategies import (
@@ -52,12 +52,17 @@ def _sorted(artifacts: list[Artifact]) -> list[Artifact]:
 
 
 class EbsStrategy(SnapshotCopy):
-    part = "home"
+    """The shared home, or a Mesh node's (`part` mesh-<name>): the same copy of another instance's volumes."""
+
+    def __init__(self, instance: InstanceConfig, part: str = "home") -> None:
+        super().__init__(instance)
+        self.part = part
 
     @property
     def config(self) -> EbsHomeConfig:
-        assert isinstance(self.instance.home, EbsHomeConfig)
-        return self.instance.home
+        home = self.instance.home_of(self.part)
+        assert isinstance(home, EbsHomeConfig)
+        return home
 
     def _instance(self) -> tuple[dict[str, str], str | None]:
         """The instance's attached EBS volumes by device name, and its root device name."""
@@ -65,10 +70,10 @@ class EbsStrategy(SnapshotCopy):
             reservations = client("ec2").describe_instances(InstanceIds=[self.config.instance_id])["Reservations"]
         except ClientError as error:
             raise PreflightFailed(
-                f"home: EC2 instance {self.config.instance_id} cannot be described ({error_code(error)})"
+                f"{self.part}: EC2 instance {self.config.instance_id} cannot be described ({error_code(error)})"
             ) from None
         if not reservations or not reservations[0]["Instances"]:
-            raise PreflightFailed(f"home: EC2 instance {self.config.instance_id} does not exist")
+            raise PreflightFailed(f"{self.part}: EC2 instance {self.config.instance_id} does not exist")
         described = reservations[0]["Instances"][0]
         mappings = described.get("BlockDeviceMappings", [])
         return {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in mappings if "Ebs" in m}, described.get("RootDeviceName")
@@ -81,7 +86,7 @@ class EbsStrategy(SnapshotCopy):
             volume = by_device.get(entry) if entry.startswith("/dev/") else entry
             if volume is None or volume not in attached:
                 raise PreflightFailed(
-                    f"home: volume {entry} is not attached to {self.config.instance_id} "
+                    f"{self.part}: volume {entry} is not attached to {self.config.instance_id} "
                     f"(attached: {', '.join(sorted(by_device)) or 'none'})"
                 )
             found[entry] = volume
@@ -89,7 +94,7 @@ class EbsStrategy(SnapshotCopy):
 
     def preflight(self) -> dict[str, object]:
         volumes = self._volumes(self._instance()[0])
-        return {"home_volumes": sorted(volumes.values())}
+        return {f"{self.part}_volumes": sorted(volumes.values())}
 
     def backup(self, backup_id: str) -> list[Artifact]:
         cfg = self.config
@@ -105,7 +110,7 @@ class EbsStrategy(SnapshotCopy):
                     "freeze": str(cfg.freeze).lower(),
                     "maxFreezeSeconds": cfg.max_freeze_seconds,
                 },
-                step="home: flush" + (" and freeze" if cfg.freeze else ""),
+                step=f"{self.part}: flush" + (" and freeze" if cfg.freeze else ""),
                 timeout=cfg.flush_timeout_seconds,
             )
         try:
@@ -116,7 +121,7 @@ class EbsStrategy(SnapshotCopy):
                     cfg.instance_id,
                     "UnfreezeHome",
                     {"mountPoints": " ".join(cfg.mount_points)},
-                    step="home: unfreeze",
+                    step=f"{self.part}: unfreeze",
                     timeout=60,
                 )
         ec2 = client("ec2")
@@ -126,7 +131,7 @@ class EbsStrategy(SnapshotCopy):
         artifacts = []
         for snapshot in snapshots:
             device = device_of.get(snapshot["VolumeId"], "")
-            named = {"Device": device, "Name": f"{backup_id}-home{device}"}
+            named = {"Device": device, "Name": f"{backup_id}-{self.part}{device}"}
             ec2.create_tags(Resources=[snapshot["SnapshotId"]], Tags=[{"Key": k, "Value": v} for k, v in named.items()])
             artifacts.append(self._artifact(snapshot, {**made, **named}))
         logger.info(f"EBS snapshots started: {', '.join(s['SnapshotId'] for s in snapshots)}")
@@ -151,12 +156,13 @@ class EbsStrategy(SnapshotCopy):
         except ClientError as error:
             code = error_code(error)
             if code in RATE_LIMITS:
-                raise AwsRateLimited(f"home: CreateSnapshots refused for its rate limit ({code})") from None
-            raise SnapshotFailed(f"home: CreateSnapshots failed: {code}") from None
+                raise AwsRateLimited(f"{self.part}: CreateSnapshots refused for its rate limit ({code})") from None
+            raise SnapshotFailed(f"{self.part}: CreateSnapshots failed: {code}") from None
         snapshots: list[dict[str, Any]] = response.get("Snapshots", [])
         if {s["VolumeId"] for s in snapshots} != wanted:
             raise SnapshotFailed(
-                f"home: CreateSnapshots covered {sorted(s['VolumeId'] for s in snapshots)}, expected {sorted(wanted)}"
+                f"{self.part}: CreateSnapshots covered {sorted(s['VolumeId'] for s in snapshots)}, "
+                f"expected {sorted(wanted)}"
             )
         return snapshots
 
@@ -222,7 +228,7 @@ class EbsStrategy(SnapshotCopy):
 
     def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
         device = original.details.get("device", "")
-        tags = tags | {"Device": device, "Name": f"{original.backup_id}-home{device}"}
+        tags = tags | {"Device": device, "Name": f"{original.backup_id}-{self.part}{device}"}
         request: dict[str, Any] = {
             "SourceRegion": source_region,
             "SourceSnapshotId": original.id,

@@ -23,7 +23,7 @@ from functions.clients import host
 from functions.clients.aws import error_code
 from functions.errors import BackupError, PreflightFailed
 from functions.models import environment
-from functions.models.config import CopyTarget
+from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.part_config import DumpedDatabaseConfig, PostgresDatabaseConfig, RsyncHomeConfig
 from functions.strategies import (
     BACKUP_ID_TAG,
@@ -260,12 +260,17 @@ class HostCopyStrategy(HostCopy):
 
 
 class RsyncStrategy(HostCopyStrategy):
-    part = "home"
+    """The shared home, or a Mesh node's (`part` mesh-<name>), copied on its own host."""
+
+    def __init__(self, instance: InstanceConfig, part: str = "home") -> None:
+        super().__init__(instance)
+        self.part = part
 
     @property
     def config(self) -> RsyncHomeConfig:
-        assert isinstance(self.instance.home, RsyncHomeConfig)
-        return self.instance.home
+        home = self.instance.home_of(self.part)
+        assert isinstance(home, RsyncHomeConfig)
+        return home
 
     @property
     def instance_id(self) -> str:
@@ -301,16 +306,21 @@ class RsyncStrategy(HostCopyStrategy):
 
     def prepare(self, backup_id: str) -> list[HostCommand]:
         self.install()
-        live = self._rsync("prepare home: rsync (live)", backup_id)
+        live = self._rsync(f"prepare {self.part}: rsync (live)", backup_id)
         if self.config.snapshot:  # a home that cannot be snapshotted fails here, before the lock
-            return [*live, *self._snapshot("prepare home: check the btrfs snapshot", backup_id, check_only=True)]
+            return [
+                *live,
+                *self._snapshot(f"prepare {self.part}: check the btrfs snapshot", backup_id, check_only=True),
+            ]
         return live
 
     def copy(self, backup_id: str) -> list[HostCommand]:
         if self.config.snapshot:
-            return self._snapshot("copy home: btrfs snapshot", backup_id, check_only=False)
+            return self._snapshot(f"copy {self.part}: btrfs snapshot", backup_id, check_only=False)
         cfg = self.config
-        return self._rsync("copy home: rsync (locked)", backup_id, cfg.locked_pass_parallel, cfg.locked_pass_scan)
+        return self._rsync(
+            f"copy {self.part}: rsync (locked)", backup_id, cfg.locked_pass_parallel, cfg.locked_pass_scan
+        )
 
     def _archive_document(self) -> str:
         return "ArchiveHomeSnapshot" if self.config.snapshot else "ArchiveUpload"
@@ -326,10 +336,12 @@ class RsyncStrategy(HostCopyStrategy):
         if not cfg.snapshot_path:
             return []
         parameters: host.Parameters = {"snapshotPath": cfg.snapshot_path, "backupId": backup_id}
-        out = host.run(cfg.instance_id, "RemoveHomeSnapshot", parameters, step="cleanup: home snapshot", timeout=120)
+        out = host.run(
+            cfg.instance_id, "RemoveHomeSnapshot", parameters, step=f"cleanup: {self.part} snapshot", timeout=120
+        )
         if '"removed": true' not in out:  # none was taken (the run failed before), or the archive removed it
             return []
-        return [f"removed the home's snapshot {cfg.snapshot_path}/{backup_id} on {cfg.instance_id}"]
+        return [f"removed the {self.part}'s snapshot {cfg.snapshot_path}/{backup_id} on {cfg.instance_id}"]
 
 
 class DumpStrategy(HostCopyStrategy):

@@ -33,7 +33,10 @@ from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 WARM_STATES: dict[str, str] = {}
 # How many environments of a function the locked phase may need at once: progress is reported at the end of each
 # part's branch of the copy, and the two can overlap. Invoked together, the warm-ups start that many environments.
-WARM_ENVIRONMENTS = {BACKUP.progress.name: 2}
+WARM_ENVIRONMENTS = {BACKUP.progress.name: 3}
+# The Mesh nodes are copied by a Map state, one invocation per node at once: the warm-up starts as many environments
+# of that function as the run has nodes (its own Map over the same list).
+_MESH = "$.run.flow.mesh"
 # Zero-downtime runs skip the lock and everything that needs it; this, the classic path, comes first in each Choice.
 _LOCKED = sfn.Condition.boolean_equals("$.run.flow.zero_downtime", False)
 
@@ -50,6 +53,7 @@ class BackupGrants:
     wait_drained: FunctionGrants
     copy_home: FunctionGrants
     copy_database: FunctionGrants
+    copy_mesh: FunctionGrants
     progress: FunctionGrants
     unlock: FunctionGrants
     wait_snapshots: FunctionGrants
@@ -160,19 +164,22 @@ class BackupWorkflow(Construct):
         return start, check
 
     def _locked_host_loop(
-        self, part: str, copy: Step, start: tasks.LambdaInvoke, then: sfn.IChainable
+        self, part: str, copy: Step, start: tasks.LambdaInvoke, then: sfn.IChainable, *, named: str | None = None
     ) -> tasks.LambdaInvoke:
         """start → done? → (then) | continue → done? …: under the lock a host copy is waited for inside the copy's own
         function (short polls), which is called again only if the copy outlives an invocation. No Wait state: the
-        unlock follows the end of the copy within a fraction of a second."""
+        unlock follows the end of the copy within a fraction of a second. `part`: the part's name, or with `named`
+        (the states' name for it) a path to it (a Map state's item)."""
+        name = named or part
+        given = {"part.$": part} if named else {"part": part}
         again = self._task(
             copy,
-            {"run.$": "$.run", "part": part, "progress.$": "$.part_result"},
+            {"run.$": "$.run", **given, "progress.$": "$.part_result"},
             "$.part_result",
-            state=f"Continue {part} copy",
+            state=f"Continue {name} copy",
         )
         done = (
-            sfn.Choice(self, f"{part.capitalize()} copy done?")
+            sfn.Choice(self, f"{name[0].upper()}{name[1:]} copy done?")
             .when(sfn.Condition.boolean_equals("$.part_result.done", True), then)
             .otherwise(again)
         )
@@ -186,12 +193,51 @@ class BackupWorkflow(Construct):
         warm = sfn.Parallel(self, BACKUP.warm_up.state, result_path=sfn.JsonPath.DISCARD)
         for step in BACKUP.locked_phase:
             state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
+            if step is BACKUP.copy_mesh:
+                each = sfn.Map(
+                    self,
+                    f"{state}s",
+                    items_path=_MESH,
+                    item_selector={"run.$": "$.run"},
+                    result_path=sfn.JsonPath.DISCARD,
+                )
+                payload = {"warm": True, "run.$": "$.run"}
+                each.item_processor(self._task(step, payload, None, state=state, own_retries=False))
+                warm.branch(each)
+                continue
             for n in range(1, WARM_ENVIRONMENTS.get(step.name, 1) + 1):
                 name = state if n == 1 else f"{state} ({n})"
                 # With the run, the warm-up also reads ahead what the step reads first (functions/warm_up.py).
                 payload = {"warm": True, "run.$": "$.run"}
                 warm.branch(self._task(step, payload, None, state=name, own_retries=False))
         return warm
+
+    def _mesh_branch(self) -> sfn.IChainable:
+        """The copy's third branch: every Mesh node's copy at once (a Map state, an iteration per node, each waited
+        for as the home's is), then one progress report for all of them."""
+        b = BACKUP
+        each = sfn.Map(
+            self,
+            "Copy Mesh nodes",
+            items_path=_MESH,
+            item_selector={"run.$": "$.run", "part.$": "$$.Map.Item.Value"},
+            result_path="$.mesh_result",
+        )
+        copy = self._task(b.copy_mesh, {"run.$": "$.run", "part.$": "$.part"}, "$.part_result")
+        copied = sfn.Pass(self, "Mesh node copied", output_path="$.part_result")
+        each.item_processor(self._locked_host_loop("$.part", b.copy_mesh, copy, copied, named="Mesh node"))
+        report = self._task(b.progress, {"run.$": "$.run", "part": "mesh"}, None, state="Report Mesh nodes progress")
+        reported = (
+            sfn.Choice(self, "Report Mesh nodes progress?")
+            .when(_LOCKED, report)
+            .otherwise(sfn.Pass(self, "Mesh nodes copied without a lock"))
+        )
+        none = sfn.Pass(self, "No Mesh nodes to copy", result=sfn.Result.from_array([]), result_path="$.mesh_result")
+        return (
+            sfn.Choice(self, "Mesh nodes configured?")
+            .when(sfn.Condition.is_present(f"{_MESH}[0]"), each.next(reported))
+            .otherwise(none)
+        )
 
     # --- the definition -------------------------------------------------------------------------------------
 
@@ -238,7 +284,11 @@ class BackupWorkflow(Construct):
             self,
             b.copy.state,
             result_path="$.parts",
-            result_selector={"home.$": "$[0].part_result", "database.$": "$[1].part_result"},
+            result_selector={
+                "home.$": "$[0].part_result",
+                "database.$": "$[1].part_result",
+                "mesh.$": "$[2].mesh_result",
+            },
         )
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
         # snapshot strategies. A failure here has locked nothing; the failure path releases the run guard.
@@ -277,6 +327,7 @@ class BackupWorkflow(Construct):
                 .when(sfn.Condition.string_equals(f"$.run.flow.{part}.strategy", "none"), skip)
                 .otherwise(self._locked_host_loop(part, step, copy, reported))
             )
+        parts.branch(self._mesh_branch())
         self._catch(parts, b.copy, handle)
 
         # The unlock step reports progress 100 first, in the same invocation: one Lambda round trip less under the lock.

@@ -31,19 +31,21 @@ _DRILL_HOST = ("InstallScript", "DrillCheck", "RemoveRestoredHome", "DropRestore
 def needed_operations(instances: list[InstanceConfig]) -> set[str]:
     needed: set[str] = set()
     for instance in instances:
-        if isinstance(instance.home, RsyncHomeConfig) or isinstance(instance.database, DumpedDatabaseConfig):
+        homes = instance.homes.values()  # the shared home's and each Mesh node's
+        rsync = [h for h in homes if isinstance(h, RsyncHomeConfig)]
+        if rsync or isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_HOST_COPY)
-        if isinstance(instance.home, RsyncHomeConfig):
+        if rsync:
             needed.update(_ARCHIVED_HOME)
         if isinstance(instance.database, DumpedDatabaseConfig):
             needed.update(_DUMPED_DATABASE)
-        if isinstance(instance.home, RsyncHomeConfig) and instance.home.snapshot:
+        if any(h.snapshot for h in rsync):
             needed.update(_HOME_SNAPSHOT)
         if isinstance(instance.database, PostgresDatabaseConfig):
             needed.add("PgDump")  # each engine's dump only where an instance uses it
         if isinstance(instance.database, MysqlDatabaseConfig):
             needed.add("MysqlDump")
-        if isinstance(instance.home, EbsHomeConfig):
+        if any(isinstance(h, EbsHomeConfig) for h in homes):
             needed.update(_EBS_HOME)
         if instance.drill and instance.drill.host_instance_id:
             needed.update(_DRILL_HOST)

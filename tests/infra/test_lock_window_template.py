@@ -22,6 +22,16 @@ def _next(state: dict[str, Any]) -> list[str]:
     return targets + ([state["Default"]] if "Default" in state else [])
 
 
+def _nested(branch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A branch's states, with those of the Map states in it (the Mesh nodes' copies)."""
+    found: list[dict[str, Any]] = []
+    for state in branch["States"].values():
+        found.append(state)
+        if "ItemProcessor" in state:
+            found += _nested(state["ItemProcessor"])
+    return found
+
+
 def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
     """Every state from the one after Lock to Unlock (inclusive), with the states of Parallel branches; not Catches."""
     found: list[dict[str, Any]] = []
@@ -35,7 +45,7 @@ def _locked_phase(states: dict[str, Any]) -> list[dict[str, Any]]:
         state = states[name]
         found.append(state)
         for branch in state.get("Branches", []):
-            found += branch["States"].values()
+            found += _nested(branch)
         if name != BACKUP.unlock.state:
             todo += _next(state)
     assert BACKUP.unlock.state in seen
@@ -54,6 +64,9 @@ def test_the_warm_up_invokes_every_function_of_the_locked_phase_before_the_lock(
         warmed = set()
         for branch in warm["Branches"]:
             (task,) = branch["States"].values()
+            if task["Type"] == "Map":  # the Mesh nodes' copy: an environment per node of the run
+                assert task["ItemsPath"] == "$.run.flow.mesh" and task["ItemSelector"] == {"run.$": "$.run"}
+                (task,) = task["ItemProcessor"]["States"].values()
             assert task["Parameters"] == {"warm": True, "run.$": "$.run"}, "a warm-up carries the run, nothing else"
             assert task["ResultPath"] is None
             warmed.add(function_of(task))

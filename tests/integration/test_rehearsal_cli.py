@@ -144,3 +144,24 @@ def test_a_home_path_or_a_parallel_locked_pass_outside_rsync_is_a_usage_error(
 ) -> None:
     code, output, _ = _run(args, "x", tmp_path)
     assert code == 2 and said in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_rehearsal_with_mesh_nodes_lists_every_part(tmp_path: Path) -> None:
+    code, output, summary = _run(["--mesh-nodes", "2", "--no-restore", "--quiet"], "admin", tmp_path)
+    assert code == 0, output
+    assert summary["parts"] == ["home", "database", "mesh-node1", "mesh-node2"]
+    assert sorted(s["part"] for s in summary["snapshots"]) == sorted(summary["parts"])
+    assert summary["cold_starts_in_lock_window"] == [] and summary["denied_calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--mesh-nodes", "21"], "from 0 to 20"),
+        (["--zero-downtime", "--mesh-nodes", "1", "--mesh-strategy", "rsync"], "not with --mesh-strategy rsync"),
+    ],
+)
+def test_mesh_options_out_of_range_are_usage_errors(tmp_path: Path, args: list[str], said: str) -> None:
+    code, output, _ = _run(args, "x", tmp_path)
+    assert code == 2 and said in output and "Traceback" not in output, output

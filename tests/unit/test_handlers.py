@@ -19,6 +19,7 @@ from functions.errors import BackupInProgress, InvalidInput, LockNotConfirmed, P
 from functions.handlers.backup import (
     copy_database,
     copy_home,
+    copy_mesh,
     finalize,
     handle_failure,
     lock,
@@ -408,6 +409,24 @@ def test_an_expired_guard_does_not_block(world: World) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the whole sequence
+
+
+def test_a_copy_step_copies_only_its_own_parts(world: World) -> None:
+    """A crafted event cannot make one step copy another's part (its role may not) or a part the instance lacks."""
+    run = call(validate, validate_event())
+    for handler, part in (
+        (copy_home, "database"),
+        (copy_database, "home"),
+        (copy_mesh, "home"),
+        (copy_mesh, "mesh-node1"),  # this instance has no Mesh nodes
+        (copy_home, "mesh-node1"),
+    ):
+        with pytest.raises(InvalidInput, match="is not a part this step copies"):
+            call(handler, {"run": run, "part": part})
+    with pytest.raises(InvalidInput, match="has no part 'mesh'"):
+        call(progress, {"run": run, "part": "mesh"})
+    with pytest.raises(InvalidInput):
+        call(copy_mesh, {"run": run, "part": "mesh-../../etc"})
 
 
 def test_backup_sequence_produces_complete_tagged_snapshots(world: World, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,113 @@
+"""Bitbucket Data Center with Mesh nodes: every node's home copied under the one lock, beside the shared home and the
+database, as parts of one backup (issue 14, item 1)."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+from functions.models.steps import BACKUP
+from functions.strategies import COMPLETE
+from tests.integration.conftest import World, assert_failed_cleanly, backup_id_of
+
+NODES = ["mesh-node1", "mesh-node2", "mesh-node3"]
+
+
+def _copies(w: World) -> list[tuple[str, float, float]]:
+    """The Mesh nodes' copy invocations (not their warm-ups): part, start, end."""
+    return [
+        (call.event["part"], call.started, call.ended)
+        for call in w.r.runtime.invocations
+        if call.handler == BACKUP.copy_mesh.handler and not call.event.get("warm")
+    ]
+
+
+def _call(w: World, handler: str) -> tuple[float, float]:
+    """When the one step invocation of `handler` (lock, unlock) started and ended."""
+    (call,) = [c for c in w.r.runtime.invocations if c.handler == handler and not c.event.get("warm")]
+    return call.started, call.ended
+
+
+def test_ebs_mesh_nodes_are_snapshotted_at_once_under_the_one_lock(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=3)
+    result = w.r.run_backup()
+    assert result.status == "SUCCEEDED", result.cause
+    backup_id = backup_id_of(result)
+    assert backup_id is not None
+    found = w.r.snapshots(backup_id)
+    assert sorted(s["part"] for s in found) == sorted(["home", "database", *NODES])
+    assert all(s["status"] == COMPLETE for s in found), found
+    # Each node's snapshot is of its configured volume (/dev/xvdf), not of the one beside it, and named after it.
+    ec2 = w.r.client("ec2")
+    for part in NODES:
+        (snapshot,) = [s for s in found if s["part"] == part]
+        described = ec2.describe_snapshots(SnapshotIds=[snapshot["id"]])["Snapshots"][0]
+        assert described["VolumeId"] == w.r.resources[f"{part}_volumes"]["/dev/xvdf"]
+        tags = {t["Key"]: t["Value"] for t in described["Tags"]}
+        assert tags["Name"] == f"{backup_id}-{part}/dev/xvdf" and tags["bitbucket-backup:part"] == part
+    # One invocation per node, all under the lock, and at once (each began before any other ended).
+    copies = _copies(w)
+    assert sorted(part for part, _, _ in copies) == NODES
+    assert max(start for _, start, _ in copies) < min(end for _, _, end in copies), copies
+    locked, unlocked = _call(w, BACKUP.lock.handler)[1], _call(w, BACKUP.unlock.handler)[0]
+    assert all(locked < start and end < unlocked for _, start, end in copies), (locked, copies, unlocked)
+    # Progress counts every part: the home, the database, the three nodes (reported once, together), then 100.
+    progress = w.sim.progress_history
+    assert progress == sorted(progress) and progress[-2:] == [90, 100], progress
+    assert 10 + 80 * 3 // 5 in progress or 10 + 80 * 4 // 5 in progress or 10 + 80 * 5 // 5 in progress, progress
+    assert w.r.cold_starts_while_locked() == [], "each node's copy ran in an environment warmed before the lock"
+    assert not w.r.iam.denied
+
+
+def test_rsync_mesh_nodes_are_archived_with_their_repositories(
+    world_factory: Callable[..., World], tmp_path: Path
+) -> None:
+    w = world_factory(mesh_nodes=2, mesh_strategy="rsync")
+    result = w.r.run_backup(timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    backup_id = backup_id_of(result)
+    archives = {a["part"]: a for a in result.output["archive"]}
+    assert set(archives) == {"mesh-node1", "mesh-node2"}
+    s3 = w.r.client("s3")
+    for part, archive in archives.items():
+        assert archive["key"] == f"demo/{backup_id}/{backup_id}-{part}.tar.gz"
+        local = tmp_path / f"{part}.tar.gz"
+        s3.download_file(archive["bucket"], archive["key"], str(local))
+        with tarfile.open(local) as tar:
+            names = tar.getnames()
+        # The node's own home: its repositories, and none of the other node's files.
+        home = w.r.resources[f"{part}_home"]
+        repo = next(p for p in home.root.rglob("HEAD") if "repositories" in str(p))
+        assert f"home/{repo.relative_to(home.root)}" in names, names[:20]
+    commands = [c for c in w.r.host.commands if ".sh rsync-home " in c.script]
+    for part in archives:
+        on_node = [c for c in commands if c.instance_id == w.r.resources[f"{part}_host"]]
+        assert len(on_node) == 2, "a live pass before the lock and a locked one"
+    assert not w.r.iam.denied
+
+
+def test_a_mesh_node_that_fails_fails_the_run_and_nothing_of_it_is_kept(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=2, mesh_strategy="rsync")
+    node2 = w.r.resources["mesh-node2_host"]
+    passes: list[str] = []
+
+    def time_out_the_locked_pass(instance_id: str, script: str) -> None:
+        if instance_id == node2 and ".sh rsync-home " in script:
+            passes.append(script)
+            if len(passes) == 2:  # the locked pass
+                w.r.host.faults[node2] = "TimedOut"
+
+    w.r.host.before_run.append(time_out_the_locked_pass)
+    result = w.r.run_backup(timeout=300)
+    w.r.host.faults.pop(node2, None)
+    assert_failed_cleanly(w, result, BACKUP.copy.label)
+    assert "copy mesh-node2: rsync (locked)" in str(result.cause) and "TimedOut" in str(result.cause)
+    # Locked, then unlocked by the failure path (a branch's report still in flight may reach Bitbucket after the
+    # unlock: it is refused, the task being cancelled).
+    lock_events = [name for name in w.sim.event_names() if name in ("locked", "unlocked")]
+    assert lock_events == ["locked", "unlocked"] and not w.sim.locked
+    backup_id = backup_id_of(result)
+    # The shared home's snapshot and the other node's copy are not kept as a backup; no archive was made.
+    assert not [s for s in w.r.snapshots(backup_id) if s["status"] == COMPLETE]
+    assert not w.r.archives()

@@ -23,9 +23,9 @@ from functions.errors import RestoreRefused, RestoreTimeout
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.models.events import parse
-from functions.models.part_config import EbsHomeConfig, FsLevelDatabaseConfig, RsyncHomeConfig
-from functions.models.restore import PlanFlow, RestoreInput, RestorePlan
-from functions.models.steps import RESTORE
+from functions.models.part_config import MESH_PART_PREFIX, EbsHomeConfig, FsLevelDatabaseConfig, RsyncHomeConfig
+from functions.models.restore import HomeTarget, PlanFlow, RestoreInput, RestorePlan, target_label
+from functions.models.steps import RESTORE, Step
 from functions.observability import bind, logger, metrics, redact
 from functions.steps import cause_text, say
 from functions.strategies import COMPLETE, Artifact, restorer_for, restorers_for, strategies_for, volume_restorer
@@ -75,10 +75,17 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
     for part in PARTS:
         if request.target.of(part) is not None and part not in config.parts:
             raise RestoreRefused(f"validate: target.{part} is given but instance '{config.name}' backs up no {part}")
-
-    home_target = request.target.home
-    if home_target is not None and home_target.path is not None:
-        check_restore_root(config, home_target.path, drill)
+    wanted_parts = [*PARTS, *request.target.mesh_parts]
+    for part in request.target.mesh_parts:
+        if part not in config.mesh_parts:
+            raise RestoreRefused(
+                f"validate: {target_label(part)} is given but instance '{config.name}' has no Mesh node "
+                f"'{part.removeprefix(MESH_PART_PREFIX)}'"
+            )
+    for part in wanted_parts:
+        home_target = request.target.of(part)
+        if part != "database" and isinstance(home_target, HomeTarget) and home_target.path is not None:
+            check_restore_root(config, home_target.path, drill, label=target_label(part))
 
     found = [(s, a) for s in strategies_for(config) for a in s.artifacts(backup_id)]
     restorers = restorers_for(config)
@@ -98,16 +105,16 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
         )
 
     parts: dict[str, dict[str, Any]] = {}
-    for part in PARTS:
+    for part in wanted_parts:
         wanted = request.target.of(part)
         if wanted is None:
             continue
         foreign = sorted(wanted.model_fields_set - restorers[part].target_fields)
         if foreign:
+            strategy = config.database.strategy if part == "database" else config.home_of(part).strategy
             raise RestoreRefused(
-                f"validate: target.{part}.{foreign[0]} does not apply: this instance's {part} is backed up by the "
-                f"{config.home.strategy if part == 'home' else config.database.strategy} strategy, which takes "
-                f"{', '.join(sorted(restorers[part].target_fields))}"
+                f"validate: {target_label(part)}.{foreign[0]} does not apply: this instance's {part} is backed up by "
+                f"the {strategy} strategy, which takes {', '.join(sorted(restorers[part].target_fields))}"
             )
         parts[part] = restorers[part].check([a for _, a in found if a.part == part], request.target)
     home = request.target.home
@@ -124,6 +131,7 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
         parts=parts,
         restore_database="database" in parts,
         restore_home="home" in parts,
+        mesh=[part for part in parts if part.startswith(MESH_PART_PREFIX)],
         attach=bool(home and home.attach_to_instance_id),
         mount=bool(home and home.mount),
     )
@@ -131,19 +139,21 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
     return plan
 
 
-def check_restore_root(config: InstanceConfig, path: str, drill: bool, step: str = "validate") -> None:
+def check_restore_root(
+    config: InstanceConfig, path: str, drill: bool, step: str = "validate", label: str = "target.home"
+) -> None:
     """An archive is extracted only strictly below one of the configured restore roots (restore.allowed_roots; a
     drill also below its own drill.work_path), named plainly: no `.` or `..` component, no doubled slash. The host
     script refuses a path through a symbolic link (its resolved path must be the path given)."""
     if posixpath.normpath(path) != path or "//" in path or any(c in (".", "..") for c in path.split("/")):
-        raise RestoreRefused(f"{step}: target.home.path '{path}' is not a plain absolute path (no '.', '..', '//')")
+        raise RestoreRefused(f"{step}: {label}.path '{path}' is not a plain absolute path (no '.', '..', '//')")
     roots = list(config.restore.allowed_roots)
     if drill and config.drill is not None:
         roots.append(config.drill.work_path)
     if not any(path.startswith(root.rstrip("/") + "/") for root in roots):
         allowed = ", ".join(roots) if roots else "none are configured"
         raise RestoreRefused(
-            f"{step}: target.home.path {path} is not below a restore root of instance '{config.name}' "
+            f"{step}: {label}.path {path} is not below a restore root of instance '{config.name}' "
             f"(restore.allowed_roots: {allowed}); add its parent directory there in cdk.json and redeploy"
         )
 
@@ -160,10 +170,13 @@ def checked(plan: RestorePlan, step: str) -> RestorePlan:
         if part not in config.parts:
             raise RestoreRefused(f"{step}: instance '{config.name}' backs up no {part}")
         path = part_plan.get("path")
-        if part == "home" and path is not None:
-            check_restore_root(config, str(path), plan.drill, step)
-            if plan.target.home is None or plan.target.home.path != path:
-                raise RestoreRefused(f"{step}: the plan's home path is not its target's")
+        if part != "database" and path is not None:
+            check_restore_root(config, str(path), plan.drill, step, target_label(part))
+            target = plan.target.of(part)
+            if not isinstance(target, HomeTarget) or target.path != path:
+                raise RestoreRefused(f"{step}: the plan's {part} path is not its target's")
+    if plan.mesh != [part for part in plan.parts if part.startswith(MESH_PART_PREFIX)]:
+        raise RestoreRefused(f"{step}: the plan's Mesh nodes are not the parts it restores")
     return plan
 
 
@@ -199,6 +212,14 @@ def _started_text(created: Mapping[str, Any]) -> str:
 # --- creating and waiting --------------------------------------------------------------------------------------------
 
 
+def check_own_part(plan: RestorePlan, row: Step, part: str) -> None:
+    """A restore step starts its own part only (the home's the home, the Mesh node step a node), and only one the
+    plan restores."""
+    own = {RESTORE.restore_database.name: ["database"], RESTORE.restore_home.name: ["home"]}
+    if part not in own.get(row.name, plan.mesh) or part not in plan.parts:
+        raise RestoreRefused(f"{row.label}: '{part}' is not a part this step restores in this plan")
+
+
 def start_part(plan: RestorePlan, part: str) -> PartCreated:
     bind(instance=plan.instance, backup_id=plan.backup_id)
     checked(plan, f"restore-{part}")
@@ -208,8 +229,19 @@ def start_part(plan: RestorePlan, part: str) -> PartCreated:
     return created
 
 
-def check(plan: RestorePlan, created: dict[str, dict[str, Any]]) -> RestoreChecked:
+def created_by_part(created: Mapping[str, Any]) -> dict[str, Any]:
+    """What each part's start() returned, by part: the home's and the database's as they are, the Mesh nodes' from
+    their Map state's list of {"part": …, "created": …}."""
+    found = {part: value for part, value in created.items() if part != "mesh"}
+    for entry in created.get("mesh") or []:
+        if isinstance(entry, dict) and str(entry.get("part", "")).startswith(MESH_PART_PREFIX):
+            found[str(entry["part"])] = entry.get("created")
+    return found
+
+
+def check(plan: RestorePlan, created: dict[str, Any]) -> RestoreChecked:
     bind(instance=plan.instance, backup_id=plan.backup_id)
+    created = created_by_part(created)
     pending: list[str] = []
     results: dict[str, Mapping[str, Any]] = {}
     for part in plan.parts:
@@ -249,7 +281,8 @@ def mount(plan: RestorePlan, attached: Attached) -> Mounted:
 def finish(state: dict[str, Any]) -> RestoreSummary | DrillRestoreSummary:
     plan = checked(parse(RestorePlan, state.get("plan"), "finish"), "finish")
     bind(instance=plan.instance, backup_id=plan.backup_id)
-    created = {part: state[part] for part in plan.parts}
+    by_part = created_by_part(state)
+    created = {part: by_part[part] for part in plan.parts}
     for part in plan.parts:
         if plan.drill:
             break  # a drill's copy stays `restoring`: the drill checks it and then tears it down
@@ -327,6 +360,17 @@ def created_lines(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         where = f"attached to {home['attached_to']}" if home.get("attached_to") else f"in {home['availability_zone']}"
         mounted = f", mounted at {', '.join(home['mounted'])}" if home.get("mounted") else ""
         lines.append(("home", f"volumes {volumes} {where}{mounted}"))
+    for part, node in results.items():
+        if not part.startswith(MESH_PART_PREFIX) or not isinstance(node, dict):
+            continue
+        name = part.removeprefix(MESH_PART_PREFIX)
+        if node.get("path"):
+            where = f"{node['path']} on {node['instance_id']}"
+            text = f"Mesh node {name}'s home extracted into {where} ({node.get('files')} files)"
+        else:
+            volumes = ", ".join(f"{v['volume_id']} ({v['device'] or 'no device'})" for v in node.get("volumes", []))
+            text = f"Mesh node {name}'s volumes {volumes} in {node.get('availability_zone')}"
+        lines.append((part, text))
     return lines
 
 
@@ -387,6 +431,19 @@ def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
             )
     if home and isinstance(plan.config.database, FsLevelDatabaseConfig):
         steps.append(database_in_home_step(plan.config, home))
+    for part in plan.mesh:
+        node, name = results.get(part) or {}, part.removeprefix(MESH_PART_PREFIX)
+        if node.get("path"):
+            steps.append(
+                f"Use {node['path']}/home on {node['instance_id']} as Mesh node {name}'s home directory (the node's "
+                "repositories), on a stopped node."
+            )
+        elif node:
+            ids = ", ".join(f"{v['volume_id']} at {v['device'] or '?'}" for v in node.get("volumes", []))
+            steps.append(
+                f"Attach {ids} to Mesh node {name}'s (stopped) host in {node.get('availability_zone')} and mount them "
+                "where its home was."
+            )
     steps.append("Start Bitbucket and check that it comes up with the restored data.")
     steps.append(
         "If the restored copy replaces the original, point this instance's configuration (cdk.json) at the new "
@@ -414,7 +471,12 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: st
     if refused:
         actions = [f"nothing removed: {refused}; check by hand"]
     else:
-        actions = _cleanup(plan, state) if plan else ["nothing was created: the restore stopped before it began"]
+        mesh_started = step == RESTORE.restore_mesh.label
+        actions = (
+            _cleanup(plan, state, mesh_started)
+            if plan
+            else ["nothing was created: the restore stopped before it began"]
+        )
     message = redact(f"{step}: {cause}" if not cause.startswith(f"{step}:") else cause)
     metrics.add_metric(name="RestoreFailed", unit="Count", value=1)
     if (plan.drill and not refused) if plan is not None else environment.started_by_drill(execution):
@@ -438,8 +500,12 @@ def handle_failure(state: dict[str, Any], failure: dict[str, Any], execution: st
     return {"error": error, "cause": message, "cleanup": actions}
 
 
-def _cleanup(plan: RestorePlan, state: dict[str, Any]) -> list[str]:
-    """Each part's restorer removes what this execution created (or keeps it, with keep_on_failure)."""
+def _cleanup(plan: RestorePlan, state: dict[str, Any], mesh_started: bool = False) -> list[str]:
+    """Each part's restorer removes what this execution created (or keeps it, with keep_on_failure). `mesh_started`:
+    the Mesh nodes' restores began (their Map state failed, so its results are not in the state)."""
+    state = {**state, **created_by_part(state)}
+    if mesh_started:
+        state |= {part: {"started": True} for part in plan.mesh if not isinstance(state.get(part), dict)}
     actions: list[str] = []
     for part in plan.parts:
         try:
@@ -503,13 +569,19 @@ def _last_state(execution: str) -> dict[str, Any]:
         for part, step in RESTORE.parts.items():  # the states that create each part
             if entered.get("name") == step.state:
                 started.add(part)
+        if entered.get("name") == RESTORE.restore_mesh.state:  # a Mesh node's, inside their Map state
+            started.add("mesh")
         try:
             value = json.loads(entered.get("input") or "{}")
         except ValueError:
             continue
         if isinstance(value, dict):
             state = value
-    for part in started:
+    # Inside the Mesh nodes' Map state the last state entered is an iteration's ({"plan", "part"}): the plan says
+    # which nodes it restores.
+    plan: dict[str, Any] = state["plan"] if isinstance(state.get("plan"), dict) else {}
+    mesh = [p for p in plan.get("mesh") or [] if isinstance(p, str)] if "mesh" in started else []
+    for part in [*(started - {"mesh"}), *mesh]:
         if not isinstance(state.get(part), dict):
             state[part] = {"started": True}
     return state

@@ -310,6 +310,13 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
         target["home"] = {"availability_zone": rehearsal.resources["zone"]}
     elif args.home_strategy in ("rsync", "btrfs"):
         target["home"] = {"path": str(rehearsal.host.root / "restored-home")}
+    if args.mesh_nodes:  # each node's home: new volumes, or its own directory
+        target["mesh"] = {
+            f"node{n}": {"availability_zone": rehearsal.resources["zone"]}
+            if args.mesh_strategy == "amazon-ebs"
+            else {"path": str(rehearsal.host.root / f"restored-mesh-node{n}")}
+            for n in range(1, args.mesh_nodes + 1)
+        }
     print(f"\nRestoring {backup_id} into new resources …", flush=True)
     if rehearsal.logs.listener is not None:
         print_seed_lines(rehearsal)  # its own clock

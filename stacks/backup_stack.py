@@ -420,6 +420,10 @@ class BackupStack(Stack):
             restore_home=FunctionGrants(
                 (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
             ),
+            # The Mesh nodes' homes: new volumes, or an extraction, as the shared home's.
+            restore_mesh=FunctionGrants(
+                (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
+            ),
             wait_restore=FunctionGrants((*describe, *hosts())),
             attach_home=FunctionGrants((*describe, *restore_permissions.restore_attach(self, instances))),
             mount_home=FunctionGrants(

@@ -66,9 +66,9 @@ def _restore_targets(instances: list[InstanceConfig], key: str = "aws:ResourceTa
 
 def restore_describe(instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     actions = set()
-    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    if any(_ebs(i) for i in instances):
         actions |= {"ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeVolumes"}
-    if any(isinstance(i.home, RsyncHomeConfig) or isinstance(i.database, DumpedDatabaseConfig) for i in instances):
+    if any(_rsync(i) or isinstance(i.database, DumpedDatabaseConfig) for i in instances):
         # A restore onto another host checks the host's restore-target tag first (host_copy_restore._restore_host).
         actions |= {"ec2:DescribeInstances"}
     if any(isinstance(i.database, (RdsDatabaseConfig, AuroraDatabaseConfig)) for i in instances):
@@ -137,7 +137,7 @@ def _instances(stack: Stack) -> str:
 
 
 def restore_home(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
-    if not any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    if not any(_ebs(i) for i in instances):
         return []
     return [
         iam.PolicyStatement(
@@ -194,7 +194,7 @@ def retag_restored(
     restored resources still `restoring`, only their status; nothing ever becomes `restoring` again."""
     condition = retag_own(stack, instances, keys=(STATUS_TAG,), was=[RESTORING], to=list(to))
     statements = []
-    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    if any(_ebs(i) for i in instances):
         statements.append(
             iam.PolicyStatement(actions=["ec2:CreateTags"], resources=[_volumes(stack)], conditions=condition)
         )
@@ -212,7 +212,7 @@ def retag_restored(
 def remove_failed_restore(stack: Stack, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
     """The failure path: delete only what still is `restoring`; detach from and stop only restore targets."""
     statements = []
-    if any(isinstance(i.home, EbsHomeConfig) for i in instances):
+    if any(_ebs(i) for i in instances):
         statements += [
             iam.PolicyStatement(
                 actions=["ec2:DeleteVolume"],
@@ -270,3 +270,13 @@ def drill_host_commands(
         }
     )
     return run_commands_on(stack, hosts, documents)
+
+
+def _ebs(instance: InstanceConfig) -> bool:
+    """A home of the instance (the shared one or a Mesh node's) is restored as EBS volumes."""
+    return any(isinstance(home, EbsHomeConfig) for home in instance.homes.values())
+
+
+def _rsync(instance: InstanceConfig) -> bool:
+    """A home of the instance (the shared one or a Mesh node's) is restored from an archive."""
+    return any(isinstance(home, RsyncHomeConfig) for home in instance.homes.values())

@@ -25,6 +25,7 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
 
 def _start_part(row: Step, event: dict[str, Any]) -> PartCreated:
     request = parse(PartEvent, event, row.label)
+    restore.check_own_part(request.plan, row, request.part)
     return restore.start_part(request.plan, request.part)
 
 
@@ -37,6 +38,12 @@ def restore_database(event: dict[str, Any]) -> PartCreated:
 def restore_home(event: dict[str, Any]) -> PartCreated:
     """Start creating the home volumes."""
     return _start_part(RESTORE.restore_home, event)
+
+
+@step(RESTORE.restore_mesh)
+def restore_mesh(event: dict[str, Any]) -> PartCreated:
+    """Start restoring one Mesh node's home (an iteration of the Map state over the plan's nodes)."""
+    return _start_part(RESTORE.restore_mesh, event)
 
 
 @step(RESTORE.wait_restore)

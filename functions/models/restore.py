@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from functions import trusted_config
 from functions.models.base import Strict
 from functions.models.config import InstanceConfig
-from functions.models.part_config import EC2_INSTANCE_ID
+from functions.models.part_config import EC2_INSTANCE_ID, MESH_PART_PREFIX
 
 # RDS: a letter, then letters, digits and single hyphens, no trailing hyphen, at most 63 characters.
 DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
@@ -67,18 +67,39 @@ class HomeTarget(Strict):
         return self
 
 
+MESH_NODE_NAME = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+
+
 class RestoreTarget(Strict):
     database: DatabaseTarget | None = None
     home: HomeTarget | None = None
+    # Mesh nodes by name: each node's home restored as its own NEW volumes or into its own directory (a node's
+    # volumes are not attached by the restore: attach_to_instance_id and mount are the shared home's).
+    mesh: dict[Annotated[str, Field(max_length=24, pattern=MESH_NODE_NAME)], HomeTarget] | None = Field(
+        default=None, max_length=20
+    )
 
     @model_validator(mode="after")
     def _something(self) -> RestoreTarget:
-        if self.database is None and self.home is None:
-            raise ValueError("names neither a database nor a home target: there is nothing to restore")
+        if self.database is None and self.home is None and not self.mesh:
+            raise ValueError("names neither a database, a home nor a Mesh node target: there is nothing to restore")
         return self
 
     def of(self, part: str) -> DatabaseTarget | HomeTarget | None:
+        if part.startswith(MESH_PART_PREFIX):
+            return (self.mesh or {}).get(part.removeprefix(MESH_PART_PREFIX))
         return self.database if part == "database" else self.home if part == "home" else None
+
+    @property
+    def mesh_parts(self) -> list[str]:
+        return [MESH_PART_PREFIX + name for name in sorted(self.mesh or {})]
+
+
+def target_label(part: str) -> str:
+    """How the execution input names a part's target: target.home, target.database, target.mesh.<name>."""
+    return (
+        f"target.mesh.{part.removeprefix(MESH_PART_PREFIX)}" if part.startswith(MESH_PART_PREFIX) else f"target.{part}"
+    )
 
 
 class RestoreInput(Strict):
@@ -116,6 +137,8 @@ class RestorePlan(Strict):
     parts: dict[str, dict[str, Any]]
     restore_database: bool
     restore_home: bool
+    # The Mesh nodes' parts restored (mesh-<name>), one item each of the restore's Map state.
+    mesh: list[str] = Field(default_factory=list)
     attach: bool
     mount: bool
 
@@ -138,12 +161,13 @@ class PlanEvent(Strict):
 
 
 class PartEvent(PlanEvent):
-    part: Literal["home", "database"]
+    part: str = Field(pattern=r"^(home|database|mesh-[a-z][a-z0-9-]{0,23})$")
 
 
 class StatusEvent(PlanEvent):
-    # Each part's restorer's start() result, or {"skipped": true} for a part not restored.
-    created: dict[str, dict[str, Any]]
+    # Each part's restorer's start() result, or {"skipped": true} for a part not restored; `mesh`: the Mesh nodes'
+    # Map state's results, a list of {"part": …, "created": …} (see functions.restore.created_by_part).
+    created: dict[str, Any]
 
 
 class MountEvent(PlanEvent):

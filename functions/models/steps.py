@@ -259,6 +259,16 @@ class RestoreSteps(_Steps):
         "home volumes",
         retry_on=("AwsRateLimited",),
     )
+    # Each Mesh node's home, one invocation per node (a Map state).
+    restore_mesh = _restore(
+        "restore_mesh",
+        "Restore Mesh node",
+        "start_part",
+        300,
+        "RestoreMeshNode",
+        "Mesh node home",
+        retry_on=("AwsRateLimited",),
+    )
     wait_restore = _restore("wait_restore", "Check restore", "check", 90, "RestoreCheck", "check")
     attach_home = _restore("attach_home", "Attach home volumes", "attach", 300, "RestoreAttach", "attach")
     mount_home = _restore("mount_home", "Mount home", "mount", 240, "RestoreMount", "mount")

@@ -450,14 +450,15 @@ def strategy_for(instance: InstanceConfig, part: str) -> Catalog:
 
 
 def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
-    """Each part's restorer, by part name (the home first)."""
+    """Each part's restorer, by part name: the home, the database, the Mesh nodes."""
     from functions.strategies import amazon_ebs_restore, amazon_rds_restore, host_copy_restore
 
     found: dict[str, Restorer[Any, Any]] = {}
-    if instance.home.strategy == "amazon-ebs":
-        found["home"] = amazon_ebs_restore.EbsRestorer(instance)
-    elif instance.home.strategy == "rsync":
-        found["home"] = host_copy_restore.RsyncRestorer(instance)
+    for part, home in instance.homes.items():  # the shared home and each Mesh node's
+        if home.strategy == "amazon-ebs":
+            found[part] = amazon_ebs_restore.EbsRestorer(instance, part)
+        else:
+            found[part] = host_copy_restore.RsyncRestorer(instance, part)
     if instance.database.strategy == "postgresql":
         found["database"] = host_copy_restore.PostgresRestorer(instance)
     elif instance.database.strategy == "mysql":
@@ -466,7 +467,8 @@ def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
         found["database"] = amazon_rds_restore.RdsRestorer(instance)
     elif instance.database.strategy == "amazon-aurora":
         found["database"] = amazon_rds_restore.AuroraRestorer(instance)
-    return found
+    order = {"home": 0, "database": 1}
+    return {part: found[part] for part in sorted(found, key=lambda p: (order.get(p, 2), p))}
 
 
 def restorer_for(instance: InstanceConfig, part: str) -> Restorer[Any, Any]:

@@ -10,11 +10,13 @@ from botocore.exceptions import ClientError, WaiterError
 from functions.clients import host
 from functions.clients.aws import client, error_code
 from functions.errors import AwsRateLimited, HostCommandFailed, RestoreFailed, RestoreRefused, TargetNotReady
+from functions.models.config import InstanceConfig
 from functions.models.part_config import EbsHomeConfig
-from functions.models.restore import HomeTarget, RestoreTarget
+from functions.models.restore import HomeTarget, RestoreTarget, target_label
 from functions.observability import logger
 from functions.strategies import (
     BACKUP_ID_TAG,
+    PART_TAG,
     RESTORE_FAILED,
     RESTORE_TAG,
     RESTORE_TARGET_TAG,
@@ -43,19 +45,25 @@ if TYPE_CHECKING:
 
 
 class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
-    part = "home"
-    target_fields = frozenset(
-        {"availability_zone", "volume_type", "iops", "kms_key_id", "attach_to_instance_id", "mount"}
-    )
+    """The shared home's volumes, or a Mesh node's (`part` mesh-<name>: new volumes only; the restore attaches and
+    mounts the shared home's)."""
+
+    def __init__(self, instance: InstanceConfig, part: str = "home") -> None:
+        super().__init__(instance)
+        self.part = part
+        self.target_fields = frozenset({"availability_zone", "volume_type", "iops", "kms_key_id"}) | (
+            {"attach_to_instance_id", "mount"} if part == "home" else set()
+        )
 
     @property
     def config(self) -> EbsHomeConfig:
-        assert isinstance(self.instance.home, EbsHomeConfig)
-        return self.instance.home
+        home = self.instance.home_of(self.part)
+        assert isinstance(home, EbsHomeConfig)
+        return home
 
     def check(self, artifacts: list[Artifact], target: RestoreTarget) -> EbsPlan:
-        wanted = target.home
-        assert wanted is not None
+        wanted = target.of(self.part)
+        assert isinstance(wanted, HomeTarget)
         ec2 = client("ec2")
         snapshots = {
             s["SnapshotId"]: s for s in ec2.describe_snapshots(SnapshotIds=[a.id for a in artifacts])["Snapshots"]
@@ -95,7 +103,7 @@ class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
                         f"validate: device {device} of instance {instance['InstanceId']} is taken by {taken[device]}; "
                         "a restore never detaches existing volumes: free the device yourself or choose another instance"
                     )
-            volumes.append(_volume_plan(artifact.id, device, snapshot, wanted))
+            volumes.append(_volume_plan(artifact.id, device, snapshot, wanted, target_label(self.part)))
         return {
             "availability_zone": zone,
             "attach_to": wanted.attach_to_instance_id,
@@ -110,7 +118,7 @@ class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
         for volume in plan["volumes"]:
             if volume["snapshot_id"] in made:
                 continue
-            name = f"{_backup_id(volume)}-home-restored{volume['device']}"
+            name = f"{_backup_id(volume)}-{self.part}-restored{volume['device']}"
             tags = restore_tags(self.instance.name, _backup_id(volume), self.part, execution, name)
             tags["Device"] = volume["device"]
             request: dict[str, Any] = {
@@ -134,9 +142,11 @@ class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
             except ClientError as error:
                 code = error_code(error)
                 if code in RATE_LIMITS:
-                    raise AwsRateLimited(f"restore-home: CreateVolume refused for its rate limit ({code})") from None
+                    raise AwsRateLimited(
+                        f"restore-{self.part}: CreateVolume refused for its rate limit ({code})"
+                    ) from None
                 raise RestoreFailed(
-                    f"restore-home: CreateVolume from {volume['snapshot_id']} in {plan['availability_zone']} "
+                    f"restore-{self.part}: CreateVolume from {volume['snapshot_id']} in {plan['availability_zone']} "
                     f"failed: {code}"
                 ) from None
             logger.info(f"creating volume {made[volume['snapshot_id']]} from {volume['snapshot_id']}")
@@ -250,7 +260,11 @@ class EbsRestorer(VolumeRestorer["EbsPlan", "EbsCreated"]):
         it started it."""
         ec2 = client("ec2")
         actions: list[str] = []
-        mine = [v for v in _volumes_of(execution) if made_by(_tags(v), self.instance.name, execution)]
+        mine = [
+            v
+            for v in _volumes_of(execution)
+            if made_by(_tags(v), self.instance.name, execution) and _tags(v).get(PART_TAG) == self.part
+        ]
         if not mine:
             return actions
         if keep:
@@ -335,7 +349,9 @@ def _original_volume(volume_id: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _volume_plan(snapshot_id: str, device: str, snapshot: dict[str, Any], wanted: HomeTarget) -> VolumePlan:
+def _volume_plan(
+    snapshot_id: str, device: str, snapshot: dict[str, Any], wanted: HomeTarget, label: str = "target.home"
+) -> VolumePlan:
     """Type, IOPS, throughput and KMS key: as given, else the original volume's (if it still exists), else gp3
     with its baseline; a volume from an encrypted snapshot is always encrypted."""
     original = _original_volume(str(snapshot.get("VolumeId", "")))
@@ -344,9 +360,9 @@ def _volume_plan(snapshot_id: str, device: str, snapshot: dict[str, Any], wanted
     same_type = original is not None and original_type == volume_type
     iops = wanted.iops or ((original or {}).get("Iops") if same_type and volume_type in _IOPS_TYPES else None)
     if wanted.iops and volume_type not in _IOPS_TYPES:
-        raise RestoreRefused(f"validate: target.home.iops applies only to io1, io2 and gp3 volumes, not {volume_type}")
+        raise RestoreRefused(f"validate: {label}.iops applies only to io1, io2 and gp3 volumes, not {volume_type}")
     if volume_type in ("io1", "io2") and not iops:
-        raise RestoreRefused(f"validate: {volume_type} volumes need target.home.iops (the original volume is gone)")
+        raise RestoreRefused(f"validate: {volume_type} volumes need {label}.iops (the original volume is gone)")
     throughput = (original or {}).get("Throughput") if same_type and volume_type == "gp3" else None
     kms_key = wanted.kms_key_id or ((original or {}).get("KmsKeyId") if (original or {}).get("Encrypted") else None)
     tags = _tags(snapshot)

@@ -13,7 +13,7 @@ from functions.errors import HostCommandFailed, RestoreRefused
 from functions.models import environment
 from functions.models.config import InstanceConfig
 from functions.models.part_config import DumpedDatabaseConfig, PostgresDatabaseConfig, RsyncHomeConfig
-from functions.models.restore import RestoreTarget
+from functions.models.restore import HomeTarget, RestoreTarget, target_label
 from functions.strategies import RESTORE_TARGET_TAG, Artifact, RestoreProgress, Restorer
 from functions.strategies.host_copy import (
     KIND,
@@ -122,11 +122,12 @@ class ArchiveRestorer(Restorer[HostPlan, "ArchiveCreated"], Generic[HostPlan]):
 
 
 class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
-    part = "home"
+    """The shared home's archive, or a Mesh node's (`part` mesh-<name>), extracted into a directory of its own."""
 
-    def __init__(self, instance: InstanceConfig) -> None:
+    def __init__(self, instance: InstanceConfig, part: str = "home") -> None:
         super().__init__(instance)
-        self.rsync = RsyncStrategy(instance)
+        self.part = part
+        self.rsync = RsyncStrategy(instance, part)
         self.source = self.rsync
 
     @property
@@ -136,12 +137,13 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
     target_fields = frozenset({"path", "instance_id", "owner"})
 
     def check(self, artifacts: list[Artifact], target: RestoreTarget) -> RsyncPlan:
-        wanted = target.home
-        assert wanted is not None
+        wanted = target.of(self.part)
+        assert isinstance(wanted, HomeTarget)
+        label = target_label(self.part)
         if not wanted.path:
-            raise RestoreRefused("validate: target.home.path is required: an empty (or missing) directory for the home")
+            raise RestoreRefused(f"validate: {label}.path is required: an empty (or missing) directory for the home")
         instance_id = wanted.instance_id or self.source.instance_id
-        self._restore_host(instance_id, "target.home.instance_id")
+        self._restore_host(instance_id, f"{label}.instance_id")
         try:
             host.run(instance_id, "CheckTargetDirectory", {"path": wanted.path}, step="validate: target directory")
         except HostCommandFailed as error:
@@ -163,7 +165,7 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
         return self._start_restore(
             plan,
             execution,
-            "restore home: download and extract",
+            f"restore {self.part}: download and extract",
             "RestoreHome",
             self._download(plan) | {"target": plan["path"], "owner": plan["owner"]},
         )
@@ -180,22 +182,22 @@ class RsyncRestorer(ArchiveRestorer["RsyncPlan"]):
         }
 
     def cleanup(self, plan: RsyncPlan, execution: str, keep: bool, state: dict[str, Any]) -> list[str]:
-        if not isinstance(state.get("home"), dict):
+        if not isinstance(state.get(self.part), dict):
             return []
         where = f"{plan['path']} on {plan['instance_id']}"
         # The extraction may still run (a stopped restore): it ends before its files are kept or removed.
-        cancelled = cancel_own("home", plan["instance_id"], execution)
+        cancelled = cancel_own(self.part, plan["instance_id"], execution)
         if keep:
-            return [*cancelled, f"home: whatever was extracted into {where} is kept for inspection"]
+            return [*cancelled, f"{self.part}: whatever was extracted into {where} is kept for inspection"]
         # Only what extract puts there (the directory was empty, checked by validate), and only if its manifest is this
         # backup's: never a directory someone filled in the meantime.
         host.run(
             plan["instance_id"],
             "RemoveRestoredHome",
             {"path": plan["path"], "backupId": plan["backup_id"], "removeDirectory": "false"},
-            step="restore cleanup: home",
+            step=f"restore cleanup: {self.part}",
         )
-        return [*cancelled, f"home: removed what this restore extracted into {where}"]
+        return [*cancelled, f"{self.part}: removed what this restore extracted into {where}"]
 
 
 class DumpRestorer(ArchiveRestorer["DumpPlan"]):

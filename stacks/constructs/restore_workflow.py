@@ -102,9 +102,25 @@ class RestoreWorkflow(Construct):
         note.next(failure)
         task.add_catch(note, errors=["States.ALL"], result_path="$.failure")
 
+    def _catch_map(self, scope: Construct, state: sfn.Map, step: Step, failure: sfn.IChainable) -> None:
+        """A Map state's failure is its step's (the Mesh nodes' restores), noted as a task's is."""
+        note = sfn.Pass(
+            scope,
+            step.failed_state,
+            parameters={
+                "state.$": "$",
+                "failure": {"step": step.label, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
+            },
+        )
+        note.next(failure)
+        state.add_catch(note, errors=["States.ALL"], result_path="$.failure")
+
     def _definition(self, scope: Construct, *, drill: bool) -> sfn.IChainable:
         plan = {"plan.$": "$.plan"}
-        created = {"plan.$": "$.plan", "created": {"database.$": "$.database", "home.$": "$.home"}}
+        created = {
+            "plan.$": "$.plan",
+            "created": {"database.$": "$.database", "home.$": "$.home", "mesh.$": "$.mesh"},
+        }
 
         r = RESTORE
         handle = self._task(
@@ -171,10 +187,30 @@ class RestoreWorkflow(Construct):
                 result_path=f"$.{part}",
             )
 
+        # Every Mesh node's home at once: an iteration per node, each result kept with its part.
+        each = sfn.Map(
+            scope,
+            "Restore Mesh nodes",
+            items_path="$.plan.mesh",
+            item_selector={"plan.$": "$.plan", "part.$": "$$.Map.Item.Value"},
+            result_path="$.mesh",
+        )
+        restore_mesh = self._task(scope, r.restore_mesh, {**plan, "part.$": "$.part"}, "$.created")
+        restore_mesh.next(
+            sfn.Pass(scope, "Mesh node restore started", parameters={"part.$": "$.part", "created.$": "$.created"})
+        )
+        each.item_processor(restore_mesh)
+        self._catch_map(scope, each, r.restore_mesh, handle)
+        no_mesh = sfn.Pass(scope, "No Mesh nodes to restore", result=sfn.Result.from_array([]), result_path="$.mesh")
+        mesh_choice = (
+            sfn.Choice(scope, "Restore Mesh nodes?")
+            .when(sfn.Condition.is_present("$.plan.mesh[0]"), each.next(check))
+            .otherwise(no_mesh.next(check))
+        )
         home_choice = (
             sfn.Choice(scope, "Restore home?")
-            .when(sfn.Condition.boolean_equals("$.plan.restore_home", True), restore_home.next(check))
-            .otherwise(skip("home").next(check))
+            .when(sfn.Condition.boolean_equals("$.plan.restore_home", True), restore_home.next(mesh_choice))
+            .otherwise(skip("home").next(mesh_choice))
         )
         restore_db.next(home_choice)
         skip_db = skip("database").next(home_choice)
@@ -210,6 +246,7 @@ class RestoreGrants:
     validate: FunctionGrants
     restore_database: FunctionGrants
     restore_home: FunctionGrants
+    restore_mesh: FunctionGrants
     wait_restore: FunctionGrants
     attach_home: FunctionGrants
     mount_home: FunctionGrants

@@ -111,3 +111,94 @@ def test_a_mesh_node_that_fails_fails_the_run_and_nothing_of_it_is_kept(world_fa
     # The shared home's snapshot and the other node's copy are not kept as a backup; no archive was made.
     assert not [s for s in w.r.snapshots(backup_id) if s["status"] == COMPLETE]
     assert not w.r.archives()
+
+
+def test_each_ebs_mesh_node_is_restored_as_new_volumes_of_its_own(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=2)
+    backup = w.r.run_backup()
+    backup_id = backup_id_of(backup)
+    zone = w.r.resources["zone"]
+    target = {"mesh": {"node1": {"availability_zone": zone}, "node2": {"availability_zone": zone}}}
+    result = w.r.run_restore({"instance": "demo", "backup_id": backup_id, "target": target})
+    assert result.status == "SUCCEEDED", result.cause
+    ec2 = w.r.client("ec2")
+    for part in ("mesh-node1", "mesh-node2"):
+        (volume,) = result.output[part]["volumes"]
+        (snapshot,) = [s for s in w.r.snapshots(backup_id) if s["part"] == part]
+        assert volume["snapshot_id"] == snapshot["id"]
+        described = ec2.describe_volumes(VolumeIds=[volume["volume_id"]])["Volumes"][0]
+        tags = {t["Key"]: t["Value"] for t in described["Tags"]}
+        assert tags["bitbucket-backup:part"] == part and tags["bitbucket-backup:status"] == "restored"
+    assert "home" not in result.output and "database" not in result.output, "only the nodes were asked for"
+    steps = "\n".join(result.output["next_steps"])
+    assert "Mesh node node1's (stopped) host" in steps and "Mesh node node2's (stopped) host" in steps
+    # A node's volumes are new volumes only: attaching and mounting are the shared home's.
+    refused = w.r.run_restore(
+        {
+            "instance": "demo",
+            "backup_id": backup_id,
+            "target": {"mesh": {"node1": {"attach_to_instance_id": zone_host(w)}}},
+        }
+    )
+    assert refused.status == "FAILED" and "target.mesh.node1.attach_to_instance_id does not apply" in str(refused.cause)
+    unknown = w.r.run_restore(
+        {"instance": "demo", "backup_id": backup_id, "target": {"mesh": {"node9": {"availability_zone": zone}}}}
+    )
+    assert unknown.status == "FAILED" and "has no Mesh node 'node9'" in str(unknown.cause)
+
+
+def zone_host(w: World) -> str:
+    return str(w.r.resources["mesh-node1_host"])
+
+
+def test_each_rsync_mesh_node_is_extracted_into_its_own_directory(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=2, mesh_strategy="rsync", home="none")
+    backup = w.r.run_backup(timeout=300)
+    assert backup.status == "SUCCEEDED", backup.cause
+    backup_id = backup_id_of(backup)
+    root = w.r.host.root
+    target = {"mesh": {"node1": {"path": str(root / "restored-1")}, "node2": {"path": str(root / "restored-2")}}}
+    result = w.r.run_restore({"instance": "demo", "backup_id": backup_id, "target": target}, timeout=300)
+    assert result.status == "SUCCEEDED", result.cause
+    for n in (1, 2):
+        home = w.r.resources[f"mesh-node{n}_home"]
+        restored = root / f"restored-{n}" / "home"
+        originals = {str(p.relative_to(home.root)) for p in home.root.rglob("*") if p.is_file()}
+        copied = {str(p.relative_to(restored)) for p in restored.rglob("*") if p.is_file()}
+        # The node's own files (less the seed's excludes: caches, logs, the lock), its git objects all there.
+        objects = {f for f in originals if "/objects/" in f or f.endswith("/HEAD")}
+        assert objects and objects <= copied <= originals, (sorted(objects - copied), sorted(copied - originals))
+        assert result.output[f"mesh-node{n}"]["path"] == str(root / f"restored-{n}")
+    # Outside the instance's restore roots, a node's directory is refused before anything is created.
+    outside = w.r.run_restore(
+        {"instance": "demo", "backup_id": backup_id, "target": {"mesh": {"node1": {"path": "/srv/elsewhere/x"}}}}
+    )
+    assert outside.status == "FAILED" and "target.mesh.node1.path /srv/elsewhere/x is not below a restore root" in str(
+        outside.cause
+    )
+
+
+def test_a_failed_node_restore_removes_what_the_restore_extracted_and_nothing_else(
+    world_factory: Callable[..., World],
+) -> None:
+    w = world_factory(mesh_nodes=2, mesh_strategy="rsync", home="none")
+    backup_id = backup_id_of(w.r.run_backup(timeout=300))
+    root = w.r.host.root
+    first, second = root / "restored-1", root / "restored-2"
+
+    def fill_the_second_directory(instance_id: str, script: str) -> None:
+        # Somebody puts a file into node2's directory after the validate step checked that it was empty.
+        if " extract --archive " in script and f"'{second}'" in script:
+            second.mkdir(exist_ok=True)
+            (second / "someone-elses.txt").write_text("not the restore's\n")
+
+    w.r.host.before_run.append(fill_the_second_directory)
+    target = {"mesh": {"node1": {"path": str(first)}, "node2": {"path": str(second)}}}
+    result = w.r.run_restore({"instance": "demo", "backup_id": backup_id, "target": target}, timeout=300)
+    assert result.status == "FAILED", result.output
+    failures = [n for n in w.r.notifications() if "restore FAILED" in (n["subject"] or "")]
+    assert len(failures) == 1, w.r.notifications()
+    message = failures[0]["message"]
+    assert "mesh-node1: removed what this restore extracted into" in message, message
+    assert not list(first.rglob("*.pack")) and not (first / "home").exists(), "node1's extraction was removed"
+    assert (second / "someone-elses.txt").read_text() == "not the restore's\n", "nothing of anyone else's removed"

@@ -202,3 +202,24 @@ def test_a_failed_node_restore_removes_what_the_restore_extracted_and_nothing_el
     assert "mesh-node1: removed what this restore extracted into" in message, message
     assert not list(first.rglob("*.pack")) and not (first / "home").exists(), "node1's extraction was removed"
     assert (second / "someone-elses.txt").read_text() == "not the restore's\n", "nothing of anyone else's removed"
+
+
+def test_mesh_nodes_are_copied_to_the_dr_region_and_pruned_like_any_part(world_factory: Callable[..., World]) -> None:
+    """No shared home on EBS here: the copy and prune permissions come from the nodes' snapshots alone."""
+    from tests.integration.test_dr_copies import DEPLOYED, PART_TAG, STATUS_TAG, _ebs_copies, _tags, _with_copies
+
+    w = world_factory(mesh_nodes=2, home="none", deployed=DEPLOYED)
+    _with_copies(w)
+    ids = []
+    for _ in range(3):  # keep_backups is 2: the third run prunes the first, here and in the DR region
+        result = w.r.run_backup()
+        assert result.status == "SUCCEEDED", result.cause
+        ids.append(backup_id_of(result))
+    copies = _ebs_copies()
+    assert sorted((_tags(c)["bitbucket-backup:backup-id"], _tags(c)[PART_TAG]) for c in copies) == sorted(
+        (backup_id, part) for backup_id in ids[1:] for part in ("mesh-node1", "mesh-node2")
+    )
+    assert {_tags(c)[STATUS_TAG] for c in copies} == {COMPLETE}
+    assert w.r.snapshots(ids[0]) == [], "the oldest backup's node snapshots were pruned"
+    assert sorted(s["part"] for s in w.r.snapshots(ids[2])) == ["database", "mesh-node1", "mesh-node2"]
+    assert not w.r.iam.denied

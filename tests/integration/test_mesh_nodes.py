@@ -223,3 +223,15 @@ def test_mesh_nodes_are_copied_to_the_dr_region_and_pruned_like_any_part(world_f
     assert w.r.snapshots(ids[0]) == [], "the oldest backup's node snapshots were pruned"
     assert sorted(s["part"] for s in w.r.snapshots(ids[2])) == ["database", "mesh-node1", "mesh-node2"]
     assert not w.r.iam.denied
+
+
+def test_a_node_whose_volume_is_not_attached_fails_the_run_before_the_lock(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=2)
+    nodes = w.r.instance_config["mesh_nodes"]
+    nodes[1]["home"]["volumes"] = ["/dev/xvdz"]
+    w.r.configure(mesh_nodes=nodes)
+    result = w.r.run_backup()
+    assert result.status == "FAILED"
+    assert "mesh-node2: volume /dev/xvdz is not attached to" in str(result.cause), result.cause
+    assert "locked" not in w.sim.event_names(), "checked while Bitbucket was live"
+    assert len(w.failure_notifications()) == 1

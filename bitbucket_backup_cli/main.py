@@ -201,7 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--owner", metavar="USER", help="rsync: owner of the restored home (default: home.owner)")
     restore.add_argument(
-        "--only", choices=["database", "home"], help="restore only this part (default: every part of the backup)"
+        "--only",
+        choices=["database", "home", "mesh"],
+        help="restore only this part (mesh: only the nodes given with --mesh-node; default: the home and the "
+        "database of the backup, and the nodes given with --mesh-node)",
+    )
+    restore.add_argument(
+        "--mesh-node",
+        action="append",
+        default=[],
+        metavar="NAME=WHERE",
+        help="also restore Mesh node NAME: WHERE is an availability zone (a node on EBS: new volumes there) or an "
+        "EMPTY directory on the node's host (a node copied by rsync); repeat for each node",
     )
     restore.add_argument(
         "--keep-on-failure", action="store_true", help="keep what a failed restore created, for inspection"

@@ -54,12 +54,18 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
     """The restore state machine's `target` (functions/models/restore.py), from the options."""
     from functions.models.part_config import EbsHomeConfig
 
-    wanted = [args.only] if args.only else list(config.parts)
+    shared = [p for p in config.parts if p in ("home", "database")]
+    wanted = [] if args.only == "mesh" else [args.only] if args.only else shared
     for part in wanted:
         if part not in config.parts:
             raise CliError(USAGE, f"instance '{config.name}' backs up no {part}")
     refuse_inapplicable_options(config, wanted, args)
     target: dict[str, Any] = {}
+    nodes = mesh_targets(config, getattr(args, "mesh_node", None) or [])
+    if nodes:
+        target["mesh"] = nodes
+    elif args.only == "mesh":
+        raise CliError(USAGE, "--only mesh restores the nodes given with --mesh-node NAME=WHERE: give at least one")
     if "database" in wanted:
         if not args.target_db_id:
             raise CliError(
@@ -109,6 +115,32 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
     elif args.availability_zone or args.attach_to or args.mount:
         raise CliError(USAGE, "--availability-zone, --attach-to and --mount are for the home, which --only leaves out")
     return target
+
+
+def mesh_targets(config: InstanceConfig, given: list[str]) -> dict[str, dict[str, str]]:
+    """`--mesh-node NAME=WHERE` as the target of each node: new volumes in zone WHERE (EBS), or extraction into the
+    directory WHERE (rsync)."""
+    from functions.models.part_config import EbsHomeConfig
+
+    nodes = {node.name: node for node in config.mesh_nodes}
+    found: dict[str, dict[str, str]] = {}
+    for item in given:
+        name, _, where = item.partition("=")
+        node = nodes.get(name)
+        if node is None:
+            known = ", ".join(nodes) or "none"
+            raise CliError(USAGE, f"--mesh-node {item}: instance '{config.name}' has no Mesh node '{name}' ({known})")
+        if name in found:
+            raise CliError(USAGE, f"--mesh-node {name} is given twice")
+        if isinstance(node.home, EbsHomeConfig):
+            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-z]", where):
+                raise CliError(USAGE, f"--mesh-node {item}: node {name} is on EBS: give an availability zone")
+            found[name] = {"availability_zone": where}
+        else:
+            if not where.startswith("/"):
+                raise CliError(USAGE, f"--mesh-node {item}: node {name} is an archive: give an absolute directory")
+            found[name] = {"path": where}
+    return found
 
 
 # The restore target's fields as the user gave them: the flags of `restore` (per part of the target).

@@ -7,6 +7,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from functions.models.steps import BACKUP
 from functions.strategies import COMPLETE
 from tests.integration.conftest import World, assert_failed_cleanly, backup_id_of
@@ -235,3 +237,32 @@ def test_a_node_whose_volume_is_not_attached_fails_the_run_before_the_lock(world
     assert "mesh-node2: volume /dev/xvdz is not attached to" in str(result.cause), result.cause
     assert "locked" not in w.sim.event_names(), "checked while Bitbucket was live"
     assert len(w.failure_notifications()) == 1
+
+
+def test_the_command_line_restores_the_nodes_it_is_given(
+    world_factory: Callable[..., World], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bitbucket_backup_cli.base import OK, USAGE
+    from bitbucket_backup_cli.main import main
+    from rehearsal.fake_account import REGION
+    from rehearsal.serve import LocalEndpoint
+
+    w = world_factory(mesh_nodes=2)
+    backup_id = backup_id_of(w.r.run_backup())
+    zone = w.r.resources["zone"]
+    with LocalEndpoint(w.r) as endpoint:
+        base = ["--endpoint-url", endpoint.url, "--region", REGION, "restore", str(backup_id), "--instance", "demo"]
+        for wrong, said in (
+            (["--only", "mesh"], "give at least one"),
+            (["--only", "mesh", "--mesh-node", "node9=" + zone], "has no Mesh node 'node9'"),
+            (["--only", "mesh", "--mesh-node", "node1=/srv/x"], "node node1 is on EBS: give an availability zone"),
+        ):
+            assert main([*base, *wrong]) == USAGE, wrong
+            assert said in capsys.readouterr().err
+        code = main([*base, "--only", "mesh", "--mesh-node", f"node2={zone}", "--wait", "--poll-interval", "0.05"])
+        out = capsys.readouterr().out
+        assert code == OK, out
+    assert "Mesh node node2's volumes" in out and "node1" not in out
+    restored = [v for v in w.r.client("ec2").describe_volumes()["Volumes"] if "Tags" in v]
+    parts = {t["Value"] for v in restored for t in v["Tags"] if t["Key"] == "bitbucket-backup:part"}
+    assert parts == {"mesh-node2"}

@@ -2,7 +2,8 @@
 
 For a simulator whose drain takes D seconds: lock window, drain time, their difference (the orchestrator's own
 share of the lock window), state transitions and cost at Step Functions Standard prices; the same with a home
-volume and a database a hundred times larger (the share must not grow); and the import time of each handler
+volume and a database a hundred times larger (the share must not grow); the same with Mesh nodes on EBS, whose
+copies run at once beside the home's and the database's (the share should not grow with them); and the import time of each handler
 module (a cold start pays it).
 
 Every run uses the timing a deployment gets by default (`--fast`: the rehearsal's zero-second waits) and the
@@ -30,7 +31,13 @@ GOAL_SHARE_S = 1.0  # issue 11: with a 1 s drain, the deployed timing, cold work
 
 
 def one_run(
-    drain_s: float, home_gb: int, db_gb: int, timing: dict[str, Any], cold: bool, with_latency: bool
+    drain_s: float,
+    home_gb: int,
+    db_gb: int,
+    timing: dict[str, Any],
+    cold: bool,
+    with_latency: bool,
+    mesh_nodes: int = 0,
 ) -> dict[str, Any]:
     if cold:
         POOL.shutdown()  # no execution environment left: every function starts cold, as after a deployment
@@ -38,7 +45,9 @@ def one_run(
     model = LatencyModel() if with_latency else None
     with (
         local_simulator(drain_seconds=drain_s) as sim,
-        Rehearsal(sim.url, timing=timing, sizes=(home_gb, db_gb), latency_model=model) as rehearsal,
+        Rehearsal(
+            sim.url, timing=timing, sizes=(home_gb, db_gb), latency_model=model, mesh_nodes=mesh_nodes
+        ) as rehearsal,
     ):
         result = rehearsal.run_backup(timeout=drain_s + 120)
         summary = summarize(result, rehearsal)
@@ -71,15 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-latency", action="store_true", help="moto's loopback answers, without the latency model of AWS calls"
     )
+    parser.add_argument(
+        "--mesh-nodes",
+        default="4",
+        help="Mesh node counts (EBS) measured beside the same run without nodes, at the smaller sizes (default 4; "
+        "0 for none)",
+    )
     parser.add_argument("--json", default=".build/bench.json", help="where to write the results")
     args = parser.parse_args(argv)
 
     timing = {"poll_interval_seconds": 0} if args.fast else TimingConfig().model_dump()
     cases = []
+    nodes = [int(n) for n in args.mesh_nodes.split(",") if int(n) > 0]
     for drain in (float(d) for d in args.drains.split(",")):
-        for home_gb, db_gb in ((100, 50), (10_000, 5_000)):
+        # Side by side: the same instance without and with Mesh nodes (their copies run at once under the lock).
+        for home_gb, db_gb, mesh in ((100, 50, 0), (10_000, 5_000, 0), *((100, 50, n) for n in nodes)):
             runs = [
-                one_run(drain, home_gb, db_gb, timing, cold=i == 0, with_latency=not args.no_latency)
+                one_run(drain, home_gb, db_gb, timing, cold=i == 0, with_latency=not args.no_latency, mesh_nodes=mesh)
                 for i in range(args.repeat)
             ]
             cases.append(
@@ -87,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     "drain_configured_s": drain,
                     "home_gb": home_gb,
                     "db_gb": db_gb,
+                    "mesh_nodes": mesh,
                     "lock_window_s": statistics.median(r["lock_window_s"] for r in runs),
                     "drain_s": statistics.median(r["drain_s"] for r in runs),
                     "orchestrator_share_s": statistics.median(r["lock_window_s"] - r["drain_s"] for r in runs),
@@ -103,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         f"AWS latency: {'none (moto on loopback)' if args.no_latency else 'the latency model (rehearsal/latency.py)'}"
     )
     print(
-        f"{'drain':>6} {'home GB':>8} {'db GB':>6} {'lock s':>7} {'drain s':>8} {'share s':>8} "
+        f"{'drain':>6} {'home GB':>8} {'db GB':>6} {'nodes':>5} {'lock s':>7} {'drain s':>8} {'share s':>8} "
         f"{'transitions':>11} {'cost USD':>9} {'cold':>5} {'max cold s':>10} {'cold locked':>11}"
     )
     for c in cases:
         print(
-            f"{c['drain_configured_s']:>6g} {c['home_gb']:>8} {c['db_gb']:>6} {c['lock_window_s']:>7.3f} "
+            f"{c['drain_configured_s']:>6g} {c['home_gb']:>8} {c['db_gb']:>6} {c['mesh_nodes']:>5} "
+            f"{c['lock_window_s']:>7.3f} "
             f"{c['drain_s']:>8.3f} {c['orchestrator_share_s']:>8.3f} {c['state_transitions']:>11} "
             f"{c['cost_usd']:>9.6f} {c['cold_starts']:>5} {c['cold_start_max_s']:>10.2f} "
             f"{c['cold_starts_in_lock_window']:>11}"

@@ -3,8 +3,8 @@
 For a simulator whose drain takes D seconds: lock window, drain time, their difference (the orchestrator's own
 share of the lock window), state transitions and cost at Step Functions Standard prices; the same with a home
 volume and a database a hundred times larger (the share must not grow); the same with Mesh nodes on EBS, whose
-copies run at once beside the home's and the database's (the share should not grow with them); and the import time of each handler
-module (a cold start pays it).
+copies run at once beside the home's and the database's (the share should not grow with them); and the import
+time of each handler module (a cold start pays it).
 
 Every run uses the timing a deployment gets by default (`--fast`: the rehearsal's zero-second waits) and the
 Lambda workers of the rehearsal; the first run of each case starts with no environment at all (as after a

@@ -102,6 +102,16 @@ def targets(config: InstanceConfig, backup_id: str) -> dict[str, Any]:
         found["home"] = {"path": f"{drill.work_path.rstrip('/')}/{backup_id}", "instance_id": drill.host_instance_id}
     elif isinstance(config.home, EbsHomeConfig):
         found["home"] = {"availability_zone": _zone(drill.host_instance_id or config.home.instance_id)}
+    # Every Mesh node's home too, each beside the shared home's (its own directory, or its own volumes).
+    mesh: dict[str, Any] = {}
+    for node in config.mesh_nodes:
+        if isinstance(node.home, RsyncHomeConfig):
+            mesh[node.name] = {"path": f"{drill.work_path.rstrip('/')}/{backup_id}-{node.part}",
+                               "instance_id": drill.host_instance_id}  # fmt: skip
+        else:
+            mesh[node.name] = {"availability_zone": _zone(drill.host_instance_id or node.home.instance_id)}
+    if mesh:
+        found["mesh"] = mesh
     return found
 
 
@@ -126,6 +136,17 @@ def start_checks(drill_plan: DrillPlan, restored: dict[str, Any]) -> DrillChecks
         checks.append(f"home: git fsck --full of up to {drill.sample_repositories} repositories")
     elif "home" in parts:
         checks.append("home: the restored volumes became available (not attached, so not checked with git fsck)")
+    mesh_homes = []
+    for node in config.mesh_nodes:
+        if node.part not in parts:
+            continue
+        if isinstance(node.home, RsyncHomeConfig):
+            mesh_homes.append(f"{parts[node.part]['path']}/home")
+            checks.append(f"{node.part}: git fsck --full of up to {drill.sample_repositories} of its repositories")
+        else:
+            checks.append(f"{node.part}: the restored volumes became available (not attached, so not fsck'ed)")
+    if mesh_homes:
+        args |= {"meshHomes": " ".join(mesh_homes), "sample": drill.sample_repositories}
     if "database" in parts:
         login = _database_login(config, parts["database"], restored.get("database") or {})
         if login:
@@ -274,11 +295,12 @@ def _foreign(drill_plan: DrillPlan, output: dict[str, Any], parts: dict[str, Any
         return "the restore execution is not one of the drill's restore state machine"
     if not isinstance(parts, dict) or any(part not in config.parts for part in parts):
         return "the restore's parts are not this instance's"
-    home = parts.get("home") or {}
-    if home.get("path") is not None:
+    for part, home in parts.items():
+        if part == "database" or not isinstance(home, dict) or home.get("path") is None:
+            continue
         path, root = str(home["path"]), drill.work_path.rstrip("/") + "/"
         if not path.startswith(root) or ".." in path.split("/") or home.get("instance_id") != drill.host_instance_id:
-            return f"the restored home {path} is not below the drill's work_path on its host"
+            return f"the restored {part} {path} is not below the drill's work_path on its host"
     return None
 
 
@@ -297,8 +319,9 @@ def teardown(drill_plan: DrillPlan, output: dict[str, Any], keep: bool) -> list[
             actions += restorer_for(drill_plan.config, part).cleanup(part_plan, str(output["execution"]), keep, created)
         except Exception as error:  # one part's teardown must not keep the other's back
             actions.append(f"{part}: teardown failed ({type(error).__name__}: {redact(str(error))}); remove it by hand")
-    home = parts.get("home", {})
-    if home.get("path") and not keep:
+    for part, home in parts.items():
+        if part == "database" or not home.get("path") or keep:
+            continue
         # The restorer's cleanup removed what was extracted; the (now empty) directory is the drill's own.
         host.run(
             home["instance_id"],

@@ -17,7 +17,7 @@ from constructs import Construct
 
 from functions.models import environment as env_names
 from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConfig, ProjectConfig
-from functions.models.steps import OPERATIONS, OPERATOR_UNLOCK_FOR
+from functions.models.steps import BACKUP, OPERATIONS, OPERATOR_UNLOCK_FOR, RESTORE
 from functions.models.timeouts import execution_timeout_seconds
 from functions.strategies import RESTORE_FAILED
 from stacks import copy_permissions, nag, permissions, restore_permissions
@@ -137,7 +137,8 @@ class BackupStack(Stack):
                 scope, FunctionSettings(code=code, environment=group_environment, network=instances[0].network)
             )
             timing = replace(settings.timing, timeout_hours=timeout_s // 3600)
-            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing)
+            mesh = any(i.mesh_nodes for i in instances)
+            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing, mesh=mesh)
             net = SafetyNet(
                 self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine], key=key
             )
@@ -167,6 +168,7 @@ class BackupStack(Stack):
                 timeout=Duration.seconds(restore_timeout),
                 timing=settings.timing,
                 for_drills=bool(drilled),
+                mesh=mesh,
             )
             restore_net = SafetyNet(
                 self,
@@ -334,14 +336,16 @@ class BackupStack(Stack):
                     *hosts("RsyncHome", "SnapshotHome", only="shared"),
                 )
             ),
-            # The Mesh nodes' homes, and nothing of the shared home's or the database's.
+            # The Mesh nodes' homes, and nothing of the shared home's or the database's (where an instance has nodes).
             copy_mesh=FunctionGrants(
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome"), "mesh"),
                     *hosts("RsyncHome", "SnapshotHome", only="mesh"),
                 )
-            ),
+            )
+            if BACKUP.copy_mesh.name in fns
+            else None,
             copy_database=FunctionGrants(
                 (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump", "MysqlDump"))
             ),
@@ -420,10 +424,12 @@ class BackupStack(Stack):
             restore_home=FunctionGrants(
                 (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
             ),
-            # The Mesh nodes' homes: new volumes, or an extraction, as the shared home's.
+            # The Mesh nodes' homes: new volumes, or an extraction, as the shared home's (where an instance has nodes).
             restore_mesh=FunctionGrants(
                 (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
-            ),
+            )
+            if RESTORE.restore_mesh.name in fns
+            else None,
             wait_restore=FunctionGrants((*describe, *hosts())),
             attach_home=FunctionGrants((*describe, *restore_permissions.restore_attach(self, instances))),
             mount_home=FunctionGrants(

@@ -74,11 +74,13 @@
 #   download    --bucket B --key K --file F [--version-id V] [--region R]
 #       aws s3api get-object into a temporary name, checked against the object's sha256 metadata if present, renamed
 #       to F when complete. An existing F is refused.
-#   drill-check [--home DIR [--sample N]] [--host H [--port 5432] --user U --dbname D --tables T1,T2,...
-#               [--engine postgresql|mysql] [--password-secret ARN [--password-secret-key K]] [--region R]]
+#   drill-check [--home DIR [--sample N]] [--mesh-homes 'DIR1 DIR2 ...'] [--host H [--port 5432] --user U --dbname D
+#               --tables T1,T2,... [--engine postgresql|mysql] [--password-secret ARN [--password-secret-key K]]
+#               [--region R]]
 #       The restore drill's checks of a restored copy. Home: `git fsck --full` on a random sample of N (default 5)
 #       repositories of DIR/shared/data/repositories (DIR: the restored Bitbucket home); a home without repositories
-#       passes with 0 checked. Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
+#       passes with 0 checked. Mesh homes (restored Mesh nodes' homes, separated by spaces): the same, on a sample of
+#       each node's bare repositories wherever its layout puts them (a directory with HEAD, objects/ and refs/). Database: connects to D and checks that every table of --tables (Bitbucket's, e.g.
 #       project,repository,sta_normal_user) exists. Fails with 7 naming the first repository that fails fsck
 #       or the missing tables; 8 when the password is rejected, 5 when the server cannot be reached.
 #   workdir     --path DIR
@@ -127,7 +129,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.6.0"
+VERSION="1.7.0"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -1915,35 +1917,71 @@ cmd_download() {
         "$VERSION" "$jf" "$bytes" "$actual" "$([[ -n $expected ]] && echo true || echo false)"
 }
 
+fsck_sample() {  # fsck_sample SAMPLE LABEL REPO...: git fsck a random sample; REPLY: their names (JSON), CHECKED: how many
+    local sample=$1 label=$2 dir
+    shift 2
+    local -a picked=() names=()
+    if (($# > 0 && sample > 0)); then
+        mapfile -t picked < <(printf '%s\n' "$@" | shuf -n "$sample")
+    fi
+    for dir in "${picked[@]}"; do
+        # A restored home belongs to Bitbucket's user, not to the one running the check.
+        if ! git -c safe.directory='*' -C "$dir" fsck --full --no-progress >"$WORK/fsck.out" 2>"$WORK/fsck.err"; then
+            tail_of "$WORK/fsck.err"
+            die 7 "git fsck failed for ${label}repository ${dir##*/}: $REPLY"
+        fi
+        names+=("${dir##*/}")
+    done
+    CHECKED=${#names[@]}
+    jarr "${names[@]}"
+}
+
+mesh_repositories() {  # mesh_repositories DIR: REPOS, the bare repositories under a Mesh node's home (its own layout)
+    local head dir
+    REPOS=()
+    while IFS= read -r -d '' head; do
+        dir=${head%/HEAD}
+        [[ -d $dir/objects && -d $dir/refs && ! -L $dir ]] && REPOS+=("$dir")
+    done < <(find "$1" -mindepth 2 -maxdepth 8 -type f -name HEAD -not -path '*/objects/*' -not -path '*/refs/*' \
+        -not -path '*/logs/*' -print0 | sort -z)
+}
+
 cmd_drill_check() {
-    parse_flags "home sample host port user dbname tables engine password-secret password-secret-key region" "" "$@"
+    parse_flags "home mesh-homes sample host port user dbname tables engine password-secret password-secret-key region" "" "$@"
     local home=${FLAG[home]:-} sample=${FLAG[sample]:-5}
-    [[ -n $home || -n ${FLAG[dbname]:-} ]] || die 2 "nothing to check: give --home and/or --dbname"
+    [[ -n $home || -n ${FLAG[mesh-homes]:-} || -n ${FLAG[dbname]:-} ]] ||
+        die 2 "nothing to check: give --home, --mesh-homes and/or --dbname"
     is_uint "$sample" || die 2 "--sample must be a number"
     make_work
-    local start jhome="null" jdb="null"
+    local start jhome="null" jdb="null" jmesh="null"
     start=$(now_ns)
+    if [[ -n ${FLAG[mesh-homes]:-} ]]; then
+        need git shuf find
+        local -a meshes=() entries=()
+        local mesh jpath
+        read -r -a meshes <<<"${FLAG[mesh-homes]}"
+        for mesh in "${meshes[@]}"; do
+            [[ $mesh == /* && -d $mesh && ! -L $mesh ]] || die 3 "the restored Mesh node home does not exist: $mesh"
+            mesh_repositories "$mesh"
+            fsck_sample "$sample" "Mesh node home $mesh: " "${REPOS[@]}"
+            local checked=$REPLY
+            jstr "$mesh"
+            jpath=$REPLY
+            entries+=("{\"home\": $jpath, \"repositories\": ${#REPOS[@]}, \"checked\": $CHECKED, \"fsck_ok\": $checked}")
+        done
+        jmesh="[$(IFS=,; printf '%s' "${entries[*]}")]"
+    fi
     if [[ -n $home ]]; then
         need git shuf
         [[ -d $home ]] || die 3 "the restored home does not exist: $home"
-        local -a repos=() picked=() names=()
+        local -a repos=()
         local dir
         for dir in "$home"/shared/data/repositories/*/; do
             [[ ${dir%/} =~ /[0-9]+$ ]] && repos+=("${dir%/}")
         done
-        if ((${#repos[@]} > 0 && sample > 0)); then
-            mapfile -t picked < <(printf '%s\n' "${repos[@]}" | shuf -n "$sample")
-        fi
-        for dir in "${picked[@]}"; do
-            # A restored home belongs to Bitbucket's user, not to the one running the check.
-            if ! git -c safe.directory='*' -C "$dir" fsck --full --no-progress >"$WORK/fsck.out" 2>"$WORK/fsck.err"; then
-                tail_of "$WORK/fsck.err"
-                die 7 "git fsck failed for repository ${dir##*/}: $REPLY"
-            fi
-            names+=("${dir##*/}")
-        done
-        jarr "${names[@]}"
-        jhome="{\"repositories\": ${#repos[@]}, \"checked\": ${#names[@]}, \"fsck_ok\": $REPLY}"
+        fsck_sample "$sample" "" "${repos[@]}"
+        local checked=$REPLY
+        jhome="{\"repositories\": ${#repos[@]}, \"checked\": $CHECKED, \"fsck_ok\": $checked}"
     fi
     if [[ -n ${FLAG[dbname]:-} ]]; then
         require host user tables
@@ -2004,8 +2042,8 @@ cmd_drill_check() {
         jdb="{\"dbname\": $jname, \"tables_found\": $jfound, \"tables_total\": ${total:-0}}"
     fi
     seconds_since "$start"
-    printf '{"subcommand": "drill-check", "version": "%s", "home": %s, "database": %s, "seconds": %s}\n' \
-        "$VERSION" "$jhome" "$jdb" "$REPLY"
+    printf '{"subcommand": "drill-check", "version": "%s", "home": %s, "mesh": %s, "database": %s, "seconds": %s}\n' \
+        "$VERSION" "$jhome" "$jmesh" "$jdb" "$REPLY"
 }
 
 cmd_workdir() {

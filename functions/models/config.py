@@ -503,6 +503,7 @@ class InstanceConfig(Strict):
             what
             for what, needed in (
                 ("the rsync home (git fsck)", self.home.strategy == "rsync"),
+                ("the rsync Mesh nodes (git fsck)", any(isinstance(n.home, RsyncHomeConfig) for n in self.mesh_nodes)),
                 ("the dumped database (tables)", self.database.strategy in COPY_STRATEGIES),
                 ("the restored database (drill.database)", drill.database is not None),
             )

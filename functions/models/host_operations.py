@@ -31,6 +31,8 @@ NOT_INSTALLED, UNSAFE = 11, 12
 
 # Plain characters only: each pattern keeps a value inside its single quotes.
 _PATH = r"/(?!.*/\.{1,2}(?:/|$))[A-Za-z0-9._/-]{0,1023}"
+# Up to 20 such paths separated by single spaces (no `.` or `..` component in any of them).
+_PATHS = r"(?!.*/\.{1,2}(?:/| |$))/[A-Za-z0-9._/-]{0,1023}(?: /[A-Za-z0-9._/-]{0,1023}){0,19}"
 _NAME = r"[A-Za-z0-9._-]{1,255}"
 _PG_NAME = r"[A-Za-z_][A-Za-z0-9_$-]{0,62}"
 _SECRET = r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}"
@@ -371,6 +373,7 @@ if [ '{{ removeDirectory }}' = true ]; then rmdir -- '{{ path }}' 2>/dev/null ||
             "The restore drill's checks: git fsck of a sample of repositories, Bitbucket's tables in the database",
             (
                 _p("home", _PATH, "The restored home", optional_=True),
+                _p("meshHomes", _PATHS, "The restored Mesh nodes' homes, separated by spaces", optional_=True),
                 _p("sample", r"[0-9]{1,4}", "Repositories to fsck"),
                 _p("host", _HOST, "Database server address", optional_=True),
                 _p("port", _PORT, "Database server port", optional_=True),
@@ -383,6 +386,7 @@ if [ '{{ removeDirectory }}' = true ]; then rmdir -- '{{ path }}' 2>/dev/null ||
             ),
             """args=()
 [ -z '{{ home }}' ] || args+=(--home '{{ home }}' --sample '{{ sample }}')
+[ -z '{{ meshHomes }}' ] || args+=(--mesh-homes '{{ meshHomes }}' --sample '{{ sample }}')
 if [ -n '{{ dbname }}' ]; then
   args+=(--host '{{ host }}' --port '{{ port }}' --user '{{ user }}' --dbname '{{ dbname }}')
   args+=(--password-secret '{{ passwordSecret }}' --region '{{ region }}' --tables '{{ tables }}')

@@ -32,8 +32,9 @@ from stacks.constructs.sfn_parts import lambda_task, standard_state_machine
 # The warm-up's state of a step of the locked phase is "Warm: <its state, lower case>".
 WARM_STATES: dict[str, str] = {}
 # How many environments of a function the locked phase may need at once: progress is reported at the end of each
-# part's branch of the copy, and the two can overlap. Invoked together, the warm-ups start that many environments.
-WARM_ENVIRONMENTS = {BACKUP.progress.name: 3}
+# part's branch of the copy, and the two (three with Mesh nodes) can overlap. Invoked together, the warm-ups start
+# that many environments.
+WARM_ENVIRONMENTS = {BACKUP.progress.name: 2}
 # The Mesh nodes are copied by a Map state, one invocation per node at once: the warm-up starts as many environments
 # of that function as the run has nodes (its own Map over the same list).
 _MESH = "$.run.flow.mesh"
@@ -53,7 +54,6 @@ class BackupGrants:
     wait_drained: FunctionGrants
     copy_home: FunctionGrants
     copy_database: FunctionGrants
-    copy_mesh: FunctionGrants
     progress: FunctionGrants
     unlock: FunctionGrants
     wait_snapshots: FunctionGrants
@@ -64,6 +64,8 @@ class BackupGrants:
     copy_regions: FunctionGrants
     handle_failure: FunctionGrants
     safety_net: FunctionGrants
+    # Only where an instance of the state machine has Mesh nodes (the function exists only there).
+    copy_mesh: FunctionGrants | None = None
 
     def __post_init__(self) -> None:
         names = {*(s.name for s in BACKUP.functions), OPERATIONS.safety_net.name}
@@ -87,14 +89,19 @@ class BackupWorkflow(Construct):
         factory: FunctionFactory,
         state_machine_name: str | None = None,
         timing: WorkflowTiming | None = None,
+        mesh: bool = False,
     ) -> None:
         super().__init__(scope, id)
         self._failed_notes: dict[str, sfn.Pass] = {}
         timing = timing or WorkflowTiming()
         self._timing = timing
+        # The Mesh nodes' copy (its function, its branch and warm-up) only where an instance has nodes: a fleet
+        # without them deploys none of it (CloudFormation's template size limit).
+        self._mesh = mesh
         self.functions: dict[str, lambda_.Function] = {
             s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
             for s in BACKUP.functions
+            if mesh or s is not BACKUP.copy_mesh
         }
         self.state_machine = standard_state_machine(
             self,
@@ -193,6 +200,8 @@ class BackupWorkflow(Construct):
         warm = sfn.Parallel(self, BACKUP.warm_up.state, result_path=sfn.JsonPath.DISCARD)
         for step in BACKUP.locked_phase:
             state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
+            if step is BACKUP.copy_mesh and not self._mesh:
+                continue
             if step is BACKUP.copy_mesh:
                 each = sfn.Map(
                     self,
@@ -205,7 +214,8 @@ class BackupWorkflow(Construct):
                 each.item_processor(self._task(step, payload, None, state=state, own_retries=False))
                 warm.branch(each)
                 continue
-            for n in range(1, WARM_ENVIRONMENTS.get(step.name, 1) + 1):
+            environments = WARM_ENVIRONMENTS.get(step.name, 1) + (step is BACKUP.progress and self._mesh)
+            for n in range(1, environments + 1):
                 name = state if n == 1 else f"{state} ({n})"
                 # With the run, the warm-up also reads ahead what the step reads first (functions/warm_up.py).
                 payload = {"warm": True, "run.$": "$.run"}
@@ -287,7 +297,7 @@ class BackupWorkflow(Construct):
             result_selector={
                 "home.$": "$[0].part_result",
                 "database.$": "$[1].part_result",
-                "mesh.$": "$[2].mesh_result",
+                **({"mesh.$": "$[2].mesh_result"} if self._mesh else {}),
             },
         )
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
@@ -327,7 +337,8 @@ class BackupWorkflow(Construct):
                 .when(sfn.Condition.string_equals(f"$.run.flow.{part}.strategy", "none"), skip)
                 .otherwise(self._locked_host_loop(part, step, copy, reported))
             )
-        parts.branch(self._mesh_branch())
+        if self._mesh:
+            parts.branch(self._mesh_branch())
         self._catch(parts, b.copy, handle)
 
         # The unlock step reports progress 100 first, in the same invocation: one Lambda round trip less under the lock.

@@ -44,12 +44,15 @@ class RestoreWorkflow(Construct):
         timing: WorkflowTiming | None = None,
         state_machine_name: str | None = None,
         for_drills: bool = False,
+        mesh: bool = False,
     ) -> None:
         super().__init__(scope, id)
         self._timing = timing or WorkflowTiming()
+        self._mesh = mesh  # the Mesh nodes' restore only where an instance has nodes (as the backup's copy)
         self.functions: dict[str, lambda_.Function] = {
             s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
             for s in RESTORE.functions
+            if mesh or s is not RESTORE.restore_mesh
         }
         self.state_machine = standard_state_machine(
             self,
@@ -119,7 +122,7 @@ class RestoreWorkflow(Construct):
         plan = {"plan.$": "$.plan"}
         created = {
             "plan.$": "$.plan",
-            "created": {"database.$": "$.database", "home.$": "$.home", "mesh.$": "$.mesh"},
+            "created": {"database.$": "$.database", "home.$": "$.home", **({"mesh.$": "$.mesh"} if self._mesh else {})},
         }
 
         r = RESTORE
@@ -187,26 +190,30 @@ class RestoreWorkflow(Construct):
                 result_path=f"$.{part}",
             )
 
-        # Every Mesh node's home at once: an iteration per node, each result kept with its part.
-        each = sfn.Map(
-            scope,
-            "Restore Mesh nodes",
-            items_path="$.plan.mesh",
-            item_selector={"plan.$": "$.plan", "part.$": "$$.Map.Item.Value"},
-            result_path="$.mesh",
-        )
-        restore_mesh = self._task(scope, r.restore_mesh, {**plan, "part.$": "$.part"}, "$.created")
-        restore_mesh.next(
-            sfn.Pass(scope, "Mesh node restore started", parameters={"part.$": "$.part", "created.$": "$.created"})
-        )
-        each.item_processor(restore_mesh)
-        self._catch_map(scope, each, r.restore_mesh, handle)
-        no_mesh = sfn.Pass(scope, "No Mesh nodes to restore", result=sfn.Result.from_array([]), result_path="$.mesh")
-        mesh_choice = (
-            sfn.Choice(scope, "Restore Mesh nodes?")
-            .when(sfn.Condition.is_present("$.plan.mesh[0]"), each.next(check))
-            .otherwise(no_mesh.next(check))
-        )
+        mesh_choice: sfn.IChainable = check
+        if self._mesh:
+            # Every Mesh node's home at once: an iteration per node, each result kept with its part.
+            each = sfn.Map(
+                scope,
+                "Restore Mesh nodes",
+                items_path="$.plan.mesh",
+                item_selector={"plan.$": "$.plan", "part.$": "$$.Map.Item.Value"},
+                result_path="$.mesh",
+            )
+            restore_mesh = self._task(scope, r.restore_mesh, {**plan, "part.$": "$.part"}, "$.created")
+            restore_mesh.next(
+                sfn.Pass(scope, "Mesh node restore started", parameters={"part.$": "$.part", "created.$": "$.created"})
+            )
+            each.item_processor(restore_mesh)
+            self._catch_map(scope, each, r.restore_mesh, handle)
+            no_mesh = sfn.Pass(
+                scope, "No Mesh nodes to restore", result=sfn.Result.from_array([]), result_path="$.mesh"
+            )
+            mesh_choice = (
+                sfn.Choice(scope, "Restore Mesh nodes?")
+                .when(sfn.Condition.is_present("$.plan.mesh[0]"), each.next(check))
+                .otherwise(no_mesh.next(check))
+            )
         home_choice = (
             sfn.Choice(scope, "Restore home?")
             .when(sfn.Condition.boolean_equals("$.plan.restore_home", True), restore_home.next(mesh_choice))
@@ -246,13 +253,14 @@ class RestoreGrants:
     validate: FunctionGrants
     restore_database: FunctionGrants
     restore_home: FunctionGrants
-    restore_mesh: FunctionGrants
     wait_restore: FunctionGrants
     attach_home: FunctionGrants
     mount_home: FunctionGrants
     finish: FunctionGrants
     handle_failure: FunctionGrants
     restore_safety_net: FunctionGrants | None = None
+    # Only where an instance of the state machine has Mesh nodes (the function exists only there).
+    restore_mesh: FunctionGrants | None = None
 
     def __post_init__(self) -> None:
         names = {*(s.name for s in RESTORE.functions), OPERATIONS.restore_safety_net.name}

@@ -738,6 +738,34 @@ def test_drill_check_fscks_a_sample_of_repositories(home: BitbucketHome) -> None
     run("drill-check").assert_error(EXIT_USAGE, "drill-check")
 
 
+def test_drill_check_fscks_each_mesh_nodes_repositories_wherever_its_layout_puts_them(
+    home: BitbucketHome, tmp_path: Path
+) -> None:
+    """A Mesh node keeps its bare repositories in its own layout (a hierarchy of directories): the drill finds them
+    by what they are (HEAD, objects/, refs/), not by where the shared home keeps them."""
+    node = tmp_path / "mesh-home"
+    for n, repo_id in enumerate(sorted(home.repo_ids)):
+        target = node / "repositories" / f"{n:02x}" / f"hierarchy-{repo_id}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(home.repo(repo_id), target, symlinks=True)
+    (node / "log").mkdir()
+    (node / "log" / "HEAD").write_text("not a repository\n")  # a file named HEAD alone is not a repository
+    other = tmp_path / "mesh-home-2"
+    other.mkdir()
+    found = run("drill-check", "--mesh-homes", f"{node} {other}", "--sample", "10").ok()
+    first, second = found["mesh"]
+    assert first["home"] == str(node) and first["repositories"] == len(home.repo_ids) == first["checked"]
+    assert sorted(first["fsck_ok"]) == sorted(f"hierarchy-{i}" for i in home.repo_ids)
+    assert second == {"home": str(other), "repositories": 0, "checked": 0, "fsck_ok": []}
+    assert found["home"] is None and found["database"] is None
+
+    _corrupt_one_object(node / "repositories" / "02" / f"hierarchy-{sorted(home.repo_ids)[2]}")
+    result = run("drill-check", "--mesh-homes", str(node), "--sample", "10")
+    result.assert_error(EXIT_CHECKSUM, "drill-check")
+    assert f"Mesh node home {node}: repository hierarchy-{sorted(home.repo_ids)[2]}" in result.stderr
+    run("drill-check", "--mesh-homes", str(tmp_path / "missing")).assert_error(EXIT_MISSING, "drill-check")
+
+
 def test_drill_check_finds_bitbucket_tables_with_the_secret_free_password(postgres: Postgres) -> None:
     conn = postgres.conn_args()
     wanted = ["--tables", "project,repository,sta_normal_user"]

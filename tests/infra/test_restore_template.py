@@ -28,8 +28,6 @@ HAPPY_PATH = [
     RESTORE.restore_database.state,
     "Restore home?",
     RESTORE.restore_home.state,
-    "Restore Mesh nodes?",
-    "Restore Mesh nodes",
     RESTORE.wait_restore.state,
     "Restored?",
     "Attach home?",
@@ -149,22 +147,9 @@ def test_states_follow_the_designed_order(machines: dict[str, Machine]) -> None:
             assert states[choice]["Choices"][0]["Variable"] == flag
             assert states[choice]["Default"] == skipped
         assert states["No database to restore"]["Next"] == "Restore home?"
-        assert states["No home to restore"]["Next"] == "Restore Mesh nodes?"
-        # Every Mesh node's home at once (a Map state over the plan's nodes), or none.
-        choice = states["Restore Mesh nodes?"]
-        assert choice["Choices"] == [{"Variable": "$.plan.mesh[0]", "IsPresent": True, "Next": "Restore Mesh nodes"}]
-        assert states[choice["Default"]]["Result"] == [] and states[choice["Default"]]["ResultPath"] == "$.mesh"
-        each = states["Restore Mesh nodes"]
-        assert each["Type"] == "Map" and each["ItemsPath"] == "$.plan.mesh" and each["ResultPath"] == "$.mesh"
-        assert each["ItemSelector"] == {"plan.$": "$.plan", "part.$": "$$.Map.Item.Value"}
-        assert each["Catch"] == [
-            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": RESTORE.restore_mesh.failed_state}
-        ]
-        node = each["ItemProcessor"]["States"]
-        task = node[RESTORE.restore_mesh.state]
-        assert task["Parameters"] == {"plan.$": "$.plan", "part.$": "$.part"} and task["ResultPath"] == "$.created"
-        assert node[task["Next"]]["Parameters"] == {"part.$": "$.part", "created.$": "$.created"}
-        assert states[RESTORE.wait_restore.state]["Parameters"]["created"]["mesh.$"] == "$.mesh"
+        # Without Mesh nodes, no Map state for them (tests/infra/test_mesh_template.py has one).
+        assert states["No home to restore"]["Next"] == RESTORE.wait_restore.state
+        assert "Restore Mesh nodes" not in states
         assert states["Restore complete"] == {"Type": "Succeed", "OutputPath": "$.summary"}
 
 

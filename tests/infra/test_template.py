@@ -144,15 +144,10 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
 
         parallel = states[BACKUP.copy.state]
         assert parallel["Type"] == "Parallel"
-        starts = [b["StartAt"] for b in parallel["Branches"]]
-        assert starts == ["Home configured?", "Database configured?", "Mesh nodes configured?"]
-        assert parallel["ResultSelector"] == {
-            "home.$": "$[0].part_result",
-            "database.$": "$[1].part_result",
-            "mesh.$": "$[2].mesh_result",
-        }
-        _the_mesh_nodes_are_copied_at_once(parallel["Branches"][2])
-        for branch, part in zip(parallel["Branches"][:2], ("home", "database"), strict=True):
+        # Without Mesh nodes, no third branch (tests/infra/test_mesh_template.py has one).
+        assert [b["StartAt"] for b in parallel["Branches"]] == ["Home configured?", "Database configured?"]
+        assert parallel["ResultSelector"] == {"home.$": "$[0].part_result", "database.$": "$[1].part_result"}
+        for branch, part in zip(parallel["Branches"], ("home", "database"), strict=True):
             inner = branch["States"]
             choice = inner[branch["StartAt"]]
             assert choice["Choices"][0]["Variable"] == f"$.run.flow.{part}.strategy"
@@ -174,34 +169,6 @@ def test_states_follow_the_designed_order(state_machines: dict[str, StateMachine
         assert states[BACKUP.copy.state]["Next"] == "Locked for the copy?"
         assert [c["Next"] for c in states["Locked for the copy?"]["Choices"]] == [BACKUP.unlock.state]
         assert BACKUP.progress.state not in states, "no separate progress-100 invocation under the lock"
-
-
-def _the_mesh_nodes_are_copied_at_once(branch: dict[str, Any]) -> None:
-    """The third branch: a Map state over the run's Mesh nodes (every node's copy at once, each waited for in its own
-    function as the home's is), then one progress report for them all; skipped without nodes."""
-    inner = branch["States"]
-    choice = inner["Mesh nodes configured?"]
-    assert choice["Choices"][0] == {"Variable": "$.run.flow.mesh[0]", "IsPresent": True, "Next": "Copy Mesh nodes"}
-    assert inner[choice["Default"]]["Result"] == [] and inner[choice["Default"]].get("End") is True
-    each = inner["Copy Mesh nodes"]
-    assert each["Type"] == "Map" and each["ItemsPath"] == "$.run.flow.mesh" and "MaxConcurrency" not in each
-    assert each["ItemSelector"] == {"run.$": "$.run", "part.$": "$$.Map.Item.Value"}
-    node = each["ItemProcessor"]["States"]
-    copy = node[each["ItemProcessor"]["StartAt"]]
-    assert copy["Parameters"] == {"run.$": "$.run", "part.$": "$.part"}
-    done = node[copy["Next"]]
-    assert done["Choices"][0]["Variable"] == "$.part_result.done"
-    again = node[done["Default"]]
-    assert function_of(again) == function_of(copy) and again["Parameters"]["progress.$"] == "$.part_result"
-    assert not [n for n, st in node.items() if st["Type"] == "Wait"], "no Wait state under the lock"
-    locked = path_where(branch, {"$.run.flow.zero_downtime": False})
-    assert locked == [
-        "Mesh nodes configured?",
-        "Copy Mesh nodes",
-        "Report Mesh nodes progress?",
-        "Report Mesh nodes progress",
-    ]
-    assert inner["Report Mesh nodes progress"]["Parameters"] == {"run.$": "$.run", "part": "mesh"}
 
 
 ZERO_DOWNTIME = {"$.run.flow.zero_downtime": True}
@@ -235,11 +202,9 @@ def test_zero_downtime_goes_from_validate_to_the_copy_without_the_lock(
         assert states["Nothing to unlock"]["ResultPath"] == "$.unlocked"
         assert states["Nothing to unlock"]["Result"] == {"lock_window_s": 0, "drain_s": 0}
         # Inside the copy, no progress report (it needs the lock's token): each branch ends in a Pass.
-        branches = states[BACKUP.copy.state]["Branches"]
-        for branch, part in zip(branches, ("home", "database", "Mesh nodes"), strict=True):
+        for branch, part in zip(states[BACKUP.copy.state]["Branches"], ("home", "database"), strict=True):
             inner = path_where(branch, {**ZERO_DOWNTIME, f"$.run.flow.{part}.strategy": "configured"})
-            copied = f"Copy {part}" if part != "Mesh nodes" else "Copy Mesh nodes"
-            assert copied in inner and f"Report {part} progress" not in inner, inner
+            assert f"Copy {part}" in inner and f"Report {part} progress" not in inner, inner
             assert branch["States"][inner[-1]] == {"Type": "Pass", "End": True}, inner
         # The path with the lock is still there for everybody else, and unchanged.
         assert path_where(sm.definition, {"$.run.flow.zero_downtime": False}) == HAPPY_PATH
@@ -417,7 +382,8 @@ def test_exactly_the_steps_that_call_bitbucket_read_its_secret(resources: Any) -
         )
         assert reads == row.bitbucket, (row.name, reads)
         checked.add(row.name)
-    assert {row.name for row in rows.values()} == checked
+    # No instance here has Mesh nodes: the stack deploys no Mesh node copy.
+    assert {row.name for row in rows.values()} - {BACKUP.copy_mesh.name} == checked
 
 
 def test_snapshots_are_deleted_only_when_they_carry_the_tool_tag(template: dict[str, Any]) -> None:
@@ -479,7 +445,7 @@ def test_lambdas_runtime_network_and_environment(
     for instance in (PROD, STAGING):
         sm = owner[instance["name"]]
         steps = {function_of(task) for task in _lambda_tasks(sm.definition).values()}
-        assert len(steps) == 16
+        assert len(steps) == 15  # no Mesh nodes here: no Mesh node copy (tests/infra/test_mesh_template.py)
         # The operator's unlock (the safety net) reaches Bitbucket from where the steps do (the output names it).
         (unlock,) = [
             o["Value"]["Ref"]

@@ -266,3 +266,40 @@ def test_the_command_line_restores_the_nodes_it_is_given(
     restored = [v for v in w.r.client("ec2").describe_volumes()["Volumes"] if "Tags" in v]
     parts = {t["Value"] for v in restored for t in v["Tags"] if t["Key"] == "bitbucket-backup:part"}
     assert parts == {"mesh-node2"}
+
+
+def test_the_drill_restores_every_node_and_fscks_its_repositories(world_factory: Callable[..., World]) -> None:
+    from functions.drill import VERIFIED_TAG
+
+    w = world_factory(drill=True, home="none", mesh_nodes=2, mesh_strategy="rsync")
+    backup_id = backup_id_of(w.r.run_backup(timeout=300))
+    result = w.r.run_drill()
+    assert result.status == "SUCCEEDED", result.cause
+    out = result.output
+    assert out is not None and out["verified"] is True
+    checked = {entry["home"]: entry for entry in out["result"]["mesh"]}
+    drill_root = w.r.host.root / "drill"
+    for n in (1, 2):
+        entry = checked[f"{drill_root}/{backup_id}-mesh-node{n}/home"]
+        ids = w.r.resources[f"mesh-node{n}_home"].repo_ids
+        assert sorted(entry["fsck_ok"], key=int) == [str(i) for i in sorted(ids)] and entry["checked"] == len(ids)
+        assert not (drill_root / f"{backup_id}-mesh-node{n}").exists(), "the drill's copy of the node is removed"
+    assert any("mesh-node1: git fsck --full" in c for c in out["checks"])
+    assert {s["verified"] for s in w.r.snapshots(backup_id)} == {f"verified {out['date']}"}
+    assert all(a["tags"][VERIFIED_TAG] == out["date"] for a in w.r.archives())
+
+
+def test_a_drill_fails_on_a_corrupt_node_repository_and_says_which(world_factory: Callable[..., World]) -> None:
+    from tests.host.test_host_script import _corrupt_one_object
+
+    w = world_factory(drill=True, home="none", mesh_nodes=2, mesh_strategy="rsync")
+    node = w.r.resources["mesh-node2_home"]
+    _corrupt_one_object(node.repo(2))  # before the backup: the copy carries it, as a bad disk's would
+    backup_id = backup_id_of(w.r.run_backup(timeout=300))
+    result = w.r.run_drill()
+    assert result.status == "FAILED"
+    assert f"Mesh node home {w.r.host.root}/drill/{backup_id}-mesh-node2/home: repository 2" in str(result.cause)
+    verdicts = {s["part"]: s["verified"] or "" for s in w.r.snapshots(backup_id)}
+    assert set(verdicts) == {"database", "mesh-node1", "mesh-node2"}, verdicts
+    assert all(v.startswith("drill failed") for v in verdicts.values()), verdicts
+    assert not list((w.r.host.root / "drill").glob(f"{backup_id}-*")), "the drill's copies are removed"

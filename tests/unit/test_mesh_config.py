@@ -66,3 +66,9 @@ def test_refused_nodes_are_named(nodes: list[dict[str, Any]], extra: dict[str, A
 
 def test_zero_downtime_takes_ebs_nodes() -> None:
     assert config(node("b", "i-0000000000000000b"), zero_downtime=True).zero_downtime
+
+
+def test_a_drill_of_rsync_nodes_needs_a_drill_host() -> None:
+    with pytest.raises(ConfigError, match=r"drill\.host_instance_id is required to check the rsync Mesh nodes"):
+        config(node("c", "i-0000000000000000c", "rsync"), drill={"schedule": "rate(7 days)"})
+    assert config(node("b", "i-0000000000000000b"), drill={"schedule": "rate(7 days)"}).drill is not None

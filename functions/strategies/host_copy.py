@@ -135,9 +135,13 @@ class HostCopyStrategy(HostCopy):
         s3 = self.aws("s3")
         prefix = f"{self.instance.name}/" + (f"{backup_id}/" if backup_id else "")
         versions: dict[str, list[dict[str, Any]]] = {}
+        # Only this part's keys (`<backup id>-<part>.tar.*`) have their tags read: with Mesh nodes an instance's
+        # prefix holds an archive per part and backup. The tags stay the authority on what is ours.
+        ours = tuple(f"-{self.part}{ext}" for ext in (".tar.gz", ".tar.zst"))
         for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
             for version in page.get("Versions", []):
-                versions.setdefault(version["Key"], []).append(version)
+                if str(version["Key"]).endswith(ours):
+                    versions.setdefault(version["Key"], []).append(version)
         found = []
         for key, candidates in versions.items():
             chosen: tuple[dict[str, Any], dict[str, str]] | None = None

@@ -138,3 +138,16 @@ def test_the_rehearsal_cli_rehearses_zero_downtime(tmp_path: Any, capsys: Any) -
     code = cli.main(["--zero-downtime", "--bitbucket-version", "4.0.0", "--quiet", "--json", str(out)])
     summary = json.loads(out.read_text())
     assert code == 1 and summary["error"]["step"] == "validate" and "4.0.0" in summary["error"]["message"]
+
+
+def test_zero_downtime_copies_ebs_mesh_nodes_without_a_lock_or_a_progress_report(
+    world_factory: Callable[..., World],
+) -> None:
+    w = zero_downtime_world(world_factory, drain_seconds=None, mesh_nodes=2)
+    result = w.r.run_backup()
+    assert result.status == "SUCCEEDED", result.cause
+    only_the_version_was_asked(w)
+    entered = result.states_entered()
+    assert "Mesh nodes copied without a lock" in entered and "Report Mesh nodes progress" not in entered
+    parts = sorted(s["part"] for s in w.r.snapshots(backup_id_of(result)))
+    assert parts == ["database", "home", "mesh-node1", "mesh-node2"]

@@ -36,6 +36,11 @@ INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 SCHEDULE = re.compile(r"^(cron\(.+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\)|at\(.+\))$")
 
 
+def repeated(values: list[str]) -> list[str]:
+    """The values listed more than once, sorted."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 class ArchiveConfig(Strict):
     """Where the copy-type strategies (rsync, postgresql) write the archive on the host before uploading it.
     How many are kept follows keep_backups."""
@@ -383,12 +388,10 @@ class InstanceConfig(Strict):
 
     @model_validator(mode="after")
     def _mesh_nodes(self) -> InstanceConfig:
-        names = [node.name for node in self.mesh_nodes]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated([node.name for node in self.mesh_nodes])
         if dupes:
             raise ValueError(f"mesh_nodes: {', '.join(dupes)} is listed twice")
-        hosts = [h.instance_id for h in self.homes.values()]
-        shared = sorted({h for h in hosts if hosts.count(h) > 1})
+        shared = repeated([h.instance_id for h in self.homes.values()])
         if shared:
             raise ValueError(
                 f"mesh_nodes: EC2 instance {', '.join(shared)} holds more than one home: each Mesh node is a host of "
@@ -472,8 +475,7 @@ class InstanceConfig(Strict):
 
     @model_validator(mode="after")
     def _copies(self) -> InstanceConfig:
-        labels = [c.label for c in self.copies]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        dupes = repeated([c.label for c in self.copies])
         if dupes:
             raise ValueError(f"copies: {', '.join(dupes)} is listed twice")
         for target in self.copies:
@@ -570,8 +572,7 @@ class ProjectConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ProjectConfig:
-        names = [i.name for i in self.instances]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated([i.name for i in self.instances])
         if dupes:
             raise ValueError(f"instance names must be unique; repeated: {', '.join(dupes)}")
         return self

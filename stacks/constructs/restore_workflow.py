@@ -93,7 +93,8 @@ class RestoreWorkflow(Construct):
             retry_attempts=step.retry_attempts,
         )
 
-    def _catch(self, scope: Construct, task: tasks.LambdaInvoke, step: Step, failure: sfn.IChainable) -> None:
+    def _catch(self, scope: Construct, task: tasks.LambdaInvoke | sfn.Map, step: Step, failure: sfn.IChainable) -> None:
+        """A task's failure, or a Map state's (the Mesh nodes' restores), is noted as its step's."""
         note = sfn.Pass(
             scope,
             step.failed_state,
@@ -104,19 +105,6 @@ class RestoreWorkflow(Construct):
         )
         note.next(failure)
         task.add_catch(note, errors=["States.ALL"], result_path="$.failure")
-
-    def _catch_map(self, scope: Construct, state: sfn.Map, step: Step, failure: sfn.IChainable) -> None:
-        """A Map state's failure is its step's (the Mesh nodes' restores), noted as a task's is."""
-        note = sfn.Pass(
-            scope,
-            step.failed_state,
-            parameters={
-                "state.$": "$",
-                "failure": {"step": step.label, "Error.$": "$.failure.Error", "Cause.$": "$.failure.Cause"},
-            },
-        )
-        note.next(failure)
-        state.add_catch(note, errors=["States.ALL"], result_path="$.failure")
 
     def _definition(self, scope: Construct, *, drill: bool) -> sfn.IChainable:
         plan = {"plan.$": "$.plan"}
@@ -205,7 +193,7 @@ class RestoreWorkflow(Construct):
                 sfn.Pass(scope, "Mesh node restore started", parameters={"part.$": "$.part", "created.$": "$.created"})
             )
             each.item_processor(restore_mesh)
-            self._catch_map(scope, each, r.restore_mesh, handle)
+            self._catch(scope, each, r.restore_mesh, handle)
             no_mesh = sfn.Pass(
                 scope, "No Mesh nodes to restore", result=sfn.Result.from_array([]), result_path="$.mesh"
             )

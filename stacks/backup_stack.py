@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -144,7 +145,7 @@ class BackupStack(Stack):
             )
             nets.append(net)
             fns = {**workflow.functions, OPERATIONS.safety_net.name: net.function}
-            self._grant(fns, instances, runs, notifications, parameters, key, workflow.state_machine)
+            self._grant(fns, instances, runs, notifications, key, workflow.state_machine)
             # `bitbucket-backup unlock` invokes the safety net, which reaches Bitbucket where the backup's functions do.
             CfnOutput(
                 self,
@@ -189,8 +190,14 @@ class BackupStack(Stack):
                 {**restore.functions, OPERATIONS.restore_safety_net.name: restore_net.function},
                 instances,
                 notifications,
-                parameters,
                 key,
+            )
+            # Every step loads its configuration from its instance's parameter, never from its event.
+            self._read_configuration(
+                f"ReadsConfiguration{suffix}",
+                [*fns.values(), *restore.functions.values(), restore_net.function],
+                instances,
+                parameters,
             )
             names = [i.name for i in instances]
             machines += [
@@ -208,7 +215,10 @@ class BackupStack(Stack):
                     timeout=Duration.seconds(restore_timeout + checks + 3600),
                     timing=settings.timing,
                 )
-                self._grant_drill(drill.functions, drilled, notifications, parameters, key)
+                self._grant_drill(drill.functions, drilled, notifications, key)
+                self._read_configuration(
+                    f"DrillReadsConfiguration{suffix}", drill.functions.values(), drilled, parameters
+                )
                 machines.append(MonitoredMachine("Drill", drill.state_machine, [i.name for i in drilled]))
                 CfnOutput(
                     self,
@@ -282,7 +292,6 @@ class BackupStack(Stack):
         instances: list[InstanceConfig],
         runs: RunTable,
         notifications: Notifications,
-        parameters: InstanceConfigParameters,
         key: kms.IKey,
         machine: sfn.IStateMachine,
     ) -> None:
@@ -292,9 +301,6 @@ class BackupStack(Stack):
             runs.table.grant(fn, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
             runs.key.grant_encrypt_decrypt(fn)
             key.grant_encrypt_decrypt(fn)  # the topic's and the archives' key
-            # Every step loads its configuration from the parameter, never from its event.
-            for parameter in (parameters.parameters[i.name] for i in instances):
-                parameter.grant_read(fn)
         secret = (permissions.read_secrets(self, instances),)
         describe = tuple(permissions.describe(instances))
         docs = self.host_documents.arns
@@ -368,6 +374,21 @@ class BackupStack(Stack):
         )
         grants_apply(grants, fns, notifications.topic, key)
 
+    def _read_configuration(
+        self,
+        id: str,
+        fns: Iterable[lambda_.Function],
+        instances: list[InstanceConfig],
+        parameters: InstanceConfigParameters,
+    ) -> None:
+        """What every function of a workflow may do, reading its instances' configuration parameters, as one managed
+        policy attached to their roles: the same statement in each role's own policy made a fleet's template exceed
+        CloudFormation's 1 MB (its ARNs are one per instance)."""
+        arns = [parameters.parameters[i.name].parameter_arn for i in instances]
+        read = ["ssm:DescribeParameters", "ssm:GetParameters", "ssm:GetParameter", "ssm:GetParameterHistory"]
+        roles = [fn.role for fn in fns if fn.role is not None]
+        iam.ManagedPolicy(self, id, statements=[iam.PolicyStatement(actions=read, resources=arns)], roles=roles)
+
     def _archives_of(self, instances: list[InstanceConfig]) -> str | None:
         """The archive bucket's ARN when one of these instances archives to it (rsync or postgresql), else None."""
         if self.archive_bucket is None or not any(i.uses_archive for i in instances):
@@ -388,13 +409,9 @@ class BackupStack(Stack):
         fns: dict[str, lambda_.Function],
         instances: list[InstanceConfig],
         notifications: Notifications,
-        parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
         """The restore's functions: no Bitbucket secret, no run table; each only what its step needs."""
-        for fn in fns.values():
-            for parameter in (parameters.parameters[i.name] for i in instances):
-                parameter.grant_read(fn)
         describe = restore_permissions.restore_describe(instances)
         docs = self.host_documents.arns
 
@@ -447,14 +464,10 @@ class BackupStack(Stack):
         fns: dict[str, lambda_.Function],
         instances: list[InstanceConfig],
         notifications: Notifications,
-        parameters: InstanceConfigParameters,
         key: kms.IKey,
     ) -> None:
         """The drill reads the catalog, runs its checks on the drill hosts, tags the backup's artifacts (never deletes
         them) and tears down only what its restore created (still `restoring`, as the restore's failure path may)."""
-        for fn in fns.values():
-            for parameter in (parameters.parameters[i.name] for i in instances):
-                parameter.grant_read(fn)
         catalog = permissions.describe(instances)
         archives = self._archives_of(instances)
         if archives is not None:

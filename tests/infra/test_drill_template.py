@@ -107,10 +107,12 @@ def policy_of(template: dict[str, Any], function_prefix: str) -> list[dict[str, 
     """Every statement of the role of the one function whose logical id starts with `function_prefix`."""
     (function,) = [v for k, v in of_type(template, "AWS::Lambda::Function").items() if k.startswith(function_prefix)]
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    # Its own policies, and the managed ones attached to it (the configuration's, shared by a workflow's roles).
+    policies = [*of_type(template, "AWS::IAM::Policy").values(), *of_type(template, "AWS::IAM::ManagedPolicy").values()]
     return [
         statement
-        for policy in of_type(template, "AWS::IAM::Policy").values()
-        if {"Ref": role} in policy["Properties"]["Roles"]
+        for policy in policies
+        if {"Ref": role} in policy["Properties"].get("Roles", [])
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
 

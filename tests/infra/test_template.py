@@ -545,3 +545,25 @@ def test_the_hosts_report_progress_to_a_log_group_the_command_line_finds() -> No
     assert name not in json.dumps([_statements(template)])
     snapshots_only = synth_template(rehearsal_project_config())
     assert HOST_PROGRESS_OUTPUT not in snapshots_only["Outputs"]
+
+
+def test_the_configuration_is_read_through_one_managed_policy_per_workflow(resources: Any) -> None:
+    """Every function reads its instances' configuration parameters; the statement is one managed policy attached to
+    a workflow's roles, not a copy in each role's own policy (a fleet's template would exceed 1 MB)."""
+    shared = {
+        k: v for k, v in resources("AWS::IAM::ManagedPolicy").items() if re.match(r"(Drill)?ReadsConfiguration\d*", k)
+    }
+    assert shared
+    attached = {role["Ref"] for policy in shared.values() for role in policy["Properties"]["Roles"]}
+    for policy in shared.values():
+        (statement,) = _as_list(policy["Properties"]["PolicyDocument"]["Statement"])
+        assert "ssm:GetParameter" in statement["Action"] and "ssm:PutParameter" not in statement["Action"]
+    reads = {"ssm:GetParameter", "ssm:GetParameters"}
+    for logical, policy in resources("AWS::IAM::Policy").items():
+        for statement in _as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
+            assert not reads & set(_as_list(statement["Action"])), f"{logical} repeats the configuration's read"
+    for logical, fn in resources("AWS::Lambda::Function").items():
+        role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        if logical.startswith("StalenessCheck"):  # reads the whole path (GetParametersByPath), its own statement
+            continue
+        assert role in attached, f"{logical} cannot read its configuration"

@@ -10,6 +10,7 @@ the text shown is this module's own, never a host's.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ from bitbucket_backup_cli.aws import Aws
 from bitbucket_backup_cli.seed import filter_events
 
 PHASES = ("rsync", "pg_dump", "mysqldump", "archive", "upload")
-PARTS = ("home", "database")
+# The home, the database, a Mesh node (`mesh-<name>`, as the configuration names nodes): plain words only, since the
+# part is shown as it is.
+PART = re.compile(r"^(home|database|mesh-[a-z][a-z0-9]*(-[a-z0-9]+)*)$")
 _MAX = 2**63
 
 
@@ -54,7 +57,7 @@ def parse(stream: str, message: str, timestamp_ms: Any, instance: str) -> Report
     """A report of `instance`'s stream, or None for anything else (another instance's, or not a report)."""
     name, _, rest = stream.partition("/")
     part = rest.rsplit("/", 1)[-1]
-    if name != instance or part not in PARTS or not isinstance(timestamp_ms, int):
+    if name != instance or not PART.fullmatch(part) or len(part) > 29 or not isinstance(timestamp_ms, int):
         return None
     try:
         record = json.loads(message)

@@ -3,6 +3,7 @@ database, as parts of one backup (issue 14, item 1)."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 import time
 from collections.abc import Callable
@@ -254,6 +255,9 @@ def test_the_command_line_restores_the_nodes_it_is_given(
     backup_id = backup_id_of(w.r.run_backup())
     zone = w.r.resources["zone"]
     with LocalEndpoint(w.r) as endpoint:
+        assert main(["--endpoint-url", endpoint.url, "--region", REGION, "list", "--json"]) == OK
+        (row,) = [r for r in json.loads(capsys.readouterr().out)["backups"] if r["backup_id"] == backup_id]
+        assert row["parts"] == ["home", "database", "mesh-node1", "mesh-node2"] and row["status"] == "complete"
         base = ["--endpoint-url", endpoint.url, "--region", REGION, "restore", str(backup_id), "--instance", "demo"]
         for wrong, said in (
             (["--only", "mesh"], "give at least one"),

@@ -31,6 +31,9 @@ def report(**fields: Any) -> str:
          "database: pg_dump, 3.0 MiB written"),
         ("prod/prod-20270115-020000/home", report(progress="upload", done=1 << 30, total=4 << 30, percent=25),
          "home: upload 25% (1.0 GiB of 4.0 GiB)"),
+        ("prod/prod-20270115-020000/mesh-node2", report(percent=40), "mesh-node2: rsync 40% (10 B)"),  # a Mesh node
+        ("prod/x/mesh-\x1b]0;pwned\x07", report(), None),  # a part name is shown as it is: plain words only
+        ("prod/x/mesh-", report(), None),
         ("staging/staging-20270115-020000/home", report(), None),  # another instance's
         ("prod/x/logs", report(), None),  # not a part
         ("prod/x/home", report(progress="\x1b]0;pwned\x07"), None),  # a host's text is never shown

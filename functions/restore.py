@@ -93,7 +93,9 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
         raise RestoreRefused(
             f"validate: no backup {backup_id} of instance '{config.name}' exists; {_available(config)}"
         )
-    missing = [p for p in config.parts if p not in {a.part for _, a in found}]
+    # The parts asked for: a backup made before a part was configured (a Mesh node added since) stays restorable.
+    asked = [part for part in wanted_parts if request.target.of(part) is not None]
+    missing = [p for p in asked if p not in {a.part for _, a in found}]
     if missing:
         raise RestoreRefused(
             f"validate: backup {backup_id} has no {' and no '.join(missing)} copy; it cannot be restored"

@@ -310,3 +310,21 @@ def test_a_drill_fails_on_a_corrupt_node_repository_and_says_which(world_factory
     assert set(verdicts) == {"database", "mesh-node1", "mesh-node2"}, verdicts
     assert all(v.startswith("drill failed") for v in verdicts.values()), verdicts
     assert not list((w.r.host.root / "drill").glob(f"{backup_id}-*")), "the drill's copies are removed"
+
+
+def test_a_backup_made_before_a_node_was_added_stays_restorable(world_factory: Callable[..., World]) -> None:
+    w = world_factory(mesh_nodes=2)
+    nodes = w.r.instance_config["mesh_nodes"]
+    w.r.configure(mesh_nodes=nodes[:1])  # node2 joins the cluster later
+    backup_id = backup_id_of(w.r.run_backup())
+    assert sorted(s["part"] for s in w.r.snapshots(backup_id)) == ["database", "home", "mesh-node1"]
+    w.r.configure(mesh_nodes=nodes)
+    zone = w.r.resources["zone"]
+    result = w.r.run_restore(
+        {"instance": "demo", "backup_id": backup_id, "target": {"mesh": {"node1": {"availability_zone": zone}}}}
+    )
+    assert result.status == "SUCCEEDED", result.cause
+    absent = w.r.run_restore(
+        {"instance": "demo", "backup_id": backup_id, "target": {"mesh": {"node2": {"availability_zone": zone}}}}
+    )
+    assert absent.status == "FAILED" and f"backup {backup_id} has no mesh-node2 copy" in str(absent.cause)

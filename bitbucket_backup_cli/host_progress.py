@@ -18,9 +18,9 @@ from bitbucket_backup_cli.aws import Aws
 from bitbucket_backup_cli.seed import filter_events
 
 PHASES = ("rsync", "pg_dump", "mysqldump", "archive", "upload")
-# The home, the database, a Mesh node (`mesh-<name>`, as the configuration names nodes): plain words only, since the
-# part is shown as it is.
-PART = re.compile(r"^(home|database|mesh-[a-z][a-z0-9]*(-[a-z0-9]+)*)$")
+# The home, the database, a Mesh node (`mesh-<name>`, functions.models.part_config.MESH_PART: not imported, which
+# would load pydantic for the bar): plain words only, since the part is shown as it is.
+PART = re.compile(r"^(home|database|mesh-[a-z][a-z0-9]*(?:-[a-z0-9]+)*)$")
 _MAX = 2**63
 
 

@@ -98,16 +98,16 @@ def targets(config: InstanceConfig, backup_id: str) -> dict[str, Any]:
             "dbname": f"drill_{config.name.replace('-', '_')}_{stamp.replace('-', '_')}",
             "host_instance_id": drill.host_instance_id,
         }
+    extracted = f"{drill.work_path.rstrip('/')}/{backup_id}"  # the home's; a node's beside it
     if isinstance(config.home, RsyncHomeConfig):
-        found["home"] = {"path": f"{drill.work_path.rstrip('/')}/{backup_id}", "instance_id": drill.host_instance_id}
+        found["home"] = {"path": extracted, "instance_id": drill.host_instance_id}
     elif isinstance(config.home, EbsHomeConfig):
         found["home"] = {"availability_zone": _zone(drill.host_instance_id or config.home.instance_id)}
     # Every Mesh node's home too, each beside the shared home's (its own directory, or its own volumes).
     mesh: dict[str, Any] = {}
     for node in config.mesh_nodes:
         if isinstance(node.home, RsyncHomeConfig):
-            mesh[node.name] = {"path": f"{drill.work_path.rstrip('/')}/{backup_id}-{node.part}",
-                               "instance_id": drill.host_instance_id}  # fmt: skip
+            mesh[node.name] = {"path": f"{extracted}-{node.part}", "instance_id": drill.host_instance_id}
         else:
             mesh[node.name] = {"availability_zone": _zone(drill.host_instance_id or node.home.instance_id)}
     if mesh:

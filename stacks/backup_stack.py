@@ -431,6 +431,7 @@ class BackupStack(Stack):
             ),
             publishes=True,
         )
+        homes = FunctionGrants((*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome")))
         grants = RestoreGrants(
             validate=FunctionGrants(
                 (*describe, *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"), *catalog)
@@ -438,15 +439,9 @@ class BackupStack(Stack):
             restore_database=FunctionGrants(
                 (*describe, *restore_permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
             ),
-            restore_home=FunctionGrants(
-                (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
-            ),
+            restore_home=homes,
             # The Mesh nodes' homes: new volumes, or an extraction, as the shared home's (where an instance has nodes).
-            restore_mesh=FunctionGrants(
-                (*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome"))
-            )
-            if RESTORE.restore_mesh.name in fns
-            else None,
+            restore_mesh=homes if RESTORE.restore_mesh.name in fns else None,
             wait_restore=FunctionGrants((*describe, *hosts())),
             attach_home=FunctionGrants((*describe, *restore_permissions.restore_attach(self, instances))),
             mount_home=FunctionGrants(

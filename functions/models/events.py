@@ -17,7 +17,7 @@ from functions import trusted_config
 from functions.errors import InvalidInput
 from functions.models.base import Strict
 from functions.models.config import InstanceConfig, TimingConfig
-from functions.models.part_config import RsyncHomeConfig
+from functions.models.part_config import MESH_PART, MESH_PART_MAX, RsyncHomeConfig
 
 BACKUP_ID = re.compile(r"^[a-z][a-z0-9-]*-\d{8}-\d{6}$")
 INSTANCE = r"^[a-z][a-z0-9-]*$"
@@ -113,7 +113,7 @@ class StepEvent(Strict):
 
 class PartEvent(StepEvent):
     # A Mesh node's part, or `mesh` for all of them at once (their progress report, after the Map state).
-    part: str = Field(pattern=r"^(home|database|mesh|mesh-[a-z][a-z0-9-]{0,23})$")
+    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|mesh|{MESH_PART})$")
 
 
 class PartProgressEvent(PartEvent):

@@ -180,8 +180,12 @@ class NoDatabaseConfig(Strict):
 
 HomeConfig = Annotated[EbsHomeConfig | RsyncHomeConfig | NoHomeConfig, Field(discriminator="strategy")]
 CopiedHomeConfig = EbsHomeConfig | RsyncHomeConfig
-# A Mesh node's home is part `mesh-<name>` of a backup: its snapshots and archives carry that part tag.
+# A Mesh node's home is part `mesh-<name>` of a backup: its snapshots and archives carry that part tag. The name:
+# lower-case letters, digits and single hyphens (at most 24); every event and target that names a node checks it so.
 MESH_PART_PREFIX = "mesh-"
+MESH_NODE_NAME = r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*"
+MESH_PART = MESH_PART_PREFIX + MESH_NODE_NAME
+MESH_PART_MAX = len(MESH_PART_PREFIX) + 24
 
 
 class MeshNodeConfig(Strict):
@@ -189,7 +193,7 @@ class MeshNodeConfig(Strict):
     the same lock and drain as the shared home and the database, in parallel with them and with the other nodes, as
     the part `mesh-<name>`: EBS snapshots of its volumes, or rsync on the node."""
 
-    name: str = Field(min_length=1, max_length=24, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+    name: str = Field(min_length=1, max_length=24, pattern=rf"^{MESH_NODE_NAME}$")
     home: Annotated[CopiedHomeConfig, Field(discriminator="strategy")]
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from functions import trusted_config
 from functions.models.base import Strict
 from functions.models.config import InstanceConfig
-from functions.models.part_config import EC2_INSTANCE_ID, MESH_PART_PREFIX
+from functions.models.part_config import EC2_INSTANCE_ID, MESH_NODE_NAME, MESH_PART, MESH_PART_MAX, MESH_PART_PREFIX
 
 # RDS: a letter, then letters, digits and single hyphens, no trailing hyphen, at most 63 characters.
 DB_IDENTIFIER = r"^[A-Za-z](-?[A-Za-z0-9])*$"
@@ -67,15 +67,12 @@ class HomeTarget(Strict):
         return self
 
 
-MESH_NODE_NAME = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
-
-
 class RestoreTarget(Strict):
     database: DatabaseTarget | None = None
     home: HomeTarget | None = None
     # Mesh nodes by name: each node's home restored as its own NEW volumes or into its own directory (a node's
     # volumes are not attached by the restore: attach_to_instance_id and mount are the shared home's).
-    mesh: dict[Annotated[str, Field(max_length=24, pattern=MESH_NODE_NAME)], HomeTarget] | None = Field(
+    mesh: dict[Annotated[str, Field(max_length=24, pattern=rf"^{MESH_NODE_NAME}$")], HomeTarget] | None = Field(
         default=None, max_length=20
     )
 
@@ -161,7 +158,7 @@ class PlanEvent(Strict):
 
 
 class PartEvent(PlanEvent):
-    part: str = Field(pattern=r"^(home|database|mesh-[a-z][a-z0-9-]{0,23})$")
+    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|{MESH_PART})$")
 
 
 class StatusEvent(PlanEvent):

@@ -405,13 +405,13 @@ class Parts:
 
     snapshots: dict[str, SnapshotCopy]
     hosts: dict[str, HostCopy]
+    order: tuple[str, ...]  # the configuration's (InstanceConfig.parts)
 
     @property
     def catalogs(self) -> list[Catalog]:
-        """Every part's catalog: the home, the database, then the Mesh nodes by name."""
+        """Every part's catalog, in the configuration's order: the home, the database, the Mesh nodes."""
         found: dict[str, Catalog] = {**self.snapshots, **self.hosts}
-        first = {"home": 0, "database": 1}
-        return [found[part] for part in sorted(found, key=lambda p: (first.get(p, 2), p))]
+        return [found[part] for part in self.order if part in found]
 
 
 def parts_for(instance: InstanceConfig) -> Parts:
@@ -434,7 +434,7 @@ def parts_for(instance: InstanceConfig) -> Parts:
         snapshots["database"] = amazon_rds.RdsStrategy(instance)
     elif instance.database.strategy == "amazon-aurora":
         snapshots["database"] = amazon_rds.AuroraStrategy(instance)
-    return Parts(snapshots, hosts)
+    return Parts(snapshots, hosts, tuple(instance.parts))
 
 
 def strategies_for(instance: InstanceConfig) -> list[Catalog]:
@@ -450,7 +450,7 @@ def strategy_for(instance: InstanceConfig, part: str) -> Catalog:
 
 
 def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
-    """Each part's restorer, by part name: the home, the database, the Mesh nodes."""
+    """Each part's restorer, by part name, in the configuration's order: the home, the database, the Mesh nodes."""
     from functions.strategies import amazon_ebs_restore, amazon_rds_restore, host_copy_restore
 
     found: dict[str, Restorer[Any, Any]] = {}
@@ -467,8 +467,7 @@ def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
         found["database"] = amazon_rds_restore.RdsRestorer(instance)
     elif instance.database.strategy == "amazon-aurora":
         found["database"] = amazon_rds_restore.AuroraRestorer(instance)
-    order = {"home": 0, "database": 1}
-    return {part: found[part] for part in sorted(found, key=lambda p: (order.get(p, 2), p))}
+    return {part: found[part] for part in instance.parts if part in found}
 
 
 def restorer_for(instance: InstanceConfig, part: str) -> Restorer[Any, Any]:

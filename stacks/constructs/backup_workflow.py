@@ -200,21 +200,22 @@ class BackupWorkflow(Construct):
         warm = sfn.Parallel(self, BACKUP.warm_up.state, result_path=sfn.JsonPath.DISCARD)
         for step in BACKUP.locked_phase:
             state = WARM_STATES.get(step.name, f"Warm: {step.state.lower()}")
-            if step is BACKUP.copy_mesh and not self._mesh:
+            if step is BACKUP.copy_mesh:  # an environment per node of the run: a Map over the same list
+                if self._mesh:
+                    each = sfn.Map(
+                        self,
+                        f"{state}s",
+                        items_path=_MESH,
+                        item_selector={"run.$": "$.run"},
+                        result_path=sfn.JsonPath.DISCARD,
+                    )
+                    payload = {"warm": True, "run.$": "$.run"}
+                    each.item_processor(self._task(step, payload, None, state=state, own_retries=False))
+                    warm.branch(each)
                 continue
-            if step is BACKUP.copy_mesh:
-                each = sfn.Map(
-                    self,
-                    f"{state}s",
-                    items_path=_MESH,
-                    item_selector={"run.$": "$.run"},
-                    result_path=sfn.JsonPath.DISCARD,
-                )
-                payload = {"warm": True, "run.$": "$.run"}
-                each.item_processor(self._task(step, payload, None, state=state, own_retries=False))
-                warm.branch(each)
-                continue
-            environments = WARM_ENVIRONMENTS.get(step.name, 1) + (step is BACKUP.progress and self._mesh)
+            environments = WARM_ENVIRONMENTS.get(step.name, 1)
+            if step is BACKUP.progress and self._mesh:
+                environments += 1  # the Mesh nodes' branch reports too
             for n in range(1, environments + 1):
                 name = state if n == 1 else f"{state} ({n})"
                 # With the run, the warm-up also reads ahead what the step reads first (functions/warm_up.py).

@@ -129,7 +129,7 @@ if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); 
     exit 11
 fi
 shopt -s nullglob
-VERSION="1.7.0"
+VERSION="1.7.1"
 PROG="bitbucket-backup-host"
 MARKER=".bitbucket-backup-staging"
 MANIFEST_FORMAT=1
@@ -1769,6 +1769,9 @@ cmd_extract() {
     start=$(now_ns)
     extract_into "$archive" "$partial"
     local e extracted=()
+    # The manifest first: a cleanup (RemoveRestoredHome) removes what lies beside a manifest of this backup only, so a
+    # move cut short by a cancel must never leave home/ or db/ in the target without it.
+    mv -- "$partial/manifest.json" "$target/" && extracted+=("$target/manifest.json")
     shopt -s dotglob
     for e in "$partial"/*; do mv -- "$e" "$target/" && extracted+=("$target/${e##*/}"); done
     shopt -u dotglob

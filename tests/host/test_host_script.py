@@ -136,6 +136,22 @@ def test_verify_accepts_a_good_archive_and_zstd_round_trips(home: BitbucketHome,
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_extract_moves_the_manifest_into_the_target_first(good_archive: Path, tmp_path: Path) -> None:
+    """A cancelled restore is cleaned up by RemoveRestoredHome, which removes home/ and db/ only beside a manifest of
+    the restored backup: a move cut short (the agent kills the command) must not leave them there without it."""
+    bin_dir, moves = tmp_path / "bin", tmp_path / "moves.log"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "mv"
+    real = shutil.which("mv")
+    wrapper.write_text(f'#!/bin/sh\necho "$2" >> {moves}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    target = tmp_path / "restored"
+    run("extract", "--archive", good_archive, "--target", target, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}).ok()
+    moved = [Path(line).name for line in moves.read_text().splitlines() if "/.extract." in line]
+    assert moved[0] == "manifest.json" and "home" in moved, moved
+    assert sorted(p.name for p in target.iterdir()) == ["home", "manifest.json"]
+
+
 def test_extract_chowns_to_the_owner(home: BitbucketHome, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another user needs root")

@@ -192,7 +192,11 @@ def poll_drain(run: RunContext, seconds_left: float = 0.0, clock: polling.Clock 
 def check_part(run: RunContext, row: Step, part: str) -> None:
     """A copy step copies its own part only: the home's the home, the database's the database, the Mesh node copy a
     node of this instance."""
-    own = {BACKUP.copy_home.name: ["home"], BACKUP.copy_database.name: ["database"]}
+    own = {
+        BACKUP.copy_home.name: ["home"],
+        BACKUP.copy_database.name: ["database"],
+        BACKUP.copy_search.name: ["search"],
+    }
     allowed = own.get(row.name, run.config.mesh_parts)
     if part not in allowed or part not in run.config.parts:
         raise InvalidInput(f"{row.label}: '{part}' is not a part this step copies for instance '{run.instance}'")
@@ -342,7 +346,7 @@ def _all_copies(
 ) -> list[tuple[Catalog, Artifact]]:
     from functions.strategies import strategies_for
 
-    bound = [s.at(target) for s in strategies_for(config)]
+    bound = [s.at(target) for s in strategies_for(config) if s.copied]
     return [(s, a) for s in bound for a in s.artifacts(backup_id)]
 
 
@@ -361,7 +365,7 @@ def copy_regions(run: RunContext) -> CopiesChecked:
         started_at = time.time()
         runs.update(run.instance, run.backup_id, copies_started_at=started_at)
     region = source_region()
-    originals = _all_artifacts(run.config, run.backup_id)
+    originals = [(s, a) for s, a in _all_artifacts(run.config, run.backup_id) if s.copied]
     pending: list[str] = []
     for target in run.config.copies:
         for strategy, original in originals:

@@ -95,3 +95,16 @@ class RestoreTimeout(BackupError):
 
 class TargetNotReady(BackupError):
     """The target instance is still starting (or its SSM agent not yet online): Step Functions retries."""
+
+
+class SearchUnavailable(BackupError):
+    """The search cluster could not be reached, or answered 5xx, after the client's own retries."""
+
+
+class SearchRequestFailed(BackupError):
+    """The search cluster refused a request (4xx) or answered something that is not its documented JSON."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind  # the server's error type (snapshot_missing_exception ...), when it said one

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         SafetyNetActed,
     )
 
-PARTS = ("database", "home")
+PARTS = ("database", "home", "search")
 SKIPPED = {"skipped": True}
 
 
@@ -113,7 +113,13 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
             continue
         foreign = sorted(wanted.model_fields_set - restorers[part].target_fields)
         if foreign:
-            strategy = config.database.strategy if part == "database" else config.home_of(part).strategy
+            strategy = (
+                config.database.strategy
+                if part == "database"
+                else config.search.strategy
+                if part == "search"
+                else config.home_of(part).strategy
+            )
             raise RestoreRefused(
                 f"validate: {target_label(part)}.{foreign[0]} does not apply: this instance's {part} is backed up by "
                 f"the {strategy} strategy, which takes {', '.join(sorted(restorers[part].target_fields))}"
@@ -134,6 +140,7 @@ def validate(raw_input: dict[str, Any], execution: str, start_time: str, drill: 
         restore_database="database" in parts,
         restore_home="home" in parts,
         mesh=[part for part in parts if part.startswith(MESH_PART_PREFIX)],
+        restore_search="search" in parts,
         attach=bool(home and home.attach_to_instance_id),
         mount=bool(home and home.mount),
     )
@@ -217,7 +224,11 @@ def _started_text(created: Mapping[str, Any]) -> str:
 def check_own_part(plan: RestorePlan, row: Step, part: str) -> None:
     """A restore step starts its own part only (the home's the home, the Mesh node step a node), and only one the
     plan restores."""
-    own = {RESTORE.restore_database.name: ["database"], RESTORE.restore_home.name: ["home"]}
+    own = {
+        RESTORE.restore_database.name: ["database"],
+        RESTORE.restore_home.name: ["home"],
+        RESTORE.restore_search.name: ["search"],
+    }
     if part not in own.get(row.name, plan.mesh) or part not in plan.parts:
         raise RestoreRefused(f"{row.label}: '{part}' is not a part this step restores in this plan")
 

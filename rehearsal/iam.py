@@ -201,3 +201,39 @@ def lambda_credentials(role_arn: str) -> RoleCredentials:
     assumed.access_key_id, assumed.secret_access_key = key_id, secret
     assumed.session_token = f"rehearsal-{digest[:32]}"
     return RoleCredentials(assumed.access_key_id, assumed.secret_access_key, assumed.session_token)
+
+
+def secret_of(access_key_id: str) -> str | None:
+    """The secret key of an access key moto knows (a user's, or a role's as the rehearsal's Lambdas use it): what a
+    request signed outside moto (the search domain's, SigV4) is verified with."""
+    from moto.iam.models import iam_backends
+    from moto.sts.models import sts_backends
+
+    for assumed in sts_backends[ACCOUNT]["aws"].assumed_roles:
+        if assumed.access_key_id == access_key_id:
+            return str(assumed.secret_access_key)
+    key = iam_backends[ACCOUNT]["aws"].access_keys.get(access_key_id)
+    return str(key.secret_access_key) if key is not None else None
+
+
+def allows(enforcement: Enforcement, access_key_id: str, action: str) -> bool:
+    """Whether the identity of this access key may do `action` (its actions only, as moto evaluates them: see the
+    module docstring); a refusal is recorded as moto's are. For requests moto does not serve (the search domain's)."""
+    from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicy, IAMUserAccessKey, PermissionResult
+    from moto.sts.models import sts_backends
+
+    token = next(
+        (a.session_token for a in sts_backends[ACCOUNT]["aws"].assumed_roles if a.access_key_id == access_key_id),
+        None,
+    )
+    key: Any
+    if token is not None:
+        key = AssumedRoleAccessKey(ACCOUNT, "aws", access_key_id, {"X-Amz-Security-Token": token})
+    else:
+        key = IAMUserAccessKey(ACCOUNT, "aws", access_key_id, {})
+    results = [IAMPolicy(policy).is_action_permitted(action) for policy in key.collect_policies()]
+    permitted = PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+    if not permitted:
+        with enforcement._lock:
+            enforcement.denied.append(Denied(caller=key.arn, action=action))
+    return permitted

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rehearsal import iam, latency, moto_fixes
 from rehearsal.aws_endpoint import moto_endpoint
@@ -46,6 +46,12 @@ from rehearsal.lambda_runtime import LambdaRuntime, LogCapture
 from rehearsal.latency import LatencyModel
 from rehearsal.local_host import LocalHost
 from rehearsal.synth import rehearsal_project_config, synth_template
+
+if TYPE_CHECKING:
+    from rehearsal.search_simulator import SearchSimulator
+
+# The self-managed search cluster's backup user (its secret is created in moto).
+SEARCH_USER, SEARCH_PASSWORD = "bitbucket-backup", "Search-Passw0rd-demo"
 
 COPY_STRATEGIES = ("rsync", "btrfs", "postgresql", "mysql")
 STATE_TRANSITION_USD = 0.000025  # Step Functions Standard: 0.025 USD per 1,000 state transitions
@@ -136,12 +142,15 @@ class Rehearsal:
         deployed: dict[str, Any] | None = None,
         mesh_nodes: int = 0,
         mesh_strategy: str = "amazon-ebs",
+        search: str = "none",
     ) -> None:
         self.bitbucket_url = bitbucket_url.rstrip("/")
         self.username, self.password = username, password
-        self.project_config = rehearsal_project_config(home, database, drill, mesh_nodes, mesh_strategy) | (
+        self.project_config = rehearsal_project_config(home, database, drill, mesh_nodes, mesh_strategy, search) | (
             project_overrides or {}
         )
+        # The search cluster (a simulator of the snapshot API on 127.0.0.1) when the instance backs its index up.
+        self.search: SearchSimulator | None = None
         # Instance fields the stack was deployed with (what `cdk deploy` turns into roles and functions), e.g. copies
         # with placeholder targets that a test replaces with real ones through `configure`.
         if deployed:
@@ -274,6 +283,8 @@ class Rehearsal:
         mesh_nodes = [self._mesh_node(dict(node)) for node in instance.get("mesh_nodes", [])]
         if mesh_nodes:
             self.instance_overrides.setdefault("mesh_nodes", mesh_nodes)
+        if "search" in instance:
+            self.instance_overrides.setdefault("search", self._search_cluster(dict(instance["search"])))
         if home["strategy"] == "rsync" and home.get("snapshot") == "btrfs":
             # The home is a subvolume of a real btrfs file system (a loop device), snapshotted beside it.
             volume = self._stack.enter_context(btrfs_volume(self.host.root))
@@ -365,6 +376,43 @@ class Rehearsal:
         self.configure(
             home=home, database=database, base_url=self.bitbucket_url, timing=self.timing, **self.instance_overrides
         )
+
+    def _search_cluster(self, search: dict[str, Any]) -> dict[str, Any]:
+        """The search cluster, served by the snapshot-API simulator: an Amazon OpenSearch domain verifies each
+        request's SigV4 signature with moto's keys and authorizes it with the caller's role (as moto does AWS calls);
+        a self-managed cluster takes the secret's user. Bitbucket's indices (one with its alias) and an index of
+        somebody else's are there."""
+        from rehearsal.search_simulator import SearchSimulator
+
+        if search["strategy"] == "amazon-opensearch":
+            sim = SearchSimulator(
+                auth="sigv4",
+                region=REGION,
+                domain_arn=search["domain_arn"],
+                secret_for=iam.secret_of,
+                allowed=lambda key, action, resource: iam.allows(self.iam, key, action),
+                may_pass_role=lambda key, role: iam.allows(self.iam, key, "iam:PassRole"),
+            )
+        else:
+            repository = self.host.root / "search-repository"
+            repository.mkdir(parents=True, exist_ok=True)
+            sim = SearchSimulator(
+                auth="basic", username=SEARCH_USER, password=SEARCH_PASSWORD, path_repo=[str(repository)]
+            )
+            sim.add_repository(search["repository"], "fs", {"location": str(repository)})
+            self.client("secretsmanager").create_secret(
+                Name=search["credentials_secret"],
+                SecretString=json.dumps({"username": SEARCH_USER, "password": SEARCH_PASSWORD}),
+            )
+        sim.add_index(
+            "bitbucket-search-v1", [{"repo": n, "text": f"file {n}"} for n in range(3)], aliases=["bitbucket-search"]
+        )
+        sim.add_index("bitbucket-index-version", [{"version": 1}])
+        sim.add_index("other-application", [{"not": "ours"}])
+        sim.start()
+        self._stack.callback(sim.stop)
+        self.search = sim
+        return {**search, "endpoint": sim.url}
 
     def _ebs_instance(self, home_gb: int) -> tuple[str, dict[str, str]]:
         """An EC2 instance in moto with a home volume (/dev/xvdf) and a second one that is not configured."""

@@ -19,11 +19,13 @@ def rehearsal_project_config(
     drill: bool = False,
     mesh_nodes: int = 0,
     mesh_strategy: str = "amazon-ebs",
+    search: str = "none",
 ) -> dict[str, Any]:
     """What the rehearsal synthesizes: one instance 'demo' with placeholder ids, replaced at run time by the
     ids of the resources created in moto (the definition does not depend on them). With drill, a weekly restore
     drill (its drill host is created in moto, its Run Commands run in the local host). With mesh_nodes, that many
-    Mesh nodes `node1`… whose homes are copied by mesh_strategy (amazon-ebs or rsync)."""
+    Mesh nodes `node1`… whose homes are copied by mesh_strategy (amazon-ebs or rsync). With search, the search
+    index's snapshots (amazon-opensearch or opensearch; its endpoint is the simulator's at run time)."""
     home_cfg: dict[str, Any] = {"strategy": "none"}
     if home == "amazon-ebs":
         home_cfg = {
@@ -74,11 +76,32 @@ def rehearsal_project_config(
                     if mesh_nodes
                     else {}
                 ),
+                **({"search": search_index(search)} if search != "none" else {}),
                 "keep_backups": 2,
                 "schedule": "rate(1 day)",
                 **({"drill": {"schedule": "rate(7 days)", "host_instance_id": "i-00000000000000000"}} if drill else {}),
             }
         ],
+    }
+
+
+SEARCH_DOMAIN_ARN = f"arn:aws:es:{REGION}:{ACCOUNT}:domain/bitbucket-demo"
+SEARCH_SECRET = "bitbucket/demo/search-user"
+
+
+def search_index(strategy: str) -> dict[str, Any]:
+    """The demo instance's search index, with a placeholder endpoint (the simulator's at run time)."""
+    if strategy == "amazon-opensearch":
+        return {
+            "strategy": strategy,
+            "endpoint": f"https://search-bitbucket-demo.{REGION}.es.amazonaws.com",
+            "domain_arn": SEARCH_DOMAIN_ARN,
+        }
+    return {
+        "strategy": "opensearch",
+        "endpoint": "https://search.demo.internal:9200",
+        "repository": "bitbucket-backup",
+        "credentials_secret": SEARCH_SECRET,
     }
 
 

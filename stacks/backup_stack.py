@@ -21,7 +21,7 @@ from functions.models.config import ArchiveObjectLock, ConfigError, InstanceConf
 from functions.models.steps import BACKUP, OPERATIONS, OPERATOR_UNLOCK_FOR, RESTORE
 from functions.models.timeouts import execution_timeout_seconds
 from functions.strategies import RESTORE_FAILED
-from stacks import copy_permissions, nag, permissions, restore_permissions
+from stacks import copy_permissions, nag, permissions, restore_permissions, search_permissions
 from stacks.bundling import lambda_code
 from stacks.constructs.backup_workflow import BackupGrants, BackupWorkflow, WorkflowTiming
 from stacks.constructs.drill_workflow import DrillGrants, DrillWorkflow
@@ -123,6 +123,7 @@ class BackupStack(Stack):
                 description="Optional: the hosts' instance roles need logs:CreateLogStream and logs:PutLogEvents on "
                 "this group for the progress of rsync, pg_dump and the archive upload",
             )
+        self.search_role = self._search_snapshot_role(config.instances, key, environment)
         groups = network_groups(config.instances)
         slots = plan(config.instances)  # over the whole fleet: instances of different networks share rate limits
         machines: list[MonitoredMachine] = []
@@ -139,7 +140,8 @@ class BackupStack(Stack):
             )
             timing = replace(settings.timing, timeout_hours=timeout_s // 3600)
             mesh = any(i.mesh_nodes for i in instances)
-            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing, mesh=mesh)
+            search = any(i.search_index for i in instances)
+            workflow = BackupWorkflow(self, f"Backup{suffix}", factory=factory, timing=timing, mesh=mesh, search=search)
             net = SafetyNet(
                 self, f"SafetyNet{suffix}", factory=factory, state_machines=[workflow.state_machine], key=key
             )
@@ -170,6 +172,7 @@ class BackupStack(Stack):
                 timing=settings.timing,
                 for_drills=bool(drilled),
                 mesh=mesh,
+                search=search,
             )
             restore_net = SafetyNet(
                 self,
@@ -263,6 +266,39 @@ class BackupStack(Stack):
             description="Tagged on every artifact (bitbucket-backup:deployment): this deployment touches no other's",
         )
 
+    def _search_snapshot_role(
+        self, instances: list[InstanceConfig], key: kms.IKey, environment: dict[str, str]
+    ) -> iam.Role | None:
+        """The role an Amazon OpenSearch Service domain assumes to write its snapshot repository (the archive bucket's
+        `search-repository/<instance>/`), only where an instance backs up such a domain's index."""
+        domains = search_permissions.domains(instances)
+        if not domains or self.archive_bucket is None:
+            return None
+        role = iam.Role(
+            self,
+            "SearchSnapshotRole",
+            assumed_by=iam.ServicePrincipal(
+                "es.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": self.account},
+                    "ArnLike": {"aws:SourceArn": sorted({d.domain_arn for d in domains})},
+                },
+            ),
+            description="Amazon OpenSearch Service writes the search index's snapshots to the archive bucket",
+        )
+        for statement in search_permissions.repository_access(self.archive_bucket.bucket_arn, instances):
+            role.add_to_policy(statement)
+        key.grant_encrypt_decrypt(role)
+        environment[env_names.SEARCH_SNAPSHOT_ROLE] = role.role_arn
+        CfnOutput(
+            self,
+            "SearchSnapshotRole",
+            value=role.role_arn,
+            description="The search domain's snapshot repository role: map it in the domain's security plugin if "
+            "fine-grained access control is on (see README, The search index)",
+        )
+        return role
+
     def _decrypt_through_s3(self, reader: iam.ArnPrincipal, instances: list[InstanceConfig]) -> iam.PolicyStatement:
         """A cross-account copy role may decrypt archives only as S3 reads them for it (in this region or where its
         copies run), never call the key itself."""
@@ -314,6 +350,10 @@ class BackupStack(Stack):
         arn = self._archives_of(instances)
         archives = tuple(permissions.read_archives(arn)) if arn is not None else ()
 
+        def search(*methods: str) -> tuple[iam.PolicyStatement, ...]:
+            """Requests to the instances' search clusters with these HTTP methods (none without a search index)."""
+            return tuple(search_permissions.cluster(self, instances, *methods))
+
         def undo(role: str) -> tuple[iam.PolicyStatement, ...]:
             """Deleting backups: PRUNE (complete ones past retention) or FAILURE (only a run's unfinished ones)."""
             own = (
@@ -328,10 +368,12 @@ class BackupStack(Stack):
         # A failed run's home snapshot is removed by its failure path (only stacks with snapshots deploy the document).
         snapshots = hosts("RemoveHomeSnapshot") if docs("RemoveHomeSnapshot") else ()
         failure = FunctionGrants(
-            (*secret, *describe, *undo(permissions.FAILURE), *archives, *stop, *snapshots), publishes=True
+            (*secret, *describe, *undo(permissions.FAILURE), *archives, *stop, *snapshots, *search("GET", "DELETE")),
+            publishes=True,
         )
+        registers = search_permissions.register_repository(self.search_role)
         grants = BackupGrants(
-            validate=FunctionGrants((*secret, *describe, *archives)),
+            validate=FunctionGrants((*secret, *describe, *archives, *search("GET", "PUT"), *registers)),
             lock=FunctionGrants(secret),
             start_backup=FunctionGrants(secret),
             wait_drained=FunctionGrants(secret),
@@ -355,10 +397,18 @@ class BackupStack(Stack):
             copy_database=FunctionGrants(
                 (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump", "MysqlDump"))
             ),
+            # The search index's snapshot and its catalog entry (where an instance backs its search index up).
+            copy_search=FunctionGrants(
+                (*search("PUT"), *(search_permissions.new_entries(self, arn, instances) if arn else []))
+            )
+            if BACKUP.copy_search.name in fns
+            else None,
             progress=FunctionGrants(secret),
             unlock=FunctionGrants(secret),
-            wait_snapshots=FunctionGrants((*describe, *archives)),
-            finalize=FunctionGrants((*describe, *undo(permissions.PRUNE), *archives), publishes=True),
+            wait_snapshots=FunctionGrants((*describe, *archives, *search("GET"))),
+            finalize=FunctionGrants(
+                (*describe, *undo(permissions.PRUNE), *archives, *search("GET", "DELETE")), publishes=True
+            ),
             prepare=FunctionGrants(hosts("InstallScript", "RsyncHome", "SnapshotHome")),
             check_host=FunctionGrants(hosts()),  # reads the results of what the others started
             archive=FunctionGrants(hosts("ArchiveUpload", "ArchiveHomeSnapshot")),
@@ -421,9 +471,14 @@ class BackupStack(Stack):
 
         archives = self._archives_of(instances)
         catalog = permissions.read_archives(archives) if archives is not None else []
+
+        def search(*methods: str) -> list[iam.PolicyStatement]:
+            return search_permissions.cluster(self, instances, *methods)
+
         failure = FunctionGrants(
             (
                 *describe,
+                *search("GET", "DELETE"),
                 *restore_permissions.retag_restored(self, instances, to=(RESTORE_FAILED,)),
                 *restore_permissions.remove_failed_restore(self, instances),
                 *hosts("RemoveRestoredHome", "DropRestoredDatabase"),
@@ -434,7 +489,12 @@ class BackupStack(Stack):
         homes = FunctionGrants((*describe, *restore_permissions.restore_home(self, instances), *hosts("RestoreHome")))
         grants = RestoreGrants(
             validate=FunctionGrants(
-                (*describe, *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"), *catalog)
+                (
+                    *describe,
+                    *hosts("InstallScript", "CheckTargetDirectory", "CheckTargetDatabase"),
+                    *catalog,
+                    *search("GET"),
+                )
             ),
             restore_database=FunctionGrants(
                 (*describe, *restore_permissions.restore_database(self, instances), *hosts("RestoreDatabase"))
@@ -442,7 +502,9 @@ class BackupStack(Stack):
             restore_home=homes,
             # The Mesh nodes' homes: new volumes, or an extraction, as the shared home's (where an instance has nodes).
             restore_mesh=homes if RESTORE.restore_mesh.name in fns else None,
-            wait_restore=FunctionGrants((*describe, *hosts())),
+            # New indices from the search index's snapshot (where an instance backs its search index up).
+            restore_search=FunctionGrants(tuple(search("GET", "POST"))) if RESTORE.restore_search.name in fns else None,
+            wait_restore=FunctionGrants((*describe, *hosts(), *search("GET"))),
             attach_home=FunctionGrants((*describe, *restore_permissions.restore_attach(self, instances))),
             mount_home=FunctionGrants(
                 (*describe, *restore_permissions.restore_mount(self, instances, docs("MountHome")))

@@ -117,3 +117,13 @@ def clients_from(factory: Callable[[str, str | None], Any]) -> Iterator[None]:
 def error_code(error: Exception) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", type(error).__name__))
+
+
+def signing_credentials() -> Any:
+    """The credentials this code's AWS clients sign with (the function's role, or the rehearsal's per-role clients):
+    for a request botocore does not send itself, the search domain's HTTP API signed with SigV4. botocore keeps them
+    on the client's signer only (a private attribute, read here in one place)."""
+    credentials = client("sts")._request_signer._credentials
+    if credentials is None:
+        raise RuntimeError("no AWS credentials to sign the search domain's requests with")
+    return credentials.get_frozen_credentials()

@@ -102,6 +102,11 @@ def copy_mesh(event: dict[str, Any]) -> PartCopied:
     return _copy(BACKUP.copy_mesh, event)
 
 
+@step(BACKUP.copy_search)
+def copy_search(event: dict[str, Any]) -> PartCopied:
+    return _copy(BACKUP.copy_search, event)
+
+
 @step(BACKUP.progress)
 def progress(event: dict[str, Any]) -> ProgressSent:
     """Report a finished part to Bitbucket (the 100 % is the unlock's)."""

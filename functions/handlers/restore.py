@@ -46,6 +46,12 @@ def restore_mesh(event: dict[str, Any]) -> PartCreated:
     return _start_part(RESTORE.restore_mesh, event)
 
 
+@step(RESTORE.restore_search)
+def restore_search(event: dict[str, Any]) -> PartCreated:
+    """Start restoring the search index's snapshot into new indices."""
+    return _start_part(RESTORE.restore_search, event)
+
+
 @step(RESTORE.wait_restore)
 def wait_restore(event: dict[str, Any]) -> RestoreChecked:
     """Are the restored database and volumes available yet (bounded)?"""

@@ -18,6 +18,7 @@ from functions.models.part_config import (
     COPY_STRATEGIES,
     EC2_INSTANCE_ID,
     IN_HOME_STRATEGIES,
+    SEARCH_PART,
     ZERO_DOWNTIME_STRATEGIES,
     CopiedHomeConfig,
     DatabaseConfig,
@@ -27,7 +28,10 @@ from functions.models.part_config import (
     MeshNodeConfig,
     NetworkConfig,
     NoHomeConfig,
+    NoSearchConfig,
     RsyncHomeConfig,
+    SearchConfig,
+    SearchIndexConfig,
 )
 from functions.models.schedule import longest_gap_hours, plain_minute, schedule_problem, timezone_problem
 
@@ -244,6 +248,8 @@ class InstanceConfig(Strict):
     database: DatabaseConfig
     # Data Center 8+: the Mesh nodes whose homes are copied under the same lock (see MeshNodeConfig).
     mesh_nodes: list[MeshNodeConfig] = Field(default_factory=list, max_length=20)
+    # The search index (OpenSearch / Elasticsearch): a snapshot started under the lock, waited for after the unlock.
+    search: SearchConfig = NoSearchConfig(strategy="none")
     # Data Center 4.8+: no lock and no drain; only atomic snapshot strategies (checked below and at run time).
     zero_downtime: bool = False
     schedule: str | None = None
@@ -333,6 +339,12 @@ class InstanceConfig(Strict):
                 "cross the network unencrypted. Use https://, or, for a test system only, set "
                 "insecure_connection_allowed_for_testing: true"
             )
+        if self.search_index and self.search_index.endpoint.lower().startswith("http://"):
+            raise ValueError(
+                f"search.endpoint '{self.search_index.endpoint}' is plain http: the search cluster's credentials (or "
+                "signed requests) would cross the network unencrypted. Use https://, or, for a test system only, set "
+                "insecure_connection_allowed_for_testing: true"
+            )
         if not self.verify_tls:
             raise ValueError(
                 "verify_tls is false: anyone between the functions and Bitbucket could pose as Bitbucket and "
@@ -348,6 +360,10 @@ class InstanceConfig(Strict):
             problem
             for problem, insecure in (
                 ("plain http (unencrypted)", self.base_url.lower().startswith("http://")),
+                (
+                    "plain http to the search cluster",
+                    bool(self.search_index and self.search_index.endpoint.lower().startswith("http://")),
+                ),
                 ("TLS certificates not verified", not self.verify_tls),
             )
             if insecure
@@ -362,10 +378,17 @@ class InstanceConfig(Strict):
 
     @property
     def parts(self) -> list[str]:
-        """The parts a backup of this instance consists of, in a stable order: the home, the database, the nodes."""
+        """The parts a backup of this instance consists of, in a stable order: the home, the database, the nodes, the
+        search index."""
         copied = (("home", self.home), ("database", self.database))
         own = [p for p, s in copied if s.strategy != "none" and s.strategy not in IN_HOME_STRATEGIES]
-        return own + [node.part for node in self.mesh_nodes]
+        search = [SEARCH_PART] if self.search_index else []
+        return own + [node.part for node in self.mesh_nodes] + search
+
+    @property
+    def search_index(self) -> SearchIndexConfig | None:
+        """The search index's snapshot settings, None when it is not backed up."""
+        return None if isinstance(self.search, NoSearchConfig) else self.search
 
     @property
     def mesh_parts(self) -> list[str]:
@@ -471,6 +494,8 @@ class InstanceConfig(Strict):
         return (
             any(isinstance(h, RsyncHomeConfig) for h in self.homes.values())
             or self.database.strategy in COPY_STRATEGIES
+            # The search snapshots' catalog entries (and an Amazon OpenSearch domain's S3 repository) live there.
+            or self.search_index is not None
         )
 
     @model_validator(mode="after")

@@ -17,6 +17,8 @@ HOST_DOCUMENT_PREFIX = "HOST_DOCUMENT_PREFIX"  # the stack's SSM documents
 HOST_PROGRESS_LOG_GROUP = "HOST_PROGRESS_LOG_GROUP"  # where the hosts' long copies report progress (with archives)
 SECRET_CACHE_SECONDS = "SECRET_CACHE_SECONDS"  # how long a Bitbucket secret is cached (default 300)
 REGION = "AWS_REGION"  # set by Lambda
+# The role Amazon OpenSearch Service assumes to write the search snapshots' S3 repository (only with such a domain).
+SEARCH_SNAPSHOT_ROLE = "SEARCH_SNAPSHOT_ROLE_ARN"
 
 
 def runs_table() -> str:
@@ -38,6 +40,10 @@ def config_prefix() -> str:
 
 def archive_bucket() -> str:
     return os.environ.get(ARCHIVE_BUCKET, "")
+
+
+def search_snapshot_role() -> str:
+    return os.environ.get(SEARCH_SNAPSHOT_ROLE, "")
 
 
 def deployment_id() -> str:

@@ -55,6 +55,7 @@ class RunFlow(Strict):
     database: FlowPart
     # The Mesh nodes' parts (mesh-<name>), copied by a Map state: one item each.
     mesh: list[str] = Field(default_factory=list)
+    search: FlowPart = FlowPart(strategy="none")
     timing: FlowTiming
 
     @classmethod
@@ -66,6 +67,7 @@ class RunFlow(Strict):
             # A database inside the home's snapshot (postgresql-fslevel) has nothing to copy: its branch is skipped.
             database=FlowPart(strategy=config.database.strategy if "database" in config.parts else "none"),
             mesh=config.mesh_parts,
+            search=FlowPart(strategy=config.search.strategy),
             timing=FlowTiming(
                 poll_interval_seconds=timing.poll_interval_seconds,
                 host_poll_interval_seconds=timing.host_poll_interval_seconds,
@@ -113,7 +115,7 @@ class StepEvent(Strict):
 
 class PartEvent(StepEvent):
     # A Mesh node's part, or `mesh` for all of them at once (their progress report, after the Map state).
-    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|mesh|{MESH_PART})$")
+    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|mesh|search|{MESH_PART})$")
 
 
 class PartProgressEvent(PartEvent):

@@ -225,3 +225,64 @@ IN_HOME_STRATEGIES = ("postgresql-fslevel",)
 # A multi-volume CreateSnapshots is crash-consistent across the instance's volumes; RDS/Aurora snapshots are
 # atomic. rsync copies files while git writes them, and a dump's snapshot is not the home snapshot's moment.
 ZERO_DOWNTIME_STRATEGIES = {"home": ("amazon-ebs", "none"), "database": ("amazon-rds", "amazon-aurora", "none")}
+
+
+# --- the search index (OpenSearch / Elasticsearch): a snapshot in the cluster's own snapshot repository ------------
+# An endpoint: http(s), a host (no user info: credentials come from Secrets Manager or SigV4), an optional path.
+SEARCH_ENDPOINT = r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$"
+# The server's rules for repository and snapshot names: lower case, none of \ / * ? " < > | , # or whitespace.
+SNAPSHOT_REPOSITORY = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+# The indices a snapshot takes: names or patterns (Bitbucket's own are `bitbucket-*`), never `_all` or `*` alone.
+INDEX_PATTERN = r"^[a-z0-9][a-z0-9._*+-]{0,199}$"
+DOMAIN_ARN = r"^arn:aws[a-z-]*:es:([a-z0-9-]+):(\d{12}):domain/([a-z][a-z0-9-]{2,27})$"
+
+
+class NoSearchConfig(Strict):
+    strategy: Literal["none"]
+
+
+class _SearchIndexConfig(Strict):
+    endpoint: str = Field(pattern=SEARCH_ENDPOINT)
+    indices: list[Annotated[str, Field(pattern=INDEX_PATTERN)]] = Field(
+        default_factory=lambda: ["bitbucket-*"], min_length=1, max_length=20
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_slash(cls, endpoint: str) -> str:
+        return endpoint.rstrip("/")
+
+
+class AmazonOpenSearchConfig(_SearchIndexConfig):
+    """An Amazon OpenSearch Service domain: requests signed with SigV4 by the functions' roles; the snapshot
+    repository (an S3 repository in the stack's archive bucket) registered by the backup with the role the stack
+    deploys for it."""
+
+    strategy: Literal["amazon-opensearch"]
+    domain_arn: str = Field(pattern=DOMAIN_ARN)
+    repository: str = Field(default="bitbucket-backup", pattern=SNAPSHOT_REPOSITORY)
+
+    @property
+    def region(self) -> str:
+        found = re.match(DOMAIN_ARN, self.domain_arn)
+        assert found is not None  # the field's pattern
+        return found.group(1)
+
+
+class SelfManagedSearchConfig(_SearchIndexConfig):
+    """Self-managed OpenSearch or Elasticsearch: basic authentication with the secret's username and password; the
+    snapshot repository (`s3` or `fs`) registered by its administrator, as only they can give it its storage."""
+
+    strategy: Literal["opensearch"]
+    repository: str = Field(pattern=SNAPSHOT_REPOSITORY)
+    # Secrets Manager secret (name or ARN) holding {"username": …, "password": …}.
+    credentials_secret: str = Field(min_length=1)
+    # Path of a CA bundle inside the Lambda asset, for a cluster behind a private CA.
+    ca_bundle: str | None = None
+
+
+SearchConfig = Annotated[
+    AmazonOpenSearchConfig | SelfManagedSearchConfig | NoSearchConfig, Field(discriminator="strategy")
+]
+SearchIndexConfig = AmazonOpenSearchConfig | SelfManagedSearchConfig
+SEARCH_PART = "search"

@@ -67,6 +67,13 @@ class HomeTarget(Strict):
         return self
 
 
+class SearchTarget(Strict):
+    """The search index restored as NEW indices: each index of the snapshot under `index_prefix` + its name
+    (default `restored-<backup id>-`), never over a live index, without its aliases."""
+
+    index_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
 class RestoreTarget(Strict):
     database: DatabaseTarget | None = None
     home: HomeTarget | None = None
@@ -75,17 +82,20 @@ class RestoreTarget(Strict):
     mesh: dict[Annotated[str, Field(max_length=24, pattern=rf"^{MESH_NODE_NAME}$")], HomeTarget] | None = Field(
         default=None, max_length=20
     )
+    search: SearchTarget | None = None
 
     @model_validator(mode="after")
     def _something(self) -> RestoreTarget:
-        if self.database is None and self.home is None and not self.mesh:
-            raise ValueError("names neither a database, a home nor a Mesh node target: there is nothing to restore")
+        if self.database is None and self.home is None and not self.mesh and self.search is None:
+            raise ValueError(
+                "names neither a database, a home, a Mesh node nor a search index target: there is nothing to restore"
+            )
         return self
 
-    def of(self, part: str) -> DatabaseTarget | HomeTarget | None:
+    def of(self, part: str) -> DatabaseTarget | HomeTarget | SearchTarget | None:
         if part.startswith(MESH_PART_PREFIX):
             return (self.mesh or {}).get(part.removeprefix(MESH_PART_PREFIX))
-        return self.database if part == "database" else self.home if part == "home" else None
+        return {"database": self.database, "home": self.home, "search": self.search}.get(part)
 
     @property
     def mesh_parts(self) -> list[str]:
@@ -136,6 +146,7 @@ class RestorePlan(Strict):
     restore_home: bool
     # The Mesh nodes' parts restored (mesh-<name>), one item each of the restore's Map state.
     mesh: list[str] = Field(default_factory=list)
+    restore_search: bool = False
     attach: bool
     mount: bool
 
@@ -158,7 +169,7 @@ class PlanEvent(Strict):
 
 
 class PartEvent(PlanEvent):
-    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|{MESH_PART})$")
+    part: str = Field(max_length=MESH_PART_MAX, pattern=rf"^(home|database|search|{MESH_PART})$")
 
 
 class StatusEvent(PlanEvent):

@@ -193,5 +193,25 @@ class DatabaseLoaded(TypedDict):
     seconds: Any
 
 
-# What a restore step (restore-home, restore-database) returns: its part's restorer's start().
-PartCreated = EbsCreated | RdsCreated | AuroraCreated | ArchiveCreated
+class SearchPlan(TypedDict):
+    repository: str
+    snapshot: str
+    indices: list[str]  # the snapshot's indices (those the configuration's patterns match)
+    prefix: str
+    restored: list[str]  # the new indices' names: prefix + index
+
+
+class SearchCreated(TypedDict):
+    restored: list[str]
+    started: str
+
+
+class SearchRestored(TypedDict):
+    indices: list[str]
+    prefix: str
+    endpoint: str
+    snapshot: str
+
+
+# What a restore step (restore-home, restore-database ...) returns: its part's restorer's start().
+PartCreated = EbsCreated | RdsCreated | AuroraCreated | ArchiveCreated | SearchCreated

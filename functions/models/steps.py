@@ -177,6 +177,17 @@ class BackupSteps(_Steps):
         "Mesh node copy",
         retry_on=("AwsRateLimited",),
     )
+    # The search index's snapshot: started under the lock (the cluster accepts it at once), waited for after the
+    # unlock with the other snapshots.
+    copy_search = _backup(
+        "copy_search",
+        "Snapshot search index",
+        "backup_part",
+        60,
+        "BackupSearchIndex",
+        "search index snapshot",
+        retry_on=("SearchUnavailable",),
+    )
     # Each part's report: the states "Report home progress" and "Report database progress" (the 100 is the unlock's).
     progress = _backup(
         "progress",
@@ -233,6 +244,7 @@ class BackupSteps(_Steps):
             self.copy_home,
             self.copy_database,
             self.copy_mesh,
+            self.copy_search,
             self.progress,
             self.unlock,
             self.handle_failure,
@@ -269,6 +281,16 @@ class RestoreSteps(_Steps):
         "Mesh node home",
         retry_on=("AwsRateLimited",),
     )
+    # The search index's snapshot, restored into new indices named with a prefix (never over the live ones).
+    restore_search = _restore(
+        "restore_search",
+        "Restore search index",
+        "start_part",
+        120,
+        "RestoreSearchIndex",
+        "search index",
+        retry_on=("SearchUnavailable",),
+    )
     wait_restore = _restore("wait_restore", "Check restore", "check", 90, "RestoreCheck", "check")
     attach_home = _restore("attach_home", "Attach home volumes", "attach", 300, "RestoreAttach", "attach")
     mount_home = _restore("mount_home", "Mount home", "mount", 240, "RestoreMount", "mount")
@@ -280,7 +302,7 @@ class RestoreSteps(_Steps):
     @property
     def parts(self) -> dict[str, Step]:
         """The step that starts each part's restore."""
-        return {"database": self.restore_database, "home": self.restore_home}
+        return {"database": self.restore_database, "home": self.restore_home, "search": self.restore_search}
 
 
 class DrillSteps(_Steps):

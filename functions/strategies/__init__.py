@@ -222,6 +222,9 @@ class Catalog(ABC):
     SnapshotCopy or HostCopy side, and what restores it is its Restorer (see parts_for and restorers_for)."""
 
     part: str
+    # Copied to the copy targets (disaster-recovery copies); the search index's snapshot is not (it lives in the
+    # cluster's own repository).
+    copied: bool = True
 
     def __init__(self, instance: InstanceConfig) -> None:
         self.instance = instance
@@ -434,6 +437,10 @@ def parts_for(instance: InstanceConfig) -> Parts:
         snapshots["database"] = amazon_rds.RdsStrategy(instance)
     elif instance.database.strategy == "amazon-aurora":
         snapshots["database"] = amazon_rds.AuroraStrategy(instance)
+    if instance.search_index is not None:
+        from functions.strategies import search_snapshot
+
+        snapshots["search"] = search_snapshot.SearchSnapshotStrategy(instance)
     return Parts(snapshots, hosts, tuple(instance.parts))
 
 
@@ -467,6 +474,10 @@ def restorers_for(instance: InstanceConfig) -> dict[str, Restorer[Any, Any]]:
         found["database"] = amazon_rds_restore.RdsRestorer(instance)
     elif instance.database.strategy == "amazon-aurora":
         found["database"] = amazon_rds_restore.AuroraRestorer(instance)
+    if instance.search_index is not None:
+        from functions.strategies import search_restore
+
+        found["search"] = search_restore.SearchRestorer(instance)
     return {part: found[part] for part in instance.parts if part in found}
 
 

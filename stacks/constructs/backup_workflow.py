@@ -66,6 +66,8 @@ class BackupGrants:
     safety_net: FunctionGrants
     # Only where an instance of the state machine has Mesh nodes (the function exists only there).
     copy_mesh: FunctionGrants | None = None
+    # Only where an instance of the state machine backs its search index up.
+    copy_search: FunctionGrants | None = None
 
     def __post_init__(self) -> None:
         names = {*(s.name for s in BACKUP.functions), OPERATIONS.safety_net.name}
@@ -90,6 +92,7 @@ class BackupWorkflow(Construct):
         state_machine_name: str | None = None,
         timing: WorkflowTiming | None = None,
         mesh: bool = False,
+        search: bool = False,
     ) -> None:
         super().__init__(scope, id)
         self._failed_notes: dict[str, sfn.Pass] = {}
@@ -98,10 +101,11 @@ class BackupWorkflow(Construct):
         # The Mesh nodes' copy (its function, its branch and warm-up) only where an instance has nodes: a fleet
         # without them deploys none of it (CloudFormation's template size limit).
         self._mesh = mesh
+        self._search = search  # the search index's snapshot likewise
         self.functions: dict[str, lambda_.Function] = {
             s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
             for s in BACKUP.functions
-            if mesh or s is not BACKUP.copy_mesh
+            if (mesh or s is not BACKUP.copy_mesh) and (search or s is not BACKUP.copy_search)
         }
         self.state_machine = standard_state_machine(
             self,
@@ -213,6 +217,8 @@ class BackupWorkflow(Construct):
                     each.item_processor(self._task(step, payload, None, state=state, own_retries=False))
                     warm.branch(each)
                 continue
+            if step is BACKUP.copy_search and not self._search:
+                continue
             environments = WARM_ENVIRONMENTS.get(step.name, 1)
             if step is BACKUP.progress and self._mesh:
                 environments += 1  # the Mesh nodes' branch reports too
@@ -248,6 +254,22 @@ class BackupWorkflow(Construct):
             sfn.Choice(self, "Mesh nodes configured?")
             .when(sfn.Condition.is_present(f"{_MESH}[0]"), each.next(reported))
             .otherwise(none)
+        )
+
+    def _search_branch(self) -> sfn.IChainable:
+        """The copy's last branch: the search index's snapshot, started (the cluster accepts it at once and the
+        snapshot is then consistent) and waited for after the unlock with the other snapshots; no progress report."""
+        copy = self._task(BACKUP.copy_search, {"run.$": "$.run", "part": "search"}, "$.part_result")
+        skip = sfn.Pass(
+            self,
+            "No search index to snapshot",
+            result=sfn.Result.from_object({"part": "search", "skipped": True}),
+            result_path="$.part_result",
+        )
+        return (
+            sfn.Choice(self, "Search index configured?")
+            .when(sfn.Condition.string_equals("$.run.flow.search.strategy", "none"), skip)
+            .otherwise(copy)
         )
 
     # --- the definition -------------------------------------------------------------------------------------
@@ -299,6 +321,7 @@ class BackupWorkflow(Construct):
                 "home.$": "$[0].part_result",
                 "database.$": "$[1].part_result",
                 **({"mesh.$": "$[2].mesh_result"} if self._mesh else {}),
+                **({"search.$": f"$[{3 if self._mesh else 2}].part_result"} if self._search else {}),
             },
         )
         # Before the lock, while Bitbucket is live: the host script and the expensive first pass (rsync); a no-op for
@@ -340,6 +363,8 @@ class BackupWorkflow(Construct):
             )
         if self._mesh:
             parts.branch(self._mesh_branch())
+        if self._search:
+            parts.branch(self._search_branch())
         self._catch(parts, b.copy, handle)
 
         # The unlock step reports progress 100 first, in the same invocation: one Lambda round trip less under the lock.

@@ -45,14 +45,16 @@ class RestoreWorkflow(Construct):
         state_machine_name: str | None = None,
         for_drills: bool = False,
         mesh: bool = False,
+        search: bool = False,
     ) -> None:
         super().__init__(scope, id)
         self._timing = timing or WorkflowTiming()
         self._mesh = mesh  # the Mesh nodes' restore only where an instance has nodes (as the backup's copy)
+        self._search = search  # the search index's likewise
         self.functions: dict[str, lambda_.Function] = {
             s.name: factory.make(s.function_id, s.handler, timeout_s=s.timeout_s, description=s.description)
             for s in RESTORE.functions
-            if mesh or s is not RESTORE.restore_mesh
+            if (mesh or s is not RESTORE.restore_mesh) and (search or s is not RESTORE.restore_search)
         }
         self.state_machine = standard_state_machine(
             self,
@@ -110,7 +112,12 @@ class RestoreWorkflow(Construct):
         plan = {"plan.$": "$.plan"}
         created = {
             "plan.$": "$.plan",
-            "created": {"database.$": "$.database", "home.$": "$.home", **({"mesh.$": "$.mesh"} if self._mesh else {})},
+            "created": {
+                "database.$": "$.database",
+                "home.$": "$.home",
+                **({"mesh.$": "$.mesh"} if self._mesh else {}),
+                **({"search.$": "$.search"} if self._search else {}),
+            },
         }
 
         r = RESTORE
@@ -178,7 +185,18 @@ class RestoreWorkflow(Construct):
                 result_path=f"$.{part}",
             )
 
-        mesh_choice: sfn.IChainable = check
+        after_homes: sfn.IChainable = check
+        if self._search:
+            # The search index's snapshot, into new indices (after the homes: it needs nothing of theirs).
+            restore_search = self._task(scope, r.restore_search, {**plan, "part": "search"}, "$.search")
+            self._catch(scope, restore_search, r.restore_search, handle)
+            restore_search.next(check)
+            after_homes = (
+                sfn.Choice(scope, "Restore search index?")
+                .when(sfn.Condition.boolean_equals("$.plan.restore_search", True), restore_search)
+                .otherwise(skip("search").next(check))
+            )
+        mesh_choice: sfn.IChainable = after_homes
         if self._mesh:
             # Every Mesh node's home at once: an iteration per node, each result kept with its part.
             each = sfn.Map(
@@ -199,8 +217,8 @@ class RestoreWorkflow(Construct):
             )
             mesh_choice = (
                 sfn.Choice(scope, "Restore Mesh nodes?")
-                .when(sfn.Condition.is_present("$.plan.mesh[0]"), each.next(check))
-                .otherwise(no_mesh.next(check))
+                .when(sfn.Condition.is_present("$.plan.mesh[0]"), each.next(after_homes))
+                .otherwise(no_mesh.next(after_homes))
             )
         home_choice = (
             sfn.Choice(scope, "Restore home?")
@@ -249,6 +267,8 @@ class RestoreGrants:
     restore_safety_net: FunctionGrants | None = None
     # Only where an instance of the state machine has Mesh nodes (the function exists only there).
     restore_mesh: FunctionGrants | None = None
+    # Only where an instance of the state machine backs its search index up.
+    restore_search: FunctionGrants | None = None
 
     def __post_init__(self) -> None:
         names = {*(s.name for s in RESTORE.functions), OPERATIONS.restore_safety_net.name}

@@ -382,8 +382,8 @@ def test_exactly_the_steps_that_call_bitbucket_read_its_secret(resources: Any) -
         )
         assert reads == row.bitbucket, (row.name, reads)
         checked.add(row.name)
-    # No instance here has Mesh nodes: the stack deploys no Mesh node copy.
-    assert {row.name for row in rows.values()} - {BACKUP.copy_mesh.name} == checked
+    # No instance here has Mesh nodes or a search index: the stack deploys neither's copy.
+    assert {row.name for row in rows.values()} - {BACKUP.copy_mesh.name, BACKUP.copy_search.name} == checked
 
 
 def test_snapshots_are_deleted_only_when_they_carry_the_tool_tag(template: dict[str, Any]) -> None:

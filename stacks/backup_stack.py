@@ -292,7 +292,7 @@ class BackupStack(Stack):
         environment[env_names.SEARCH_SNAPSHOT_ROLE] = role.role_arn
         CfnOutput(
             self,
-            "SearchSnapshotRole",
+            "SearchSnapshotRoleArn",
             value=role.role_arn,
             description="The search domain's snapshot repository role: map it in the domain's security plugin if "
             "fine-grained access control is on (see README, The search index)",

@@ -202,9 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--owner", metavar="USER", help="rsync: owner of the restored home (default: home.owner)")
     restore.add_argument(
         "--only",
-        choices=["database", "home", "mesh"],
-        help="restore only this part (mesh: only the nodes given with --mesh-node; default: the home and the "
-        "database of the backup, and the nodes given with --mesh-node)",
+        choices=["database", "home", "mesh", "search"],
+        help="restore only this part (mesh: only the nodes given with --mesh-node; search: only the search index; "
+        "default: the home and the database of the backup, the nodes given with --mesh-node, and the search index "
+        "with --search-index)",
+    )
+    restore.add_argument(
+        "--search-index",
+        action="store_true",
+        help="also restore the search index's snapshot, into NEW indices named restored-<backup id>-<index> (never "
+        "over the live ones, without their aliases)",
+    )
+    restore.add_argument(
+        "--search-index-prefix",
+        metavar="PREFIX",
+        help="the restored indices' names start with PREFIX instead (implies --search-index)",
     )
     restore.add_argument(
         "--mesh-node",

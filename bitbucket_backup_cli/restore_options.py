@@ -55,7 +55,7 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
     from functions.models.part_config import EbsHomeConfig
 
     shared = [p for p in config.parts if p in ("home", "database")]
-    wanted = [] if args.only == "mesh" else [args.only] if args.only else shared
+    wanted = [] if args.only in ("mesh", "search") else [args.only] if args.only else shared
     for part in wanted:
         if part not in config.parts:
             raise CliError(USAGE, f"instance '{config.name}' backs up no {part}")
@@ -114,6 +114,11 @@ def restore_target(aws: Aws, config: InstanceConfig, args: argparse.Namespace) -
         target["home"] = home
     elif args.availability_zone or args.attach_to or args.mount:
         raise CliError(USAGE, "--availability-zone, --attach-to and --mount are for the home, which --only leaves out")
+    prefix = getattr(args, "search_index_prefix", None)
+    if args.only == "search" or getattr(args, "search_index", False) or prefix:
+        if "search" not in config.parts:
+            raise CliError(USAGE, f"instance '{config.name}' backs up no search index")
+        target["search"] = {"index_prefix": prefix} if prefix else {}
     return target
 
 

@@ -384,6 +384,9 @@ def created_lines(results: Mapping[str, Any]) -> list[tuple[str, str]]:
             volumes = ", ".join(f"{v['volume_id']} ({v['device'] or 'no device'})" for v in node.get("volumes", []))
             text = f"Mesh node {name}'s volumes {volumes} in {node.get('availability_zone')}"
         lines.append((part, text))
+    search = results.get("search")
+    if isinstance(search, dict) and search.get("indices"):
+        lines.append(("search", f"search indices {', '.join(search['indices'])} in {search.get('endpoint')}"))
     return lines
 
 
@@ -457,6 +460,14 @@ def next_steps(plan: RestorePlan, results: Mapping[str, Any]) -> list[str]:
                 f"Attach {ids} to Mesh node {name}'s (stopped) host in {node.get('availability_zone')} and mount them "
                 "where its home was."
             )
+    search = results.get("search")
+    if search:
+        steps.append(
+            f"The search index's copy is in the indices {', '.join(search['indices'])} (prefix {search['prefix']}), "
+            "beside the live ones. To use it in their place: stop Bitbucket, delete the live bitbucket-* indices and "
+            "copy each restored index to its original name (POST _reindex), or restore the snapshot from the "
+            "cluster's own API; or let Bitbucket rebuild its index from the repositories."
+        )
     steps.append("Start Bitbucket and check that it comes up with the restored data.")
     steps.append(
         "If the restored copy replaces the original, point this instance's configuration (cdk.json) at the new "

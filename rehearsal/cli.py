@@ -74,6 +74,14 @@ def add_world_options(parser: argparse.ArgumentParser) -> None:
         "script copies a generated home of real git repositories per node)",
     )
     parser.add_argument(
+        "--search-strategy",
+        choices=["amazon-opensearch", "opensearch", "none"],
+        default="none",
+        help="also snapshot the search index: amazon-opensearch (a domain: SigV4 with the functions' roles) or "
+        "opensearch (self-managed: basic authentication from Secrets Manager), both served by a simulator of the "
+        "snapshot API on 127.0.0.1 (no OpenSearch server is installed); default none",
+    )
+    parser.add_argument(
         "--zero-downtime",
         action="store_true",
         help="back up without a lock (Data Center 4.8+; atomic snapshots only): only the version is asked",
@@ -140,6 +148,7 @@ def world_settings(args: argparse.Namespace) -> dict[str, Any]:
         "database": args.db_strategy,
         "mesh_nodes": args.mesh_nodes,
         "mesh_strategy": args.mesh_strategy,
+        "search": args.search_strategy,
         "timing": {"drain_timeout_seconds": args.drain_timeout, "poll_interval_seconds": args.poll_interval},
         "instance_overrides": {"zero_downtime": True} if args.zero_downtime else None,
         "latency_model": LatencyModel() if args.latency else None,
@@ -317,6 +326,8 @@ def rehearse_restore(rehearsal: Rehearsal, backup_id: str, args: argparse.Namesp
             else {"path": str(rehearsal.host.root / f"restored-mesh-node{n}")}
             for n in range(1, args.mesh_nodes + 1)
         }
+    if args.search_strategy != "none":  # new indices beside the live ones
+        target["search"] = {}
     print(f"\nRestoring {backup_id} into new resources …", flush=True)
     if rehearsal.logs.listener is not None:
         print_seed_lines(rehearsal)  # its own clock

@@ -165,3 +165,15 @@ def test_rehearsal_with_mesh_nodes_lists_every_part(tmp_path: Path) -> None:
 def test_mesh_options_out_of_range_are_usage_errors(tmp_path: Path, args: list[str], said: str) -> None:
     code, output, _ = _run(args, "x", tmp_path)
     assert code == 2 and said in output and "Traceback" not in output, output
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_rehearsal_with_a_search_index_snapshots_and_restores_it(tmp_path: Path) -> None:
+    code, output, summary = _run(["--search-strategy", "amazon-opensearch"], "admin", tmp_path)
+    assert code == 0, output
+    assert summary["parts"] == ["home", "database", "search"]
+    assert sorted(s["part"] for s in summary["snapshots"]) == sorted(summary["parts"])
+    assert summary["restore"]["status"] == "SUCCEEDED", summary["restore"]
+    assert summary["restore"]["output"]["search"]["indices"], summary["restore"]
+    assert summary["cold_starts_in_lock_window"] == [] and summary["denied_calls"] == []

@@ -228,3 +228,31 @@ def test_the_domain_refuses_a_role_without_its_es_permission(world_factory: Call
     assert "is not authorized to perform: es:ESHttpPut" in str(result.cause), result.cause
     assert [d for d in w.r.iam.denied if d.action == "es:ESHttpPut" and owner in d.caller], w.r.iam.denied
     assert _snapshots(w) == [] and _entries(w) == []
+
+
+def test_the_command_line_lists_the_search_part_and_restores_only_it(
+    world_factory: Callable[..., World], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from bitbucket_backup_cli.base import OK
+    from bitbucket_backup_cli.main import main
+    from rehearsal.fake_account import REGION
+    from rehearsal.serve import LocalEndpoint
+
+    w = world_factory(search="amazon-opensearch")
+    sim = w.r.search
+    assert sim is not None
+    backup_id = backup_id_of(w.r.run_backup())
+    with LocalEndpoint(w.r) as endpoint:
+        assert main(["--endpoint-url", endpoint.url, "--region", REGION, "list", "--json"]) == OK
+        (row,) = [r for r in json.loads(capsys.readouterr().out)["backups"] if r["backup_id"] == backup_id]
+        assert row["parts"] == ["home", "database", "search"] and row["status"] == "complete"
+        base = ["--endpoint-url", endpoint.url, "--region", REGION, "restore", str(backup_id), "--instance", "demo"]
+        code = main([*base, "--only", "search", "--search-index-prefix", "copy-", "--wait", "--poll-interval", "0.05"])
+        out = capsys.readouterr().out
+        assert code == OK, out
+    assert "search indices copy-bitbucket-index-version, copy-bitbucket-search-v1" in out, out
+    assert "copy-bitbucket-search-v1" in sim.indices()
+    restored = [v for v in w.r.client("ec2").describe_volumes()["Volumes"] if "Tags" in v]
+    assert restored == [], "only the search index was restored"

@@ -10,6 +10,7 @@ it again itself, and fails there if it must.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,7 +18,8 @@ from pydantic import ValidationError
 from functions import runs
 from functions.clients.secrets import credentials
 from functions.models.events import RunContext
-from functions.models.steps import Function
+from functions.models.part_config import SelfManagedSearchConfig
+from functions.models.steps import BACKUP, Function
 from functions.observability import logger
 
 
@@ -28,6 +30,11 @@ def prime(row: Function, raw_run: Any) -> bool:
         config = run.config
         if row.bitbucket:
             credentials(config.credentials_secret)
+        if row.name == BACKUP.copy_search.name and config.search_index is not None:
+            # The search snapshot's client (requests, the signer) and a self-managed cluster's credentials.
+            importlib.import_module("functions.strategies.search_snapshot")
+            if isinstance(config.search_index, SelfManagedSearchConfig):
+                credentials(config.search_index.credentials_secret)
         runs.get(run.instance, run.backup_id)
     except Exception as error:  # best effort: the step reads it again itself, under its own retries and catch
         reason = "its run is invalid" if isinstance(error, ValidationError) else type(error).__name__

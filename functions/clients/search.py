@@ -256,8 +256,9 @@ class SearchCluster:
                 )
             if status == 401 and self._credentials is not None:
                 refresh, self._credentials = self._credentials, None  # once: the secret may have been rotated
+                fresh = _basic(refresh(True))
                 for session in self._sessions.values():
-                    session.auth = _basic(refresh(True))
+                    session.auth = fresh
                 logger.info(f"{step}: the search cluster refused the credentials; read the secret again, retrying once")
                 return self._send(step, method, path, params=params, body=body, retry=retry)
             payload = self._read(step, response)

@@ -256,3 +256,13 @@ def test_the_command_line_lists_the_search_part_and_restores_only_it(
     assert "copy-bitbucket-search-v1" in sim.indices()
     restored = [v for v in w.r.client("ec2").describe_volumes()["Volumes"] if "Tags" in v]
     assert restored == [], "only the search index was restored"
+
+
+def test_a_zero_downtime_backup_snapshots_the_search_index_without_a_lock(world_factory: Callable[..., World]) -> None:
+    w = world_factory(search="amazon-opensearch", instance_overrides={"zero_downtime": True})
+    result = w.r.run_backup()
+    assert result.status == "SUCCEEDED", result.cause
+    assert "locked" not in w.sim.event_names()
+    (snapshot,) = _snapshots(w)
+    assert snapshot["state"] == "SUCCESS"
+    assert sorted(s["part"] for s in w.r.snapshots(backup_id_of(result))) == ["database", "home", "search"]

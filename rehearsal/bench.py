@@ -38,6 +38,7 @@ def one_run(
     cold: bool,
     with_latency: bool,
     mesh_nodes: int = 0,
+    search: str = "none",
 ) -> dict[str, Any]:
     if cold:
         POOL.shutdown()  # no execution environment left: every function starts cold, as after a deployment
@@ -46,7 +47,12 @@ def one_run(
     with (
         local_simulator(drain_seconds=drain_s) as sim,
         Rehearsal(
-            sim.url, timing=timing, sizes=(home_gb, db_gb), latency_model=model, mesh_nodes=mesh_nodes
+            sim.url,
+            timing=timing,
+            sizes=(home_gb, db_gb),
+            latency_model=model,
+            mesh_nodes=mesh_nodes,
+            search=search,
         ) as rehearsal,
     ):
         result = rehearsal.run_backup(timeout=drain_s + 120)
@@ -86,17 +92,39 @@ def main(argv: list[str] | None = None) -> int:
         help="Mesh node counts (EBS) measured beside the same run without nodes, at the smaller sizes (default 4; "
         "0 for none)",
     )
+    parser.add_argument(
+        "--search",
+        default="amazon-opensearch",
+        help="search index strategies measured beside the same run without one, at the smaller sizes (default "
+        "amazon-opensearch; none for none): its snapshot is started under the lock, in a branch of its own",
+    )
     parser.add_argument("--json", default=".build/bench.json", help="where to write the results")
     args = parser.parse_args(argv)
 
     timing = {"poll_interval_seconds": 0} if args.fast else TimingConfig().model_dump()
     cases = []
     nodes = [int(n) for n in args.mesh_nodes.split(",") if int(n) > 0]
+    searches = [s for s in args.search.split(",") if s != "none"]
     for drain in (float(d) for d in args.drains.split(",")):
-        # Side by side: the same instance without and with Mesh nodes (their copies run at once under the lock).
-        for home_gb, db_gb, mesh in ((100, 50, 0), (10_000, 5_000, 0), *((100, 50, n) for n in nodes)):
+        # Side by side: the same instance without and with Mesh nodes (their copies run at once under the lock), and
+        # with a search index (its snapshot started under the lock, waited for after it).
+        for home_gb, db_gb, mesh, search in (
+            (100, 50, 0, "none"),
+            (10_000, 5_000, 0, "none"),
+            *((100, 50, n, "none") for n in nodes),
+            *((100, 50, 0, s) for s in searches),
+        ):
             runs = [
-                one_run(drain, home_gb, db_gb, timing, cold=i == 0, with_latency=not args.no_latency, mesh_nodes=mesh)
+                one_run(
+                    drain,
+                    home_gb,
+                    db_gb,
+                    timing,
+                    cold=i == 0,
+                    with_latency=not args.no_latency,
+                    mesh_nodes=mesh,
+                    search=search,
+                )
                 for i in range(args.repeat)
             ]
             cases.append(
@@ -105,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     "home_gb": home_gb,
                     "db_gb": db_gb,
                     "mesh_nodes": mesh,
+                    "search": search,
                     "lock_window_s": statistics.median(r["lock_window_s"] for r in runs),
                     "drain_s": statistics.median(r["drain_s"] for r in runs),
                     "orchestrator_share_s": statistics.median(r["lock_window_s"] - r["drain_s"] for r in runs),
@@ -121,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         f"AWS latency: {'none (moto on loopback)' if args.no_latency else 'the latency model (rehearsal/latency.py)'}"
     )
     print(
-        f"{'drain':>6} {'home GB':>8} {'db GB':>6} {'nodes':>5} {'lock s':>7} {'drain s':>8} {'share s':>8} "
+        f"{'drain':>6} {'home GB':>8} {'db GB':>6} {'nodes':>5} {'search':>17} {'lock s':>7} {'drain s':>8} "
+        f"{'share s':>8} "
         f"{'transitions':>11} {'cost USD':>9} {'cold':>5} {'max cold s':>10} {'cold locked':>11}"
     )
     for c in cases:
         print(
             f"{c['drain_configured_s']:>6g} {c['home_gb']:>8} {c['db_gb']:>6} {c['mesh_nodes']:>5} "
-            f"{c['lock_window_s']:>7.3f} "
+            f"{c['search']:>17} {c['lock_window_s']:>7.3f} "
             f"{c['drain_s']:>8.3f} {c['orchestrator_share_s']:>8.3f} {c['state_transitions']:>11} "
             f"{c['cost_usd']:>9.6f} {c['cold_starts']:>5} {c['cold_start_max_s']:>10.2f} "
             f"{c['cold_starts_in_lock_window']:>11}"

@@ -266,3 +266,18 @@ def test_a_zero_downtime_backup_snapshots_the_search_index_without_a_lock(world_
     (snapshot,) = _snapshots(w)
     assert snapshot["state"] == "SUCCESS"
     assert sorted(s["part"] for s in w.r.snapshots(backup_id_of(result))) == ["database", "home", "search"]
+
+
+def test_a_cluster_that_cannot_delete_the_failed_snapshot_still_ends_unlocked_and_says_so(
+    world_factory: Callable[..., World],
+) -> None:
+    w = world_factory(search="opensearch")
+    sim = w.r.search
+    assert sim is not None
+    sim.fail_next_snapshot(state="FAILED", reason="disk")
+    sim.inject("snapshot-delete", status=503, body="{}", times=None)
+    result = w.r.run_backup()
+    assert_failed_cleanly(w, result, BACKUP.wait_snapshots.label, after_unlock=True)
+    (note,) = w.failure_notifications()
+    assert "not deleted (delete-search: the search cluster answered HTTP 503): delete it by hand" in note["message"]
+    assert len(_snapshots(w)) == 1

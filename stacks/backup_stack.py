@@ -399,7 +399,7 @@ class BackupStack(Stack):
             ),
             # The search index's snapshot and its catalog entry (where an instance backs its search index up).
             copy_search=FunctionGrants(
-                (*search("PUT"), *(search_permissions.new_entries(self, arn, instances) if arn else []))
+                (*search("GET", "PUT"), *(search_permissions.new_entries(self, arn, instances) if arn else []))
             )
             if BACKUP.copy_search.name in fns
             else None,

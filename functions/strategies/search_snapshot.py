@@ -22,7 +22,15 @@ from botocore.exceptions import ClientError
 
 from functions.clients.aws import error_code
 from functions.clients.search import SearchCluster, SnapshotInfo
-from functions.errors import BackupError, ConfigInvalid, CopyFailed, PreflightFailed, SnapshotFailed
+from functions.errors import (
+    BackupError,
+    ConfigInvalid,
+    CopyFailed,
+    PreflightFailed,
+    SearchRequestFailed,
+    SearchUnavailable,
+    SnapshotFailed,
+)
 from functions.models import environment
 from functions.models.config import CopyTarget, InstanceConfig
 from functions.models.part_config import SEARCH_PART, AmazonOpenSearchConfig, SearchIndexConfig
@@ -157,10 +165,17 @@ class SearchSnapshotStrategy(SnapshotCopy):
         metadata = {
             k.removeprefix("bitbucket-backup:"): v for k, v in tags.items() if k.startswith("bitbucket-backup:")
         }
+        search = cluster(self.instance)
         try:
-            cluster(self.instance).create_snapshot("copy-search", name, config.indices, metadata)
-        except BackupError as error:
-            raise SnapshotFailed(str(error)) from None
+            search.create_snapshot("copy-search", name, config.indices, metadata)
+        except (SearchUnavailable, SearchRequestFailed) as error:
+            # The start may have reached the cluster although its answer was lost (or an earlier attempt of this
+            # step started it): a snapshot of that name with this run's metadata is this run's. SearchUnavailable
+            # from the lookup itself is retried by the state machine.
+            lost = isinstance(error, SearchUnavailable) or error.kind == "invalid_snapshot_name_exception"
+            found = search.snapshot("copy-search", name) if lost else None
+            if found is None or not _ours(found, self.instance.name, backup_id):
+                raise SnapshotFailed(str(error)) from None
         version = put.get("VersionId")
         return [self._artifact(bucket, key, version, tags, entry, "pending")]
 

@@ -281,3 +281,18 @@ def test_a_cluster_that_cannot_delete_the_failed_snapshot_still_ends_unlocked_an
     (note,) = w.failure_notifications()
     assert "not deleted (delete-search: the search cluster answered HTTP 503): delete it by hand" in note["message"]
     assert len(_snapshots(w)) == 1
+
+
+def test_a_start_whose_answer_was_lost_is_found_and_the_run_goes_on(world_factory: Callable[..., World]) -> None:
+    """The cluster started the snapshot but the connection broke before its answer: the copy step finds the
+    snapshot of that name with this run's metadata and goes on; it never starts a second one."""
+    w = world_factory(search="opensearch")
+    sim = w.r.search
+    assert sim is not None
+    sim.inject("snapshot-create", drop=True, after_action=True)
+    result = w.r.run_backup()
+    assert result.status == "SUCCEEDED", result.cause
+    (snapshot,) = _snapshots(w)
+    assert snapshot["state"] == "SUCCESS"
+    creates = [r for r in sim.requests if r[0] == "PUT" and r[1].startswith("/_snapshot/bitbucket-backup/")]
+    assert len(creates) == 1, creates

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from functions import catalog, notify, polling, preflight, runs, trusted_config
 from functions.clients import host
-from functions.clients.aws import client
+from functions.clients.aws import client, error_code
 from functions.clients.bitbucket_answers import Lock, MaintenanceState
 from functions.errors import (
     BackupCancelled,
@@ -25,6 +26,7 @@ from functions.errors import (
     CopyFailed,
     DrainTimeout,
     InvalidInput,
+    RunDiscarded,
     SnapshotFailed,
     SnapshotTimeout,
 )
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
         SnapshotsChecked,
         Unlocked,
     )
-    from functions.strategies import Artifact, Catalog
+    from functions.strategies import Artifact, Catalog, HostCopy
 
 FIRST_PROGRESS, LAST_PART_PROGRESS = 10, 90
 # What check_host passes on: a copy's progress stays a copy's (its part and artifacts go through unchanged).
@@ -203,22 +205,103 @@ def check_part(run: RunContext, row: Step, part: str) -> None:
 
 
 def backup_part(
-    run: RunContext, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
+    run: RunContext, row: Step, part: str, seconds_left: float = 0.0, clock: polling.Clock = polling.WALL
 ) -> PartCopied:
+    """Copy step `row` copies `part`: a snapshot, consistent once made, or a host copy, waited for here."""
     from functions.strategies import parts_for
 
     parts = parts_for(run.config)
     on_host = parts.hosts.get(part)
     if on_host is not None:
         commands = on_host.copy(run.backup_id)
+        # A host copy's artifact, its archive, is made after the unlock by a step a failed run never reaches; but a
+        # command sent after the failure path stopped the run's commands would run on and leave its dump or home
+        # snapshot on the host.
+        _unless_discarded(run, row, part, lambda: _undo_on_host(on_host, commands, run.backup_id))
         say(run.config, f"{part} copy started on {on_host.instance_id}")
         started: PartCopied = {"part": part, "artifacts": [], "done": False, "commands": commands, "results": {}}
         return wait_host(run, started, seconds_left, clock)
     if part not in parts.snapshots:
         raise ValueError(f"instance '{run.config.name}' has no '{part}' part to back up")
-    artifacts = parts.snapshots[part].backup(run.backup_id)
+    snapshot = parts.snapshots[part]
+    try:
+        artifacts = snapshot.backup(run.backup_id)
+    except Exception:
+        # Failed half-way (its Device tags refused, say: the failure path deleted the snapshot meanwhile): whatever
+        # the call made for a discarded run is found by its tags and removed too.
+        _unless_discarded(run, row, part, lambda: _remove_listed(snapshot, run.backup_id))
+        raise
+    _unless_discarded(run, row, part, lambda: _remove(snapshot, artifacts))
     say(run.config, f"{part} copy taken: {', '.join(a.id for a in artifacts)}")
     return {"part": part, "artifacts": [a.summary() for a in artifacts], "done": True, "commands": [], "results": {}}
+
+
+def _unless_discarded(run: RunContext, row: Step, part: str, undo: Callable[[], list[str]]) -> None:
+    """Step Functions does not stop a copy step still running when another branch of the copy failed: the failure path
+    may have listed this run's artifacts before this copy made its own, which would stay, tagged in-progress, for
+    ever (pruning touches complete backups only). So the failure path marks the run as discarded before it lists
+    anything (functions/cleanup.py), and each copy reads the mark, strongly consistent, after the call that made its
+    copy. Either this read comes after the mark, sees it (or the run's record already gone) and the copy is undone
+    here; or it comes before it, so the copy was made before the mark, hence before the listing, which finds it by
+    its catalog tags: those are written by the create call itself (CreateSnapshots' TagSpecifications,
+    CreateDBSnapshot's Tags; the EBS Device and Name tags written next are not the catalog's). A host command sent
+    before the mark is likewise found when the failure path lists the run's commands to stop them, and what it left
+    is removed after their end. (As the failure path always has, this relies on a listing seeing what was tagged
+    before it; AWS's Describe calls are eventually consistent, so a snapshot made just before may still be missed.)"""
+    record = runs.get(run.instance, run.backup_id)
+    if record is not None and not record.discarding:
+        return
+    why = "its run record is gone" if record is None else "its failure path is removing what the run made"
+    done = undo()
+    raise RunDiscarded(
+        f"{row.label}: the {part} copy was made after backup {run.backup_id} had already failed ({why}), so it was "
+        f"removed again: {'; '.join(done) or 'nothing of it was left'}"
+    )
+
+
+# What deleting an artifact answers when it is gone already (removed by the failure path meanwhile).
+_GONE = {"InvalidSnapshot.NotFound", "DBSnapshotNotFound", "DBClusterSnapshotNotFoundFault"}
+
+
+def _remove(strategy: Catalog, artifacts: list[Artifact]) -> list[str]:
+    """Deletes what a copy step made for a run already discarded; one line each, for its error."""
+    from functions.strategies import COMPLETE
+
+    done = []
+    for artifact in artifacts:
+        if artifact.status == COMPLETE:
+            continue  # never a complete backup (and a copy step's role may not)
+        try:
+            strategy.delete(artifact)
+            done.append(f"deleted {artifact.id}")
+        except ClientError as error:
+            code = error_code(error)
+            if code in _GONE:
+                done.append(f"{artifact.id} already deleted")
+            else:
+                done.append(f"{artifact.id} not deleted ({code}): delete it by hand")
+    return done
+
+
+def _remove_listed(strategy: Catalog, backup_id: str) -> list[str]:
+    """_remove for what the part's catalog lists of this run (when the copy call failed and answered nothing)."""
+    try:
+        found = strategy.artifacts(backup_id)
+    except ClientError as error:
+        return [f"its snapshots could not be listed ({error_code(error)}): look for {backup_id}'s by hand"]
+    return _remove(strategy, found)
+
+
+def _undo_on_host(on_host: HostCopy, commands: list[HostCommand], backup_id: str) -> list[str]:
+    """Stops a host copy sent for a run already discarded and removes what it left that no later run would."""
+    done: list[str] = []
+    try:
+        done += host.cancel(commands)
+        done += on_host.discard_on_host(backup_id)
+    except (BackupError, ClientError) as error:
+        detail = error_code(error) if isinstance(error, ClientError) else redact(str(error))
+        done.append(f"could not stop or clean up its command on {on_host.instance_id} ({detail}): check by hand")
+    return done
 
 
 def wait_host(

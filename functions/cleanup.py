@@ -86,7 +86,12 @@ def discard(
     First, the run's host commands still running are stopped: an archive still uploading when the other part failed
     would otherwise land after this cleanup, an orphan no later run removes. What the run made on its hosts under
     the lock (a home snapshot) is removed only if it ever locked (`locked`): asking a host that is down costs the
-    notification minutes."""
+    notification minutes.
+
+    Before anything is listed, the run is marked as being discarded: Step Functions does not stop a copy step still
+    running when another branch failed, and such a copy removes what it made once it reads the mark (see
+    functions/backup.py, `_unless_discarded`)."""
+    mark_discarding(config, backup_id, actions)
     stop_host_commands(config, backup_id, actions)
     if locked:
         discard_on_hosts(config, backup_id, actions)
@@ -113,6 +118,17 @@ def discard(
         # The originals stay: they must not stay shared with the copy targets' accounts (deleted ones no longer are).
         unshared, failed = unshare(config, backup_id)
         actions.extend(unshared + failed)
+
+
+def mark_discarding(config: InstanceConfig, backup_id: str, actions: list[str]) -> None:
+    """The run's mark for its copy steps still running; if it cannot be written, the cleanup goes on and says so."""
+    try:
+        runs.mark_discarding(config.name, backup_id)
+    except ClientError as error:
+        actions.append(
+            f"run {backup_id} not marked as discarded ({error_code(error)}): a copy that ended after this cleanup may "
+            f"have left a snapshot or host command of {backup_id}: check by hand"
+        )
 
 
 # A run's host commands are looked for among those sent this long ago at most (a backup's execution is shorter).

@@ -80,6 +80,11 @@ class HostCommandFailed(BackupError):
     """An SSM Run Command step on a host failed, timed out or was cancelled."""
 
 
+class RunDiscarded(BackupError):
+    """A copy step finished after its run had already failed (Step Functions does not stop a Lambda still running
+    when another branch fails): what it made was removed again, so that nothing is left behind the failure path."""
+
+
 class RestoreRefused(BackupError):
     """A restore was refused before anything was created: the message names what is wrong (unknown or incomplete
     backup, another instance's backup, a target name in use, a target instance that is not stopped)."""

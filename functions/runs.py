@@ -59,6 +59,9 @@ class Run:
     # Set by the first disaster-recovery copy call, which runs only once every original is complete: from then on
     # a failure keeps the originals (as complete backups) and removes only the unfinished copies.
     copies_started_at: float | None = None
+    # Set by a failure path (the workflow's or the safety net's) before it lists what the run made to remove it: a
+    # copy step still running then (Step Functions does not stop it) removes what it makes itself (functions/backup.py).
+    discarding: bool = False
 
     @property
     def ever_locked(self) -> bool:
@@ -156,6 +159,7 @@ def get(instance: str, backup_id: str | None = None) -> Run | None:
         progress_sent=int(_num(item, "progress_sent") or 0),
         handled="handled_at" in item,
         copies_started_at=_num(item, "copies_started_at"),
+        discarding="discarding_at" in item,
     )
     register_secret(run.unlock_token)
     register_secret(run.cancel_token)
@@ -211,6 +215,18 @@ def update(
         ReturnValues="ALL_NEW",
     )
     return dict(response.get("Attributes", {}))
+
+
+def mark_discarding(instance: str, backup_id: str) -> bool:
+    """Records that this run is being discarded, before its failure path lists what it made; False when its item is
+    gone (or is another run's): a copy step that reads it then finds no run either, and acts the same way."""
+    try:
+        update(instance, backup_id, discarding_at=time.time())
+    except ClientError as error:
+        if error_code(error) != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
 
 
 def release(instance: str, backup_id: str) -> None:

@@ -377,11 +377,13 @@ class BackupStack(Stack):
             lock=FunctionGrants(secret),
             start_backup=FunctionGrants(secret),
             wait_drained=FunctionGrants(secret),
+            # Each copy step also undoes its own copy when it finds its run already discarded (functions/backup.py).
             copy_home=FunctionGrants(
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome")),
-                    *hosts("RsyncHome", "SnapshotHome", only="shared"),
+                    *hosts("RsyncHome", "SnapshotHome", "RemoveHomeSnapshot", only="shared"),
+                    *permissions.undo_own_copies(self, instances, "shared"),
                 )
             ),
             # The Mesh nodes' homes, and nothing of the shared home's or the database's (where an instance has nodes).
@@ -389,13 +391,19 @@ class BackupStack(Stack):
                 (
                     *describe,
                     *permissions.create_home_snapshots(self, instances, docs("FlushHome", "UnfreezeHome"), "mesh"),
-                    *hosts("RsyncHome", "SnapshotHome", only="mesh"),
+                    *hosts("RsyncHome", "SnapshotHome", "RemoveHomeSnapshot", only="mesh"),
+                    *permissions.undo_own_copies(self, instances, "mesh"),
                 )
             )
             if BACKUP.copy_mesh.name in fns
             else None,
             copy_database=FunctionGrants(
-                (*describe, *permissions.create_db_snapshots(self, instances), *hosts("PgDump", "MysqlDump"))
+                (
+                    *describe,
+                    *permissions.create_db_snapshots(self, instances),
+                    *hosts("PgDump", "MysqlDump"),
+                    *permissions.undo_own_copies(self, instances, None),
+                )
             ),
             # The search index's snapshot and its catalog entry (where an instance backs its search index up).
             copy_search=FunctionGrants(

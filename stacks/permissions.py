@@ -195,6 +195,47 @@ def create_db_snapshots(stack: Stack, instances: list[InstanceConfig]) -> list[i
     return statements
 
 
+def undo_own_copies(stack: Stack, instances: list[InstanceConfig], only: Homes | None) -> list[iam.PolicyStatement]:
+    """A copy step that finds its run already discarded once its copy is made undoes that copy (functions/backup.py):
+    it deletes the snapshots of its own part (the `only` homes' on EBS; None: the database's) only while they are not
+    complete, and cancels the host command it just sent (by its id: CancelCommand takes no resource)."""
+    statements = []
+    deletable = [IN_PROGRESS, FAILED]  # the failure path may have marked it failed meanwhile
+    if only is not None:
+        parts: list[object] = list(homes(instances, only))
+        if any(isinstance(h, EbsHomeConfig) for h in parts):
+            condition = delete_condition(stack, instances, deletable)
+            own_part = "StringEquals" if only == "shared" else "StringLike"
+            condition.setdefault(own_part, {})[f"aws:ResourceTag/{PART_TAG}"] = "home" if only == "shared" else "mesh-*"
+            statements.append(
+                iam.PolicyStatement(
+                    actions=["ec2:DeleteSnapshot"],
+                    resources=[f"arn:{stack.partition}:ec2:{stack.region}::snapshot/*"],
+                    conditions=condition,
+                )
+            )
+    else:
+        parts = [i.database for i in instances]
+        for kind, config, delete in (
+            ("snapshot", RdsDatabaseConfig, "rds:DeleteDBSnapshot"),
+            ("cluster-snapshot", AuroraDatabaseConfig, "rds:DeleteDBClusterSnapshot"),
+        ):
+            chosen = [i for i in instances if isinstance(i.database, config)]
+            if chosen:
+                condition = delete_condition(stack, chosen, deletable)
+                condition["StringEquals"][f"aws:ResourceTag/{PART_TAG}"] = "database"
+                statements.append(
+                    iam.PolicyStatement(
+                        actions=[delete],
+                        resources=sorted({rds_arn(stack, kind, f"{i.name}-*") for i in chosen}),
+                        conditions=condition,
+                    )
+                )
+    if any(isinstance(part, RsyncHomeConfig | DumpedDatabaseConfig) for part in parts):
+        statements.append(iam.PolicyStatement(actions=["ssm:CancelCommand"], resources=["*"]))
+    return statements
+
+
 def _source_id(instance: InstanceConfig) -> str:
     database = instance.database
     if isinstance(database, RdsDatabaseConfig):

@@ -227,4 +227,29 @@ def cancel_running(instance_ids: list[str], run: str, *, since: float, wait_s: f
     return done
 
 
+def cancel(commands: list[HostCommand], wait_s: float = 60.0) -> list[str]:
+    """Cancels these commands (a copy step's own, just sent for a run already discarded) and waits until they ended,
+    at most wait_s, so that what they leave is removed only after. One line each, for the step's error."""
+    ssm = client("ssm")
+    for command in commands:
+        try:
+            ssm.cancel_command(CommandId=command["command_id"], InstanceIds=[command["instance_id"]])
+        except ClientError as error:  # it ended meanwhile
+            if error_code(error) not in ("InvalidCommandId", "InvalidInstanceId"):
+                raise
+    deadline = time.monotonic() + wait_s
+    done: list[str] = []
+    for command in commands:
+        status, _ = _invocation(command)
+        while status in _STILL and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, _ = _invocation(command)
+        if status in _STILL:
+            how = f"asked to cancel (still {status})"
+        else:
+            how = {"Cancelled": "cancelled", "Success": "had ended"}.get(status, f"ended {status}")
+        done.append(f"{command['step']} on {command['instance_id']} {how}")
+    return done
+
+
 _STILL = (*_RUNNING, "Cancelling")

@@ -84,7 +84,7 @@ def _copy(row: Step, event: dict[str, Any]) -> PartCopied:
     if request.progress is not None:
         # What this copy returned the last time, handed back by the state machine.
         return backup.wait_host(request.run, cast("PartCopied", request.progress), seconds_left())
-    return backup.backup_part(request.run, request.part, seconds_left())
+    return backup.backup_part(request.run, row, request.part, seconds_left())
 
 
 @step(BACKUP.copy_home)

@@ -21,6 +21,7 @@ from functions.strategies import (
     DEPLOYMENT_TAG,
     FAILED,
     IN_PROGRESS,
+    PART_TAG,
     RESTORING,
     STATUS_TAG,
 )
@@ -55,6 +56,8 @@ DELETES = {
 }
 SNAPSHOT_DELETES = {"ec2:DeleteSnapshot", "rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"}
 ARCHIVE_DELETES = {"s3:DeleteObject", "s3:DeleteObjectVersion"}
+# The copy steps (their functions' construct ids) and the part each one's snapshots carry.
+COPY_STEPS = {"BackupHome": "home", "BackupDatabase": "database", "BackupMeshNode": "mesh-*"}
 RETAGS = {"ec2:CreateTags", "rds:AddTagsToResource", "s3:PutObjectTagging", "s3:PutObjectVersionTagging"}
 
 
@@ -143,11 +146,29 @@ def test_only_the_pruning_step_deletes_complete_backups(template: dict[str, Any]
         )
         if fn == "Finalize":
             continue
-        assert fn.startswith(("HandleFailure", "SafetyNetFn")), fn  # nothing else deletes a backup
+        # Nothing else deletes a backup; a copy step only what it just made for a run already failed (below).
+        assert fn.startswith(("HandleFailure", "SafetyNetFn", *COPY_STEPS)), fn
         assert statuses is not None and COMPLETE not in statuses, (fn, statement)
         assert statuses <= {IN_PROGRESS, FAILED}
     # The drill records its verdict and deletes none of the backup's artifacts.
     assert not [fn for fn, _ in deleting if fn.startswith("Drill")]
+
+
+def test_a_copy_step_deletes_only_unfinished_snapshots_of_its_own_part(template: dict[str, Any]) -> None:
+    """A copy step that finds its run already failed once its snapshot is made deletes that snapshot
+    (functions/backup.py): of its own part only (the home's step no database snapshot, nor the reverse), never an
+    archive, never a complete one (above)."""
+    found = [(fn, s) for fn, s in _statements(template, DELETES) if fn.startswith(tuple(COPY_STEPS))]
+    assert {fn for fn, _ in found} == {"BackupHome", "BackupDatabase"}  # this template has no Mesh node
+    for fn, statement in found:
+        assert _actions(statement) <= SNAPSHOT_DELETES, (fn, statement)
+        part = COPY_STEPS[fn]
+        operator = "StringLike" if part.endswith("*") else "StringEquals"
+        assert _values(statement["Condition"], operator, f"aws:ResourceTag/{PART_TAG}") == {part}, statement
+    home = {a for fn, s in found if fn == "BackupHome" for a in _actions(s)}
+    assert home == {"ec2:DeleteSnapshot"}
+    database = {a for fn, s in found if fn == "BackupDatabase" for a in _actions(s)}
+    assert database == {"rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot"}  # an RDS and an Aurora instance
 
 
 def test_a_status_only_moves_forward(template: dict[str, Any]) -> None:

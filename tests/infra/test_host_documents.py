@@ -197,13 +197,14 @@ def test_a_btrfs_home_deploys_the_snapshot_documents_and_each_step_may_send_its_
         (found,) = [v for k, v in granted.items() if k.startswith(prefix)]
         return found
 
-    assert of("BackupHomeRole") == ["RsyncHome", "SnapshotHome"]
+    # The home's copy step removes the snapshot it took itself when its run had already failed (functions/backup.py).
+    assert of("BackupHomeRole") == ["RemoveHomeSnapshot", "RsyncHome", "SnapshotHome"]
     assert of("PrepareHostRole") == ["InstallScript", "RsyncHome", "SnapshotHome"]
     assert of("ArchiveRole") == ["ArchiveHomeSnapshot", "ArchiveUpload"]
-    # The failure path and the safety net remove a failed run's snapshot; nothing else may.
+    # The failure path and the safety net remove a failed run's snapshot, and the copy step its own; nothing else may.
     assert of("HandleFailureRole") == ["RemoveHomeSnapshot"] and of("SafetyNetFnRole") == ["RemoveHomeSnapshot"]
     assert [k for k, v in granted.items() if "RemoveHomeSnapshot" in v] == [
-        k for k in granted if k.startswith(("HandleFailureRole", "SafetyNetFnRole"))
+        k for k in granted if k.startswith(("BackupHomeRole", "HandleFailureRole", "SafetyNetFnRole"))
     ]
     home = OPERATIONS["SnapshotHome"]
     assert home.parameter("checkOnly").accepts("true") and not home.parameter("checkOnly").accepts("yes")

@@ -50,6 +50,12 @@ def test_the_nodes_copy_step_snapshots_and_commands_the_nodes_only(template: dic
     assert shared_home in snapshots and ebs_node not in snapshots
     assert rsync_node not in commands and ebs_node not in commands
 
+    # Each deletes what it made for a run already failed (functions/backup.py): its own part's snapshots only.
+    for policy, part in ((nodes, {"StringLike": "mesh-*"}), (home, {"StringEquals": "home"})):
+        (delete,) = [s for s in policy if "ec2:DeleteSnapshot" in json.dumps(s["Action"])]
+        ((operator, value),) = part.items()
+        assert delete["Condition"][operator]["aws:ResourceTag/bitbucket-backup:part"] == value
+
     # The steps that handle every host copy before and after the lock reach the rsync node's host too.
     for prefix in ("PrepareHost", "Archive"):
         assert rsync_node in _resources(policy_of(template, prefix), "ssm:SendCommand"), prefix

@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from functions import observability
+from functions import observability, runs
 from functions.clients import aws
-from functions.errors import BackupInProgress, InvalidInput, LockNotConfirmed, PreflightFailed, UnknownInstance
+from functions.errors import (
+    BackupInProgress,
+    InvalidInput,
+    LockNotConfirmed,
+    PreflightFailed,
+    RunDiscarded,
+    UnknownInstance,
+)
 from functions.handlers.backup import (
     copy_database,
     copy_home,
@@ -610,6 +617,85 @@ def test_handle_failure_without_a_run_notifies_about_the_input(world: World) -> 
     assert "nope" in subject and "validate" in subject
     assert "no instance 'nope' is configured" in message
     assert world.sim.requests == []
+
+
+# ---------------------------------------------------------------------- a copy that ends after its run failed
+
+
+def test_the_failure_path_marks_the_run_discarded_before_it_lists_what_the_run_made(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step Functions does not stop a copy step still running when another branch failed: the failure path marks the
+    run before each listing of its artifacts, so that such a copy can tell it must undo what it makes."""
+    from functions.strategies.amazon_ebs import EbsStrategy
+    from functions.strategies.amazon_rds import RdsStrategy
+
+    run = call(validate, validate_event())
+    call(lock, {"run": run})
+    marked_when_listed: list[bool] = []
+    for strategy in (EbsStrategy, RdsStrategy):
+
+        def listing(self: Any, backup_id: str | None = None, original: Any = strategy.artifacts) -> Any:
+            item = world.run_item()
+            marked_when_listed.append(item is not None and "discarding_at" in item)
+            return original(self, backup_id)
+
+        monkeypatch.setattr(strategy, "artifacts", listing)
+    failure = {"step": "copy", "Error": "SnapshotFailed", "Cause": "copy database: snapshot failed"}
+    outcome = call(handle_failure, {"input": {"instance": "demo"}, "run": run, "failure": failure})
+    assert outcome["unlocked"] == "yes" and world.run_item() is None
+    assert marked_when_listed == [True, True]
+
+
+def test_a_copy_that_ends_after_its_run_was_discarded_removes_what_it_made(world: World) -> None:
+    """Read after its snapshot was made: the mark (or no run record at all) makes the copy delete that snapshot and
+    fail, saying so in the user's words."""
+    run = call(validate, validate_event())
+    call(lock, {"run": run})
+    runs.mark_discarding("demo", BACKUP_ID)  # what the failure path does first
+    with pytest.raises(RunDiscarded) as raised:
+        call(copy_home, {"run": run, "part": "home"})
+    message = str(raised.value)
+    (snapshot,) = re.findall(r"deleted (snap-[0-9a-f]+)$", message)
+    assert message == (
+        f"copy-home: the home copy was made after backup {BACKUP_ID} had already failed (its failure path is "
+        f"removing what the run made), so it was removed again: deleted {snapshot}"
+    )
+    assert world.ebs_snapshots() == {}
+
+    runs.release("demo", BACKUP_ID)  # the failure path ended
+    with pytest.raises(RunDiscarded) as raised:
+        call(copy_database, {"run": run, "part": "database"})
+    assert str(raised.value) == (
+        f"copy-database: the database copy was made after backup {BACKUP_ID} had already failed (its run record is "
+        f"gone), so it was removed again: deleted {BACKUP_ID}"
+    )
+    assert BACKUP_ID not in world.rds_snapshots()
+
+
+def test_a_copy_that_failed_half_way_for_a_discarded_run_removes_what_its_tags_find(world: World) -> None:
+    """CreateSnapshots made the snapshot, then its Device tags were refused: the copy finds what it made by its catalog
+    tags and deletes it. For a run still open the same failure is left to the failure path (Step Functions)."""
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.responses.tags import TagResponse
+
+    from tests.integration.conftest import fail_backend
+
+    run = call(validate, validate_event())
+    call(lock, {"run": run})
+    # CreateTags, the call after CreateSnapshots (whose own tags moto writes with the same backend method)
+    refused = EC2ClientError("UnauthorizedOperation", "injected")
+    with fail_backend(TagResponse, "create_tags", refused), pytest.raises(Exception, match="UnauthorizedOperation"):
+        call(copy_home, {"run": run, "part": "home"})
+    assert len(world.ebs_snapshots()) == 1  # an open run: the failure path lists and removes it
+
+    runs.mark_discarding("demo", BACKUP_ID)
+    with fail_backend(TagResponse, "create_tags", refused), pytest.raises(RunDiscarded) as raised:
+        call(copy_home, {"run": run, "part": "home"})
+    assert "(its failure path is removing what the run made), so it was removed again: deleted snap-" in str(
+        raised.value
+    )
+    assert world.ebs_snapshots() == {}  # the first attempt's snapshot too: the run is being discarded anyway
 
 
 # -------------------------------------------------------------------------------------------------------- prune

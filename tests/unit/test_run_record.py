@@ -147,3 +147,18 @@ def test_ttl_never_applies_while_a_token_is_held_and_returns_after_the_unlock(ta
     after = item()
     assert "unlock_token" not in after
     assert float(after["expires_at"]["N"]) >= time.time() + 7100
+
+
+def test_the_discarding_mark_is_set_on_this_runs_record_only(table: None) -> None:
+    """The failure path's mark for copy steps still running (functions/cleanup.py): read back by get(); refused on
+    another run's record or none (a copy step reading either finds no open run of its own, and undoes its copy)."""
+    locked_first_run()
+    before = runs.get("prod", FIRST)
+    assert before is not None and not before.discarding
+    assert runs.mark_discarding("prod", SECOND) is False
+    assert "discarding_at" not in item()
+    assert runs.mark_discarding("prod", FIRST) is True
+    record = runs.get("prod", FIRST)
+    assert record is not None and record.discarding and record.unlock_token  # nothing else of it changed
+    runs.release("prod", FIRST)
+    assert runs.mark_discarding("prod", FIRST) is False

@@ -280,6 +280,8 @@ def _remove(strategy: Catalog, artifacts: list[Artifact]) -> list[str]:
                 done.append(f"{artifact.id} already deleted")
             else:
                 done.append(f"{artifact.id} not deleted ({code}): delete it by hand")
+        except BackupError as error:  # a search cluster that does not answer
+            done.append(f"{artifact.id} not deleted ({error}): delete it by hand")
     return done
 
 
@@ -289,6 +291,8 @@ def _remove_listed(strategy: Catalog, backup_id: str) -> list[str]:
         found = strategy.artifacts(backup_id)
     except ClientError as error:
         return [f"its snapshots could not be listed ({error_code(error)}): look for {backup_id}'s by hand"]
+    except BackupError as error:
+        return [f"its snapshots could not be listed ({error}): look for {backup_id}'s by hand"]
     return _remove(strategy, found)
 
 

@@ -407,7 +407,12 @@ class BackupStack(Stack):
             ),
             # The search index's snapshot and its catalog entry (where an instance backs its search index up).
             copy_search=FunctionGrants(
-                (*search("GET", "PUT"), *(search_permissions.new_entries(self, arn, instances) if arn else []))
+                (
+                    *search("GET", "PUT", "DELETE"),  # DELETE: its own snapshot, when its run was discarded meanwhile
+                    *archives,
+                    *(search_permissions.new_entries(self, arn, instances) if arn else []),
+                    *(search_permissions.undo_entries(self, arn, instances) if arn else []),
+                )
             )
             if BACKUP.copy_search.name in fns
             else None,

@@ -10,7 +10,7 @@ from aws_cdk import aws_iam as iam
 
 from functions.models.config import InstanceConfig
 from functions.models.part_config import AmazonOpenSearchConfig, SelfManagedSearchConfig
-from functions.strategies import DEPLOYMENT_TAG, IN_PROGRESS, STATUS_TAG, TOOL_TAG, TOOL_VALUE
+from functions.strategies import DEPLOYMENT_TAG, FAILED, IN_PROGRESS, STATUS_TAG, TOOL_TAG, TOOL_VALUE
 from functions.strategies.search_snapshot import REPOSITORY_PREFIX
 from stacks import permissions
 
@@ -70,6 +70,27 @@ def new_entries(stack: Stack, bucket_arn: str, instances: list[InstanceConfig]) 
                     f"s3:RequestObjectTag/{TOOL_TAG}": TOOL_VALUE,
                     f"s3:RequestObjectTag/{DEPLOYMENT_TAG}": permissions.deployment(stack),
                     f"s3:RequestObjectTag/{STATUS_TAG}": IN_PROGRESS,
+                }
+            },
+        )
+    ]
+
+
+def undo_entries(stack: Stack, bucket_arn: str, instances: list[InstanceConfig]) -> list[iam.PolicyStatement]:
+    """A copy step that finds its run already discarded removes the catalog entry it wrote: this deployment's entries
+    that are not complete, under its instances' prefixes only."""
+    objects = sorted(f"{bucket_arn}/{i.name}/*" for i in instances if i.search_index is not None)
+    if not objects:
+        return []
+    return [
+        iam.PolicyStatement(
+            actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+            resources=objects,
+            conditions={
+                "StringEquals": {
+                    f"s3:ExistingObjectTag/{TOOL_TAG}": TOOL_VALUE,
+                    f"s3:ExistingObjectTag/{DEPLOYMENT_TAG}": permissions.deployment(stack),
+                    f"s3:ExistingObjectTag/{STATUS_TAG}": [IN_PROGRESS, FAILED],
                 }
             },
         )

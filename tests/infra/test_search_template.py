@@ -18,7 +18,8 @@ ES = {"es:ESHttpGet", "es:ESHttpPut", "es:ESHttpPost", "es:ESHttpDelete"}
 # The functions that reach the cluster, and the HTTP methods each may use.
 METHODS = {
     "Validate": {"es:ESHttpGet", "es:ESHttpPut"},  # registers the domain's repository
-    "BackupSearchIndex": {"es:ESHttpGet", "es:ESHttpPut"},  # looks for a start whose answer was lost
+    # Looks for a start whose answer was lost; deletes its own snapshot when its run was discarded meanwhile.
+    "BackupSearchIndex": {"es:ESHttpGet", "es:ESHttpPut", "es:ESHttpDelete"},
     "CheckSnapshots": {"es:ESHttpGet"},
     "Finalize": {"es:ESHttpGet", "es:ESHttpDelete"},  # prunes
     "HandleFailure": {"es:ESHttpGet", "es:ESHttpDelete"},

@@ -296,3 +296,38 @@ def test_a_start_whose_answer_was_lost_is_found_and_the_run_goes_on(world_factor
     assert snapshot["state"] == "SUCCESS"
     creates = [r for r in sim.requests if r[0] == "PUT" and r[1].startswith("/_snapshot/bitbucket-backup/")]
     assert len(creates) == 1, creates
+
+
+def test_a_search_snapshot_started_after_the_failure_path_listed_is_removed_by_its_copy(
+    world_factory: Callable[..., World],
+) -> None:
+    """The database's copy fails at once; the cluster takes its time over the snapshot's start, which it makes
+    after the failure path removed the run's catalog entry: the copy step finds its run discarded and deletes the
+    snapshot it started (Step Functions does not stop a running invocation)."""
+    from moto.rds.exceptions import RDSClientError
+    from moto.rds.models import RDSBackend
+
+    from functions.handlers._step import is_warm_up
+    from tests.integration.conftest import fail_backend, wait_for
+
+    w = world_factory(search="opensearch")
+    sim = w.r.search
+    assert sim is not None
+    sim.inject("snapshot-create", delay=3.0)
+
+    def copies() -> list[object]:
+        return [
+            i
+            for i in list(w.r.runtime.invocations)
+            if i.handler == BACKUP.copy_search.handler and not is_warm_up(i.event)
+        ]
+
+    with fail_backend(RDSBackend, "create_db_snapshot", RDSClientError("InvalidDBInstanceState", "injected")):
+        result = w.r.run_backup()
+    assert result.status == "FAILED"
+    wait_for(lambda: len(copies()) == 1, seconds=60)
+    (copy,) = copies()
+    assert copy.error == "RunDiscarded", copy  # type: ignore[attr-defined]
+    assert _snapshots(w) == [], "the snapshot made after the failure path's listing was left behind"
+    assert _entries(w) == []
+    assert not w.r.iam.denied

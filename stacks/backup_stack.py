@@ -56,6 +56,7 @@ class BackupStack(Stack):
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
         config = settings.config
         self._check_copy_regions(config)
+        self._check_search_regions(config)
         key = kms.Key(self, "Key", enable_key_rotation=True, description="Bitbucket DIY backup: topic and archives")
         notifications = Notifications(self, "Notifications", config=config, key=key)
         runs = RunTable(self, "Runs")  # with its own key
@@ -309,6 +310,18 @@ class BackupStack(Stack):
             resources=["*"],
             conditions={"StringEquals": {"kms:ViaService": sorted(f"s3.{r}.amazonaws.com" for r in regions)}},
         )
+
+    def _check_search_regions(self, config: ProjectConfig) -> None:
+        """An Amazon OpenSearch domain's snapshot repository is the stack's archive bucket, which must be in the
+        domain's region."""
+        if Token.is_unresolved(self.region):
+            return
+        for domain in search_permissions.domains(config.instances):
+            if domain.region != self.region:
+                raise ConfigError(
+                    f"search.domain_arn {domain.domain_arn} is in {domain.region}, but its snapshot repository is this "
+                    f"stack's archive bucket in {self.region}: deploy the stack to the domain's region"
+                )
 
     def _check_copy_regions(self, config: ProjectConfig) -> None:
         """A disaster-recovery copy in the stack's own region (and account) protects against nothing."""

@@ -129,3 +129,17 @@ def test_the_search_branch_and_step_exist_only_with_a_search_index(amazon: dict[
     plain = _template("none")
     assert not [f for f in _functions(plain) if f.startswith(("BackupSearchIndex", "RestoreSearchIndex"))]
     assert "Search index configured?" not in json.dumps(_machine(plain, "BackupStateMachine"))
+
+
+def test_a_domain_in_another_region_than_the_stack_is_refused_at_synth() -> None:
+    from aws_cdk import Environment
+
+    from functions.models.config import ConfigError
+    from rehearsal.fake_account import ACCOUNT, REGION
+    from stacks.app_builder import build_app
+
+    project = rehearsal_project_config("amazon-ebs", "amazon-rds", search="amazon-opensearch")
+    other = "us-west-2" if REGION != "us-west-2" else "eu-west-1"
+    project["instances"][0]["search"]["domain_arn"] = f"arn:aws:es:{other}:{ACCOUNT}:domain/bitbucket-demo"
+    with pytest.raises(ConfigError, match=f"is in {other}, but its snapshot repository is this stack's archive bucket"):
+        build_app(project, env=Environment(account=ACCOUNT, region=REGION), checks=False)

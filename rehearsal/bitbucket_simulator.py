@@ -23,8 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from rehearsal.bitbucket_maintenance import (
@@ -32,7 +32,7 @@ from rehearsal.bitbucket_maintenance import (
     Response,
     error_response,
 )
-from rehearsal.loopback_server import LoopbackServer
+from rehearsal.loopback_server import LoopbackServer, SimulatorHandler, SimulatorServer
 from rehearsal.redirect_target import ArrivedRequest, RedirectTarget
 
 __all__ = ["ENDPOINTS", "ArrivedRequest", "BitbucketSimulator", "RedirectTarget", "main"]
@@ -85,59 +85,8 @@ class _Fault:
         return self.drop or self.status is not None or self.body is not None or self.redirect_to is not None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a handler stuck in an injected delay must not block interpreter exit
-
-    def __init__(self, address: tuple[str, int], sim: BitbucketSimulator) -> None:
-        self.sim = sim
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or disconnect are expected here; never spray tracebacks on stderr.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive like the real server, so client connection reuse is exercised
-    # Without it, Nagle's algorithm and delayed ACKs add ~40 ms to every keep-alive request.
-    disable_nagle_algorithm = True
+class _Handler(SimulatorHandler):
     server_version = "BitbucketSimulator/1.0"
-
-    def version_string(self) -> str:
-        return self.server_version  # no "Python/3.x" suffix: the client must not care what serves it
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Silence the default per-request line on stderr.
-        pass
-
-    @property
-    def sim(self) -> BitbucketSimulator:
-        return cast(_Server, self.server).sim
-
-    def setup(self) -> None:
-        super().setup()
-        self.sim._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.sim._track(self.connection, add=False)
-
-    def do_GET(self) -> None:
-        self.sim._dispatch(self, "GET")
-
-    def do_POST(self) -> None:
-        self.sim._dispatch(self, "POST")
-
-    def do_DELETE(self) -> None:
-        self.sim._dispatch(self, "DELETE")
-
-    def do_PUT(self) -> None:
-        self.sim._dispatch(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.sim._dispatch(self, "PATCH")
 
 
 class BitbucketSimulator(Maintenance, LoopbackServer):
@@ -178,9 +127,9 @@ class BitbucketSimulator(Maintenance, LoopbackServer):
 
     # ----------------------------------------------------------------- lifecycle
 
-    def _make_server(self) -> _Server:
+    def _make_server(self) -> SimulatorServer:
         self._stopping.clear()
-        return _Server((self._host, self._port), self)
+        return SimulatorServer((self._host, self._port), self, _Handler)
 
     def stop(self) -> None:
         self._stopping.set()  # wakes handlers sleeping in an injected delay

@@ -1,13 +1,15 @@
-"""What the tests' own HTTP servers share (the Bitbucket simulator, the redirect target): a ThreadingHTTPServer on
-127.0.0.0/8, served from a daemon thread, started and stopped (or used as a context manager), and its URL."""
+"""What the tests' own HTTP servers share (the Bitbucket and search simulators, the redirect target): a
+ThreadingHTTPServer on 127.0.0.0/8, served from a daemon thread, started and stopped (or used as a context manager),
+and its URL; and the simulators' server and handler, which hand every request to the simulator."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from abc import ABC, abstractmethod
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self, cast
 
 
 class LoopbackServer(ABC):
@@ -65,3 +67,72 @@ class LoopbackServer(ABC):
             raise RuntimeError(f"{self.name} not started")
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class Dispatcher(Protocol):
+    """A simulator behind a SimulatorServer: it answers every request and keeps track of its connections."""
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None: ...
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None: ...
+
+
+class SimulatorHandler(BaseHTTPRequestHandler):
+    """Hands every request to the server's simulator, quietly, over keep-alive connections as real servers keep."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive like the real servers, so client connection reuse is exercised
+    # Without it, Nagle's algorithm and delayed ACKs add ~40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
+    server_version = "Simulator/1.0"
+
+    def version_string(self) -> str:
+        return self.server_version  # no "Python/3.x" suffix: the client must not care what serves it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no per-request line on stderr
+
+    @property
+    def sim(self) -> Dispatcher:
+        return cast(SimulatorServer, self.server).sim
+
+    def setup(self) -> None:
+        super().setup()
+        self.sim._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.sim._track(self.connection, add=False)
+
+    def do_GET(self) -> None:
+        self.sim._dispatch(self, "GET")
+
+    def do_HEAD(self) -> None:
+        self.sim._dispatch(self, "HEAD")
+
+    def do_POST(self) -> None:
+        self.sim._dispatch(self, "POST")
+
+    def do_PUT(self) -> None:
+        self.sim._dispatch(self, "PUT")
+
+    def do_DELETE(self) -> None:
+        self.sim._dispatch(self, "DELETE")
+
+    def do_PATCH(self) -> None:
+        self.sim._dispatch(self, "PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self.sim._dispatch(self, "OPTIONS")
+
+
+class SimulatorServer(ThreadingHTTPServer):
+    daemon_threads = True  # a handler stuck in an injected delay must not block interpreter exit
+
+    def __init__(self, address: tuple[str, int], sim: Dispatcher, handler: type[SimulatorHandler]) -> None:
+        self.sim = sim
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out or disconnect are expected here; never spray tracebacks on stderr

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import PurePosixPath
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -46,7 +46,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
-from rehearsal.loopback_server import LoopbackServer
+from rehearsal.loopback_server import LoopbackServer, SimulatorHandler, SimulatorServer
 from rehearsal.redirect_target import RedirectTarget
 
 __all__ = ["ENDPOINTS", "TEST_SECRET", "RedirectTarget", "SearchSimulator", "java_replace_all", "main"]
@@ -676,63 +676,8 @@ _ACTIONS = {
 # --------------------------------------------------------------------------------------------- HTTP plumbing
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a handler stuck in an injected delay must not block interpreter exit
-
-    def __init__(self, address: tuple[str, int], sim: SearchSimulator) -> None:
-        self.sim = sim
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or disconnect are expected here; never spray tracebacks on stderr.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the real server
-    disable_nagle_algorithm = True  # else Nagle and delayed ACKs add ~40 ms to keep-alive requests
+class _Handler(SimulatorHandler):
     server_version = "SearchSimulator/1.0"
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    @property
-    def sim(self) -> SearchSimulator:
-        return cast(_Server, self.server).sim
-
-    def setup(self) -> None:
-        super().setup()
-        self.sim._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.sim._track(self.connection, add=False)
-
-    def do_GET(self) -> None:
-        self.sim._dispatch(self, "GET")
-
-    def do_HEAD(self) -> None:
-        self.sim._dispatch(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.sim._dispatch(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.sim._dispatch(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.sim._dispatch(self, "DELETE")
-
-    def do_PATCH(self) -> None:
-        self.sim._dispatch(self, "PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self.sim._dispatch(self, "OPTIONS")
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -820,9 +765,9 @@ class SearchSimulator(LoopbackServer):
 
     # ----------------------------------------------------------------- lifecycle
 
-    def _make_server(self) -> _Server:
+    def _make_server(self) -> SimulatorServer:
         self._stopping.clear()
-        return _Server((self._host, self._port), self)
+        return SimulatorServer((self._host, self._port), self, _Handler)
 
     def stop(self) -> None:
         self._stopping.set()  # wakes handlers sleeping in a delay or a wait_for_completion

@@ -120,6 +120,22 @@ def retry_after_seconds(header: str | None) -> float | None:
         return -1.0
 
 
+def read_bounded(response: requests.Response, limit: int, too_big: Exception) -> bytes:
+    """A streamed answer's body, refused (`too_big`) as soon as it is larger than `limit`: by its Content-Length, or
+    while it is read, before it is all in memory. A connection that breaks off raises requests' own error."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _NoRedirects(requests.Session):
     """Never follows a redirect, and never prepares one either: with allow_redirects=False requests still works out
     the next request, reading the whole body of the 3xx to do so. The client reports a 3xx itself."""
@@ -400,20 +416,10 @@ class BitbucketClient:
             f"{step}: HTTP {response.status_code} with a body larger than {self._max_body:,} bytes; "
             "Bitbucket's answers are small, so something else answered"
         )
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_body:
-            raise too_big
-        chunks: list[bytes] = []
-        size = 0
         try:
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > self._max_body:
-                    raise too_big
-                chunks.append(chunk)
+            return read_bounded(response, self._max_body, too_big)
         except requests.RequestException as error:
             raise BitbucketUnavailable(f"{step}: the answer broke off ({self._failure(error)})") from None
-        return b"".join(chunks)
 
     def _failure(self, error: requests.RequestException) -> str:
         """What went wrong, in words: the exception texts carry the URL with its query (the token)."""

@@ -26,7 +26,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from functions.clients.bitbucket import MAX_BACKOFF_SECONDS, _NoRedirects, _reason
+from functions.clients.bitbucket import MAX_BACKOFF_SECONDS, _NoRedirects, _reason, read_bounded
 from functions.clients.bitbucket_answers import MAX_JSON_DEPTH, Credentials, content_type, location, nesting
 from functions.errors import SearchRequestFailed, SearchUnavailable
 from functions.models.part_config import AmazonOpenSearchConfig, SearchIndexConfig
@@ -284,20 +284,10 @@ class SearchCluster:
             f"{step}: the search cluster answered more than {self._max_body:,} bytes; its snapshot API's answers are "
             "small, so something else answered"
         )
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_body:
-            raise too_big
-        chunks: list[bytes] = []
-        size = 0
         try:
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > self._max_body:
-                    raise too_big
-                chunks.append(chunk)
+            return read_bounded(response, self._max_body, too_big)
         except requests.RequestException:
             raise SearchUnavailable(f"{step}: the search cluster's answer broke off") from None
-        return b"".join(chunks)
 
     @staticmethod
     def _parse(step: str, answer: tuple[int, str, bytes]) -> Any:

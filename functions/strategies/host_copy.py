@@ -229,12 +229,7 @@ class HostCopyStrategy(HostCopy):
 
     def delete(self, artifact: Artifact) -> None:
         """Every version of the object (the bucket is versioned: a plain delete would only hide it)."""
-        s3 = self.aws("s3")
-        bucket, key = artifact.details["bucket"], artifact.details["key"]
-        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
-            for version in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-                if version["Key"] == key:
-                    s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        delete_versions(self.aws("s3"), artifact.details["bucket"], artifact.details["key"])
 
     # --- disaster-recovery copies: a server-side (multipart) copy into the target's bucket ------------------------
 
@@ -405,6 +400,14 @@ class PostgresStrategy(DumpStrategy):
 
 class MysqlStrategy(DumpStrategy):
     document, tool = "MysqlDump", "mysqldump"
+
+
+def delete_versions(s3: Any, bucket: str, key: str) -> None:
+    """Every version and delete marker of one object (in a versioned bucket a plain delete would only hide it)."""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        for version in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+            if version["Key"] == key:
+                s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
 
 
 def _version(version_id: str | None) -> dict[str, str]:

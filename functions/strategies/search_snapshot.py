@@ -48,6 +48,7 @@ from functions.strategies import (
     is_ours,
     verification,
 )
+from functions.strategies.host_copy import delete_versions
 
 KIND = "search-snapshot"
 # Where an Amazon OpenSearch domain's repository keeps its files in the archive bucket (the role it assumes may
@@ -302,12 +303,7 @@ class SearchSnapshotStrategy(SnapshotCopy):
                     f"search snapshot {artifact.id} does not carry this deployment's metadata: it was not deleted"
                 )
             search.delete_snapshot("delete-search", snapshot)
-        s3 = self.aws("s3")
-        bucket, key = artifact.details["bucket"], artifact.details["key"]
-        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
-            for version in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-                if version["Key"] == key:
-                    s3.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        delete_versions(self.aws("s3"), artifact.details["bucket"], artifact.details["key"])
 
     def start_copy(self, original: Artifact, target: CopyTarget, tags: dict[str, str], source_region: str) -> str:
         raise CopyFailed("copy-regions: a search snapshot is not copied to other regions")

@@ -15,15 +15,17 @@ if TYPE_CHECKING:
 
 def catalog(aws: Aws, config: InstanceConfig) -> list[dict[str, Any]]:
     """This instance's backups, newest first, one entry per backup id, from the tagged snapshots."""
-    from functions.catalog import backup_status, backup_time, by_backup
+    from functions.catalog import backup_status, backup_time, by_backup, parts_since, required_parts
 
     with aws.catalog_clients(config):
         grouped = by_backup(config)
+    # A backup made before a part was configured (a Mesh node, the search index) is complete without it.
+    since = parts_since(grouped)
     rows: list[dict[str, Any]] = []
     for backup_id, artifacts in sorted(grouped.items(), reverse=True):
         parts = [p for p in config.parts if any(a.part == p for a in artifacts)]
-        missing = [p for p in config.parts if p not in parts]
-        status = backup_status(config, artifacts)
+        missing = [p for p in required_parts(config, backup_id, since) if p not in parts]
+        status = backup_status(config, artifacts, since)
         sizes = {p: sum(a.size_gb or 0 for a in artifacts if a.part == p) for p in parts}
         when = backup_time(backup_id)
         rows.append(

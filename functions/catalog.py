@@ -29,10 +29,34 @@ def by_backup(config: InstanceConfig) -> dict[str, list[Artifact]]:
     return grouped
 
 
-def backup_status(config: InstanceConfig, artifacts: Iterable[Artifact]) -> str:
-    """complete (every configured part present, tagged complete, finished) | failed | in-progress | incomplete."""
+def parts_since(grouped: dict[str, list[Artifact]]) -> dict[str, datetime]:
+    """When each part first appears in the catalog: the time of the oldest backup that holds it."""
+    since: dict[str, datetime] = {}
+    for backup_id, artifacts in grouped.items():
+        when = backup_time(backup_id)
+        for part in {a.part for a in artifacts}:
+            if when is not None and (part not in since or when < since[part]):
+                since[part] = when
+    return since
+
+
+def required_parts(config: InstanceConfig, backup_id: str, since: dict[str, datetime] | None) -> list[str]:
+    """The parts a backup must hold to be complete: every configured part, or with `since` (parts_since) only those
+    the catalog already held when it was made. A backup made before a Mesh node or the search index was added is
+    complete without it (and restorable: a restore requires only the parts it is asked for)."""
+    if since is None:
+        return list(config.parts)
+    when = backup_time(backup_id)
+    return [p for p in config.parts if p in since and (when is None or since[p] <= when)]
+
+
+def backup_status(
+    config: InstanceConfig, artifacts: Iterable[Artifact], since: dict[str, datetime] | None = None
+) -> str:
+    """complete (every required part present, tagged complete, finished) | failed | in-progress | incomplete."""
     artifacts = list(artifacts)
-    missing = [p for p in config.parts if not any(a.part == p for a in artifacts)]
+    backup_id = artifacts[0].backup_id if artifacts else ""
+    missing = [p for p in required_parts(config, backup_id, since) if not any(a.part == p for a in artifacts)]
     statuses = {a.status for a in artifacts}
     if FAILED in statuses or any(a.state == "error" for a in artifacts):
         return "failed"
@@ -43,9 +67,12 @@ def backup_status(config: InstanceConfig, artifacts: Iterable[Artifact]) -> str:
     return "incomplete"
 
 
-def newest_complete(config: InstanceConfig) -> str | None:
-    """The id of this instance's newest complete backup, if any."""
-    complete = [b for b, items in by_backup(config).items() if b and backup_status(config, items) == "complete"]
+def newest_complete(config: InstanceConfig, *, every_part: bool = False) -> str | None:
+    """The id of this instance's newest complete backup, if any; with every_part, one holding every configured part
+    (the drill restores them all)."""
+    grouped = by_backup(config)
+    since = None if every_part else parts_since(grouped)
+    complete = [b for b, items in grouped.items() if b and backup_status(config, items, since) == "complete"]
     return max(complete, key=lambda b: backup_time(b) or datetime.min.replace(tzinfo=UTC), default=None)
 
 

@@ -55,7 +55,7 @@ def plan(raw_input: dict[str, Any], execution: str) -> DrillPlan:
     config, version = trusted_config.load(request.instance, step="plan")
     if config.drill is None:
         raise DrillFailed(f"plan: instance '{config.name}' has no drill configured")
-    backup_id = catalog.newest_complete(config)
+    backup_id = catalog.newest_complete(config, every_part=True)  # it restores them all
     if backup_id is None:
         raise DrillFailed(f"plan: instance '{config.name}' has no complete backup to restore")
     bind(backup_id=backup_id)

@@ -19,7 +19,6 @@ import json
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from rehearsal.bitbucket_maintenance import (
     Response,
     error_response,
 )
-from rehearsal.loopback_server import LoopbackServer, SimulatorHandler, SimulatorServer
+from rehearsal.loopback_server import Simulator, SimulatorHandler
 from rehearsal.redirect_target import ArrivedRequest, RedirectTarget
 
 __all__ = ["ENDPOINTS", "ArrivedRequest", "BitbucketSimulator", "RedirectTarget", "main"]
@@ -89,10 +88,11 @@ class _Handler(SimulatorHandler):
     server_version = "BitbucketSimulator/1.0"
 
 
-class BitbucketSimulator(Maintenance, LoopbackServer):
+class BitbucketSimulator(Maintenance, Simulator[_Fault]):
     """A Bitbucket maintenance-API server on a real socket; see the module docstring."""
 
     name = "simulator"
+    handler = _Handler
 
     def __init__(
         self,
@@ -116,32 +116,8 @@ class BitbucketSimulator(Maintenance, LoopbackServer):
             non_admin=non_admin,
             repositories=repositories,
         )
-        LoopbackServer.__init__(self)
-        self._host = host
-        self._port = port
+        Simulator.__init__(self, host, port)
         self._requests: list[tuple[str, str, int]] = []
-        self._faults: dict[str, list[_Fault]] = {}
-
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def _make_server(self) -> SimulatorServer:
-        self._stopping.clear()
-        return SimulatorServer((self._host, self._port), self, _Handler)
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping in an injected delay
-        super().stop()
-
-    def _after_shutdown(self) -> None:
-        # Keep-alive connections would otherwise hold their handler threads until the client hangs up.
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
 
     # ----------------------------------------------------------- observable state
 
@@ -274,8 +250,7 @@ class BitbucketSimulator(Maintenance, LoopbackServer):
             if origin.scheme != "http" or not (origin.hostname or "").startswith("127."):
                 raise ValueError(f"redirect_to must be an http://127.x.x.x origin, got {redirect_to!r}")
         fault = _Fault(status, body, delay, drop, times, before, after_action, redirect_to, dict(headers or {}))
-        with self._lock:
-            self._faults.setdefault(endpoint, []).append(fault)
+        self._queue_fault(endpoint, fault)
 
     def rate_limit(self, endpoint: str, retry_after: int | str | None = 1, *, times: int | None = 1) -> None:
         """Bitbucket Data Center's rate limiter: 429 Too Many Requests with Retry-After (seconds) for the next
@@ -286,30 +261,7 @@ class BitbucketSimulator(Maintenance, LoopbackServer):
         )
         self.inject(endpoint, status=429, body=body, headers=headers, times=times)
 
-    def reset_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
     # ------------------------------------------------------------------- HTTP
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
-    def _take_fault(self, endpoint: str) -> _Fault | None:
-        with self._lock:
-            queue = self._faults.get(endpoint)
-            if not queue:
-                return None
-            fault = queue[0]
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    queue.pop(0)
-            return fault
 
     def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(handler.path)

@@ -4,12 +4,13 @@ and its URL; and the simulators' server and handler, which hand every request to
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from abc import ABC, abstractmethod
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Protocol, Self, cast
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
 
 class LoopbackServer(ABC):
@@ -136,3 +137,73 @@ class SimulatorServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that time out or disconnect are expected here; never spray tracebacks on stderr
+
+
+class QueuedFault(Protocol):
+    times: int | None  # the requests it still applies to; None: until reset_faults()
+
+
+FaultT = TypeVar("FaultT", bound=QueuedFault)
+
+
+class Simulator(LoopbackServer, Generic[FaultT]):
+    """What both simulators keep the same way: faults queued per endpoint, and the keep-alive connections they end
+    when they stop. The subclass creates the lock, the queues and the set in its __init__."""
+
+    _lock: threading.RLock  # the subclass's, guarding its state too
+    handler: type[SimulatorHandler]  # the subclass's (its server_version)
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self._host, self._port = host, port
+        self._faults: dict[str, list[FaultT]] = {}
+        self._stopping = threading.Event()  # set while stopping: wakes handlers sleeping in an injected delay
+        self._connections: set[socket.socket] = set()
+
+    @abstractmethod
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        """Answers one request (the subclass's API)."""
+
+    def _make_server(self) -> SimulatorServer:
+        self._stopping.clear()
+        return SimulatorServer((self._host, self._port), self, self.handler)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
+
+    def _queue_fault(self, endpoint: str, fault: FaultT) -> None:
+        with self._lock:
+            self._faults.setdefault(endpoint, []).append(fault)
+
+    def reset_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, endpoint: str) -> FaultT | None:
+        """The fault the next request to `endpoint` gets (faults on one endpoint apply in the order queued)."""
+        with self._lock:
+            queue = self._faults.get(endpoint)
+            if not queue:
+                return None
+            fault = queue[0]
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    queue.pop(0)
+            return fault
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _after_shutdown(self) -> None:
+        # Keep-alive connections would otherwise hold their handler threads until the client hangs up.
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)

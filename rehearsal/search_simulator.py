@@ -46,7 +46,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
-from rehearsal.loopback_server import LoopbackServer, SimulatorHandler, SimulatorServer
+from rehearsal.loopback_server import Simulator, SimulatorHandler
 from rehearsal.redirect_target import RedirectTarget
 
 __all__ = ["ENDPOINTS", "TEST_SECRET", "RedirectTarget", "SearchSimulator", "java_replace_all", "main"]
@@ -699,10 +699,11 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 # --------------------------------------------------------------------------------------------- the simulator
 
 
-class SearchSimulator(LoopbackServer):
+class SearchSimulator(Simulator[_Fault]):
     """An OpenSearch snapshot-API server on a real socket; see the module docstring."""
 
     name = "search simulator"
+    handler = _Handler
 
     def __init__(
         self,
@@ -728,7 +729,7 @@ class SearchSimulator(LoopbackServer):
             raise ValueError("the search simulator listens on 127.0.0.0/8 only")
         if snapshot_seconds < 0 or restore_seconds < 0:
             raise ValueError("snapshot_seconds and restore_seconds must be >= 0")
-        super().__init__()
+        super().__init__(host, port)
         self._auth = auth
         self._username = username
         self._password = password
@@ -741,8 +742,6 @@ class SearchSimulator(LoopbackServer):
         self._snapshot_seconds = snapshot_seconds
         self._restore_seconds = restore_seconds
         self._destructive_requires_name = destructive_requires_name
-        self._host = host
-        self._port = port
         domain = domain_arn.rsplit("/", 1)[-1]
         account = domain_arn.split(":")[4] if domain_arn.count(":") >= 5 else "123456789012"
         self._cluster_name = f"{account}:{domain}" if auth == "sigv4" else domain
@@ -759,34 +758,6 @@ class SearchSimulator(LoopbackServer):
         self._requests: list[tuple[str, str, int]] = []
         self._events: list[tuple[float, str, dict[str, Any]]] = []
         self._auth_failures = 0
-        self._faults: dict[str, list[_Fault]] = {}
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def _make_server(self) -> SimulatorServer:
-        self._stopping.clear()
-        return SimulatorServer((self._host, self._port), self, _Handler)
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping in a delay or a wait_for_completion
-        super().stop()
-
-    def _after_shutdown(self) -> None:
-        # Keep-alive connections would otherwise hold their handler threads until the client hangs up.
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # ----------------------------------------------------------- observable state
 
@@ -959,12 +930,7 @@ class SearchSimulator(LoopbackServer):
             if origin.scheme != "http" or not (origin.hostname or "").startswith("127."):
                 raise ValueError(f"redirect_to must be an http://127.x.x.x origin, got {redirect_to!r}")
         fault = _Fault(status, body, delay, drop, times, after_action, redirect_to, dict(headers or {}), oversize_bytes)
-        with self._lock:
-            self._faults.setdefault(endpoint, []).append(fault)
-
-    def reset_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        self._queue_fault(endpoint, fault)
 
     # ----------------------------------------------------------- state machine
     # Everything below that touches state runs with self._lock held.
@@ -1153,18 +1119,6 @@ class SearchSimulator(LoopbackServer):
         }
 
     # ------------------------------------------------------------------- HTTP
-
-    def _take_fault(self, endpoint: str) -> _Fault | None:
-        with self._lock:
-            queue = self._faults.get(endpoint)
-            if not queue:
-                return None
-            fault = queue[0]
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    queue.pop(0)
-            return fault
 
     def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         body = _read_body(handler)

@@ -25,7 +25,7 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
     timing = config.timing
     verify: bool | str = config.verify_tls
     if config.verify_tls and config.ca_bundle:
-        verify = os.path.join(os.path.dirname(os.path.dirname(__file__)), config.ca_bundle)
+        verify = asset_path(config.ca_bundle)
     return BitbucketClient(
         config.base_url,
         credentials(config.credentials_secret),
@@ -35,6 +35,11 @@ def bitbucket(config: InstanceConfig) -> BitbucketClient:
         verify=verify,
         refresh=lambda: credentials(config.credentials_secret, fresh=True),
     )
+
+
+def asset_path(relative: str) -> str:
+    """A file shipped inside the Lambda asset (a CA bundle), named by its path from the repository's root."""
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), relative)
 
 
 def ready_bitbucket() -> None:

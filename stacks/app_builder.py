@@ -8,6 +8,7 @@ from typing import Any
 from aws_cdk import App, CfnResource, Environment
 
 from functions.models.config import ConfigError, parse_project_config
+from functions.models.part_config import SelfManagedSearchConfig
 from stacks import nag
 from stacks.asset import ROOT
 from stacks.backup_stack import BackupStack, StackSettings, network_groups
@@ -30,12 +31,16 @@ def build_app(
 ) -> tuple[App, BackupStack]:
     config = parse_project_config(raw_config)
     for instance in config.instances:
-        # The bundle ships inside the Lambda asset, so it must exist in this checkout at synth time.
-        if instance.ca_bundle and not (ROOT / instance.ca_bundle).is_file():
-            raise ConfigError(
-                f"instance '{instance.name}': ca_bundle '{instance.ca_bundle}' is not a file in this repository "
-                "(put the PEM under functions/, e.g. functions/certs/ca.pem)"
-            )
+        # A bundle ships inside the Lambda asset, so it must exist in this checkout at synth time: Bitbucket's, and
+        # a self-managed search cluster's.
+        search = instance.search if isinstance(instance.search, SelfManagedSearchConfig) else None
+        bundles = {"ca_bundle": instance.ca_bundle, "search.ca_bundle": search.ca_bundle if search else None}
+        for field, bundle in bundles.items():
+            if bundle and not (ROOT / bundle).is_file():
+                raise ConfigError(
+                    f"instance '{instance.name}': {field} '{bundle}' is not a file in this repository "
+                    "(put the PEM under functions/, e.g. functions/certs/ca.pem)"
+                )
     app = App(outdir=outdir) if outdir else App()
     stack = BackupStack(
         app,

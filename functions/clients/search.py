@@ -40,12 +40,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,254}$")
 
 @dataclass(frozen=True)
 class SnapshotInfo:
-    name: str
     state: str  # one of SNAPSHOT_STATES
     indices: list[str]
     metadata: dict[str, str]
-    shards_failed: int
-    reason: str  # why it failed, as the server said it (bounded), or ""
 
 
 class SearchCluster:
@@ -94,12 +91,9 @@ class SearchCluster:
 
     def repository_settings(self, step: str) -> dict[str, Any] | None:
         """The repository's type and settings, None when the cluster has no repository of that name."""
-        try:
-            body = self._json(step, "GET", f"/_snapshot/{_name(self.repository)}")
-        except SearchRequestFailed as error:
-            if error.status == 404 and error.kind == "repository_missing_exception":
-                return None
-            raise
+        body = self._unless_missing(step, "GET", f"/_snapshot/{_name(self.repository)}", "repository_missing_exception")
+        if body is None:
+            return None
         found = body.get(self.repository)
         if not isinstance(found, dict) or not isinstance(found.get("type"), str):
             raise SearchRequestFailed(f"{step}: the cluster's answer has no repository {self.repository} with a type")
@@ -126,12 +120,10 @@ class SearchCluster:
 
     def snapshot(self, step: str, name: str) -> SnapshotInfo | None:
         """The snapshot's state, None when the repository has no snapshot of that name."""
-        try:
-            body = self._json(step, "GET", f"/_snapshot/{_name(self.repository)}/{_name(name)}")
-        except SearchRequestFailed as error:
-            if error.status == 404 and error.kind == "snapshot_missing_exception":
-                return None
-            raise
+        path = f"/_snapshot/{_name(self.repository)}/{_name(name)}"
+        body = self._unless_missing(step, "GET", path, "snapshot_missing_exception")
+        if body is None:
+            return None
         listed = body.get("snapshots")
         if not isinstance(listed, list) or len(listed) != 1 or not isinstance(listed[0], dict):
             raise SearchRequestFailed(f"{step}: the cluster's answer does not describe snapshot {name}")
@@ -139,13 +131,8 @@ class SearchCluster:
 
     def delete_snapshot(self, step: str, name: str) -> bool:
         """Deletes the snapshot (one still running is aborted); False when there was none."""
-        try:
-            self._json(step, "DELETE", f"/_snapshot/{_name(self.repository)}/{_name(name)}")
-        except SearchRequestFailed as error:
-            if error.status == 404 and error.kind == "snapshot_missing_exception":
-                return False
-            raise
-        return True
+        path = f"/_snapshot/{_name(self.repository)}/{_name(name)}"
+        return self._unless_missing(step, "DELETE", path, "snapshot_missing_exception") is not None
 
     # --- restore --------------------------------------------------------------------------------------------------
 
@@ -174,14 +161,10 @@ class SearchCluster:
 
     def recovery(self, step: str, names: list[str]) -> dict[str, list[str]]:
         """Each existing index's shards' recovery stages (DONE when a restored shard is ready)."""
-        try:
-            body = self._json(step, "GET", f"/{','.join(_name(n) for n in names)}/_recovery")
-        except SearchRequestFailed as error:
-            if error.status == 404 and error.kind == "index_not_found_exception":
-                return {}
-            raise
+        path = f"/{','.join(_name(n) for n in names)}/_recovery"
+        body = self._unless_missing(step, "GET", path, "index_not_found_exception")
         stages: dict[str, list[str]] = {}
-        for index, value in body.items():
+        for index, value in (body or {}).items():
             shards = value.get("shards") if isinstance(value, dict) else None
             if not isinstance(shards, list):
                 raise SearchRequestFailed(f"{step}: the recovery of index {index} has no shards")
@@ -194,16 +177,20 @@ class SearchCluster:
         for name in names:
             if "*" in name:
                 raise ValueError(f"{step}: index {name} is a pattern; only named indices are deleted")
-            try:
-                self._json(step, "DELETE", f"/{_name(name)}")
-            except SearchRequestFailed as error:
-                if error.status == 404 and error.kind == "index_not_found_exception":
-                    continue
-                raise
-            deleted.append(name)
+            if self._unless_missing(step, "DELETE", f"/{_name(name)}", "index_not_found_exception") is not None:
+                deleted.append(name)
         return deleted
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
+
+    def _unless_missing(self, step: str, method: str, path: str, missing: str) -> dict[str, Any] | None:
+        """The answer, or None when the cluster says what the path names is not there (404 with error `missing`)."""
+        try:
+            return self._json(step, method, path)
+        except SearchRequestFailed as error:
+            if error.status == 404 and error.kind == missing:
+                return None
+            raise
 
     def _json(
         self,
@@ -353,19 +340,10 @@ def _info(step: str, name: str, raw: dict[str, Any]) -> SnapshotInfo:
         raise SearchRequestFailed(f"{step}: the cluster's answer for snapshot {name} has no known state")
     indices = raw.get("indices")
     metadata = raw.get("metadata")
-    shards = raw.get("shards")
-    failed = shards.get("failed") if isinstance(shards, dict) else 0
-    failures = raw.get("failures")
-    reason = ""
-    if isinstance(failures, list) and failures and isinstance(failures[0], dict):
-        reason = re.sub(r"[^\x20-\x7e]", "", str(failures[0].get("reason", "")))[:300]
     return SnapshotInfo(
-        name=name,
         state=str(state),
         indices=[str(i) for i in indices if isinstance(i, str)][:1000] if isinstance(indices, list) else [],
         metadata={str(k): str(v)[:256] for k, v in metadata.items()} if isinstance(metadata, dict) else {},
-        shards_failed=failed if isinstance(failed, int) and not isinstance(failed, bool) else 0,
-        reason=reason,
     )
 
 

@@ -146,7 +146,7 @@ class HostCopyStrategy(HostCopy):
         for key, candidates in versions.items():
             chosen: tuple[dict[str, Any], dict[str, str]] | None = None
             for version in sorted(candidates, key=lambda v: v["LastModified"], reverse=True):
-                tags = self._tags_of(bucket, key, version.get("VersionId"))
+                tags = object_tags(s3, bucket, key, version.get("VersionId"))
                 if tags is None or not is_ours(tags, self.instance.name) or tags.get(PART_TAG) != self.part:
                     continue
                 if backup_id and tags.get(BACKUP_ID_TAG) != backup_id:
@@ -158,15 +158,6 @@ class HostCopyStrategy(HostCopy):
             if chosen is not None:
                 found.append(self._artifact(bucket, key, *chosen))
         return sorted(found, key=lambda a: (a.backup_id, a.id))
-
-    def _tags_of(self, bucket: str, key: str, version_id: str | None) -> dict[str, str] | None:
-        try:
-            tagset = self.aws("s3").get_object_tagging(Bucket=bucket, Key=key, **_version(version_id))["TagSet"]
-        except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "NoSuchVersion", "404"):
-                return None
-            raise
-        return {t["Key"]: t["Value"] for t in tagset}
 
     def _artifact(self, bucket: str, key: str, version: dict[str, Any], tags: dict[str, str]) -> Artifact:
         version_id = version.get("VersionId")
@@ -192,16 +183,7 @@ class HostCopyStrategy(HostCopy):
         )
 
     def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
-        s3 = self.aws("s3")
-        bucket, key = artifact.details["bucket"], artifact.details["key"]
-        version = _version(artifact.details.get("version_id"))
-        current = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key, **version)["TagSet"]}
-        if not is_ours(current, self.instance.name):
-            raise BackupError(f"{artifact.id} does not carry this tool's tags: not re-tagged")
-        tags = current | tags
-        s3.put_object_tagging(
-            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}, **version
-        )
+        retag_object(self.aws("s3"), self.instance.name, artifact, tags, artifact.id)
 
     def held(self, artifact: Artifact) -> str | None:
         """An object-locked archive cannot be deleted before its retain-until date: pruning waits for it. (HEAD
@@ -400,6 +382,31 @@ class PostgresStrategy(DumpStrategy):
 
 class MysqlStrategy(DumpStrategy):
     document, tool = "MysqlDump", "mysqldump"
+
+
+def object_tags(s3: Any, bucket: str, key: str, version_id: str | None = None) -> dict[str, str] | None:
+    """A catalog object's tags (of one version), None when it is gone."""
+    try:
+        tagset = s3.get_object_tagging(Bucket=bucket, Key=key, **_version(version_id))["TagSet"]
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "NoSuchVersion", "404"):
+            return None
+        raise
+    return {t["Key"]: t["Value"] for t in tagset}
+
+
+def retag_object(s3: Any, instance: str, artifact: Artifact, tags: dict[str, str], what: str) -> None:
+    """Adds (or overwrites) tags on the object (version) of a catalog artifact, only if it carries this tool's tags:
+    PutObjectTagging replaces the whole set, so the current one is merged in."""
+    bucket, key = artifact.details["bucket"], artifact.details["key"]
+    version = _version(artifact.details.get("version_id"))
+    current = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key, **version)["TagSet"]}
+    if not is_ours(current, instance):
+        raise BackupError(f"{what} does not carry this tool's tags: not re-tagged")
+    merged = current | tags
+    s3.put_object_tagging(
+        Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in merged.items()]}, **version
+    )
 
 
 def delete_versions(s3: Any, bucket: str, key: str) -> None:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 
-from functions.clients.aws import error_code
 from functions.clients.search import SearchCluster, SnapshotInfo
 from functions.errors import (
     BackupError,
@@ -48,7 +46,7 @@ from functions.strategies import (
     is_ours,
     verification,
 )
-from functions.strategies.host_copy import delete_versions
+from functions.strategies.host_copy import delete_versions, object_tags, retag_object
 
 KIND = "search-snapshot"
 # Where an Amazon OpenSearch domain's repository keeps its files in the archive bucket (the role it assumes may
@@ -68,13 +66,11 @@ def cluster(instance: InstanceConfig) -> SearchCluster:
     from functions.clients.search import SearchCluster
 
     config = search_config(instance)
-    timing = instance.timing
-    verify: bool | str = True
-    if not isinstance(config, AmazonOpenSearchConfig) and config.ca_bundle:
-        verify = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), config.ca_bundle)
+    timeout = instance.timing.http_timeout_seconds
     if isinstance(config, AmazonOpenSearchConfig):
-        return SearchCluster(config, timeout=timing.http_timeout_seconds, verify=verify)
+        return SearchCluster(config, timeout=timeout)  # signed as the function's role
     from functions.clients.secrets import credentials
+    from functions.steps import asset_path
 
     secret = config.credentials_secret
 
@@ -84,7 +80,8 @@ def cluster(instance: InstanceConfig) -> SearchCluster:
             raise PreflightFailed(f"secret {secret} needs 'username' and 'password' for the search cluster")
         return found
 
-    return SearchCluster(config, credentials=read, timeout=timing.http_timeout_seconds, verify=verify)
+    verify = asset_path(config.ca_bundle) if config.ca_bundle else True
+    return SearchCluster(config, credentials=read, timeout=timeout, verify=verify)
 
 
 def search_config(instance: InstanceConfig) -> SearchIndexConfig:
@@ -108,11 +105,12 @@ class SearchSnapshotStrategy(SnapshotCopy):
         domain's is registered here, with the stack's role, the first time)."""
         step = "validate"
         config = self.config
-        found = cluster(self.instance).repository_settings(step)
+        search = cluster(self.instance)
+        found = search.repository_settings(step)
         if isinstance(config, AmazonOpenSearchConfig):
             wanted = self._repository_settings()
             if found is None:
-                cluster(self.instance).register_repository(step, "s3", wanted)
+                search.register_repository(step, "s3", wanted)
                 return {"search_repository": f"{config.repository} (registered)"}
             settings = found.get("settings")
             mine = {k: str(settings.get(k)) for k in ("bucket", "base_path")} if isinstance(settings, dict) else {}
@@ -163,9 +161,7 @@ class SearchSnapshotStrategy(SnapshotCopy):
             ContentType="application/json",
             Tagging=urlencode(tags),
         )
-        metadata = {
-            k.removeprefix("bitbucket-backup:"): v for k, v in tags.items() if k.startswith("bitbucket-backup:")
-        }
+        metadata = {k.removeprefix(TAG_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
         search = cluster(self.instance)
         try:
             search.create_snapshot("copy-search", name, config.indices, metadata)
@@ -203,7 +199,7 @@ class SearchSnapshotStrategy(SnapshotCopy):
                 key = str(item["Key"])
                 if not key.endswith(f"-{self.part}.json"):
                     continue
-                tags = self._tags_of(bucket, key)
+                tags = object_tags(s3, bucket, key)
                 if tags is None or not is_ours(tags, self.instance.name) or tags.get(PART_TAG) != self.part:
                     continue
                 if backup_id and tags.get(BACKUP_ID_TAG) != backup_id:
@@ -214,15 +210,6 @@ class SearchSnapshotStrategy(SnapshotCopy):
                 state = "completed" if tags.get(STATUS_TAG) == COMPLETE else self._state(entry, tags)
                 found.append(self._artifact(bucket, key, None, tags, entry, state, item))
         return sorted(found, key=lambda a: (a.backup_id, a.id))
-
-    def _tags_of(self, bucket: str, key: str) -> dict[str, str] | None:
-        try:
-            tagset = self.aws("s3").get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
-        except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
-                return None
-            raise
-        return {t["Key"]: t["Value"] for t in tagset}
 
     def _entry(self, bucket: str, key: str) -> dict[str, Any] | None:
         """The catalog entry's fields, checked: the repository must be the configured one and the snapshot named
@@ -279,15 +266,7 @@ class SearchSnapshotStrategy(SnapshotCopy):
         )
 
     def tag(self, artifact: Artifact, tags: dict[str, str]) -> None:
-        s3 = self.aws("s3")
-        bucket, key = artifact.details["bucket"], artifact.details["key"]
-        current = self._tags_of(bucket, key) or {}
-        if not is_ours(current, self.instance.name):
-            raise BackupError(f"{artifact.id}: its catalog entry does not carry this tool's tags: not re-tagged")
-        merged = current | tags
-        s3.put_object_tagging(
-            Bucket=bucket, Key=key, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in merged.items()]}
-        )
+        retag_object(self.aws("s3"), self.instance.name, artifact, tags, f"{artifact.id}: its catalog entry")
 
     def held(self, artifact: Artifact) -> str | None:
         return None  # a cluster's snapshot cannot be locked (see the README: immutable backups)

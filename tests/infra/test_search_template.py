@@ -4,6 +4,7 @@ domain assumes for its repository, and the copy and restore branches only where 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -142,4 +143,20 @@ def test_a_domain_in_another_region_than_the_stack_is_refused_at_synth() -> None
     other = "us-west-2" if REGION != "us-west-2" else "eu-west-1"
     project["instances"][0]["search"]["domain_arn"] = f"arn:aws:es:{other}:{ACCOUNT}:domain/bitbucket-demo"
     with pytest.raises(ConfigError, match=f"is in {other}, but its snapshot repository is this stack's archive bucket"):
+        build_app(project, env=Environment(account=ACCOUNT, region=REGION), checks=False)
+
+
+@pytest.mark.parametrize("field", ["ca_bundle", "search.ca_bundle"])
+def test_a_ca_bundle_missing_from_the_asset_is_refused_at_synth(field: str) -> None:
+    from aws_cdk import Environment
+
+    from functions.models.config import ConfigError
+    from rehearsal.fake_account import ACCOUNT, REGION
+    from stacks.app_builder import build_app
+
+    project = rehearsal_project_config("amazon-ebs", "amazon-rds", search="opensearch")
+    instance = project["instances"][0]
+    (instance["search"] if field.startswith("search.") else instance)["ca_bundle"] = "functions/certs/missing.pem"
+    said = re.escape(f"{field} 'functions/certs/missing.pem' is not a file")
+    with pytest.raises(ConfigError, match=said):
         build_app(project, env=Environment(account=ACCOUNT, region=REGION), checks=False)
